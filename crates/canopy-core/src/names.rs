@@ -1,0 +1,192 @@
+//! Identifier rules of the reference catalog and newtypes that can only hold valid values.
+//!
+//! The patterns are the reference's (`NAME`, `APPNAME`, `VERSION`); they are checked by hand here
+//! rather than by regex because they sit on every request path and are easy to state exactly.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Which identifier rule a value must follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// `^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]{0,1}$` (1-40 chars).
+    Name,
+    /// `^[a-z0-9][a-z0-9-]{0,24}[a-z0-9]{0,1}$` (1-26 chars), application names.
+    AppName,
+    /// `^[a-z0-9][a-z0-9-.]{0,18}[a-z0-9]{0,1}$` (1-20 chars).
+    Version,
+}
+
+impl NameRule {
+    fn max_len(self) -> usize {
+        match self {
+            NameRule::Name => 40,
+            NameRule::AppName => 26,
+            NameRule::Version => 20,
+        }
+    }
+
+    /// Checks `s` against the rule; the error says what is wrong in words a user can act on.
+    pub fn check(self, s: &str) -> Result<(), String> {
+        let max = self.max_len();
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if s.len() > max {
+            return Err(format!("must be at most {max} characters (got {})", s.len()));
+        }
+        let bytes = s.as_bytes();
+        let lower_alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let middle_ok = |b: u8| lower_alnum(b) || b == b'-' || (self == NameRule::Version && b == b'.');
+        if !lower_alnum(bytes[0]) {
+            return Err("must start with a lowercase letter or digit".into());
+        }
+        if let Some(bad) = s.chars().find(|c| !c.is_ascii() || !middle_ok(*c as u8)) {
+            let allowed = if self == NameRule::Version {
+                "lowercase letters, digits, '-' and '.'"
+            } else {
+                "lowercase letters, digits and '-'"
+            };
+            return Err(format!("contains {bad:?}; only {allowed} are allowed"));
+        }
+        Ok(())
+    }
+}
+
+macro_rules! checked_name {
+    ($(#[$doc:meta])* $ty:ident, $rule:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// The validated string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                $rule.check(&s).map_err(|e| format!("{s:?} {e}"))?;
+                Ok($ty(s))
+            }
+        }
+
+        impl TryFrom<&str> for $ty {
+            type Error = String;
+            fn try_from(s: &str) -> Result<Self, String> {
+                $ty::try_from(s.to_string())
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(n: $ty) -> String {
+                n.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+checked_name!(
+    /// A name following the reference `NAME` rule (registries, packages, profiles, artifacts).
+    Name,
+    NameRule::Name
+);
+checked_name!(
+    /// A version following the reference `VERSION` rule.
+    Version,
+    NameRule::Version
+);
+checked_name!(
+    /// A project name: same rule as [`Name`].
+    ProjectName,
+    NameRule::Name
+);
+
+/// Checks a display name: at most `max` printable characters, no leading or trailing spaces.
+pub fn check_display_name(s: &str, max: usize) -> Result<(), String> {
+    if s.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if s.trim() != s {
+        return Err("must not have leading or trailing spaces".into());
+    }
+    Ok(())
+}
+
+/// Checks a Kubernetes-style namespace name (RFC 1123 label, not `default`).
+pub fn check_namespace(s: &str) -> Result<(), String> {
+    if s == "default" {
+        return Err("the namespace \"default\" cannot be used".into());
+    }
+    if s.is_empty() || s.len() > 63 {
+        return Err("must be 1-63 characters".into());
+    }
+    let b = s.as_bytes();
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if !ok(b[0]) || !ok(b[b.len() - 1]) || !b.iter().all(|&c| ok(c) || c == b'-') {
+        return Err("must be lowercase letters, digits and '-', starting and ending with a letter or digit".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn examples() {
+        assert!(NameRule::Name.check("web-server").is_ok());
+        assert!(NameRule::Name.check("a").is_ok());
+        assert!(NameRule::Name.check("-a").is_err());
+        assert!(NameRule::Name.check("Web").is_err());
+        assert!(NameRule::Name.check(&"a".repeat(41)).is_err());
+        assert!(NameRule::Name.check(&"a".repeat(40)).is_ok());
+        assert!(NameRule::AppName.check(&"a".repeat(27)).is_err());
+        assert!(NameRule::Version.check("0.1.0").is_ok());
+        assert!(NameRule::Version.check("1.2.3-rc.1").is_ok());
+        assert!(NameRule::Version.check("v1.").is_err());
+        assert!(NameRule::Name.check("a.b").is_err());
+        assert!(NameRule::Name.check("../etc").is_err());
+        assert!(NameRule::Name.check("é").is_err());
+    }
+
+    fn reference_regex(rule: NameRule) -> regex::Regex {
+        regex::Regex::new(match rule {
+            NameRule::Name => r"^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]{0,1}$",
+            NameRule::AppName => r"^[a-z0-9][a-z0-9-]{0,24}[a-z0-9]{0,1}$",
+            NameRule::Version => r"^[a-z0-9][a-z0-9-.]{0,18}[a-z0-9]{0,1}$",
+        })
+        .unwrap()
+    }
+
+    proptest! {
+        /// The hand-written checks accept exactly what the reference's regular expressions accept.
+        #[test]
+        fn matches_reference_patterns(s in "[a-z0-9.A-Z_/-]{0,45}") {
+            for rule in [NameRule::Name, NameRule::AppName, NameRule::Version] {
+                prop_assert_eq!(rule.check(&s).is_ok(), reference_regex(rule).is_match(&s), "{:?} {}", rule, s);
+            }
+        }
+    }
+}
