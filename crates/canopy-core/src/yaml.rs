@@ -28,6 +28,8 @@ fn options() -> Options {
     opts.alias_limits.max_total_replayed_events = 100_000;
     opts.alias_limits.max_replay_stack_depth = 16;
     opts.with_snippet = false;
+    // YAML 1.2 booleans only: `y`, `no`, `on` stay strings.
+    opts.strict_booleans = true;
     opts
 }
 

@@ -1,1 +1,78 @@
-//! placeholder
+//! Canopy's storage. One [`Store`] over two backends: an embedded SQLite file (the default) and
+//! PostgreSQL (when one machine is outgrown). Both run the same SQL through `sqlx::Any`, with a
+//! migration directory per backend; the conformance suite in `tests/` runs against both.
+//!
+//! SQL lives only in this crate, and every query is scoped by project. Catalog writes happen in
+//! a [`CatalogTx`]: the app layer reads, checks its rules and writes inside one transaction, so
+//! a multi-entity change (an upload) is applied completely or not at all. Writers of one project
+//! are serialized (an in-process lock on SQLite; `SELECT ... FOR UPDATE` on the project row on
+//! PostgreSQL, which also serializes replicas), so uniqueness rules checked by the app layer
+//! cannot race.
+//!
+//! Must not depend on: the server, HTTP, or anything above it.
+
+use canopy_core::catalog::{Application, Artifact, DeploymentPackage, Registry};
+use canopy_core::list::ListQuery;
+use canopy_core::names::ProjectName;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A project's internal id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProjectId(pub Uuid);
+
+impl std::fmt::Display for ProjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A project (tenant). Everything in the catalog belongs to exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: ProjectId,
+    pub name: ProjectName,
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The storage layer's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+}
+
+/// Which catalog entity type a display-name check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisplayNameScope {
+    Registry,
+    Application,
+    DeploymentPackage,
+    Artifact,
+}
+
+/// One file of a pending upload session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUploadFile {
+    pub name: String,
+    pub content: Vec<u8>,
+}
+
+mod sql;
+
+pub use sql::{CatalogTx, Store};
+
+/// Test helpers shared by this crate's conformance suite and the in-process harness.
+pub mod testing;
