@@ -1,1 +1,249 @@
-//! placeholder
+//! Typed HTTP client for the Canopy API: one method per catalog operation of the reference REST
+//! API (`/v3/projects/{project}/catalog/...`), bodies as the `canopy-core` entity structs, and one
+//! error type that keeps the server's message verbatim.
+//!
+//! Used by the `canopy` CLI, the test harness and benchmarks, so it holds no presentation logic
+//! and never prints. It depends only on `canopy-core` (for entity types) and must not depend on
+//! the server or the store: it talks to them over HTTP like any other client.
+//!
+//! Every request has a timeout ([`DEFAULT_TIMEOUT`], or [`DEFAULT_TRANSFER_TIMEOUT`] for uploads
+//! and downloads), so a hung server never hangs a caller.
+
+mod catalog;
+mod error;
+mod list;
+mod upload;
+
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Url};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use canopy_core::upload::UploadFile;
+pub use error::ClientError;
+pub use list::{ListParams, MAX_PAGE_SIZE, Page, collect_all};
+pub use reqwest::StatusCode;
+pub use upload::{MAX_UPLOAD_FILES, UploadResponse};
+
+/// Timeout of an ordinary API request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of an upload or download, which may carry megabytes.
+pub const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Timeout of establishing a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client for one Canopy server and one project. Cheap to clone (the connection pool is
+/// shared).
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    project: String,
+    timeout: Duration,
+    transfer_timeout: Duration,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:7070`, optionally with a
+    /// path prefix) acting in `project`.
+    pub fn new(base_url: &str, project: impl Into<String>) -> Result<Client, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidUrl {
+            url: base_url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut base = Url::parse(base_url.trim()).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(invalid("expected an http:// or https:// URL"));
+        }
+        if base.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("the URL has no host"));
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("canopy-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| invalid(&e.to_string()))?;
+        Ok(Client {
+            http,
+            base,
+            project: project.into(),
+            timeout: DEFAULT_TIMEOUT,
+            transfer_timeout: DEFAULT_TRANSFER_TIMEOUT,
+        })
+    }
+
+    /// The same server and settings, acting in another project.
+    pub fn with_project(&self, project: impl Into<String>) -> Client {
+        Client {
+            project: project.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Sets the timeout of ordinary requests.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the timeout of uploads and downloads.
+    pub fn with_transfer_timeout(mut self, timeout: Duration) -> Client {
+        self.transfer_timeout = timeout;
+        self
+    }
+
+    /// The project this client acts in.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// The server's base URL, as shown in messages (no trailing `/`).
+    pub fn base_url(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
+    /// `GET /healthz`: succeeds when the server is up and answers.
+    pub async fn healthz(&self) -> Result<(), ClientError> {
+        let url = self.url(&["healthz"]);
+        self.execute(self.http.get(url.clone()), self.timeout).await?;
+        Ok(())
+    }
+
+    /// The URL of `segments` under the base URL, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("Client::new accepts only URLs that can be a base")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    /// The URL of `segments` under `/v3/projects/{project}/catalog`.
+    fn catalog_url(&self, segments: &[&str]) -> Url {
+        let mut all = vec!["v3", "projects", self.project.as_str(), "catalog"];
+        all.extend_from_slice(segments);
+        self.url(&all)
+    }
+
+    fn request(&self, method: Method, url: &Url) -> RequestBuilder {
+        self.http.request(method, url.clone())
+    }
+
+    /// Sends the request and returns the body of a success; an error status becomes
+    /// [`ClientError::Api`].
+    async fn execute(
+        &self,
+        req: RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ClientError> {
+        let transport = |e| ClientError::from_transport(self.base_url(), timeout, e);
+        let resp = req.timeout(timeout).send().await.map_err(transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.bytes().await.map_err(transport)?;
+        Err(ClientError::from_response(status, &body))
+    }
+
+    /// Sends the request and returns the whole body of a success.
+    async fn execute_bytes(
+        &self,
+        req: RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientError> {
+        let resp = self.execute(req, timeout).await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::from_transport(self.base_url(), timeout, e))?;
+        Ok(body.to_vec())
+    }
+
+    /// Sends the request and parses the body of a success as JSON.
+    async fn execute_json(&self, req: RequestBuilder, url: &Url) -> Result<Value, ClientError> {
+        let body = self.execute_bytes(req, self.timeout).await?;
+        parse_json(url, &body)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(url: &Url, body: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(body).map_err(|source| ClientError::Decode {
+        url: url.to_string(),
+        source,
+    })
+}
+
+fn decode_err(url: &Url, source: serde_json::Error) -> ClientError {
+    ClientError::Decode {
+        url: url.to_string(),
+        source,
+    }
+}
+
+/// Takes the first present field of `keys` out of a JSON object (the reference wraps single
+/// entities: `{registry: {...}}`) and decodes it.
+fn take<T: DeserializeOwned>(
+    url: &Url,
+    mut body: Value,
+    keys: &[&'static str],
+) -> Result<T, ClientError> {
+    let field = keys
+        .iter()
+        .find_map(|k| body.get_mut(*k).map(Value::take))
+        .ok_or_else(|| {
+            decode_err(
+                url,
+                <serde_json::Error as serde::de::Error>::missing_field(keys.first().copied().unwrap_or("entity")),
+            )
+        })?;
+    serde_json::from_value(field).map_err(|e| decode_err(url, e))
+}
+
+/// Like [`take`], but a missing or `null` field is the empty list (proto JSON omits empty lists).
+fn take_list<T: DeserializeOwned>(
+    url: &Url,
+    body: &mut Value,
+    keys: &[&str],
+) -> Result<Vec<T>, ClientError> {
+    match keys.iter().find_map(|k| body.get_mut(*k).map(Value::take)) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v).map_err(|e| decode_err(url, e)),
+    }
+}
+
+/// Reads an integer field that proto JSON may send as a number or a string, or omit when zero.
+fn take_count(url: &Url, body: &Value, key: &'static str) -> Result<u64, ClientError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+            decode_err(
+                url,
+                <serde_json::Error as serde::de::Error>::custom(format!(
+                    "{key} is not a count: {n}"
+                )),
+            )
+        }),
+        Some(Value::String(s)) => s.parse().map_err(|_| {
+            decode_err(
+                url,
+                <serde_json::Error as serde::de::Error>::custom(format!(
+                    "{key} is not a count: {s:?}"
+                )),
+            )
+        }),
+        Some(other) => Err(decode_err(
+            url,
+            <serde_json::Error as serde::de::Error>::custom(format!(
+                "{key} is not a count: {other}"
+            )),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -28,6 +28,10 @@ fn options() -> Options {
     opts.alias_limits.max_total_replayed_events = 100_000;
     opts.alias_limits.max_replay_stack_depth = 16;
     opts.with_snippet = false;
+    // Comments are never needed (values files are kept as raw text). Not emitting them also
+    // lifts the parser's cap of 32 consecutive buffered comments, which real Helm values
+    // files (long commented-out examples inside a list) exceed.
+    opts.emit_comments = false;
     // YAML 1.2 booleans only: `y`, `no`, `on` stay strings.
     opts.strict_booleans = true;
     opts
@@ -38,6 +42,12 @@ fn options() -> Options {
 pub fn parse_documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
     serde_saphyr::from_multiple_with_options::<serde_json::Value>(text, options())
         .map_err(|e| e.to_string())
+}
+
+/// Parses every document of a (multi-document) YAML text into typed values under the same
+/// limits (for callers that need their own value tree, e.g. one that keeps source spans).
+pub fn parse_documents_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>, String> {
+    serde_saphyr::from_multiple_with_options::<T>(text, options()).map_err(|e| e.to_string())
 }
 
 /// Parses one YAML document into a typed value under the same limits.
@@ -54,6 +64,16 @@ mod tests {
         let docs = parse_documents("a: 1\n---\nb: [x, y]\n").unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1]["b"][1], "y");
+    }
+
+    #[test]
+    fn accepts_long_comment_runs() {
+        let mut s = String::from("disks:\n");
+        for i in 0..200 {
+            s.push_str(&format!("  # - name: example-{i}\n"));
+        }
+        s.push_str("  - name: real\n");
+        assert_eq!(parse_documents(&s).unwrap()[0]["disks"][0]["name"], "real");
     }
 
     #[test]

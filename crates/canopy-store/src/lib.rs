@@ -11,8 +11,6 @@
 //!
 //! Must not depend on: the server, HTTP, or anything above it.
 
-use canopy_core::catalog::{Application, Artifact, DeploymentPackage, Registry};
-use canopy_core::list::ListQuery;
 use canopy_core::names::ProjectName;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -52,6 +50,17 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
+    #[error("project {0} does not exist")]
+    NoSuchProject(ProjectId),
+    #[error("upload session {0} does not exist in this project")]
+    NoSuchUploadSession(Uuid),
+    #[error("cannot write in a read-only catalog transaction")]
+    ReadOnly,
+    #[error("{entity} lists cannot filter or order by {field:?}")]
+    UnsupportedListField {
+        entity: &'static str,
+        field: canopy_core::list::Field,
+    },
 }
 
 /// Which catalog entity type a display-name check is about.

@@ -1,162 +1,1058 @@
 //! The `sqlx::Any` implementation shared by SQLite and PostgreSQL.
-//! (API contract: see the method docs; bodies to be filled in.)
+//!
+//! One body of SQL serves both backends, so it sticks to what both understand: `$N`
+//! placeholders (sqlx-sqlite maps `$N` to argument N, see the unit test below), `ON CONFLICT`,
+//! `LIKE ... ESCAPE '\'`, and only the value types `Any` carries (i64, bool, String, bytes).
+//! The two differ only in connection setup, migrations directory, how transactions start and
+//! how writers are serialized; those few places branch on [`Backend`].
+//!
+//! Entities are stored as their canopy-core JSON in a `body` column, next to copies of the
+//! fields that lists filter and order on. Lists pick the page by key in a subquery and only then
+//! join back for bodies, so a page of 20 out of 10,000 rows decodes 20 bodies.
+//!
+//! Writers are serialized per store on SQLite (a `tokio` mutex held by the [`CatalogTx`] until
+//! commit or drop; SQLite has one writer per file anyway) and per project on PostgreSQL
+//! (`SELECT ... FOR UPDATE` on the project row, which also serializes server replicas).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use canopy_core::catalog::{Application, Artifact, DeploymentPackage, Registry};
-use canopy_core::list::ListQuery;
+use canopy_core::catalog::{Application, Artifact, DeploymentPackage, Kind, Registry};
+use canopy_core::list::{Field, ListQuery};
 use canopy_core::names::ProjectName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use crate::{Backend, DisplayNameScope, Project, ProjectId, StoreError, StoredUploadFile};
 
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Connections per pool. SQLite: one writer at a time plus a few concurrent readers (WAL).
+/// PostgreSQL: enough for concurrent requests on a 2-core box without crowding the server.
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+const POSTGRES_MAX_CONNECTIONS: u32 = 8;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Handle to the database; cheap to clone.
+///
+/// Open one `Store` per database per process and clone it: on SQLite the clones share the
+/// in-process write lock.
 #[derive(Clone)]
 pub struct Store {
-    _private: (),
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite only: serializes writers of this store (held by write [`CatalogTx`]s).
+    write_lock: Arc<Mutex<()>>,
 }
 
 /// A catalog transaction of one project. Dropped without [`CatalogTx::commit`] = rolled back.
 pub struct CatalogTx {
-    _private: (),
+    // Field order matters: the transaction is dropped (rolled back) before the write lock is
+    // released.
+    tx: Transaction<'static, Any>,
+    project: ProjectId,
+    writable: bool,
+    _write_guard: Option<OwnedMutexGuard<()>>,
 }
 
-#[allow(unused_variables, clippy::unused_async)]
 impl Store {
     /// Connects to `sqlite://PATH` (file created if missing; WAL, foreign keys, busy timeout) or
     /// `postgres://...`, and runs pending migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        todo!()
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            let url = if url.contains("mode=") {
+                url.to_string()
+            } else if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+
+        let pool = match backend {
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(SQLITE_MAX_CONNECTIONS)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA busy_timeout = 5000",
+                                "PRAGMA synchronous = NORMAL",
+                            ] {
+                                conn.execute(pragma).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(POSTGRES_MAX_CONNECTIONS)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect(&url)
+                    .await?
+            }
+        };
+
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        migrator.run(&pool).await?;
+        tracing::debug!(backend = ?backend, "store connected and migrated");
+
+        Ok(Store {
+            pool,
+            backend,
+            write_lock: Arc::new(Mutex::new(())),
+        })
     }
 
     /// Opens (creating if needed) the embedded database file at `path`.
     pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
-        todo!()
+        let Some(p) = path.to_str() else {
+            return Err(StoreError::UnsupportedUrl(path.display().to_string()));
+        };
+        // sqlx percent-decodes the path part of a sqlite URL.
+        let mut encoded = String::with_capacity(p.len());
+        for c in p.chars() {
+            match c {
+                '%' | '?' | '#' | ' ' | '"' | '<' | '>' | '`' | '{' | '}' => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        encoded.push_str(&format!("%{b:02X}"));
+                    }
+                }
+                c => encoded.push(c),
+            }
+        }
+        Store::connect(&format!("sqlite://{encoded}?mode=rwc")).await
     }
 
     /// Which backend this store uses.
     pub fn backend(&self) -> Backend {
-        todo!()
+        self.backend
     }
 
     /// Returns the project of that name, creating it if it does not exist.
+    ///
+    /// Creating takes the store's write lock on SQLite: do not call this (for a project that
+    /// may not exist yet) while the same task holds a write [`CatalogTx`].
     pub async fn ensure_project(&self, name: &ProjectName) -> Result<Project, StoreError> {
-        todo!()
+        if let Some(p) = self.project_by_name(name.as_str()).await? {
+            return Ok(p);
+        }
+        // On SQLite every write goes through the store's write lock, so it never waits on
+        // SQLite's own file lock behind a long catalog transaction.
+        let _guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        sqlx::query("INSERT INTO projects (id, name, create_time) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+            .bind(Uuid::new_v4().to_string())
+            .bind(name.as_str().to_string())
+            .bind(format_time(now()))
+            .execute(&self.pool)
+            .await?;
+        self.project_by_name(name.as_str()).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "project {name} vanished right after it was created"
+            ))
+        })
     }
 
     /// The project of that name, if any.
     pub async fn project_by_name(&self, name: &str) -> Result<Option<Project>, StoreError> {
-        todo!()
+        let row = sqlx::query("SELECT id, name FROM projects WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| project_from_row(&r)).transpose()
     }
 
     /// All projects, by name.
     pub async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
-        todo!()
+        let rows = sqlx::query("SELECT id, name FROM projects ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(project_from_row).collect()
     }
 
     /// Starts a write transaction on `project`'s catalog; waits for other writers of the project.
     pub async fn write(&self, project: ProjectId) -> Result<CatalogTx, StoreError> {
-        todo!()
+        let (tx, guard) = match self.backend {
+            Backend::Sqlite => {
+                // Lock first, then take a connection: the lock holder never waits for a
+                // connection held by a task that waits for the lock.
+                let guard = Arc::clone(&self.write_lock).lock_owned().await;
+                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(guard))
+            }
+            Backend::Postgres => (self.pool.begin().await?, None),
+        };
+        let mut tx = CatalogTx {
+            tx,
+            project,
+            writable: true,
+            _write_guard: guard,
+        };
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT id FROM projects WHERE id = $1",
+            Backend::Postgres => "SELECT id FROM projects WHERE id = $1 FOR UPDATE",
+        };
+        let found = sqlx::query(sql)
+            .bind(project.to_string())
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        if found.is_none() {
+            return Err(StoreError::NoSuchProject(project));
+        }
+        Ok(tx)
     }
 
     /// Starts a read-only transaction (a consistent snapshot) on `project`'s catalog.
     pub async fn read(&self, project: ProjectId) -> Result<CatalogTx, StoreError> {
-        todo!()
+        let tx = match self.backend {
+            // A deferred SQLite transaction reads one snapshot from its first statement on.
+            Backend::Sqlite => self.pool.begin().await?,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+        };
+        let mut tx = CatalogTx {
+            tx,
+            project,
+            writable: false,
+            _write_guard: None,
+        };
+        let found = sqlx::query("SELECT id FROM projects WHERE id = $1")
+            .bind(project.to_string())
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        if found.is_none() {
+            return Err(StoreError::NoSuchProject(project));
+        }
+        Ok(tx)
+    }
+
+    /// Deletes upload sessions (of every project) created before `cutoff`, with their files;
+    /// returns how many sessions were deleted. For a periodic cleanup of abandoned uploads.
+    /// Takes the write lock on SQLite, like [`Store::ensure_project`].
+    pub async fn expire_upload_sessions(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        let _guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        let cutoff = format_time(cutoff);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM upload_files WHERE session_id IN (SELECT id FROM upload_sessions WHERE create_time < $1)")
+            .bind(cutoff.clone())
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM upload_sessions WHERE create_time < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
     }
 
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
-        todo!()
+        self.pool.close().await;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 }
 
-#[allow(unused_variables, clippy::unused_async)]
+fn project_from_row(row: &AnyRow) -> Result<Project, StoreError> {
+    let id: String = row.try_get(0)?;
+    let name: String = row.try_get(1)?;
+    let id =
+        Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(format!("project id {id:?}: {e}")))?;
+    let name = ProjectName::try_from(name)
+        .map_err(|e| StoreError::Corrupt(format!("project name {e}")))?;
+    Ok(Project {
+        id: ProjectId(id),
+        name,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timestamps: fixed-width UTC RFC 3339 with microseconds, e.g. 2026-11-25T03:12:07.123456Z.
+
+/// Now, truncated to microseconds (what the database keeps), in UTC.
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(t)
+}
+
+fn format_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+fn parse_time(s: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {s:?}: {e}")))
+}
+
+/// `(createTime, updateTime)` for a put: creation kept from the existing row, update time now
+/// but always after the previous one (so every put visibly bumps it, even within a microsecond).
+fn stamps(
+    existing: Option<(String, String)>,
+) -> Result<(OffsetDateTime, OffsetDateTime), StoreError> {
+    let now = now();
+    match existing {
+        None => Ok((now, now)),
+        Some((created, updated)) => {
+            let created = parse_time(&created)?;
+            let updated = parse_time(&updated)?;
+            let next = updated + time::Duration::microseconds(1);
+            Ok((created, if now < next { next } else { now }))
+        }
+    }
+}
+
+fn to_body<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode entity: {e}")))
+}
+
+fn from_body<T: DeserializeOwned>(what: &str, body: &str) -> Result<T, StoreError> {
+    serde_json::from_str(body)
+        .map_err(|e| StoreError::Corrupt(format!("stored {what} does not decode: {e}")))
+}
+
+fn bodies<T: DeserializeOwned>(what: &str, rows: &[AnyRow]) -> Result<Vec<T>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            let body: String = r.try_get(0)?;
+            from_body(what, &body)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists.
+
+/// The listable tables and how `Field`s map onto their columns. All SQL text comes from here;
+/// user input only ever arrives as bound values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Registries,
+    Applications,
+    Packages,
+    Artifacts,
+}
+
+/// A list column: the expression a filter's `LIKE` applies to (already lowercase), and the
+/// expressions to order by.
+struct Column {
+    filter: &'static str,
+    order: &'static [&'static str],
+}
+
+const fn col(filter: &'static str, order: &'static [&'static str]) -> Option<Column> {
+    Some(Column { filter, order })
+}
+
+impl Table {
+    fn sql(self) -> &'static str {
+        match self {
+            Table::Registries => "registries",
+            Table::Applications => "applications",
+            Table::Packages => "deployment_packages",
+            Table::Artifacts => "artifacts",
+        }
+    }
+
+    fn entity(self) -> &'static str {
+        match self {
+            Table::Registries => "registry",
+            Table::Applications => "application",
+            Table::Packages => "deployment package",
+            Table::Artifacts => "artifact",
+        }
+    }
+
+    fn versioned(self) -> bool {
+        matches!(self, Table::Applications | Table::Packages)
+    }
+
+    fn column(self, field: Field) -> Option<Column> {
+        let apps = self == Table::Applications;
+        match field {
+            Field::Name => col("LOWER(t.name)", &["t.name"]),
+            // Free text: lowercased in Rust on write (Unicode-aware, same on both backends);
+            // ordered case-insensitively, ties by exact text.
+            Field::DisplayName => col(
+                "t.display_name_lc",
+                &["t.display_name_lc", "t.display_name"],
+            ),
+            Field::Description => col("t.description_lc", &["t.description_lc", "t.description"]),
+            Field::CreateTime => col("LOWER(t.create_time)", &["t.create_time"]),
+            Field::UpdateTime => col("LOWER(t.update_time)", &["t.update_time"]),
+            Field::Version if self.versioned() => col("LOWER(t.version)", &["t.version"]),
+            Field::ChartName if apps => col("LOWER(t.chart_name)", &["t.chart_name"]),
+            Field::ChartVersion if apps => col("LOWER(t.chart_version)", &["t.chart_version"]),
+            Field::HelmRegistryName if apps => col("LOWER(t.helm_registry)", &["t.helm_registry"]),
+            Field::ImageRegistryName if apps => {
+                col("LOWER(t.image_registry)", &["t.image_registry"])
+            }
+            Field::DefaultProfileName if apps => {
+                col("LOWER(t.default_profile)", &["t.default_profile"])
+            }
+            Field::RegistryType if self == Table::Registries => col("LOWER(t.type)", &["t.type"]),
+            Field::MimeType if self == Table::Artifacts => {
+                col("LOWER(t.mime_type)", &["t.mime_type"])
+            }
+            Field::Version
+            | Field::ChartName
+            | Field::ChartVersion
+            | Field::HelmRegistryName
+            | Field::ImageRegistryName
+            | Field::DefaultProfileName
+            | Field::RegistryType
+            | Field::MimeType => None,
+        }
+    }
+
+    fn column_or_err(self, field: Field) -> Result<Column, StoreError> {
+        self.column(field).ok_or(StoreError::UnsupportedListField {
+            entity: self.entity(),
+            field,
+        })
+    }
+}
+
+/// A value bound to a list query.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The SQL of a list: the page query and the count query, with their arguments.
+struct ListSql {
+    page: String,
+    count: String,
+    /// Arguments of the page query; the count query takes all but the last two.
+    args: Vec<Arg>,
+}
+
+fn list_sql(table: Table, project: ProjectId, q: &ListQuery) -> Result<ListSql, StoreError> {
+    let mut args = vec![Arg::Text(project.to_string())];
+    let mut where_ = String::from("t.project_id = $1");
+
+    if !q.filter.is_empty() {
+        let mut terms = Vec::with_capacity(q.filter.len());
+        for term in &q.filter {
+            let column = table.column_or_err(term.field)?;
+            args.push(Arg::Text(term.like_pattern()));
+            terms.push(format!(
+                "{} LIKE ${} ESCAPE '\\'",
+                column.filter,
+                args.len()
+            ));
+        }
+        where_.push_str(&format!(" AND ({})", terms.join(" OR ")));
+    }
+
+    if !q.kinds.is_empty() && matches!(table, Table::Applications | Table::Packages) {
+        let mut placeholders = Vec::new();
+        for kind in &q.kinds {
+            args.push(Arg::Text(kind.as_str().to_string()));
+            placeholders.push(format!("${}", args.len()));
+        }
+        let mut cond = format!("t.kind IN ({})", placeholders.join(", "));
+        if q.kinds.contains(&Kind::Normal) {
+            cond.push_str(" OR t.kind IS NULL OR t.kind = ''");
+        }
+        where_.push_str(&format!(" AND ({cond})"));
+    }
+
+    let mut order = Vec::new();
+    for term in &q.order_by {
+        let column = table.column_or_err(term.field)?;
+        let dir = if term.descending { "DESC" } else { "ASC" };
+        order.extend(column.order.iter().map(|c| format!("{c} {dir}")));
+    }
+    // Stable tiebreak on the key, so pages never overlap or skip.
+    order.push("t.name ASC".into());
+    let (key_select, key_join) = if table.versioned() {
+        order.push("t.version ASC".into());
+        (
+            "t.name AS k_name, t.version AS k_version",
+            "t.name = k.k_name AND t.version = k.k_version",
+        )
+    } else {
+        ("t.name AS k_name", "t.name = k.k_name")
+    };
+    let order = order.join(", ");
+
+    let count = format!("SELECT COUNT(*) FROM {} t WHERE {where_}", table.sql());
+    args.push(Arg::Int(i64::from(q.page_size)));
+    let limit = args.len();
+    args.push(Arg::Int(i64::try_from(q.offset).unwrap_or(i64::MAX)));
+    let offset = args.len();
+    // Pick the page by key first, then join back for the bodies of just those rows.
+    let page = format!(
+        "SELECT t.body FROM {tab} t JOIN (SELECT {key_select} FROM {tab} t WHERE {where_} ORDER BY {order} \
+         LIMIT ${limit} OFFSET ${offset}) k ON t.project_id = $1 AND {key_join} ORDER BY {order}",
+        tab = table.sql()
+    );
+    Ok(ListSql { page, count, args })
+}
+
+fn bind_args<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    args: &[Arg],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    for a in args {
+        query = match a {
+            Arg::Text(s) => query.bind(s.clone()),
+            Arg::Int(i) => query.bind(*i),
+        };
+    }
+    query
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn display_lc(s: &str) -> String {
+    s.to_lowercase()
+}
+
 impl CatalogTx {
     pub fn project(&self) -> ProjectId {
-        todo!()
+        self.project
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
-        todo!()
+        let CatalogTx {
+            tx,
+            _write_guard: guard,
+            ..
+        } = self;
+        tx.commit().await?;
+        drop(guard);
+        Ok(())
+    }
+
+    fn pid(&self) -> String {
+        self.project.to_string()
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(StoreError::ReadOnly)
+        }
+    }
+
+    async fn list<T: DeserializeOwned>(
+        &mut self,
+        table: Table,
+        q: &ListQuery,
+    ) -> Result<(Vec<T>, u64), StoreError> {
+        let sql = list_sql(table, self.project, q)?;
+        let rows = bind_args(sqlx::query(&sql.page), &sql.args)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let items: Vec<T> = bodies(table.entity(), &rows)?;
+        let n = items.len() as u64;
+        // A short, non-empty page (or an empty first page) already tells the total.
+        let total = if (n > 0 && n < u64::from(q.page_size))
+            || (n == 0 && q.offset == 0 && q.page_size > 0)
+        {
+            q.offset + n
+        } else {
+            let count_args = &sql.args[..sql.args.len() - 2];
+            let count: i64 = bind_args(sqlx::query(&sql.count), count_args)
+                .fetch_one(&mut *self.tx)
+                .await?
+                .try_get(0)?;
+            u64::try_from(count).unwrap_or(0)
+        };
+        Ok((items, total))
+    }
+
+    /// `(create_time, update_time)` of an existing row.
+    async fn existing_times(
+        &mut self,
+        table: Table,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let sql = match version {
+            Some(_) => format!(
+                "SELECT create_time, update_time FROM {} WHERE project_id = $1 AND name = $2 AND version = $3",
+                table.sql()
+            ),
+            None => format!(
+                "SELECT create_time, update_time FROM {} WHERE project_id = $1 AND name = $2",
+                table.sql()
+            ),
+        };
+        let mut query = sqlx::query(&sql).bind(self.pid()).bind(name.to_string());
+        if let Some(v) = version {
+            query = query.bind(v.to_string());
+        }
+        let row = query.fetch_optional(&mut *self.tx).await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    async fn get_body<T: DeserializeOwned>(
+        &mut self,
+        table: Table,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<T>, StoreError> {
+        let sql = match version {
+            Some(_) => format!(
+                "SELECT body FROM {} WHERE project_id = $1 AND name = $2 AND version = $3",
+                table.sql()
+            ),
+            None => format!(
+                "SELECT body FROM {} WHERE project_id = $1 AND name = $2",
+                table.sql()
+            ),
+        };
+        let mut query = sqlx::query(&sql).bind(self.pid()).bind(name.to_string());
+        if let Some(v) = version {
+            query = query.bind(v.to_string());
+        }
+        let row = query.fetch_optional(&mut *self.tx).await?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let body: String = r.try_get(0)?;
+                from_body(table.entity(), &body).map(Some)
+            }
+        }
+    }
+
+    async fn delete_row(
+        &mut self,
+        table: Table,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        let sql = match version {
+            Some(_) => format!(
+                "DELETE FROM {} WHERE project_id = $1 AND name = $2 AND version = $3",
+                table.sql()
+            ),
+            None => format!(
+                "DELETE FROM {} WHERE project_id = $1 AND name = $2",
+                table.sql()
+            ),
+        };
+        let mut query = sqlx::query(&sql).bind(self.pid()).bind(name.to_string());
+        if let Some(v) = version {
+            query = query.bind(v.to_string());
+        }
+        Ok(query.execute(&mut *self.tx).await?.rows_affected() > 0)
     }
 
     // ---- registries
     pub async fn get_registry(&mut self, name: &str) -> Result<Option<Registry>, StoreError> {
-        todo!()
+        self.get_body(Table::Registries, name, None).await
     }
     /// Page of registries and `totalElements` (count before paging).
-    pub async fn list_registries(&mut self, q: &ListQuery) -> Result<(Vec<Registry>, u64), StoreError> {
-        todo!()
+    pub async fn list_registries(
+        &mut self,
+        q: &ListQuery,
+    ) -> Result<(Vec<Registry>, u64), StoreError> {
+        self.list(Table::Registries, q).await
     }
     /// Inserts or replaces by name. `createTime` kept from the existing row (or now), `updateTime`
     /// now; returns the stored entity with both set.
     pub async fn put_registry(&mut self, r: &Registry) -> Result<Registry, StoreError> {
-        todo!()
+        self.check_writable()?;
+        let existing = self
+            .existing_times(Table::Registries, &r.name, None)
+            .await?;
+        let (created, updated) = stamps(existing)?;
+        let mut r = r.clone();
+        r.create_time = Some(created);
+        r.update_time = Some(updated);
+        sqlx::query(
+            "INSERT INTO registries (project_id, name, display_name, display_name_lc, description, description_lc, \
+             type, body, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (project_id, name) DO UPDATE SET display_name = excluded.display_name, \
+             display_name_lc = excluded.display_name_lc, description = excluded.description, \
+             description_lc = excluded.description_lc, type = excluded.type, body = excluded.body, \
+             update_time = excluded.update_time",
+        )
+        .bind(self.pid())
+        .bind(r.name.clone())
+        .bind(r.display_name.clone())
+        .bind(display_lc(&r.display_name))
+        .bind(r.description.clone())
+        .bind(display_lc(&r.description))
+        .bind(r.registry_type.clone())
+        .bind(to_body(&r)?)
+        .bind(format_time(created))
+        .bind(format_time(updated))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(r)
     }
     pub async fn delete_registry(&mut self, name: &str) -> Result<bool, StoreError> {
-        todo!()
+        self.delete_row(Table::Registries, name, None).await
     }
     /// Applications using the registry: `(app name, version, "helm" | "image")`.
-    pub async fn registry_users(&mut self, name: &str) -> Result<Vec<(String, String, &'static str)>, StoreError> {
-        todo!()
+    pub async fn registry_users(
+        &mut self,
+        name: &str,
+    ) -> Result<Vec<(String, String, &'static str)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, version, helm_registry, image_registry FROM applications \
+             WHERE project_id = $1 AND (helm_registry = $2 OR image_registry = $2) ORDER BY name, version",
+        )
+        .bind(self.pid())
+        .bind(name.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let app: String = r.try_get(0)?;
+            let version: String = r.try_get(1)?;
+            let helm: String = r.try_get(2)?;
+            let image: String = r.try_get(3)?;
+            if helm == name {
+                out.push((app.clone(), version.clone(), "helm"));
+            }
+            if image == name {
+                out.push((app, version, "image"));
+            }
+        }
+        Ok(out)
     }
 
     // ---- applications
-    pub async fn get_application(&mut self, name: &str, version: &str) -> Result<Option<Application>, StoreError> {
-        todo!()
+    pub async fn get_application(
+        &mut self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Application>, StoreError> {
+        self.get_body(Table::Applications, name, Some(version))
+            .await
     }
-    pub async fn application_versions(&mut self, name: &str) -> Result<Vec<Application>, StoreError> {
-        todo!()
+    pub async fn application_versions(
+        &mut self,
+        name: &str,
+    ) -> Result<Vec<Application>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM applications WHERE project_id = $1 AND name = $2 ORDER BY version",
+        )
+        .bind(self.pid())
+        .bind(name.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        bodies("application", &rows)
     }
-    pub async fn list_applications(&mut self, q: &ListQuery) -> Result<(Vec<Application>, u64), StoreError> {
-        todo!()
+    pub async fn list_applications(
+        &mut self,
+        q: &ListQuery,
+    ) -> Result<(Vec<Application>, u64), StoreError> {
+        self.list(Table::Applications, q).await
     }
     pub async fn put_application(&mut self, a: &Application) -> Result<Application, StoreError> {
-        todo!()
+        self.check_writable()?;
+        let existing = self
+            .existing_times(Table::Applications, &a.name, Some(&a.version))
+            .await?;
+        let (created, updated) = stamps(existing)?;
+        let mut a = a.clone();
+        a.create_time = Some(created);
+        a.update_time = Some(updated);
+        for p in &mut a.profiles {
+            p.create_time = Some(created);
+            p.update_time = Some(updated);
+        }
+        sqlx::query(
+            "INSERT INTO applications (project_id, name, version, display_name, display_name_lc, description, \
+             description_lc, kind, chart_name, chart_version, helm_registry, image_registry, default_profile, body, \
+             create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT (project_id, name, version) DO UPDATE SET display_name = excluded.display_name, \
+             display_name_lc = excluded.display_name_lc, description = excluded.description, \
+             description_lc = excluded.description_lc, kind = excluded.kind, chart_name = excluded.chart_name, \
+             chart_version = excluded.chart_version, helm_registry = excluded.helm_registry, \
+             image_registry = excluded.image_registry, default_profile = excluded.default_profile, \
+             body = excluded.body, update_time = excluded.update_time",
+        )
+        .bind(self.pid())
+        .bind(a.name.clone())
+        .bind(a.version.clone())
+        .bind(a.display_name.clone())
+        .bind(display_lc(&a.display_name))
+        .bind(a.description.clone())
+        .bind(display_lc(&a.description))
+        .bind(a.kind.as_str().to_string())
+        .bind(a.chart_name.clone())
+        .bind(a.chart_version.clone())
+        .bind(a.helm_registry_name.clone())
+        .bind(a.image_registry_name.clone())
+        .bind(a.default_profile_name.clone())
+        .bind(to_body(&a)?)
+        .bind(format_time(created))
+        .bind(format_time(updated))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(a)
     }
-    pub async fn delete_application(&mut self, name: &str, version: &str) -> Result<bool, StoreError> {
-        todo!()
+    pub async fn delete_application(
+        &mut self,
+        name: &str,
+        version: &str,
+    ) -> Result<bool, StoreError> {
+        self.delete_row(Table::Applications, name, Some(version))
+            .await
     }
     /// Packages whose `applicationReferences` include `name:version`.
-    pub async fn packages_using_application(&mut self, name: &str, version: &str) -> Result<Vec<DeploymentPackage>, StoreError> {
-        todo!()
+    pub async fn packages_using_application(
+        &mut self,
+        name: &str,
+        version: &str,
+    ) -> Result<Vec<DeploymentPackage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.body FROM package_app_refs r JOIN deployment_packages p \
+             ON p.project_id = r.project_id AND p.name = r.pkg_name AND p.version = r.pkg_version \
+             WHERE r.project_id = $1 AND r.app_name = $2 AND r.app_version = $3 ORDER BY p.name, p.version",
+        )
+        .bind(self.pid())
+        .bind(name.to_string())
+        .bind(version.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        bodies("deployment package", &rows)
     }
 
     // ---- deployment packages
-    pub async fn get_package(&mut self, name: &str, version: &str) -> Result<Option<DeploymentPackage>, StoreError> {
-        todo!()
+    pub async fn get_package(
+        &mut self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<DeploymentPackage>, StoreError> {
+        self.get_body(Table::Packages, name, Some(version)).await
     }
-    pub async fn package_versions(&mut self, name: &str) -> Result<Vec<DeploymentPackage>, StoreError> {
-        todo!()
+    pub async fn package_versions(
+        &mut self,
+        name: &str,
+    ) -> Result<Vec<DeploymentPackage>, StoreError> {
+        let rows = sqlx::query("SELECT body FROM deployment_packages WHERE project_id = $1 AND name = $2 ORDER BY version")
+            .bind(self.pid())
+            .bind(name.to_string())
+            .fetch_all(&mut *self.tx)
+            .await?;
+        bodies("deployment package", &rows)
     }
-    pub async fn list_packages(&mut self, q: &ListQuery) -> Result<(Vec<DeploymentPackage>, u64), StoreError> {
-        todo!()
+    pub async fn list_packages(
+        &mut self,
+        q: &ListQuery,
+    ) -> Result<(Vec<DeploymentPackage>, u64), StoreError> {
+        self.list(Table::Packages, q).await
     }
     /// Inserts or replaces; also maintains the package -> application and package -> artifact
     /// reference rows used by the in-use checks.
-    pub async fn put_package(&mut self, p: &DeploymentPackage) -> Result<DeploymentPackage, StoreError> {
-        todo!()
+    pub async fn put_package(
+        &mut self,
+        p: &DeploymentPackage,
+    ) -> Result<DeploymentPackage, StoreError> {
+        self.check_writable()?;
+        let existing = self
+            .existing_times(Table::Packages, &p.name, Some(&p.version))
+            .await?;
+        let (created, updated) = stamps(existing)?;
+        let mut p = p.clone();
+        p.create_time = Some(created);
+        p.update_time = Some(updated);
+        for dp in &mut p.profiles {
+            dp.create_time = Some(created);
+            dp.update_time = Some(updated);
+        }
+        sqlx::query(
+            "INSERT INTO deployment_packages (project_id, name, version, display_name, display_name_lc, description, \
+             description_lc, kind, is_deployed, body, create_time, update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (project_id, name, version) DO UPDATE SET display_name = excluded.display_name, \
+             display_name_lc = excluded.display_name_lc, description = excluded.description, \
+             description_lc = excluded.description_lc, kind = excluded.kind, is_deployed = excluded.is_deployed, \
+             body = excluded.body, update_time = excluded.update_time",
+        )
+        .bind(self.pid())
+        .bind(p.name.clone())
+        .bind(p.version.clone())
+        .bind(p.display_name.clone())
+        .bind(display_lc(&p.display_name))
+        .bind(p.description.clone())
+        .bind(display_lc(&p.description))
+        .bind(p.kind.as_str().to_string())
+        .bind(p.is_deployed)
+        .bind(to_body(&p)?)
+        .bind(format_time(created))
+        .bind(format_time(updated))
+        .execute(&mut *self.tx)
+        .await?;
+
+        for table in ["package_app_refs", "package_artifact_refs"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE project_id = $1 AND pkg_name = $2 AND pkg_version = $3"
+            ))
+            .bind(self.pid())
+            .bind(p.name.clone())
+            .bind(p.version.clone())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let mut apps: Vec<(&str, &str)> = p
+            .application_references
+            .iter()
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect();
+        apps.sort_unstable();
+        apps.dedup();
+        for (app, version) in apps {
+            sqlx::query(
+                "INSERT INTO package_app_refs (project_id, pkg_name, pkg_version, app_name, app_version) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(self.pid())
+            .bind(p.name.clone())
+            .bind(p.version.clone())
+            .bind(app.to_string())
+            .bind(version.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let mut artifacts: Vec<&str> = p.artifacts.iter().map(|a| a.name.as_str()).collect();
+        artifacts.sort_unstable();
+        artifacts.dedup();
+        for artifact in artifacts {
+            sqlx::query(
+                "INSERT INTO package_artifact_refs (project_id, pkg_name, pkg_version, artifact_name) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(self.pid())
+            .bind(p.name.clone())
+            .bind(p.version.clone())
+            .bind(artifact.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(p)
     }
     pub async fn delete_package(&mut self, name: &str, version: &str) -> Result<bool, StoreError> {
-        todo!()
+        self.check_writable()?;
+        // Also removed by ON DELETE CASCADE; deleted explicitly so correctness never depends on
+        // the foreign_keys pragma.
+        for table in ["package_app_refs", "package_artifact_refs"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE project_id = $1 AND pkg_name = $2 AND pkg_version = $3"
+            ))
+            .bind(self.pid())
+            .bind(name.to_string())
+            .bind(version.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        self.delete_row(Table::Packages, name, Some(version)).await
     }
 
     // ---- artifacts
     pub async fn get_artifact(&mut self, name: &str) -> Result<Option<Artifact>, StoreError> {
-        todo!()
+        self.get_body(Table::Artifacts, name, None).await
     }
-    pub async fn list_artifacts(&mut self, q: &ListQuery) -> Result<(Vec<Artifact>, u64), StoreError> {
-        todo!()
+    pub async fn list_artifacts(
+        &mut self,
+        q: &ListQuery,
+    ) -> Result<(Vec<Artifact>, u64), StoreError> {
+        self.list(Table::Artifacts, q).await
     }
     pub async fn put_artifact(&mut self, a: &Artifact) -> Result<Artifact, StoreError> {
-        todo!()
+        self.check_writable()?;
+        let existing = self.existing_times(Table::Artifacts, &a.name, None).await?;
+        let (created, updated) = stamps(existing)?;
+        let mut a = a.clone();
+        a.create_time = Some(created);
+        a.update_time = Some(updated);
+        sqlx::query(
+            "INSERT INTO artifacts (project_id, name, display_name, display_name_lc, description, description_lc, \
+             mime_type, body, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (project_id, name) DO UPDATE SET display_name = excluded.display_name, \
+             display_name_lc = excluded.display_name_lc, description = excluded.description, \
+             description_lc = excluded.description_lc, mime_type = excluded.mime_type, body = excluded.body, \
+             update_time = excluded.update_time",
+        )
+        .bind(self.pid())
+        .bind(a.name.clone())
+        .bind(a.display_name.clone())
+        .bind(display_lc(&a.display_name))
+        .bind(a.description.clone())
+        .bind(display_lc(&a.description))
+        .bind(a.mime_type.clone())
+        .bind(to_body(&a)?)
+        .bind(format_time(created))
+        .bind(format_time(updated))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(a)
     }
     pub async fn delete_artifact(&mut self, name: &str) -> Result<bool, StoreError> {
-        todo!()
+        self.delete_row(Table::Artifacts, name, None).await
     }
     /// Packages referencing the artifact: `(name, version)`.
-    pub async fn packages_using_artifact(&mut self, name: &str) -> Result<Vec<(String, String)>, StoreError> {
-        todo!()
+    pub async fn packages_using_artifact(
+        &mut self,
+        name: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pkg_name, pkg_version FROM package_artifact_refs WHERE project_id = $1 AND artifact_name = $2 \
+             ORDER BY pkg_name, pkg_version",
+        )
+        .bind(self.pid())
+        .bind(name.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     // ---- rules support
@@ -169,27 +1065,223 @@ impl CatalogTx {
         display_name: &str,
         exclude_name: &str,
     ) -> Result<Option<String>, StoreError> {
-        todo!()
+        if display_name.trim().is_empty() {
+            return Ok(None);
+        }
+        let table = match scope {
+            DisplayNameScope::Registry => Table::Registries,
+            DisplayNameScope::Application => Table::Applications,
+            DisplayNameScope::DeploymentPackage => Table::Packages,
+            DisplayNameScope::Artifact => Table::Artifacts,
+        };
+        let sql = format!(
+            "SELECT name FROM {} WHERE project_id = $1 AND display_name_lc = $2 AND name <> $3 ORDER BY name LIMIT 1",
+            table.sql()
+        );
+        let row = sqlx::query(&sql)
+            .bind(self.pid())
+            .bind(display_lc(display_name))
+            .bind(exclude_name.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
     }
 
     // ---- upload sessions (files are held until the last upload, then applied in one tx)
     pub async fn create_upload_session(&mut self) -> Result<Uuid, StoreError> {
-        todo!()
+        self.check_writable()?;
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO upload_sessions (id, project_id, create_time) VALUES ($1, $2, $3)",
+        )
+        .bind(id.to_string())
+        .bind(self.pid())
+        .bind(format_time(now()))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(id)
     }
     /// Whether the session exists in this project.
     pub async fn upload_session_exists(&mut self, session: Uuid) -> Result<bool, StoreError> {
-        todo!()
+        let row = sqlx::query("SELECT id FROM upload_sessions WHERE id = $1 AND project_id = $2")
+            .bind(session.to_string())
+            .bind(self.pid())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(row.is_some())
     }
+
+    async fn require_session(&mut self, session: Uuid) -> Result<(), StoreError> {
+        if self.upload_session_exists(session).await? {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchUploadSession(session))
+        }
+    }
+
     /// Appends a file; returns the number of files now in the session.
-    pub async fn add_upload_file(&mut self, session: Uuid, file: &StoredUploadFile) -> Result<u32, StoreError> {
-        todo!()
+    pub async fn add_upload_file(
+        &mut self,
+        session: Uuid,
+        file: &StoredUploadFile,
+    ) -> Result<u32, StoreError> {
+        self.check_writable()?;
+        self.require_session(session).await?;
+        let size = i64::try_from(file.content.len()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO upload_files (session_id, seq, name, content, size) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM upload_files WHERE session_id = $1",
+        )
+        .bind(session.to_string())
+        .bind(file.name.clone())
+        .bind(file.content.clone())
+        .bind(size)
+        .execute(&mut *self.tx)
+        .await?;
+        let count: i64 = sqlx::query("SELECT COUNT(*) FROM upload_files WHERE session_id = $1")
+            .bind(session.to_string())
+            .fetch_one(&mut *self.tx)
+            .await?
+            .try_get(0)?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
     /// The session's files in upload order, and deletes the session (within this transaction).
-    pub async fn take_upload_files(&mut self, session: Uuid) -> Result<Vec<StoredUploadFile>, StoreError> {
-        todo!()
+    pub async fn take_upload_files(
+        &mut self,
+        session: Uuid,
+    ) -> Result<Vec<StoredUploadFile>, StoreError> {
+        self.check_writable()?;
+        self.require_session(session).await?;
+        let rows = sqlx::query(
+            "SELECT name, content FROM upload_files WHERE session_id = $1 ORDER BY seq",
+        )
+        .bind(session.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let files = rows
+            .iter()
+            .map(|r| {
+                Ok(StoredUploadFile {
+                    name: r.try_get(0)?,
+                    content: r.try_get(1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        sqlx::query("DELETE FROM upload_files WHERE session_id = $1")
+            .bind(session.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM upload_sessions WHERE id = $1 AND project_id = $2")
+            .bind(session.to_string())
+            .bind(self.pid())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(files)
     }
     /// Total bytes held by the session so far.
     pub async fn upload_session_bytes(&mut self, session: Uuid) -> Result<u64, StoreError> {
-        todo!()
+        self.require_session(session).await?;
+        let total: i64 = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM upload_files WHERE session_id = $1",
+        )
+        .bind(session.to_string())
+        .fetch_one(&mut *self.tx)
+        .await?
+        .try_get(0)?;
+        Ok(u64::try_from(total).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sqlx-sqlite binds `$N` to argument N (not by order of appearance), and a repeated `$N`
+    /// is the same argument — the store's SQL relies on both.
+    #[tokio::test]
+    async fn dollar_placeholders_are_numbered_on_every_backend() {
+        for (label, store, _dir) in crate::testing::fresh_stores().await {
+            let row = sqlx::query("SELECT $2 || $1 || $2")
+                .bind("a".to_string())
+                .bind("b".to_string())
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            let s: String = row.try_get(0).unwrap();
+            assert_eq!(s, "bab", "{label}");
+            store.close().await;
+        }
+    }
+
+    #[test]
+    fn timestamps_are_fixed_width_and_round_trip() {
+        let t = time::macros::datetime!(2026-11-25 03:12:07.123456 UTC);
+        assert_eq!(format_time(t), "2026-11-25T03:12:07.123456Z");
+        let whole = time::macros::datetime!(2026-01-02 03:04:05 UTC);
+        assert_eq!(format_time(whole), "2026-01-02T03:04:05.000000Z");
+        assert_eq!(parse_time(&format_time(t)).unwrap(), t);
+        let n = now();
+        assert_eq!(parse_time(&format_time(n)).unwrap(), n);
+    }
+
+    #[test]
+    fn update_time_always_moves_forward() {
+        let future = time::macros::datetime!(2999-01-01 00:00:00 UTC);
+        let (c, u) = stamps(Some((format_time(future), format_time(future)))).unwrap();
+        assert_eq!(c, future);
+        assert_eq!(u, future + time::Duration::microseconds(1));
+    }
+
+    #[test]
+    fn list_sql_carries_user_values_only_as_arguments() {
+        use canopy_core::list::{FilterTerm, OrderTerm};
+        let evil = "x' OR 1=1; DROP TABLE applications; --";
+        let q = ListQuery {
+            filter: vec![
+                FilterTerm {
+                    field: Field::Name,
+                    value: evil.into(),
+                },
+                FilterTerm {
+                    field: Field::DisplayName,
+                    value: "*".into(),
+                },
+            ],
+            order_by: vec![OrderTerm {
+                field: Field::DisplayName,
+                descending: true,
+            }],
+            kinds: vec![Kind::Normal, Kind::Addon],
+            ..ListQuery::default()
+        };
+        let sql = list_sql(Table::Applications, ProjectId(Uuid::nil()), &q).unwrap();
+        for text in [&sql.page, &sql.count] {
+            assert!(!text.contains("DROP") && !text.contains("1=1"), "{text}");
+        }
+        // project, 2 patterns, 2 kinds, limit, offset
+        assert_eq!(sql.args.len(), 7);
+        assert!(sql.page.contains("LIMIT $6 OFFSET $7"), "{}", sql.page);
+        assert!(
+            sql.count.contains("$5") && !sql.count.contains("$6"),
+            "{}",
+            sql.count
+        );
+    }
+
+    #[test]
+    fn every_field_maps_to_a_column_where_the_api_allows_it() {
+        use canopy_core::list::Entity;
+        for (entity, table) in [
+            (Entity::Registry, Table::Registries),
+            (Entity::Application, Table::Applications),
+            (Entity::DeploymentPackage, Table::Packages),
+            (Entity::Artifact, Table::Artifacts),
+        ] {
+            for (name, field) in entity.fields() {
+                assert!(table.column(*field).is_some(), "{entity:?}.{name}");
+            }
+        }
+        assert!(Table::Registries.column(Field::MimeType).is_none());
+        assert!(Table::Artifacts.column(Field::Version).is_none());
     }
 }

@@ -1,0 +1,376 @@
+//! Client tests against a tiny canned HTTP responder: they pin the wire format (paths, query
+//! strings, wrappers, multipart) and the error mapping without needing the real server, whose
+//! author covers the end-to-end behaviour through the test harness.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use canopy_core::catalog::{Kind, Registry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// A request as the fake server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: String,
+    body: Vec<u8>,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> (u16, String) + Send + Sync>;
+
+struct Fake {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Fake {
+    async fn start(handler: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let handler = handler.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let _ = serve_one(stream, handler, seen).await;
+                });
+            }
+        });
+        Fake { url, seen }
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn serve_one(
+    mut stream: TcpStream,
+    handler: Handler,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let mut first = head.lines().next().unwrap_or("").split(' ');
+    let req = Seen {
+        method: first.next().unwrap_or("").to_owned(),
+        target: first.next().unwrap_or("").to_owned(),
+        headers: head.clone(),
+        body: buf[head_end..].to_vec(),
+    };
+    seen.lock().unwrap().push(req.clone());
+    let (status, body) = handler(&req);
+    if status == 0 {
+        // Never answer (for timeout tests).
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        return Ok(());
+    }
+    let resp = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn registry_json(name: &str) -> String {
+    format!(r#"{{"name":"{name}","rootUrl":"oci://r.example.com/x","type":"HELM"}}"#)
+}
+
+#[test]
+fn new_refuses_bad_urls() {
+    for bad in ["", "127.0.0.1:7070", "ftp://x.example.com", "http://"] {
+        let e = Client::new(bad, "p").unwrap_err();
+        assert!(matches!(e, ClientError::InvalidUrl { .. }), "{bad}: {e:?}");
+    }
+    let c = Client::new("http://h:1/prefix/", "p").unwrap();
+    assert_eq!(c.base_url(), "http://h:1/prefix");
+    assert_eq!(
+        c.catalog_url(&["applications", "a b/c"]).as_str(),
+        "http://h:1/prefix/v3/projects/p/catalog/applications/a%20b%2Fc"
+    );
+    let c = Client::new("http://h:1", "p").unwrap();
+    assert_eq!(c.url(&["healthz"]).as_str(), "http://h:1/healthz");
+    assert_eq!(c.with_project("q").project(), "q");
+}
+
+#[tokio::test]
+async fn get_registry_unwraps_and_asks_for_secrets() {
+    let fake = Fake::start(|_| (200, format!(r#"{{"registry":{}}}"#, registry_json("r1")))).await;
+    let c = Client::new(&fake.url, "p1").unwrap();
+    let r = c.get_registry("r1", true).await.unwrap();
+    assert_eq!(r.name, "r1");
+    assert_eq!(r.registry_type, "HELM");
+    let seen = fake.requests();
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(
+        seen[0].target,
+        "/v3/projects/p1/catalog/registries/r1?showSensitiveInfo=true"
+    );
+    c.get_registry("r1", false).await.unwrap();
+    assert_eq!(fake.requests()[1].target, "/v3/projects/p1/catalog/registries/r1");
+}
+
+#[tokio::test]
+async fn create_and_update_send_entity_bodies() {
+    let fake = Fake::start(|s| match s.method.as_str() {
+        "POST" => (200, format!(r#"{{"registry":{}}}"#, registry_json("r1"))),
+        _ => (200, "{}".to_owned()),
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let reg = Registry {
+        name: "r1".into(),
+        root_url: "oci://r.example.com/x".into(),
+        registry_type: "HELM".into(),
+        ..Default::default()
+    };
+    c.create_registry(&reg).await.unwrap();
+    c.update_registry("r1", &reg).await.unwrap();
+    c.delete_registry("r1").await.unwrap();
+    let seen = fake.requests();
+    let sent: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(sent["rootUrl"], "oci://r.example.com/x");
+    assert_eq!(seen[1].method, "PUT");
+    assert_eq!(seen[1].target, "/v3/projects/p/catalog/registries/r1");
+    assert_eq!(seen[2].method, "DELETE");
+}
+
+#[tokio::test]
+async fn list_encodes_params_and_reads_totals() {
+    let fake = Fake::start(|_| {
+        (
+            200,
+            r#"{"applications":[{"name":"a","version":"1","chartName":"c","chartVersion":"1","helmRegistryName":"h"}],"totalElements":7}"#.to_owned(),
+        )
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let params = ListParams {
+        page_size: Some(1),
+        offset: Some(3),
+        order_by: Some("name desc".into()),
+        filter: Some("name=a".into()),
+        kinds: vec![Kind::Normal, Kind::Addon],
+    };
+    let page = c.list_applications(&params).await.unwrap();
+    assert_eq!(page.total, 7);
+    assert_eq!(page.items[0].name, "a");
+    assert_eq!(
+        fake.requests()[0].target,
+        "/v3/projects/p/catalog/applications?pageSize=1&offset=3&orderBy=name+desc&filter=name%3Da&kinds=KIND_NORMAL&kinds=KIND_ADDON"
+    );
+}
+
+#[tokio::test]
+async fn list_all_walks_pages_and_tolerates_omitted_empty_lists() {
+    let fake = Fake::start(|s| {
+        let offset: usize = s
+            .target
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("offset="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let names: Vec<String> = (offset..5.min(offset + 2))
+            .map(|i| registry_json(&format!("r{i}")))
+            .collect();
+        if names.is_empty() {
+            return (200, r#"{"totalElements":5}"#.to_owned());
+        }
+        (
+            200,
+            format!(r#"{{"registries":[{}],"totalElements":5}}"#, names.join(",")),
+        )
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let params = ListParams {
+        page_size: Some(2),
+        ..Default::default()
+    };
+    let all = c.list_all_registries(&params, false).await.unwrap();
+    let names: Vec<_> = all.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["r0", "r1", "r2", "r3", "r4"]);
+    assert_eq!(fake.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn versions_reference_count_and_download() {
+    let fake = Fake::start(|s| {
+        if s.target.ends_with("/versions") {
+            (
+                200,
+                r#"{"application":[{"name":"a","version":"1"},{"name":"a","version":"2"}]}"#
+                    .to_owned(),
+            )
+        } else if s.target.ends_with("/reference_count") {
+            (200, "{}".to_owned())
+        } else {
+            (200, "tarball-bytes".to_owned())
+        }
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let versions = c.application_versions("a").await.unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(c.application_reference_count("a", "1").await.unwrap(), 0);
+    let bytes = c.download_deployment_package("d", "1.0").await.unwrap();
+    assert_eq!(bytes, b"tarball-bytes");
+    assert_eq!(
+        fake.requests()[2].target,
+        "/v3/projects/p/catalog/deployment_packages/d/versions/1.0/download"
+    );
+}
+
+#[tokio::test]
+async fn api_errors_keep_the_server_message() {
+    let fake = Fake::start(|_| {
+        (
+            404,
+            r#"{"code":5,"message":"registry nope not found","details":[]}"#.to_owned(),
+        )
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let e = c.get_registry("nope", false).await.unwrap_err();
+    assert!(e.is_not_found());
+    assert_eq!(e.to_string(), "registry nope not found");
+}
+
+#[tokio::test]
+async fn decode_errors_name_the_url() {
+    let fake = Fake::start(|_| (200, r#"{"something":"else"}"#.to_owned())).await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let e = c.get_artifact("x").await.unwrap_err();
+    assert!(matches!(e, ClientError::Decode { .. }), "{e:?}");
+    assert!(e.to_string().contains("/catalog/artifacts/x"), "{e}");
+}
+
+#[tokio::test]
+async fn unreachable_server_says_what_to_check() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let c = Client::new(&url, "p").unwrap();
+    let e = c.healthz().await.unwrap_err();
+    assert!(e.is_unreachable(), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("could not reach the Canopy server at {url}: ")),
+        "{msg}"
+    );
+    assert!(msg.contains("check that the server is running"), "{msg}");
+}
+
+#[tokio::test]
+async fn slow_server_times_out() {
+    let fake = Fake::start(|_| (0, String::new())).await;
+    let c = Client::new(&fake.url, "p")
+        .unwrap()
+        .with_timeout(Duration::from_millis(200));
+    let e = c.healthz().await.unwrap_err();
+    assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
+    assert!(e.is_unreachable());
+}
+
+#[tokio::test]
+async fn bulk_upload_sends_one_part_per_file() {
+    let fake = Fake::start(|_| {
+        (
+            200,
+            r#"[{"sessionId":"s1","uploadNumber":1,"errorMessages":[]},{"sessionId":"s1","uploadNumber":2}]"#
+                .to_owned(),
+        )
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let files = vec![
+        UploadFile {
+            name: "app.yaml".into(),
+            content: b"specSchema: Application\n".to_vec(),
+        },
+        UploadFile {
+            name: "sub/values.yaml".into(),
+            content: b"a: 1\n".to_vec(),
+        },
+    ];
+    let resp = c.bulk_upload(&files).await.unwrap();
+    assert_eq!(resp.len(), 2);
+    assert_eq!(resp[1].session_id, "s1");
+    assert!(resp[1].error_messages.is_empty());
+    let seen = &fake.requests()[0];
+    assert_eq!(seen.target, "/v3/projects/p/catalog/upload");
+    assert!(seen.headers.to_ascii_lowercase().contains("multipart/form-data"));
+    let body = String::from_utf8_lossy(&seen.body);
+    assert_eq!(body.matches(r#"name="files""#).count(), 2, "{body}");
+    assert!(body.contains(r#"filename="sub/values.yaml""#), "{body}");
+
+    let too_many: Vec<_> = (0..=MAX_UPLOAD_FILES)
+        .map(|i| UploadFile {
+            name: format!("f{i}.yaml"),
+            content: vec![],
+        })
+        .collect();
+    let e = c.bulk_upload(&too_many).await.unwrap_err();
+    assert!(e.to_string().contains("more than one upload takes (100)"), "{e}");
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn session_upload_sends_base64_and_session() {
+    let fake = Fake::start(|_| {
+        (
+            200,
+            r#"{"sessionId":"abc","uploadNumber":2,"errorMessages":["x.yaml: bad"]}"#.to_owned(),
+        )
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let file = UploadFile {
+        name: "x.yaml".into(),
+        content: b"hi".to_vec(),
+    };
+    let resp = c.upload_file(Some("abc"), true, &file).await.unwrap();
+    assert_eq!(resp.error_messages, ["x.yaml: bad"]);
+    let seen = &fake.requests()[0];
+    assert_eq!(
+        seen.target,
+        "/v3/projects/p/catalog/uploads?sessionId=abc&lastUpload=true"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(body["fileName"], "x.yaml");
+    assert_eq!(body["artifact"], "aGk=");
+}

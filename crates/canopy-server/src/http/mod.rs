@@ -1,0 +1,106 @@
+//! The HTTP API: routes, the OpenAPI document generated from the handlers, and the one place
+//! where app-layer errors become HTTP responses.
+//!
+//! Handlers are thin: extract, call one [`App`] method, map the result. Request bodies are
+//! size-limited here; JSON bodies with unknown fields or wrong types are refused with 400 (the
+//! reference's InvalidArgument), never axum's default 422.
+
+mod catalog;
+mod error;
+mod events;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::{App, AppError, Ctx};
+
+pub use error::ErrorBody;
+
+/// Largest JSON request body (artifacts are up to 4 MB, base64-encoded).
+pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+/// Largest multipart upload body.
+pub const MAX_UPLOAD_BODY: usize = 80 * 1024 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Canopy API",
+        description = "Canopy edge application orchestrator. Catalog paths follow the reference \
+                       Application Catalog API (`/v3/projects/{projectName}/catalog/...`); Canopy's own \
+                       additions live under `/canopy/v1/...`.",
+        license(name = "Apache-2.0")
+    ),
+    tags(
+        (name = "CatalogService", description = "Application catalog (reference-compatible)"),
+        (name = "Canopy", description = "Canopy's own additions: health, events")
+    )
+)]
+struct ApiDoc;
+
+/// Builds the full router and the OpenAPI document describing it.
+pub fn router(app: App) -> Router {
+    let (router, api) = api_router().split_for_parts();
+    let doc = serde_json::to_value(&api).unwrap_or_default();
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc) }
+            }),
+        )
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// The routes with their OpenAPI description (also used to test that the document is complete).
+pub fn api_router() -> OpenApiRouter<App> {
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(catalog::bulk_upload))
+        .routes(routes!(catalog::session_upload))
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY));
+    let rest = OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(catalog::list_registries, catalog::create_registry))
+        .routes(routes!(catalog::get_registry, catalog::update_registry, catalog::delete_registry))
+        .routes(routes!(catalog::list_applications, catalog::create_application))
+        .routes(routes!(catalog::application_versions))
+        .routes(routes!(catalog::get_application, catalog::update_application, catalog::delete_application))
+        .routes(routes!(catalog::application_reference_count))
+        .routes(routes!(catalog::list_packages, catalog::create_package))
+        .routes(routes!(catalog::package_versions))
+        .routes(routes!(catalog::get_package, catalog::update_package, catalog::delete_package))
+        .routes(routes!(catalog::download_package))
+        .routes(routes!(catalog::list_artifacts, catalog::create_artifact))
+        .routes(routes!(catalog::get_artifact, catalog::update_artifact, catalog::delete_artifact))
+        .routes(routes!(events::catalog_events))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(uploads).merge(rest)
+}
+
+/// Liveness and readiness: answers 200 when the database answers.
+#[utoipa::path(get, path = "/healthz", tag = "Canopy", responses((status = 200, description = "healthy"), (status = 503, body = ErrorBody)))]
+async fn health(axum::extract::State(app): axum::extract::State<App>) -> Result<&'static str, AppError> {
+    app.store().project_by_name(crate::app::DEFAULT_PROJECT).await?;
+    Ok("ok")
+}
+
+async fn not_found(uri: axum::http::Uri) -> impl IntoResponse {
+    AppError::NotFound(format!("no such path {}", uri.path()))
+}
+
+/// Resolves the request's project and correlation id.
+async fn ctx(app: &App, project: &str, headers: &HeaderMap) -> Result<Ctx, AppError> {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    app.context(project, request_id).await
+}

@@ -1,0 +1,232 @@
+//! Shared argument types and the parsers of compound flag values (`app=ns`, `name:version`,
+//! `name=type:display:default`). They run inside clap, so a malformed value is a usage error
+//! (exit 2) that names the flag, before anything is sent to the server.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use canopy_client::ListParams;
+use canopy_core::catalog::{DeploymentRequirement, Kind, ParameterTemplate};
+use clap::{Args, ValueEnum};
+use tokio::io::AsyncReadExt as _;
+
+/// Paging and query flags of every server-side list.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ListArgs {
+    /// Filter: `field=value` terms joined by ` OR ` (substring match, `*` wildcard).
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// Order: comma list of `field [asc|desc]`.
+    #[arg(long, value_name = "FIELDS")]
+    pub order_by: Option<String>,
+    /// Items per page (server default 20, max 500).
+    #[arg(long, value_name = "N")]
+    pub page_size: Option<u32>,
+    /// Index of the first item to show.
+    #[arg(long, value_name = "N")]
+    pub offset: Option<u32>,
+    /// Fetch every page instead of one.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl ListArgs {
+    pub fn params(&self, kinds: &[KindArg]) -> ListParams {
+        ListParams {
+            page_size: self.page_size,
+            offset: self.offset,
+            order_by: self.order_by.clone(),
+            filter: self.filter.clone(),
+            kinds: kinds.iter().map(|k| Kind::from(*k)).collect(),
+        }
+    }
+}
+
+/// Kind of an application or package, as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Normal,
+    Extension,
+    Addon,
+}
+
+impl From<KindArg> for Kind {
+    fn from(k: KindArg) -> Kind {
+        match k {
+            KindArg::Normal => Kind::Normal,
+            KindArg::Extension => Kind::Extension,
+            KindArg::Addon => Kind::Addon,
+        }
+    }
+}
+
+/// Registry type, as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum RegistryType {
+    /// Helm charts.
+    Helm,
+    /// Container images.
+    Image,
+}
+
+impl RegistryType {
+    pub fn as_api(self) -> &'static str {
+        match self {
+            RegistryType::Helm => "HELM",
+            RegistryType::Image => "IMAGE",
+        }
+    }
+}
+
+/// `key=value` with a non-empty key and value.
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    let (k, v) = (k.trim(), v.trim());
+    if k.is_empty() || v.is_empty() {
+        return Err(format!("expected KEY=VALUE with both sides set, got {s:?}"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `name:version`, as in `--app web:0.1.0`.
+pub fn name_version(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((n, v)) if !n.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((n.trim().to_owned(), v.trim().to_owned()))
+        }
+        _ => Err(format!("expected NAME:VERSION, got {s:?}")),
+    }
+}
+
+/// `name=type[:display-name[:default]]`, as in `--parameter-template image.tag=string:Tag:1.0`.
+/// The default is everything after the second `:`, so it may itself contain `:`.
+pub fn parameter_template(s: &str) -> Result<ParameterTemplate, String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=TYPE[:DISPLAY-NAME[:DEFAULT]], got {s:?}"))?;
+    let mut parts = rest.splitn(3, ':');
+    let param_type = parts.next().unwrap_or("").trim();
+    if name.trim().is_empty() {
+        return Err(format!("parameter template {s:?} has no name"));
+    }
+    if !matches!(param_type, "string" | "number" | "boolean") {
+        return Err(format!(
+            "parameter template {name:?} has type {param_type:?}; expected string, number or boolean"
+        ));
+    }
+    Ok(ParameterTemplate {
+        name: name.trim().to_owned(),
+        param_type: param_type.to_owned(),
+        display_name: parts.next().unwrap_or("").to_owned(),
+        default: parts.next().unwrap_or("").to_owned(),
+        ..Default::default()
+    })
+}
+
+/// `package:version[:deployment-profile]`.
+pub fn deployment_requirement(s: &str) -> Result<DeploymentRequirement, String> {
+    let parts: Vec<&str> = s.splitn(3, ':').map(str::trim).collect();
+    match parts.as_slice() {
+        [name, version, rest @ ..] if !name.is_empty() && !version.is_empty() => {
+            Ok(DeploymentRequirement {
+                name: (*name).to_owned(),
+                version: (*version).to_owned(),
+                deployment_profile_name: rest.first().copied().unwrap_or("").to_owned(),
+            })
+        }
+        _ => Err(format!(
+            "expected PACKAGE:VERSION[:DEPLOYMENT-PROFILE], got {s:?}"
+        )),
+    }
+}
+
+/// Reads a file, or standard input for `-`.
+pub async fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        tokio::io::stdin()
+            .read_to_end(&mut buf)
+            .await
+            .context("cannot read standard input")?;
+        return Ok(buf);
+    }
+    tokio::fs::read(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Reads a text file (or standard input for `-`) that must be UTF-8.
+pub async fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = read_input(path).await?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
+}
+
+/// True for the `-` that means standard input or output.
+pub fn is_stdio(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_key_value_pairs() {
+        assert_eq!(key_value("web=ns1"), Ok(("web".into(), "ns1".into())));
+        assert_eq!(key_value(" web = ns1 "), Ok(("web".into(), "ns1".into())));
+        assert_eq!(key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(key_value("web").is_err());
+        assert!(key_value("=ns").is_err());
+        assert!(key_value("web=").is_err());
+    }
+
+    #[test]
+    fn parses_name_version() {
+        assert_eq!(name_version("web:0.1.0"), Ok(("web".into(), "0.1.0".into())));
+        assert!(name_version("web").is_err());
+        assert!(name_version("web:").is_err());
+        assert!(name_version(":1").is_err());
+    }
+
+    #[test]
+    fn parses_parameter_templates() {
+        let p = parameter_template("image.tag=string").unwrap();
+        assert_eq!((p.name.as_str(), p.param_type.as_str()), ("image.tag", "string"));
+        assert_eq!((p.display_name.as_str(), p.default.as_str()), ("", ""));
+        let p = parameter_template("svc.url=string:Service URL:http://x:80/y").unwrap();
+        assert_eq!(p.display_name, "Service URL");
+        assert_eq!(p.default, "http://x:80/y");
+        let p = parameter_template("replicas=number::3").unwrap();
+        assert_eq!((p.display_name.as_str(), p.default.as_str()), ("", "3"));
+        assert!(parameter_template("replicas").is_err());
+        assert!(parameter_template("=string").is_err());
+        let e = parameter_template("replicas=int").unwrap_err();
+        assert!(e.contains("expected string, number or boolean"), "{e}");
+    }
+
+    #[test]
+    fn parses_deployment_requirements() {
+        let r = deployment_requirement("base:1.0").unwrap();
+        assert_eq!((r.name.as_str(), r.version.as_str()), ("base", "1.0"));
+        assert_eq!(r.deployment_profile_name, "");
+        let r = deployment_requirement("base:1.0:minimal").unwrap();
+        assert_eq!(r.deployment_profile_name, "minimal");
+        assert!(deployment_requirement("base").is_err());
+    }
+
+    #[test]
+    fn list_args_become_params() {
+        let a = ListArgs {
+            filter: Some("name=web".into()),
+            page_size: Some(5),
+            ..Default::default()
+        };
+        let p = a.params(&[KindArg::Addon]);
+        assert_eq!(p.filter.as_deref(), Some("name=web"));
+        assert_eq!(p.page_size, Some(5));
+        assert_eq!(p.kinds, vec![Kind::Addon]);
+    }
+}

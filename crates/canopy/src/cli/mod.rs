@@ -1,0 +1,242 @@
+//! The `canopy` command line: argument parsing (clap derive), the async runtime, and the one
+//! place where errors become `error: ...` lines and exit codes.
+//!
+//! Commands are thin over `canopy-client`; each group lives in its own module. Everything writes
+//! to the `out`/`err` writers it is given rather than to the process's streams, so tests drive the
+//! whole CLI in-process ([`run_async`] against a test server) and read what a user would see.
+//!
+//! Exit codes: 0 success, 1 a failed command (the server refused, unreachable, bad file), 2 a
+//! usage error (clap's default).
+
+mod args;
+mod catalog;
+mod output;
+mod server;
+mod upload;
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+
+use canopy_client::{Client, ClientError};
+use clap::{Parser, Subcommand};
+
+pub use output::Format;
+
+/// Canopy: an edge application orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "canopy", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted by every subcommand.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// URL of the Canopy server.
+    #[arg(
+        long,
+        global = true,
+        env = "CANOPY_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL"
+    )]
+    pub server: String,
+    /// Project to act in.
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        env = "CANOPY_PROJECT",
+        default_value = "default",
+        value_name = "NAME"
+    )]
+    pub project: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Canopy control plane.
+    Server(server::ServerArgs),
+    /// Manage the application catalog: registries, applications, packages, artifacts.
+    Catalog(catalog::CatalogArgs),
+}
+
+/// Runs the CLI with process-style arguments (`args[0]` is the program name), printing results
+/// to `out` and errors to standard error. Returns the exit code.
+pub fn run<I, T>(args: I, out: &mut (dyn Write + Send)) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_with_io(args, out, &mut io::stderr())
+}
+
+/// Like [`run`], with errors written to `err`. Builds its own async runtime; when called from
+/// inside one (an async test), it runs on a separate thread so the runtimes do not nest.
+pub fn run_with_io<I, T>(args: I, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match parse(args, out, err) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let runtime = match cli.command {
+        // The server wants every core; a client command needs one thread.
+        Command::Server(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        Command::Catalog(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            let handle = s.spawn(|| runtime.block_on(execute(cli, out, err)));
+            match handle.join() {
+                Ok(code) => code,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    } else {
+        runtime.block_on(execute(cli, out, err))
+    }
+}
+
+/// Runs the CLI on the caller's async runtime (for in-process tests against a test server).
+pub async fn run_async<I, T>(
+    args: I,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match parse(args, out, err) {
+        Ok(cli) => execute(cli, out, err).await,
+        Err(code) => code,
+    }
+}
+
+/// Parses the arguments; on `--help`/`--version` or a usage error prints clap's text and
+/// returns the exit code (0 or 2).
+fn parse<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> Result<Cli, i32>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Cli::try_parse_from(args).map_err(|e| {
+        let text = e.to_string();
+        let _ = if e.use_stderr() {
+            err.write_all(text.as_bytes())
+        } else {
+            out.write_all(text.as_bytes())
+        };
+        e.exit_code()
+    })
+}
+
+async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> i32 {
+    let result = match cli.command {
+        Command::Server(args) => server::run(args).await,
+        Command::Catalog(args) => match Client::new(&cli.global.server, &cli.global.project) {
+            Ok(client) => {
+                let mut ctx = Ctx {
+                    client,
+                    format: cli.global.output,
+                    out,
+                    err,
+                };
+                let result = catalog::run(args, &mut ctx).await;
+                let _ = ctx.out.flush();
+                return report(result, ctx.err);
+            }
+            Err(e) => Err(e.into()),
+        },
+    };
+    report(result, err)
+}
+
+/// What a client command works with.
+pub(crate) struct Ctx<'a> {
+    pub client: Client,
+    pub format: Format,
+    pub out: &'a mut (dyn Write + Send),
+    pub err: &'a mut (dyn Write + Send),
+}
+
+/// An error already shown to the user (e.g. each failed item of a batch): exit 1, print nothing
+/// more.
+#[derive(Debug)]
+pub(crate) struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the command failed")
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// Prints a failed command's error (with the server's details and a hint where one helps) and
+/// returns the exit code.
+fn report(result: anyhow::Result<()>, err: &mut dyn Write) -> i32 {
+    let Err(e) = result else { return 0 };
+    if e.downcast_ref::<Reported>().is_some() {
+        return 1;
+    }
+    if e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    {
+        // The reader of our output went away (`| head`); nothing useful to say.
+        return 1;
+    }
+    let _ = write_error(&e, err);
+    1
+}
+
+pub(crate) fn write_error(e: &anyhow::Error, err: &mut dyn Write) -> io::Result<()> {
+    writeln!(err, "error: {e:#}")?;
+    let client_error = e.chain().find_map(|c| c.downcast_ref::<ClientError>());
+    if let Some(ClientError::Api { details, .. }) = client_error {
+        for d in details {
+            writeln!(err, "  {d}")?;
+        }
+    }
+    if let Some(hint) = client_error.and_then(hint) {
+        writeln!(err, "hint: {hint}")?;
+    }
+    Ok(())
+}
+
+fn hint(e: &ClientError) -> Option<&'static str> {
+    match e {
+        ClientError::Unreachable { .. } => Some(
+            "start a server with `canopy server` (or `canopy up`), \
+             or point --server / CANOPY_SERVER at a running one",
+        ),
+        ClientError::Timeout { .. } => Some("the server may be overloaded; try again"),
+        ClientError::InvalidUrl { .. } => {
+            Some("--server / CANOPY_SERVER takes a URL such as http://127.0.0.1:7070")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
