@@ -120,7 +120,11 @@ impl Client {
     }
 
     /// `PUT /registries/{name}`: full replacement (omitted credentials are cleared).
-    pub async fn update_registry(&self, name: &str, registry: &Registry) -> Result<(), ClientError> {
+    pub async fn update_registry(
+        &self,
+        name: &str,
+        registry: &Registry,
+    ) -> Result<(), ClientError> {
         self.put_entity(&["registries", name], registry).await
     }
 
@@ -150,7 +154,10 @@ impl Client {
         &self,
         params: &ListParams,
     ) -> Result<Vec<Application>, ClientError> {
-        collect_all(params, async |p: &ListParams| self.list_applications(p).await).await
+        collect_all(params, async |p: &ListParams| {
+            self.list_applications(p).await
+        })
+        .await
     }
 
     /// `GET /applications/{name}/versions`: every version of one application.
@@ -247,7 +254,11 @@ impl Client {
         let mut body = self
             .execute_json(self.request(Method::GET, &url), &url)
             .await?;
-        take_list(&url, &mut body, &["deploymentPackages", "deploymentPackage"])
+        take_list(
+            &url,
+            &mut body,
+            &["deploymentPackages", "deploymentPackage"],
+        )
     }
 
     /// `GET /deployment_packages/{name}/versions/{version}`.
@@ -323,7 +334,11 @@ impl Client {
     }
 
     /// `PUT /artifacts/{name}`: full replacement.
-    pub async fn update_artifact(&self, name: &str, artifact: &Artifact) -> Result<(), ClientError> {
+    pub async fn update_artifact(
+        &self,
+        name: &str,
+        artifact: &Artifact,
+    ) -> Result<(), ClientError> {
         self.put_entity(&["artifacts", name], artifact).await
     }
 

@@ -21,11 +21,13 @@ pub enum ClientError {
         message: String,
         /// The `details` of the error body: strings as sent, other items as compact JSON.
         details: Vec<String>,
+        /// The `errorMessages` of a failed upload: one per problem, each naming its file.
+        error_messages: Vec<String>,
     },
     /// No connection could be made.
     #[error(
-        "could not reach the Canopy server at {url}: {cause} \
-         (check that the server is running and that the URL is right)"
+        "could not reach the Canopy server at {url} ({cause}); \
+         check that it is running and listening at that address"
     )]
     Unreachable { url: String, cause: String },
     /// The server took longer than the request's timeout.
@@ -70,7 +72,10 @@ impl ClientError {
 
     /// True when the server could not be reached or did not answer in time.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, ClientError::Unreachable { .. } | ClientError::Timeout { .. })
+        matches!(
+            self,
+            ClientError::Unreachable { .. } | ClientError::Timeout { .. }
+        )
     }
 
     /// Builds the error for a non-success answer from its status and raw body. Tolerant: uses
@@ -111,11 +116,23 @@ impl ClientError {
                     .collect()
             })
             .unwrap_or_default();
+        let error_messages = obj
+            .and_then(|o| o.get("errorMessages"))
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         ClientError::Api {
             status,
             code,
             message,
             details,
+            error_messages,
         }
     }
 
@@ -174,7 +191,21 @@ mod tests {
             } => {
                 assert_eq!(code.as_deref(), Some("invalid_argument"));
                 assert_eq!(message, "upload failed");
-                assert_eq!(details, vec!["a.yaml: bad".to_owned(), r#"{"x":1}"#.to_owned()]);
+                assert_eq!(
+                    details,
+                    vec!["a.yaml: bad".to_owned(), r#"{"x":1}"#.to_owned()]
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keeps_upload_error_messages() {
+        let body = br#"{"code":3,"message":"a.yaml: bad; b.yaml: worse","details":[],"errorMessages":["a.yaml: bad","b.yaml: worse"]}"#;
+        match ClientError::from_response(StatusCode::BAD_REQUEST, body) {
+            ClientError::Api { error_messages, .. } => {
+                assert_eq!(error_messages, ["a.yaml: bad", "b.yaml: worse"]);
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -24,7 +24,7 @@ pub use canopy_core::upload::UploadFile;
 pub use error::ClientError;
 pub use list::{ListParams, MAX_PAGE_SIZE, Page, collect_all};
 pub use reqwest::StatusCode;
-pub use upload::{MAX_UPLOAD_FILES, UploadResponse};
+pub use upload::{MAX_UPLOAD_FILES, UploadChange, UploadResponse};
 
 /// Timeout of an ordinary API request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +108,8 @@ impl Client {
     /// `GET /healthz`: succeeds when the server is up and answers.
     pub async fn healthz(&self) -> Result<(), ClientError> {
         let url = self.url(&["healthz"]);
-        self.execute(self.http.get(url.clone()), self.timeout).await?;
+        self.execute(self.http.get(url.clone()), self.timeout)
+            .await?;
         Ok(())
     }
 
@@ -198,7 +199,9 @@ fn take<T: DeserializeOwned>(
         .ok_or_else(|| {
             decode_err(
                 url,
-                <serde_json::Error as serde::de::Error>::missing_field(keys.first().copied().unwrap_or("entity")),
+                <serde_json::Error as serde::de::Error>::missing_field(
+                    keys.first().copied().unwrap_or("entity"),
+                ),
             )
         })?;
     serde_json::from_value(field).map_err(|e| decode_err(url, e))

@@ -133,7 +133,9 @@ mod tests {
         };
         let all = collect_all(&params, fake_pages(10)).await.unwrap();
         assert_eq!(all, (2..10).collect::<Vec<_>>());
-        let all = collect_all(&ListParams::default(), fake_pages(0)).await.unwrap();
+        let all = collect_all(&ListParams::default(), fake_pages(0))
+            .await
+            .unwrap();
         assert!(all.is_empty());
     }
 

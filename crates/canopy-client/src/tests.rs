@@ -141,7 +141,10 @@ async fn get_registry_unwraps_and_asks_for_secrets() {
         "/v3/projects/p1/catalog/registries/r1?showSensitiveInfo=true"
     );
     c.get_registry("r1", false).await.unwrap();
-    assert_eq!(fake.requests()[1].target, "/v3/projects/p1/catalog/registries/r1");
+    assert_eq!(
+        fake.requests()[1].target,
+        "/v3/projects/p1/catalog/registries/r1"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +215,10 @@ async fn list_all_walks_pages_and_tolerates_omitted_empty_lists() {
         }
         (
             200,
-            format!(r#"{{"registries":[{}],"totalElements":5}}"#, names.join(",")),
+            format!(
+                r#"{{"registries":[{}],"totalElements":5}}"#,
+                names.join(",")
+            ),
         )
     })
     .await;
@@ -289,10 +295,13 @@ async fn unreachable_server_says_what_to_check() {
     assert!(e.is_unreachable(), "{e:?}");
     let msg = e.to_string();
     assert!(
-        msg.starts_with(&format!("could not reach the Canopy server at {url}: ")),
+        msg.starts_with(&format!("could not reach the Canopy server at {url} (")),
         "{msg}"
     );
-    assert!(msg.contains("check that the server is running"), "{msg}");
+    assert!(
+        msg.ends_with("; check that it is running and listening at that address"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -311,7 +320,7 @@ async fn bulk_upload_sends_one_part_per_file() {
     let fake = Fake::start(|_| {
         (
             200,
-            r#"[{"sessionId":"s1","uploadNumber":1,"errorMessages":[]},{"sessionId":"s1","uploadNumber":2}]"#
+            r#"[{"sessionId":"s1","uploadNumber":1,"errorMessages":[]},{"sessionId":"s1","uploadNumber":2,"changes":[{"action":"created","kind":"application","key":"web:1"}]}]"#
                 .to_owned(),
         )
     })
@@ -331,9 +340,14 @@ async fn bulk_upload_sends_one_part_per_file() {
     assert_eq!(resp.len(), 2);
     assert_eq!(resp[1].session_id, "s1");
     assert!(resp[1].error_messages.is_empty());
+    assert_eq!(resp[1].changes[0].key, "web:1");
     let seen = &fake.requests()[0];
     assert_eq!(seen.target, "/v3/projects/p/catalog/upload");
-    assert!(seen.headers.to_ascii_lowercase().contains("multipart/form-data"));
+    assert!(
+        seen.headers
+            .to_ascii_lowercase()
+            .contains("multipart/form-data")
+    );
     let body = String::from_utf8_lossy(&seen.body);
     assert_eq!(body.matches(r#"name="files""#).count(), 2, "{body}");
     assert!(body.contains(r#"filename="sub/values.yaml""#), "{body}");
@@ -345,7 +359,10 @@ async fn bulk_upload_sends_one_part_per_file() {
         })
         .collect();
     let e = c.bulk_upload(&too_many).await.unwrap_err();
-    assert!(e.to_string().contains("more than one upload takes (100)"), "{e}");
+    assert!(
+        e.to_string().contains("more than one upload takes (100)"),
+        "{e}"
+    );
     assert_eq!(fake.requests().len(), 1);
 }
 
@@ -373,4 +390,35 @@ async fn session_upload_sends_base64_and_session() {
     let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
     assert_eq!(body["fileName"], "x.yaml");
     assert_eq!(body["artifact"], "aGk=");
+}
+
+#[tokio::test]
+async fn upload_in_session_chains_the_session_id() {
+    let fake = Fake::start(|s| {
+        let n = if s.target.contains("sessionId") { 2 } else { 1 };
+        (
+            200,
+            format!(r#"{{"sessionId":"sess","uploadNumber":{n},"errorMessages":[]}}"#),
+        )
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let files: Vec<_> = ["a.yaml", "b.yaml", "c.yaml"]
+        .iter()
+        .map(|n| UploadFile {
+            name: (*n).into(),
+            content: b"x: 1".to_vec(),
+        })
+        .collect();
+    let resp = c.upload_in_session(&files).await.unwrap();
+    assert_eq!(resp.len(), 3);
+    let targets: Vec<String> = fake.requests().into_iter().map(|s| s.target).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v3/projects/p/catalog/uploads?lastUpload=false",
+            "/v3/projects/p/catalog/uploads?sessionId=sess&lastUpload=false",
+            "/v3/projects/p/catalog/uploads?sessionId=sess&lastUpload=true",
+        ]
+    );
 }

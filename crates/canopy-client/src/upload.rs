@@ -24,6 +24,22 @@ pub struct UploadResponse {
     pub upload_number: u32,
     /// What went wrong, one message per problem, each naming its file. Empty on success.
     pub error_messages: Vec<String>,
+    /// Canopy extension (on the response that applied the upload): what it created, updated
+    /// or left unchanged. Empty from servers that do not report it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<UploadChange>,
+}
+
+/// One entity an upload applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UploadChange {
+    /// `created`, `updated` or `unchanged`.
+    pub action: String,
+    /// `registry`, `application`, `deployment-package` or `artifact`.
+    pub kind: String,
+    /// `name` or `name:version`.
+    pub key: String,
 }
 
 /// Body of a session upload.
@@ -40,7 +56,10 @@ impl Client {
     /// should be relative to the uploaded directory.
     ///
     /// Refuses more than [`MAX_UPLOAD_FILES`] files without contacting the server.
-    pub async fn bulk_upload(&self, files: &[UploadFile]) -> Result<Vec<UploadResponse>, ClientError> {
+    pub async fn bulk_upload(
+        &self,
+        files: &[UploadFile],
+    ) -> Result<Vec<UploadResponse>, ClientError> {
         if files.is_empty() {
             return Err(ClientError::InvalidRequest("nothing to upload".to_owned()));
         }
@@ -65,6 +84,31 @@ impl Client {
                 .map(|one| vec![one])
                 .map_err(|_| e),
         }
+    }
+
+    /// Uploads `files` one request each through one session (the reference's own upload
+    /// protocol); the last request applies them all. Returns every response, in order; stops at
+    /// the first response carrying error messages.
+    pub async fn upload_in_session(
+        &self,
+        files: &[UploadFile],
+    ) -> Result<Vec<UploadResponse>, ClientError> {
+        if files.is_empty() {
+            return Err(ClientError::InvalidRequest("nothing to upload".to_owned()));
+        }
+        let mut responses: Vec<UploadResponse> = Vec::with_capacity(files.len());
+        for (i, file) in files.iter().enumerate() {
+            let session = responses.last().map(|r| r.session_id.as_str());
+            let resp = self
+                .upload_file(session, i + 1 == files.len(), file)
+                .await?;
+            let failed = !resp.error_messages.is_empty();
+            responses.push(resp);
+            if failed {
+                break;
+            }
+        }
+        Ok(responses)
     }
 
     /// `POST /uploads`: uploads one file into a session. Start without `session_id`, pass the

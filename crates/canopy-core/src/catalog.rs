@@ -56,7 +56,9 @@ impl Kind {
     /// Parses any accepted spelling: `KIND_NORMAL`, `normal`, `KIND_UNSPECIFIED` (= normal), ...
     pub fn parse(s: &str) -> Option<Kind> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "kind_normal" | "normal" | "kind_unspecified" | "unspecified" | "" => Some(Kind::Normal),
+            "kind_normal" | "normal" | "kind_unspecified" | "unspecified" | "" => {
+                Some(Kind::Normal)
+            }
             "kind_extension" | "extension" => Some(Kind::Extension),
             "kind_addon" | "addon" => Some(Kind::Addon),
             _ => None,
@@ -235,7 +237,9 @@ impl Application {
 }
 
 /// `(name, version)` of an application in a package.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplicationReference {
     pub name: String,

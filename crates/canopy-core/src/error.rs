@@ -56,7 +56,12 @@ impl fmt::Display for Invalid {
 
 impl Invalid {
     /// Builds an error about `field` of the resource `resource key`.
-    pub fn field(resource: ResourceType, key: impl Into<String>, field: &str, msg: impl fmt::Display) -> Invalid {
+    pub fn field(
+        resource: ResourceType,
+        key: impl Into<String>,
+        field: &str,
+        msg: impl fmt::Display,
+    ) -> Invalid {
         Invalid {
             resource,
             key: key.into(),

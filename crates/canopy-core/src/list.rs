@@ -85,7 +85,14 @@ impl Entity {
     /// Known fields of the entity that are nevertheless refused in filters and ordering.
     fn forbidden(self) -> &'static [&'static str] {
         match self {
-            Entity::Registry => &["rootUrl", "username", "authToken", "cacerts", "inventoryUrl", "apiType"],
+            Entity::Registry => &[
+                "rootUrl",
+                "username",
+                "authToken",
+                "cacerts",
+                "inventoryUrl",
+                "apiType",
+            ],
             Entity::Application => &["profiles", "ignoredResources", "kind"],
             Entity::DeploymentPackage => &[
                 "applicationReferences",
@@ -110,7 +117,9 @@ impl Entity {
             return Ok(*f);
         }
         if self.forbidden().contains(&name) {
-            return Err(ListError(format!("cannot filter/orderBy on attribute {name:?}")));
+            return Err(ListError(format!(
+                "cannot filter/orderBy on attribute {name:?}"
+            )));
         }
         Err(ListError(format!("no such attribute {name:?}")))
     }
@@ -210,9 +219,17 @@ pub fn parse_order_by(entity: Entity, s: &str) -> Result<Vec<OrderTerm>, ListErr
             [f, d] => match d.to_ascii_lowercase().as_str() {
                 "asc" => (*f, false),
                 "desc" => (*f, true),
-                _ => return Err(ListError(format!("invalid order by: {term:?}: direction must be asc or desc"))),
+                _ => {
+                    return Err(ListError(format!(
+                        "invalid order by: {term:?}: direction must be asc or desc"
+                    )));
+                }
             },
-            _ => return Err(ListError(format!("invalid order by: {term:?}: expected \"field [asc|desc]\""))),
+            _ => {
+                return Err(ListError(format!(
+                    "invalid order by: {term:?}: expected \"field [asc|desc]\""
+                )));
+            }
         };
         out.push(OrderTerm {
             field: entity.field(field)?,
@@ -230,11 +247,17 @@ pub fn parse_filter(entity: Entity, s: &str) -> Result<Vec<FilterTerm>, ListErro
     let mut out = Vec::new();
     for term in split_or(s) {
         let Some((field, value)) = term.split_once('=') else {
-            return Err(ListError(format!("invalid filter term {:?}: expected field=value", term.trim())));
+            return Err(ListError(format!(
+                "invalid filter term {:?}: expected field=value",
+                term.trim()
+            )));
         };
         let field = field.trim();
         let mut value = value.trim();
-        if value.len() >= 2 && ((value.starts_with('"') && value.ends_with('"')) || (value.starts_with('\'') && value.ends_with('\''))) {
+        if value.len() >= 2
+            && ((value.starts_with('"') && value.ends_with('"'))
+                || (value.starts_with('\'') && value.ends_with('\'')))
+        {
             value = &value[1..value.len() - 1];
         }
         out.push(FilterTerm {
@@ -276,19 +299,29 @@ pub fn parse_query(entity: Entity, raw: &str) -> Result<ListQuery, ListError> {
     for (k, v) in form_pairs(raw)? {
         match k.as_str() {
             "pageSize" => {
-                let n: i64 = v.trim().parse().map_err(|_| ListError(format!("invalid pageSize {v:?}: must be a whole number")))?;
+                let n: i64 = v.trim().parse().map_err(|_| {
+                    ListError(format!("invalid pageSize {v:?}: must be a whole number"))
+                })?;
                 if n < 0 {
-                    return Err(ListError(format!("invalid pageSize {n}: must not be negative")));
+                    return Err(ListError(format!(
+                        "invalid pageSize {n}: must not be negative"
+                    )));
                 }
                 if n > MAX_PAGE_SIZE as i64 {
-                    return Err(ListError(format!("invalid pageSize {n}: must be at most {MAX_PAGE_SIZE}")));
+                    return Err(ListError(format!(
+                        "invalid pageSize {n}: must be at most {MAX_PAGE_SIZE}"
+                    )));
                 }
                 q.page_size = if n == 0 { DEFAULT_PAGE_SIZE } else { n as u32 };
             }
             "offset" => {
-                let n: i64 = v.trim().parse().map_err(|_| ListError(format!("invalid offset {v:?}: must be a whole number")))?;
+                let n: i64 = v.trim().parse().map_err(|_| {
+                    ListError(format!("invalid offset {v:?}: must be a whole number"))
+                })?;
                 if n < 0 {
-                    return Err(ListError(format!("invalid offset {n}: must not be negative")));
+                    return Err(ListError(format!(
+                        "invalid offset {n}: must not be negative"
+                    )));
                 }
                 q.offset = n as u64;
             }
@@ -302,7 +335,9 @@ pub fn parse_query(entity: Entity, raw: &str) -> Result<ListQuery, ListError> {
                     }
                 }
             }
-            "showSensitiveInfo" if entity == Entity::Registry => q.show_sensitive_info = parse_bool("showSensitiveInfo", &v)?,
+            "showSensitiveInfo" if entity == Entity::Registry => {
+                q.show_sensitive_info = parse_bool("showSensitiveInfo", &v)?
+            }
             other => return Err(ListError(format!("unknown query parameter {other:?}"))),
         }
     }
@@ -314,7 +349,9 @@ pub fn parse_bool(name: &str, v: &str) -> Result<bool, ListError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(ListError(format!("invalid {name} {v:?}: must be true or false"))),
+        _ => Err(ListError(format!(
+            "invalid {name} {v:?}: must be true or false"
+        ))),
     }
 }
 
@@ -336,7 +373,10 @@ fn percent_decode(s: &str) -> Result<String, ListError> {
         match b[i] {
             b'+' => bytes.push(b' '),
             b'%' => {
-                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         bytes.push(v);
@@ -349,7 +389,8 @@ fn percent_decode(s: &str) -> Result<String, ListError> {
         }
         i += 1;
     }
-    String::from_utf8(bytes).map_err(|_| ListError(format!("query parameter {s:?} is not valid UTF-8")))
+    String::from_utf8(bytes)
+        .map_err(|_| ListError(format!("query parameter {s:?} is not valid UTF-8")))
 }
 
 #[cfg(test)]
@@ -364,7 +405,19 @@ mod tests {
         assert_eq!(q.offset, 10);
         assert_eq!(q.filter.len(), 2);
         assert_eq!(q.filter[1].field, Field::DisplayName);
-        assert_eq!(q.order_by, vec![OrderTerm { field: Field::Name, descending: true }, OrderTerm { field: Field::Version, descending: false }]);
+        assert_eq!(
+            q.order_by,
+            vec![
+                OrderTerm {
+                    field: Field::Name,
+                    descending: true
+                },
+                OrderTerm {
+                    field: Field::Version,
+                    descending: false
+                }
+            ]
+        );
         assert_eq!(q.kinds, vec![Kind::Normal, Kind::Addon]);
     }
 
@@ -394,7 +447,10 @@ mod tests {
 
     #[test]
     fn like_patterns_escape_sql_wildcards() {
-        let t = FilterTerm { field: Field::Name, value: "A_b%*c".into() };
+        let t = FilterTerm {
+            field: Field::Name,
+            value: "A_b%*c".into(),
+        };
         assert_eq!(t.like_pattern(), "%a\\_b\\%%c%");
         assert!(t.matches("xxa_b%ZZZc"));
         assert!(!t.matches("axb%c"));

@@ -34,11 +34,15 @@ impl NameRule {
             return Err("must not be empty".into());
         }
         if s.len() > max {
-            return Err(format!("must be at most {max} characters (got {})", s.len()));
+            return Err(format!(
+                "must be at most {max} characters (got {})",
+                s.len()
+            ));
         }
         let bytes = s.as_bytes();
         let lower_alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-        let middle_ok = |b: u8| lower_alnum(b) || b == b'-' || (self == NameRule::Version && b == b'.');
+        let middle_ok =
+            |b: u8| lower_alnum(b) || b == b'-' || (self == NameRule::Version && b == b'.');
         if !lower_alnum(bytes[0]) {
             return Err("must start with a lowercase letter or digit".into());
         }
@@ -144,7 +148,10 @@ pub fn check_namespace(s: &str) -> Result<(), String> {
     let b = s.as_bytes();
     let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     if !ok(b[0]) || !ok(b[b.len() - 1]) || !b.iter().all(|&c| ok(c) || c == b'-') {
-        return Err("must be lowercase letters, digits and '-', starting and ending with a letter or digit".into());
+        return Err(
+            "must be lowercase letters, digits and '-', starting and ending with a letter or digit"
+                .into(),
+        );
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The YAML package format (reference `catalog-upload-schema.yaml` plus Canopy's extension keys):
-//! reading uploads (loose files, multi-document YAML, tar.gz bundles) into catalog entities, and
-//! writing a package back out as a tar.gz that uploads unchanged.
+//! The YAML package format (reference `catalog-upload-schema.yaml`; Canopy's own extension
+//! keys, when they come, extend that schema): reading uploads (loose files, multi-document YAML,
+//! tar.gz bundles) into catalog entities, and writing a package back out as a tar.gz that
+//! uploads unchanged.
 //!
 //! Untrusted input is bounded here: file and total sizes, tar entry paths and types, decompressed
 //! size, UTF-8, YAML nesting and aliases (see [`crate::yaml`]).

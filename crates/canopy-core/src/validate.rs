@@ -36,7 +36,8 @@ impl Ctx {
     }
 
     fn name(&self, field: &str, value: &str, rule: NameRule) -> Result<(), Invalid> {
-        rule.check(value).map_err(|e| self.err(field, format!("{value:?} {e}")))
+        rule.check(value)
+            .map_err(|e| self.err(field, format!("{value:?} {e}")))
     }
 
     fn max_len(&self, field: &str, value: &str, max: usize) -> Result<(), Invalid> {
@@ -52,7 +53,10 @@ impl Ctx {
 
     fn items<T>(&self, field: &str, v: &[T]) -> Result<(), Invalid> {
         if v.len() > MAX_ITEMS {
-            return Err(self.err(field, format!("at most {MAX_ITEMS} items are allowed (got {})", v.len())));
+            return Err(self.err(
+                field,
+                format!("at most {MAX_ITEMS} items are allowed (got {})", v.len()),
+            ));
         }
         Ok(())
     }
@@ -75,9 +79,13 @@ pub fn registry(r: &Registry) -> Result<(), Invalid> {
         return Err(c.err("rootUrl", "is required"));
     }
     c.max_len("rootUrl", &r.root_url, 1000)?;
-    check_url(&r.root_url, &["http", "https", "oci"]).map_err(|e| c.err("rootUrl", format!("{:?} {e}", r.root_url)))?;
+    check_url(&r.root_url, &["http", "https", "oci"])
+        .map_err(|e| c.err("rootUrl", format!("{:?} {e}", r.root_url)))?;
     if r.registry_type != "HELM" && r.registry_type != "IMAGE" {
-        return Err(c.err("type", format!("{:?} must be HELM or IMAGE", r.registry_type)));
+        return Err(c.err(
+            "type",
+            format!("{:?} must be HELM or IMAGE", r.registry_type),
+        ));
     }
     c.max_len("username", r.username.as_deref().unwrap_or(""), 1000)?;
     c.max_len("authToken", r.auth_token.as_deref().unwrap_or(""), 4500)?;
@@ -85,7 +93,8 @@ pub fn registry(r: &Registry) -> Result<(), Invalid> {
     c.max_len("apiType", &r.api_type, 16)?;
     c.max_len("inventoryUrl", &r.inventory_url, 1000)?;
     if !r.inventory_url.is_empty() {
-        check_url(&r.inventory_url, &["http", "https"]).map_err(|e| c.err("inventoryUrl", format!("{:?} {e}", r.inventory_url)))?;
+        check_url(&r.inventory_url, &["http", "https"])
+            .map_err(|e| c.err("inventoryUrl", format!("{:?} {e}", r.inventory_url)))?;
     }
     Ok(())
 }
@@ -102,9 +111,17 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let host = &rest[..host_end];
     let host_no_port = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.chars().all(|c| c.is_ascii_digit()) { h } else { host }
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
     });
-    let valid_label = |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
     if host_no_port.is_empty() || !host_no_port.split('.').all(valid_label) {
         return Err("has an invalid host".into());
     }
@@ -128,13 +145,24 @@ pub fn application(a: &Application) -> Result<(), Invalid> {
         return Err(c.err("chartName", "is required"));
     }
     c.max_len("chartName", &a.chart_name, 200)?;
-    if !a.chart_name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '/') {
-        return Err(c.err("chartName", format!("{:?} may contain only lowercase letters, digits, '-' and '/'", a.chart_name)));
+    if !a
+        .chart_name
+        .chars()
+        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '/')
+    {
+        return Err(c.err(
+            "chartName",
+            format!(
+                "{:?} may contain only lowercase letters, digits, '-' and '/'",
+                a.chart_name
+            ),
+        ));
     }
     if a.chart_version.is_empty() {
         return Err(c.err("chartVersion", "is required"));
     }
-    check_chart_version(&a.chart_version).map_err(|e| c.err("chartVersion", format!("{:?} {e}", a.chart_version)))?;
+    check_chart_version(&a.chart_version)
+        .map_err(|e| c.err("chartVersion", format!("{:?} {e}", a.chart_version)))?;
     if a.helm_registry_name.is_empty() {
         return Err(c.err("helmRegistryName", "is required"));
     }
@@ -146,15 +174,24 @@ pub fn application(a: &Application) -> Result<(), Invalid> {
         let f = |s: &str| format!("profiles[{i}].{s}");
         c.name(&f("name"), &p.name, NameRule::Name)?;
         if !names.insert(p.name.as_str()) {
-            return Err(c.err(&f("name"), format!("profile {:?} is defined more than once", p.name)));
+            return Err(c.err(
+                &f("name"),
+                format!("profile {:?} is defined more than once", p.name),
+            ));
         }
         c.display(&f("displayName"), &p.display_name, 40)?;
         if !p.display_name.is_empty() && !displays.insert(p.display_name.to_lowercase()) {
-            return Err(c.err(&f("displayName"), format!("display name {:?} is not unique", p.display_name)));
+            return Err(c.err(
+                &f("displayName"),
+                format!("display name {:?} is not unique", p.display_name),
+            ));
         }
         c.max_len(&f("description"), &p.description, 1000)?;
         if p.chart_values.len() > CHART_VALUES_MAX {
-            return Err(c.err(&f("chartValues"), format!("must be at most {CHART_VALUES_MAX} bytes")));
+            return Err(c.err(
+                &f("chartValues"),
+                format!("must be at most {CHART_VALUES_MAX} bytes"),
+            ));
         }
         c.items(&f("parameterTemplates"), &p.parameter_templates)?;
         c.items(&f("deploymentRequirement"), &p.deployment_requirement)?;
@@ -162,7 +199,10 @@ pub fn application(a: &Application) -> Result<(), Invalid> {
         for (j, t) in p.parameter_templates.iter().enumerate() {
             parameter_template(&c, &f(&format!("parameterTemplates[{j}]")), t)?;
             if !pt_names.insert(t.name.as_str()) {
-                return Err(c.err(&f(&format!("parameterTemplates[{j}].name")), format!("parameter template {:?} is defined more than once", t.name)));
+                return Err(c.err(
+                    &f(&format!("parameterTemplates[{j}].name")),
+                    format!("parameter template {:?} is defined more than once", t.name),
+                ));
             }
         }
         for (j, r) in p.deployment_requirement.iter().enumerate() {
@@ -170,33 +210,78 @@ pub fn application(a: &Application) -> Result<(), Invalid> {
             c.name(&g("name"), &r.name, NameRule::Name)?;
             c.name(&g("version"), &r.version, NameRule::Version)?;
             if !r.deployment_profile_name.is_empty() {
-                c.name(&g("deploymentProfileName"), &r.deployment_profile_name, NameRule::Name)?;
+                c.name(
+                    &g("deploymentProfileName"),
+                    &r.deployment_profile_name,
+                    NameRule::Name,
+                )?;
             }
         }
     }
     if !a.profiles.is_empty() {
         if a.default_profile_name.is_empty() {
-            return Err(c.err("defaultProfileName", "is required when the application has profiles"));
+            return Err(c.err(
+                "defaultProfileName",
+                "is required when the application has profiles",
+            ));
         }
         if a.profile(&a.default_profile_name).is_none() {
-            return Err(c.err("defaultProfileName", format!("{:?} is not one of the application's profiles", a.default_profile_name)));
+            return Err(c.err(
+                "defaultProfileName",
+                format!(
+                    "{:?} is not one of the application's profiles",
+                    a.default_profile_name
+                ),
+            ));
         }
     } else if !a.default_profile_name.is_empty() {
-        return Err(c.err("defaultProfileName", format!("{:?} is not one of the application's profiles (it has none)", a.default_profile_name)));
+        return Err(c.err(
+            "defaultProfileName",
+            format!(
+                "{:?} is not one of the application's profiles (it has none)",
+                a.default_profile_name
+            ),
+        ));
     }
     let mut ignored = HashSet::new();
     for (i, r) in a.ignored_resources.iter().enumerate() {
         let f = |s: &str| format!("ignoredResources[{i}].{s}");
-        if r.name.is_empty() || r.name.len() > 40 || !r.name.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
-            || !r.name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '.' || ch == '_')
+        if r.name.is_empty()
+            || r.name.len() > 40
+            || !r
+                .name
+                .starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            || !r.name.chars().all(|ch| {
+                ch.is_ascii_lowercase()
+                    || ch.is_ascii_digit()
+                    || ch == '-'
+                    || ch == '.'
+                    || ch == '_'
+            })
         {
-            return Err(c.err(&f("name"), format!("{:?} must be 1-40 lowercase letters, digits, '-', '.' or '_'", r.name)));
+            return Err(c.err(
+                &f("name"),
+                format!(
+                    "{:?} must be 1-40 lowercase letters, digits, '-', '.' or '_'",
+                    r.name
+                ),
+            ));
         }
-        if r.kind.is_empty() || r.kind.len() > 40 || !r.kind.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '_' || ch == '-') {
-            return Err(c.err(&f("kind"), format!("{:?} must be 1-40 letters, digits, '.', '_' or '-'", r.kind)));
+        if r.kind.is_empty()
+            || r.kind.len() > 40
+            || !r
+                .kind
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '_' || ch == '-')
+        {
+            return Err(c.err(
+                &f("kind"),
+                format!("{:?} must be 1-40 letters, digits, '.', '_' or '-'", r.kind),
+            ));
         }
         if !r.namespace.is_empty() {
-            check_namespace(&r.namespace).map_err(|e| c.err(&f("namespace"), format!("{:?} {e}", r.namespace)))?;
+            check_namespace(&r.namespace)
+                .map_err(|e| c.err(&f("namespace"), format!("{:?} {e}", r.namespace)))?;
         }
         if !ignored.insert((&r.name, &r.kind, &r.namespace)) {
             return Err(c.err(&f("name"), "the same resource is listed more than once"));
@@ -212,7 +297,10 @@ fn check_chart_version(v: &str) -> Result<(), String> {
     let b = v.as_bytes();
     let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     if !alnum(b[0]) || !b.iter().all(|&c| alnum(c) || c == b'-' || c == b'.') {
-        return Err("must be lowercase letters, digits, '-' and '.', starting with a letter or digit".into());
+        return Err(
+            "must be lowercase letters, digits, '-' and '.', starting with a letter or digit"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -222,18 +310,33 @@ fn parameter_template(c: &Ctx, field: &str, t: &ParameterTemplate) -> Result<(),
     if t.name.is_empty() || t.name.len() > 4096 {
         return Err(c.err(&f("name"), "must be 1-4096 characters"));
     }
-    if !t.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-/_[].\\".contains(ch)) {
-        return Err(c.err(&f("name"), format!("{:?} may contain only letters, digits and -/_[].\\", t.name)));
+    if !t
+        .name
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || "-/_[].\\".contains(ch))
+    {
+        return Err(c.err(
+            &f("name"),
+            format!("{:?} may contain only letters, digits and -/_[].\\", t.name),
+        ));
     }
     c.display(&f("displayName"), &t.display_name, 100)?;
     c.max_len(&f("default"), &t.default, 4096)?;
     c.max_len(&f("validator"), &t.validator, 40)?;
     match t.param_type.as_str() {
         "string" | "number" | "boolean" => {}
-        other => return Err(c.err(&f("type"), format!("{other:?} must be string, number or boolean"))),
+        other => {
+            return Err(c.err(
+                &f("type"),
+                format!("{other:?} must be string, number or boolean"),
+            ));
+        }
     }
     if (t.mandatory || t.secret) && !t.default.is_empty() {
-        return Err(c.err(&f("default"), "must be empty when the parameter is mandatory or secret"));
+        return Err(c.err(
+            &f("default"),
+            "must be empty when the parameter is mandatory or secret",
+        ));
     }
     if !t.default.is_empty() {
         coerce_parameter(&t.param_type, &t.default).map_err(|e| c.err(&f("default"), e))?;
@@ -242,10 +345,16 @@ fn parameter_template(c: &Ctx, field: &str, t: &ParameterTemplate) -> Result<(),
     let mut seen = HashSet::new();
     for v in &t.suggested_values {
         if v.is_empty() || v.len() > 4096 {
-            return Err(c.err(&f("suggestedValues"), "each value must be 1-4096 characters"));
+            return Err(c.err(
+                &f("suggestedValues"),
+                "each value must be 1-4096 characters",
+            ));
         }
         if !seen.insert(v) {
-            return Err(c.err(&f("suggestedValues"), format!("{v:?} is listed more than once")));
+            return Err(c.err(
+                &f("suggestedValues"),
+                format!("{v:?} is listed more than once"),
+            ));
         }
     }
     Ok(())
@@ -291,15 +400,32 @@ pub fn deployment_package(p: &DeploymentPackage) -> Result<(), Invalid> {
     c.items("extensions", &p.extensions)?;
     c.items("artifacts", &p.artifacts)?;
     if p.application_references.is_empty() {
-        return Err(c.err("applicationReferences", "at least one application is required"));
+        return Err(c.err(
+            "applicationReferences",
+            "at least one application is required",
+        ));
     }
     let mut app_names: BTreeMap<&str, usize> = BTreeMap::new();
     let mut refs = HashSet::new();
     for (i, r) in p.application_references.iter().enumerate() {
-        c.name(&format!("applicationReferences[{i}].name"), &r.name, NameRule::AppName)?;
-        c.name(&format!("applicationReferences[{i}].version"), &r.version, NameRule::Version)?;
+        c.name(
+            &format!("applicationReferences[{i}].name"),
+            &r.name,
+            NameRule::AppName,
+        )?;
+        c.name(
+            &format!("applicationReferences[{i}].version"),
+            &r.version,
+            NameRule::Version,
+        )?;
         if !refs.insert((&r.name, &r.version)) {
-            return Err(c.err(&format!("applicationReferences[{i}]"), format!("application {}:{} is listed more than once", r.name, r.version)));
+            return Err(c.err(
+                &format!("applicationReferences[{i}]"),
+                format!(
+                    "application {}:{} is listed more than once",
+                    r.name, r.version
+                ),
+            ));
         }
         *app_names.entry(r.name.as_str()).or_default() += 1;
     }
@@ -311,11 +437,17 @@ pub fn deployment_package(p: &DeploymentPackage) -> Result<(), Invalid> {
         let f = |s: &str| format!("profiles[{i}].{s}");
         c.name(&f("name"), &dp.name, NameRule::Name)?;
         if !names.insert(dp.name.as_str()) {
-            return Err(c.err(&f("name"), format!("deployment profile {:?} is defined more than once", dp.name)));
+            return Err(c.err(
+                &f("name"),
+                format!("deployment profile {:?} is defined more than once", dp.name),
+            ));
         }
         c.display(&f("displayName"), &dp.display_name, 40)?;
         if !dp.display_name.is_empty() && !displays.insert(dp.display_name.to_lowercase()) {
-            return Err(c.err(&f("displayName"), format!("display name {:?} is not unique", dp.display_name)));
+            return Err(c.err(
+                &f("displayName"),
+                format!("display name {:?} is not unique", dp.display_name),
+            ));
         }
         c.max_len(&f("description"), &dp.description, 1000)?;
         if dp.application_profiles.is_empty() {
@@ -324,13 +456,28 @@ pub fn deployment_package(p: &DeploymentPackage) -> Result<(), Invalid> {
     }
     if !p.profiles.is_empty() {
         if p.default_profile_name.is_empty() {
-            return Err(c.err("defaultProfileName", "is required when the package has deployment profiles"));
+            return Err(c.err(
+                "defaultProfileName",
+                "is required when the package has deployment profiles",
+            ));
         }
         if p.profile(&p.default_profile_name).is_none() {
-            return Err(c.err("defaultProfileName", format!("{:?} is not one of the package's deployment profiles", p.default_profile_name)));
+            return Err(c.err(
+                "defaultProfileName",
+                format!(
+                    "{:?} is not one of the package's deployment profiles",
+                    p.default_profile_name
+                ),
+            ));
         }
     } else if !p.default_profile_name.is_empty() {
-        return Err(c.err("defaultProfileName", format!("{:?} is not one of the package's deployment profiles (it has none)", p.default_profile_name)));
+        return Err(c.err(
+            "defaultProfileName",
+            format!(
+                "{:?} is not one of the package's deployment profiles (it has none)",
+                p.default_profile_name
+            ),
+        ));
     }
 
     let mut deps: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -339,41 +486,76 @@ pub fn deployment_package(p: &DeploymentPackage) -> Result<(), Invalid> {
         c.name(&f("name"), &d.name, NameRule::AppName)?;
         c.name(&f("requires"), &d.requires, NameRule::AppName)?;
         if !in_package(&d.name) {
-            return Err(c.err(&f("name"), format!("application {:?} is not part of the package", d.name)));
+            return Err(c.err(
+                &f("name"),
+                format!("application {:?} is not part of the package", d.name),
+            ));
         }
         if !in_package(&d.requires) {
-            return Err(c.err(&f("requires"), format!("application {:?} is not part of the package", d.requires)));
+            return Err(c.err(
+                &f("requires"),
+                format!("application {:?} is not part of the package", d.requires),
+            ));
         }
         if d.name == d.requires {
-            return Err(c.err(&f("requires"), format!("application {:?} cannot depend on itself", d.name)));
+            return Err(c.err(
+                &f("requires"),
+                format!("application {:?} cannot depend on itself", d.name),
+            ));
         }
-        deps.entry(d.name.as_str()).or_default().push(d.requires.as_str());
+        deps.entry(d.name.as_str())
+            .or_default()
+            .push(d.requires.as_str());
     }
     if let Some(cycle) = find_cycle(&deps) {
-        return Err(c.err("applicationDependencies", format!("dependency cycle: {}", cycle.join(" -> "))));
+        return Err(c.err(
+            "applicationDependencies",
+            format!("dependency cycle: {}", cycle.join(" -> ")),
+        ));
     }
 
     for (app, ns) in &p.default_namespaces {
         if !in_package(app) {
-            return Err(c.err("defaultNamespaces", format!("application {app:?} is not part of the package")));
+            return Err(c.err(
+                "defaultNamespaces",
+                format!("application {app:?} is not part of the package"),
+            ));
         }
-        check_namespace(ns).map_err(|e| c.err(&format!("defaultNamespaces.{app}"), format!("{ns:?} {e}")))?;
+        check_namespace(ns)
+            .map_err(|e| c.err(&format!("defaultNamespaces.{app}"), format!("{ns:?} {e}")))?;
     }
     let mut ns_names = HashSet::new();
     for (i, ns) in p.namespaces.iter().enumerate() {
-        check_namespace(&ns.name).map_err(|e| c.err(&format!("namespaces[{i}].name"), format!("{:?} {e}", ns.name)))?;
+        check_namespace(&ns.name).map_err(|e| {
+            c.err(
+                &format!("namespaces[{i}].name"),
+                format!("{:?} {e}", ns.name),
+            )
+        })?;
         if !ns_names.insert(ns.name.as_str()) {
-            return Err(c.err(&format!("namespaces[{i}].name"), format!("namespace {:?} is defined more than once", ns.name)));
+            return Err(c.err(
+                &format!("namespaces[{i}].name"),
+                format!("namespace {:?} is defined more than once", ns.name),
+            ));
         }
     }
     let mut art = HashSet::new();
     for (i, a) in p.artifacts.iter().enumerate() {
         c.name(&format!("artifacts[{i}].name"), &a.name, NameRule::Name)?;
         if a.purpose.is_empty() || a.purpose.len() > 20 {
-            return Err(c.err(&format!("artifacts[{i}].purpose"), "must be 1-20 characters"));
+            return Err(c.err(
+                &format!("artifacts[{i}].purpose"),
+                "must be 1-20 characters",
+            ));
         }
         if !art.insert((&a.name, &a.purpose)) {
-            return Err(c.err(&format!("artifacts[{i}]"), format!("artifact {:?} is listed more than once for {:?}", a.name, a.purpose)));
+            return Err(c.err(
+                &format!("artifacts[{i}]"),
+                format!(
+                    "artifact {:?} is listed more than once for {:?}",
+                    a.name, a.purpose
+                ),
+            ));
         }
     }
     let mut ext = HashSet::new();
@@ -384,22 +566,34 @@ pub fn deployment_package(p: &DeploymentPackage) -> Result<(), Invalid> {
         c.display(&f("displayName"), &e.display_name, 40)?;
         c.max_len(&f("description"), &e.description, 1000)?;
         if !ext.insert(&e.name) {
-            return Err(c.err(&f("name"), format!("extension {:?} is defined more than once", e.name)));
+            return Err(c.err(
+                &f("name"),
+                format!("extension {:?} is defined more than once", e.name),
+            ));
         }
         c.items(&f("endpoints"), &e.endpoints)?;
         for (j, ep) in e.endpoints.iter().enumerate() {
             let g = |s: &str| f(&format!("endpoints[{j}].{s}"));
             c.name(&g("serviceName"), &ep.service_name, NameRule::Name)?;
-            for (fname, v) in [("externalPath", &ep.external_path), ("internalPath", &ep.internal_path)] {
+            for (fname, v) in [
+                ("externalPath", &ep.external_path),
+                ("internalPath", &ep.internal_path),
+            ] {
                 if v.is_empty() || v.len() > 128 {
                     return Err(c.err(&g(fname), "must be 1-128 characters"));
                 }
             }
             if !ep.scheme.is_empty() && NameRule::Name.check(&ep.scheme).is_err() {
-                return Err(c.err(&g("scheme"), format!("{:?} is not a valid scheme", ep.scheme)));
+                return Err(c.err(
+                    &g("scheme"),
+                    format!("{:?} is not a valid scheme", ep.scheme),
+                ));
             }
             if ep.auth_type.len() > 16 || !ep.auth_type.chars().all(|ch| ch.is_ascii_lowercase()) {
-                return Err(c.err(&g("authType"), format!("{:?} must be at most 16 lowercase letters", ep.auth_type)));
+                return Err(c.err(
+                    &g("authType"),
+                    format!("{:?} must be at most 16 lowercase letters", ep.auth_type),
+                ));
             }
             c.max_len(&g("appName"), &ep.app_name, 40)?;
         }
@@ -407,7 +601,12 @@ pub fn deployment_package(p: &DeploymentPackage) -> Result<(), Invalid> {
             let g = |s: &str| f(&format!("uiExtension.{s}"));
             c.max_len(&g("label"), &ui.label, 40)?;
             c.max_len(&g("description"), &ui.description, 1000)?;
-            for (fname, v) in [("serviceName", &ui.service_name), ("fileName", &ui.file_name), ("appName", &ui.app_name), ("moduleName", &ui.module_name)] {
+            for (fname, v) in [
+                ("serviceName", &ui.service_name),
+                ("fileName", &ui.file_name),
+                ("appName", &ui.app_name),
+                ("moduleName", &ui.module_name),
+            ] {
                 if v.is_empty() || v.len() > 40 {
                     return Err(c.err(&g(fname), "must be 1-40 characters"));
                 }
@@ -476,7 +675,10 @@ pub fn check_package_profiles(p: &DeploymentPackage, apps: &[Application]) -> Re
             Invalid::new(
                 ResourceType::DeploymentPackage,
                 k.clone(),
-                format!("application profiles are incongruent: deployment profile {:?}: {why}", dp.name),
+                format!(
+                    "application profiles are incongruent: deployment profile {:?}: {why}",
+                    dp.name
+                ),
             )
         };
         for (app_key, profile) in &dp.application_profiles {
@@ -490,7 +692,9 @@ pub fn check_package_profiles(p: &DeploymentPackage, apps: &[Application]) -> Re
                 .filter(|r| version.is_none_or(|v| r.version == v))
                 .collect();
             if chosen.is_empty() {
-                return Err(incongruent(format!("application {app_key:?} is not part of the package")));
+                return Err(incongruent(format!(
+                    "application {app_key:?} is not part of the package"
+                )));
             }
             if chosen.len() > 1 {
                 return Err(incongruent(format!(
@@ -509,11 +713,17 @@ pub fn check_package_profiles(p: &DeploymentPackage, apps: &[Application]) -> Re
         for (name, refs) in &by_name {
             let covered = refs.iter().all(|r| {
                 dp.application_profiles.contains_key(*name)
-                    || dp.application_profiles.contains_key(&format!("{}:{}", r.name, r.version))
+                    || dp
+                        .application_profiles
+                        .contains_key(&format!("{}:{}", r.name, r.version))
             });
-            let needs_profile = refs.iter().any(|r| find_app(apps, &r.name, &r.version).is_some_and(|a| !a.profiles.is_empty()));
+            let needs_profile = refs.iter().any(|r| {
+                find_app(apps, &r.name, &r.version).is_some_and(|a| !a.profiles.is_empty())
+            });
             if !covered && needs_profile {
-                return Err(incongruent(format!("application {name:?} has no profile assigned")));
+                return Err(incongruent(format!(
+                    "application {name:?} has no profile assigned"
+                )));
             }
         }
     }
@@ -530,13 +740,28 @@ pub fn artifact(a: &Artifact) -> Result<(), Invalid> {
     c.display("displayName", &a.display_name, 40)?;
     c.max_len("description", &a.description, 1000)?;
     if !ARTIFACT_MIME_TYPES.contains(&a.mime_type.as_str()) {
-        return Err(c.err("mimeType", format!("{:?} is not allowed; use one of {}", a.mime_type, ARTIFACT_MIME_TYPES.join(", "))));
+        return Err(c.err(
+            "mimeType",
+            format!(
+                "{:?} is not allowed; use one of {}",
+                a.mime_type,
+                ARTIFACT_MIME_TYPES.join(", ")
+            ),
+        ));
     }
     let n = a.artifact.len();
     if !(ARTIFACT_MIN_BYTES..=ARTIFACT_MAX_BYTES).contains(&n) {
-        return Err(c.err("artifact", format!("must be {ARTIFACT_MIN_BYTES} to {ARTIFACT_MAX_BYTES} bytes (got {n})")));
+        return Err(c.err(
+            "artifact",
+            format!("must be {ARTIFACT_MIN_BYTES} to {ARTIFACT_MAX_BYTES} bytes (got {n})"),
+        ));
     }
-    check_content(&a.mime_type, &a.artifact).map_err(|e| c.err("artifact", format!("content is not valid {}: {e}", a.mime_type)))
+    check_content(&a.mime_type, &a.artifact).map_err(|e| {
+        c.err(
+            "artifact",
+            format!("content is not valid {}: {e}", a.mime_type),
+        )
+    })
 }
 
 fn check_content(mime: &str, bytes: &[u8]) -> Result<(), String> {
@@ -558,7 +783,9 @@ fn check_content(mime: &str, bytes: &[u8]) -> Result<(), String> {
         _ => {
             let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))?;
             match mime {
-                "application/json" => serde_json::from_str::<serde_json::Value>(text).map(|_| ()).map_err(|e| e.to_string()),
+                "application/json" => serde_json::from_str::<serde_json::Value>(text)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 "application/yaml" => crate::yaml::parse_documents(text).map(|_| ()),
                 _ => Ok(()),
             }
@@ -602,7 +829,10 @@ mod tests {
                 .collect(),
             profiles: vec![DeploymentProfile {
                 name: "default".into(),
-                application_profiles: profile.iter().map(|(a, p)| (a.to_string(), p.to_string())).collect(),
+                application_profiles: profile
+                    .iter()
+                    .map(|(a, p)| (a.to_string(), p.to_string()))
+                    .collect(),
                 ..Default::default()
             }],
             default_profile_name: "default".into(),
@@ -619,7 +849,11 @@ mod tests {
         check_package_profiles(&p, &apps).unwrap();
         let bad = pkg(&["a", "b"], &[("a", "x"), ("b", "nope")]);
         let e = check_package_profiles(&bad, &apps).unwrap_err();
-        assert!(e.to_string().contains("application profiles are incongruent"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("application profiles are incongruent"),
+            "{e}"
+        );
         let stranger = pkg(&["a"], &[("a", "x"), ("zzz", "x")]);
         assert!(check_package_profiles(&stranger, &apps).is_err());
     }
@@ -628,8 +862,14 @@ mod tests {
     fn dependency_cycles_refused() {
         let mut p = pkg(&["a", "b"], &[("a", "x"), ("b", "y")]);
         p.application_dependencies = vec![
-            ApplicationDependency { name: "a".into(), requires: "b".into() },
-            ApplicationDependency { name: "b".into(), requires: "a".into() },
+            ApplicationDependency {
+                name: "a".into(),
+                requires: "b".into(),
+            },
+            ApplicationDependency {
+                name: "b".into(),
+                requires: "a".into(),
+            },
         ];
         let e = deployment_package(&p).unwrap_err();
         assert!(e.to_string().contains("cycle"), "{e}");
@@ -646,9 +886,19 @@ mod tests {
             ..Default::default()
         }];
         let e = application(&a).unwrap_err();
-        assert!(e.to_string().contains("profiles[0].parameterTemplates[0].default"), "{e}");
-        assert_eq!(coerce_parameter("number", "3").unwrap(), serde_json::json!(3));
-        assert_eq!(coerce_parameter("boolean", "TRUE").unwrap(), serde_json::json!(true));
+        assert!(
+            e.to_string()
+                .contains("profiles[0].parameterTemplates[0].default"),
+            "{e}"
+        );
+        assert_eq!(
+            coerce_parameter("number", "3").unwrap(),
+            serde_json::json!(3)
+        );
+        assert_eq!(
+            coerce_parameter("boolean", "TRUE").unwrap(),
+            serde_json::json!(true)
+        );
         assert!(coerce_parameter("number", "x").is_err());
     }
 

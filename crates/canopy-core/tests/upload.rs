@@ -907,7 +907,7 @@ fn gzip_bomb_of_zeros() {
     assert_mentions(
         &e,
         &[
-            "uploaded file bomb.tar.gz: decompresses to more than 64 MiB",
+            "uploaded file bomb.tar.gz: the upload decompresses to more than 64 MiB",
             "decompression bomb",
         ],
     );
@@ -930,7 +930,7 @@ fn gzip_bomb_of_many_entries() {
     let e = err(&[file("bomb.tgz", bomb)]);
     assert_mentions(
         &e,
-        &["uploaded file bomb.tgz: decompresses to more than 64 MiB"],
+        &["uploaded file bomb.tgz: the upload decompresses to more than 64 MiB"],
     );
 }
 

@@ -4,6 +4,7 @@
 //! 1. uploading a 100-application package set (one tar.gz: 100 apps with values files, one
 //!    package referencing all of them) into a fresh project;
 //! 2. list/filter latency with 10,000 applications in one project's catalog.
+//!
 //! On SQLite always, and on PostgreSQL when `CANOPY_TEST_DATABASE_URL` is set
 //! (`scripts/postgres.sh` starts one). Results go to stdout as a Markdown table; copy them into
 //! docs/BENCHMARKS.md with the machine and the date.
@@ -15,7 +16,9 @@ use canopy_testkit::TestControlPlane;
 use reqwest::StatusCode;
 
 fn header(spec: &str) -> String {
-    format!("specSchema: {spec}\nschemaVersion: \"0.1\"\n$schema: \"https://schema.intel.com/catalog.orchestrator/0.1/schema\"\n")
+    format!(
+        "specSchema: {spec}\nschemaVersion: \"0.1\"\n$schema: \"https://schema.intel.com/catalog.orchestrator/0.1/schema\"\n"
+    )
 }
 
 /// A tar.gz holding `n` applications named `{prefix}-{i}` (two profiles each, values files) and,
@@ -31,26 +34,40 @@ fn package_set(prefix: &str, n: usize, with_package: bool) -> Vec<u8> {
                 header("Application")
             ),
         ));
-        files.push((format!("apps/values-{name}.yaml"), format!("replicaCount: 1\nimage:\n  tag: \"1.0\"\nname: {name}\n")));
+        files.push((
+            format!("apps/values-{name}.yaml"),
+            format!("replicaCount: 1\nimage:\n  tag: \"1.0\"\nname: {name}\n"),
+        ));
     }
     if with_package {
-        let mut dp = format!("{}name: {prefix}-stack\nversion: \"1.0.0\"\ndescription: \"{n} applications\"\napplications:\n", header("DeploymentPackage"));
+        let mut dp = format!(
+            "{}name: {prefix}-stack\nversion: \"1.0.0\"\ndescription: \"{n} applications\"\napplications:\n",
+            header("DeploymentPackage")
+        );
         for i in 0..n {
-            dp.push_str(&format!("  - name: {prefix}-{i:05}\n    version: \"1.0.0\"\n"));
+            dp.push_str(&format!(
+                "  - name: {prefix}-{i:05}\n    version: \"1.0.0\"\n"
+            ));
         }
         dp.push_str("deploymentProfiles:\n  - name: default\n    applicationProfiles:\n");
         for i in 0..n {
-            dp.push_str(&format!("      - application: {prefix}-{i:05}\n        profile: tuned\n"));
+            dp.push_str(&format!(
+                "      - application: {prefix}-{i:05}\n        profile: tuned\n"
+            ));
         }
         files.push(("package.yaml".into(), dp));
     }
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
     for (path, content) in files {
         let mut h = tar::Header::new_gnu();
         h.set_size(content.len() as u64);
         h.set_mode(0o644);
         h.set_cksum();
-        tar.append_data(&mut h, path, content.as_bytes()).expect("tar entry");
+        tar.append_data(&mut h, path, content.as_bytes())
+            .expect("tar entry");
     }
     tar.into_inner().expect("tar").finish().expect("gzip")
 }
@@ -79,7 +96,9 @@ async fn run(cp: TestControlPlane, out: &mut Vec<String>) {
         registry(&cp, &project).await;
         let bundle = package_set("web", 100, true);
         let t = Instant::now();
-        let (s, b) = cp.upload(&project, vec![("set.tar.gz".into(), bundle)]).await;
+        let (s, b) = cp
+            .upload(&project, vec![("set.tar.gz".into(), bundle)])
+            .await;
         samples.push(t.elapsed());
         assert_eq!(s, StatusCode::OK, "{b}");
     }
@@ -89,18 +108,35 @@ async fn run(cp: TestControlPlane, out: &mut Vec<String>) {
     // 2. 10,000 applications in one project.
     registry(&cp, "default").await;
     let t = Instant::now();
-    for batch in 0..10 {
-        let (s, b) = cp.upload("default", vec![(format!("b{batch}.tar.gz"), package_set(&format!("a{batch}"), 1000, false))]).await;
+    for batch in 0..20 {
+        let (s, b) = cp
+            .upload(
+                "default",
+                vec![(
+                    format!("b{batch}.tar.gz"),
+                    package_set(&format!("a{batch:02}"), 500, false),
+                )],
+            )
+            .await;
         assert_eq!(s, StatusCode::OK, "{b}");
     }
     let seed = t.elapsed();
-    out.push(format!("| {backend} | seed 10,000 applications (10 uploads of 1,000) | 1 | {:.0} | | |", seed.as_secs_f64() * 1000.0));
+    out.push(format!(
+        "| {backend} | seed 10,000 applications (20 uploads of 500) | 1 | {:.0} | | |",
+        seed.as_secs_f64() * 1000.0
+    ));
     let queries = [
         ("list, default page (20)", ""),
         ("list, pageSize=500", "?pageSize=500"),
-        ("list, orderBy=name desc, offset=9000", "?orderBy=name%20desc&offset=9000"),
-        ("filter name=a3-001* (10 hits)", "?filter=name%3Da3-001*"),
-        ("filter displayName substring OR description", "?filter=displayName%3D07777%20OR%20description%3Dapplication%20123"),
+        (
+            "list, orderBy=name desc, offset=9000",
+            "?orderBy=name%20desc&offset=9000",
+        ),
+        ("filter name=a03-001* (10 hits)", "?filter=name%3Da03-001*"),
+        (
+            "filter displayName substring OR description",
+            "?filter=displayName%3D07777%20OR%20description%3Dapplication%20123",
+        ),
         ("filter, no match", "?filter=name%3Dnothing-here"),
     ];
     for (label, q) in queries {
@@ -114,16 +150,24 @@ async fn run(cp: TestControlPlane, out: &mut Vec<String>) {
             let (s, b) = cp.get(&url).await;
             samples.push(t.elapsed());
             assert_eq!(s, StatusCode::OK, "{b}");
-            assert_eq!(b["totalElements"].as_u64().unwrap_or(0) >= 10_000, q.is_empty() || q.starts_with("?pageSize") || q.starts_with("?orderBy"));
+            assert_eq!(
+                b["totalElements"].as_u64().unwrap_or(0) >= 10_000,
+                q.is_empty() || q.starts_with("?pageSize") || q.starts_with("?orderBy")
+            );
         }
         let (p50, p95, max) = stats(samples);
-        out.push(format!("| {backend} | {label} (10,000 apps) | 40 | {p50:.1} | {p95:.1} | {max:.1} |"));
+        out.push(format!(
+            "| {backend} | {label} (10,000 apps) | 40 | {p50:.1} | {p95:.1} | {max:.1} |"
+        ));
     }
     cp.stop().await;
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let mut out = vec![
             "| backend | operation | runs | p50 ms | p95 ms | max ms |".to_string(),

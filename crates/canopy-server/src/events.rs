@@ -39,9 +39,10 @@ impl EventKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "registry" | "registries" => Some(EventKind::Registry),
             "application" | "applications" => Some(EventKind::Application),
-            "deploymentpackage" | "deployment-package" | "deployment_packages" | "deploymentpackages" => {
-                Some(EventKind::DeploymentPackage)
-            }
+            "deploymentpackage"
+            | "deployment-package"
+            | "deployment_packages"
+            | "deploymentpackages" => Some(EventKind::DeploymentPackage),
             "artifact" | "artifacts" => Some(EventKind::Artifact),
             _ => None,
         }

@@ -81,10 +81,13 @@ impl Server {
     pub async fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
         let store = open_store(config).await?;
         let app = App::new(store).await?;
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         Ok(Server { listener, app })
     }
 
@@ -99,15 +102,44 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests and closes storage.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let router = http::router(self.app.clone()).layer(
             tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
-                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+                .make_span_with(
+                    tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO),
+                )
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
+                ),
         );
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await?;
+        let reaper = tokio::spawn(reap_upload_sessions(self.app.clone()));
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        reaper.abort();
         self.app.store().close().await;
         Ok(())
+    }
+}
+
+/// How long an unfinished upload session is kept.
+pub const UPLOAD_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Background task: deletes upload sessions abandoned for longer than [`UPLOAD_SESSION_TTL`].
+/// Re-runnable and bounded: one DELETE per pass.
+async fn reap_upload_sessions(app: App) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+    loop {
+        every.tick().await;
+        let cutoff = time::OffsetDateTime::now_utc() - UPLOAD_SESSION_TTL;
+        match app.store().expire_upload_sessions(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "expired abandoned upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "could not expire upload sessions"),
+        }
     }
 }
 
@@ -140,7 +172,10 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let addr = server.local_addr()?;
     let storage = match &config.database_url {
         Some(_) => "PostgreSQL".to_string(),
-        None => format!("embedded SQLite at {}", config.data_dir.join("canopy.db").display()),
+        None => format!(
+            "embedded SQLite at {}",
+            config.data_dir.join("canopy.db").display()
+        ),
     };
     tracing::info!(%addr, %storage, "Canopy control plane listening on http://{addr} (API document at /openapi.json)");
     server.run(shutdown_signal()).await?;

@@ -23,16 +23,26 @@ fn app(name: &str, version: &str, profiles: &[&str]) -> Value {
 }
 
 fn package(name: &str, version: &str, apps: &[(&str, &str, &str)]) -> Value {
-    let refs: Vec<Value> = apps.iter().map(|(n, v, _)| json!({"name": n, "version": v})).collect();
-    let map: serde_json::Map<String, Value> = apps.iter().map(|(n, _, p)| (n.to_string(), json!(p))).collect();
+    let refs: Vec<Value> = apps
+        .iter()
+        .map(|(n, v, _)| json!({"name": n, "version": v}))
+        .collect();
+    let map: serde_json::Map<String, Value> = apps
+        .iter()
+        .map(|(n, _, p)| (n.to_string(), json!(p)))
+        .collect();
     json!({"name": name, "version": version, "applicationReferences": refs,
            "profiles": [{"name": "default", "applicationProfiles": map}], "defaultProfileName": "default"})
 }
 
 async fn seed(cp: &TestControlPlane) {
-    let (s, b) = cp.post(&cp.catalog(P, "/registries"), &registry("helm", "HELM")).await;
+    let (s, b) = cp
+        .post(&cp.catalog(P, "/registries"), &registry("helm", "HELM"))
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, b) = cp.post(&cp.catalog(P, "/registries"), &registry("images", "IMAGE")).await;
+    let (s, b) = cp
+        .post(&cp.catalog(P, "/registries"), &registry("images", "IMAGE"))
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
 }
 
@@ -56,20 +66,32 @@ async fn health_and_unknown_project() {
 async fn registries_crud_and_sensitive_fields() {
     let cp = TestControlPlane::start().await;
     seed(&cp).await;
-    let (s, b) = cp.post(&cp.catalog(P, "/registries"), &registry("helm", "HELM")).await;
+    let (s, b) = cp
+        .post(&cp.catalog(P, "/registries"), &registry("helm", "HELM"))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
     assert!(msg(&b).contains("registry helm already exists"), "{b}");
 
     let (s, b) = cp.get(&cp.catalog(P, "/registries/helm")).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(b["registry"].get("authToken").is_none(), "secret leaked: {b}");
-    assert!(b["registry"].get("username").is_none(), "secret leaked: {b}");
+    assert!(
+        b["registry"].get("authToken").is_none(),
+        "secret leaked: {b}"
+    );
+    assert!(
+        b["registry"].get("username").is_none(),
+        "secret leaked: {b}"
+    );
     assert_eq!(b["registry"]["displayName"], "helm");
     assert!(b["registry"]["createTime"].is_string());
 
-    let (_, b) = cp.get(&cp.catalog(P, "/registries/helm?showSensitiveInfo=true")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(P, "/registries/helm?showSensitiveInfo=true"))
+        .await;
     assert_eq!(b["registry"]["authToken"], "s3cret");
-    let (_, b) = cp.get(&cp.catalog(P, "/registries?showSensitiveInfo=true")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(P, "/registries?showSensitiveInfo=true"))
+        .await;
     assert_eq!(b["totalElements"], 2);
     assert_eq!(b["registries"][0]["username"], "robot");
     let (_, b) = cp.get(&cp.catalog(P, "/registries")).await;
@@ -81,7 +103,9 @@ async fn registries_crud_and_sensitive_fields() {
     body["description"] = json!("changed");
     let (s, b) = cp.put(&cp.catalog(P, "/registries/helm"), &body).await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (_, b) = cp.get(&cp.catalog(P, "/registries/helm?showSensitiveInfo=true")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(P, "/registries/helm?showSensitiveInfo=true"))
+        .await;
     assert_eq!(b["registry"]["description"], "changed");
     assert_eq!(b["registry"]["authToken"], "s3cret");
 
@@ -93,13 +117,28 @@ async fn registries_crud_and_sensitive_fields() {
     assert!(msg(&b).contains("name cannot be changed"), "{b}");
 
     // Bad fields name the field.
-    let (s, b) = cp.post(&cp.catalog(P, "/registries"), &json!({"name": "Bad_Name", "rootUrl": "https://x.y", "type": "HELM"})).await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/registries"),
+            &json!({"name": "Bad_Name", "rootUrl": "https://x.y", "type": "HELM"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("name"), "{b}");
-    let (s, b) = cp.post(&cp.catalog(P, "/registries"), &json!({"name": "r", "rootUrl": "ftp://x.y", "type": "HELM"})).await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/registries"),
+            &json!({"name": "r", "rootUrl": "ftp://x.y", "type": "HELM"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("rootUrl"), "{b}");
-    let (s, b) = cp.post(&cp.catalog(P, "/registries"), &json!({"name": "r", "rootUrl": "https://x.y", "type": "HELM", "bogus": 1})).await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/registries"),
+            &json!({"name": "r", "rootUrl": "https://x.y", "type": "HELM", "bogus": 1}),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("bogus"), "{b}");
 
@@ -120,7 +159,10 @@ async fn registry_in_use_rules() {
 
     let (s, b) = cp.delete(&cp.catalog(P, "/registries/helm")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(msg(&b).contains("cannot delete registry while in use"), "{b}");
+    assert!(
+        msg(&b).contains("cannot delete registry while in use"),
+        "{b}"
+    );
     assert!(msg(&b).contains("web:1.0.0"), "{b}");
 
     let mut changed = registry("images", "HELM");
@@ -145,11 +187,20 @@ async fn registry_in_use_rules() {
 async fn applications_and_packages_rules() {
     let cp = TestControlPlane::start().await;
     seed(&cp).await;
-    for a in [app("web", "1.0.0", &["default", "tuned"]), app("web", "1.1.0", &["default"]), app("db", "2.0.0", &["small"])] {
+    for a in [
+        app("web", "1.0.0", &["default", "tuned"]),
+        app("web", "1.1.0", &["default"]),
+        app("db", "2.0.0", &["small"]),
+    ] {
         let (s, b) = cp.post(&cp.catalog(P, "/applications"), &a).await;
         assert_eq!(s, StatusCode::OK, "{b}");
     }
-    let (s, b) = cp.post(&cp.catalog(P, "/applications"), &app("web", "1.0.0", &["default"])).await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/applications"),
+            &app("web", "1.0.0", &["default"]),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
 
     // Display names are unique (case-insensitively) across different names, shared across versions.
@@ -170,66 +221,137 @@ async fn applications_and_packages_rules() {
     assert_eq!(b["application"].as_array().unwrap().len(), 2);
 
     // Incongruent application profiles.
-    let (s, b) = cp.post(&cp.catalog(P, "/deployment_packages"), &package("stack", "1.0.0", &[("web", "1.0.0", "nope"), ("db", "2.0.0", "small")])).await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/deployment_packages"),
+            &package(
+                "stack",
+                "1.0.0",
+                &[("web", "1.0.0", "nope"), ("db", "2.0.0", "small")],
+            ),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(msg(&b).contains("application profiles are incongruent"), "{b}");
+    assert!(
+        msg(&b).contains("application profiles are incongruent"),
+        "{b}"
+    );
     // Missing application.
-    let (s, b) = cp.post(&cp.catalog(P, "/deployment_packages"), &package("stack", "1.0.0", &[("ghost", "1.0.0", "x")])).await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/deployment_packages"),
+            &package("stack", "1.0.0", &[("ghost", "1.0.0", "x")]),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("application ghost:1.0.0 not found"), "{b}");
 
-    let pkg = package("stack", "1.0.0", &[("web", "1.0.0", "tuned"), ("db", "2.0.0", "small")]);
+    let pkg = package(
+        "stack",
+        "1.0.0",
+        &[("web", "1.0.0", "tuned"), ("db", "2.0.0", "small")],
+    );
     let (s, b) = cp.post(&cp.catalog(P, "/deployment_packages"), &pkg).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["deploymentPackage"]["isVisible"], true);
 
-    let (_, b) = cp.get(&cp.catalog(P, "/applications/web/versions/1.0.0/reference_count")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(P, "/applications/web/versions/1.0.0/reference_count"))
+        .await;
     assert_eq!(b["referenceCount"], 1);
-    let (_, b) = cp.get(&cp.catalog(P, "/applications/web/versions/1.1.0/reference_count")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(P, "/applications/web/versions/1.1.0/reference_count"))
+        .await;
     assert_eq!(b["referenceCount"], 0);
 
     // Referenced applications cannot be deleted; a profile in use cannot be removed.
-    let (s, b) = cp.delete(&cp.catalog(P, "/applications/web/versions/1.0.0")).await;
+    let (s, b) = cp
+        .delete(&cp.catalog(P, "/applications/web/versions/1.0.0"))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("stack:1.0.0"), "{b}");
-    let (s, b) = cp.put(&cp.catalog(P, "/applications/web/versions/1.0.0"), &app("web", "1.0.0", &["default"])).await;
+    let (s, b) = cp
+        .put(
+            &cp.catalog(P, "/applications/web/versions/1.0.0"),
+            &app("web", "1.0.0", &["default"]),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("profile tuned cannot be removed"), "{b}");
 
     // Mark deployed: the package and its applications lock.
     let mut deployed = pkg.clone();
     deployed["isDeployed"] = json!(true);
-    let (s, b) = cp.put(&cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"), &deployed).await;
+    let (s, b) = cp
+        .put(
+            &cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"),
+            &deployed,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let mut changed = deployed.clone();
     changed["description"] = json!("edited");
-    let (s, b) = cp.put(&cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"), &changed).await;
+    let (s, b) = cp
+        .put(
+            &cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"),
+            &changed,
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("cannot modify deployed package"), "{b}");
-    let (s, b) = cp.delete(&cp.catalog(P, "/deployment_packages/stack/versions/1.0.0")).await;
+    let (s, b) = cp
+        .delete(&cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("cannot modify deployed package"), "{b}");
     let mut app_changed = app("web", "1.0.0", &["default", "tuned"]);
     app_changed["description"] = json!("new");
-    let (s, b) = cp.put(&cp.catalog(P, "/applications/web/versions/1.0.0"), &app_changed).await;
+    let (s, b) = cp
+        .put(
+            &cp.catalog(P, "/applications/web/versions/1.0.0"),
+            &app_changed,
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(msg(&b).contains("please create a new version instead"), "{b}");
+    assert!(
+        msg(&b).contains("please create a new version instead"),
+        "{b}"
+    );
     // Kind-only changes pass.
     let mut kind_only = app("web", "1.0.0", &["default", "tuned"]);
     kind_only["kind"] = json!("KIND_ADDON");
-    let (s, b) = cp.put(&cp.catalog(P, "/applications/web/versions/1.0.0"), &kind_only).await;
+    let (s, b) = cp
+        .put(
+            &cp.catalog(P, "/applications/web/versions/1.0.0"),
+            &kind_only,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let mut kind_pkg = deployed.clone();
     kind_pkg["kind"] = json!("KIND_EXTENSION");
-    let (s, b) = cp.put(&cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"), &kind_pkg).await;
+    let (s, b) = cp
+        .put(
+            &cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"),
+            &kind_pkg,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
 
     // Undeploy, then delete works.
-    let (s, b) = cp.put(&cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"), &pkg).await;
+    let (s, b) = cp
+        .put(
+            &cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"),
+            &pkg,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, _) = cp.delete(&cp.catalog(P, "/deployment_packages/stack/versions/1.0.0")).await;
+    let (s, _) = cp
+        .delete(&cp.catalog(P, "/deployment_packages/stack/versions/1.0.0"))
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = cp.delete(&cp.catalog(P, "/applications/web/versions/1.0.0")).await;
+    let (s, _) = cp
+        .delete(&cp.catalog(P, "/applications/web/versions/1.0.0"))
+        .await;
     assert_eq!(s, StatusCode::OK);
 }
 
@@ -239,18 +361,32 @@ async fn artifacts_mime_and_in_use() {
     seed(&cp).await;
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let (s, b) = cp.post(&cp.catalog(P, "/artifacts"), &json!({"name": "icon", "mimeType": "image/png", "artifact": b64(b"GIF89a fake")})).await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/artifacts"),
+            &json!({"name": "icon", "mimeType": "image/png", "artifact": b64(b"GIF89a fake")}),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("PNG"), "{b}");
     let (s, b) = cp.post(&cp.catalog(P, "/artifacts"), &json!({"name": "icon", "mimeType": "application/x-msdownload", "artifact": b64(b"MZ....")})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("mimeType"), "{b}");
     let png = b"\x89PNG\r\n\x1a\nrest-of-png";
-    let (s, b) = cp.post(&cp.catalog(P, "/artifacts"), &json!({"name": "icon", "mimeType": "image/png", "artifact": b64(png)})).await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/artifacts"),
+            &json!({"name": "icon", "mimeType": "image/png", "artifact": b64(png)}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["artifact"]["artifact"], b64(png));
 
-    cp.post(&cp.catalog(P, "/applications"), &app("web", "1.0.0", &["default"])).await;
+    cp.post(
+        &cp.catalog(P, "/applications"),
+        &app("web", "1.0.0", &["default"]),
+    )
+    .await;
     let mut pkg = package("stack", "1.0.0", &[("web", "1.0.0", "default")]);
     pkg["artifacts"] = json!([{"name": "icon", "purpose": "icon"}]);
     let (s, b) = cp.post(&cp.catalog(P, "/deployment_packages"), &pkg).await;
@@ -260,7 +396,9 @@ async fn artifacts_mime_and_in_use() {
     assert!(msg(&b).contains("is in use"), "{b}");
     let mut missing = package("other", "1.0.0", &[("web", "1.0.0", "default")]);
     missing["artifacts"] = json!([{"name": "nothing", "purpose": "icon"}]);
-    let (s, b) = cp.post(&cp.catalog(P, "/deployment_packages"), &missing).await;
+    let (s, b) = cp
+        .post(&cp.catalog(P, "/deployment_packages"), &missing)
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("artifact nothing not found"), "{b}");
 }
@@ -279,29 +417,69 @@ async fn list_conventions() {
         assert_eq!(s, StatusCode::OK, "{b}");
     }
     let (_, b) = cp.get(&cp.catalog(P, "/applications")).await;
-    assert_eq!(b["applications"].as_array().unwrap().len(), 20, "default page size");
+    assert_eq!(
+        b["applications"].as_array().unwrap().len(),
+        20,
+        "default page size"
+    );
     assert_eq!(b["totalElements"], 30);
-    let (_, b) = cp.get(&cp.catalog(P, "/applications?pageSize=5&offset=28&orderBy=name")).await;
-    let names: Vec<&str> = b["applications"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    let (_, b) = cp
+        .get(&cp.catalog(P, "/applications?pageSize=5&offset=28&orderBy=name"))
+        .await;
+    let names: Vec<&str> = b["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["app-28", "app-29"]);
-    let (_, b) = cp.get(&cp.catalog(P, "/applications?orderBy=name%20desc&pageSize=1")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(P, "/applications?orderBy=name%20desc&pageSize=1"))
+        .await;
     assert_eq!(b["applications"][0]["name"], "app-29");
-    let (_, b) = cp.get(&cp.catalog(P, "/applications?filter=name%3Dapp-1*%20OR%20displayName%3Dnumber%2025")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(
+            P,
+            "/applications?filter=name%3Dapp-1*%20OR%20displayName%3Dnumber%2025",
+        ))
+        .await;
     assert_eq!(b["totalElements"], 11, "{b}");
-    let (_, b) = cp.get(&cp.catalog(P, "/applications?kinds=KIND_ADDON")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(P, "/applications?kinds=KIND_ADDON"))
+        .await;
     assert_eq!(b["totalElements"], 10);
-    let (_, b) = cp.get(&cp.catalog(P, "/applications?kinds=KIND_NORMAL&kinds=KIND_ADDON")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(P, "/applications?kinds=KIND_NORMAL&kinds=KIND_ADDON"))
+        .await;
     assert_eq!(b["totalElements"], 30);
-    let (_, b) = cp.get(&cp.catalog(P, "/applications?filter=name%3D%27%3B%20DROP%20TABLE%20applications%3B%20--")).await;
+    let (_, b) = cp
+        .get(&cp.catalog(
+            P,
+            "/applications?filter=name%3D%27%3B%20DROP%20TABLE%20applications%3B%20--",
+        ))
+        .await;
     assert_eq!(b["totalElements"], 0);
     let (_, b) = cp.get(&cp.catalog(P, "/applications?pageSize=500")).await;
     assert_eq!(b["totalElements"], 30);
-    for bad in ["pageSize=-1", "pageSize=501", "offset=-1", "orderBy=name%20sideways", "orderBy=nope", "filter=nope%3D1", "filter=profiles%3Dx", "wat=1"] {
-        let (s, b) = cp.get(&cp.catalog(P, &format!("/applications?{bad}"))).await;
+    for bad in [
+        "pageSize=-1",
+        "pageSize=501",
+        "offset=-1",
+        "orderBy=name%20sideways",
+        "orderBy=nope",
+        "filter=nope%3D1",
+        "filter=profiles%3Dx",
+        "wat=1",
+    ] {
+        let (s, b) = cp
+            .get(&cp.catalog(P, &format!("/applications?{bad}")))
+            .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
         assert!(!msg(&b).is_empty());
     }
-    let (s, b) = cp.get(&cp.catalog(P, "/registries?filter=rootUrl%3Dx")).await;
+    let (s, b) = cp
+        .get(&cp.catalog(P, "/registries?filter=rootUrl%3Dx"))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(msg(&b).contains("cannot filter/orderBy"), "{b}");
 }
@@ -315,7 +493,12 @@ async fn projects_are_isolated() {
     assert_eq!(b["totalElements"], 0);
     let (s, _) = cp.get(&cp.catalog("other", "/registries/helm")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, b) = cp.post(&cp.catalog("other", "/registries"), &registry("helm", "IMAGE")).await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog("other", "/registries"),
+            &registry("helm", "IMAGE"),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (_, b) = cp.get(&cp.catalog(P, "/registries/helm")).await;
     assert_eq!(b["registry"]["type"], "HELM");
@@ -326,8 +509,14 @@ async fn openapi_document_covers_reference_catalog() {
     let cp = TestControlPlane::start().await;
     let (s, doc) = cp.get(&cp.at("/openapi.json")).await;
     assert_eq!(s, StatusCode::OK);
-    let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference-openapi/catalog.yaml")).unwrap();
-    let reference = canopy_core::yaml::parse_documents(&reference).unwrap().remove(0);
+    let reference = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/reference-openapi/catalog.yaml"
+    ))
+    .unwrap();
+    let reference = canopy_core::yaml::parse_documents(&reference)
+        .unwrap()
+        .remove(0);
     let mut missing = Vec::new();
     for (path, ops) in reference["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
@@ -339,6 +528,9 @@ async fn openapi_document_covers_reference_catalog() {
             }
         }
     }
-    assert!(missing.is_empty(), "reference operations missing from /openapi.json: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "reference operations missing from /openapi.json: {missing:?}"
+    );
     assert!(!doc["paths"]["/canopy/v1/projects/{projectName}/catalog/events"]["get"].is_null());
 }

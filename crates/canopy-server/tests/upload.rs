@@ -34,7 +34,10 @@ async fn counts(cp: &TestControlPlane, project: &str) -> [u64; 4] {
 }
 
 fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
     for (path, data) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
@@ -62,40 +65,87 @@ async fn reference_packages_upload_and_round_trip() {
             let (s, b) = cp.upload("default", files).await;
             assert_eq!(s, StatusCode::OK, "[{}] {name} again: {b}", cp.backend);
         }
-        let (_, pkgs) = cp.get(&cp.catalog("default", "/deployment_packages?pageSize=100")).await;
+        let (_, pkgs) = cp
+            .get(&cp.catalog("default", "/deployment_packages?pageSize=100"))
+            .await;
         let pkgs = pkgs["deploymentPackages"].as_array().unwrap().clone();
         assert_eq!(pkgs.len(), reference_packages().len(), "[{}]", cp.backend);
         // Values files became chart values.
-        let (_, httpbin) = cp.get(&cp.catalog("default", "/applications/httpbin/versions/0.1.6")).await;
-        let profile = httpbin["application"]["profiles"].as_array().unwrap().iter().find(|p| p["name"] == "with-envoy").unwrap().clone();
-        assert!(profile["chartValues"].as_str().unwrap().contains("enabled: true"), "{profile}");
+        let (_, httpbin) = cp
+            .get(&cp.catalog("default", "/applications/httpbin/versions/0.1.6"))
+            .await;
+        let profile = httpbin["application"]["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "with-envoy")
+            .unwrap()
+            .clone();
+        assert!(
+            profile["chartValues"]
+                .as_str()
+                .unwrap()
+                .contains("enabled: true"),
+            "{profile}"
+        );
 
         for p in &pkgs {
             let (name, version) = (p["name"].as_str().unwrap(), p["version"].as_str().unwrap());
             let resp = cp
                 .http()
-                .get(cp.catalog("default", &format!("/deployment_packages/{name}/versions/{version}/download")))
+                .get(cp.catalog(
+                    "default",
+                    &format!("/deployment_packages/{name}/versions/{version}/download"),
+                ))
                 .send()
                 .await
                 .unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
             let bytes = resp.bytes().await.unwrap().to_vec();
-            let (s, b) = cp.upload("copy", vec![(format!("{name}-{version}.tar.gz"), bytes)]).await;
-            assert_eq!(s, StatusCode::OK, "[{}] re-upload of export {name}: {b}", cp.backend);
-            let (_, orig) = cp.get(&cp.catalog("default", &format!("/deployment_packages/{name}/versions/{version}"))).await;
-            let (_, copy) = cp.get(&cp.catalog("copy", &format!("/deployment_packages/{name}/versions/{version}"))).await;
+            let (s, b) = cp
+                .upload("copy", vec![(format!("{name}-{version}.tar.gz"), bytes)])
+                .await;
+            assert_eq!(
+                s,
+                StatusCode::OK,
+                "[{}] re-upload of export {name}: {b}",
+                cp.backend
+            );
+            let (_, orig) = cp
+                .get(&cp.catalog(
+                    "default",
+                    &format!("/deployment_packages/{name}/versions/{version}"),
+                ))
+                .await;
+            let (_, copy) = cp
+                .get(&cp.catalog(
+                    "copy",
+                    &format!("/deployment_packages/{name}/versions/{version}"),
+                ))
+                .await;
             let strip = |mut v: Value| {
                 let o = v["deploymentPackage"].as_object_mut().unwrap();
                 o.remove("createTime");
                 o.remove("updateTime");
                 for prof in o["profiles"].as_array_mut().unwrap() {
-                    prof.as_object_mut().unwrap().retain(|k, _| k != "createTime" && k != "updateTime");
+                    prof.as_object_mut()
+                        .unwrap()
+                        .retain(|k, _| k != "createTime" && k != "updateTime");
                 }
                 v
             };
-            assert_eq!(strip(orig), strip(copy), "[{}] {name} differs after round trip", cp.backend);
+            assert_eq!(
+                strip(orig),
+                strip(copy),
+                "[{}] {name} differs after round trip",
+                cp.backend
+            );
             for r in p["applicationReferences"].as_array().unwrap() {
-                let path = format!("/applications/{}/versions/{}", r["name"].as_str().unwrap(), r["version"].as_str().unwrap());
+                let path = format!(
+                    "/applications/{}/versions/{}",
+                    r["name"].as_str().unwrap(),
+                    r["version"].as_str().unwrap()
+                );
                 let (_, a) = cp.get(&cp.catalog("default", &path)).await;
                 let (_, b) = cp.get(&cp.catalog("copy", &path)).await;
                 let strip_app = |mut v: Value| {
@@ -103,11 +153,18 @@ async fn reference_packages_upload_and_round_trip() {
                     o.remove("createTime");
                     o.remove("updateTime");
                     for prof in o["profiles"].as_array_mut().unwrap() {
-                        prof.as_object_mut().unwrap().retain(|k, _| k != "createTime" && k != "updateTime");
+                        prof.as_object_mut()
+                            .unwrap()
+                            .retain(|k, _| k != "createTime" && k != "updateTime");
                     }
                     v
                 };
-                assert_eq!(strip_app(a), strip_app(b), "[{}] application {path} differs after round trip", cp.backend);
+                assert_eq!(
+                    strip_app(a),
+                    strip_app(b),
+                    "[{}] application {path} differs after round trip",
+                    cp.backend
+                );
             }
         }
         cp.stop().await;
@@ -123,16 +180,29 @@ async fn upload_is_all_or_nothing() {
     let mut files = read_dir_files(&reference_package("httpbin"));
     for (name, content) in &mut files {
         if name == "dp-httpbin.yaml" {
-            *content = String::from_utf8(content.clone()).unwrap().replace("version: 0.1.6", "version: 9.9.9").into_bytes();
+            *content = String::from_utf8(content.clone())
+                .unwrap()
+                .replace("version: 0.1.6", "version: 9.9.9")
+                .into_bytes();
         }
     }
     let (s, b) = cp.upload("default", files).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("httpbin:9.9.9"), "{b}");
-    assert_eq!(counts(&cp, "default").await, before, "nothing may be stored");
+    assert!(
+        b["message"].as_str().unwrap().contains("httpbin:9.9.9"),
+        "{b}"
+    );
+    assert_eq!(
+        counts(&cp, "default").await,
+        before,
+        "nothing may be stored"
+    );
 
     // A values file that is missing is named.
-    let files: Vec<(String, Vec<u8>)> = read_dir_files(&reference_package("httpbin")).into_iter().filter(|(n, _)| n != "values-httpbin.yaml").collect();
+    let files: Vec<(String, Vec<u8>)> = read_dir_files(&reference_package("httpbin"))
+        .into_iter()
+        .filter(|(n, _)| n != "values-httpbin.yaml")
+        .collect();
     let (s, b) = cp.upload("default", files).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     assert!(b.to_string().contains("values-httpbin.yaml"), "{b}");
@@ -148,7 +218,9 @@ async fn hostile_uploads_are_refused() {
     let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..12 {
         let p = i - 1;
-        bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
     }
     let gzip_bomb = {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -164,27 +236,73 @@ async fn hostile_uploads_are_refused() {
         }
         enc.finish().unwrap()
     };
-    let cases: Vec<(&str, Vec<(String, Vec<u8>)>)> = vec![
-        ("dot-dot", vec![("x.tar.gz".into(), tar_gz(&[("../evil.yaml", registry_doc)]))]),
-        ("absolute", vec![("x.tgz".into(), tar_gz(&[("/etc/evil.yaml", registry_doc)]))]),
-        ("not-utf8", vec![("bad.yaml".into(), vec![0xff, 0xfe, 0x00, 0x41])]),
-        ("deep", vec![("deep.yaml".into(), format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes())]),
+    type Files = Vec<(String, Vec<u8>)>;
+    let cases: Vec<(&str, Files)> = vec![
+        (
+            "dot-dot",
+            vec![("x.tar.gz".into(), tar_gz(&[("../evil.yaml", registry_doc)]))],
+        ),
+        (
+            "absolute",
+            vec![("x.tgz".into(), tar_gz(&[("/etc/evil.yaml", registry_doc)]))],
+        ),
+        (
+            "not-utf8",
+            vec![("bad.yaml".into(), vec![0xff, 0xfe, 0x00, 0x41])],
+        ),
+        (
+            "deep",
+            vec![(
+                "deep.yaml".into(),
+                format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+            )],
+        ),
         ("aliases", vec![("bomb.yaml".into(), bomb.into_bytes())]),
         ("gzip-bomb", vec![("bomb.tar.gz".into(), gzip_bomb)]),
-        ("garbage-tar", vec![("junk.tar.gz".into(), b"\x1f\x8bnot really gzip".to_vec())]),
-        ("unknown-type", vec![("t.yaml".into(), b"specSchema: Spaceship\nname: x\n".to_vec())]),
-        ("unknown-field", vec![("r.yaml".into(), [registry_doc.as_slice(), b"warpDrive: true\n"].concat())]),
-        ("too-big", vec![("big.yaml".into(), vec![b'#'; 11 * 1024 * 1024])]),
+        (
+            "garbage-tar",
+            vec![("junk.tar.gz".into(), b"\x1f\x8bnot really gzip".to_vec())],
+        ),
+        (
+            "unknown-type",
+            vec![(
+                "t.yaml".into(),
+                b"specSchema: Spaceship\nname: x\n".to_vec(),
+            )],
+        ),
+        (
+            "unknown-field",
+            vec![(
+                "r.yaml".into(),
+                [registry_doc.as_slice(), b"warpDrive: true\n"].concat(),
+            )],
+        ),
+        (
+            "too-big",
+            vec![("big.yaml".into(), vec![b'#'; 11 * 1024 * 1024])],
+        ),
     ];
     for (what, files) in cases {
         let (s, b) = cp.upload("default", files).await;
-        assert!(s == StatusCode::BAD_REQUEST || s == StatusCode::PAYLOAD_TOO_LARGE, "{what}: {s} {b}");
-        assert!(!b["message"].as_str().unwrap_or_default().is_empty(), "{what}: no message: {b}");
+        assert!(
+            s == StatusCode::BAD_REQUEST || s == StatusCode::PAYLOAD_TOO_LARGE,
+            "{what}: {s} {b}"
+        );
+        assert!(
+            !b["message"].as_str().unwrap_or_default().is_empty(),
+            "{what}: no message: {b}"
+        );
         eprintln!("{what}: {s} {}", b["message"]);
-        assert_eq!(counts(&cp, "default").await, before, "{what}: something was stored");
+        assert_eq!(
+            counts(&cp, "default").await,
+            before,
+            "{what}: something was stored"
+        );
     }
     // Too many files.
-    let many: Vec<(String, Vec<u8>)> = (0..101).map(|i| (format!("f{i}.yaml"), b"a: 1\n".to_vec())).collect();
+    let many: Vec<(String, Vec<u8>)> = (0..101)
+        .map(|i| (format!("f{i}.yaml"), b"a: 1\n".to_vec()))
+        .collect();
     let (s, b) = cp.upload("default", many).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
     // The server is still fine.
@@ -213,16 +331,29 @@ async fn session_upload_applies_on_last_upload_only() {
         assert_eq!(b["uploadNumber"], (i + 1) as u64);
         session = Some(b["sessionId"].as_str().unwrap().to_string());
         if !last {
-            assert_eq!(count(&cp, "default", "applications").await, 0, "applied before lastUpload");
+            assert_eq!(
+                count(&cp, "default", "applications").await,
+                0,
+                "applied before lastUpload"
+            );
         }
     }
     assert_eq!(count(&cp, "default", "applications").await, 2);
     assert_eq!(count(&cp, "default", "deployment_packages").await, 1);
     // The session is gone once applied.
-    let url = format!("{}?sessionId={}&lastUpload=true", cp.catalog("default", "/uploads"), session.unwrap());
-    let (s, b) = cp.post(&url, &json!({"fileName": "x.yaml", "artifact": "YTogMQo="})).await;
+    let url = format!(
+        "{}?sessionId={}&lastUpload=true",
+        cp.catalog("default", "/uploads"),
+        session.unwrap()
+    );
+    let (s, b) = cp
+        .post(&url, &json!({"fileName": "x.yaml", "artifact": "YTogMQo="}))
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("upload-session"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("upload-session"),
+        "{b}"
+    );
 }
 
 #[tokio::test]
@@ -256,5 +387,8 @@ async fn events_stream_replays_then_follows() {
     assert!(seen.contains("event: replayed"), "{seen}");
     assert!(seen.contains("\"harbor-helm-oci\""), "{seen}");
     assert!(seen.contains("event: created"), "{seen}");
-    assert!(!seen.contains("hidden-token"), "secret in event stream: {seen}");
+    assert!(
+        !seen.contains("hidden-token"),
+        "secret in event stream: {seen}"
+    );
 }

@@ -83,7 +83,11 @@ impl TestControlPlane {
     /// Creates another project (until the tenancy API exists, projects are made through the store).
     pub async fn create_project(&self, name: &str) {
         let name = canopy_core::names::ProjectName::try_from(name).expect("valid project name");
-        self.app.store().ensure_project(&name).await.expect("project created");
+        self.app
+            .store()
+            .ensure_project(&name)
+            .await
+            .expect("project created");
     }
 
     /// The server's data directory.
@@ -113,7 +117,15 @@ impl TestControlPlane {
 
     /// POST a JSON body.
     pub async fn post(&self, url: &str, body: &Value) -> (StatusCode, Value) {
-        Self::json(self.http.post(url).json(body).send().await.expect("request")).await
+        Self::json(
+            self.http
+                .post(url)
+                .json(body)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
     }
 
     /// PUT a JSON body.
@@ -127,10 +139,17 @@ impl TestControlPlane {
     }
 
     /// Bulk upload of `(file name, content)` pairs to a project.
-    pub async fn upload(&self, project: &str, files: Vec<(String, Vec<u8>)>) -> (StatusCode, Value) {
+    pub async fn upload(
+        &self,
+        project: &str,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> (StatusCode, Value) {
         let mut form = reqwest::multipart::Form::new();
         for (name, content) in files {
-            form = form.part("files", reqwest::multipart::Part::bytes(content).file_name(name));
+            form = form.part(
+                "files",
+                reqwest::multipart::Part::bytes(content).file_name(name),
+            );
         }
         let resp = self
             .http
@@ -150,7 +169,10 @@ impl TestControlPlane {
     async fn json(resp: reqwest::Response) -> (StatusCode, Value) {
         let status = resp.status();
         let bytes = resp.bytes().await.expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// Stops the server gracefully and waits for it.
@@ -182,7 +204,11 @@ pub fn read_dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
-                let rel = p.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+                let rel = p
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.push((rel, std::fs::read(&p).expect("read file")));
             }
         }
@@ -194,12 +220,15 @@ pub fn read_dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// The repository's reference sample packages (`tests/fixtures/reference-packages/<name>`).
 pub fn reference_package(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference-packages").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/reference-packages")
+        .join(name)
 }
 
 /// Names of all reference sample packages.
 pub fn reference_packages() -> Vec<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference-packages");
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference-packages");
     let mut v: Vec<String> = std::fs::read_dir(root)
         .expect("fixtures")
         .flatten()

@@ -197,7 +197,7 @@ fn extract(name: &str, content: &[u8], budget: u64) -> Result<(RawSet, u64), Str
     let over = |count: &Rc<Cell<u64>>| count.get() > budget;
     let bomb = || {
         format!(
-            "uploaded file {name}: decompresses to more than {} (the upload limit); refusing it as a possible decompression bomb",
+            "uploaded file {name}: the upload decompresses to more than {} (the limit); refusing it as a possible decompression bomb",
             mib(MAX_TOTAL_BYTES)
         )
     };

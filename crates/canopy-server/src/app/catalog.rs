@@ -50,7 +50,14 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
-    fn record(&mut self, ctx: &Ctx, op: EventOp, kind: EventKind, key: String, payload: serde_json::Value) {
+    fn record(
+        &mut self,
+        ctx: &Ctx,
+        op: EventOp,
+        kind: EventKind,
+        key: String,
+        payload: serde_json::Value,
+    ) {
         let (kind_name, action) = (
             match kind {
                 EventKind::Registry => "registry",
@@ -133,9 +140,14 @@ pub(crate) async fn put_registry(
     let existing = tx.get_registry(&r.name).await?;
     match (&existing, mode) {
         (Some(_), PutMode::Create) => {
-            return Err(AppError::AlreadyExists(format!("registry {} already exists", r.name)));
+            return Err(AppError::AlreadyExists(format!(
+                "registry {} already exists",
+                r.name
+            )));
         }
-        (None, PutMode::Update) => return Err(AppError::NotFound(format!("registry {} not found", r.name))),
+        (None, PutMode::Update) => {
+            return Err(AppError::NotFound(format!("registry {} not found", r.name)));
+        }
         _ => {}
     }
     if let Some(old) = &existing {
@@ -169,10 +181,28 @@ pub(crate) async fn put_registry(
             return Ok(old.clone());
         }
     }
-    check_display_name(tx, DisplayNameScope::Registry, "registry", &r.name, &r.display_name, &r.name).await?;
+    check_display_name(
+        tx,
+        DisplayNameScope::Registry,
+        "registry",
+        &r.name,
+        &r.display_name,
+        &r.name,
+    )
+    .await?;
     let stored = tx.put_registry(&r).await?;
-    let op = if existing.is_some() { EventOp::Updated } else { EventOp::Created };
-    changes.record(ctx, op, EventKind::Registry, r.name.clone(), json(&stored.redacted()));
+    let op = if existing.is_some() {
+        EventOp::Updated
+    } else {
+        EventOp::Created
+    };
+    changes.record(
+        ctx,
+        op,
+        EventKind::Registry,
+        r.name.clone(),
+        json(&stored.redacted()),
+    );
     Ok(stored)
 }
 
@@ -210,7 +240,9 @@ async fn check_app_references(tx: &mut CatalogTx, a: &Application) -> Result<(),
                     p.name, req.name, req.version
                 )));
             };
-            if !req.deployment_profile_name.is_empty() && pkg.profile(&req.deployment_profile_name).is_none() {
+            if !req.deployment_profile_name.is_empty()
+                && pkg.profile(&req.deployment_profile_name).is_none()
+            {
                 return Err(AppError::Invalid(format!(
                     "application {k} profile {}: deployment requirement deployment-package {}:{} has no deployment profile {}",
                     p.name, req.name, req.version, req.deployment_profile_name
@@ -239,8 +271,14 @@ pub(crate) async fn put_application(
     let k = key(&a.name, &a.version);
     let existing = tx.get_application(&a.name, &a.version).await?;
     match (&existing, mode) {
-        (Some(_), PutMode::Create) => return Err(AppError::AlreadyExists(format!("application {k} already exists"))),
-        (None, PutMode::Update) => return Err(AppError::NotFound(format!("application {k} not found"))),
+        (Some(_), PutMode::Create) => {
+            return Err(AppError::AlreadyExists(format!(
+                "application {k} already exists"
+            )));
+        }
+        (None, PutMode::Update) => {
+            return Err(AppError::NotFound(format!("application {k} not found")));
+        }
         _ => {}
     }
     if let Some(old) = &existing {
@@ -270,16 +308,31 @@ pub(crate) async fn put_application(
         }
     }
     check_app_references(tx, &a).await?;
-    check_display_name(tx, DisplayNameScope::Application, "application", &k, &a.display_name, &a.name).await?;
+    check_display_name(
+        tx,
+        DisplayNameScope::Application,
+        "application",
+        &k,
+        &a.display_name,
+        &a.name,
+    )
+    .await?;
     let stored = tx.put_application(&a).await?;
-    let op = if existing.is_some() { EventOp::Updated } else { EventOp::Created };
+    let op = if existing.is_some() {
+        EventOp::Updated
+    } else {
+        EventOp::Created
+    };
     changes.record(ctx, op, EventKind::Application, k, json(&stored));
     Ok(stored)
 }
 
 // ---------------------------------------------------------------- packages
 
-async fn check_package_references(tx: &mut CatalogTx, p: &DeploymentPackage) -> Result<(), AppError> {
+async fn check_package_references(
+    tx: &mut CatalogTx,
+    p: &DeploymentPackage,
+) -> Result<(), AppError> {
     let k = key(&p.name, &p.version);
     let mut apps = Vec::with_capacity(p.application_references.len());
     for r in &p.application_references {
@@ -324,9 +377,15 @@ pub(crate) async fn put_package(
     let existing = tx.get_package(&p.name, &p.version).await?;
     match (&existing, mode) {
         (Some(_), PutMode::Create) => {
-            return Err(AppError::AlreadyExists(format!("deployment-package {k} already exists")));
+            return Err(AppError::AlreadyExists(format!(
+                "deployment-package {k} already exists"
+            )));
         }
-        (None, PutMode::Update) => return Err(AppError::NotFound(format!("deployment-package {k} not found"))),
+        (None, PutMode::Update) => {
+            return Err(AppError::NotFound(format!(
+                "deployment-package {k} not found"
+            )));
+        }
         _ => {}
     }
     if let Some(old) = &existing {
@@ -342,10 +401,21 @@ pub(crate) async fn put_package(
         }
     }
     check_package_references(tx, &p).await?;
-    check_display_name(tx, DisplayNameScope::DeploymentPackage, "deployment-package", &k, &p.display_name, &p.name)
-        .await?;
+    check_display_name(
+        tx,
+        DisplayNameScope::DeploymentPackage,
+        "deployment-package",
+        &k,
+        &p.display_name,
+        &p.name,
+    )
+    .await?;
     let stored = tx.put_package(&p).await?;
-    let op = if existing.is_some() { EventOp::Updated } else { EventOp::Created };
+    let op = if existing.is_some() {
+        EventOp::Updated
+    } else {
+        EventOp::Created
+    };
     changes.record(ctx, op, EventKind::DeploymentPackage, k, json(&stored));
     Ok(stored)
 }
@@ -365,8 +435,15 @@ pub(crate) async fn put_artifact(
     validate::artifact(&a)?;
     let existing = tx.get_artifact(&a.name).await?;
     match (&existing, mode) {
-        (Some(_), PutMode::Create) => return Err(AppError::AlreadyExists(format!("artifact {} already exists", a.name))),
-        (None, PutMode::Update) => return Err(AppError::NotFound(format!("artifact {} not found", a.name))),
+        (Some(_), PutMode::Create) => {
+            return Err(AppError::AlreadyExists(format!(
+                "artifact {} already exists",
+                a.name
+            )));
+        }
+        (None, PutMode::Update) => {
+            return Err(AppError::NotFound(format!("artifact {} not found", a.name)));
+        }
         _ => {}
     }
     if let Some(old) = &existing {
@@ -380,9 +457,21 @@ pub(crate) async fn put_artifact(
             return Ok(old.clone());
         }
     }
-    check_display_name(tx, DisplayNameScope::Artifact, "artifact", &a.name, &a.display_name, &a.name).await?;
+    check_display_name(
+        tx,
+        DisplayNameScope::Artifact,
+        "artifact",
+        &a.name,
+        &a.display_name,
+        &a.name,
+    )
+    .await?;
     let stored = tx.put_artifact(&a).await?;
-    let op = if existing.is_some() { EventOp::Updated } else { EventOp::Created };
+    let op = if existing.is_some() {
+        EventOp::Updated
+    } else {
+        EventOp::Created
+    };
     let mut payload = json(&stored);
     if let Some(obj) = payload.as_object_mut() {
         // Events carry metadata; the content can be fetched by name.
@@ -413,14 +502,23 @@ fn parse_show_sensitive(raw: Option<&str>) -> Result<bool, AppError> {
     for (k, v) in list::form_pairs(raw.unwrap_or(""))? {
         match k.as_str() {
             "showSensitiveInfo" => show = list::parse_bool("showSensitiveInfo", &v)?,
-            other => return Err(AppError::Invalid(format!("unknown query parameter {other:?}"))),
+            other => {
+                return Err(AppError::Invalid(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
         }
     }
     Ok(show)
 }
 
 impl App {
-    pub(crate) async fn commit(&self, ctx: &Ctx, tx: CatalogTx, changes: Changes) -> Result<Vec<ChangeSummary>, AppError> {
+    pub(crate) async fn commit(
+        &self,
+        ctx: &Ctx,
+        tx: CatalogTx,
+        changes: Changes,
+    ) -> Result<Vec<ChangeSummary>, AppError> {
         tx.commit().await?;
         self.events().publish(ctx.project.id, changes.events);
         Ok(changes.summary)
@@ -441,19 +539,33 @@ impl App {
 
     pub async fn create_registry(&self, ctx: &Ctx, r: Registry) -> Result<Registry, AppError> {
         let stored = self
-            .write_one(ctx, async |tx, ch| put_registry(tx, ctx, ch, r, PutMode::Create).await)
+            .write_one(ctx, async |tx, ch| {
+                put_registry(tx, ctx, ch, r, PutMode::Create).await
+            })
             .await?;
         Ok(stored.redacted())
     }
 
-    pub async fn update_registry(&self, ctx: &Ctx, name: &str, r: Registry) -> Result<(), AppError> {
+    pub async fn update_registry(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        r: Registry,
+    ) -> Result<(), AppError> {
         path_must_match("registry", "name", name, &r.name)?;
-        self.write_one(ctx, async |tx, ch| put_registry(tx, ctx, ch, r, PutMode::Update).await)
-            .await?;
+        self.write_one(ctx, async |tx, ch| {
+            put_registry(tx, ctx, ch, r, PutMode::Update).await
+        })
+        .await?;
         Ok(())
     }
 
-    pub async fn get_registry(&self, ctx: &Ctx, name: &str, query: Option<&str>) -> Result<Registry, AppError> {
+    pub async fn get_registry(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        query: Option<&str>,
+    ) -> Result<Registry, AppError> {
         let show = parse_show_sensitive(query)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         let r = tx
@@ -463,7 +575,11 @@ impl App {
         Ok(if show { r } else { r.redacted() })
     }
 
-    pub async fn list_registries(&self, ctx: &Ctx, query: Option<&str>) -> Result<(Vec<Registry>, u64), AppError> {
+    pub async fn list_registries(
+        &self,
+        ctx: &Ctx,
+        query: Option<&str>,
+    ) -> Result<(Vec<Registry>, u64), AppError> {
         let q = parse_list(Entity::Registry, query)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         let (items, total) = tx.list_registries(&q).await?;
@@ -482,7 +598,11 @@ impl App {
             }
             let users = tx.registry_users(name).await?;
             if !users.is_empty() {
-                let list: Vec<String> = users.iter().take(5).map(|(a, v, _)| format!("{a}:{v}")).collect();
+                let list: Vec<String> = users
+                    .iter()
+                    .take(5)
+                    .map(|(a, v, _)| format!("{a}:{v}"))
+                    .collect();
                 return Err(AppError::FailedPrecondition(format!(
                     "registry {name} cannot delete registry while in use by {} application(s): {}",
                     users.len(),
@@ -490,7 +610,13 @@ impl App {
                 )));
             }
             tx.delete_registry(name).await?;
-            ch.record(ctx, EventOp::Deleted, EventKind::Registry, name.to_string(), serde_json::json!({"name": name}));
+            ch.record(
+                ctx,
+                EventOp::Deleted,
+                EventKind::Registry,
+                name.to_string(),
+                serde_json::json!({"name": name}),
+            );
             Ok(())
         })
         .await
@@ -498,27 +624,50 @@ impl App {
 
     // ---- applications
 
-    pub async fn create_application(&self, ctx: &Ctx, a: Application) -> Result<Application, AppError> {
-        self.write_one(ctx, async |tx, ch| put_application(tx, ctx, ch, a, PutMode::Create).await)
-            .await
+    pub async fn create_application(
+        &self,
+        ctx: &Ctx,
+        a: Application,
+    ) -> Result<Application, AppError> {
+        self.write_one(ctx, async |tx, ch| {
+            put_application(tx, ctx, ch, a, PutMode::Create).await
+        })
+        .await
     }
 
-    pub async fn update_application(&self, ctx: &Ctx, name: &str, version: &str, a: Application) -> Result<(), AppError> {
+    pub async fn update_application(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        version: &str,
+        a: Application,
+    ) -> Result<(), AppError> {
         path_must_match("application", "name", name, &a.name)?;
         path_must_match("application", "version", version, &a.version)?;
-        self.write_one(ctx, async |tx, ch| put_application(tx, ctx, ch, a, PutMode::Update).await)
-            .await?;
+        self.write_one(ctx, async |tx, ch| {
+            put_application(tx, ctx, ch, a, PutMode::Update).await
+        })
+        .await?;
         Ok(())
     }
 
-    pub async fn get_application(&self, ctx: &Ctx, name: &str, version: &str) -> Result<Application, AppError> {
+    pub async fn get_application(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        version: &str,
+    ) -> Result<Application, AppError> {
         let mut tx = self.store().read(ctx.project.id).await?;
         tx.get_application(name, version)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("application {name}:{version} not found")))
     }
 
-    pub async fn application_versions(&self, ctx: &Ctx, name: &str) -> Result<Vec<Application>, AppError> {
+    pub async fn application_versions(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+    ) -> Result<Vec<Application>, AppError> {
         let mut tx = self.store().read(ctx.project.id).await?;
         let v = tx.application_versions(name).await?;
         if v.is_empty() {
@@ -527,21 +676,37 @@ impl App {
         Ok(v)
     }
 
-    pub async fn list_applications(&self, ctx: &Ctx, query: Option<&str>) -> Result<(Vec<Application>, u64), AppError> {
+    pub async fn list_applications(
+        &self,
+        ctx: &Ctx,
+        query: Option<&str>,
+    ) -> Result<(Vec<Application>, u64), AppError> {
         let q = parse_list(Entity::Application, query)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         Ok(tx.list_applications(&q).await?)
     }
 
-    pub async fn application_reference_count(&self, ctx: &Ctx, name: &str, version: &str) -> Result<u32, AppError> {
+    pub async fn application_reference_count(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        version: &str,
+    ) -> Result<u32, AppError> {
         let mut tx = self.store().read(ctx.project.id).await?;
         if tx.get_application(name, version).await?.is_none() {
-            return Err(AppError::NotFound(format!("application {name}:{version} not found")));
+            return Err(AppError::NotFound(format!(
+                "application {name}:{version} not found"
+            )));
         }
         Ok(tx.packages_using_application(name, version).await?.len() as u32)
     }
 
-    pub async fn delete_application(&self, ctx: &Ctx, name: &str, version: &str) -> Result<(), AppError> {
+    pub async fn delete_application(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        version: &str,
+    ) -> Result<(), AppError> {
         let k = key(name, version);
         self.write_one(ctx, async |tx, ch| {
             if tx.get_application(name, version).await?.is_none() {
@@ -549,7 +714,11 @@ impl App {
             }
             let users = tx.packages_using_application(name, version).await?;
             if !users.is_empty() {
-                let list: Vec<String> = users.iter().take(5).map(|p| key(&p.name, &p.version)).collect();
+                let list: Vec<String> = users
+                    .iter()
+                    .take(5)
+                    .map(|p| key(&p.name, &p.version))
+                    .collect();
                 return Err(AppError::FailedPrecondition(format!(
                     "application {k} cannot be deleted: it is used by {} deployment package(s): {}",
                     users.len(),
@@ -557,7 +726,13 @@ impl App {
                 )));
             }
             tx.delete_application(name, version).await?;
-            ch.record(ctx, EventOp::Deleted, EventKind::Application, k.clone(), serde_json::json!({"name": name, "version": version}));
+            ch.record(
+                ctx,
+                EventOp::Deleted,
+                EventKind::Application,
+                k.clone(),
+                serde_json::json!({"name": name, "version": version}),
+            );
             Ok(())
         })
         .await
@@ -565,42 +740,76 @@ impl App {
 
     // ---- deployment packages
 
-    pub async fn create_package(&self, ctx: &Ctx, p: DeploymentPackage) -> Result<DeploymentPackage, AppError> {
-        self.write_one(ctx, async |tx, ch| put_package(tx, ctx, ch, p, PutMode::Create).await)
-            .await
+    pub async fn create_package(
+        &self,
+        ctx: &Ctx,
+        p: DeploymentPackage,
+    ) -> Result<DeploymentPackage, AppError> {
+        self.write_one(ctx, async |tx, ch| {
+            put_package(tx, ctx, ch, p, PutMode::Create).await
+        })
+        .await
     }
 
-    pub async fn update_package(&self, ctx: &Ctx, name: &str, version: &str, p: DeploymentPackage) -> Result<(), AppError> {
+    pub async fn update_package(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        version: &str,
+        p: DeploymentPackage,
+    ) -> Result<(), AppError> {
         path_must_match("deployment-package", "name", name, &p.name)?;
         path_must_match("deployment-package", "version", version, &p.version)?;
-        self.write_one(ctx, async |tx, ch| put_package(tx, ctx, ch, p, PutMode::Update).await)
-            .await?;
+        self.write_one(ctx, async |tx, ch| {
+            put_package(tx, ctx, ch, p, PutMode::Update).await
+        })
+        .await?;
         Ok(())
     }
 
-    pub async fn get_package(&self, ctx: &Ctx, name: &str, version: &str) -> Result<DeploymentPackage, AppError> {
+    pub async fn get_package(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        version: &str,
+    ) -> Result<DeploymentPackage, AppError> {
         let mut tx = self.store().read(ctx.project.id).await?;
-        tx.get_package(name, version)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("deployment-package {name}:{version} not found")))
+        tx.get_package(name, version).await?.ok_or_else(|| {
+            AppError::NotFound(format!("deployment-package {name}:{version} not found"))
+        })
     }
 
-    pub async fn package_versions(&self, ctx: &Ctx, name: &str) -> Result<Vec<DeploymentPackage>, AppError> {
+    pub async fn package_versions(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+    ) -> Result<Vec<DeploymentPackage>, AppError> {
         let mut tx = self.store().read(ctx.project.id).await?;
         let v = tx.package_versions(name).await?;
         if v.is_empty() {
-            return Err(AppError::NotFound(format!("deployment-package {name} not found")));
+            return Err(AppError::NotFound(format!(
+                "deployment-package {name} not found"
+            )));
         }
         Ok(v)
     }
 
-    pub async fn list_packages(&self, ctx: &Ctx, query: Option<&str>) -> Result<(Vec<DeploymentPackage>, u64), AppError> {
+    pub async fn list_packages(
+        &self,
+        ctx: &Ctx,
+        query: Option<&str>,
+    ) -> Result<(Vec<DeploymentPackage>, u64), AppError> {
         let q = parse_list(Entity::DeploymentPackage, query)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         Ok(tx.list_packages(&q).await?)
     }
 
-    pub async fn delete_package(&self, ctx: &Ctx, name: &str, version: &str) -> Result<(), AppError> {
+    pub async fn delete_package(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        version: &str,
+    ) -> Result<(), AppError> {
         let k = key(name, version);
         self.write_one(ctx, async |tx, ch| {
             let Some(p) = tx.get_package(name, version).await? else {
@@ -620,7 +829,12 @@ impl App {
 
     /// Builds the export archive of a package: the package, its applications (with values
     /// files), the registries they use (without secrets) and its artifacts.
-    pub async fn export_package(&self, ctx: &Ctx, name: &str, version: &str) -> Result<PackageExport, AppError> {
+    pub async fn export_package(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        version: &str,
+    ) -> Result<PackageExport, AppError> {
         let mut tx = self.store().read(ctx.project.id).await?;
         let k = key(name, version);
         let p = tx
@@ -630,9 +844,15 @@ impl App {
         let mut apps = Vec::new();
         let mut registry_names = std::collections::BTreeSet::new();
         for r in &p.application_references {
-            let a = tx.get_application(&r.name, &r.version).await?.ok_or_else(|| {
-                AppError::Internal(format!("deployment-package {k} references missing application {}:{}", r.name, r.version))
-            })?;
+            let a = tx
+                .get_application(&r.name, &r.version)
+                .await?
+                .ok_or_else(|| {
+                    AppError::Internal(format!(
+                        "deployment-package {k} references missing application {}:{}",
+                        r.name, r.version
+                    ))
+                })?;
             registry_names.insert(a.helm_registry_name.clone());
             if !a.image_registry_name.is_empty() {
                 registry_names.insert(a.image_registry_name.clone());
@@ -647,14 +867,19 @@ impl App {
         }
         let mut artifacts = Vec::new();
         for a in &p.artifacts {
-            if let Some(art) = tx.get_artifact(&a.name).await? {
-                if !artifacts.iter().any(|x: &Artifact| x.name == art.name) {
-                    artifacts.push(art);
-                }
+            if let Some(art) = tx.get_artifact(&a.name).await?
+                && !artifacts.iter().any(|x: &Artifact| x.name == art.name)
+            {
+                artifacts.push(art);
             }
         }
-        let bytes = canopy_core::upload::export_package(&p, &apps, &registries, &artifacts)
-            .map_err(|e| AppError::Internal(format!("export of deployment-package {k} failed: {e}")))?;
+        drop(tx);
+        let bytes = tokio::task::spawn_blocking(move || {
+            canopy_core::upload::export_package(&p, &apps, &registries, &artifacts)
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("export task failed: {e}")))?
+        .map_err(|e| AppError::Internal(format!("export of deployment-package {k} failed: {e}")))?;
         Ok(PackageExport {
             file_name: format!("{name}-{version}.tar.gz"),
             bytes,
@@ -664,14 +889,23 @@ impl App {
     // ---- artifacts
 
     pub async fn create_artifact(&self, ctx: &Ctx, a: Artifact) -> Result<Artifact, AppError> {
-        self.write_one(ctx, async |tx, ch| put_artifact(tx, ctx, ch, a, PutMode::Create).await)
-            .await
+        self.write_one(ctx, async |tx, ch| {
+            put_artifact(tx, ctx, ch, a, PutMode::Create).await
+        })
+        .await
     }
 
-    pub async fn update_artifact(&self, ctx: &Ctx, name: &str, a: Artifact) -> Result<(), AppError> {
+    pub async fn update_artifact(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        a: Artifact,
+    ) -> Result<(), AppError> {
         path_must_match("artifact", "name", name, &a.name)?;
-        self.write_one(ctx, async |tx, ch| put_artifact(tx, ctx, ch, a, PutMode::Update).await)
-            .await?;
+        self.write_one(ctx, async |tx, ch| {
+            put_artifact(tx, ctx, ch, a, PutMode::Update).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -682,7 +916,11 @@ impl App {
             .ok_or_else(|| AppError::NotFound(format!("artifact {name} not found")))
     }
 
-    pub async fn list_artifacts(&self, ctx: &Ctx, query: Option<&str>) -> Result<(Vec<Artifact>, u64), AppError> {
+    pub async fn list_artifacts(
+        &self,
+        ctx: &Ctx,
+        query: Option<&str>,
+    ) -> Result<(Vec<Artifact>, u64), AppError> {
         let q = parse_list(Entity::Artifact, query)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         Ok(tx.list_artifacts(&q).await?)
@@ -703,7 +941,13 @@ impl App {
                 )));
             }
             tx.delete_artifact(name).await?;
-            ch.record(ctx, EventOp::Deleted, EventKind::Artifact, name.to_string(), serde_json::json!({"name": name}));
+            ch.record(
+                ctx,
+                EventOp::Deleted,
+                EventKind::Artifact,
+                name.to_string(),
+                serde_json::json!({"name": name}),
+            );
             Ok(())
         })
         .await
@@ -713,7 +957,11 @@ impl App {
 impl App {
     /// The current state of the project's catalog as `replayed` events (registries without
     /// secrets, artifacts without content), read in bounded pages from one snapshot.
-    pub async fn replay(&self, ctx: &Ctx, kinds: &[EventKind]) -> Result<Vec<CatalogEvent>, AppError> {
+    pub async fn replay(
+        &self,
+        ctx: &Ctx,
+        kinds: &[EventKind],
+    ) -> Result<Vec<CatalogEvent>, AppError> {
         let mut tx = self.store().read(ctx.project.id).await?;
         let mut out = Vec::new();
         let mut q = ListQuery {

@@ -46,10 +46,12 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NoSuchProject(id) => AppError::NotFound(format!("project {id} not found")),
-            StoreError::NoSuchUploadSession(id) => AppError::NotFound(format!("upload-session {id} not found")),
-            StoreError::UnsupportedListField { entity, field } => {
-                AppError::Invalid(format!("cannot filter/orderBy on attribute {field:?} of {entity}"))
+            StoreError::NoSuchUploadSession(id) => {
+                AppError::NotFound(format!("upload-session {id} not found"))
             }
+            StoreError::UnsupportedListField { entity, field } => AppError::Invalid(format!(
+                "cannot filter/orderBy on attribute {field:?} of {entity}"
+            )),
             other => AppError::Store(other),
         }
     }

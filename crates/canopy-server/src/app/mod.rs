@@ -72,6 +72,9 @@ impl App {
             .project_by_name(project)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("project {project} not found")))?;
-        Ok(Ctx { project, request_id })
+        Ok(Ctx {
+            project,
+            request_id,
+        })
     }
 }

@@ -7,7 +7,9 @@ use canopy_core::upload::{FileSet, UploadFile, parse_upload};
 use canopy_store::StoredUploadFile;
 use uuid::Uuid;
 
-use super::catalog::{Changes, ChangeSummary, PutMode, put_application, put_artifact, put_package, put_registry};
+use super::catalog::{
+    ChangeSummary, Changes, PutMode, put_application, put_artifact, put_package, put_registry,
+};
 use super::{App, AppError, Ctx};
 
 /// Most files in one upload (bulk request or session).
@@ -27,9 +29,16 @@ pub struct UploadOutcome {
 
 impl App {
     /// Applies a complete set of files in one transaction.
-    pub async fn upload_files(&self, ctx: &Ctx, files: Vec<UploadFile>) -> Result<Vec<ChangeSummary>, AppError> {
-        check_limits(files.len(), files.iter().map(|f| f.content.len() as u64).sum())?;
-        let sets = parse_upload(&files)?;
+    pub async fn upload_files(
+        &self,
+        ctx: &Ctx,
+        files: Vec<UploadFile>,
+    ) -> Result<Vec<ChangeSummary>, AppError> {
+        check_limits(
+            files.len(),
+            files.iter().map(|f| f.content.len() as u64).sum(),
+        )?;
+        let sets = parse_off_runtime(files).await?;
         let mut tx = self.store().write(ctx.project.id).await?;
         let mut changes = Changes::default();
         apply(&mut tx, ctx, &mut changes, sets).await?;
@@ -89,7 +98,7 @@ impl App {
             })
             .collect();
         let result = async {
-            let sets = parse_upload(&files)?;
+            let sets = parse_off_runtime(files).await?;
             let mut changes = Changes::default();
             apply(&mut tx, ctx, &mut changes, sets).await?;
             Ok::<_, AppError>(changes)
@@ -126,6 +135,14 @@ impl App {
     }
 }
 
+/// Parsing is CPU-bound (decompression, YAML, schema validation): keep it off the async workers.
+async fn parse_off_runtime(files: Vec<UploadFile>) -> Result<Vec<FileSet>, AppError> {
+    tokio::task::spawn_blocking(move || parse_upload(&files))
+        .await
+        .map_err(|e| AppError::Internal(format!("upload parser failed: {e}")))?
+        .map_err(AppError::from)
+}
+
 fn check_limits(files: usize, bytes: u64) -> Result<(), AppError> {
     if files > MAX_UPLOAD_FILES {
         return Err(AppError::TooLarge(format!(
@@ -142,7 +159,12 @@ fn check_limits(files: usize, bytes: u64) -> Result<(), AppError> {
 
 /// Applies file sets in order: each set's registries, then applications and artifacts, then
 /// packages, every entity created or updated by key.
-async fn apply(tx: &mut canopy_store::CatalogTx, ctx: &Ctx, changes: &mut Changes, sets: Vec<FileSet>) -> Result<(), AppError> {
+async fn apply(
+    tx: &mut canopy_store::CatalogTx,
+    ctx: &Ctx,
+    changes: &mut Changes,
+    sets: Vec<FileSet>,
+) -> Result<(), AppError> {
     for set in sets {
         for r in set.registries {
             put_registry(tx, ctx, changes, r, PutMode::Upsert).await?;

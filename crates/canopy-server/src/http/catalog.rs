@@ -2,18 +2,18 @@
 //! (`/v3/projects/{projectName}/catalog/...`): same request and response shapes, same list
 //! conventions, same status codes.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use canopy_core::catalog::{Application, Artifact, DeploymentPackage, Registry};
 use canopy_core::upload::UploadFile;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiJson, ErrorBody};
 use super::ctx;
+use super::error::{ApiJson, ErrorBody};
 use crate::app::{App, AppError, ChangeSummary, MAX_UPLOAD_FILES};
 
 type ApiResult<T> = Result<T, AppError>;
@@ -21,7 +21,10 @@ type ApiResult<T> = Result<T, AppError>;
 /// The list query parameters (documented; parsed strictly by `canopy_core::list`).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
-#[expect(dead_code, reason = "documents the query string; parsing is done by canopy_core::list")]
+#[expect(
+    dead_code,
+    reason = "documents the query string; parsing is done by canopy_core::list"
+)]
 pub struct ListParams {
     /// Comma-separated `field [asc|desc]` terms.
     order_by: Option<String>,
@@ -40,7 +43,10 @@ pub struct ListParams {
 /// `showSensitiveInfo` on registry reads.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
-#[expect(dead_code, reason = "documents the query string; parsed by the app layer")]
+#[expect(
+    dead_code,
+    reason = "documents the query string; parsed by the app layer"
+)]
 pub struct SensitiveParams {
     show_sensitive_info: Option<bool>,
 }
@@ -63,7 +69,11 @@ wrapper!(RegistryResponse, "registry", Registry);
 wrapper!(ApplicationResponse, "application", Application);
 wrapper!(ApplicationVersionsResponse, "application", Vec<Application>);
 wrapper!(PackageResponse, "deploymentPackage", DeploymentPackage);
-wrapper!(PackageVersionsResponse, "deploymentPackages", Vec<DeploymentPackage>);
+wrapper!(
+    PackageVersionsResponse,
+    "deploymentPackages",
+    Vec<DeploymentPackage>
+);
 wrapper!(ArtifactResponse, "artifact", Artifact);
 
 macro_rules! list_wrapper {
@@ -80,7 +90,11 @@ macro_rules! list_wrapper {
 
 list_wrapper!(ListRegistriesResponse, "registries", Registry);
 list_wrapper!(ListApplicationsResponse, "applications", Application);
-list_wrapper!(ListPackagesResponse, "deploymentPackages", DeploymentPackage);
+list_wrapper!(
+    ListPackagesResponse,
+    "deploymentPackages",
+    DeploymentPackage
+);
 list_wrapper!(ListArtifactsResponse, "artifacts", Artifact);
 
 /// `{referenceCount}`.
@@ -116,7 +130,10 @@ pub struct UploadResponse {
 /// Session upload query parameters.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
-#[expect(dead_code, reason = "documents the query string; parsed in the handler")]
+#[expect(
+    dead_code,
+    reason = "documents the query string; parsed in the handler"
+)]
 pub struct UploadParams {
     /// Omit on the first call; then pass the id from the previous response.
     session_id: Option<String>,
@@ -132,35 +149,62 @@ pub struct UploadParams {
     operation_id = "CatalogService_ListRegistries",
     params(("projectName" = String, Path), ListParams),
     responses((status = 200, body = ListRegistriesResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn list_registries(State(app): State<App>, Path(project): Path<String>, RawQuery(q): RawQuery, h: HeaderMap) -> ApiResult<Json<ListRegistriesResponse>> {
+pub async fn list_registries(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListRegistriesResponse>> {
     let c = ctx(&app, &project, &h).await?;
     let (items, total_elements) = app.list_registries(&c, q.as_deref()).await?;
-    Ok(Json(ListRegistriesResponse { items, total_elements }))
+    Ok(Json(ListRegistriesResponse {
+        items,
+        total_elements,
+    }))
 }
 
 #[utoipa::path(post, path = "/v3/projects/{projectName}/catalog/registries", tag = "CatalogService",
     operation_id = "CatalogService_CreateRegistry",
     params(("projectName" = String, Path)), request_body = Registry,
     responses((status = 200, body = RegistryResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_registry(State(app): State<App>, Path(project): Path<String>, h: HeaderMap, ApiJson(r): ApiJson<Registry>) -> ApiResult<Json<RegistryResponse>> {
+pub async fn create_registry(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    h: HeaderMap,
+    ApiJson(r): ApiJson<Registry>,
+) -> ApiResult<Json<RegistryResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(RegistryResponse { item: app.create_registry(&c, r).await? }))
+    Ok(Json(RegistryResponse {
+        item: app.create_registry(&c, r).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/v3/projects/{projectName}/catalog/registries/{registryName}", tag = "CatalogService",
     operation_id = "CatalogService_GetRegistry",
     params(("projectName" = String, Path), ("registryName" = String, Path), SensitiveParams),
     responses((status = 200, body = RegistryResponse), (status = 404, body = ErrorBody)))]
-pub async fn get_registry(State(app): State<App>, Path((project, name)): Path<(String, String)>, RawQuery(q): RawQuery, h: HeaderMap) -> ApiResult<Json<RegistryResponse>> {
+pub async fn get_registry(
+    State(app): State<App>,
+    Path((project, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<RegistryResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(RegistryResponse { item: app.get_registry(&c, &name, q.as_deref()).await? }))
+    Ok(Json(RegistryResponse {
+        item: app.get_registry(&c, &name, q.as_deref()).await?,
+    }))
 }
 
 #[utoipa::path(put, path = "/v3/projects/{projectName}/catalog/registries/{registryName}", tag = "CatalogService",
     operation_id = "CatalogService_UpdateRegistry",
     params(("projectName" = String, Path), ("registryName" = String, Path)), request_body = Registry,
     responses((status = 200, body = Empty), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn update_registry(State(app): State<App>, Path((project, name)): Path<(String, String)>, h: HeaderMap, ApiJson(r): ApiJson<Registry>) -> ApiResult<Json<Empty>> {
+pub async fn update_registry(
+    State(app): State<App>,
+    Path((project, name)): Path<(String, String)>,
+    h: HeaderMap,
+    ApiJson(r): ApiJson<Registry>,
+) -> ApiResult<Json<Empty>> {
     let c = ctx(&app, &project, &h).await?;
     app.update_registry(&c, &name, r).await?;
     Ok(Json(Empty {}))
@@ -170,7 +214,11 @@ pub async fn update_registry(State(app): State<App>, Path((project, name)): Path
     operation_id = "CatalogService_DeleteRegistry",
     params(("projectName" = String, Path), ("registryName" = String, Path)),
     responses((status = 200, body = Empty), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_registry(State(app): State<App>, Path((project, name)): Path<(String, String)>, h: HeaderMap) -> ApiResult<Json<Empty>> {
+pub async fn delete_registry(
+    State(app): State<App>,
+    Path((project, name)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<Empty>> {
     let c = ctx(&app, &project, &h).await?;
     app.delete_registry(&c, &name).await?;
     Ok(Json(Empty {}))
@@ -182,44 +230,76 @@ pub async fn delete_registry(State(app): State<App>, Path((project, name)): Path
     operation_id = "CatalogService_ListApplications",
     params(("projectName" = String, Path), ListParams),
     responses((status = 200, body = ListApplicationsResponse), (status = 400, body = ErrorBody)))]
-pub async fn list_applications(State(app): State<App>, Path(project): Path<String>, RawQuery(q): RawQuery, h: HeaderMap) -> ApiResult<Json<ListApplicationsResponse>> {
+pub async fn list_applications(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListApplicationsResponse>> {
     let c = ctx(&app, &project, &h).await?;
     let (items, total_elements) = app.list_applications(&c, q.as_deref()).await?;
-    Ok(Json(ListApplicationsResponse { items, total_elements }))
+    Ok(Json(ListApplicationsResponse {
+        items,
+        total_elements,
+    }))
 }
 
 #[utoipa::path(post, path = "/v3/projects/{projectName}/catalog/applications", tag = "CatalogService",
     operation_id = "CatalogService_CreateApplication",
     params(("projectName" = String, Path)), request_body = Application,
     responses((status = 200, body = ApplicationResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_application(State(app): State<App>, Path(project): Path<String>, h: HeaderMap, ApiJson(a): ApiJson<Application>) -> ApiResult<Json<ApplicationResponse>> {
+pub async fn create_application(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    h: HeaderMap,
+    ApiJson(a): ApiJson<Application>,
+) -> ApiResult<Json<ApplicationResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(ApplicationResponse { item: app.create_application(&c, a).await? }))
+    Ok(Json(ApplicationResponse {
+        item: app.create_application(&c, a).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/v3/projects/{projectName}/catalog/applications/{applicationName}/versions", tag = "CatalogService",
     operation_id = "CatalogService_GetApplicationVersions",
     params(("projectName" = String, Path), ("applicationName" = String, Path)),
     responses((status = 200, body = ApplicationVersionsResponse), (status = 404, body = ErrorBody)))]
-pub async fn application_versions(State(app): State<App>, Path((project, name)): Path<(String, String)>, h: HeaderMap) -> ApiResult<Json<ApplicationVersionsResponse>> {
+pub async fn application_versions(
+    State(app): State<App>,
+    Path((project, name)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<ApplicationVersionsResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(ApplicationVersionsResponse { item: app.application_versions(&c, &name).await? }))
+    Ok(Json(ApplicationVersionsResponse {
+        item: app.application_versions(&c, &name).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/v3/projects/{projectName}/catalog/applications/{applicationName}/versions/{version}", tag = "CatalogService",
     operation_id = "CatalogService_GetApplication",
     params(("projectName" = String, Path), ("applicationName" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = ApplicationResponse), (status = 404, body = ErrorBody)))]
-pub async fn get_application(State(app): State<App>, Path((project, name, version)): Path<(String, String, String)>, h: HeaderMap) -> ApiResult<Json<ApplicationResponse>> {
+pub async fn get_application(
+    State(app): State<App>,
+    Path((project, name, version)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<ApplicationResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(ApplicationResponse { item: app.get_application(&c, &name, &version).await? }))
+    Ok(Json(ApplicationResponse {
+        item: app.get_application(&c, &name, &version).await?,
+    }))
 }
 
 #[utoipa::path(put, path = "/v3/projects/{projectName}/catalog/applications/{applicationName}/versions/{version}", tag = "CatalogService",
     operation_id = "CatalogService_UpdateApplication",
     params(("projectName" = String, Path), ("applicationName" = String, Path), ("version" = String, Path)), request_body = Application,
     responses((status = 200, body = Empty), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn update_application(State(app): State<App>, Path((project, name, version)): Path<(String, String, String)>, h: HeaderMap, ApiJson(a): ApiJson<Application>) -> ApiResult<Json<Empty>> {
+pub async fn update_application(
+    State(app): State<App>,
+    Path((project, name, version)): Path<(String, String, String)>,
+    h: HeaderMap,
+    ApiJson(a): ApiJson<Application>,
+) -> ApiResult<Json<Empty>> {
     let c = ctx(&app, &project, &h).await?;
     app.update_application(&c, &name, &version, a).await?;
     Ok(Json(Empty {}))
@@ -229,7 +309,11 @@ pub async fn update_application(State(app): State<App>, Path((project, name, ver
     operation_id = "CatalogService_DeleteApplication",
     params(("projectName" = String, Path), ("applicationName" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = Empty), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_application(State(app): State<App>, Path((project, name, version)): Path<(String, String, String)>, h: HeaderMap) -> ApiResult<Json<Empty>> {
+pub async fn delete_application(
+    State(app): State<App>,
+    Path((project, name, version)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<Empty>> {
     let c = ctx(&app, &project, &h).await?;
     app.delete_application(&c, &name, &version).await?;
     Ok(Json(Empty {}))
@@ -239,9 +323,15 @@ pub async fn delete_application(State(app): State<App>, Path((project, name, ver
     operation_id = "CatalogService_GetApplicationReferenceCount",
     params(("projectName" = String, Path), ("applicationName" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = ReferenceCountResponse), (status = 404, body = ErrorBody)))]
-pub async fn application_reference_count(State(app): State<App>, Path((project, name, version)): Path<(String, String, String)>, h: HeaderMap) -> ApiResult<Json<ReferenceCountResponse>> {
+pub async fn application_reference_count(
+    State(app): State<App>,
+    Path((project, name, version)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<ReferenceCountResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(ReferenceCountResponse { reference_count: app.application_reference_count(&c, &name, &version).await? }))
+    Ok(Json(ReferenceCountResponse {
+        reference_count: app.application_reference_count(&c, &name, &version).await?,
+    }))
 }
 
 // ------------------------------------------------------------------ deployment packages
@@ -250,44 +340,76 @@ pub async fn application_reference_count(State(app): State<App>, Path((project, 
     operation_id = "CatalogService_ListDeploymentPackages",
     params(("projectName" = String, Path), ListParams),
     responses((status = 200, body = ListPackagesResponse), (status = 400, body = ErrorBody)))]
-pub async fn list_packages(State(app): State<App>, Path(project): Path<String>, RawQuery(q): RawQuery, h: HeaderMap) -> ApiResult<Json<ListPackagesResponse>> {
+pub async fn list_packages(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListPackagesResponse>> {
     let c = ctx(&app, &project, &h).await?;
     let (items, total_elements) = app.list_packages(&c, q.as_deref()).await?;
-    Ok(Json(ListPackagesResponse { items, total_elements }))
+    Ok(Json(ListPackagesResponse {
+        items,
+        total_elements,
+    }))
 }
 
 #[utoipa::path(post, path = "/v3/projects/{projectName}/catalog/deployment_packages", tag = "CatalogService",
     operation_id = "CatalogService_CreateDeploymentPackage",
     params(("projectName" = String, Path)), request_body = DeploymentPackage,
     responses((status = 200, body = PackageResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_package(State(app): State<App>, Path(project): Path<String>, h: HeaderMap, ApiJson(p): ApiJson<DeploymentPackage>) -> ApiResult<Json<PackageResponse>> {
+pub async fn create_package(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    h: HeaderMap,
+    ApiJson(p): ApiJson<DeploymentPackage>,
+) -> ApiResult<Json<PackageResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(PackageResponse { item: app.create_package(&c, p).await? }))
+    Ok(Json(PackageResponse {
+        item: app.create_package(&c, p).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/v3/projects/{projectName}/catalog/deployment_packages/{deploymentPackageName}/versions", tag = "CatalogService",
     operation_id = "CatalogService_GetDeploymentPackageVersions",
     params(("projectName" = String, Path), ("deploymentPackageName" = String, Path)),
     responses((status = 200, body = PackageVersionsResponse), (status = 404, body = ErrorBody)))]
-pub async fn package_versions(State(app): State<App>, Path((project, name)): Path<(String, String)>, h: HeaderMap) -> ApiResult<Json<PackageVersionsResponse>> {
+pub async fn package_versions(
+    State(app): State<App>,
+    Path((project, name)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<PackageVersionsResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(PackageVersionsResponse { item: app.package_versions(&c, &name).await? }))
+    Ok(Json(PackageVersionsResponse {
+        item: app.package_versions(&c, &name).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/v3/projects/{projectName}/catalog/deployment_packages/{deploymentPackageName}/versions/{version}", tag = "CatalogService",
     operation_id = "CatalogService_GetDeploymentPackage",
     params(("projectName" = String, Path), ("deploymentPackageName" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = PackageResponse), (status = 404, body = ErrorBody)))]
-pub async fn get_package(State(app): State<App>, Path((project, name, version)): Path<(String, String, String)>, h: HeaderMap) -> ApiResult<Json<PackageResponse>> {
+pub async fn get_package(
+    State(app): State<App>,
+    Path((project, name, version)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<PackageResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(PackageResponse { item: app.get_package(&c, &name, &version).await? }))
+    Ok(Json(PackageResponse {
+        item: app.get_package(&c, &name, &version).await?,
+    }))
 }
 
 #[utoipa::path(put, path = "/v3/projects/{projectName}/catalog/deployment_packages/{deploymentPackageName}/versions/{version}", tag = "CatalogService",
     operation_id = "CatalogService_UpdateDeploymentPackage",
     params(("projectName" = String, Path), ("deploymentPackageName" = String, Path), ("version" = String, Path)), request_body = DeploymentPackage,
     responses((status = 200, body = Empty), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn update_package(State(app): State<App>, Path((project, name, version)): Path<(String, String, String)>, h: HeaderMap, ApiJson(p): ApiJson<DeploymentPackage>) -> ApiResult<Json<Empty>> {
+pub async fn update_package(
+    State(app): State<App>,
+    Path((project, name, version)): Path<(String, String, String)>,
+    h: HeaderMap,
+    ApiJson(p): ApiJson<DeploymentPackage>,
+) -> ApiResult<Json<Empty>> {
     let c = ctx(&app, &project, &h).await?;
     app.update_package(&c, &name, &version, p).await?;
     Ok(Json(Empty {}))
@@ -297,7 +419,11 @@ pub async fn update_package(State(app): State<App>, Path((project, name, version
     operation_id = "CatalogService_DeleteDeploymentPackage",
     params(("projectName" = String, Path), ("deploymentPackageName" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = Empty), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_package(State(app): State<App>, Path((project, name, version)): Path<(String, String, String)>, h: HeaderMap) -> ApiResult<Json<Empty>> {
+pub async fn delete_package(
+    State(app): State<App>,
+    Path((project, name, version)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<Empty>> {
     let c = ctx(&app, &project, &h).await?;
     app.delete_package(&c, &name, &version).await?;
     Ok(Json(Empty {}))
@@ -307,14 +433,22 @@ pub async fn delete_package(State(app): State<App>, Path((project, name, version
     operation_id = "CatalogService_DownloadDeploymentPackage",
     params(("projectName" = String, Path), ("deploymentPackageName" = String, Path), ("version" = String, Path)),
     responses((status = 200, description = "tar.gz in the upload format", content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
-pub async fn download_package(State(app): State<App>, Path((project, name, version)): Path<(String, String, String)>, h: HeaderMap) -> ApiResult<Response> {
+pub async fn download_package(
+    State(app): State<App>,
+    Path((project, name, version)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Response> {
     let c = ctx(&app, &project, &h).await?;
     let export = app.export_package(&c, &name, &version).await?;
-    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", export.file_name))
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let disposition =
+        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", export.file_name))
+            .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
             (header::CONTENT_DISPOSITION, disposition),
         ],
         Body::from(export.bytes),
@@ -328,35 +462,61 @@ pub async fn download_package(State(app): State<App>, Path((project, name, versi
     operation_id = "CatalogService_ListArtifacts",
     params(("projectName" = String, Path), ListParams),
     responses((status = 200, body = ListArtifactsResponse), (status = 400, body = ErrorBody)))]
-pub async fn list_artifacts(State(app): State<App>, Path(project): Path<String>, RawQuery(q): RawQuery, h: HeaderMap) -> ApiResult<Json<ListArtifactsResponse>> {
+pub async fn list_artifacts(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListArtifactsResponse>> {
     let c = ctx(&app, &project, &h).await?;
     let (items, total_elements) = app.list_artifacts(&c, q.as_deref()).await?;
-    Ok(Json(ListArtifactsResponse { items, total_elements }))
+    Ok(Json(ListArtifactsResponse {
+        items,
+        total_elements,
+    }))
 }
 
 #[utoipa::path(post, path = "/v3/projects/{projectName}/catalog/artifacts", tag = "CatalogService",
     operation_id = "CatalogService_CreateArtifact",
     params(("projectName" = String, Path)), request_body = Artifact,
     responses((status = 200, body = ArtifactResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_artifact(State(app): State<App>, Path(project): Path<String>, h: HeaderMap, ApiJson(a): ApiJson<Artifact>) -> ApiResult<Json<ArtifactResponse>> {
+pub async fn create_artifact(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    h: HeaderMap,
+    ApiJson(a): ApiJson<Artifact>,
+) -> ApiResult<Json<ArtifactResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(ArtifactResponse { item: app.create_artifact(&c, a).await? }))
+    Ok(Json(ArtifactResponse {
+        item: app.create_artifact(&c, a).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/v3/projects/{projectName}/catalog/artifacts/{artifactName}", tag = "CatalogService",
     operation_id = "CatalogService_GetArtifact",
     params(("projectName" = String, Path), ("artifactName" = String, Path)),
     responses((status = 200, body = ArtifactResponse), (status = 404, body = ErrorBody)))]
-pub async fn get_artifact(State(app): State<App>, Path((project, name)): Path<(String, String)>, h: HeaderMap) -> ApiResult<Json<ArtifactResponse>> {
+pub async fn get_artifact(
+    State(app): State<App>,
+    Path((project, name)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<ArtifactResponse>> {
     let c = ctx(&app, &project, &h).await?;
-    Ok(Json(ArtifactResponse { item: app.get_artifact(&c, &name).await? }))
+    Ok(Json(ArtifactResponse {
+        item: app.get_artifact(&c, &name).await?,
+    }))
 }
 
 #[utoipa::path(put, path = "/v3/projects/{projectName}/catalog/artifacts/{artifactName}", tag = "CatalogService",
     operation_id = "CatalogService_UpdateArtifact",
     params(("projectName" = String, Path), ("artifactName" = String, Path)), request_body = Artifact,
     responses((status = 200, body = Empty), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn update_artifact(State(app): State<App>, Path((project, name)): Path<(String, String)>, h: HeaderMap, ApiJson(a): ApiJson<Artifact>) -> ApiResult<Json<Empty>> {
+pub async fn update_artifact(
+    State(app): State<App>,
+    Path((project, name)): Path<(String, String)>,
+    h: HeaderMap,
+    ApiJson(a): ApiJson<Artifact>,
+) -> ApiResult<Json<Empty>> {
     let c = ctx(&app, &project, &h).await?;
     app.update_artifact(&c, &name, a).await?;
     Ok(Json(Empty {}))
@@ -366,7 +526,11 @@ pub async fn update_artifact(State(app): State<App>, Path((project, name)): Path
     operation_id = "CatalogService_DeleteArtifact",
     params(("projectName" = String, Path), ("artifactName" = String, Path)),
     responses((status = 200, body = Empty), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_artifact(State(app): State<App>, Path((project, name)): Path<(String, String)>, h: HeaderMap) -> ApiResult<Json<Empty>> {
+pub async fn delete_artifact(
+    State(app): State<App>,
+    Path((project, name)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<Empty>> {
     let c = ctx(&app, &project, &h).await?;
     app.delete_artifact(&c, &name).await?;
     Ok(Json(Empty {}))
@@ -381,7 +545,12 @@ pub async fn delete_artifact(State(app): State<App>, Path((project, name)): Path
     params(("projectName" = String, Path)),
     request_body(content_type = "multipart/form-data", description = "one or more `files` parts"),
     responses((status = 200, body = Vec<UploadResponse>), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn bulk_upload(State(app): State<App>, Path(project): Path<String>, h: HeaderMap, mut form: Multipart) -> ApiResult<Json<Vec<UploadResponse>>> {
+pub async fn bulk_upload(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    h: HeaderMap,
+    mut form: Multipart,
+) -> ApiResult<Json<Vec<UploadResponse>>> {
     let c = ctx(&app, &project, &h).await?;
     let mut files = Vec::new();
     let mut total: usize = 0;
@@ -390,9 +559,17 @@ pub async fn bulk_upload(State(app): State<App>, Path(project): Path<String>, h:
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(AppError::TooLarge(format!("upload is larger than {} bytes", super::MAX_UPLOAD_BODY)));
+                return Err(AppError::TooLarge(format!(
+                    "upload is larger than {} bytes",
+                    super::MAX_UPLOAD_BODY
+                )));
             }
-            Err(e) => return Err(AppError::Invalid(format!("invalid multipart body: {}", e.body_text()))),
+            Err(e) => {
+                return Err(AppError::Invalid(format!(
+                    "invalid multipart body: {}",
+                    e.body_text()
+                )));
+            }
         };
         if field.name() != Some("files") {
             return Err(AppError::Invalid(format!(
@@ -402,23 +579,35 @@ pub async fn bulk_upload(State(app): State<App>, Path(project): Path<String>, h:
         }
         let name = field.file_name().unwrap_or("").to_string();
         if name.is_empty() {
-            return Err(AppError::Invalid("every uploaded file needs a file name".into()));
+            return Err(AppError::Invalid(
+                "every uploaded file needs a file name".into(),
+            ));
         }
         if files.len() >= MAX_UPLOAD_FILES {
-            return Err(AppError::TooLarge(format!("at most {MAX_UPLOAD_FILES} files may be uploaded at once")));
+            return Err(AppError::TooLarge(format!(
+                "at most {MAX_UPLOAD_FILES} files may be uploaded at once"
+            )));
         }
         let bytes = field.bytes().await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::TooLarge(format!("upload is larger than {} bytes", super::MAX_UPLOAD_BODY))
+                AppError::TooLarge(format!(
+                    "upload is larger than {} bytes",
+                    super::MAX_UPLOAD_BODY
+                ))
             } else {
                 AppError::Invalid(format!("uploaded file {name}: {}", e.body_text()))
             }
         })?;
         total += bytes.len();
-        files.push(UploadFile { name, content: bytes.to_vec() });
+        files.push(UploadFile {
+            name,
+            content: bytes.to_vec(),
+        });
     }
     if files.is_empty() {
-        return Err(AppError::Invalid("no files uploaded: send one or more multipart fields named \"files\"".into()));
+        return Err(AppError::Invalid(
+            "no files uploaded: send one or more multipart fields named \"files\"".into(),
+        ));
     }
     tracing::info!(project = %c.project.name, files = files.len(), bytes = total, "bulk upload");
     let count = files.len();
@@ -442,21 +631,36 @@ pub async fn bulk_upload(State(app): State<App>, Path(project): Path<String>, h:
     operation_id = "CatalogService_UploadCatalogEntities",
     params(("projectName" = String, Path), UploadParams), request_body = Upload,
     responses((status = 200, body = UploadResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn session_upload(State(app): State<App>, Path(project): Path<String>, RawQuery(q): RawQuery, h: HeaderMap, ApiJson(upload): ApiJson<Upload>) -> ApiResult<Json<UploadResponse>> {
+pub async fn session_upload(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+    ApiJson(upload): ApiJson<Upload>,
+) -> ApiResult<Json<UploadResponse>> {
     let c = ctx(&app, &project, &h).await?;
     let mut session_id = None;
     let mut last = false;
     for (k, v) in canopy_core::list::form_pairs(q.as_deref().unwrap_or(""))? {
         match k.as_str() {
             "sessionId" if !v.is_empty() => {
-                session_id = Some(v.parse::<uuid::Uuid>().map_err(|_| AppError::Invalid(format!("upload-session {v:?} is not a valid session id")))?);
+                session_id = Some(v.parse::<uuid::Uuid>().map_err(|_| {
+                    AppError::Invalid(format!("upload-session {v:?} is not a valid session id"))
+                })?);
             }
             "sessionId" | "uploadNumber" => {}
             "lastUpload" => last = canopy_core::list::parse_bool("lastUpload", &v)?,
-            other => return Err(AppError::Invalid(format!("unknown query parameter {other:?}"))),
+            other => {
+                return Err(AppError::Invalid(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
         }
     }
-    let file = UploadFile { name: upload.file_name, content: upload.artifact };
+    let file = UploadFile {
+        name: upload.file_name,
+        content: upload.artifact,
+    };
     let outcome = app.upload_session(&c, session_id, last, file).await?;
     Ok(Json(UploadResponse {
         session_id: outcome.session_id.to_string(),

@@ -74,13 +74,24 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::JsonDataError(e)) => Err(AppError::Invalid(format!("invalid request body: {}", e.body_text()))),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(AppError::Invalid(format!("request body is not valid JSON: {}", e.body_text()))),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(AppError::Invalid("request body must be JSON (Content-Type: application/json)".into()))
-            }
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(AppError::TooLarge(format!("request body is larger than {} bytes", super::MAX_JSON_BODY)))
+            Err(JsonRejection::JsonDataError(e)) => Err(AppError::Invalid(format!(
+                "invalid request body: {}",
+                e.body_text()
+            ))),
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(AppError::Invalid(format!(
+                "request body is not valid JSON: {}",
+                e.body_text()
+            ))),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(AppError::Invalid(
+                "request body must be JSON (Content-Type: application/json)".into(),
+            )),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(AppError::TooLarge(format!(
+                    "request body is larger than {} bytes",
+                    super::MAX_JSON_BODY
+                )))
             }
             Err(e) => Err(AppError::Invalid(e.body_text())),
         }

@@ -21,7 +21,10 @@ use crate::events::{CatalogEvent, EventKind};
 /// Event stream query parameters.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
-#[expect(dead_code, reason = "documents the query string; parsed in the handler")]
+#[expect(
+    dead_code,
+    reason = "documents the query string; parsed in the handler"
+)]
 pub struct EventParams {
     /// Comma-separated entity kinds: Registry, Application, DeploymentPackage, Artifact (default all).
     kinds: Option<String>,
@@ -30,7 +33,10 @@ pub struct EventParams {
 }
 
 fn sse(e: &CatalogEvent, op: &str) -> Event {
-    Event::default().event(op).json_data(e).unwrap_or_else(|_| Event::default().event("error"))
+    Event::default()
+        .event(op)
+        .json_data(e)
+        .unwrap_or_else(|_| Event::default().event("error"))
 }
 
 #[utoipa::path(get, path = "/canopy/v1/projects/{projectName}/catalog/events", tag = "Canopy",
@@ -60,19 +66,34 @@ pub async fn catalog_events(
                 }
             }
             "noReplay" => replay = !canopy_core::list::parse_bool("noReplay", &v)?,
-            other => return Err(AppError::Invalid(format!("unknown query parameter {other:?}"))),
+            other => {
+                return Err(AppError::Invalid(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
         }
     }
     if kinds.is_empty() {
-        kinds = vec![EventKind::Registry, EventKind::Application, EventKind::DeploymentPackage, EventKind::Artifact];
+        kinds = vec![
+            EventKind::Registry,
+            EventKind::Application,
+            EventKind::DeploymentPackage,
+            EventKind::Artifact,
+        ];
     }
     // Subscribe before reading the snapshot so no change falls between the two.
     let live = BroadcastStream::new(app.events().subscribe(c.project.id));
-    let snapshot = if replay { app.replay(&c, &kinds).await? } else { Vec::new() };
+    let snapshot = if replay {
+        app.replay(&c, &kinds).await?
+    } else {
+        Vec::new()
+    };
     let replayed = stream::iter(snapshot.into_iter().map(|e| Ok(sse(&e, "replayed"))));
     let live = live
         .take_while(|r| futures::future::ready(r.is_ok()))
-        .chain(stream::once(async { Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(0)) }))
+        .chain(stream::once(async {
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(0))
+        }))
         .filter_map(move |r| {
             let kinds = kinds.clone();
             async move {
@@ -82,7 +103,9 @@ pub async fn catalog_events(
                         Some(Ok(sse(&e, &op)))
                     }
                     Ok(_) => None,
-                    Err(_) => Some(Ok(Event::default().event("resync").data("subscriber fell behind; reconnect"))),
+                    Err(_) => Some(Ok(Event::default()
+                        .event("resync")
+                        .data("subscriber fell behind; reconnect"))),
                 }
             }
         });

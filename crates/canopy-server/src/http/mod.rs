@@ -67,26 +67,51 @@ pub fn api_router() -> OpenApiRouter<App> {
     let rest = OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(catalog::list_registries, catalog::create_registry))
-        .routes(routes!(catalog::get_registry, catalog::update_registry, catalog::delete_registry))
-        .routes(routes!(catalog::list_applications, catalog::create_application))
+        .routes(routes!(
+            catalog::get_registry,
+            catalog::update_registry,
+            catalog::delete_registry
+        ))
+        .routes(routes!(
+            catalog::list_applications,
+            catalog::create_application
+        ))
         .routes(routes!(catalog::application_versions))
-        .routes(routes!(catalog::get_application, catalog::update_application, catalog::delete_application))
+        .routes(routes!(
+            catalog::get_application,
+            catalog::update_application,
+            catalog::delete_application
+        ))
         .routes(routes!(catalog::application_reference_count))
         .routes(routes!(catalog::list_packages, catalog::create_package))
         .routes(routes!(catalog::package_versions))
-        .routes(routes!(catalog::get_package, catalog::update_package, catalog::delete_package))
+        .routes(routes!(
+            catalog::get_package,
+            catalog::update_package,
+            catalog::delete_package
+        ))
         .routes(routes!(catalog::download_package))
         .routes(routes!(catalog::list_artifacts, catalog::create_artifact))
-        .routes(routes!(catalog::get_artifact, catalog::update_artifact, catalog::delete_artifact))
+        .routes(routes!(
+            catalog::get_artifact,
+            catalog::update_artifact,
+            catalog::delete_artifact
+        ))
         .routes(routes!(events::catalog_events))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(uploads).merge(rest)
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(uploads)
+        .merge(rest)
 }
 
 /// Liveness and readiness: answers 200 when the database answers.
 #[utoipa::path(get, path = "/healthz", tag = "Canopy", responses((status = 200, description = "healthy"), (status = 503, body = ErrorBody)))]
-async fn health(axum::extract::State(app): axum::extract::State<App>) -> Result<&'static str, AppError> {
-    app.store().project_by_name(crate::app::DEFAULT_PROJECT).await?;
+async fn health(
+    axum::extract::State(app): axum::extract::State<App>,
+) -> Result<&'static str, AppError> {
+    app.store()
+        .project_by_name(crate::app::DEFAULT_PROJECT)
+        .await?;
     Ok("ok")
 }
 

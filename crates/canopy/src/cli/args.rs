@@ -185,7 +185,10 @@ mod tests {
 
     #[test]
     fn parses_name_version() {
-        assert_eq!(name_version("web:0.1.0"), Ok(("web".into(), "0.1.0".into())));
+        assert_eq!(
+            name_version("web:0.1.0"),
+            Ok(("web".into(), "0.1.0".into()))
+        );
         assert!(name_version("web").is_err());
         assert!(name_version("web:").is_err());
         assert!(name_version(":1").is_err());
@@ -194,7 +197,10 @@ mod tests {
     #[test]
     fn parses_parameter_templates() {
         let p = parameter_template("image.tag=string").unwrap();
-        assert_eq!((p.name.as_str(), p.param_type.as_str()), ("image.tag", "string"));
+        assert_eq!(
+            (p.name.as_str(), p.param_type.as_str()),
+            ("image.tag", "string")
+        );
         assert_eq!((p.display_name.as_str(), p.default.as_str()), ("", ""));
         let p = parameter_template("svc.url=string:Service URL:http://x:80/y").unwrap();
         assert_eq!(p.display_name, "Service URL");

@@ -24,7 +24,7 @@ pub use output::Format;
 
 /// Canopy: an edge application orchestrator.
 #[derive(Debug, Parser)]
-#[command(name = "canopy", version, propagate_version = true)]
+#[command(name = "canopy", version)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -39,6 +39,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "CANOPY_SERVER",
         default_value = "http://127.0.0.1:7070",
         value_name = "URL"
@@ -49,18 +50,27 @@ pub struct GlobalArgs {
         long,
         short = 'p',
         global = true,
+        help_heading = "Global options",
         env = "CANOPY_PROJECT",
         default_value = "default",
         value_name = "NAME"
     )]
     pub project: String,
     /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        default_value_t = Format::Table
+    )]
     pub output: Format,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Start Canopy on this machine with embedded storage (the quickest way to try it).
+    Up(server::UpArgs),
     /// Run the Canopy control plane.
     Server(server::ServerArgs),
     /// Manage the application catalog: registries, applications, packages, artifacts.
@@ -90,7 +100,9 @@ where
     };
     let runtime = match cli.command {
         // The server wants every core; a client command needs one thread.
-        Command::Server(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        Command::Server(_) | Command::Up(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
         Command::Catalog(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -152,6 +164,7 @@ where
 async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> i32 {
     let result = match cli.command {
         Command::Server(args) => server::run(args).await,
+        Command::Up(args) => server::up(args, out).await,
         Command::Catalog(args) => match Client::new(&cli.global.server, &cli.global.project) {
             Ok(client) => {
                 let mut ctx = Ctx {
@@ -198,8 +211,7 @@ fn report(result: anyhow::Result<()>, err: &mut dyn Write) -> i32 {
     if e.downcast_ref::<Reported>().is_some() {
         return 1;
     }
-    if e
-        .chain()
+    if e.chain()
         .filter_map(|c| c.downcast_ref::<io::Error>())
         .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
     {
@@ -211,31 +223,65 @@ fn report(result: anyhow::Result<()>, err: &mut dyn Write) -> i32 {
 }
 
 pub(crate) fn write_error(e: &anyhow::Error, err: &mut dyn Write) -> io::Result<()> {
-    writeln!(err, "error: {e:#}")?;
+    writeln!(err, "error: {}", chain_message(e))?;
     let client_error = e.chain().find_map(|c| c.downcast_ref::<ClientError>());
-    if let Some(ClientError::Api { details, .. }) = client_error {
-        for d in details {
+    if let Some(ClientError::Api {
+        details,
+        error_messages,
+        ..
+    }) = client_error
+    {
+        for d in details.iter().chain(error_messages) {
             writeln!(err, "  {d}")?;
         }
     }
-    if let Some(hint) = client_error.and_then(hint) {
+    if let Some(hint) = hint(e) {
         writeln!(err, "hint: {hint}")?;
     }
     Ok(())
 }
 
-fn hint(e: &ClientError) -> Option<&'static str> {
-    match e {
-        ClientError::Unreachable { .. } => Some(
-            "start a server with `canopy server` (or `canopy up`), \
-             or point --server / CANOPY_SERVER at a running one",
-        ),
-        ClientError::Timeout { .. } => Some("the server may be overloaded; try again"),
-        ClientError::InvalidUrl { .. } => {
-            Some("--server / CANOPY_SERVER takes a URL such as http://127.0.0.1:7070")
+/// The error and its causes joined by `: `, leaving out a cause whose text is already shown
+/// (some errors repeat their source in their own message).
+pub(crate) fn chain_message(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
         }
-        _ => None,
     }
+    message
+}
+
+/// What the user can do about an error, when the error alone does not say.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    for cause in e.chain() {
+        if let Some(client) = cause.downcast_ref::<ClientError>() {
+            return match client {
+                ClientError::Unreachable { .. } => Some(
+                    "start a server with `canopy server` (or `canopy up`), \
+                     or point --server / CANOPY_SERVER at a running one",
+                ),
+                ClientError::Timeout { .. } => Some("the server may be overloaded; try again"),
+                ClientError::InvalidUrl { .. } => {
+                    Some("--server / CANOPY_SERVER takes a URL such as http://127.0.0.1:7070")
+                }
+                _ => None,
+            };
+        }
+        if let Some(canopy_server::ServerError::Listen { source, .. }) =
+            cause.downcast_ref::<canopy_server::ServerError>()
+            && source.kind() == io::ErrorKind::AddrInUse
+        {
+            return Some(
+                "another process (perhaps another canopy server) uses that address; \
+                 stop it or pick another with --listen",
+            );
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -113,7 +113,8 @@ impl Details {
 
     /// Adds a nested table, or `(none)` when it has no rows.
     pub fn table(mut self, title: &str, table: Table) -> Details {
-        self.sections.push((title.to_owned(), Section::Table(table)));
+        self.sections
+            .push((title.to_owned(), Section::Table(table)));
         self
     }
 
@@ -525,7 +526,11 @@ mod tests {
     #[test]
     fn table_aligns_columns_without_trailing_spaces() {
         let mut t = Table::new(&["Name", "Type", "RootUrl"]);
-        t.push(vec!["a".into(), "HELM".into(), "oci://x.example.com".into()]);
+        t.push(vec![
+            "a".into(),
+            "HELM".into(),
+            "oci://x.example.com".into(),
+        ]);
         t.push(vec!["longer-name".into(), "".into(), "".into()]);
         assert_eq!(
             t.render(""),
@@ -564,7 +569,10 @@ mod tests {
             ]
         );
         let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(row, ["web", "0.1.0", "addon", "chart", "1.0.0", "helm", "default"]);
+        assert_eq!(
+            row,
+            ["web", "0.1.0", "addon", "chart", "1.0.0", "helm", "default"]
+        );
     }
 
     #[test]
@@ -585,8 +593,18 @@ mod tests {
             ..Default::default()
         };
         let text = packages_table(&[p]).render("");
-        assert!(text.starts_with("Name    DisplayName   Version   Kind     DefaultProfile   IsDeployed   #Apps\n"), "{text}");
-        assert!(text.ends_with("stack                 1.0       normal                    false        2\n"), "{text}");
+        assert!(
+            text.starts_with(
+                "Name    DisplayName   Version   Kind     DefaultProfile   IsDeployed   #Apps\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "stack                 1.0       normal                    false        2\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -599,12 +617,25 @@ mod tests {
             cacerts: Some("PEM".into()),
             ..Default::default()
         };
-        assert!(!registries_table(std::slice::from_ref(&r), false)
-            .render("")
-            .contains("bob"));
+        assert!(
+            !registries_table(std::slice::from_ref(&r), false)
+                .render("")
+                .contains("bob")
+        );
         let text = registries_table(&[r], true).render("");
-        assert!(text.lines().next().unwrap().ends_with("Username   AuthToken   CaCerts"));
-        assert!(text.lines().nth(1).unwrap().ends_with("bob                     yes"), "{text}");
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with("Username   AuthToken   CaCerts")
+        );
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with(&format!("bob{}yes", " ".repeat(20))),
+            "{text}"
+        );
     }
 
     #[test]
@@ -634,18 +665,24 @@ mod tests {
         }];
         a.default_profile_name = "default".into();
         let text = application_details(&a, Some(3)).render();
-        assert!(text.starts_with("Name:            web\nVersion:         0.1.0\n"), "{text}");
+        assert!(
+            text.starts_with("Name:            web\nVersion:         0.1.0\n"),
+            "{text}"
+        );
         assert!(text.contains("UsedByPackages:  3\n"), "{text}");
         assert!(text.contains("Profiles:\n  Name      DisplayName   Default   #Params   Description\n  default                 yes       0\n"), "{text}");
         let text = profile_details(&a, &a.profiles[0]).render();
         assert!(text.contains("ParameterTemplates:\n  (none)\n"), "{text}");
-        assert!(text.ends_with("ChartValues:\n  replicas: 2\n  image:\n    tag: x\n"), "{text}");
+        assert!(
+            text.ends_with("ChartValues:\n  replicas: 2\n  image:\n    tag: x\n"),
+            "{text}"
+        );
     }
 
     #[test]
     fn json_and_yaml_use_api_field_names() {
         let a = app("web", "0.1.0");
-        let json = structured(Format::Json, &[a.clone()]).unwrap();
+        let json = structured(Format::Json, &std::slice::from_ref(&a)).unwrap();
         let back: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(back[0]["chartName"], "chart");
         assert_eq!(back[0]["kind"], "KIND_NORMAL");

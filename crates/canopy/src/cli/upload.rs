@@ -48,8 +48,7 @@ fn is_hidden(name: &str) -> bool {
 pub fn discover(paths: &[PathBuf]) -> anyhow::Result<Vec<Found>> {
     let mut found = Vec::new();
     for path in paths {
-        let meta =
-            fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         if meta.is_dir() {
             walk(path, path, &mut found)?;
         } else {
@@ -337,7 +336,10 @@ mod tests {
         write(root, "pkg/values/v.yaml", "x");
         write(root, "extra/registry.yaml", "x");
         let found = discover(&[root.join("pkg"), root.join("extra/registry.yaml")]).unwrap();
-        assert_eq!(names(&found), ["app.yaml", "values/v.yaml", "registry.yaml"]);
+        assert_eq!(
+            names(&found),
+            ["app.yaml", "values/v.yaml", "registry.yaml"]
+        );
     }
 
     #[test]
@@ -348,7 +350,10 @@ mod tests {
         write(root, "b/app.yaml", "x");
         write(root, "empty/readme.md", "x");
         let e = discover(&[root.join("a"), root.join("b")]).unwrap_err();
-        assert!(e.to_string().contains("would both be uploaded as app.yaml"), "{e}");
+        assert!(
+            e.to_string().contains("would both be uploaded as app.yaml"),
+            "{e}"
+        );
         let e = discover(&[root.join("nope")]).unwrap_err();
         assert!(e.to_string().starts_with("cannot read "), "{e}");
         let e = discover(&[root.join("empty")]).unwrap_err();
@@ -376,7 +381,8 @@ mod tests {
         let files = vec![
             UploadFile {
                 name: "dp.yaml".into(),
-                content: b"specSchema: Deployment-Package\nname: stack\nversion: \"0.1.0\"\n".to_vec(),
+                content: b"specSchema: Deployment-Package\nname: stack\nversion: \"0.1.0\"\n"
+                    .to_vec(),
             },
             UploadFile {
                 name: "app.yaml".into(),
@@ -394,7 +400,11 @@ mod tests {
         let shown: Vec<String> = summarize(&files).iter().map(|e| e.to_string()).collect();
         assert_eq!(
             shown,
-            ["registry helm", "application web:1.0", "deployment-package stack:0.1.0"]
+            [
+                "registry helm",
+                "application web:1.0",
+                "deployment-package stack:0.1.0"
+            ]
         );
     }
 

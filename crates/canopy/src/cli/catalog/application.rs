@@ -31,13 +31,16 @@ pub enum ApplicationCommand {
     #[command(visible_alias = "ls")]
     List {
         /// Only these kinds (repeat or separate with commas).
-        #[arg(long, value_enum, value_delimiter = ',')]
+        #[arg(long, value_enum, ignore_case = true, value_delimiter = ',')]
         kind: Vec<KindArg>,
         #[command(flatten)]
         list: ListArgs,
     },
     /// Show an application version, or every version when VERSION is left out.
-    Get { name: String, version: Option<String> },
+    Get {
+        name: String,
+        version: Option<String>,
+    },
     /// Change an application version: only the given flags change.
     #[command(visible_alias = "set")]
     Update {
@@ -66,7 +69,7 @@ pub struct ApplicationFields {
     /// Name of the IMAGE registry holding the application's images (empty clears it).
     #[arg(long, value_name = "REGISTRY")]
     image_registry: Option<String>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, ignore_case = true)]
     kind: Option<KindArg>,
     #[arg(long, value_name = "TEXT")]
     display_name: Option<String>,

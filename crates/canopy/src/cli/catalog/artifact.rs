@@ -123,8 +123,10 @@ pub async fn run(cmd: ArtifactCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()> 
         }
         ArtifactCommand::List { list } => {
             let client = &ctx.client;
-            let (items, page) =
-                fetch(&list, list.params(&[]), async |p| client.list_artifacts(p).await).await?;
+            let (items, page) = fetch(&list, list.params(&[]), async |p| {
+                client.list_artifacts(p).await
+            })
+            .await?;
             ctx.print_list(&items, artifacts_table(&items), Some(page))
         }
         ArtifactCommand::Get { name, content_to } => {
@@ -178,7 +180,10 @@ mod tests {
     fn guesses_mime_types_from_names() {
         assert_eq!(guess_mime_type(Path::new("icon.PNG")), Some("image/png"));
         assert_eq!(guess_mime_type(Path::new("a/b.jpeg")), Some("image/jpeg"));
-        assert_eq!(guess_mime_type(Path::new("d.yml")), Some("application/yaml"));
+        assert_eq!(
+            guess_mime_type(Path::new("d.yml")),
+            Some("application/yaml")
+        );
         assert_eq!(guess_mime_type(Path::new("-")), None);
         assert_eq!(guess_mime_type(Path::new("x.bin")), None);
     }

@@ -98,7 +98,10 @@ pub async fn run(cmd: DeploymentProfileCommand, ctx: &mut Ctx<'_>) -> anyhow::Re
             name,
             fields,
         } => {
-            let mut p = ctx.client.get_deployment_package(&package, &version).await?;
+            let mut p = ctx
+                .client
+                .get_deployment_package(&package, &version)
+                .await?;
             if p.profile(&name).is_some() {
                 bail!(
                     "deployment-package {package}:{version} already has a deployment profile {name}; \
@@ -127,7 +130,10 @@ pub async fn run(cmd: DeploymentProfileCommand, ctx: &mut Ctx<'_>) -> anyhow::Re
             show_or_confirm(ctx, &package, &version, &name, "created").await
         }
         DeploymentProfileCommand::List { package, version } => {
-            let p = ctx.client.get_deployment_package(&package, &version).await?;
+            let p = ctx
+                .client
+                .get_deployment_package(&package, &version)
+                .await?;
             ctx.print_list(&p.profiles, deployment_profiles_table(&p), None)
         }
         DeploymentProfileCommand::Get {
@@ -135,7 +141,10 @@ pub async fn run(cmd: DeploymentProfileCommand, ctx: &mut Ctx<'_>) -> anyhow::Re
             version,
             name,
         } => {
-            let p = ctx.client.get_deployment_package(&package, &version).await?;
+            let p = ctx
+                .client
+                .get_deployment_package(&package, &version)
+                .await?;
             let dp = find(&p, &name)?;
             ctx.print_one(dp, deployment_profile_details(&p, dp))
         }
@@ -145,7 +154,10 @@ pub async fn run(cmd: DeploymentProfileCommand, ctx: &mut Ctx<'_>) -> anyhow::Re
             name,
             fields,
         } => {
-            let mut p = ctx.client.get_deployment_package(&package, &version).await?;
+            let mut p = ctx
+                .client
+                .get_deployment_package(&package, &version)
+                .await?;
             let Some(dp) = p.profiles.iter_mut().find(|dp| dp.name == name) else {
                 bail!(
                     "deployment-profile {name} not found in deployment-package {package}:{version}"
@@ -164,7 +176,10 @@ pub async fn run(cmd: DeploymentProfileCommand, ctx: &mut Ctx<'_>) -> anyhow::Re
             version,
             name,
         } => {
-            let mut p = ctx.client.get_deployment_package(&package, &version).await?;
+            let mut p = ctx
+                .client
+                .get_deployment_package(&package, &version)
+                .await?;
             find(&p, &name)?;
             p.profiles.retain(|dp| dp.name != name);
             if p.default_profile_name == name {

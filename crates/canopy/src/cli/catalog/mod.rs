@@ -10,7 +10,6 @@ mod profile;
 mod registry;
 mod transfer;
 
-
 use canopy_client::{ClientError, ListParams, Page, collect_all};
 use clap::Subcommand;
 use serde::Serialize;

@@ -43,13 +43,16 @@ pub enum PackageCommand {
     #[command(visible_alias = "ls")]
     List {
         /// Only these kinds (repeat or separate with commas).
-        #[arg(long, value_enum, value_delimiter = ',')]
+        #[arg(long, value_enum, ignore_case = true, value_delimiter = ',')]
         kind: Vec<KindArg>,
         #[command(flatten)]
         list: ListArgs,
     },
     /// Show a package version, or every version when VERSION is left out.
-    Get { name: String, version: Option<String> },
+    Get {
+        name: String,
+        version: Option<String>,
+    },
     /// Change a package version: only the given flags change.
     #[command(visible_alias = "set")]
     Update {
@@ -84,13 +87,16 @@ pub enum PackageCommand {
     },
     /// Delete a package version, or every version when VERSION is left out.
     #[command(visible_alias = "rm")]
-    Delete { name: String, version: Option<String> },
+    Delete {
+        name: String,
+        version: Option<String>,
+    },
 }
 
 /// Optional package fields shared by create and update.
 #[derive(Debug, Args)]
 pub struct PackageFields {
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, ignore_case = true)]
     kind: Option<KindArg>,
     #[arg(long, value_name = "TEXT")]
     display_name: Option<String>,

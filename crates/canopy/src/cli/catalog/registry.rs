@@ -22,7 +22,7 @@ pub enum RegistryCommand {
         #[arg(long, value_name = "URL")]
         root_url: String,
         /// What the registry holds.
-        #[arg(long = "type", value_enum, default_value_t = RegistryType::Helm)]
+        #[arg(long = "type", value_enum, ignore_case = true, default_value_t = RegistryType::Helm)]
         registry_type: RegistryType,
         #[command(flatten)]
         fields: RegistryFields,
@@ -49,7 +49,7 @@ pub enum RegistryCommand {
         name: String,
         #[arg(long, value_name = "URL")]
         root_url: Option<String>,
-        #[arg(long = "type", value_enum)]
+        #[arg(long = "type", value_enum, ignore_case = true)]
         registry_type: Option<RegistryType>,
         #[command(flatten)]
         fields: RegistryFields,
@@ -108,7 +108,9 @@ impl RegistryFields {
             r.cacerts = Some(if path.as_os_str() == "use-dynamic-cacert" {
                 "use-dynamic-cacert".to_owned()
             } else {
-                read_text(&path).await.context("cannot read the CA certificates")?
+                read_text(&path)
+                    .await
+                    .context("cannot read the CA certificates")?
             });
         }
         if let Some(v) = self.inventory_url {

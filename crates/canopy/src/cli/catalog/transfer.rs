@@ -1,19 +1,19 @@
 //! `canopy catalog upload` and `canopy catalog export`: moving whole packages in and out of the
 //! catalog in the YAML format.
 //!
-//! An upload is sent as one bulk request, so the server applies it all or nothing. To say what
-//! it did, the CLI reads the entity headers of the files itself and asks, before uploading,
-//! which of them exist already (created vs updated); that is for the report only.
+//! An upload is sent as one bulk request, so the server applies it all or nothing. The report
+//! lists what the server says it created, updated or left unchanged; a server that does not say
+//! (the reference) gets a list of what the files define, read locally.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use canopy_client::{Client, ClientError, MAX_UPLOAD_FILES, UploadResponse};
+use canopy_client::{ClientError, MAX_UPLOAD_FILES, UploadChange, UploadResponse};
 use serde::Serialize;
 
 use crate::cli::args::is_stdio;
 use crate::cli::output::{human_size, structured};
-use crate::cli::upload::{self, EntityKind, EntityRef};
+use crate::cli::upload;
 use crate::cli::{Ctx, Reported};
 
 /// Flags of `canopy catalog upload`.
@@ -35,43 +35,16 @@ pub struct ExportArgs {
     output_file: Option<PathBuf>,
 }
 
-/// What happened to one entity of an upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-enum Action {
-    Created,
-    Updated,
-    /// Whether it existed before could not be told.
-    CreatedOrUpdated,
-}
-
-impl Action {
-    fn label(self) -> &'static str {
-        match self {
-            Action::Created => "created",
-            Action::Updated => "updated",
-            Action::CreatedOrUpdated => "created or updated",
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct Applied {
-    action: Action,
-    #[serde(flatten)]
-    entity: EntityRef,
-}
-
 #[derive(Debug, Serialize)]
 struct UploadReport<'a> {
     project: &'a str,
     files: Vec<&'a str>,
-    entities: &'a [Applied],
+    changes: &'a [UploadChange],
 }
 
 pub async fn upload(args: UploadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let paths = args.paths;
-    let (files, entities) = tokio::task::spawn_blocking(move || {
+    let files = tokio::task::spawn_blocking(move || {
         let found = upload::discover(&paths)?;
         if found.len() > MAX_UPLOAD_FILES {
             bail!(
@@ -80,60 +53,91 @@ pub async fn upload(args: UploadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 found.len()
             );
         }
-        let files = upload::read_all(&found)?;
-        let entities = upload::summarize(&files);
-        Ok((files, entities))
+        upload::read_all(&found)
     })
     .await
     .context("reading the files to upload failed")??;
 
-    let mut applied = Vec::with_capacity(entities.len());
-    for entity in entities {
-        let action = match exists(&ctx.client, &entity).await {
-            Ok(true) => Action::Updated,
-            Ok(false) => Action::Created,
-            Err(e) if e.is_unreachable() => return Err(e.into()),
-            Err(_) => Action::CreatedOrUpdated,
-        };
-        applied.push(Applied { action, entity });
-    }
-
     let count = files.len();
-    let responses = ctx.client.bulk_upload(&files).await.with_context(|| {
-        format!("upload of {count} files failed; nothing was applied")
-    })?;
+    let failed = format!(
+        "upload of {count} file{} failed; nothing was applied",
+        plural(count)
+    );
+    let responses = match ctx.client.bulk_upload(&files).await {
+        Ok(r) => r,
+        Err(ClientError::Api {
+            message,
+            error_messages,
+            ..
+        }) => {
+            // One line per problem; the joined `message` only when there is no list.
+            let messages = if error_messages.is_empty() {
+                vec![message]
+            } else {
+                error_messages
+            };
+            return report_failure(ctx, &messages, &failed);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(failed)),
+    };
     let errors = error_messages(&responses);
     if !errors.is_empty() {
-        for m in &errors {
-            writeln!(ctx.err, "error: {m}")?;
-        }
-        writeln!(
-            ctx.err,
-            "upload of {count} files failed; nothing was applied"
-        )?;
-        return Err(Reported.into());
+        return report_failure(ctx, &errors, &failed);
+    }
+
+    let mut changes: Vec<UploadChange> = responses.into_iter().flat_map(|r| r.changes).collect();
+    if changes.is_empty() {
+        // A server that does not report what it did: say what the files define.
+        changes = upload::summarize(&files)
+            .into_iter()
+            .map(|e| UploadChange {
+                action: "created or updated".to_owned(),
+                kind: e.kind.label().to_owned(),
+                key: match e.version {
+                    Some(v) => format!("{}:{v}", e.name),
+                    None => e.name,
+                },
+            })
+            .collect();
     }
 
     if ctx.structured() {
         let report = UploadReport {
             project: ctx.client.project(),
             files: files.iter().map(|f| f.name.as_str()).collect(),
-            entities: &applied,
+            changes: &changes,
         };
         let text = structured(ctx.format, &report)?;
         ctx.out.write_all(text.as_bytes())?;
         return Ok(());
     }
-    for a in &applied {
-        writeln!(ctx.out, "{} {}", a.action.label(), a.entity)?;
+    for c in &changes {
+        writeln!(ctx.out, "{} {} {}", c.action, c.kind, c.key)?;
     }
     writeln!(
         ctx.out,
         "uploaded {count} file{} to project {}",
-        if count == 1 { "" } else { "s" },
+        plural(count),
         ctx.client.project()
     )?;
     Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Prints every message of a failed upload on its own line.
+fn report_failure<S: AsRef<str>>(
+    ctx: &mut Ctx<'_>,
+    messages: &[S],
+    failed: &str,
+) -> anyhow::Result<()> {
+    for m in messages {
+        writeln!(ctx.err, "error: {}", m.as_ref())?;
+    }
+    writeln!(ctx.err, "{failed}")?;
+    Err(Reported.into())
 }
 
 /// Every distinct error message of the responses, in order.
@@ -145,24 +149,6 @@ fn error_messages(responses: &[UploadResponse]) -> Vec<&str> {
         }
     }
     seen
-}
-
-async fn exists(client: &Client, e: &EntityRef) -> Result<bool, ClientError> {
-    let version = e.version.as_deref().unwrap_or("");
-    let result = match e.kind {
-        EntityKind::Registry => client.get_registry(&e.name, false).await.map(drop),
-        EntityKind::Application => client.get_application(&e.name, version).await.map(drop),
-        EntityKind::Artifact => client.get_artifact(&e.name).await.map(drop),
-        EntityKind::DeploymentPackage => client
-            .get_deployment_package(&e.name, version)
-            .await
-            .map(drop),
-    };
-    match result {
-        Ok(()) => Ok(true),
-        Err(err) if err.is_not_found() => Ok(false),
-        Err(err) => Err(err),
-    }
 }
 
 pub async fn export(args: ExportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
@@ -199,7 +185,11 @@ mod tests {
             error_messages: msgs.iter().map(|m| (*m).to_owned()).collect(),
             ..Default::default()
         };
-        let responses = vec![r(&["a.yaml: bad", "b.yaml: worse"]), r(&[]), r(&["a.yaml: bad"])];
+        let responses = vec![
+            r(&["a.yaml: bad", "b.yaml: worse"]),
+            r(&[]),
+            r(&["a.yaml: bad"]),
+        ];
         assert_eq!(error_messages(&responses), ["a.yaml: bad", "b.yaml: worse"]);
         assert!(error_messages(&[r(&[])]).is_empty());
     }
