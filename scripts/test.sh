@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of Canopy, PostgreSQL suite included, on a fresh machine:
-# installs and starts a throwaway PostgreSQL on loopback (scripts/postgres.sh), then `cargo test`.
+# Runs every test of Canopy, PostgreSQL suite and container driver included, on a fresh machine:
+# installs and starts a throwaway PostgreSQL on loopback (scripts/postgres.sh) and a Podman API
+# service with a local test image (scripts/podman.sh), then `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +10,9 @@ if [ -z "${CANOPY_TEST_DATABASE_URL:-}" ]; then
   export "${url_line?}"
 fi
 echo "PostgreSQL for tests: ${CANOPY_TEST_DATABASE_URL}"
+if [ -z "${CANOPY_TEST_DOCKER_HOST:-}" ]; then
+  host_line=$(scripts/podman.sh | grep '^CANOPY_TEST_DOCKER_HOST=' | tail -n 1)
+  export "${host_line?}"
+fi
+echo "Container engine for tests: ${CANOPY_TEST_DOCKER_HOST}"
 cargo test --workspace "$@"

@@ -215,6 +215,10 @@ pub struct Application {
     pub helm_registry_name: String,
     #[serde(default)]
     pub image_registry_name: String,
+    /// Canopy extension: the workload template of a native application (raw template text,
+    /// see `docs/TEMPLATE-FORMAT.md`). When set, the chart fields are optional.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workload_template: String,
     #[serde(default)]
     pub profiles: Vec<Profile>,
     #[serde(default)]
@@ -230,6 +234,11 @@ pub struct Application {
 }
 
 impl Application {
+    /// True for a native application (one with a workload template instead of a Helm chart).
+    pub fn is_native(&self) -> bool {
+        !self.workload_template.is_empty()
+    }
+
     /// The profile of that name, if the application has one.
     pub fn profile(&self, name: &str) -> Option<&Profile> {
         self.profiles.iter().find(|p| p.name == name)

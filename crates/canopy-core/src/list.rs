@@ -9,6 +9,8 @@ use crate::catalog::Kind;
 /// Default and largest page size.
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 pub const MAX_PAGE_SIZE: u32 = 500;
+/// Most `OR` terms in one filter and most terms in one `orderBy`.
+pub const MAX_TERMS: usize = 50;
 
 /// The listable catalog entities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +213,11 @@ impl Default for ListQuery {
 /// Parses an `orderBy` value: comma-separated `field [asc|desc]` terms.
 pub fn parse_order_by(entity: Entity, s: &str) -> Result<Vec<OrderTerm>, ListError> {
     let mut out = Vec::new();
+    if s.split(',').count() > MAX_TERMS {
+        return Err(ListError(format!(
+            "invalid order by: at most {MAX_TERMS} terms are allowed"
+        )));
+    }
     for term in s.split(',') {
         let words: Vec<&str> = term.split_whitespace().collect();
         let (field, descending) = match words.as_slice() {
@@ -245,7 +252,14 @@ pub fn parse_filter(entity: Entity, s: &str) -> Result<Vec<FilterTerm>, ListErro
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for term in split_or(s) {
+    let terms = split_or(s);
+    if terms.len() > MAX_TERMS {
+        return Err(ListError(format!(
+            "invalid filter: at most {MAX_TERMS} terms are allowed (got {})",
+            terms.len()
+        )));
+    }
+    for term in terms {
         let Some((field, value)) = term.split_once('=') else {
             return Err(ListError(format!(
                 "invalid filter term {:?}: expected field=value",
@@ -439,6 +453,11 @@ mod tests {
             let e = parse_query(Entity::Application, raw).err();
             assert!(e.is_some(), "{raw} should be refused");
         }
+        let many = format!("filter={}", vec!["name%3Dx"; 60].join("%20OR%20"));
+        assert!(
+            parse_query(Entity::Application, &many).is_err(),
+            "too many filter terms"
+        );
         let e = parse_query(Entity::Registry, "filter=rootUrl%3Dx").unwrap_err();
         assert!(e.0.contains("cannot filter/orderBy"), "{e}");
         let e = parse_query(Entity::Registry, "orderBy=name%20up").unwrap_err();

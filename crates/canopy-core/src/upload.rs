@@ -61,6 +61,9 @@ pub struct FileSet {
     pub applications: Vec<Application>,
     pub artifacts: Vec<Artifact>,
     pub packages: Vec<DeploymentPackage>,
+    /// Which file defined each entity, keyed `registry NAME`, `application NAME:VERSION`,
+    /// `artifact NAME`, `deployment-package NAME:VERSION` (for error messages at apply time).
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything wrong with an upload; each message names the file (and document and field where

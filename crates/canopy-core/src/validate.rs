@@ -141,30 +141,48 @@ pub fn application(a: &Application) -> Result<(), Invalid> {
     c.name("version", &a.version, NameRule::Version)?;
     c.display("displayName", &a.display_name, 40)?;
     c.max_len("description", &a.description, 1000)?;
+    // A native application (workload template) may have no chart; chart fields that are
+    // given must still be valid.
+    let native = a.is_native();
     if a.chart_name.is_empty() {
-        return Err(c.err("chartName", "is required"));
-    }
-    c.max_len("chartName", &a.chart_name, 200)?;
-    if !a
-        .chart_name
-        .chars()
-        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '/')
-    {
-        return Err(c.err(
-            "chartName",
-            format!(
-                "{:?} may contain only lowercase letters, digits, '-' and '/'",
-                a.chart_name
-            ),
-        ));
+        if !native {
+            return Err(c.err("chartName", "is required"));
+        }
+    } else {
+        c.max_len("chartName", &a.chart_name, 200)?;
+        if !a
+            .chart_name
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '/')
+        {
+            return Err(c.err(
+                "chartName",
+                format!(
+                    "{:?} may contain only lowercase letters, digits, '-' and '/'",
+                    a.chart_name
+                ),
+            ));
+        }
     }
     if a.chart_version.is_empty() {
-        return Err(c.err("chartVersion", "is required"));
+        if !native {
+            return Err(c.err("chartVersion", "is required"));
+        }
+    } else {
+        check_chart_version(&a.chart_version)
+            .map_err(|e| c.err("chartVersion", format!("{:?} {e}", a.chart_version)))?;
     }
-    check_chart_version(&a.chart_version)
-        .map_err(|e| c.err("chartVersion", format!("{:?} {e}", a.chart_version)))?;
-    if a.helm_registry_name.is_empty() {
+    if a.helm_registry_name.is_empty() && !native {
         return Err(c.err("helmRegistryName", "is required"));
+    }
+    if a.workload_template.len() > crate::template::TEMPLATE_MAX_BYTES {
+        return Err(c.err(
+            "workloadTemplate",
+            format!(
+                "must be at most {} bytes",
+                crate::template::TEMPLATE_MAX_BYTES
+            ),
+        ));
     }
     c.items("profiles", &a.profiles)?;
     c.items("ignoredResources", &a.ignored_resources)?;
@@ -286,6 +304,18 @@ pub fn application(a: &Application) -> Result<(), Invalid> {
         if !ignored.insert((&r.name, &r.kind, &r.namespace)) {
             return Err(c.err(&f("name"), "the same resource is listed more than once"));
         }
+    }
+    if native {
+        crate::template::check_template(a).map_err(|e| {
+            let mut msg = String::from("workloadTemplate");
+            if !e.profile.is_empty() {
+                msg.push_str(&format!(" with profile {:?}", e.profile));
+            }
+            if !e.field.is_empty() && e.field != "workloadTemplate" {
+                msg.push_str(&format!(": {}", e.field));
+            }
+            c.err(&msg, &e.message)
+        })?;
     }
     Ok(())
 }
@@ -900,6 +930,52 @@ mod tests {
             serde_json::json!(true)
         );
         assert!(coerce_parameter("number", "x").is_err());
+    }
+
+    #[test]
+    fn native_applications_need_no_chart() {
+        let mut a = app("web", &["default"]);
+        a.chart_name.clear();
+        a.chart_version.clear();
+        a.helm_registry_name.clear();
+        let e = application(&a).unwrap_err();
+        assert!(e.to_string().contains("chartName: is required"), "{e}");
+        a.workload_template = "containers:\n  - {name: web, image: busybox}\n".into();
+        application(&a).unwrap();
+        // Chart fields that are given must still be valid.
+        a.chart_version = "1.0.0".into();
+        application(&a).unwrap();
+        a.chart_name = "Bad Name".into();
+        let e = application(&a).unwrap_err();
+        assert!(e.to_string().contains("chartName"), "{e}");
+        a.chart_name.clear();
+        a.chart_version = "-1".into();
+        assert!(application(&a).is_err());
+        a.chart_version.clear();
+        // The template is checked: syntax, then structure with each profile's values.
+        a.workload_template = "containers:\n  - {name: web, image: {{ values.tag }\n".into();
+        let e = application(&a).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "application web:1.0.0 workloadTemplate with profile \"default\": syntax error"
+            ),
+            "{e}"
+        );
+        a.workload_template = "containers:\n  - {name: web, image: busybox, ports: [{containerPort: {{ values.port }}}]}\n".into();
+        a.profiles[0].chart_values = "port: 0\n".into();
+        let e = application(&a).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "workloadTemplate with profile \"default\": containers[0].ports[0].containerPort: 0 is less than the minimum of 1"
+            ),
+            "{e}"
+        );
+        a.workload_template = "x".repeat(crate::template::TEMPLATE_MAX_BYTES + 1);
+        let e = application(&a).unwrap_err();
+        assert!(
+            e.to_string().contains("workloadTemplate: must be at most"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ async fn run(cp: TestControlPlane, out: &mut Vec<String>) {
             "list, orderBy=name desc, offset=9000",
             "?orderBy=name%20desc&offset=9000",
         ),
-        ("filter name=a03-001* (10 hits)", "?filter=name%3Da03-001*"),
+        ("filter name=a03-001* (100 hits)", "?filter=name%3Da03-001*"),
         (
             "filter displayName substring OR description",
             "?filter=displayName%3D07777%20OR%20description%3Dapplication%20123",

@@ -116,6 +116,11 @@ impl Server {
                 ),
         );
         let reaper = tokio::spawn(reap_upload_sessions(self.app.clone()));
+        let app = self.app.clone();
+        let shutdown = async move {
+            shutdown.await;
+            app.begin_shutdown();
+        };
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await?;

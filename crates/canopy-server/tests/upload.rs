@@ -392,3 +392,26 @@ async fn events_stream_replays_then_follows() {
         "secret in event stream: {seen}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_event_streams() {
+    let cp = TestControlPlane::start().await;
+    let mut resp = cp
+        .http()
+        .get(cp.at("/canopy/v1/projects/default/catalog/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let stopping = tokio::spawn(cp.stop());
+    tokio::time::timeout(std::time::Duration::from_secs(20), stopping)
+        .await
+        .expect("graceful shutdown finished while an event stream was open")
+        .unwrap();
+    // The stream was ended by the server.
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = resp.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "event stream still open after shutdown");
+}

@@ -108,6 +108,15 @@ impl Store {
                 AnyPoolOptions::new()
                     .max_connections(POSTGRES_MAX_CONNECTIONS)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
+                    // Prepared statements are cached per connection; a generic plan chosen
+                    // while a table was empty would otherwise stick (full scans at 10k rows).
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute("SET plan_cache_mode = force_custom_plan")
+                                .await?;
+                            Ok(())
+                        })
+                    })
                     .connect(&url)
                     .await?
             }
@@ -1075,7 +1084,7 @@ impl CatalogTx {
             DisplayNameScope::Artifact => Table::Artifacts,
         };
         let sql = format!(
-            "SELECT name FROM {} WHERE project_id = $1 AND display_name_lc = $2 AND name <> $3 ORDER BY name LIMIT 1",
+            "SELECT name FROM {} WHERE project_id = $1 AND display_name_lc = $2 AND name <> $3 LIMIT 1",
             table.sql()
         );
         let row = sqlx::query(&sql)

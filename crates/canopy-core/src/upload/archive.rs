@@ -28,7 +28,8 @@ pub(crate) struct RawFile {
     /// How messages name the file: the upload name, or `<tarball>:<entry path>`.
     pub(crate) display: String,
     pub(crate) bytes: Vec<u8>,
-    /// Whether the file is read for entities (every loose file; `.yaml`/`.yml` in tarballs).
+    /// Whether the file is read for entities (every loose file but workload templates
+    /// (`.j2`, `.jinja`, `.jinja2`); `.yaml`/`.yml` in tarballs).
     pub(crate) yaml: bool,
 }
 
@@ -109,11 +110,13 @@ pub(crate) fn collect(files: &[UploadFile], errors: &mut Vec<String>) -> Vec<Raw
             continue;
         }
         loose_names.insert(path.clone(), loose.files.len());
+        // Workload templates are YAML only once rendered.
+        let yaml = !is_template_name(&path);
         loose.files.push(RawFile {
             path,
             display: f.name.clone(),
             bytes: f.content.clone(),
-            yaml: true,
+            yaml,
         });
     }
     let mut sets = Vec::new();
@@ -183,6 +186,12 @@ fn entry_path(path: &Path) -> Result<Option<String>, String> {
         }
     }
     Ok((!parts.is_empty()).then(|| parts.join("/")))
+}
+
+/// Workload template files (`.j2`, `.jinja`, `.jinja2`): never read for entities.
+fn is_template_name(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.ends_with(".j2") || lower.ends_with(".jinja") || lower.ends_with(".jinja2")
 }
 
 fn is_yaml_name(path: &str) -> bool {

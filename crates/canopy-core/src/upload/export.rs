@@ -7,6 +7,8 @@
 //!   `values-<app>-<version>-<profile>.yaml` named by `valuesFileName` (no file and no
 //!   `valuesFileName` for a profile without values); the values are written verbatim, so
 //!   comments survive;
+//! - `template-<app>-<version>.yaml.j2` per native application, its workload template verbatim,
+//!   named by the Canopy extension key `templateFileName`;
 //! - `registry-<name>.yaml` per registry the applications use, **without** `userName`,
 //!   `authToken` and `caCerts` (credentials never leave through an export);
 //! - `artifact-<name>.yaml` per artifact the package uses (content as base64).
@@ -55,10 +57,14 @@ struct Files(BTreeMap<String, Vec<u8>>);
 
 impl Files {
     fn add(&mut self, dir: &str, stem: &str, content: Vec<u8>) -> String {
-        let mut name = format!("{stem}.yaml");
+        self.add_ext(dir, stem, "yaml", content)
+    }
+
+    fn add_ext(&mut self, dir: &str, stem: &str, ext: &str, content: Vec<u8>) -> String {
+        let mut name = format!("{stem}.{ext}");
         let mut n = 2;
         while self.0.contains_key(&format!("{dir}/{name}")) {
-            name = format!("{stem}-{n}.yaml");
+            name = format!("{stem}-{n}.{ext}");
             n += 1;
         }
         self.0.insert(format!("{dir}/{name}"), content);
@@ -113,7 +119,20 @@ pub fn export_package(
             let name = files.add(&dir, &stem, p.chart_values.clone().into_bytes());
             values_files.insert(p.name.clone(), name);
         }
-        let yaml = YamlApplication::from_application(app, |p| values_files.get(&p.name).cloned());
+        let template_file = app.is_native().then(|| {
+            let stem = safe(&format!("template-{}-{}", app.name, app.version));
+            files.add_ext(
+                &dir,
+                &stem,
+                "yaml.j2",
+                app.workload_template.clone().into_bytes(),
+            )
+        });
+        let yaml = YamlApplication::from_application(
+            app,
+            |p| values_files.get(&p.name).cloned(),
+            template_file,
+        );
         files.add(
             &dir,
             &safe(&format!("application-{}-{}", app.name, app.version)),

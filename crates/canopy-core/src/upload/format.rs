@@ -4,7 +4,8 @@
 //! `caCerts`/`cacerts`, `helmRegistry`/`helmRegistryName`, `defaultProfile`/
 //! `defaultProfileName`, `applications`/`applicationReferences`, deployment profiles'
 //! `applicationProfiles` as a list of `{application, profile}` instead of a map, profile values
-//! in a separate file named by `valuesFileName`). These structs are that spelling; reading goes
+//! in a separate file named by `valuesFileName`; Canopy's extension `templateFileName` likewise
+//! names the file of a native application's workload template). These structs are that spelling; reading goes
 //! through them after the schema check (so their own deserialization is lenient), and writing
 //! (export) serializes them. Aliases are already normalized by [`super::schema`].
 
@@ -196,14 +197,21 @@ pub(crate) struct YamlApplication {
     pub(crate) display_name: String,
     #[serde(default)]
     pub(crate) description: String,
-    #[serde(default)]
+    // Empty chart fields are left out of exports: only native applications have them empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) helm_registry: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) image_registry: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) chart_name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) chart_version: String,
+    /// Canopy extension: the file holding the workload template of a native application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) template_file_name: Option<String>,
+    /// Canopy extension: the workload template inline (Canopy writes a file instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) workload_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) default_profile: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -225,15 +233,35 @@ fn kind_to(k: Kind) -> Option<String> {
     (k != Kind::Normal).then(|| k.as_str().to_string())
 }
 
-/// A profile whose values are in a file still to be found: (profile index, `valuesFileName`).
-pub(crate) type PendingValues = Vec<(usize, String)>;
+/// Files an application names, still to be found among the upload's files.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// Profiles whose values are in a file: (profile index, `valuesFileName`).
+    pub(crate) values: Vec<(usize, String)>,
+    /// `templateFileName`, when the workload template is in a file.
+    pub(crate) template: Option<String>,
+}
 
 impl YamlApplication {
-    /// The application, and the values files its profiles name (to be resolved by the caller
-    /// against the files of the upload). The default profile is the first one when not given.
-    pub(crate) fn into_application(self) -> Result<(Application, PendingValues), String> {
+    /// The application, and the values and template files it names (to be resolved by the
+    /// caller against the files of the upload). The default profile is the first one when not
+    /// given.
+    pub(crate) fn into_application(self) -> Result<(Application, Pending), String> {
         let kind = kind_from(self.kind.as_deref())?;
-        let mut pending = Vec::new();
+        let mut pending = Pending::default();
+        let workload_template = match (self.template_file_name, self.workload_template) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "/templateFileName: give either templateFileName or workloadTemplate, not both"
+                        .to_string(),
+                );
+            }
+            (Some(file), None) => {
+                pending.template = Some(file);
+                String::new()
+            }
+            (None, inline) => inline.unwrap_or_default(),
+        };
         let mut profiles = Vec::new();
         for (i, p) in self.profiles.into_iter().enumerate() {
             let chart_values = match (p.values_file_name, p.chart_values) {
@@ -243,7 +271,7 @@ impl YamlApplication {
                     ));
                 }
                 (Some(file), None) => {
-                    pending.push((i, file));
+                    pending.values.push((i, file));
                     String::new()
                 }
                 (None, values) => values.unwrap_or_default(),
@@ -294,6 +322,7 @@ impl YamlApplication {
             chart_version: self.chart_version,
             helm_registry_name: self.helm_registry,
             image_registry_name: self.image_registry,
+            workload_template,
             profiles,
             default_profile_name,
             ignored_resources: self
@@ -312,10 +341,12 @@ impl YamlApplication {
     }
 
     /// The exported form; `values_file` gives the values file name of each profile that has
-    /// values (`None`: no values, no `valuesFileName`).
+    /// values (`None`: no values, no `valuesFileName`), `template_file` the file name of the
+    /// workload template of a native application.
     pub(crate) fn from_application(
         a: &Application,
         values_file: impl Fn(&Profile) -> Option<String>,
+        template_file: Option<String>,
     ) -> YamlApplication {
         YamlApplication {
             name: a.name.clone(),
@@ -327,6 +358,8 @@ impl YamlApplication {
             image_registry: a.image_registry_name.clone(),
             chart_name: a.chart_name.clone(),
             chart_version: a.chart_version.clone(),
+            template_file_name: template_file,
+            workload_template: None,
             default_profile: Some(a.default_profile_name.clone()).filter(|d| !d.is_empty()),
             profiles: a
                 .profiles

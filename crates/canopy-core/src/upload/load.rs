@@ -112,16 +112,33 @@ fn read_entity(
                 .into_application()
                 .map_err(one)?;
             let mut problems = Vec::new();
-            for (i, file_name) in pending {
-                match resolve_values(set, &p.file.path, &file_name) {
+            for (i, file_name) in pending.values {
+                match resolve_file(set, &p.file.path, &file_name, NamedFile::Values) {
                     Ok(values) => app.profiles[i].chart_values = values,
+                    Err(e) => problems.push(e),
+                }
+            }
+            if let Some(file_name) = &pending.template {
+                match resolve_file(set, &p.file.path, file_name, NamedFile::Template) {
+                    Ok(template) if template.is_empty() => {
+                        problems.push(format!("workload template file {file_name} is empty"))
+                    }
+                    Ok(template) => app.workload_template = template,
                     Err(e) => problems.push(e),
                 }
             }
             if !problems.is_empty() {
                 return Err(problems);
             }
-            crate::validate::application(&app).map_err(|e| one(e.to_string()))?;
+            crate::validate::application(&app).map_err(|e| {
+                let mut msg = e.to_string();
+                if let Some(file_name) = &pending.template
+                    && msg.contains("workloadTemplate")
+                {
+                    msg.push_str(&format!(" (workloadTemplate read from {file_name})"));
+                }
+                one(msg)
+            })?;
             found.applications.push((app, label.to_string()));
         }
         EntityKind::DeploymentPackage => {
@@ -172,10 +189,34 @@ fn base_of(path: &str) -> &str {
     path.rsplit_once('/').map_or(path, |(_, b)| b)
 }
 
-/// Finds the values file `name` named by the application file at `app_path`: by path from the
-/// file set's root, then from the application file's directory, then by base name if only one
-/// file has it. Returns its text.
-fn resolve_values(set: &RawSet, app_path: &str, name: &str) -> Result<String, String> {
+/// What a file named by an application holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NamedFile {
+    /// Chart values (`valuesFileName`): YAML.
+    Values,
+    /// A workload template (`templateFileName`): template text, YAML only once rendered.
+    Template,
+}
+
+impl NamedFile {
+    fn describe(self) -> &'static str {
+        match self {
+            NamedFile::Values => "chart values file",
+            NamedFile::Template => "workload template file",
+        }
+    }
+}
+
+/// Finds the file `name` named by the application file at `app_path`: by path from the file
+/// set's root, then from the application file's directory, then by base name if only one file
+/// has it. Returns its text.
+fn resolve_file(
+    set: &RawSet,
+    app_path: &str,
+    name: &str,
+    what: NamedFile,
+) -> Result<String, String> {
+    let desc = what.describe();
     let by_path = |path: Option<String>| path.and_then(|p| set.files.iter().find(|f| f.path == p));
     let file = match by_path(join("", name)).or_else(|| by_path(join(dir_of(app_path), name))) {
         Some(f) => f,
@@ -188,11 +229,11 @@ fn resolve_values(set: &RawSet, app_path: &str, name: &str) -> Result<String, St
                 .collect();
             match same.as_slice() {
                 [one] => *one,
-                [] => return Err(format!("chart values file {name} not found in uploads")),
+                [] => return Err(format!("{desc} {name} not found in uploads")),
                 many => {
                     let paths: Vec<&str> = many.iter().map(|f| f.path.as_str()).collect();
                     return Err(format!(
-                        "chart values file {name} is ambiguous: it matches {}; give its path",
+                        "{desc} {name} is ambiguous: it matches {}; give its path",
                         paths.join(", ")
                     ));
                 }
@@ -200,22 +241,25 @@ fn resolve_values(set: &RawSet, app_path: &str, name: &str) -> Result<String, St
         }
     };
     let text = std::str::from_utf8(&file.bytes)
-        .map_err(|_| format!("chart values file {} is not valid UTF-8 text", file.display))?;
-    // YAML files were parsed (and reported) on their own; others are checked here.
-    if !file.yaml {
+        .map_err(|_| format!("{desc} {} is not valid UTF-8 text", file.display))?;
+    // YAML files were parsed (and reported) on their own; other values files are checked
+    // here. Templates are checked by the application's rules (syntax, then rendering).
+    if !file.yaml && what == NamedFile::Values {
         tree::parse(text)
             .map_err(|e| format!("chart values file {} is invalid YAML: {e}", file.display))?;
     }
     Ok(text.to_string())
 }
 
-/// Refuses keys defined twice in the set and sorts each group by key.
+/// Refuses keys defined twice in the set and sorts each group by key; remembers which file
+/// defined each entity (`FileSet::sources`) so later errors can name it.
 fn finish(found: Found, errors: &mut Vec<String>) -> FileSet {
     fn dedupe<T, K: Ord + Clone>(
         items: Vec<(T, String)>,
         key: impl Fn(&T) -> K,
         describe: impl Fn(&K) -> String,
         errors: &mut Vec<String>,
+        sources: &mut BTreeMap<String, String>,
     ) -> Vec<T> {
         let mut by_key: BTreeMap<K, (T, String)> = BTreeMap::new();
         for (item, label) in items {
@@ -227,36 +271,47 @@ fn finish(found: Found, errors: &mut Vec<String>) -> FileSet {
                 ));
                 continue;
             }
+            sources.insert(describe(&k), label.clone());
             by_key.insert(k, (item, label));
         }
         by_key.into_values().map(|(item, _)| item).collect()
     }
     let nv = |(n, v): &(String, String)| format!("{n}:{v}");
+    let mut sources = BTreeMap::new();
+    let registries = dedupe(
+        found.registries,
+        |r| r.name.clone(),
+        |k| format!("registry {k}"),
+        errors,
+        &mut sources,
+    );
+    let applications = dedupe(
+        found.applications,
+        |a| (a.name.clone(), a.version.clone()),
+        |k| format!("application {}", nv(k)),
+        errors,
+        &mut sources,
+    );
+    let artifacts = dedupe(
+        found.artifacts,
+        |a| a.name.clone(),
+        |k| format!("artifact {k}"),
+        errors,
+        &mut sources,
+    );
+    let packages = dedupe(
+        found.packages,
+        |p| (p.name.clone(), p.version.clone()),
+        |k| format!("deployment-package {}", nv(k)),
+        errors,
+        &mut sources,
+    );
     FileSet {
-        registries: dedupe(
-            found.registries,
-            |r| r.name.clone(),
-            |k| format!("registry {k}"),
-            errors,
-        ),
-        applications: dedupe(
-            found.applications,
-            |a| (a.name.clone(), a.version.clone()),
-            |k| format!("application {}", nv(k)),
-            errors,
-        ),
-        artifacts: dedupe(
-            found.artifacts,
-            |a| a.name.clone(),
-            |k| format!("artifact {k}"),
-            errors,
-        ),
-        packages: dedupe(
-            found.packages,
-            |p| (p.name.clone(), p.version.clone()),
-            |k| format!("deployment-package {}", nv(k)),
-            errors,
-        ),
+        registries,
+        applications,
+        artifacts,
+        packages,
+        sources,
     }
 }
 

@@ -105,7 +105,8 @@ const SENSITIVE: &[&str] = &["authToken", "userName", "caCerts"];
 
 struct Schemas {
     /// The whole schema (for `$ref` resolution while walking), with `valuesFileName` added to
-    /// `Profile`: the reference loader reads that key but its schema does not list it.
+    /// `Profile` (the reference loader reads that key but its schema does not list it) and
+    /// Canopy's extension keys added to `Application` (see [`add_canopy_extensions`]).
     root: Value,
     /// Per entity type: its index in the root `oneOf` and the compiled branch.
     validators: Vec<(EntityKind, usize, Validator)>,
@@ -128,6 +129,7 @@ fn load() -> Result<Schemas, String> {
             serde_json::json!({"type": "string", "minLength": 1, "maxLength": 1000}),
         );
     }
+    add_canopy_extensions(&mut root)?;
     let branches = root
         .get("oneOf")
         .and_then(Value::as_array)
@@ -160,6 +162,38 @@ fn load() -> Result<Schemas, String> {
         validators.push((kind, index, validator));
     }
     Ok(Schemas { root, validators })
+}
+
+/// Canopy's extension of `Application`: a native application has a workload template, in a
+/// file named by `templateFileName` or inline as `workloadTemplate`, and then needs no chart:
+/// `chartName`, `chartVersion` and `helmRegistry` are required only when neither key is given.
+fn add_canopy_extensions(root: &mut Value) -> Result<(), String> {
+    let app = root
+        .pointer_mut("/$defs/Application")
+        .and_then(Value::as_object_mut)
+        .ok_or("upload schema has no Application")?;
+    if let Some(props) = app.get_mut("properties").and_then(Value::as_object_mut) {
+        props.insert(
+            "templateFileName".into(),
+            serde_json::json!({"type": "string", "minLength": 1, "maxLength": 1000}),
+        );
+        props.insert(
+            "workloadTemplate".into(),
+            serde_json::json!({"type": "string", "minLength": 1}),
+        );
+    }
+    const CHART: [&str; 3] = ["chartName", "chartVersion", "helmRegistry"];
+    if let Some(required) = app.get_mut("required").and_then(Value::as_array_mut) {
+        required.retain(|r| !r.as_str().is_some_and(|r| CHART.contains(&r)));
+    }
+    app.insert(
+        "if".into(),
+        serde_json::json!({
+            "anyOf": [{"required": ["templateFileName"]}, {"required": ["workloadTemplate"]}]
+        }),
+    );
+    app.insert("else".into(), serde_json::json!({"required": CHART}));
+    Ok(())
 }
 
 /// A problem found in a document: JSON-pointer path (empty for the document) and message.

@@ -39,6 +39,8 @@ pub struct App {
 struct Inner {
     store: Store,
     events: EventBus,
+    /// Flips to true when the server begins shutting down (long-lived streams end on it).
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -50,6 +52,7 @@ impl App {
             inner: Arc::new(Inner {
                 store,
                 events: EventBus::default(),
+                shutdown: tokio::sync::watch::channel(false).0,
             }),
         })
     }
@@ -57,6 +60,19 @@ impl App {
     /// The store underneath (for lifecycle management, not for handlers).
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Tells long-lived requests (event streams) to finish: graceful shutdown waits for them.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Resolves once [`App::begin_shutdown`] has been called.
+    pub fn shutting_down(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut rx = self.inner.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
     }
 
     /// The catalog event bus.

@@ -166,18 +166,46 @@ async fn apply(
     sets: Vec<FileSet>,
 ) -> Result<(), AppError> {
     for set in sets {
+        let named = |key: String, e: AppError| in_file(set.sources.get(&key), e);
         for r in set.registries {
-            put_registry(tx, ctx, changes, r, PutMode::Upsert).await?;
+            let key = format!("registry {}", r.name);
+            put_registry(tx, ctx, changes, r, PutMode::Upsert)
+                .await
+                .map_err(|e| named(key, e))?;
         }
         for a in set.applications {
-            put_application(tx, ctx, changes, a, PutMode::Upsert).await?;
+            let key = format!("application {}:{}", a.name, a.version);
+            put_application(tx, ctx, changes, a, PutMode::Upsert)
+                .await
+                .map_err(|e| named(key, e))?;
         }
         for a in set.artifacts {
-            put_artifact(tx, ctx, changes, a, PutMode::Upsert).await?;
+            let key = format!("artifact {}", a.name);
+            put_artifact(tx, ctx, changes, a, PutMode::Upsert)
+                .await
+                .map_err(|e| named(key, e))?;
         }
         for p in set.packages {
-            put_package(tx, ctx, changes, p, PutMode::Upsert).await?;
+            let key = format!("deployment-package {}:{}", p.name, p.version);
+            put_package(tx, ctx, changes, p, PutMode::Upsert)
+                .await
+                .map_err(|e| named(key, e))?;
         }
     }
     Ok(())
+}
+
+/// A rule broken by an uploaded entity becomes an upload error naming the file it came from.
+fn in_file(file: Option<&String>, e: AppError) -> AppError {
+    let prefix = |m: String| match file {
+        Some(f) => format!("uploaded file {f}: {m}"),
+        None => m,
+    };
+    match e {
+        AppError::Invalid(m)
+        | AppError::NotFound(m)
+        | AppError::AlreadyExists(m)
+        | AppError::FailedPrecondition(m) => AppError::Upload(vec![prefix(m)]),
+        other => other,
+    }
 }

@@ -109,5 +109,7 @@ pub async fn catalog_events(
                 }
             }
         });
-    Ok(Sse::new(replayed.chain(live)).keep_alive(KeepAlive::default()))
+    // The stream ends when the server shuts down, so graceful shutdown never waits on it.
+    let stream = replayed.chain(live).take_until(app.shutting_down());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

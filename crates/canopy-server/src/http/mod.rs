@@ -105,7 +105,7 @@ pub fn api_router() -> OpenApiRouter<App> {
 }
 
 /// Liveness and readiness: answers 200 when the database answers.
-#[utoipa::path(get, path = "/healthz", tag = "Canopy", responses((status = 200, description = "healthy"), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/healthz", tag = "Canopy", responses((status = 200, description = "healthy"), (status = 500, body = ErrorBody)))]
 async fn health(
     axum::extract::State(app): axum::extract::State<App>,
 ) -> Result<&'static str, AppError> {

@@ -1,0 +1,751 @@
+//! The container driver over the Docker Engine API (bollard), for Docker and for Podman's
+//! compatible service.
+//!
+//! A pass ([`DockerDriver::apply`]) is a reconciler in the kube-rs sense: it reads what exists
+//! (containers labelled `io.canopy.managed=true`), compares with the desired state by derived
+//! names and the generation label, acts, and reports per-app status. It keeps no state between
+//! passes, so it can be re-run at any time, after a crash or an agent restart, and adopts what a
+//! previous run created. Every engine call has a timeout, so a pass is bounded; failures of one
+//! app become that app's status (`Down` with the reason) instead of failing the pass.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerInspectResponse, ContainerSummary};
+use bollard::query_parameters::CreateContainerOptions;
+use canopy_proto::{
+    AppInstance, AppState, AppStatus, ContainerSpec, DeploymentInstance, DesiredState,
+    RestartPolicy, WorkloadStatus,
+};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::error::DriverError;
+use super::names;
+use super::podman::{self, Endpoint};
+use super::spec::{self, Placement};
+use super::status::{self, Seen};
+
+mod engine;
+mod report;
+
+use report::{label_of, observed, parse_time, workload};
+
+/// Bound of one ordinary engine call.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound of the first ping (an engine that does not answer this fast is not usable).
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of one image pull.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default time a container gets to stop before it is killed (the engines' default too).
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many containers are removed at once by garbage collection.
+const REMOVE_CONCURRENCY: usize = 4;
+
+const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+const START_HINT: &str = "Start Podman's API service (`podman system service --time=0 \
+     unix:///run/podman/podman.sock &`, or `systemctl start podman.socket`) or Docker, or set \
+     DOCKER_HOST to a running engine (unix:///path.sock or http://host:port).";
+
+/// A connection to one container engine, and the driver that converges its containers.
+#[derive(Debug, Clone)]
+pub struct DockerDriver {
+    docker: Docker,
+    endpoint: Endpoint,
+    address: String,
+    engine: String,
+    podman: bool,
+    scope: Option<String>,
+    stop_timeout: Duration,
+}
+
+/// Whether a pass may change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Apply,
+    Observe,
+}
+
+/// What one pass learnt once and reuses (networks and images are shared between apps).
+#[derive(Default)]
+struct PassCache {
+    networks: HashMap<String, Result<(), String>>,
+    images: HashMap<String, Result<(), String>>,
+}
+
+impl DockerDriver {
+    /// Connects to the engine at `host` (`unix:///path.sock`, `http://host:port` or
+    /// `tcp://host:port`), or by default to `$DOCKER_HOST`, then Podman's socket
+    /// (`/run/podman/podman.sock`), then Docker's (`/var/run/docker.sock`). The engine must
+    /// answer a ping within a few seconds.
+    pub async fn connect(host: Option<&str>) -> Result<DockerDriver, DriverError> {
+        let (address, last_resort) = match host {
+            Some(h) => (h.to_string(), false),
+            None => default_host().await,
+        };
+        let endpoint = parse_host(&address)?;
+        let unreachable =
+            |source: Option<Box<dyn std::error::Error + Send + Sync>>| DriverError::Unreachable {
+                endpoint: address.clone(),
+                hint: START_HINT,
+                source,
+            };
+        // bollard's own timeout is only a backstop: every call below has a tighter one.
+        let backstop = (PULL_TIMEOUT + API_TIMEOUT).as_secs();
+        let docker = match &endpoint {
+            Endpoint::Unix(path) => {
+                if !tokio::fs::try_exists(path).await.unwrap_or(false) {
+                    let also = if last_resort {
+                        format!(" (nor does {DOCKER_SOCKET}, and DOCKER_HOST is not set)")
+                    } else {
+                        String::new()
+                    };
+                    return Err(unreachable(Some(
+                        format!("socket {} does not exist{also}", path.display()).into(),
+                    )));
+                }
+                Docker::connect_with_unix(
+                    &path.to_string_lossy(),
+                    backstop,
+                    bollard::API_DEFAULT_VERSION,
+                )
+            }
+            Endpoint::Tcp(addr) => Docker::connect_with_http(
+                &format!("http://{addr}"),
+                backstop,
+                bollard::API_DEFAULT_VERSION,
+            ),
+        }
+        .map_err(|e| unreachable(Some(Box::new(e))))?;
+        match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unreachable(Some(Box::new(e)))),
+            Err(_) => {
+                return Err(unreachable(Some(
+                    format!("no answer to ping within {} s", PING_TIMEOUT.as_secs()).into(),
+                )));
+            }
+        }
+        // Use the engine's API version when it is older than bollard's (Podman 4 speaks 1.41).
+        let docker = match tokio::time::timeout(API_TIMEOUT, docker.negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(unreachable(Some(Box::new(e)))),
+            Err(_) => return Err(unreachable(Some("no answer to /version".into()))),
+        };
+        let version = tokio::time::timeout(API_TIMEOUT, docker.version())
+            .await
+            .map_err(|_| unreachable(Some("no answer to /version".into())))?
+            .map_err(|e| unreachable(Some(Box::new(e))))?;
+        let components = version.components.unwrap_or_default();
+        let podman = components.iter().any(|c| c.name.contains("Podman"));
+        let engine = components
+            .first()
+            .map(|c| format!("{} {}", c.name, c.version))
+            .unwrap_or_else(|| format!("engine {}", version.version.unwrap_or_default()));
+        info!(address = %address, engine = %engine, "connected to container engine");
+        Ok(DockerDriver {
+            docker,
+            endpoint,
+            address,
+            engine,
+            podman,
+            scope: None,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        })
+    }
+
+    /// Restricts the driver to objects labelled `io.canopy.scope=<scope>` (and labels what it
+    /// creates so): adoption and garbage collection then ignore Canopy objects of other scopes.
+    /// For several agents sharing one engine, and for tests running side by side. Without a
+    /// scope the driver owns every Canopy-labelled object on the engine.
+    pub fn scoped(mut self, scope: &str) -> DockerDriver {
+        self.scope = Some(scope.to_string());
+        self
+    }
+
+    /// How long a container gets to stop (SIGTERM) before it is killed, when it is replaced or
+    /// removed. Default 10 s.
+    pub fn with_stop_timeout(mut self, timeout: Duration) -> DockerDriver {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The engine's name and version, e.g. `Podman Engine 4.3.1`.
+    pub fn engine(&self) -> &str {
+        &self.engine
+    }
+
+    /// The address the driver is connected to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// One convergence pass: removes Canopy containers that are no longer desired, then for each
+    /// app of each deployment (dependencies first) ensures its network, volumes, images and
+    /// containers, then removes Canopy volumes and networks nothing desired uses. Returns each
+    /// desired app's status, in the order of `desired`. An app that waits for a dependency is
+    /// not started; the next pass starts it once the dependency is running and healthy.
+    ///
+    /// Passes must not overlap (the agent's sync loop runs one at a time).
+    pub async fn apply(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
+        self.pass(desired, Mode::Apply).await
+    }
+
+    /// The status [`apply`](Self::apply) would report, without creating, starting or removing
+    /// anything. On Podman without systemd it may run an overdue health check (see
+    /// `driver::podman`), which is how health is observed there.
+    pub async fn observe(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
+        self.pass(desired, Mode::Observe).await
+    }
+
+    /// Stops and removes every container and volume of a deployment, then the Canopy networks
+    /// they used if no container is left on them. Attempts everything; returns the first error.
+    pub async fn remove_deployment(&self, deployment_id: &str) -> Result<(), DriverError> {
+        let span = info_span!("remove_deployment", deployment = %deployment_id);
+        async {
+            let containers = self
+                .list_containers(&[(names::DEPLOYMENT, deployment_id)])
+                .await?;
+            let networks: BTreeSet<String> = containers
+                .iter()
+                .filter_map(|c| c.network_settings.as_ref()?.networks.as_ref())
+                .flat_map(|n| n.keys().cloned())
+                .collect();
+            let mut first_error = self.remove_containers(containers).await.err();
+            let volumes = self
+                .list_volumes(&[(names::DEPLOYMENT, deployment_id)])
+                .await?;
+            for v in volumes {
+                if let Err(e) = self.remove_volume(&v).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            for n in networks {
+                match self.remove_network_if_unused(&n).await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn pass(
+        &self,
+        desired: &DesiredState,
+        mode: Mode,
+    ) -> Result<Vec<AppStatus>, DriverError> {
+        let existing = self.list_containers(&[]).await?;
+        let wanted: HashSet<String> = desired
+            .deployments
+            .iter()
+            .flat_map(|d| {
+                d.apps.iter().flat_map(move |a| {
+                    a.containers
+                        .iter()
+                        .map(move |c| names::container_name(&d.deployment_id, &a.name, &c.name))
+                })
+            })
+            .collect();
+        let (keep, garbage): (Vec<_>, Vec<_>) = existing
+            .into_iter()
+            .partition(|c| wanted.contains(&summary_name(c)));
+        if mode == Mode::Apply && !garbage.is_empty() {
+            // Before converging, so that names and host ports of old containers are free.
+            if let Err(e) = self.remove_containers(garbage).await {
+                warn!(error = %e.chain(), "garbage collection of containers incomplete; retried next pass");
+            }
+        }
+        let by_name: HashMap<String, ContainerSummary> =
+            keep.into_iter().map(|c| (summary_name(&c), c)).collect();
+
+        let mut cache = PassCache::default();
+        let mut out = Vec::new();
+        for dep in &desired.deployments {
+            let mut states: HashMap<&str, AppState> = HashMap::new();
+            let mut statuses: Vec<Option<AppStatus>> = vec![None; dep.apps.len()];
+            for (i, problem) in super::deps::order(&dep.apps) {
+                let app = &dep.apps[i];
+                let span = info_span!(
+                    "app",
+                    project = %dep.project,
+                    deployment = %dep.deployment_id,
+                    app = %app.name
+                );
+                let status = self
+                    .converge_app(dep, app, problem, &states, &by_name, &mut cache, mode)
+                    .instrument(span)
+                    .await;
+                states.insert(&app.name, status.state);
+                statuses[i] = Some(status);
+            }
+            out.extend(statuses.into_iter().flatten());
+        }
+
+        if mode == Mode::Apply {
+            self.collect_volumes_and_networks(desired).await;
+        }
+        Ok(out)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one pass's context, passed down once"
+    )]
+    async fn converge_app(
+        &self,
+        dep: &DeploymentInstance,
+        app: &AppInstance,
+        problem: Option<String>,
+        states: &HashMap<&str, AppState>,
+        existing: &HashMap<String, ContainerSummary>,
+        cache: &mut PassCache,
+        mode: Mode,
+    ) -> AppStatus {
+        let waiting_on: Vec<String> = app
+            .depends_on
+            .iter()
+            .filter(|d| states.get(d.as_str()) != Some(&AppState::Running))
+            .map(|d| match states.get(d.as_str()) {
+                Some(s) => format!("{d} ({})", state_word(*s)),
+                None => d.clone(),
+            })
+            .collect();
+        // Starting anything is gated on the dependencies; adopting what already runs is not.
+        let may_start = mode == Mode::Apply && problem.is_none() && waiting_on.is_empty();
+
+        let mut failures: HashMap<&str, String> = HashMap::new();
+        if may_start {
+            let prepared = self.prepare_app(dep, app, cache).await;
+            for c in &app.containers {
+                let result = match &prepared {
+                    Err(why) => Err(why.clone()),
+                    Ok(volumes) => {
+                        self.converge_container(dep, app, c, volumes, existing, cache)
+                            .await
+                    }
+                };
+                if let Err(why) = result {
+                    warn!(container = %c.name, reason = %why, "container not converged");
+                    failures.insert(&c.name, why);
+                }
+            }
+        }
+
+        let mut seen: Vec<(&str, Seen)> = Vec::new();
+        let mut workloads = Vec::new();
+        for c in &app.containers {
+            if let Some(why) = failures.remove(c.name.as_str()) {
+                seen.push((&c.name, Seen::Failed(why)));
+                continue;
+            }
+            let name = names::container_name(&dep.deployment_id, &app.name, &c.name);
+            let (s, w) = self.look(app, c, &name).await;
+            seen.push((&c.name, s));
+            workloads.extend(w);
+        }
+        let (mut state, mut message) = status::fold(seen.iter().map(|(n, s)| (*n, s)));
+        if let Some(p) = problem {
+            state = AppState::Down;
+            message = format!("app {} {p}", app.name);
+        } else if !waiting_on.is_empty() && state != AppState::Running {
+            state = AppState::Waiting;
+            message = format!(
+                "waiting for {} to be running and healthy",
+                waiting_on
+                    .iter()
+                    .map(|d| format!("app {d}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        AppStatus {
+            deployment_id: dep.deployment_id.clone(),
+            app: app.name.clone(),
+            state,
+            message,
+            workloads,
+        }
+    }
+
+    /// Ensures the app's network and volumes; returns the engine volume name per spec volume.
+    async fn prepare_app(
+        &self,
+        dep: &DeploymentInstance,
+        app: &AppInstance,
+        cache: &mut PassCache,
+    ) -> Result<HashMap<String, String>, String> {
+        let network = names::network_name(&dep.project, &app.namespace);
+        if !cache.networks.contains_key(&network) {
+            let r = self
+                .ensure_network(&network, &dep.project, &app.namespace)
+                .await
+                .map_err(|e| e.chain());
+            cache.networks.insert(network.clone(), r);
+        }
+        if let Some(Err(why)) = cache.networks.get(&network) {
+            return Err(why.clone());
+        }
+        let mut volumes = HashMap::new();
+        let wanted: BTreeSet<&str> = app
+            .containers
+            .iter()
+            .flat_map(|c| c.volumes.iter().map(|v| v.name.as_str()))
+            .collect();
+        for v in wanted {
+            let name = names::volume_name(&dep.deployment_id, &app.name, v);
+            self.ensure_volume(&name, names::volume_labels(self.scope(), dep, app, v))
+                .await
+                .map_err(|e| e.chain())?;
+            volumes.insert(v.to_string(), name);
+        }
+        Ok(volumes)
+    }
+
+    /// Brings one container to the desired spec: adopt, start, replace or create.
+    async fn converge_container(
+        &self,
+        dep: &DeploymentInstance,
+        app: &AppInstance,
+        c: &ContainerSpec,
+        volumes: &HashMap<String, String>,
+        existing: &HashMap<String, ContainerSummary>,
+        cache: &mut PassCache,
+    ) -> Result<(), String> {
+        let name = names::container_name(&dep.deployment_id, &app.name, &c.name);
+        if let Some(found) = existing.get(&name) {
+            let labels = found.labels.clone().unwrap_or_default();
+            let label = |k: &str| labels.get(k).map(String::as_str).unwrap_or_default();
+            if label(names::DEPLOYMENT) != dep.deployment_id
+                || label(names::APP) != app.name
+                || label(names::CONTAINER) != c.name
+            {
+                return Err(format!(
+                    "the name {name} is taken by the Canopy container of deployment {}, app {}",
+                    label(names::DEPLOYMENT),
+                    label(names::APP)
+                ));
+            }
+            if label(names::GENERATION) == app.spec_hash {
+                let state = found.state.map(|s| s.to_string()).unwrap_or_default();
+                let restart = match state.as_str() {
+                    "created" => true,
+                    "exited" | "stopped" => c.restart_policy == RestartPolicy::Always,
+                    _ => false,
+                };
+                if restart {
+                    info!(container = %name, state = %state, "starting adopted container");
+                    self.start(&name, &app.name).await.map_err(|e| e.chain())?;
+                } else {
+                    debug!(container = %name, state = %state, "adopted container left as is");
+                }
+                return Ok(());
+            }
+            // The new image first: if it cannot be had, the old container keeps running.
+            self.ensure_image(&c.image, &c.name, app, cache).await?;
+            info!(
+                container = %name,
+                from = %label(names::GENERATION),
+                to = %app.spec_hash,
+                "replacing container of an older generation"
+            );
+            self.stop_and_remove(&name).await.map_err(|e| e.chain())?;
+        } else {
+            self.ensure_image(&c.image, &c.name, app, cache).await?;
+        }
+        let network = names::network_name(&dep.project, &app.namespace);
+        let body = spec::create_body(
+            c,
+            Placement {
+                network: &network,
+                aliases: names::aliases(&app.name, &c.name),
+                labels: names::container_labels(self.scope(), dep, app, &c.name),
+                volumes,
+            },
+        );
+        let target = format!("container {name} (app {})", app.name);
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        match self
+            .call(
+                "create",
+                &target,
+                API_TIMEOUT,
+                self.docker.create_container(Some(options), body),
+            )
+            .await
+        {
+            Ok(_) => info!(container = %name, image = %c.image, "created container"),
+            // Docker says 409; Podman 4 says 500 "... is already in use".
+            Err(e) if e.status_code() == Some(409) || e.chain().contains("already in use") => {
+                return Err(format!(
+                    "cannot create container {name}: the name is used by a container this agent \
+                     does not manage (remove or rename it)"
+                ));
+            }
+            Err(e) => return Err(e.chain()),
+        }
+        self.start(&name, &app.name).await.map_err(|e| e.chain())
+    }
+
+    /// Makes sure `image` is present, pulling it (with the app's credentials) when it is not.
+    async fn ensure_image(
+        &self,
+        image: &str,
+        container: &str,
+        app: &AppInstance,
+        cache: &mut PassCache,
+    ) -> Result<(), String> {
+        // Per image and credentials: another app may pull the same image with other ones.
+        let key = match &app.registry_auth {
+            Some(a) => format!("{image} {}@{}", a.username, a.server),
+            None => image.to_string(),
+        };
+        if let Some(r) = cache.images.get(&key) {
+            return r.clone();
+        }
+        debug!(container = %container, image = %image, "checking image");
+        let target = format!("image {image}");
+        let r = match self
+            .call(
+                "inspect",
+                &target,
+                API_TIMEOUT,
+                self.docker.inspect_image(image),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => {
+                self.pull(image, &target, app).await.map_err(|e| e.chain())
+            }
+            Err(e) => Err(e.chain()),
+        };
+        cache.images.insert(key, r.clone());
+        r
+    }
+
+    /// Inspects a container (running its health check first when Podman will not) and turns
+    /// the result into its [`Seen`] and [`WorkloadStatus`].
+    async fn look(
+        &self,
+        app: &AppInstance,
+        c: &ContainerSpec,
+        name: &str,
+    ) -> (Seen, Option<WorkloadStatus>) {
+        let mut inspected = self.inspect(name).await;
+        if let Ok(Some(i)) = &inspected
+            && self.health_check_overdue(app, c, i)
+        {
+            self.run_health_check(name, i, c).await;
+            inspected = self.inspect(name).await;
+        }
+        match inspected {
+            Ok(Some(i)) => {
+                let seen = observed(&i, app);
+                let workload = workload(&i, name, &c.image);
+                (seen, Some(workload))
+            }
+            Ok(None) => (Seen::Missing, None),
+            Err(e) => (Seen::Failed(e.chain()), None),
+        }
+    }
+
+    /// Podman without systemd never runs health checks by itself: a running container of the
+    /// current generation whose last check (or start) is older than its interval is due.
+    fn health_check_overdue(
+        &self,
+        app: &AppInstance,
+        c: &ContainerSpec,
+        i: &ContainerInspectResponse,
+    ) -> bool {
+        let Some(h) = c.health_check.as_ref().filter(|h| !h.command.is_empty()) else {
+            return false;
+        };
+        if !self.podman || label_of(i, names::GENERATION) != Some(app.spec_hash.as_str()) {
+            return false;
+        }
+        let Some(state) = i.state.as_ref() else {
+            return false;
+        };
+        if state.running != Some(true) {
+            return false;
+        }
+        let last = state
+            .health
+            .as_ref()
+            .and_then(|h| h.log.as_ref())
+            .and_then(|log| log.last())
+            .and_then(|r| r.end.clone())
+            .or_else(|| state.started_at.clone());
+        let Some(last) = last.as_deref().and_then(parse_time) else {
+            return true;
+        };
+        // A grace second so that an engine that does run checks on time goes first.
+        let due = last + Duration::from_secs(u64::from(h.interval_seconds.max(1)) + 1);
+        time::OffsetDateTime::now_utc() >= due
+    }
+
+    async fn run_health_check(&self, name: &str, i: &ContainerInspectResponse, c: &ContainerSpec) {
+        let Some(id) = i.id.as_deref() else { return };
+        let limit = Duration::from_secs(
+            u64::from(c.health_check.as_ref().map_or(5, |h| h.timeout_seconds)).max(1),
+        ) + API_TIMEOUT;
+        match tokio::time::timeout(limit, podman::run_healthcheck(&self.endpoint, id)).await {
+            Ok(Ok(())) => debug!(container = %name, "ran overdue health check"),
+            Ok(Err(e)) => debug!(container = %name, error = %e, "could not run health check"),
+            Err(_) => debug!(container = %name, "health check did not finish in time"),
+        }
+    }
+
+    /// Removes Canopy volumes and networks (of this scope) that no desired app uses. Failures
+    /// (an object still in use) are logged and retried by the next pass.
+    async fn collect_volumes_and_networks(&self, desired: &DesiredState) {
+        let mut volumes = HashSet::new();
+        let mut networks = HashSet::new();
+        for d in &desired.deployments {
+            for a in &d.apps {
+                networks.insert(names::network_name(&d.project, &a.namespace));
+                for c in &a.containers {
+                    for v in &c.volumes {
+                        volumes.insert(names::volume_name(&d.deployment_id, &a.name, &v.name));
+                    }
+                }
+            }
+        }
+        match self.list_volumes(&[]).await {
+            Ok(list) => {
+                for v in list.into_iter().filter(|v| !volumes.contains(v)) {
+                    if let Err(e) = self.remove_volume(&v).await {
+                        warn!(volume = %v, error = %e.chain(), "cannot remove unused volume yet");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e.chain(), "cannot list volumes"),
+        }
+        match self.list_networks().await {
+            Ok(list) => {
+                for n in list.into_iter().filter(|n| !networks.contains(n)) {
+                    match self.remove_network(&n).await {
+                        Ok(()) => info!(network = %n, "removed unused network"),
+                        Err(e) => warn!(error = %e.chain(), "cannot remove unused network yet"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e.chain(), "cannot list networks"),
+        }
+    }
+
+    fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+}
+
+/// `$DOCKER_HOST`, else the first engine socket that exists, else Podman's (so the error names
+/// the usual place); and whether it is such a last resort.
+async fn default_host() -> (String, bool) {
+    if let Ok(h) = std::env::var("DOCKER_HOST")
+        && !h.trim().is_empty()
+    {
+        return (h, false);
+    }
+    for p in [PODMAN_SOCKET, DOCKER_SOCKET] {
+        if tokio::fs::try_exists(p).await.unwrap_or(false) {
+            return (format!("unix://{p}"), false);
+        }
+    }
+    (format!("unix://{PODMAN_SOCKET}"), true)
+}
+
+fn parse_host(host: &str) -> Result<Endpoint, DriverError> {
+    let invalid = || DriverError::InvalidHost {
+        host: host.to_string(),
+    };
+    if let Some(path) = host.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(invalid());
+        }
+        return Ok(Endpoint::Unix(PathBuf::from(path)));
+    }
+    if host.starts_with('/') {
+        return Ok(Endpoint::Unix(PathBuf::from(host)));
+    }
+    let rest = host
+        .strip_prefix("http://")
+        .or_else(|| host.strip_prefix("tcp://"))
+        .ok_or_else(invalid)?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
+        return Err(invalid());
+    }
+    Ok(Endpoint::Tcp(authority.to_string()))
+}
+
+fn summary_name(c: &ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default()
+}
+
+fn label_is(labels: Option<&HashMap<String, String>>, key: &str, value: &str) -> bool {
+    labels.and_then(|l| l.get(key)).map(String::as_str) == Some(value)
+}
+
+fn state_word(s: AppState) -> &'static str {
+    match s {
+        AppState::Deploying => "deploying",
+        AppState::Running => "running",
+        AppState::Down => "down",
+        AppState::Waiting => "waiting",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_addresses() {
+        assert_eq!(
+            parse_host("unix:///run/podman/podman.sock").unwrap(),
+            Endpoint::Unix("/run/podman/podman.sock".into())
+        );
+        assert_eq!(
+            parse_host("http://127.0.0.1:2375").unwrap(),
+            Endpoint::Tcp("127.0.0.1:2375".into())
+        );
+        assert_eq!(
+            parse_host("tcp://engine:2375/").unwrap(),
+            Endpoint::Tcp("engine:2375".into())
+        );
+        assert!(parse_host("unix://relative.sock").is_err());
+        assert!(parse_host("https://x:1").is_err());
+        assert!(parse_host("http://nohost").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_names_itself_and_how_to_start_podman() {
+        let err = DockerDriver::connect(Some("unix:///nonexistent/canopy/podman.sock"))
+            .await
+            .unwrap_err()
+            .chain();
+        assert!(
+            err.contains("unix:///nonexistent/canopy/podman.sock"),
+            "{err}"
+        );
+        assert!(err.contains("podman system service"), "{err}");
+    }
+}

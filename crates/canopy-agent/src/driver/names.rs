@@ -1,0 +1,207 @@
+//! Engine object names and labels: the only link between what the desired state says and what
+//! exists in the engine.
+//!
+//! Names are derived, never stored: after an agent restart the same desired state yields the same
+//! names, which is what makes adoption possible. Labels mark what Canopy created; everything the
+//! driver lists, replaces or removes is selected by [`MANAGED`] first, so objects made by anyone
+//! else are never touched.
+
+use std::collections::HashMap;
+
+use canopy_proto::{AppInstance, DeploymentInstance};
+
+/// `true` on every container, network and volume Canopy creates.
+pub const MANAGED: &str = "io.canopy.managed";
+/// Project (name) of the deployment.
+pub const PROJECT: &str = "io.canopy.project";
+/// Deployment id.
+pub const DEPLOYMENT: &str = "io.canopy.deployment";
+/// Application name.
+pub const APP: &str = "io.canopy.app";
+/// The app's `spec_hash` the container was created from.
+pub const GENERATION: &str = "io.canopy.generation";
+/// Container name within the app spec.
+pub const CONTAINER: &str = "io.canopy.container";
+/// Network namespace (on networks).
+pub const NAMESPACE: &str = "io.canopy.namespace";
+/// Volume name within the app spec (on volumes).
+pub const VOLUME: &str = "io.canopy.volume";
+/// Optional: which driver instance owns the object (see `DockerDriver::scoped`).
+pub const SCOPE: &str = "io.canopy.scope";
+
+/// Maps `s` onto the characters engines accept in object names (`[a-z0-9_.-]`), lowercased.
+/// Canopy's own identifiers already qualify; this only guards against surprises.
+pub fn slug(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        out.push('x');
+    }
+    out
+}
+
+/// The first 12 letters and digits of a deployment id (a UUID's dashes are dropped), like an
+/// engine's short container id: enough to keep names unique and readable.
+pub fn short_id(deployment_id: &str) -> String {
+    let s: String = deployment_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .take(12)
+        .collect();
+    if s.is_empty() { "x".into() } else { s }
+}
+
+/// `canopy-<project>-<namespace>`: one network per application namespace of a project.
+pub fn network_name(project: &str, namespace: &str) -> String {
+    format!("canopy-{}-{}", slug(project), slug(namespace))
+}
+
+/// `canopy-<deployment id>-<app>-<volume>`: no version in it, so data survives upgrades.
+pub fn volume_name(deployment_id: &str, app: &str, volume: &str) -> String {
+    format!(
+        "canopy-{}-{}-{}",
+        slug(deployment_id),
+        slug(app),
+        slug(volume)
+    )
+}
+
+/// `canopy-<short deployment id>-<app>-<container>`.
+pub fn container_name(deployment_id: &str, app: &str, container: &str) -> String {
+    format!(
+        "canopy-{}-{}-{}",
+        short_id(deployment_id),
+        slug(app),
+        slug(container)
+    )
+}
+
+/// Network aliases of a container: its spec name and `<app>-<container>`.
+pub fn aliases(app: &str, container: &str) -> Vec<String> {
+    let mut v = vec![
+        slug(container),
+        format!("{}-{}", slug(app), slug(container)),
+    ];
+    v.dedup();
+    v
+}
+
+/// Labels every Canopy object carries, plus the scope when there is one.
+fn base(scope: Option<&str>) -> HashMap<String, String> {
+    let mut l = HashMap::new();
+    l.insert(MANAGED.to_string(), "true".to_string());
+    if let Some(scope) = scope {
+        l.insert(SCOPE.to_string(), scope.to_string());
+    }
+    l
+}
+
+/// Labels of an app's container.
+pub fn container_labels(
+    scope: Option<&str>,
+    dep: &DeploymentInstance,
+    app: &AppInstance,
+    container: &str,
+) -> HashMap<String, String> {
+    let mut l = base(scope);
+    l.insert(PROJECT.into(), dep.project.clone());
+    l.insert(DEPLOYMENT.into(), dep.deployment_id.clone());
+    l.insert(APP.into(), app.name.clone());
+    l.insert(GENERATION.into(), app.spec_hash.clone());
+    l.insert(CONTAINER.into(), container.to_string());
+    l
+}
+
+/// Labels of a namespace network (shared by the project's deployments, so no deployment label).
+pub fn network_labels(
+    scope: Option<&str>,
+    project: &str,
+    namespace: &str,
+) -> HashMap<String, String> {
+    let mut l = base(scope);
+    l.insert(PROJECT.into(), project.to_string());
+    l.insert(NAMESPACE.into(), namespace.to_string());
+    l
+}
+
+/// Labels of an app's named volume.
+pub fn volume_labels(
+    scope: Option<&str>,
+    dep: &DeploymentInstance,
+    app: &AppInstance,
+    volume: &str,
+) -> HashMap<String, String> {
+    let mut l = base(scope);
+    l.insert(PROJECT.into(), dep.project.clone());
+    l.insert(DEPLOYMENT.into(), dep.deployment_id.clone());
+    l.insert(APP.into(), app.name.clone());
+    l.insert(VOLUME.into(), volume.to_string());
+    l
+}
+
+/// Engine list filters selecting Canopy's objects (of one scope when given), plus extra labels.
+pub fn filters(scope: Option<&str>, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+    let mut labels = vec![format!("{MANAGED}=true")];
+    if let Some(scope) = scope {
+        labels.push(format!("{SCOPE}={scope}"));
+    }
+    labels.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+    HashMap::from([("label".to_string(), labels)])
+}
+
+/// Whether an object's labels say Canopy (in this scope) created it. Checked again in code before
+/// anything is removed, whatever the engine's filter did.
+pub fn is_ours(labels: Option<&HashMap<String, String>>, scope: Option<&str>) -> bool {
+    let Some(labels) = labels else { return false };
+    labels.get(MANAGED).map(String::as_str) == Some("true")
+        && scope.is_none_or(|s| labels.get(SCOPE).map(String::as_str) == Some(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_shapes() {
+        assert_eq!(network_name("shop", "web"), "canopy-shop-web");
+        assert_eq!(
+            volume_name("3f2a9c1e-7b6d-4e2f-9a1b-0c3d5e7f9a1b", "db", "data"),
+            "canopy-3f2a9c1e-7b6d-4e2f-9a1b-0c3d5e7f9a1b-db-data"
+        );
+        assert_eq!(
+            container_name("3f2a9c1e-7b6d-4e2f-9a1b-0c3d5e7f9a1b", "web", "httpd"),
+            "canopy-3f2a9c1e7b6d-web-httpd"
+        );
+        assert_eq!(short_id("d1"), "d1");
+        assert_eq!(aliases("web", "httpd"), vec!["httpd", "web-httpd"]);
+    }
+
+    #[test]
+    fn slug_keeps_engine_safe_characters_only() {
+        assert_eq!(slug("My App/1"), "my-app-1");
+        assert_eq!(slug(""), "x");
+        assert_eq!(slug("a_b.c-d"), "a_b.c-d");
+    }
+
+    #[test]
+    fn ownership_needs_the_managed_label_and_the_scope() {
+        let mut l = HashMap::from([(MANAGED.to_string(), "true".to_string())]);
+        assert!(is_ours(Some(&l), None));
+        assert!(!is_ours(Some(&l), Some("t1")));
+        l.insert(SCOPE.into(), "t1".into());
+        assert!(is_ours(Some(&l), Some("t1")));
+        assert!(!is_ours(Some(&l), Some("t2")));
+        assert!(!is_ours(Some(&HashMap::new()), None));
+        assert!(!is_ours(None, None));
+    }
+}

@@ -1,0 +1,447 @@
+//! Workload templates of native applications (a Canopy extension of the reference catalog; the
+//! format is documented in `docs/TEMPLATE-FORMAT.md`).
+//!
+//! A native [`Application`] carries `workloadTemplate` instead of a Helm chart: Jinja-style text
+//! (rendered with [minijinja]) that must produce one YAML document describing the app's
+//! containers. Rendering goes through these steps, each an error naming the application, the
+//! profile and the field:
+//!
+//! 1. the deployment's override values get the profile's parameter templates applied
+//!    ([`apply_parameter_templates`]: coerced to their type, mandatory ones required);
+//! 2. they are deep-merged over the profile's values ([`merge_values`]); parameters that are
+//!    still unset take their `default`;
+//! 3. the template is rendered with `values`, `deployment`, `app`, `profile` and `project` in its
+//!    context (strict undefined: an unknown name is an error naming it; no auto-escaping; no
+//!    file loader; a bounded amount of work);
+//! 4. the output is read through [`crate::yaml`] (the hardened reader), checked against the
+//!    committed JSON Schema ([`SCHEMA_JSON`], so errors name the field, e.g.
+//!    `containers[0].ports[1].hostPort`), deserialized with `deny_unknown_fields` and checked for
+//!    the rules a schema cannot say (unique names and host ports, memory sizes, ...);
+//! 5. the containers become [`canopy_proto::ContainerSpec`]s, images resolved against the app's
+//!    image registry.
+//!
+//! [`check_template`] runs the same steps at upload with each profile's values, so syntax and
+//! structure errors surface there; errors that depend on override values surface at deploy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use minijinja::value::ValueKind;
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use serde_json::Value;
+
+use crate::catalog::{Application, Profile};
+
+mod format;
+mod values;
+
+pub use format::{
+    Container, HealthCheckTemplate, PortTemplate, Resources, VolumeTemplate, WorkloadDocument,
+    image_registry_auth, parse_memory, resolve_image,
+};
+pub use values::{
+    SECRET_MASK, apply_parameter_templates, mask_secrets, merge_values, unmask_secrets,
+};
+
+/// The JSON Schema (draft 2020-12) of a rendered workload template.
+pub const SCHEMA_JSON: &str = include_str!("../schema/workload-template.schema.json");
+/// Largest workload template text.
+pub const TEMPLATE_MAX_BYTES: usize = 1_000_000;
+/// Largest rendered document.
+pub const RENDERED_MAX_BYTES: usize = 1_000_000;
+/// Work one rendering may do (minijinja fuel: about one unit per instruction, and per 64 bytes
+/// allocated). Real templates use a few thousand.
+pub const RENDER_FUEL: u64 = 500_000;
+
+/// Most items of a list or mapping printed with `{{ }}`.
+const MAX_PRINTED_ITEMS: usize = 10_000;
+
+/// The name the template has in the engine (and in its own error messages).
+const TEMPLATE_NAME: &str = "workloadTemplate";
+
+/// Something wrong with a workload template, its values or its rendered output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct TemplateError {
+    /// `name:version` of the application (empty when not known where the error arose).
+    pub application: String,
+    /// The profile whose values were used (empty when none).
+    pub profile: String,
+    /// Where: `workloadTemplate` (the template text, line in the message), `chartValues`,
+    /// `values.<parameter>`, or a path into the rendered document such as
+    /// `containers[0].ports[1].hostPort`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.application.is_empty() {
+            write!(f, "application {} ", self.application)?;
+        }
+        if !self.profile.is_empty() {
+            write!(f, "profile {} ", self.profile)?;
+        }
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl TemplateError {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> TemplateError {
+        TemplateError {
+            application: String::new(),
+            profile: String::new(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Fills in the application and profile where they are not set yet.
+    pub fn in_app(mut self, app: &Application, profile: &str) -> TemplateError {
+        if self.application.is_empty() {
+            self.application = format!("{}:{}", app.name, app.version);
+        }
+        if self.profile.is_empty() {
+            self.profile = profile.to_string();
+        }
+        self
+    }
+}
+
+/// Who a template is rendered for: the deployment and where it runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RenderContext {
+    /// The deployment's id (`deployment.id`).
+    pub deployment_id: String,
+    /// The deployment's name (`deployment.name`).
+    pub deployment_name: String,
+    /// The app's namespace in the deployment (`app.namespace`).
+    pub namespace: String,
+    /// The project's name (`project`).
+    pub project: String,
+    /// `rootUrl` of the app's image registry, when it has one: images without a registry host
+    /// are prefixed with its host and path.
+    pub image_registry_url: Option<String>,
+}
+
+/// Checks a native application's template at upload (or create/update): its syntax, and, for
+/// each profile (or once without values when it has none), that rendering with the profile's
+/// values gives a valid workload. Mandatory parameters have no values yet, so the profile's own
+/// value or a placeholder stands in (`placeholder`, 30000 + their index for numbers, `false`).
+/// The context is `deployment.id` = the nil UUID, `deployment.name` = `app.namespace` = the app
+/// name, `project` = `default`, and no image registry.
+pub fn check_template(app: &Application) -> Result<(), TemplateError> {
+    if app.workload_template.is_empty() {
+        return Ok(());
+    }
+    let first = app.profiles.first().map(|p| p.name.as_str()).unwrap_or("");
+    if app.workload_template.len() > TEMPLATE_MAX_BYTES {
+        return Err(TemplateError::new(
+            TEMPLATE_NAME,
+            format!("must be at most {TEMPLATE_MAX_BYTES} bytes"),
+        )
+        .in_app(app, first));
+    }
+    on_big_stack(|| {
+        // Syntax first, once, so a syntax error is reported as such (named with the first
+        // profile, the one that would have been rendered first).
+        compile_check(&app.workload_template).map_err(|e| e.in_app(app, first))?;
+        let ctx = RenderContext {
+            deployment_id: "00000000-0000-0000-0000-000000000000".into(),
+            deployment_name: app.name.clone(),
+            namespace: app.name.clone(),
+            project: "default".into(),
+            image_registry_url: None,
+        };
+        let profiles: Vec<Option<&Profile>> = if app.profiles.is_empty() {
+            vec![None]
+        } else {
+            app.profiles.iter().map(Some).collect()
+        };
+        for p in profiles {
+            let name = p.map(|p| p.name.as_str()).unwrap_or("");
+            let overrides = values::check_overrides(p).map_err(|e| e.in_app(app, name))?;
+            render_inner(app, p, &overrides, &ctx).map_err(|e| e.in_app(app, name))?;
+        }
+        Ok(())
+    })
+}
+
+/// Renders a native application's template for a deployment: `profile` (empty = the app's
+/// default profile) values merged with `overrides` (the deployment's override values for this
+/// app; `null` = none), with the profile's parameter templates applied. `overrides` must hold
+/// the real secret values (see [`unmask_secrets`]); a secret still masked is refused.
+pub fn render(
+    app: &Application,
+    profile: &str,
+    overrides: &Value,
+    ctx: &RenderContext,
+) -> Result<Vec<canopy_proto::ContainerSpec>, TemplateError> {
+    let (p, profile_name) = select_profile(app, profile)?;
+    on_big_stack(|| render_inner(app, p, overrides, ctx).map_err(|e| e.in_app(app, profile_name)))
+}
+
+/// Like [`render`], but returns the rendered text as it is (before it is read and checked):
+/// for previews and for checking documents against [`SCHEMA_JSON`].
+pub fn render_to_text(
+    app: &Application,
+    profile: &str,
+    overrides: &Value,
+    ctx: &RenderContext,
+) -> Result<String, TemplateError> {
+    let (p, profile_name) = select_profile(app, profile)?;
+    on_big_stack(|| {
+        render_template(app, p, overrides, ctx).map_err(|e| e.in_app(app, profile_name))
+    })
+}
+
+/// The profile to render with (`""` = the default one; none when the app has no profiles),
+/// and its name.
+fn select_profile<'a>(
+    app: &'a Application,
+    profile: &'a str,
+) -> Result<(Option<&'a Profile>, &'a str), TemplateError> {
+    let profile_name = if profile.is_empty() {
+        app.default_profile_name.as_str()
+    } else {
+        profile
+    };
+    if app.workload_template.is_empty() {
+        return Err(TemplateError::new(
+            TEMPLATE_NAME,
+            "the application has no workload template (it is a Helm chart application)",
+        )
+        .in_app(app, profile_name));
+    }
+    let p = if profile_name.is_empty() && app.profiles.is_empty() {
+        None
+    } else {
+        Some(app.profile(profile_name).ok_or_else(|| {
+            TemplateError::new(
+                "profile",
+                format!("the application has no profile {profile_name:?}"),
+            )
+            .in_app(app, profile_name)
+        })?)
+    };
+    if app.workload_template.len() > TEMPLATE_MAX_BYTES {
+        return Err(TemplateError::new(
+            TEMPLATE_NAME,
+            format!("must be at most {TEMPLATE_MAX_BYTES} bytes"),
+        )
+        .in_app(app, profile_name));
+    }
+    Ok((p, profile_name))
+}
+
+fn render_inner(
+    app: &Application,
+    profile: Option<&Profile>,
+    overrides: &Value,
+    ctx: &RenderContext,
+) -> Result<Vec<canopy_proto::ContainerSpec>, TemplateError> {
+    let text = render_template(app, profile, overrides, ctx)?;
+    format::containers_from_text(&text, ctx.image_registry_url.as_deref())
+}
+
+/// Values (parameters applied, merged, defaults filled) → context → rendered text.
+fn render_template(
+    app: &Application,
+    profile: Option<&Profile>,
+    overrides: &Value,
+    ctx: &RenderContext,
+) -> Result<String, TemplateError> {
+    let templates = profile.map_or(&[][..], |p| &p.parameter_templates[..]);
+    let base = values::profile_values(profile)?;
+    let mut overrides = overrides.clone();
+    if !overrides.is_null() && !overrides.is_object() {
+        return Err(TemplateError::new(
+            "overrides",
+            "override values must be a mapping",
+        ));
+    }
+    apply_parameter_templates(templates, &mut overrides)?;
+    let mut merged = merge_values(&base, &overrides);
+    values::fill_defaults(templates, &mut merged)?;
+    values::refuse_masked(templates, &merged)?;
+
+    let mut root: BTreeMap<String, minijinja::Value> = BTreeMap::new();
+    root.insert("values".into(), to_template_value(&merged));
+    root.insert(
+        "deployment".into(),
+        object([
+            ("id", ctx.deployment_id.as_str()),
+            ("name", ctx.deployment_name.as_str()),
+        ]),
+    );
+    root.insert(
+        "app".into(),
+        object([
+            ("name", app.name.as_str()),
+            ("version", app.version.as_str()),
+            ("namespace", ctx.namespace.as_str()),
+        ]),
+    );
+    root.insert(
+        "profile".into(),
+        minijinja::Value::from(profile.map_or("", |p| p.name.as_str())),
+    );
+    root.insert(
+        "project".into(),
+        minijinja::Value::from(ctx.project.as_str()),
+    );
+
+    run_engine(&app.workload_template, minijinja::Value::from(root))
+}
+
+fn object<const N: usize>(fields: [(&str, &str); N]) -> minijinja::Value {
+    minijinja::Value::from(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), minijinja::Value::from(v)))
+            .collect::<BTreeMap<String, minijinja::Value>>(),
+    )
+}
+
+/// The engine: strict undefined, no auto-escaping, no loader (so `include`, `import` and
+/// `extends` find nothing), bounded work, and block tags that do not leave blank lines.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_debug(true);
+    env.set_fuel(Some(RENDER_FUEL));
+    // The output is YAML: booleans print as `true`/`false` and none as `null` (Jinja's
+    // `True`, `False` and `None` would read back as strings).
+    env.set_formatter(|out, state, value| match value.kind() {
+        ValueKind::Bool => {
+            out.write_str(if value.is_true() { "true" } else { "false" })?;
+            Ok(())
+        }
+        ValueKind::None => {
+            out.write_str("null")?;
+            Ok(())
+        }
+        // Printing a collection visits all of it before any fuel is charged: bound it (a
+        // lazily repeated list can claim a hundred million items).
+        ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+            if value.len().is_none_or(|n| n > MAX_PRINTED_ITEMS) =>
+        {
+            Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("cannot print a collection of more than {MAX_PRINTED_ITEMS} items"),
+            ))
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    });
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    env
+}
+
+fn compile_check(source: &str) -> Result<(), TemplateError> {
+    let env = environment();
+    env.template_from_named_str(TEMPLATE_NAME, source)
+        .map(|_| ())
+        .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))
+}
+
+fn run_engine(source: &str, ctx: minijinja::Value) -> Result<String, TemplateError> {
+    let env = environment();
+    let tmpl = env
+        .template_from_named_str(TEMPLATE_NAME, source)
+        .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))?;
+    tmpl.render(ctx)
+        .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))
+}
+
+/// A minijinja error as one line: what, the failing expression where known, and the line.
+fn describe(e: &minijinja::Error, source: &str) -> String {
+    let mut msg = match e.kind() {
+        ErrorKind::SyntaxError => "syntax error".to_string(),
+        ErrorKind::OutOfFuel => format!(
+            "rendering does too much work (more than {RENDER_FUEL} steps); simplify the template"
+        ),
+        ErrorKind::TemplateNotFound => {
+            "templates cannot include, import or extend other templates".to_string()
+        }
+        k => k.to_string(),
+    };
+    if let Some(detail) = e.detail() {
+        msg.push_str(": ");
+        msg.push_str(detail);
+    }
+    // The failing expression, where it says more than the detail (an undefined value's
+    // detail already names it).
+    let named = e.kind() == ErrorKind::UndefinedError && e.detail().is_some();
+    if !named
+        && !matches!(e.kind(), ErrorKind::SyntaxError | ErrorKind::OutOfFuel)
+        && let Some(range) = e.range()
+        && let Some(expr) = source.get(range)
+    {
+        let expr: String = expr.chars().take(120).collect();
+        msg.push_str(&format!(" in `{}`", expr.trim()));
+    }
+    if let Some(line) = e.line() {
+        msg.push_str(&format!(" (line {line})"));
+    }
+    msg
+}
+
+/// The template engine's value for a JSON value.
+fn to_template_value(v: &Value) -> minijinja::Value {
+    match v {
+        Value::Null => minijinja::Value::from(()),
+        Value::Bool(b) => minijinja::Value::from(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                minijinja::Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                minijinja::Value::from(u)
+            } else {
+                minijinja::Value::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => minijinja::Value::from(s.as_str()),
+        Value::Array(items) => {
+            minijinja::Value::from(items.iter().map(to_template_value).collect::<Vec<_>>())
+        }
+        Value::Object(map) => minijinja::Value::from(
+            map.iter()
+                .map(|(k, v)| (k.clone(), to_template_value(v)))
+                .collect::<BTreeMap<String, minijinja::Value>>(),
+        ),
+    }
+}
+
+/// Stack for rendering and reading the output: minijinja recurses (up to its recursion limit)
+/// and deserializing a deeply nested document takes more stack than a caller's thread (an
+/// async runtime worker: 2 MiB) can be assumed to have left. Reserved, not committed.
+const RENDER_STACK_BYTES: usize = 32 * 1024 * 1024;
+
+fn on_big_stack<T: Send>(f: impl Fn() -> T + Sync) -> T {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("canopy-template".into())
+            .stack_size(RENDER_STACK_BYTES)
+            .spawn_scoped(scope, &f);
+        match worker {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had: run here, on the caller's stack.
+            Err(_) => f(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,678 @@
+//! The rendered document: reading it (schema, then typed structs), the rules a schema cannot
+//! say, and the conversion into the agent's [`ContainerSpec`]s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use canopy_proto::{ContainerSpec, HealthCheck, PortSpec, Protocol, RestartPolicy, VolumeMount};
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::{Draft, Validator};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{RENDERED_MAX_BYTES, SCHEMA_JSON, TemplateError};
+use crate::catalog::Registry;
+
+/// Smallest memory limit container engines accept (Docker and Podman: 6 MiB).
+const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+
+/// The rendered document.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadDocument {
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    /// Reserved for virtual machines; must be empty for now.
+    #[serde(default)]
+    pub vms: Vec<Value>,
+}
+
+/// A container of the rendered document. `command`, `args` and `env` values may be strings,
+/// numbers or booleans (taken as their text).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<Value>,
+    #[serde(default)]
+    pub args: Vec<Value>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub ports: Vec<PortTemplate>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeTemplate>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckTemplate>,
+    #[serde(default)]
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTemplate {
+    pub container_port: u16,
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    #[serde(default)]
+    pub host_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumeTemplate {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheckTemplate {
+    pub command: Vec<Value>,
+    #[serde(default)]
+    pub interval_seconds: Option<u32>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub start_period_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Bytes (a number) or a size such as `64Mi` (see [`parse_memory`]).
+    #[serde(default)]
+    pub memory: Option<Value>,
+}
+
+fn validator() -> Result<&'static Validator, String> {
+    static VALIDATOR: OnceLock<Result<Validator, String>> = OnceLock::new();
+    VALIDATOR
+        .get_or_init(|| {
+            let schema: Value = serde_json::from_str(SCHEMA_JSON)
+                .map_err(|e| format!("workload template schema does not parse: {e}"))?;
+            jsonschema::options()
+                .with_draft(Draft::Draft202012)
+                .build(&schema)
+                .map_err(|e| format!("workload template schema does not compile: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Reads rendered template output into container specs (images resolved against
+/// `image_registry_url`).
+pub(crate) fn containers_from_text(
+    text: &str,
+    image_registry_url: Option<&str>,
+) -> Result<Vec<ContainerSpec>, TemplateError> {
+    let field = "workloadTemplate";
+    if text.len() > RENDERED_MAX_BYTES {
+        return Err(TemplateError::new(
+            field,
+            format!(
+                "renders to {} bytes, more than {RENDERED_MAX_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    let mut docs = crate::yaml::parse_documents(text)
+        .map_err(|e| TemplateError::new(field, format!("does not render to valid YAML: {e}")))?;
+    let doc = match docs.len() {
+        0 => {
+            return Err(TemplateError::new(
+                field,
+                "renders to an empty document (it must define containers)",
+            ));
+        }
+        1 => docs.remove(0),
+        n => {
+            return Err(TemplateError::new(
+                field,
+                format!("renders to {n} YAML documents; it must be one"),
+            ));
+        }
+    };
+    containers_from_value(doc, image_registry_url)
+}
+
+/// Checks a rendered document (already parsed) and converts its containers.
+pub(crate) fn containers_from_value(
+    mut doc: Value,
+    image_registry_url: Option<&str>,
+) -> Result<Vec<ContainerSpec>, TemplateError> {
+    if !doc.is_object() {
+        return Err(TemplateError::new(
+            "",
+            format!(
+                "the rendered document must be a mapping with `containers`, not {}",
+                kind_of(&doc)
+            ),
+        ));
+    }
+    drop_nulls(&mut doc, false);
+    if doc
+        .get("vms")
+        .and_then(Value::as_array)
+        .is_some_and(|v| !v.is_empty())
+    {
+        return Err(TemplateError::new(
+            "vms",
+            "virtual machines are not supported in workload templates yet (`vms` is reserved \
+             for them); leave it empty or out",
+        ));
+    }
+    let validator =
+        validator().map_err(|e| TemplateError::new("", format!("internal error: {e}")))?;
+    if let Some(e) = validator.iter_errors(&doc).next() {
+        let (field, message) = schema_error(&e);
+        return Err(TemplateError::new(field, message));
+    }
+    let parsed: WorkloadDocument = serde_json::from_value(doc)
+        .map_err(|e| TemplateError::new("", format!("does not have the expected shape: {e}")))?;
+    convert(parsed, image_registry_url)
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Keys whose value is `null` count as absent (a template's `{% for %}` that yields nothing
+/// leaves `key:` behind); in `env`, `null` is the empty string.
+fn drop_nulls(v: &mut Value, in_env: bool) {
+    match v {
+        Value::Object(map) => {
+            if in_env {
+                for val in map.values_mut() {
+                    if val.is_null() {
+                        *val = Value::String(String::new());
+                    }
+                }
+                return;
+            }
+            map.retain(|_, val| !val.is_null());
+            for (k, val) in map.iter_mut() {
+                drop_nulls(val, k == "env");
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                drop_nulls(item, false);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `/containers/0/ports/1/hostPort` → `containers[0].ports[1].hostPort`.
+fn field_path(pointer: &str) -> String {
+    let mut out = String::new();
+    for raw in pointer.split('/').skip(1) {
+        let seg = raw.replace("~1", "/").replace("~0", "~");
+        push_segment(&mut out, &seg);
+    }
+    out
+}
+
+fn push_segment(out: &mut String, seg: &str) {
+    if !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit()) {
+        out.push_str(&format!("[{seg}]"));
+    } else if !seg.is_empty()
+        && seg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(seg);
+    } else {
+        out.push_str(&format!("[{}]", Value::String(seg.to_string())));
+    }
+}
+
+fn with_segment(path: &str, seg: &str) -> String {
+    let mut out = path.to_string();
+    push_segment(&mut out, seg);
+    out
+}
+
+/// A schema error as (field, message), in words where the schema's own are cryptic.
+fn schema_error(e: &jsonschema::ValidationError<'_>) -> (String, String) {
+    let path = field_path(&e.instance_path().to_string());
+    let last = path
+        .rsplit(['.', '['])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(']');
+    match e.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let key = unexpected.first().map(String::as_str).unwrap_or("");
+            (
+                with_segment(&path, key),
+                "unknown field (see docs/TEMPLATE-FORMAT.md for the fields)".into(),
+            )
+        }
+        ValidationErrorKind::Required { property } => {
+            let key = property.as_str().unwrap_or("");
+            (with_segment(&path, key), "is required".into())
+        }
+        ValidationErrorKind::PropertyNames { .. } => (
+            path,
+            "has a name that is not a valid environment variable name (letters, digits and '_', \
+             not starting with a digit)"
+                .into(),
+        ),
+        ValidationErrorKind::Pattern { .. } => {
+            let value = e.instance().to_string();
+            let why = match last {
+                "name" => {
+                    "must be a DNS label: 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+                }
+                "image" => "is not an image reference (letters, digits and . _ / : @ -, no spaces)",
+                "mountPath" => "must be an absolute path",
+                "memory" => "must be bytes or a size such as 64Mi, 1Gi or 512M",
+                _ => "has an invalid format",
+            };
+            (path, format!("{value} {why}"))
+        }
+        ValidationErrorKind::MaxItems { limit } if last == "vms" => (
+            path,
+            format!("virtual machines are not supported yet (at most {limit})"),
+        ),
+        _ => (path, e.to_string()),
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn texts(items: &[Value]) -> Vec<String> {
+    items.iter().map(text_of).collect()
+}
+
+fn convert(
+    doc: WorkloadDocument,
+    image_registry_url: Option<&str>,
+) -> Result<Vec<ContainerSpec>, TemplateError> {
+    if doc.containers.is_empty() {
+        return Err(TemplateError::new(
+            "containers",
+            "at least one container is required",
+        ));
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut host_ports: HashMap<(u16, &str), String> = HashMap::new();
+    let mut out = Vec::with_capacity(doc.containers.len());
+    for (i, c) in doc.containers.iter().enumerate() {
+        let at = |s: &str| format!("containers[{i}].{s}");
+        if let Some(j) = names.insert(c.name.as_str(), i) {
+            return Err(TemplateError::new(
+                at("name"),
+                format!("{:?} is also the name of containers[{j}]", c.name),
+            ));
+        }
+        let mut ports = Vec::with_capacity(c.ports.len());
+        for (j, p) in c.ports.iter().enumerate() {
+            let protocol = p.protocol.unwrap_or_default();
+            if let Some(ip) = &p.host_ip
+                && ip.parse::<IpAddr>().is_err()
+            {
+                return Err(TemplateError::new(
+                    at(&format!("ports[{j}].hostIp")),
+                    format!("{ip:?} is not an IPv4 or IPv6 address"),
+                ));
+            }
+            if let Some(hp) = p.host_port {
+                let here = at(&format!("ports[{j}]"));
+                if let Some(first) = host_ports.insert((hp, protocol_name(protocol)), here) {
+                    return Err(TemplateError::new(
+                        at(&format!("ports[{j}].hostPort")),
+                        format!(
+                            "host port {hp}/{} is already published by {first}",
+                            protocol_name(protocol)
+                        ),
+                    ));
+                }
+            }
+            ports.push(PortSpec {
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: p.host_ip.clone(),
+                protocol,
+            });
+        }
+        let mut mounts: HashMap<&str, usize> = HashMap::new();
+        let mut vol_names: HashMap<&str, usize> = HashMap::new();
+        let mut volumes = Vec::with_capacity(c.volumes.len());
+        for (j, v) in c.volumes.iter().enumerate() {
+            if v.mount_path.split('/').any(|s| s == "..") {
+                return Err(TemplateError::new(
+                    at(&format!("volumes[{j}].mountPath")),
+                    format!("{:?} must not contain '..'", v.mount_path),
+                ));
+            }
+            let norm = v.mount_path.trim_end_matches('/');
+            if norm.is_empty() {
+                return Err(TemplateError::new(
+                    at(&format!("volumes[{j}].mountPath")),
+                    "must not be the root directory",
+                ));
+            }
+            if let Some(k) = mounts.insert(norm, j) {
+                return Err(TemplateError::new(
+                    at(&format!("volumes[{j}].mountPath")),
+                    format!("{:?} is also mounted by volumes[{k}]", v.mount_path),
+                ));
+            }
+            if let Some(k) = vol_names.insert(v.name.as_str(), j) {
+                return Err(TemplateError::new(
+                    at(&format!("volumes[{j}].name")),
+                    format!("volume {:?} is already mounted by volumes[{k}]", v.name),
+                ));
+            }
+            volumes.push(VolumeMount {
+                name: v.name.clone(),
+                mount_path: v.mount_path.clone(),
+                read_only: v.read_only,
+            });
+        }
+        let health_check = c.health_check.as_ref().map(|h| {
+            let d = health_check_with(texts(&h.command));
+            HealthCheck {
+                interval_seconds: h.interval_seconds.unwrap_or(d.interval_seconds),
+                timeout_seconds: h.timeout_seconds.unwrap_or(d.timeout_seconds),
+                retries: h.retries.unwrap_or(d.retries),
+                start_period_seconds: h.start_period_seconds.unwrap_or(d.start_period_seconds),
+                command: d.command,
+            }
+        });
+        let (cpus, memory_bytes) = match &c.resources {
+            None => (None, None),
+            Some(r) => {
+                let memory = match &r.memory {
+                    None => None,
+                    Some(m) => Some(memory_value(m).map_err(|e| {
+                        TemplateError::new(at("resources.memory"), format!("{m} {e}"))
+                    })?),
+                };
+                (r.cpus, memory)
+            }
+        };
+        out.push(ContainerSpec {
+            name: c.name.clone(),
+            image: resolve_image(&c.image, image_registry_url),
+            command: texts(&c.command),
+            args: texts(&c.args),
+            env: c.env.iter().map(|(k, v)| (k.clone(), text_of(v))).collect(),
+            ports,
+            volumes,
+            health_check,
+            restart_policy: c.restart_policy.unwrap_or_default(),
+            cpus,
+            memory_bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// The agent's health check defaults (its serde defaults) for a command.
+fn health_check_with(command: Vec<String>) -> HealthCheck {
+    serde_json::from_value(serde_json::json!({ "command": command })).unwrap_or(HealthCheck {
+        command: Vec::new(),
+        interval_seconds: 10,
+        timeout_seconds: 5,
+        retries: 3,
+        start_period_seconds: 0,
+    })
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn memory_value(v: &Value) -> Result<u64, String> {
+    let bytes = match v {
+        Value::String(s) => parse_memory(s)?,
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => u,
+            (None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 => f as u64,
+            _ => return Err("is not a whole number of bytes".into()),
+        },
+        _ => return Err("must be bytes or a size such as 64Mi".into()),
+    };
+    if bytes < MIN_MEMORY_BYTES {
+        return Err(format!(
+            "is below the smallest memory limit container engines accept ({MIN_MEMORY_BYTES} bytes, 6Mi)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses a memory size: plain bytes (`67108864`), or a number (fractions allowed) with a
+/// binary unit `Ki`, `Mi`, `Gi`, `Ti` (powers of 1024) or a decimal unit `k`/`K`, `M`, `G`,
+/// `T` (powers of 1000): `64Mi`, `1Gi`, `512M`, `1.5Gi`. Fractions of a byte are dropped.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let multiplier: u128 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "has an unknown unit {other:?} (use Ki, Mi, Gi, Ti, k, M, G or T)"
+            ));
+        }
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits_ok = |d: &str| d.chars().all(|c| c.is_ascii_digit());
+    if int.is_empty()
+        || !digits_ok(int)
+        || !digits_ok(frac)
+        || (number.contains('.') && frac.is_empty())
+    {
+        return Err("is not a size (bytes, or a number with a unit such as 64Mi)".into());
+    }
+    let too_big = || "is too large".to_string();
+    if int.len() > 20 || frac.len() > 18 {
+        return Err(too_big());
+    }
+    let int: u128 = int.parse().map_err(|_| too_big())?;
+    let mut bytes = int.checked_mul(multiplier).ok_or_else(too_big)?;
+    if !frac.is_empty() {
+        let f: u128 = frac.parse().map_err(|_| too_big())?;
+        let scale = 10u128.pow(frac.len() as u32);
+        bytes = bytes
+            .checked_add(f.checked_mul(multiplier).ok_or_else(too_big)? / scale)
+            .ok_or_else(too_big)?;
+    }
+    u64::try_from(bytes).map_err(|_| too_big())
+}
+
+/// `host[:port]/path` of a registry root URL: the scheme, query and trailing `/` removed.
+fn registry_prefix(root_url: &str) -> String {
+    let rest = root_url
+        .split_once("://")
+        .map_or(root_url, |(_, rest)| rest);
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    rest.trim_end_matches('/').to_string()
+}
+
+/// True when the first path part of an image reference is a registry host (it has a `.` or a
+/// `:`, or is `localhost`), as container engines decide it.
+fn has_registry_host(image: &str) -> bool {
+    match image.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
+    }
+}
+
+/// Resolves an image reference against the app's image registry: an image without a registry
+/// host (`busybox:1.36`, `team/web:2`) gets the registry's `host[:port]/path` in front;
+/// anything else (or without a registry) is left as it is.
+pub fn resolve_image(image: &str, image_registry_url: Option<&str>) -> String {
+    match image_registry_url.map(registry_prefix) {
+        Some(prefix) if !prefix.is_empty() && !has_registry_host(image) => {
+            format!("{prefix}/{image}")
+        }
+        _ => image.to_string(),
+    }
+}
+
+/// Pull credentials for an app's images from its image registry (`server` is the registry's
+/// `host[:port]`), when the registry has a username or token.
+pub fn image_registry_auth(registry: &Registry) -> Option<canopy_proto::RegistryAuth> {
+    let username = registry.username.clone().unwrap_or_default();
+    let password = registry.auth_token.clone().unwrap_or_default();
+    if username.is_empty() && password.is_empty() {
+        return None;
+    }
+    let prefix = registry_prefix(&registry.root_url);
+    let server = prefix.split('/').next().unwrap_or("").to_string();
+    Some(canopy_proto::RegistryAuth {
+        server,
+        username,
+        password,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("64Mi").unwrap(), 64 * 1024 * 1024);
+        assert_eq!(parse_memory("1Gi").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("512M").unwrap(), 512_000_000);
+        assert_eq!(parse_memory("1.5Gi").unwrap(), 3 << 29);
+        assert_eq!(parse_memory("100k").unwrap(), 100_000);
+        assert_eq!(parse_memory("2T").unwrap(), 2_000_000_000_000);
+        assert_eq!(parse_memory("67108864").unwrap(), 67_108_864);
+        assert_eq!(parse_memory(" 10Ki ").unwrap(), 10_240);
+        for bad in [
+            "",
+            "Mi",
+            "64mi",
+            "64 Mi",
+            "1.Gi",
+            ".5Gi",
+            "-1",
+            "1e9",
+            "64MB",
+            "1..2M",
+            "99999999999999999999999Ti",
+        ] {
+            assert!(parse_memory(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(memory_value(&json!(67108864)).unwrap(), 67_108_864);
+        assert_eq!(memory_value(&json!(1e8)).unwrap(), 100_000_000);
+        assert!(memory_value(&json!("1Mi")).unwrap_err().contains("6Mi"));
+        assert!(memory_value(&json!(1.5)).is_err());
+    }
+
+    #[test]
+    fn image_resolution() {
+        let reg = Some("https://registry.example.com:5000/team/");
+        assert_eq!(
+            resolve_image("busybox:1.36", reg),
+            "registry.example.com:5000/team/busybox:1.36"
+        );
+        assert_eq!(
+            resolve_image("library/busybox@sha256:abc", reg),
+            "registry.example.com:5000/team/library/busybox@sha256:abc"
+        );
+        for absolute in [
+            "docker.io/library/busybox:1",
+            "localhost/busybox:test",
+            "localhost:5000/x",
+            "quay.io/a/b",
+        ] {
+            assert_eq!(resolve_image(absolute, reg), absolute);
+        }
+        assert_eq!(resolve_image("busybox", None), "busybox");
+        assert_eq!(
+            resolve_image("busybox", Some("oci://images.example.com")),
+            "images.example.com/busybox"
+        );
+        assert_eq!(
+            resolve_image("busybox", Some("http://localhost:5000")),
+            "localhost:5000/busybox"
+        );
+    }
+
+    #[test]
+    fn registry_auth_from_registry() {
+        let mut r = Registry {
+            name: "images".into(),
+            root_url: "https://registry.example.com:5000/team".into(),
+            registry_type: "IMAGE".into(),
+            ..Default::default()
+        };
+        assert_eq!(image_registry_auth(&r), None);
+        r.username = Some("robot".into());
+        r.auth_token = Some("t0ken".into());
+        let auth = image_registry_auth(&r).unwrap();
+        assert_eq!(auth.server, "registry.example.com:5000");
+        assert_eq!(auth.username, "robot");
+        assert_eq!(auth.password, "t0ken");
+    }
+
+    #[test]
+    fn field_paths() {
+        assert_eq!(
+            field_path("/containers/0/ports/1/hostPort"),
+            "containers[0].ports[1].hostPort"
+        );
+        assert_eq!(field_path("/containers/0/env/A_B"), "containers[0].env.A_B");
+        assert_eq!(
+            field_path("/containers/0/env/a.b~1c"),
+            "containers[0].env[\"a.b/c\"]"
+        );
+        assert_eq!(field_path(""), "");
+    }
+
+    #[test]
+    fn the_schema_compiles() {
+        validator().unwrap();
+    }
+}

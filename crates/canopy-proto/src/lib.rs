@@ -1,0 +1,286 @@
+//! The wire contract between the control plane and edge agents, shared by both sides (and by
+//! nothing else: it must not depend on the server, the store or a driver).
+//!
+//! The control plane renders, per edge, a [`DesiredState`] numbered by [`Generation`]; the agent
+//! persists it, converges its workloads to it through its drivers and answers with
+//! [`StatusReport`]s. Everything here is plain data with serde (JSON on the wire, JSON on the
+//! agent's disk), so it can be versioned: [`PROTOCOL_VERSION`] changes when a change is not
+//! backward compatible, and each side refuses a peer it cannot understand with a clear error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Monotonic number of an edge's desired state; the agent applies a generation at most once and
+/// never goes back to an older one.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Generation(pub u64);
+
+/// Everything one edge should run, across every project deployment that targets it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredState {
+    pub generation: Generation,
+    pub deployments: Vec<DeploymentInstance>,
+}
+
+/// One deployment as one edge must run it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentInstance {
+    /// The deployment's id (`deployId`).
+    pub deployment_id: String,
+    /// The project the deployment belongs to (name), carried in every workload label.
+    pub project: String,
+    /// Package name and version.
+    pub package: String,
+    pub package_version: String,
+    pub apps: Vec<AppInstance>,
+}
+
+/// One application of a deployment, rendered for one edge.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppInstance {
+    pub name: String,
+    pub version: String,
+    /// Network namespace of the app: containers of the same namespace resolve each other by name.
+    pub namespace: String,
+    /// Apps of the same deployment that must be healthy before this one starts.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Bumped whenever the app's rendered spec changes (the container label `generation`).
+    pub spec_hash: String,
+    pub containers: Vec<ContainerSpec>,
+    /// Credentials to pull this app's images, when its image registry has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// A container as the driver must create it (already rendered: no templates left).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    pub name: String,
+    /// Fully resolved image reference (`registry/repo:tag`).
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// CPU limit in cores (e.g. 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortSpec {
+    pub container_port: u16,
+    /// Host port; none = not published on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// Host address to bind (default all addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// Transport protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// A named volume mounted into a container; named volumes persist across upgrades.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A container health check (a command run inside the container; exit 0 = healthy).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub command: Vec<String>,
+    #[serde(default = "default_interval")]
+    pub interval_seconds: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u32,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub start_period_seconds: u32,
+}
+
+fn default_interval() -> u32 {
+    10
+}
+fn default_timeout() -> u32 {
+    5
+}
+fn default_retries() -> u32 {
+    3
+}
+
+/// What to do when a container exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// Registry credentials for image pulls. Never logged; `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryAuth {
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"********")
+            .finish()
+    }
+}
+
+/// An agent's report of what runs, for one generation. Reports carry a per-agent sequence
+/// number so the server can drop duplicates and out-of-order deliveries (idempotent, ordered).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub protocol_version: u32,
+    /// Increases with every report the agent sends.
+    pub seq: u64,
+    /// The generation the agent has applied (or is applying).
+    pub generation: Generation,
+    pub apps: Vec<AppStatus>,
+}
+
+/// State of one app on one edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AppState {
+    /// Being created, pulled or started.
+    #[default]
+    Deploying,
+    /// Every container running (and healthy where a health check exists).
+    Running,
+    /// Something failed; see the message.
+    Down,
+    /// Waiting for a dependency to become healthy.
+    Waiting,
+}
+
+/// Status of one app of one deployment on the reporting edge.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    pub deployment_id: String,
+    pub app: String,
+    pub state: AppState,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub workloads: Vec<WorkloadStatus>,
+}
+
+/// One running (or failed) workload of an app.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// `container` (VMs come later).
+    pub kind: String,
+    pub name: String,
+    pub image: String,
+    /// Engine state: created, running, exited, ...
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting` or empty when there is no health check.
+    #[serde(default)]
+    pub health: String,
+    pub restarts: u32,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_state_round_trips_as_json() {
+        let d = DesiredState {
+            generation: Generation(7),
+            deployments: vec![DeploymentInstance {
+                deployment_id: "d1".into(),
+                project: "default".into(),
+                package: "web".into(),
+                package_version: "1.0.0".into(),
+                apps: vec![AppInstance {
+                    name: "server".into(),
+                    version: "1.0.0".into(),
+                    namespace: "web".into(),
+                    spec_hash: "abc".into(),
+                    containers: vec![ContainerSpec {
+                        name: "httpd".into(),
+                        image: "localhost/busybox:test".into(),
+                        ports: vec![PortSpec {
+                            container_port: 80,
+                            host_port: Some(18080),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    registry_auth: Some(RegistryAuth {
+                        server: "r".into(),
+                        username: "u".into(),
+                        password: "p".into(),
+                    }),
+                    ..Default::default()
+                }],
+            }],
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<DesiredState>(&text).unwrap(), d);
+        assert!(
+            !format!("{d:?}").contains("\"p\""),
+            "password in Debug output"
+        );
+    }
+}
