@@ -270,7 +270,11 @@ fn native_apps_round_trip_through_export() {
         assert!(!web_yaml.contains(key), "{key} in {web_yaml}");
     }
     let after = parse(&[file("export.tgz", &tgz)]);
-    assert_eq!(after, before);
+    let without_sources = |s: &FileSet| FileSet {
+        sources: Default::default(),
+        ..s.clone()
+    };
+    assert_eq!(without_sources(&after), without_sources(&before));
     // And again: exports are stable.
     let again = export_package(&after.packages[0], &after.applications, &[], &[]).unwrap();
     assert_eq!(again, tgz);

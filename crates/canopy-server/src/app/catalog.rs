@@ -483,10 +483,17 @@ pub(crate) async fn put_artifact(
 
 // ---------------------------------------------------------------- the App API
 
-fn path_must_match(what: &str, field: &str, path: &str, body: &str) -> Result<(), AppError> {
+/// `key` is the resource as the path names it (`name` or `name:version`).
+fn path_must_match(
+    what: &str,
+    key: &str,
+    field: &str,
+    path: &str,
+    body: &str,
+) -> Result<(), AppError> {
     if path != body {
         return Err(AppError::Invalid(format!(
-            "{what} {path} {field} cannot be changed (the request body says {body:?})"
+            "{what} {key} {field} cannot be changed (the request body says {body:?})"
         )));
     }
     Ok(())
@@ -552,7 +559,7 @@ impl App {
         name: &str,
         r: Registry,
     ) -> Result<(), AppError> {
-        path_must_match("registry", "name", name, &r.name)?;
+        path_must_match("registry", name, "name", name, &r.name)?;
         self.write_one(ctx, async |tx, ch| {
             put_registry(tx, ctx, ch, r, PutMode::Update).await
         })
@@ -642,8 +649,9 @@ impl App {
         version: &str,
         a: Application,
     ) -> Result<(), AppError> {
-        path_must_match("application", "name", name, &a.name)?;
-        path_must_match("application", "version", version, &a.version)?;
+        let k = key(name, version);
+        path_must_match("application", &k, "name", name, &a.name)?;
+        path_must_match("application", &k, "version", version, &a.version)?;
         self.write_one(ctx, async |tx, ch| {
             put_application(tx, ctx, ch, a, PutMode::Update).await
         })
@@ -758,8 +766,9 @@ impl App {
         version: &str,
         p: DeploymentPackage,
     ) -> Result<(), AppError> {
-        path_must_match("deployment-package", "name", name, &p.name)?;
-        path_must_match("deployment-package", "version", version, &p.version)?;
+        let k = key(name, version);
+        path_must_match("deployment-package", &k, "name", name, &p.name)?;
+        path_must_match("deployment-package", &k, "version", version, &p.version)?;
         self.write_one(ctx, async |tx, ch| {
             put_package(tx, ctx, ch, p, PutMode::Update).await
         })
@@ -901,7 +910,7 @@ impl App {
         name: &str,
         a: Artifact,
     ) -> Result<(), AppError> {
-        path_must_match("artifact", "name", name, &a.name)?;
+        path_must_match("artifact", name, "name", name, &a.name)?;
         self.write_one(ctx, async |tx, ch| {
             put_artifact(tx, ctx, ch, a, PutMode::Update).await
         })
