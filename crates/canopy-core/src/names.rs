@@ -128,13 +128,26 @@ pub fn check_display_name(s: &str, max: usize) -> Result<(), String> {
     if s.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
     }
-    if s.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
+    if s.chars().any(|c| c.is_control() || is_format_or_private(c)) {
+        return Err(
+            "must not contain control, invisible formatting or private-use characters".into(),
+        );
     }
     if s.trim() != s {
         return Err("must not have leading or trailing spaces".into());
     }
     Ok(())
+}
+
+/// Unicode general categories Cf (format) and Co (private use): the reference pattern `^\PC*$`
+/// refuses them along with controls.
+fn is_format_or_private(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2 | 0x180E
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
+        | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F
+        | 0xE000..=0xF8FF | 0xF0000..=0xFFFFD | 0x100000..=0x10FFFD)
 }
 
 /// Checks a Kubernetes-style namespace name (RFC 1123 label, not `default`).
@@ -175,6 +188,11 @@ mod tests {
         assert!(NameRule::Name.check("a.b").is_err());
         assert!(NameRule::Name.check("../etc").is_err());
         assert!(NameRule::Name.check("é").is_err());
+        assert!(check_display_name("Web UI", 40).is_ok());
+        assert!(check_display_name("Café ünïcode", 40).is_ok());
+        assert!(check_display_name("zero\u{200B}width", 40).is_err());
+        assert!(check_display_name("bidi\u{202E}trick", 40).is_err());
+        assert!(check_display_name(" padded", 40).is_err());
     }
 
     fn reference_regex(rule: NameRule) -> regex::Regex {

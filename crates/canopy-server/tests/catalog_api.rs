@@ -534,3 +534,93 @@ async fn openapi_document_covers_reference_catalog() {
     );
     assert!(!doc["paths"]["/canopy/v1/projects/{projectName}/catalog/events"]["get"].is_null());
 }
+
+#[tokio::test]
+async fn more_rules_from_the_reference() {
+    let cp = TestControlPlane::start().await;
+    seed(&cp).await;
+    // Display names are unique per entity type, case-insensitively; spaces around them are refused.
+    let mut r = registry("other", "HELM");
+    r["displayName"] = json!("HELM");
+    let (s, b) = cp.post(&cp.catalog(P, "/registries"), &r).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    r["displayName"] = json!(" padded ");
+    let (s, b) = cp.post(&cp.catalog(P, "/registries"), &r).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(msg(&b).contains("displayName"), "{b}");
+
+    cp.post(
+        &cp.catalog(P, "/applications"),
+        &app("web", "1.0.0", &["default"]),
+    )
+    .await;
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/deployment_packages"),
+            &package("stack", "1.0.0", &[("web", "1.0.0", "default")]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut other = package("other", "1.0.0", &[("web", "1.0.0", "default")]);
+    other["displayName"] = json!("Stack");
+    let (s, b) = cp
+        .post(&cp.catalog(P, "/deployment_packages"), &other)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+
+    // The version in the body must match the path.
+    let (s, b) = cp
+        .put(
+            &cp.catalog(P, "/applications/web/versions/1.0.0"),
+            &app("web", "2.0.0", &["default"]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        msg(&b).contains("application web:1.0.0 version cannot be changed"),
+        "{b}"
+    );
+
+    // Deployment requirements must name an existing package (and profile).
+    let mut req = app("needy", "1.0.0", &["default"]);
+    req["profiles"][0]["deploymentRequirement"] = json!([{"name": "ghost", "version": "1.0.0"}]);
+    let (s, b) = cp.post(&cp.catalog(P, "/applications"), &req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        msg(&b).contains("deployment-package ghost:1.0.0 not found"),
+        "{b}"
+    );
+    req["profiles"][0]["deploymentRequirement"] =
+        json!([{"name": "stack", "version": "1.0.0", "deploymentProfileName": "nope"}]);
+    let (s, b) = cp.post(&cp.catalog(P, "/applications"), &req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(msg(&b).contains("no deployment profile nope"), "{b}");
+    req["profiles"][0]["deploymentRequirement"] = json!([{"name": "stack", "version": "1.0.0"}]);
+    let (s, b) = cp.post(&cp.catalog(P, "/applications"), &req).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // Wrong JSON types are 400 naming the field; oversized bodies are 413.
+    let (s, b) = cp
+        .post(
+            &cp.catalog(P, "/registries"),
+            &json!({"name": 5, "rootUrl": "https://x.y", "type": "HELM"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(msg(&b).contains("name"), "{b}");
+    let huge = json!({"name": "big", "rootUrl": "https://x.y", "type": "HELM", "description": "x".repeat(17 * 1024 * 1024)});
+    let (s, _) = cp.post(&cp.catalog(P, "/registries"), &huge).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Unknown names under /versions are 404; orderBy on timestamps works.
+    let (s, _) = cp.get(&cp.catalog(P, "/applications/ghost/versions")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = cp
+        .get(&cp.catalog(
+            P,
+            "/applications?orderBy=createTime%20desc&pageSize=0&filter=name%20%3D%20web",
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["totalElements"], 1);
+}
