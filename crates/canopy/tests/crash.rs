@@ -7,15 +7,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-const APPS_PER_UPLOAD: usize = 150;
+const APPS_PER_UPLOAD: usize = 100; // a package references at most 100 applications
 
 struct ServerProcess {
     child: Child,
     url: String,
+    log: std::path::PathBuf,
 }
 
 impl ServerProcess {
     fn start(data_dir: &std::path::Path, database_url: Option<&str>) -> ServerProcess {
+        let log = data_dir.join(format!(
+            "server-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -28,14 +36,16 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .env_remove("CANOPY_DATABASE_URL")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(&log).unwrap());
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
         }
         ServerProcess {
             child: cmd.spawn().expect("canopy server starts"),
             url: format!("http://127.0.0.1:{port}"),
+            log,
         }
     }
 
@@ -52,9 +62,14 @@ impl ServerProcess {
         panic!("server at {} did not become healthy", self.url);
     }
 
-    fn kill(mut self) {
+    /// Kills with SIGKILL; returns how many bulk uploads the server had received (its log).
+    fn kill(mut self) -> usize {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("bulk upload")
+            .count()
     }
 }
 
@@ -117,8 +132,33 @@ async fn crash_rounds(database_url: Option<String>) {
         .await
         .unwrap();
     assert!(r.status().is_success());
+    // A baseline upload without a crash must succeed (so the rounds below test crashes, not errors).
+    let form = reqwest::multipart::Form::new().part(
+        "files",
+        reqwest::multipart::Part::bytes(upload_bundle("baseline")).file_name("set.tar.gz"),
+    );
+    let t = Instant::now();
+    let r = http
+        .post(format!("{}/v3/projects/default/catalog/upload", server.url))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert!(
+        status.is_success(),
+        "baseline upload failed: {}",
+        r.text().await.unwrap_or_default()
+    );
+    eprintln!(
+        "baseline upload of {APPS_PER_UPLOAD} applications took {:?}",
+        t.elapsed()
+    );
     let mut server = server;
-    let mut partial_seen = false;
+    // Uploads this server process had already received before the round started.
+    let mut earlier_uploads = 1;
+    // Rounds in which the server had received an upload that was not committed when it died.
+    let mut interrupted_rounds = 0;
     for round in 0..6u64 {
         // Several uploads in flight, then SIGKILL at a different moment each round.
         let mut tasks = Vec::new();
@@ -138,11 +178,17 @@ async fn crash_rounds(database_url: Option<String>) {
                     .map(|r| r.status())
             }));
         }
-        tokio::time::sleep(Duration::from_millis(40 + round * 120)).await;
-        server.kill();
+        // From "just received" to "most committed": the kill lands at a different stage each round.
+        tokio::time::sleep(Duration::from_millis(
+            [20, 60, 120, 200, 300, 450][round as usize],
+        ))
+        .await;
+        let received = server.kill() - earlier_uploads;
+        earlier_uploads = 0;
         let finished: Vec<bool> = futures_join(tasks).await;
         server = ServerProcess::start(dir.path(), database_url.as_deref());
         server.wait_healthy(&http).await;
+        let mut committed = 0;
         for (k, &done) in finished.iter().enumerate().take(3) {
             let prefix = format!("r{round}u{k}-");
             let apps = total(&http, &server.url, "applications", &prefix).await;
@@ -157,12 +203,18 @@ async fn crash_rounds(database_url: Option<String>) {
                     "round {round} upload {k} was acknowledged but is missing after the crash"
                 );
             }
-            partial_seen |= apps == 0;
+            committed += pkgs as usize;
         }
+        if received > committed {
+            interrupted_rounds += 1;
+        }
+        eprintln!(
+            "round {round}: server received {received} uploads, {committed} committed before SIGKILL"
+        );
     }
     assert!(
-        partial_seen,
-        "no kill landed before an upload committed; the test did not exercise a crash"
+        interrupted_rounds > 0,
+        "no kill landed while a received upload was being processed; the test did not exercise a crash"
     );
     server.kill();
 }
