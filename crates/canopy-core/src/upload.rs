@@ -32,7 +32,7 @@ mod load;
 mod schema;
 mod tree;
 
-pub use export::export_package;
+pub use export::{export_package, export_packages};
 
 /// Largest loose file, and largest file extracted from a tarball: 10 MiB. Values files, the
 /// biggest legitimate content, are capped at 4,000,000 bytes by the catalog anyway.

@@ -415,3 +415,77 @@ async fn shutdown_is_not_held_up_by_event_streams() {
     .await;
     assert!(rest.is_ok(), "event stream still open after shutdown");
 }
+
+#[tokio::test]
+async fn export_carries_required_packages() {
+    let cp = TestControlPlane::start().await;
+    reference_registries(&cp, "default").await;
+    let (s, b) = cp
+        .upload("default", read_dir_files(&reference_package("httpbin")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // An application whose profile requires the httpbin package, in a package of its own.
+    let app = json!({"name": "needs-httpbin", "version": "1.0.0", "chartName": "x", "chartVersion": "1.0.0",
+        "helmRegistryName": "harbor-helm-oci", "defaultProfileName": "default",
+        "profiles": [{"name": "default", "deploymentRequirement": [{"name": "httpbin", "version": "2.3.3", "deploymentProfileName": "default"}]}]});
+    let (s, b) = cp.post(&cp.catalog("default", "/applications"), &app).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let pkg = json!({"name": "top", "version": "1.0.0", "applicationReferences": [{"name": "needs-httpbin", "version": "1.0.0"}]});
+    let (s, b) = cp
+        .post(&cp.catalog("default", "/deployment_packages"), &pkg)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    let resp = cp
+        .http()
+        .get(cp.catalog(
+            "default",
+            "/deployment_packages/top/versions/1.0.0/download",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.bytes().await.unwrap().to_vec();
+    cp.create_project("fresh").await;
+    reference_registries(&cp, "fresh").await;
+    let (s, b) = cp
+        .upload("fresh", vec![("top-1.0.0.tar.gz".into(), bytes)])
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "export with a deployment requirement must upload into an empty project: {b}"
+    );
+    for path in [
+        "/deployment_packages/top/versions/1.0.0",
+        "/deployment_packages/httpbin/versions/2.3.3",
+        "/applications/httpbin/versions/0.1.6",
+    ] {
+        let (s, b) = cp.get(&cp.catalog("fresh", path)).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {b}");
+    }
+    // A requirement that names a package missing from the upload and the project is still refused.
+    cp.create_project("bare").await;
+    reference_registries(&cp, "bare").await;
+    let app_doc = "specSchema: Application\nschemaVersion: \"0.1\"\n$schema: \"https://schema.intel.com/catalog.orchestrator/0.1/schema\"\nname: lonely\nversion: \"1.0.0\"\ndescription: d\nhelmRegistry: harbor-helm-oci\nchartName: x\nchartVersion: \"1.0.0\"\nprofiles:\n  - name: default\n    deploymentRequirements:\n      - {name: ghost, version: \"1.0.0\"}\n";
+    let (s, b) = cp
+        .upload(
+            "bare",
+            vec![("lonely.yaml".into(), app_doc.as_bytes().to_vec())],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("uploaded file lonely.yaml")
+            && b["message"]
+                .as_str()
+                .unwrap()
+                .contains("ghost:1.0.0 not found"),
+        "{b}"
+    );
+    assert_eq!(count(&cp, "bare", "applications").await, 0);
+}

@@ -82,62 +82,83 @@ pub fn export_package(
     registries: &[Registry],
     artifacts: &[Artifact],
 ) -> Result<Vec<u8>, String> {
+    export_packages(pkg, &[], apps, registries, artifacts)
+}
+
+/// Like [`export_package`], plus the packages `pkg` requires through its applications'
+/// deployment requirements (written as `deployment-package-<name>-<version>.yaml` beside it,
+/// with their applications), so the archive uploads into a project that has none of them.
+pub fn export_packages(
+    pkg: &DeploymentPackage,
+    required: &[DeploymentPackage],
+    apps: &[Application],
+    registries: &[Registry],
+    artifacts: &[Artifact],
+) -> Result<Vec<u8>, String> {
     let dir = safe(&format!("{}-{}", pkg.name, pkg.version));
     if dir.is_empty() {
         return Err("the package has no name".into());
     }
     let mut files = Files::default();
-    files.add(
-        &dir,
-        "deployment-package",
-        to_yaml(&Doc::new(
-            "DeploymentPackage",
-            YamlPackage::from_package(pkg),
-        ))?,
-    );
-
     let mut used_registries = BTreeSet::new();
     let mut seen_apps = BTreeSet::new();
-    for r in &pkg.application_references {
-        if !seen_apps.insert((&r.name, &r.version)) {
-            continue;
-        }
-        let app = apps
-            .iter()
-            .find(|a| a.name == r.name && a.version == r.version)
-            .ok_or_else(|| {
-                format!(
-                    "application {}:{} of the package was not given",
-                    r.name, r.version
-                )
-            })?;
-        used_registries.insert(app.helm_registry_name.as_str());
-        used_registries.insert(app.image_registry_name.as_str());
-        let mut values_files = BTreeMap::new();
-        for p in app.profiles.iter().filter(|p| !p.chart_values.is_empty()) {
-            let stem = safe(&format!("values-{}-{}-{}", app.name, app.version, p.name));
-            let name = files.add(&dir, &stem, p.chart_values.clone().into_bytes());
-            values_files.insert(p.name.clone(), name);
-        }
-        let template_file = app.is_native().then(|| {
-            let stem = safe(&format!("template-{}-{}", app.name, app.version));
-            files.add_ext(
-                &dir,
-                &stem,
-                "yaml.j2",
-                app.workload_template.clone().into_bytes(),
-            )
-        });
-        let yaml = YamlApplication::from_application(
-            app,
-            |p| values_files.get(&p.name).cloned(),
-            template_file,
-        );
+    let mut used_artifacts: BTreeSet<&str> = BTreeSet::new();
+    for (i, pkg) in std::iter::once(pkg).chain(required).enumerate() {
+        let stem = if i == 0 {
+            "deployment-package".to_string()
+        } else {
+            safe(&format!("deployment-package-{}-{}", pkg.name, pkg.version))
+        };
         files.add(
             &dir,
-            &safe(&format!("application-{}-{}", app.name, app.version)),
-            to_yaml(&Doc::new("Application", yaml))?,
+            &stem,
+            to_yaml(&Doc::new(
+                "DeploymentPackage",
+                YamlPackage::from_package(pkg),
+            ))?,
         );
+        used_artifacts.extend(pkg.artifacts.iter().map(|a| a.name.as_str()));
+        for r in &pkg.application_references {
+            if !seen_apps.insert((&r.name, &r.version)) {
+                continue;
+            }
+            let app = apps
+                .iter()
+                .find(|a| a.name == r.name && a.version == r.version)
+                .ok_or_else(|| {
+                    format!(
+                        "application {}:{} of the package was not given",
+                        r.name, r.version
+                    )
+                })?;
+            used_registries.insert(app.helm_registry_name.as_str());
+            used_registries.insert(app.image_registry_name.as_str());
+            let mut values_files = BTreeMap::new();
+            for p in app.profiles.iter().filter(|p| !p.chart_values.is_empty()) {
+                let stem = safe(&format!("values-{}-{}-{}", app.name, app.version, p.name));
+                let name = files.add(&dir, &stem, p.chart_values.clone().into_bytes());
+                values_files.insert(p.name.clone(), name);
+            }
+            let template_file = app.is_native().then(|| {
+                let stem = safe(&format!("template-{}-{}", app.name, app.version));
+                files.add_ext(
+                    &dir,
+                    &stem,
+                    "yaml.j2",
+                    app.workload_template.clone().into_bytes(),
+                )
+            });
+            let yaml = YamlApplication::from_application(
+                app,
+                |p| values_files.get(&p.name).cloned(),
+                template_file,
+            );
+            files.add(
+                &dir,
+                &safe(&format!("application-{}-{}", app.name, app.version)),
+                to_yaml(&Doc::new("Application", yaml))?,
+            );
+        }
     }
 
     let mut seen = BTreeSet::new();
@@ -150,7 +171,6 @@ pub fn export_package(
             files.add(&dir, &safe(&format!("registry-{}", r.name)), to_yaml(&doc)?);
         }
     }
-    let used_artifacts: BTreeSet<&str> = pkg.artifacts.iter().map(|a| a.name.as_str()).collect();
     let mut seen = BTreeSet::new();
     for a in artifacts
         .iter()

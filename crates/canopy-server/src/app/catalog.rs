@@ -232,6 +232,17 @@ async fn check_app_references(tx: &mut CatalogTx, a: &Application) -> Result<(),
             Some(_) => {}
         }
     }
+    Ok(())
+}
+
+/// Deployment requirements must name existing packages (and deployment profiles). Uploads check
+/// this after all their packages are applied, so a package and what requires it can travel in
+/// one upload (as exports do).
+pub(crate) async fn check_requirements(
+    tx: &mut CatalogTx,
+    a: &Application,
+) -> Result<(), AppError> {
+    let k = key(&a.name, &a.version);
     for p in &a.profiles {
         for req in &p.deployment_requirement {
             let Some(pkg) = tx.get_package(&req.name, &req.version).await? else {
@@ -850,23 +861,48 @@ impl App {
             .get_package(name, version)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("deployment-package {k} not found")))?;
-        let mut apps = Vec::new();
+        // The packages required through deployment requirements travel along, transitively,
+        // with their applications.
+        let mut required: Vec<DeploymentPackage> = Vec::new();
+        let mut apps: Vec<Application> = Vec::new();
+        let mut seen_pkgs = std::collections::BTreeSet::from([(p.name.clone(), p.version.clone())]);
         let mut registry_names = std::collections::BTreeSet::new();
-        for r in &p.application_references {
-            let a = tx
-                .get_application(&r.name, &r.version)
-                .await?
-                .ok_or_else(|| {
-                    AppError::Internal(format!(
-                        "deployment-package {k} references missing application {}:{}",
-                        r.name, r.version
-                    ))
-                })?;
-            registry_names.insert(a.helm_registry_name.clone());
-            if !a.image_registry_name.is_empty() {
-                registry_names.insert(a.image_registry_name.clone());
+        let mut to_walk: Vec<DeploymentPackage> = vec![p.clone()];
+        while let Some(pkg) = to_walk.pop() {
+            for r in &pkg.application_references {
+                if apps
+                    .iter()
+                    .any(|a| a.name == r.name && a.version == r.version)
+                {
+                    continue;
+                }
+                let a = tx
+                    .get_application(&r.name, &r.version)
+                    .await?
+                    .ok_or_else(|| {
+                        AppError::Internal(format!(
+                            "deployment-package {}:{} references missing application {}:{}",
+                            pkg.name, pkg.version, r.name, r.version
+                        ))
+                    })?;
+                for req in a
+                    .profiles
+                    .iter()
+                    .flat_map(|prof| &prof.deployment_requirement)
+                {
+                    if seen_pkgs.insert((req.name.clone(), req.version.clone()))
+                        && let Some(found) = tx.get_package(&req.name, &req.version).await?
+                    {
+                        required.push(found.clone());
+                        to_walk.push(found);
+                    }
+                }
+                registry_names.insert(a.helm_registry_name.clone());
+                if !a.image_registry_name.is_empty() {
+                    registry_names.insert(a.image_registry_name.clone());
+                }
+                apps.push(a);
             }
-            apps.push(a);
         }
         let mut registries = Vec::new();
         for n in registry_names.iter().filter(|n| !n.is_empty()) {
@@ -875,7 +911,10 @@ impl App {
             }
         }
         let mut artifacts = Vec::new();
-        for a in &p.artifacts {
+        for a in std::iter::once(&p)
+            .chain(&required)
+            .flat_map(|pkg| &pkg.artifacts)
+        {
             if let Some(art) = tx.get_artifact(&a.name).await?
                 && !artifacts.iter().any(|x: &Artifact| x.name == art.name)
             {
@@ -884,7 +923,7 @@ impl App {
         }
         drop(tx);
         let bytes = tokio::task::spawn_blocking(move || {
-            canopy_core::upload::export_package(&p, &apps, &registries, &artifacts)
+            canopy_core::upload::export_packages(&p, &required, &apps, &registries, &artifacts)
         })
         .await
         .map_err(|e| AppError::Internal(format!("export task failed: {e}")))?

@@ -8,7 +8,8 @@ use canopy_store::StoredUploadFile;
 use uuid::Uuid;
 
 use super::catalog::{
-    ChangeSummary, Changes, PutMode, put_application, put_artifact, put_package, put_registry,
+    ChangeSummary, Changes, PutMode, check_requirements, put_application, put_artifact,
+    put_package, put_registry,
 };
 use super::{App, AppError, Ctx};
 
@@ -173,11 +174,19 @@ async fn apply(
                 .await
                 .map_err(|e| named(key, e))?;
         }
+        let mut with_requirements = Vec::new();
         for a in set.applications {
             let key = format!("application {}:{}", a.name, a.version);
-            put_application(tx, ctx, changes, a, PutMode::Upsert)
+            let stored = put_application(tx, ctx, changes, a, PutMode::Upsert)
                 .await
-                .map_err(|e| named(key, e))?;
+                .map_err(|e| named(key.clone(), e))?;
+            if stored
+                .profiles
+                .iter()
+                .any(|p| !p.deployment_requirement.is_empty())
+            {
+                with_requirements.push((key, stored));
+            }
         }
         for a in set.artifacts {
             let key = format!("artifact {}", a.name);
@@ -188,6 +197,12 @@ async fn apply(
         for p in set.packages {
             let key = format!("deployment-package {}:{}", p.name, p.version);
             put_package(tx, ctx, changes, p, PutMode::Upsert)
+                .await
+                .map_err(|e| named(key, e))?;
+        }
+        // Requirements may name packages of this same upload: checked once those are in.
+        for (key, a) in with_requirements {
+            check_requirements(tx, &a)
                 .await
                 .map_err(|e| named(key, e))?;
         }
