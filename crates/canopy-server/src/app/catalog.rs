@@ -319,6 +319,9 @@ pub(crate) async fn put_application(
         }
     }
     check_app_references(tx, &a).await?;
+    if mode != PutMode::Upsert {
+        check_requirements(tx, &a).await?;
+    }
     check_display_name(
         tx,
         DisplayNameScope::Application,
