@@ -41,6 +41,16 @@ const SQLITE_MAX_CONNECTIONS: u32 = 4;
 const POSTGRES_MAX_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The columns of a name-keyed entity row (see [`CatalogTx::upsert_named`]).
+struct NamedRow<'a> {
+    name: &'a str,
+    display_name: &'a str,
+    description: &'a str,
+    /// `(static column name, value)` of the table's own filterable column.
+    extra: (&'static str, &'a str),
+    body: String,
+}
+
 /// Handle to the database; cheap to clone.
 ///
 /// Open one `Store` per database per process and clone it: on SQLite the clones share the
@@ -709,6 +719,40 @@ impl CatalogTx {
     ) -> Result<(Vec<Registry>, u64), StoreError> {
         self.list(Table::Registries, q).await
     }
+    /// Upserts a row of a name-keyed table (registries, artifacts): the shared columns plus the
+    /// table's one filterable column of its own. Table and column names are static.
+    async fn upsert_named(
+        &mut self,
+        table: Table,
+        row: NamedRow<'_>,
+        created: OffsetDateTime,
+        updated: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let (table, extra) = (table.sql(), row.extra.0);
+        let sql = format!(
+            "INSERT INTO {table} (project_id, name, display_name, display_name_lc, description, description_lc, \
+             {extra}, body, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (project_id, name) DO UPDATE SET display_name = excluded.display_name, \
+             display_name_lc = excluded.display_name_lc, description = excluded.description, \
+             description_lc = excluded.description_lc, {extra} = excluded.{extra}, body = excluded.body, \
+             update_time = excluded.update_time"
+        );
+        sqlx::query(&sql)
+            .bind(self.pid())
+            .bind(row.name.to_string())
+            .bind(row.display_name.to_string())
+            .bind(display_lc(row.display_name))
+            .bind(row.description.to_string())
+            .bind(display_lc(row.description))
+            .bind(row.extra.1.to_string())
+            .bind(row.body)
+            .bind(format_time(created))
+            .bind(format_time(updated))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
     /// Inserts or replaces by name. `createTime` kept from the existing row (or now), `updateTime`
     /// now; returns the stored entity with both set.
     pub async fn put_registry(&mut self, r: &Registry) -> Result<Registry, StoreError> {
@@ -720,26 +764,15 @@ impl CatalogTx {
         let mut r = r.clone();
         r.create_time = Some(created);
         r.update_time = Some(updated);
-        sqlx::query(
-            "INSERT INTO registries (project_id, name, display_name, display_name_lc, description, description_lc, \
-             type, body, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (project_id, name) DO UPDATE SET display_name = excluded.display_name, \
-             display_name_lc = excluded.display_name_lc, description = excluded.description, \
-             description_lc = excluded.description_lc, type = excluded.type, body = excluded.body, \
-             update_time = excluded.update_time",
-        )
-        .bind(self.pid())
-        .bind(r.name.clone())
-        .bind(r.display_name.clone())
-        .bind(display_lc(&r.display_name))
-        .bind(r.description.clone())
-        .bind(display_lc(&r.description))
-        .bind(r.registry_type.clone())
-        .bind(to_body(&r)?)
-        .bind(format_time(created))
-        .bind(format_time(updated))
-        .execute(&mut *self.tx)
-        .await?;
+        let row = NamedRow {
+            name: &r.name,
+            display_name: &r.display_name,
+            description: &r.description,
+            extra: ("type", &r.registry_type),
+            body: to_body(&r)?,
+        };
+        self.upsert_named(Table::Registries, row, created, updated)
+            .await?;
         Ok(r)
     }
     pub async fn delete_registry(&mut self, name: &str) -> Result<bool, StoreError> {
@@ -1021,26 +1054,15 @@ impl CatalogTx {
         let mut a = a.clone();
         a.create_time = Some(created);
         a.update_time = Some(updated);
-        sqlx::query(
-            "INSERT INTO artifacts (project_id, name, display_name, display_name_lc, description, description_lc, \
-             mime_type, body, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (project_id, name) DO UPDATE SET display_name = excluded.display_name, \
-             display_name_lc = excluded.display_name_lc, description = excluded.description, \
-             description_lc = excluded.description_lc, mime_type = excluded.mime_type, body = excluded.body, \
-             update_time = excluded.update_time",
-        )
-        .bind(self.pid())
-        .bind(a.name.clone())
-        .bind(a.display_name.clone())
-        .bind(display_lc(&a.display_name))
-        .bind(a.description.clone())
-        .bind(display_lc(&a.description))
-        .bind(a.mime_type.clone())
-        .bind(to_body(&a)?)
-        .bind(format_time(created))
-        .bind(format_time(updated))
-        .execute(&mut *self.tx)
-        .await?;
+        let row = NamedRow {
+            name: &a.name,
+            display_name: &a.display_name,
+            description: &a.description,
+            extra: ("mime_type", &a.mime_type),
+            body: to_body(&a)?,
+        };
+        self.upsert_named(Table::Artifacts, row, created, updated)
+            .await?;
         Ok(a)
     }
     pub async fn delete_artifact(&mut self, name: &str) -> Result<bool, StoreError> {
