@@ -340,6 +340,7 @@ fn deployment(e: &Engine, id: &str, apps: Vec<AppInstance>) -> DeploymentInstanc
         project: e.project.clone(),
         package: "test".into(),
         package_version: "1.0.0".into(),
+        generation: 1,
         apps,
     }
 }

@@ -41,6 +41,11 @@ pub struct DeploymentInstance {
     /// Package name and version.
     pub package: String,
     pub package_version: String,
+    /// The deployment's own generation: bumped by every update of the deployment. Agents echo
+    /// it in [`AppStatus::deployment_generation`], which is how the server knows an edge runs
+    /// the current version of a deployment (and not only the current edge generation).
+    #[serde(default)]
+    pub generation: u64,
     pub apps: Vec<AppInstance>,
 }
 
@@ -191,6 +196,107 @@ pub struct StatusReport {
     /// The generation the agent has applied (or is applying).
     pub generation: Generation,
     pub apps: Vec<AppStatus>,
+    /// Who is reporting; sent at least in the first report after the agent starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+}
+
+/// What an agent is and can do (shown on the edge's inventory entry).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentInfo {
+    /// The agent's build version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Workload kinds the agent can run: `containers` (and later `vms`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// The container engine it drives (`podman 5.x`, `docker 27.x`), when connected.
+    #[serde(default)]
+    pub engine: String,
+}
+
+/// HTTP paths of the agent protocol (see `docs/AGENT-PROTOCOL.md`).
+pub mod paths {
+    /// `POST` [`super::EnrollRequest`] → [`super::EnrollResponse`]; no credential needed.
+    pub const ENROLL: &str = "/canopy/v1/agent/enroll";
+    /// `GET ?after=G&waitSeconds=W` → 200 [`super::DesiredState`] or 204 (nothing newer).
+    pub const DESIRED_STATE: &str = "/canopy/v1/agent/desired-state";
+    /// `POST` [`super::StatusReport`] → [`super::StatusAck`].
+    pub const STATUS: &str = "/canopy/v1/agent/status";
+}
+
+/// Header carrying [`PROTOCOL_VERSION`] on every agent request.
+pub const PROTOCOL_HEADER: &str = "canopy-protocol-version";
+
+/// Longest long-poll the server holds open (seconds); agents ask for less.
+pub const MAX_WAIT_SECONDS: u32 = 60;
+
+/// An agent's request to join a project with an enrollment token.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollRequest {
+    pub protocol_version: u32,
+    /// The enrollment token's secret (`cnt_...`).
+    pub token: String,
+    /// Requested edge name; the server picks one from the token when empty. Unique per project.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub agent: AgentInfo,
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("protocol_version", &self.protocol_version)
+            .field("token", &"********")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("agent", &self.agent)
+            .finish()
+    }
+}
+
+/// The server's answer to an enrollment: the edge's identity and its own credential, shown
+/// once (the server keeps only a hash).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollResponse {
+    pub edge_id: String,
+    pub edge_name: String,
+    pub project: String,
+    /// Bearer credential of this edge (`cne_...`), valid for this edge only.
+    pub credential: String,
+    /// How often the agent reports status when nothing changes (seconds).
+    pub heartbeat_seconds: u32,
+}
+
+impl std::fmt::Debug for EnrollResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollResponse")
+            .field("edge_id", &self.edge_id)
+            .field("edge_name", &self.edge_name)
+            .field("project", &self.project)
+            .field("credential", &"********")
+            .field("heartbeat_seconds", &self.heartbeat_seconds)
+            .finish()
+    }
+}
+
+/// The server's answer to a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusAck {
+    /// The highest sequence number accepted so far (a duplicate or older report is ignored and
+    /// answered with the same ack).
+    pub seq: u64,
+    /// The edge's current desired generation: when it is newer than the agent's, the agent
+    /// should fetch (its long-poll will return it anyway).
+    pub generation: Generation,
+    /// How often the agent reports status when nothing changes (seconds).
+    pub heartbeat_seconds: u32,
 }
 
 /// State of one app on one edge.
@@ -217,6 +323,9 @@ pub struct AppStatus {
     pub state: AppState,
     #[serde(default)]
     pub message: String,
+    /// [`DeploymentInstance::generation`] of the deployment this status was observed for.
+    #[serde(default)]
+    pub deployment_generation: u64,
     #[serde(default)]
     pub workloads: Vec<WorkloadStatus>,
 }
@@ -252,6 +361,7 @@ mod tests {
                 project: "default".into(),
                 package: "web".into(),
                 package_version: "1.0.0".into(),
+                generation: 1,
                 apps: vec![AppInstance {
                     name: "server".into(),
                     version: "1.0.0".into(),

@@ -373,6 +373,7 @@ impl DockerDriver {
             app: app.name.clone(),
             state,
             message,
+            deployment_generation: dep.generation,
             workloads,
         }
     }
