@@ -6,11 +6,32 @@
 //! the server, the store or the catalog (`canopy-core`). What the agent does is shaped by the
 //! edge: the network to the control plane may be gone for days, and the agent may restart at
 //! any moment, so each pass re-reads what exists and converges again, adopting what an earlier
-//! run created instead of remembering it.
+//! run created instead of remembering it; and what it must remember (credential, last desired
+//! state, status sequence) it keeps in its data directory ([`DataDir`]).
 //!
-//! For now this is the container driver ([`driver::DockerDriver`], over the Docker Engine API,
-//! for Docker and Podman); the sync loop and the command line come later.
+//! The pieces, from the top:
+//!
+//! - [`run`]: the whole agent ([`sync`] describes the loop), configured by [`AgentConfig`];
+//! - [`AgentClient`]: the protocol over HTTP (enroll, long-poll, report), usable alone, e.g. by
+//!   a load simulator without any container engine;
+//! - [`Converger`]: what the loop needs of a driver, implemented by the container driver
+//!   ([`driver::DockerDriver`], over the Docker Engine API, for Docker and Podman);
+//! - [`Backoff`]: the retry schedule (exponential, full jitter).
 
+pub mod backoff;
+pub mod client;
+pub mod config;
+pub mod converger;
 pub mod driver;
+pub mod error;
+pub mod state;
+pub mod sync;
 
+pub use backoff::Backoff;
+pub use client::{AgentClient, Credential};
+pub use config::AgentConfig;
+pub use converger::Converger;
 pub use driver::{DockerDriver, DriverError};
+pub use error::AgentError;
+pub use state::{AgentState, DataDir, EdgeRecord};
+pub use sync::{run, run_with};

@@ -19,6 +19,14 @@ pub enum Entity {
     Application,
     DeploymentPackage,
     Artifact,
+    /// Deployments (`/appdeployment/deployments`); listed from memory, not SQL.
+    Deployment,
+    /// Edges as the reference's cluster inventory, and the deployments-per-cluster view.
+    Cluster,
+    /// The edges of one deployment (`/deployments/{id}/clusters`).
+    DeploymentCluster,
+    /// Canopy's own edge list (`/canopy/v1/projects/{p}/edges`).
+    Edge,
 }
 
 /// A field that can be filtered or ordered on.
@@ -37,6 +45,13 @@ pub enum Field {
     DefaultProfileName,
     RegistryType,
     MimeType,
+    Id,
+    AppName,
+    AppVersion,
+    DeployId,
+    Status,
+    LastSeen,
+    Connection,
 }
 
 impl Entity {
@@ -81,6 +96,24 @@ impl Entity {
                 ("createTime", CreateTime),
                 ("updateTime", UpdateTime),
             ],
+            Entity::Deployment => &[
+                ("name", Name),
+                ("displayName", DisplayName),
+                ("appName", AppName),
+                ("appVersion", AppVersion),
+                ("deployId", DeployId),
+                ("status", Status),
+                ("createTime", CreateTime),
+            ],
+            Entity::Cluster => &[("name", Name), ("id", Id)],
+            Entity::DeploymentCluster => &[("name", Name), ("id", Id), ("status", Status)],
+            Entity::Edge => &[
+                ("name", Name),
+                ("id", Id),
+                ("createTime", CreateTime),
+                ("lastSeen", LastSeen),
+                ("connection", Connection),
+            ],
         }
     }
 
@@ -111,6 +144,16 @@ impl Entity {
                 "forbidsMultipleDeployments",
             ],
             Entity::Artifact => &["artifact"],
+            Entity::Deployment => &[
+                "overrideValues",
+                "targetClusters",
+                "allAppTargetClusters",
+                "apps",
+                "profileName",
+                "deploymentType",
+            ],
+            Entity::Cluster | Entity::DeploymentCluster => &["labels", "apps", "createTime"],
+            Entity::Edge => &["labels", "agent"],
         }
     }
 
@@ -195,6 +238,8 @@ pub struct ListQuery {
     pub kinds: Vec<Kind>,
     /// `showSensitiveInfo` (registries only).
     pub show_sensitive_info: bool,
+    /// `labels` (deployments, clusters, edges): each `k=v[,k=v]`.
+    pub labels: Vec<String>,
 }
 
 impl Default for ListQuery {
@@ -206,7 +251,63 @@ impl Default for ListQuery {
             filter: Vec::new(),
             kinds: Vec::new(),
             show_sensitive_info: false,
+            labels: Vec::new(),
         }
+    }
+}
+
+/// Most `labels` items in one list request.
+pub const MAX_LABEL_FILTERS: usize = 20;
+
+impl ListQuery {
+    /// Applies filter, order and page to items held in memory (deployments, edges): `value`
+    /// gives an item's text for a field. Filter terms are OR-ed case-insensitive substring
+    /// matches; ordering compares the texts (then keeps input order). Returns the page and the
+    /// number of items that matched the filter.
+    pub fn page_in_memory<T>(
+        &self,
+        items: Vec<T>,
+        value: impl Fn(&T, Field) -> String,
+    ) -> (Vec<T>, u64) {
+        let mut kept: Vec<T> = if self.filter.is_empty() {
+            items
+        } else {
+            items
+                .into_iter()
+                .filter(|it| self.filter.iter().any(|t| t.matches(&value(it, t.field))))
+                .collect()
+        };
+        if !self.order_by.is_empty() {
+            let mut keyed: Vec<(Vec<String>, T)> = kept
+                .into_iter()
+                .map(|it| {
+                    let keys = self
+                        .order_by
+                        .iter()
+                        .map(|o| value(&it, o.field).to_lowercase())
+                        .collect();
+                    (keys, it)
+                })
+                .collect();
+            keyed.sort_by(|(a, _), (b, _)| {
+                for (i, o) in self.order_by.iter().enumerate() {
+                    let c = a[i].cmp(&b[i]);
+                    let c = if o.descending { c.reverse() } else { c };
+                    if c != std::cmp::Ordering::Equal {
+                        return c;
+                    }
+                }
+                std::cmp::Ordering::Equal
+            });
+            kept = keyed.into_iter().map(|(_, it)| it).collect();
+        }
+        let total = kept.len() as u64;
+        let page = kept
+            .into_iter()
+            .skip(usize::try_from(self.offset).unwrap_or(usize::MAX))
+            .take(self.page_size as usize)
+            .collect();
+        (page, total)
     }
 }
 
@@ -351,6 +452,16 @@ pub fn parse_query(entity: Entity, raw: &str) -> Result<ListQuery, ListError> {
             }
             "showSensitiveInfo" if entity == Entity::Registry => {
                 q.show_sensitive_info = parse_bool("showSensitiveInfo", &v)?
+            }
+            "labels" if matches!(entity, Entity::Deployment | Entity::Cluster | Entity::Edge) => {
+                if q.labels.len() >= MAX_LABEL_FILTERS {
+                    return Err(ListError(format!(
+                        "too many labels filters: at most {MAX_LABEL_FILTERS}"
+                    )));
+                }
+                if !v.trim().is_empty() {
+                    q.labels.push(v.trim().to_string());
+                }
             }
             other => return Err(ListError(format!("unknown query parameter {other:?}"))),
         }

@@ -6,6 +6,7 @@
 //! targeting rules testable in isolation, and keeps the server's deployment manager a thin
 //! orchestration of store, fleet hub and these functions.
 //!
+//! - [`error`]: [`DeployError`], the one error type (a kind and a message naming the field).
 //! - [`model`]: the reference `deployment.v1` REST types (JSON field names of
 //!   `deployment-manager.yaml`).
 //! - [`validate`]: request rules (field formats, targets, override values).
@@ -15,8 +16,11 @@
 //! - [`status`]: per-app edge statuses → per-cluster status → deployment state (section 6 of the
 //!   reference: the state machine, UNKNOWN and NO_TARGET_CLUSTERS timing, summaries).
 
+pub mod error;
 pub mod model;
 pub mod render;
 pub mod status;
 pub mod target;
 pub mod validate;
+
+pub use error::{DeployError, ErrorKind};

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod events;
 pub mod http;
+pub mod hub;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// PostgreSQL URL; when set, used instead of the embedded SQLite file.
     pub database_url: Option<String>,
+    /// Fleet timing: heartbeat, edge timeout, no-target grace period.
+    pub fleet: hub::HubConfig,
 }
 
 /// Errors that stop the server from starting or running.
@@ -80,7 +83,7 @@ impl Server {
     /// Opens storage and binds the listener.
     pub async fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
         let store = open_store(config).await?;
-        let app = App::new(store).await?;
+        let app = App::with_config(store, config.fleet).await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -116,6 +119,7 @@ impl Server {
                 ),
         );
         let reaper = tokio::spawn(reap_upload_sessions(self.app.clone()));
+        let flusher = tokio::spawn(flush_fleet(self.app.clone()));
         let app = self.app.clone();
         let shutdown = async move {
             shutdown.await;
@@ -125,6 +129,8 @@ impl Server {
             .with_graceful_shutdown(shutdown)
             .await?;
         reaper.abort();
+        flusher.abort();
+        self.app.flush_fleet().await;
         self.app.store().close().await;
         Ok(())
     }
@@ -145,6 +151,15 @@ async fn reap_upload_sessions(app: App) {
             Ok(n) => tracing::info!(sessions = n, "expired abandoned upload sessions"),
             Err(e) => tracing::warn!(error = %e, "could not expire upload sessions"),
         }
+    }
+}
+
+/// Background task: writes edge liveness and status changes to the store in batches.
+async fn flush_fleet(app: App) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        app.flush_fleet().await;
     }
 }
 

@@ -79,8 +79,10 @@ pub struct StoredUploadFile {
     pub content: Vec<u8>,
 }
 
+mod fleet;
 mod sql;
 
+pub use fleet::{DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, FleetSnapshot};
 pub use sql::{CatalogTx, Store};
 
 /// Test helpers shared by this crate's conformance suite and the in-process harness.

@@ -57,19 +57,19 @@ struct NamedRow<'a> {
 /// in-process write lock.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
-    backend: Backend,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
     /// SQLite only: serializes writers of this store (held by write [`CatalogTx`]s).
-    write_lock: Arc<Mutex<()>>,
+    pub(crate) write_lock: Arc<Mutex<()>>,
 }
 
 /// A catalog transaction of one project. Dropped without [`CatalogTx::commit`] = rolled back.
 pub struct CatalogTx {
     // Field order matters: the transaction is dropped (rolled back) before the write lock is
     // released.
-    tx: Transaction<'static, Any>,
-    project: ProjectId,
-    writable: bool,
+    pub(crate) tx: Transaction<'static, Any>,
+    pub(crate) project: ProjectId,
+    pub(crate) writable: bool,
     _write_guard: Option<OwnedMutexGuard<()>>,
 }
 
@@ -324,13 +324,13 @@ fn project_from_row(row: &AnyRow) -> Result<Project, StoreError> {
 // Timestamps: fixed-width UTC RFC 3339 with microseconds, e.g. 2026-11-25T03:12:07.123456Z.
 
 /// Now, truncated to microseconds (what the database keeps), in UTC.
-fn now() -> OffsetDateTime {
+pub(crate) fn now() -> OffsetDateTime {
     let t = OffsetDateTime::now_utc();
     t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
         .unwrap_or(t)
 }
 
-fn format_time(t: OffsetDateTime) -> String {
+pub(crate) fn format_time(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
@@ -344,7 +344,7 @@ fn format_time(t: OffsetDateTime) -> String {
     )
 }
 
-fn parse_time(s: &str) -> Result<OffsetDateTime, StoreError> {
+pub(crate) fn parse_time(s: &str) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::parse(s, &Rfc3339)
         .map_err(|e| StoreError::Corrupt(format!("timestamp {s:?}: {e}")))
 }
@@ -465,7 +465,14 @@ impl Table {
             | Field::ImageRegistryName
             | Field::DefaultProfileName
             | Field::RegistryType
-            | Field::MimeType => None,
+            | Field::MimeType
+            | Field::Id
+            | Field::AppName
+            | Field::AppVersion
+            | Field::DeployId
+            | Field::Status
+            | Field::LastSeen
+            | Field::Connection => None,
         }
     }
 
@@ -590,11 +597,11 @@ impl CatalogTx {
         Ok(())
     }
 
-    fn pid(&self) -> String {
+    pub(crate) fn pid(&self) -> String {
         self.project.to_string()
     }
 
-    fn check_writable(&self) -> Result<(), StoreError> {
+    pub(crate) fn check_writable(&self) -> Result<(), StoreError> {
         if self.writable {
             Ok(())
         } else {

@@ -22,20 +22,27 @@ pub struct TestControlPlane {
     app: canopy_server::App,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+    config: ServerConfig,
 }
 
 impl TestControlPlane {
     /// A server over a fresh embedded SQLite database.
     pub async fn start() -> TestControlPlane {
-        Self::start_with(None, "sqlite").await
+        Self::start_with(None, "sqlite", Default::default()).await
+    }
+
+    /// A server over a fresh SQLite database with the given fleet timing (short edge timeouts
+    /// and grace periods for state-machine tests).
+    pub async fn start_fleet(fleet: canopy_server::hub::HubConfig) -> TestControlPlane {
+        Self::start_with(None, "sqlite", fleet).await
     }
 
     /// A server over a fresh PostgreSQL database, if one is configured for tests (panics under
     /// CI when it is not, so PostgreSQL coverage cannot silently disappear).
     pub async fn start_postgres() -> Option<TestControlPlane> {
         let url = canopy_store::testing::fresh_postgres().await?;
-        Some(Self::start_with(Some(url), "postgres").await)
+        Some(Self::start_with(Some(url), "postgres", Default::default()).await)
     }
 
     /// Every configured backend: SQLite always, PostgreSQL when configured.
@@ -47,14 +54,83 @@ impl TestControlPlane {
         v
     }
 
-    async fn start_with(database_url: Option<String>, backend: &'static str) -> TestControlPlane {
+    async fn start_with(
+        database_url: Option<String>,
+        backend: &'static str,
+        fleet: canopy_server::hub::HubConfig,
+    ) -> TestControlPlane {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: dir.path().to_path_buf(),
             database_url,
+            fleet,
         };
-        let server = Server::bind(&config).await.expect("server starts");
+        Self::launch(config, Some(dir), backend).await
+    }
+
+    /// Stops this server and starts a new one over the same data (and the same port), as an
+    /// operator restarting the control plane would.
+    pub async fn restart(mut self) -> TestControlPlane {
+        let dir = self.dir.take();
+        let mut config = self.config.clone();
+        let backend = self.backend;
+        config.listen = self
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("bound address");
+        self.stop_in_place().await;
+        Self::launch(config, dir, backend).await
+    }
+
+    /// Stops the server but keeps its data, to [`TestControlPlane::start_again`] later.
+    pub async fn stop_keep_data(mut self) -> StoppedControlPlane {
+        let dir = self.dir.take();
+        let mut config = self.config.clone();
+        config.listen = self
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("bound address");
+        let backend = self.backend;
+        self.stop_in_place().await;
+        StoppedControlPlane {
+            config,
+            dir,
+            backend,
+        }
+    }
+
+    async fn stop_in_place(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    async fn launch(
+        config: ServerConfig,
+        dir: Option<tempfile::TempDir>,
+        backend: &'static str,
+    ) -> TestControlPlane {
+        let mut server = None;
+        // The old listener's port may take a moment to be free again.
+        for _ in 0..50 {
+            match Server::bind(&config).await {
+                Ok(s) => {
+                    server = Some(s);
+                    break;
+                }
+                Err(canopy_server::ServerError::Listen { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("server starts: {e}"),
+            }
+        }
+        let server = server.expect("server binds its port");
         let addr = server.local_addr().expect("bound address");
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel::<()>();
@@ -77,6 +153,7 @@ impl TestControlPlane {
             shutdown: Some(tx),
             task: Some(task),
             dir,
+            config,
         }
     }
 
@@ -92,7 +169,12 @@ impl TestControlPlane {
 
     /// The server's data directory.
     pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+        &self.config.data_dir
+    }
+
+    /// The app layer (for tests that reach below HTTP).
+    pub fn app(&self) -> &canopy_server::App {
+        &self.app
     }
 
     /// `url` + `path`.
@@ -177,13 +259,29 @@ impl TestControlPlane {
 
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        self.stop_in_place().await;
     }
+}
+
+/// A stopped control plane whose data is kept (see [`TestControlPlane::stop_keep_data`]).
+pub struct StoppedControlPlane {
+    config: ServerConfig,
+    dir: Option<tempfile::TempDir>,
+    backend: &'static str,
+}
+
+impl StoppedControlPlane {
+    /// Starts it again on the same data and port.
+    pub async fn start_again(self) -> TestControlPlane {
+        TestControlPlane::launch(self.config, self.dir, self.backend).await
+    }
+}
+
+/// The repository's examples (`examples/<name>`).
+pub fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
 }
 
 impl Drop for TestControlPlane {

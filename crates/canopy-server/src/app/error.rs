@@ -25,6 +25,19 @@ pub enum AppError {
     /// The operation is refused in the resource's current state (HTTP 400, gRPC FailedPrecondition).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The operation conflicts with other resources (HTTP 409, gRPC Aborted): e.g. deleting
+    /// a deployment other deployments depend on.
+    #[error("{0}")]
+    Aborted(String),
+    /// Missing, invalid, expired or revoked credentials (HTTP 401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A well-formed request about something the caller does not hold (HTTP 422).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The agent speaks a protocol version this server does not (HTTP 426).
+    #[error("{0}")]
+    UnsupportedProtocol(String),
     /// The request is too large (HTTP 413).
     #[error("{0}")]
     TooLarge(String),
@@ -53,6 +66,18 @@ impl From<StoreError> for AppError {
                 "cannot filter/orderBy on attribute {field:?} of {entity}"
             )),
             other => AppError::Store(other),
+        }
+    }
+}
+
+impl From<canopy_deploy::error::DeployError> for AppError {
+    fn from(e: canopy_deploy::error::DeployError) -> Self {
+        use canopy_deploy::error::ErrorKind;
+        match e.kind {
+            ErrorKind::InvalidArgument => AppError::Invalid(e.message),
+            ErrorKind::NotFound => AppError::NotFound(e.message),
+            ErrorKind::AlreadyExists => AppError::AlreadyExists(e.message),
+            ErrorKind::FailedPrecondition => AppError::FailedPrecondition(e.message),
         }
     }
 }

@@ -5,6 +5,8 @@
 //! run in one store transaction, and events are published only after it commits.
 
 mod catalog;
+mod deployments;
+mod edges;
 mod error;
 mod upload;
 
@@ -14,10 +16,15 @@ use canopy_core::names::ProjectName;
 use canopy_store::{Project, Store};
 
 pub use catalog::{ChangeSummary, PackageExport};
+pub use deployments::DeploymentClusters;
+pub use edges::{
+    AgentCtx, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken, check_protocol,
+};
 pub use error::AppError;
 pub use upload::{MAX_UPLOAD_FILES, MAX_UPLOAD_TOTAL_BYTES, UploadOutcome};
 
 use crate::events::EventBus;
+use crate::hub::{Hub, HubConfig};
 
 /// The name of the project that exists from the first start.
 pub const DEFAULT_PROJECT: &str = "default";
@@ -39,6 +46,7 @@ pub struct App {
 struct Inner {
     store: Store,
     events: EventBus,
+    hub: Hub,
     /// Flips to true when the server begins shutting down (long-lived streams end on it).
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -46,12 +54,20 @@ struct Inner {
 impl App {
     /// Builds the app over an opened store and makes sure the default project exists.
     pub async fn new(store: Store) -> Result<App, AppError> {
+        App::with_config(store, HubConfig::default()).await
+    }
+
+    /// Like [`App::new`], with the fleet's timing (heartbeat, edge timeout, grace periods).
+    pub async fn with_config(store: Store, fleet: HubConfig) -> Result<App, AppError> {
         let default = ProjectName::try_from(DEFAULT_PROJECT).expect("valid default project name");
         store.ensure_project(&default).await?;
+        let snapshot = store.load_fleet().await?;
+        let hub = Hub::load(fleet, snapshot).map_err(AppError::Internal)?;
         Ok(App {
             inner: Arc::new(Inner {
                 store,
                 events: EventBus::default(),
+                hub,
                 shutdown: tokio::sync::watch::channel(false).0,
             }),
         })
@@ -73,6 +89,38 @@ impl App {
         async move {
             let _ = rx.wait_for(|v| *v).await;
         }
+    }
+
+    /// The fleet hub (edges, deployments, long-polls).
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Writes pending edge liveness and status changes to the store (called periodically and
+    /// at shutdown).
+    pub async fn flush_fleet(&self) {
+        let batch = self.hub().drain_seen();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store().record_edges_seen(&batch).await {
+            tracing::warn!(error = %e, edges = batch.len(), "could not record edge liveness; retrying");
+            self.hub().undrain_seen(&batch);
+        }
+    }
+
+    /// The name of a project by id.
+    pub(crate) async fn project_name(
+        &self,
+        id: canopy_store::ProjectId,
+    ) -> Result<String, AppError> {
+        // Few projects; a list is cheap and avoids a by-id query for now.
+        let projects = self.store().list_projects().await?;
+        projects
+            .into_iter()
+            .find(|p| p.id == id)
+            .map(|p| p.name.as_str().to_string())
+            .ok_or_else(|| AppError::NotFound(format!("project {id} not found")))
     }
 
     /// The catalog event bus.

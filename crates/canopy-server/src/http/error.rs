@@ -37,6 +37,10 @@ impl IntoResponse for AppError {
             AppError::AlreadyExists(_) => (StatusCode::CONFLICT, 6),
             AppError::FailedPrecondition(_) => (StatusCode::BAD_REQUEST, 9),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
+            AppError::Aborted(_) => (StatusCode::CONFLICT, 10),
+            AppError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, 16),
+            AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 9),
+            AppError::UnsupportedProtocol(_) => (StatusCode::UPGRADE_REQUIRED, 12),
             AppError::Store(e) => {
                 tracing::error!(error = %e, "storage error");
                 (StatusCode::INTERNAL_SERVER_ERROR, 13)

@@ -6,8 +6,10 @@
 //! reference's InvalidArgument), never axum's default 422.
 
 mod catalog;
+mod deployments;
 mod error;
 mod events;
+mod fleet;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -37,7 +39,10 @@ pub const MAX_UPLOAD_BODY: usize = 80 * 1024 * 1024;
     ),
     tags(
         (name = "CatalogService", description = "Application catalog (reference-compatible)"),
-        (name = "Canopy", description = "Canopy's own additions: health, events")
+        (name = "DeploymentService", description = "Deployments (reference-compatible)"),
+        (name = "ClusterService", description = "Edge inventory as the reference's clusters"),
+        (name = "Canopy", description = "Canopy's own additions: health, events, edges, enrollment tokens"),
+        (name = "Agent", description = "The edge agent protocol (docs/AGENT-PROTOCOL.md)")
     )
 )]
 struct ApiDoc;
@@ -98,6 +103,38 @@ pub fn api_router() -> OpenApiRouter<App> {
             catalog::delete_artifact
         ))
         .routes(routes!(events::catalog_events))
+        .routes(routes!(
+            deployments::list_deployments,
+            deployments::create_deployment
+        ))
+        .routes(routes!(
+            deployments::get_deployment,
+            deployments::update_deployment,
+            deployments::delete_deployment
+        ))
+        .routes(routes!(deployments::deployment_clusters))
+        .routes(routes!(deployments::deployments_per_cluster))
+        .routes(routes!(deployments::deployments_status))
+        .routes(routes!(deployments::list_clusters))
+        .routes(routes!(deployments::get_cluster))
+        // Aliases the reference also serves (undocumented duplicates).
+        .route(
+            "/v1/projects/{projectName}/appdeployment/deployments/clusters/{clusterId}",
+            axum::routing::get(deployments::deployments_per_cluster),
+        )
+        .route(
+            "/v1/projects/{projectName}/appdeployment/summary/deployments_status",
+            axum::routing::get(deployments::deployments_status),
+        )
+        .routes(routes!(fleet::create_token, fleet::list_tokens))
+        .routes(routes!(fleet::revoke_token))
+        .routes(routes!(fleet::list_edges))
+        .routes(routes!(fleet::get_edge, fleet::remove_edge))
+        .routes(routes!(fleet::label_edge))
+        .routes(routes!(fleet::edge_workloads))
+        .routes(routes!(fleet::enroll))
+        .routes(routes!(fleet::desired_state))
+        .routes(routes!(fleet::status))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(uploads)

@@ -1,0 +1,342 @@
+//! The agent's side of the protocol over HTTP: enroll, long-poll the desired state, report
+//! status (`docs/AGENT-PROTOCOL.md`). Nothing here knows about drivers or the data directory,
+//! so a load simulator can drive thousands of these without a container engine.
+//!
+//! Every request carries [`PROTOCOL_HEADER`] and a timeout; authenticated ones carry the edge's
+//! [`Credential`]. Answers are classified into [`AgentError`] kinds the sync loop acts on.
+
+use std::time::Duration;
+
+use canopy_proto::{
+    DesiredState, EnrollRequest, EnrollResponse, Generation, MAX_WAIT_SECONDS, PROTOCOL_HEADER,
+    PROTOCOL_VERSION, StatusAck, StatusReport, paths,
+};
+use reqwest::header::AUTHORIZATION;
+use reqwest::{Response, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use crate::error::AgentError;
+
+/// Bound of an ordinary request (enroll, status).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound of opening a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than its `waitSeconds` a long-poll may take before it is given up.
+const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
+
+const ENROLLMENT: &str = "enrollment";
+const DESIRED_STATE: &str = "desired-state poll";
+const STATUS_REPORT: &str = "status report";
+
+/// An edge's bearer credential (`cne_...`). Never shown: `Debug` is redacted and there is no
+/// `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential(String);
+
+impl Credential {
+    /// Wraps a credential; `None` when it is empty (after trimming whitespace).
+    pub fn new(secret: &str) -> Option<Credential> {
+        let s = secret.trim();
+        (!s.is_empty()).then(|| Credential(s.to_string()))
+    }
+
+    /// The secret itself, to send or store.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(********)")
+    }
+}
+
+/// A client of one control plane's agent API, for one edge once it has a credential.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    http: reqwest::Client,
+    base: String,
+    credential: Option<Credential>,
+}
+
+impl AgentClient {
+    /// A client of the control plane at `server` (`http://host:port` or `https://...`, with an
+    /// optional path prefix), without a credential yet.
+    pub fn new(server: &str) -> Result<AgentClient, AgentError> {
+        let base = normalize_server(server)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("canopy-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AgentError::InvalidServer {
+                server: server.to_string(),
+                reason: format!("cannot build an HTTP client: {e}"),
+            })?;
+        Ok(AgentClient {
+            http,
+            base,
+            credential: None,
+        })
+    }
+
+    /// The same client, authenticating as the edge that owns `credential`.
+    pub fn with_credential(mut self, credential: Credential) -> AgentClient {
+        self.credential = Some(credential);
+        self
+    }
+
+    /// The control plane's address, normalized (no trailing slash).
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST` [`paths::ENROLL`]: joins the token's project as a new edge. Needs no credential.
+    pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, AgentError> {
+        let req = self
+            .http
+            .post(self.url(paths::ENROLL))
+            .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
+            .timeout(REQUEST_TIMEOUT)
+            .json(request);
+        let response = send(req, ENROLLMENT).await?;
+        // A refused enrollment token is not a refused credential: it is an ordinary rejection.
+        match response.status() {
+            StatusCode::UNAUTHORIZED => Err(AgentError::Rejected {
+                request: ENROLLMENT,
+                status: 401,
+                message: error_message(response).await,
+            }),
+            _ => decode(response, ENROLLMENT).await,
+        }
+    }
+
+    /// `GET` [`paths::DESIRED_STATE`]: the edge's desired state if its generation is greater
+    /// than `after`, waiting up to `wait` (at most [`MAX_WAIT_SECONDS`]) for it to change;
+    /// `None` when nothing changed in time (`204`).
+    pub async fn desired_state(
+        &self,
+        after: Generation,
+        wait: Duration,
+    ) -> Result<Option<DesiredState>, AgentError> {
+        let wait_seconds = wait.as_secs().min(u64::from(MAX_WAIT_SECONDS));
+        let req = self
+            .authorized(self.http.get(self.url(paths::DESIRED_STATE)))
+            .query(&[("after", after.0), ("waitSeconds", wait_seconds)])
+            .timeout(Duration::from_secs(wait_seconds) + LONG_POLL_MARGIN);
+        let response = send(req, DESIRED_STATE).await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        decode(response, DESIRED_STATE).await.map(Some)
+    }
+
+    /// `POST` [`paths::STATUS`]: reports what runs; the ack names the highest sequence number
+    /// the server accepted and the heartbeat interval.
+    pub async fn report(&self, report: &StatusReport) -> Result<StatusAck, AgentError> {
+        let req = self
+            .authorized(self.http.post(self.url(paths::STATUS)))
+            .timeout(REQUEST_TIMEOUT)
+            .json(report);
+        let response = send(req, STATUS_REPORT).await?;
+        decode(response, STATUS_REPORT).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let req = req.header(PROTOCOL_HEADER, PROTOCOL_VERSION);
+        match &self.credential {
+            Some(c) => req.header(AUTHORIZATION, format!("Bearer {}", c.expose())),
+            None => req,
+        }
+    }
+}
+
+/// The server address without a trailing slash, once checked to be an `http(s)` URL.
+pub(crate) fn normalize_server(server: &str) -> Result<String, AgentError> {
+    let invalid = |reason: String| AgentError::InvalidServer {
+        server: server.to_string(),
+        reason,
+    };
+    let url = Url::parse(server.trim()).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("expected an http:// or https:// URL".into()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("expected no query or fragment".into()));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// Sends a request; network failures are transient, and so are answers no retry can avoid
+/// seeing again only by luck (`5xx`, `408`, `429`). `401` and `426` are classified here.
+async fn send(req: reqwest::RequestBuilder, request: &'static str) -> Result<Response, AgentError> {
+    let response = req.send().await.map_err(|e| AgentError::Transient {
+        request,
+        reason: network_reason(&e),
+    })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    if status == StatusCode::UPGRADE_REQUIRED {
+        return Err(AgentError::IncompatibleProtocol {
+            message: error_message(response).await,
+        });
+    }
+    if status == StatusCode::UNAUTHORIZED && request == ENROLLMENT {
+        // Left to `enroll`, which words it as a refused token.
+        return Ok(response);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(AgentError::Unauthorized {
+            message: error_message(response).await,
+        });
+    }
+    let transient = status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS;
+    let message = error_message(response).await;
+    if transient {
+        Err(AgentError::Transient {
+            request,
+            reason: format!("the control plane answered {status}: {message}"),
+        })
+    } else {
+        Err(AgentError::Rejected {
+            request,
+            status: status.as_u16(),
+            message,
+        })
+    }
+}
+
+async fn decode<T: DeserializeOwned>(
+    response: Response,
+    request: &'static str,
+) -> Result<T, AgentError> {
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| AgentError::Transient {
+        request,
+        reason: network_reason(&e),
+    })?;
+    serde_json::from_slice(&body).map_err(|e| AgentError::Transient {
+        request,
+        reason: format!("the control plane answered {status} with an unreadable body: {e}"),
+    })
+}
+
+/// The `message` of the server's error body (`{code, message, details, errorMessages}`), else
+/// the body's text, else the status.
+async fn error_message(response: Response) -> String {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    message_of(status, &text)
+}
+
+fn message_of(status: StatusCode, text: &str) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    if let Some(m) = parsed
+        .as_ref()
+        .and_then(|v| v.get("message"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        return m.to_string();
+    }
+    let raw = text.trim();
+    if raw.is_empty() {
+        return format!("the server answered {status}");
+    }
+    // A proxy's HTML page can be long: keep the start.
+    let mut cut = raw.len().min(300);
+    while !raw.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    raw[..cut].to_string()
+}
+
+/// The deepest cause of a reqwest failure (its outer layers repeat the URL), with a word on
+/// timeouts.
+fn network_reason(e: &reqwest::Error) -> String {
+    let mut deepest: &dyn std::error::Error = e;
+    while let Some(s) = deepest.source() {
+        deepest = s;
+    }
+    let text = deepest.to_string();
+    if e.is_timeout() {
+        format!("no answer in time ({text})")
+    } else if e.is_connect() {
+        format!("cannot connect ({text})")
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_are_normalized_and_checked() {
+        assert_eq!(
+            normalize_server("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            normalize_server("https://cp.example.com/prefix/").unwrap(),
+            "https://cp.example.com/prefix"
+        );
+        assert_eq!(
+            normalize_server("HTTPS://CP.example.com:443").unwrap(),
+            "https://cp.example.com"
+        );
+        for bad in ["cp.example.com", "ftp://x", "http://x/?a=b", ""] {
+            assert!(
+                matches!(normalize_server(bad), Err(AgentError::InvalidServer { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_server_message_is_surfaced() {
+        let body = r#"{"code":"unsupported_protocol","message":"agent protocol version 2 is not supported","details":[]}"#;
+        assert_eq!(
+            message_of(StatusCode::UPGRADE_REQUIRED, body),
+            "agent protocol version 2 is not supported"
+        );
+        let body =
+            r#"{"code":16,"message":"enrollment token expired","details":[],"errorMessages":[]}"#;
+        assert_eq!(
+            message_of(StatusCode::UNAUTHORIZED, body),
+            "enrollment token expired"
+        );
+        assert_eq!(
+            message_of(StatusCode::BAD_GATEWAY, "  upstream down \n"),
+            "upstream down"
+        );
+        assert_eq!(
+            message_of(StatusCode::BAD_GATEWAY, ""),
+            "the server answered 502 Bad Gateway"
+        );
+        assert_eq!(
+            message_of(StatusCode::BAD_GATEWAY, &"é".repeat(400)).len(),
+            300
+        );
+    }
+
+    #[test]
+    fn credentials_are_never_shown() {
+        let c = Credential::new(" cne_secret\n").unwrap();
+        assert_eq!(c.expose(), "cne_secret");
+        assert!(!format!("{c:?}").contains("secret"));
+        let client = AgentClient::new("http://x:1").unwrap().with_credential(c);
+        assert!(!format!("{client:?}").contains("cne_secret"));
+        assert!(Credential::new("  ").is_none());
+    }
+}

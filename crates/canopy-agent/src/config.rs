@@ -1,0 +1,94 @@
+//! How an agent is started: which control plane, where it keeps its data, how it enrolls, which
+//! engine it drives and how often it polls, converges and reports.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+
+/// Everything [`run`](crate::run) needs. Build it with [`AgentConfig::new`] and set fields.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The control plane's address (`https://cp.example.com`, `http://127.0.0.1:8080`).
+    pub server: String,
+    /// Where the credential, identity, last desired state and sequence number live.
+    pub data_dir: PathBuf,
+    /// Enrollment token (`cnt_...`), needed only while the agent has no credential. Never
+    /// logged; `Debug` is redacted.
+    pub enroll_token: Option<String>,
+    /// Requested edge name at enrollment (the server picks one when absent).
+    pub name: Option<String>,
+    /// Edge labels sent at enrollment.
+    pub labels: BTreeMap<String, String>,
+    /// Container engine address (`unix:///run/podman/podman.sock`...); default: `$DOCKER_HOST`,
+    /// then Podman's socket, then Docker's.
+    pub docker_host: Option<String>,
+    /// Restricts the driver to objects of this scope (several agents on one engine, tests).
+    pub scope: Option<String>,
+    /// How long one desired-state long-poll waits (`waitSeconds`, at most 60 s). Default 25 s.
+    pub poll_wait: Duration,
+    /// How often convergence passes repeat while some app is not `RUNNING`. Default 3 s.
+    pub converge_interval: Duration,
+    /// Reporting interval when nothing changes; default: what the control plane says
+    /// (`heartbeatSeconds`, 30 s until it said anything).
+    pub heartbeat: Option<Duration>,
+    /// Retry schedule after transient failures. Default 1 s doubling to 60 s, full jitter.
+    pub backoff: Backoff,
+}
+
+impl AgentConfig {
+    /// A configuration with the protocol's defaults.
+    pub fn new(server: impl Into<String>, data_dir: impl Into<PathBuf>) -> AgentConfig {
+        AgentConfig {
+            server: server.into(),
+            data_dir: data_dir.into(),
+            enroll_token: None,
+            name: None,
+            labels: BTreeMap::new(),
+            docker_host: None,
+            scope: None,
+            poll_wait: Duration::from_secs(25),
+            converge_interval: Duration::from_secs(3),
+            heartbeat: None,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("server", &self.server)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "enroll_token",
+                &self.enroll_token.as_ref().map(|_| "********"),
+            )
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("docker_host", &self.docker_host)
+            .field("scope", &self.scope)
+            .field("poll_wait", &self.poll_wait)
+            .field("converge_interval", &self.converge_interval)
+            .field("heartbeat", &self.heartbeat)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_enrollment_token_is_not_shown() {
+        let mut c = AgentConfig::new("http://cp:1", "/var/lib/canopy-agent");
+        c.enroll_token = Some("cnt_secret".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("cnt_secret"), "{shown}");
+        assert!(shown.contains("********"), "{shown}");
+        assert_eq!(c.poll_wait, Duration::from_secs(25));
+        assert_eq!(c.converge_interval, Duration::from_secs(3));
+    }
+}

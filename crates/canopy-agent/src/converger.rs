@@ -1,0 +1,42 @@
+//! What the sync loop needs of a driver, as a trait: one convergence pass, one observation, and
+//! the engine's name. [`DockerDriver`] is the real one; tests put a double in its place to run
+//! the loop without a container engine.
+
+use std::future::Future;
+
+use canopy_proto::{AppStatus, DesiredState};
+
+use crate::driver::{DockerDriver, DriverError};
+
+/// A driver the sync loop converges with. Calls never overlap: the loop makes one at a time.
+pub trait Converger: Send + Sync {
+    /// One bounded, re-runnable convergence pass to `desired`; each desired app's status, in
+    /// order. Must adopt what earlier passes created and leave healthy workloads alone.
+    fn apply(
+        &self,
+        desired: &DesiredState,
+    ) -> impl Future<Output = Result<Vec<AppStatus>, DriverError>> + Send;
+
+    /// The status [`apply`](Self::apply) would report, changing nothing.
+    fn observe(
+        &self,
+        desired: &DesiredState,
+    ) -> impl Future<Output = Result<Vec<AppStatus>, DriverError>> + Send;
+
+    /// The engine driven, e.g. `Podman Engine 5.4.2` (reported to the control plane).
+    fn engine(&self) -> String;
+}
+
+impl Converger for DockerDriver {
+    async fn apply(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
+        DockerDriver::apply(self, desired).await
+    }
+
+    async fn observe(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
+        DockerDriver::observe(self, desired).await
+    }
+
+    fn engine(&self) -> String {
+        DockerDriver::engine(self).to_string()
+    }
+}

@@ -1,0 +1,802 @@
+//! The sync loop: the whole agent once it is configured (`docs/AGENT-PROTOCOL.md`).
+//!
+//! At start the agent checks its data directory, connects to its engine and, if it holds a
+//! desired state from an earlier run, starts converging to it at once, before the control plane
+//! is asked anything: workloads come back even with the control plane down. Without a
+//! credential it first enrolls with its token. Then three activities run side by side in one
+//! task (no spawned task outlives [`run`]):
+//!
+//! - the **poller** long-polls the desired state after the generation it holds; a newer one is
+//!   written to disk, then handed to the converger (only the newest counts: older generations are
+//!   never applied);
+//! - the **converger** owns the driver, so passes never overlap: it applies a new desired state
+//!   at once, applies again every `converge_interval` while some app is not `RUNNING`, and
+//!   otherwise only observes, every heartbeat; each pass publishes the apps' statuses;
+//! - the **reporter** sends a status report when those statuses change and at least every
+//!   heartbeat, with a sequence number that grows across restarts.
+//!
+//! Transient failures (network, `5xx`) are retried with jittered exponential backoff by the
+//! activity that met them; the others keep going. A refused credential (`401`) or protocol
+//! (`426`) ends [`run`] with that error. Neither an error nor shutdown touches the workloads.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use canopy_proto::{
+    AgentInfo, AppState, AppStatus, DesiredState, EnrollRequest, Generation, PROTOCOL_VERSION,
+    StatusReport,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::client::{AgentClient, Credential, normalize_server};
+use crate::config::AgentConfig;
+use crate::converger::Converger;
+use crate::driver::{DockerDriver, DriverError};
+use crate::error::AgentError;
+use crate::state::{AgentState, DataDir, EdgeRecord};
+
+/// Reporting interval until the control plane names one.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// Sequence numbers reserved on disk at once: `state.json` is written once per this many
+/// reports instead of before each one (edge storage is often flash that wears).
+const SEQ_BLOCK: u64 = 100;
+/// What the agent says it can run.
+const CAPABILITIES: &[&str] = &["containers"];
+
+/// Runs the agent until `shutdown` completes (then `Ok`) or the control plane refuses it for
+/// good (`401`, `426`: the error). Connects to the container engine named by the configuration
+/// (waiting for it to answer) and converges with it; see the module docs.
+///
+/// Shutdown changes no workload: a convergence pass in flight is abandoned where it is (passes
+/// are re-runnable; the next start adopts what it did), and nothing is stopped or removed.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let start = Start::check(&config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let driver = tokio::select! {
+        biased;
+        () = &mut shutdown => return Ok(()),
+        driver = connect_driver(&config) => driver?,
+    };
+    let driver = match &config.scope {
+        Some(scope) => driver.scoped(scope),
+        None => driver,
+    };
+    run_started(config, start, driver, shutdown).await
+}
+
+/// [`run`] with a given driver instead of a connection to the configured engine (for tests and
+/// simulators).
+pub async fn run_with<C: Converger>(
+    config: AgentConfig,
+    converger: C,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let start = Start::check(&config).await?;
+    run_started(config, start, converger, shutdown).await
+}
+
+/// What the agent found in its data directory.
+struct Start {
+    dir: DataDir,
+    server: String,
+    credential: Option<Credential>,
+    edge: Option<EdgeRecord>,
+}
+
+impl Start {
+    /// Opens the data directory and refuses what cannot work: a directory of another control
+    /// plane, or no credential and no token.
+    async fn check(config: &AgentConfig) -> Result<Start, AgentError> {
+        let server = normalize_server(&config.server)?;
+        let root = config.data_dir.clone();
+        let (dir, credential, edge) = blocking(move || {
+            let dir = DataDir::open(root)?;
+            let credential = dir.credential()?;
+            let edge = dir.edge()?;
+            Ok((dir, credential, edge))
+        })
+        .await?;
+        if let Some(edge) = &edge
+            && edge.server != server
+        {
+            return Err(AgentError::ServerMismatch {
+                data_dir: dir.path().to_path_buf(),
+                edge: edge.edge_name.clone(),
+                enrolled: edge.server.clone(),
+                configured: server,
+            });
+        }
+        if credential.is_none() && config.enroll_token.as_deref().is_none_or(str::is_empty) {
+            return Err(AgentError::NotEnrolled {
+                data_dir: dir.path().to_path_buf(),
+            });
+        }
+        Ok(Start {
+            dir,
+            server,
+            credential,
+            edge,
+        })
+    }
+}
+
+/// Connects to the engine, waiting (with backoff) while it does not answer: on a booting edge
+/// the engine may come up after the agent.
+async fn connect_driver(config: &AgentConfig) -> Result<DockerDriver, AgentError> {
+    let mut backoff = config.backoff.clone();
+    let mut waiting = false;
+    loop {
+        match DockerDriver::connect(config.docker_host.as_deref()).await {
+            Ok(driver) => return Ok(driver),
+            Err(e @ DriverError::Unreachable { .. }) => {
+                if !waiting {
+                    warn!(error = %e.chain(), "waiting for the container engine");
+                    waiting = true;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn run_started<C: Converger>(
+    config: AgentConfig,
+    start: Start,
+    converger: C,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let agent = AgentInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        engine: converger.engine(),
+    };
+    let client = AgentClient::new(&start.server)?;
+    let mut heartbeat = DEFAULT_HEARTBEAT;
+    let (client, edge) = match start.credential {
+        Some(credential) => {
+            if config.enroll_token.is_some() || config.name.is_some() || !config.labels.is_empty() {
+                info!(
+                    "already enrolled: the enrollment token, name and labels given are only used \
+                     at enrollment and are ignored"
+                );
+            }
+            let edge = start.edge.unwrap_or_else(|| {
+                warn!(
+                    "edge.json is missing from the data directory; continuing with the credential"
+                );
+                EdgeRecord {
+                    edge_id: String::new(),
+                    edge_name: String::new(),
+                    project: String::new(),
+                    server: start.server.clone(),
+                }
+            });
+            (client.with_credential(credential), edge)
+        }
+        None => {
+            let enrolled = tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                r = enroll(&config, &client, &start.dir, agent.clone()) => r?,
+            };
+            if enrolled.heartbeat_seconds > 0 {
+                heartbeat = Duration::from_secs(u64::from(enrolled.heartbeat_seconds));
+            }
+            (client.with_credential(enrolled.credential), enrolled.edge)
+        }
+    };
+    let dir = start.dir.clone();
+    let (desired, state) = blocking(move || Ok((dir.desired()?, dir.state()?))).await?;
+    let shared = Arc::new(Shared {
+        dir: start.dir,
+        client,
+        config: config.clone(),
+        heartbeat_ms: AtomicU64::new(millis(heartbeat)),
+        link: Link::default(),
+        persisted: Mutex::new(Persisted {
+            next_seq: state.seq + 1,
+            state,
+        }),
+        file: Mutex::new(()),
+    });
+    let on_disk = desired
+        .as_ref()
+        .map(|d| (d.generation.0, d.deployments.len()));
+    let held = desired.as_ref().map(|d| d.generation);
+    let (desired_tx, desired_rx) = watch::channel(desired.map(Arc::new));
+    let (observed_tx, observed_rx) = watch::channel(None);
+    let span = info_span!(
+        "agent",
+        edge = %edge.edge_name,
+        project = %edge.project,
+    );
+    async {
+        if let Some((generation, deployments)) = on_disk {
+            info!(
+                generation,
+                deployments, "converging to the desired state kept on disk"
+            );
+        }
+        tokio::select! {
+            biased;
+            () = &mut shutdown => {
+                info!("shutting down; workloads are left as they are");
+                Ok(())
+            }
+            never = converge_loop(&shared, &converger, desired_rx, observed_tx) => match never {},
+            e = poll_loop(&shared, held, desired_tx) => Err(e),
+            e = report_loop(&shared, observed_rx, agent) => Err(e),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The outcome of an enrollment, once kept on disk.
+struct Enrolled {
+    edge: EdgeRecord,
+    credential: Credential,
+    heartbeat_seconds: u32,
+}
+
+/// Enrolls with the configured token, retrying transient failures; keeps the credential.
+async fn enroll(
+    config: &AgentConfig,
+    client: &AgentClient,
+    dir: &DataDir,
+    agent: AgentInfo,
+) -> Result<Enrolled, AgentError> {
+    let request = EnrollRequest {
+        protocol_version: PROTOCOL_VERSION,
+        token: config.enroll_token.clone().unwrap_or_default(),
+        name: config.name.clone().unwrap_or_default(),
+        labels: config.labels.clone(),
+        agent,
+    };
+    let mut backoff = config.backoff.clone();
+    let mut warned = false;
+    let response = loop {
+        match client.enroll(&request).await {
+            Ok(r) => break r,
+            Err(e) if e.is_transient() => {
+                if !warned {
+                    warn!(error = %e.chain(), "cannot enroll yet; retrying with backoff");
+                    warned = true;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let heartbeat_seconds = response.heartbeat_seconds;
+    let server = client.server().to_string();
+    let dir = dir.clone();
+    let (record, credential) = blocking(move || {
+        let record = dir.save_enrollment(&server, &response)?;
+        let credential = dir.credential()?.ok_or_else(|| AgentError::DataDir {
+            op: "read back",
+            path: dir.path().join("credential"),
+            source: "the credential just written is missing".into(),
+        })?;
+        Ok((record, credential))
+    })
+    .await?;
+    info!(
+        edge = %record.edge_name,
+        edge_id = %record.edge_id,
+        project = %record.project,
+        "enrolled with the control plane"
+    );
+    Ok(Enrolled {
+        edge: record,
+        credential,
+        heartbeat_seconds,
+    })
+}
+
+/// What the three activities share.
+struct Shared {
+    dir: DataDir,
+    client: AgentClient,
+    config: AgentConfig,
+    /// The heartbeat interval the control plane asked for, in milliseconds.
+    heartbeat_ms: AtomicU64,
+    link: Link,
+    persisted: Mutex<Persisted>,
+    /// Serializes writes of `state.json` (taken in blocking threads only).
+    file: Mutex<()>,
+}
+
+/// `state.json` as kept, and the next sequence number to use.
+struct Persisted {
+    /// `seq` is the highest sequence number reserved on disk.
+    state: AgentState,
+    next_seq: u64,
+}
+
+impl Shared {
+    fn heartbeat(&self) -> Duration {
+        self.config
+            .heartbeat
+            .unwrap_or_else(|| Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    fn set_heartbeat_seconds(&self, seconds: u32) {
+        if seconds > 0 {
+            self.heartbeat_ms.store(
+                millis(Duration::from_secs(u64::from(seconds))),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn persisted(&self) -> std::sync::MutexGuard<'_, Persisted> {
+        self.persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next status sequence number; reserves a new block on disk first when needed, so a
+    /// restart never reuses a number. If the block cannot be written the number is used
+    /// anyway (an edge that cannot write its disk should still report): after a restart the
+    /// control plane's ack names the highest number it saw and the reporter continues after it.
+    async fn next_seq(self: &Arc<Self>) -> u64 {
+        let (seq, reserve) = {
+            let mut p = self.persisted();
+            let seq = p.next_seq;
+            p.next_seq += 1;
+            let reserve = seq > p.state.seq;
+            if reserve {
+                p.state.seq = seq + SEQ_BLOCK - 1;
+            }
+            (seq, reserve)
+        };
+        if reserve && let Err(e) = self.save_state().await {
+            error!(error = %e.chain(), "cannot reserve status sequence numbers on disk");
+        }
+        seq
+    }
+
+    /// Continues after `seq` (the control plane has seen it: a data directory restored from a
+    /// backup, or a lost `state.json`).
+    fn skip_past(&self, seq: u64) {
+        let mut p = self.persisted();
+        p.next_seq = p.next_seq.max(seq + 1);
+    }
+
+    async fn set_applied(self: &Arc<Self>, generation: Generation) -> Result<(), AgentError> {
+        {
+            let mut p = self.persisted();
+            if p.state.applied_generation == generation {
+                return Ok(());
+            }
+            p.state.applied_generation = generation;
+        }
+        self.save_state().await
+    }
+
+    /// Writes the latest state (whoever changed it last): writes are serialized and each
+    /// writes what is current when it runs, so an older state never overwrites a newer one.
+    async fn save_state(self: &Arc<Self>) -> Result<(), AgentError> {
+        let shared = Arc::clone(self);
+        blocking(move || {
+            let _file = shared.file.lock().unwrap_or_else(PoisonError::into_inner);
+            let state = shared.persisted().state;
+            shared.dir.save_state(&state)
+        })
+        .await
+    }
+}
+
+/// Whether the control plane answers, to log each transition once rather than every retry.
+#[derive(Default)]
+struct Link(AtomicU8);
+
+const LINK_UNKNOWN: u8 = 0;
+const LINK_UP: u8 = 1;
+const LINK_DOWN: u8 = 2;
+
+impl Link {
+    fn up(&self) {
+        match self.0.swap(LINK_UP, Ordering::Relaxed) {
+            LINK_UNKNOWN => info!("connected to the control plane"),
+            LINK_DOWN => info!("connection to the control plane restored"),
+            _ => {}
+        }
+    }
+
+    fn down(&self, e: &AgentError) {
+        if self.0.swap(LINK_DOWN, Ordering::Relaxed) == LINK_DOWN {
+            debug!(error = %e.chain(), "control plane still unreachable");
+        } else {
+            warn!(
+                error = %e.chain(),
+                "lost the control plane; retrying with backoff (workloads keep running)"
+            );
+        }
+    }
+}
+
+/// Handles a failed request of a loop that must go on: the delay before retrying, or the
+/// error when the loop must stop.
+fn retry_after(
+    shared: &Shared,
+    e: AgentError,
+    backoff: &mut Backoff,
+    last_rejection: &mut Option<String>,
+) -> Result<Duration, AgentError> {
+    if e.is_fatal() {
+        return Err(e);
+    }
+    if e.is_transient() {
+        shared.link.down(&e);
+    } else {
+        // The control plane answers but refuses: not a lost connection. Say it once per cause.
+        let text = e.chain();
+        if last_rejection.as_deref() != Some(text.as_str()) {
+            warn!(error = %text, "the control plane refused a request; retrying with backoff");
+            *last_rejection = Some(text);
+        }
+    }
+    Ok(backoff.next_delay())
+}
+
+/// Long-polls the desired state forever; returns only a fatal error.
+async fn poll_loop(
+    shared: &Arc<Shared>,
+    mut held: Option<Generation>,
+    desired_tx: watch::Sender<Option<Arc<DesiredState>>>,
+) -> AgentError {
+    let mut backoff = shared.config.backoff.clone();
+    let mut last_rejection = None;
+    let wait = shared.config.poll_wait.max(Duration::from_secs(1));
+    loop {
+        let after = held.unwrap_or_default();
+        match shared.client.desired_state(after, wait).await {
+            Ok(answer) => {
+                shared.link.up();
+                backoff.reset();
+                last_rejection = None;
+                let Some(desired) = answer else { continue };
+                if let Some(h) = held
+                    && desired.generation <= h
+                {
+                    if desired.generation < h {
+                        warn!(
+                            received = desired.generation.0,
+                            held = h.0,
+                            "ignoring a desired state older than the one held"
+                        );
+                    } else {
+                        debug!(
+                            generation = h.0,
+                            "the control plane sent the generation held"
+                        );
+                    }
+                    // It answered at once: do not ask again at once.
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                info!(
+                    generation = desired.generation.0,
+                    deployments = desired.deployments.len(),
+                    "received a new desired state"
+                );
+                let dir = shared.dir.clone();
+                let kept = Arc::new(desired);
+                let to_save = Arc::clone(&kept);
+                if let Err(e) = blocking(move || dir.save_desired(&to_save)).await {
+                    error!(
+                        error = %e.chain(),
+                        "cannot keep the desired state on disk (a restart without the control \
+                         plane would use an older one); applying it anyway"
+                    );
+                }
+                held = Some(kept.generation);
+                desired_tx.send_replace(Some(kept));
+            }
+            Err(e) => match retry_after(shared, e, &mut backoff, &mut last_rejection) {
+                Ok(delay) => tokio::time::sleep(delay).await,
+                Err(fatal) => return fatal,
+            },
+        }
+    }
+}
+
+/// The statuses of one pass, for the generation they were computed against.
+#[derive(Debug, Clone, PartialEq)]
+struct Observation {
+    generation: Generation,
+    apps: Vec<AppStatus>,
+}
+
+/// Owns the driver: applies or observes, publishes statuses. Never returns.
+async fn converge_loop<C: Converger>(
+    shared: &Arc<Shared>,
+    converger: &C,
+    mut desired_rx: watch::Receiver<Option<Arc<DesiredState>>>,
+    observed_tx: watch::Sender<Option<Observation>>,
+) -> Infallible {
+    let mut current = desired_rx.borrow_and_update().clone();
+    let mut must_apply = current.is_some();
+    let mut all_running = false;
+    let mut engine_error: Option<String> = None;
+    let mut sender_gone = false;
+    if current.is_none() {
+        // Nothing to run yet; say so (and who we are) right away.
+        observed_tx.send_replace(Some(Observation {
+            generation: Generation(0),
+            apps: Vec::new(),
+        }));
+    }
+    loop {
+        if let Some(desired) = current.clone() {
+            let applying = must_apply || !all_running;
+            let result = if applying {
+                converger.apply(&desired).await
+            } else {
+                converger.observe(&desired).await
+            };
+            let apps = match result {
+                Ok(apps) => {
+                    if engine_error.take().is_some() {
+                        info!("convergence passes work again");
+                    }
+                    if must_apply {
+                        must_apply = false;
+                        let running = apps.iter().filter(|a| a.state == AppState::Running);
+                        info!(
+                            generation = desired.generation.0,
+                            apps = apps.len(),
+                            running = running.count(),
+                            "applied desired state"
+                        );
+                        if let Err(e) = shared.set_applied(desired.generation).await {
+                            warn!(error = %e.chain(), "cannot record the applied generation");
+                        }
+                    }
+                    apps
+                }
+                Err(e) => {
+                    let text = e.chain();
+                    if engine_error.as_deref() != Some(text.as_str()) {
+                        warn!(error = %text, "convergence pass failed; retrying");
+                    } else {
+                        debug!(error = %text, "convergence pass failed again");
+                    }
+                    let apps = unobservable(&desired, &text);
+                    engine_error = Some(text);
+                    apps
+                }
+            };
+            all_running = apps.iter().all(|a| a.state == AppState::Running);
+            observed_tx.send_replace(Some(Observation {
+                generation: desired.generation,
+                apps,
+            }));
+        }
+        let wait = match &current {
+            None => None,
+            Some(_) if all_running => Some(shared.heartbeat()),
+            Some(_) => Some(shared.config.converge_interval),
+        };
+        tokio::select! {
+            changed = desired_rx.changed(), if !sender_gone => {
+                if changed.is_err() {
+                    sender_gone = true;
+                } else {
+                    current = desired_rx.borrow_and_update().clone();
+                    must_apply = true;
+                }
+            }
+            () = sleep_or_forever(wait) => {}
+        }
+    }
+}
+
+/// Sends status reports: when statuses change, and at least every heartbeat. Returns only a
+/// fatal error.
+async fn report_loop(
+    shared: &Arc<Shared>,
+    mut observed_rx: watch::Receiver<Option<Observation>>,
+    agent: AgentInfo,
+) -> AgentError {
+    let mut backoff = shared.config.backoff.clone();
+    let mut last_rejection = None;
+    let mut last_sent: Option<(Observation, Instant)> = None;
+    let mut source_gone = false;
+    loop {
+        let due = last_sent.as_ref().map(|(_, at)| *at + shared.heartbeat());
+        tokio::select! {
+            changed = observed_rx.changed(), if !source_gone => {
+                source_gone = changed.is_err();
+            }
+            () = sleep_until_or_forever(due) => {}
+        }
+        let Some(observed) = observed_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let heartbeat_due = due.is_none_or(|d| Instant::now() >= d);
+        if !heartbeat_due && last_sent.as_ref().is_some_and(|(o, _)| *o == observed) {
+            continue;
+        }
+        // Send the latest statuses, retrying until one report is accepted.
+        loop {
+            let observed = observed_rx
+                .borrow_and_update()
+                .clone()
+                .unwrap_or_else(|| observed.clone());
+            let seq = shared.next_seq().await;
+            let report = StatusReport {
+                protocol_version: PROTOCOL_VERSION,
+                seq,
+                generation: observed.generation,
+                apps: observed.apps.clone(),
+                agent: Some(agent.clone()),
+            };
+            match shared.client.report(&report).await {
+                Ok(ack) => {
+                    shared.link.up();
+                    backoff.reset();
+                    last_rejection = None;
+                    shared.set_heartbeat_seconds(ack.heartbeat_seconds);
+                    if ack.seq > seq {
+                        warn!(
+                            sent = seq,
+                            accepted = ack.seq,
+                            "the control plane has seen newer status sequence numbers; \
+                             continuing after them"
+                        );
+                        shared.skip_past(ack.seq);
+                        continue;
+                    }
+                    debug!(seq, generation = observed.generation.0, "status reported");
+                    last_sent = Some((observed, Instant::now()));
+                    break;
+                }
+                Err(e) => match retry_after(shared, e, &mut backoff, &mut last_rejection) {
+                    Ok(delay) => tokio::time::sleep(delay).await,
+                    Err(fatal) => return fatal,
+                },
+            }
+        }
+    }
+}
+
+/// Each desired app `DOWN` with the reason, when a pass could not even look.
+fn unobservable(desired: &DesiredState, why: &str) -> Vec<AppStatus> {
+    desired
+        .deployments
+        .iter()
+        .flat_map(|d| {
+            d.apps.iter().map(move |a| AppStatus {
+                deployment_id: d.deployment_id.clone(),
+                app: a.name.clone(),
+                state: AppState::Down,
+                message: format!("the agent cannot converge: {why}"),
+                deployment_generation: d.generation,
+                workloads: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs data-directory work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(AgentError::DataDir {
+            op: "use",
+            path: "the data directory".into(),
+            source: Box::new(e),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canopy_proto::{AppInstance, DeploymentInstance};
+
+    #[test]
+    fn unobservable_apps_are_down_with_the_reason() {
+        let desired = DesiredState {
+            generation: Generation(3),
+            deployments: vec![DeploymentInstance {
+                deployment_id: "d1".into(),
+                generation: 2,
+                apps: vec![
+                    AppInstance {
+                        name: "a".into(),
+                        ..Default::default()
+                    },
+                    AppInstance {
+                        name: "b".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+        };
+        let apps = unobservable(&desired, "no engine");
+        assert_eq!(apps.len(), 2);
+        assert!(apps.iter().all(|a| a.state == AppState::Down
+            && a.deployment_generation == 2
+            && a.message.contains("no engine")));
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_are_reserved_in_blocks_and_never_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let make = || {
+            let dir = DataDir::open(tmp.path()).unwrap();
+            let state = dir.state().unwrap();
+            Arc::new(Shared {
+                dir,
+                client: AgentClient::new("http://127.0.0.1:1").unwrap(),
+                config: AgentConfig::new("http://127.0.0.1:1", tmp.path()),
+                heartbeat_ms: AtomicU64::new(30_000),
+                link: Link::default(),
+                persisted: Mutex::new(Persisted {
+                    next_seq: state.seq + 1,
+                    state,
+                }),
+                file: Mutex::new(()),
+            })
+        };
+        let first = make();
+        let mut seen = Vec::new();
+        for _ in 0..150 {
+            seen.push(first.next_seq().await);
+        }
+        assert_eq!(seen.first(), Some(&1));
+        assert_eq!(seen.last(), Some(&150));
+        assert_eq!(first.dir.state().unwrap().seq, 200, "two blocks reserved");
+        first.set_applied(Generation(7)).await.unwrap();
+        // A restart continues after everything reserved.
+        let second = make();
+        assert_eq!(second.next_seq().await, 201);
+        assert_eq!(
+            second.dir.state().unwrap(),
+            AgentState {
+                seq: 300,
+                applied_generation: Generation(7)
+            }
+        );
+        second.skip_past(1_000);
+        assert_eq!(second.next_seq().await, 1_001);
+        assert_eq!(second.dir.state().unwrap().seq, 1_100);
+    }
+}

@@ -1,0 +1,772 @@
+//! The deployment manager (reference section 6): create, update (upgrade, downgrade, retarget),
+//! delete, the cluster views and the status summary.
+//!
+//! Every mutation runs under the hub's write lock, in one store transaction of the project (the
+//! deployment rows, the catalog packages' `isDeployed` flags and the fleet revision change
+//! together), and reaches the hub only after commit. The rules themselves (request checks,
+//! targeting, rendering, status folding) are in `canopy-deploy`; this module orchestrates them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use canopy_core::catalog::{Application, DeploymentPackage, Registry};
+use canopy_core::list::{Entity, Field};
+use canopy_deploy::model::{
+    App as ApiApp, Cluster, ClusterInfo, DeleteType, Deployment, DeploymentInstancesCluster,
+    DeploymentStatus, DeploymentsStatus, State, TargetClusters,
+};
+use canopy_deploy::render::{PackageInput, Requirement, render_deployment};
+use canopy_deploy::target::{labels_filter_matches, targeting, update_targets};
+use canopy_deploy::validate::normalize_request;
+use canopy_store::CatalogTx;
+use time::OffsetDateTime;
+
+use super::edges::{edge_not_found, list_query, parse_label_filters};
+use super::{App, AppError, Ctx};
+use crate::hub::DeploymentRecord;
+
+/// How deep deployment requirements may nest (a cycle is refused long before).
+const MAX_REQUIREMENT_DEPTH: usize = 8;
+
+/// `/deployments/{id}/clusters`: one page and the total.
+pub struct DeploymentClusters {
+    pub clusters: Vec<Cluster>,
+    pub total: u64,
+}
+
+/// A package with its applications and the registries they name (with credentials).
+struct PackageParts {
+    package: DeploymentPackage,
+    apps: Vec<Application>,
+    registries: BTreeMap<String, Registry>,
+}
+
+async fn load_package(
+    tx: &mut CatalogTx,
+    name: &str,
+    version: &str,
+) -> Result<PackageParts, AppError> {
+    let package = tx.get_package(name, version).await?.ok_or_else(|| {
+        AppError::NotFound(format!("deployment package {name}:{version} not found"))
+    })?;
+    let mut apps = Vec::new();
+    let mut registries = BTreeMap::new();
+    for r in &package.application_references {
+        let app = tx
+            .get_application(&r.name, &r.version)
+            .await?
+            .ok_or_else(|| {
+                AppError::NotFound(format!(
+                    "application {}:{} of deployment package {name}:{version} not found",
+                    r.name, r.version
+                ))
+            })?;
+        for reg in [&app.image_registry_name, &app.helm_registry_name] {
+            if !reg.is_empty() && !registries.contains_key(reg) {
+                let found = tx.get_registry(reg).await?.ok_or_else(|| {
+                    AppError::NotFound(format!(
+                        "registry {reg} of application {}:{} not found",
+                        app.name, app.version
+                    ))
+                })?;
+                registries.insert(reg.clone(), found);
+            }
+        }
+        apps.push(app);
+    }
+    Ok(PackageParts {
+        package,
+        apps,
+        registries,
+    })
+}
+
+async fn set_deployed(
+    tx: &mut CatalogTx,
+    name: &str,
+    version: &str,
+    deployed: bool,
+) -> Result<(), AppError> {
+    if let Some(mut p) = tx.get_package(name, version).await?
+        && p.is_deployed != deployed
+    {
+        p.is_deployed = deployed;
+        tx.put_package(&p).await?;
+    }
+    Ok(())
+}
+
+/// A fresh `deployment-xxxxx` name not used in the project.
+fn new_name(taken: &BTreeSet<String>) -> String {
+    loop {
+        let hex = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("deployment-{}", &hex[..5]);
+        if !taken.contains(&name) {
+            return name;
+        }
+    }
+}
+
+/// What one transaction of the deployment manager changes in the hub after commit.
+#[derive(Default)]
+struct Plan {
+    put: Vec<DeploymentRecord>,
+    remove: Vec<String>,
+}
+
+impl App {
+    /// Creates a deployment (and the child deployments its requirements need); returns its id.
+    pub async fn create_deployment(&self, ctx: &Ctx, req: Deployment) -> Result<String, AppError> {
+        let norm = normalize_request(&req)?;
+        let hub = self.hub();
+        let _writes = hub.lock_writes().await;
+        let existing = hub.deployments(ctx.project.id);
+        let mut tx = self.store().write(ctx.project.id).await?;
+        let mut plan = Plan::default();
+        let mut names: BTreeSet<String> = existing.iter().map(|d| d.name.clone()).collect();
+        let rec = self
+            .create_in_tx(ctx, &mut tx, norm, &existing, &mut names, &mut plan, 0)
+            .await?;
+        let revision = tx.bump_fleet_revision().await?;
+        for r in &plan.put {
+            if existing.iter().any(|e| e.id == r.id) {
+                tx.update_deployment(&r.id, &r.to_row().body, r.update_time)
+                    .await?;
+            } else {
+                tx.insert_deployment(&r.to_row()).await?;
+            }
+        }
+        tx.commit().await?;
+        let id = rec.id.clone();
+        for r in plan.put {
+            tracing::info!(project = %ctx.project.name, deployment = %r.id, package = %format!("{}:{}", r.spec.app_name, r.spec.app_version), "deployment created");
+            hub.put_deployment(Arc::new(r), revision);
+        }
+        Ok(id)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one transaction's context, passed down"
+    )]
+    async fn create_in_tx(
+        &self,
+        ctx: &Ctx,
+        tx: &mut CatalogTx,
+        norm: Deployment,
+        existing: &[Arc<DeploymentRecord>],
+        names: &mut BTreeSet<String>,
+        plan: &mut Plan,
+        depth: usize,
+    ) -> Result<DeploymentRecord, AppError> {
+        if depth > MAX_REQUIREMENT_DEPTH {
+            return Err(AppError::FailedPrecondition(format!(
+                "deployment requirements of {}:{} nest deeper than {MAX_REQUIREMENT_DEPTH} levels (a cycle?)",
+                norm.app_name, norm.app_version
+            )));
+        }
+        let parts = load_package(tx, &norm.app_name, &norm.app_version).await?;
+        let app_names: Vec<String> = parts.apps.iter().map(|a| a.name.clone()).collect();
+        let targets = targeting(&norm, &app_names)?;
+        if targets.is_targeted() {
+            for r in targets.edge_refs() {
+                if self.hub().resolve_edge(ctx.project.id, r).is_none() {
+                    return Err(AppError::NotFound(format!(
+                        "targetClusters: edge {r} not found in project {}",
+                        ctx.project.name
+                    )));
+                }
+            }
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let name = new_name(names);
+        names.insert(name.clone());
+        let project = ctx.project.name.as_str();
+        let input = PackageInput {
+            package: &parts.package,
+            apps: parts.apps.iter().collect(),
+            registries: &parts.registries,
+            project,
+        };
+        let rendered = render_deployment(&input, &norm, &id, &name, None)?;
+        let mut spec = norm;
+        if spec.display_name.is_empty() {
+            spec.display_name = name.clone();
+        }
+        spec.profile_name = rendered.profile_name.clone();
+        spec.override_values = rendered.override_values.clone();
+        check_duplicate(existing, plan, &spec, None)?;
+
+        let now = OffsetDateTime::now_utc();
+        let mut rec = DeploymentRecord {
+            id,
+            name,
+            project_id: ctx.project.id,
+            masked_overrides: rendered.masked_override_values.clone(),
+            profile_name: rendered.profile_name.clone(),
+            default_profile_name: parts.package.default_profile_name.clone(),
+            generation: 1,
+            apps: rendered.apps.clone(),
+            targeting: targets,
+            requirements: rendered.requirements.clone(),
+            parents: Vec::new(),
+            children: Vec::new(),
+            deploy_in_progress: true,
+            create_time: now,
+            update_time: now,
+            spec,
+        };
+        set_deployed(tx, &rec.spec.app_name, &rec.spec.app_version, true).await?;
+
+        // Deployment requirements: a child deployment per required package, or the existing
+        // one when the package forbids several.
+        let mut seen = BTreeSet::new();
+        for r in &rendered.requirements {
+            if !seen.insert((r.package.clone(), r.version.clone(), r.profile.clone())) {
+                continue;
+            }
+            let child_id = self
+                .child_for(ctx, tx, &rec, r, existing, names, plan, depth)
+                .await?;
+            if !rec.children.contains(&child_id) {
+                rec.children.push(child_id);
+            }
+        }
+        plan.put.push(rec.clone());
+        Ok(rec)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one transaction's context, passed down"
+    )]
+    async fn child_for(
+        &self,
+        ctx: &Ctx,
+        tx: &mut CatalogTx,
+        parent: &DeploymentRecord,
+        r: &Requirement,
+        existing: &[Arc<DeploymentRecord>],
+        names: &mut BTreeSet<String>,
+        plan: &mut Plan,
+        depth: usize,
+    ) -> Result<String, AppError> {
+        let required = tx
+            .get_package(&r.package, &r.version)
+            .await?
+            .ok_or_else(|| {
+                AppError::NotFound(format!(
+                    "deployment package {}:{} required by application {} not found",
+                    r.package, r.version, r.app
+                ))
+            })?;
+        if required.forbids_multiple_deployments {
+            let mut same: Vec<DeploymentRecord> = existing
+                .iter()
+                .filter(|d| d.spec.app_name == r.package)
+                .map(|d| (**d).clone())
+                .collect();
+            // Prefer a copy already changed in this transaction.
+            for d in &mut same {
+                if let Some(p) = plan.put.iter().find(|p| p.id == d.id) {
+                    *d = p.clone();
+                }
+            }
+            match same.len() {
+                0 => {}
+                1 => {
+                    let mut reused = same.remove(0);
+                    if !reused.parents.contains(&parent.id) {
+                        reused.parents.push(parent.id.clone());
+                    }
+                    let id = reused.id.clone();
+                    plan.put.retain(|p| p.id != id);
+                    plan.put.push(reused);
+                    return Ok(id);
+                }
+                n => {
+                    return Err(AppError::AlreadyExists(format!(
+                        "deployment package {} forbids multiple deployments and {n} deployments of it exist in this project",
+                        r.package
+                    )));
+                }
+            }
+        }
+        // A new child, targeted at the parent's first target.
+        let first = parent
+            .spec
+            .all_app_target_clusters
+            .clone()
+            .or_else(|| parent.spec.target_clusters.first().cloned())
+            .unwrap_or_default();
+        let child = Deployment {
+            app_name: r.package.clone(),
+            app_version: r.version.clone(),
+            profile_name: r.profile.clone(),
+            deployment_type: parent.spec.deployment_type.clone(),
+            all_app_target_clusters: Some(TargetClusters {
+                app_name: String::new(),
+                cluster_id: first.cluster_id,
+                labels: first.labels,
+            }),
+            ..Default::default()
+        };
+        let child = normalize_request(&child)?;
+        let mut rec =
+            Box::pin(self.create_in_tx(ctx, tx, child, existing, names, plan, depth + 1)).await?;
+        rec.parents.push(parent.id.clone());
+        let id = rec.id.clone();
+        plan.put.retain(|p| p.id != id);
+        plan.put.push(rec);
+        Ok(id)
+    }
+
+    /// One deployment with its status and the apps of every edge.
+    pub fn get_deployment(&self, ctx: &Ctx, id: &str) -> Result<Deployment, AppError> {
+        let rec = self
+            .hub()
+            .deployment(ctx.project.id, id)
+            .ok_or_else(|| deployment_not_found(id))?;
+        let (status, clusters) = self.hub().deployment_status(&rec.id).unwrap_or_default();
+        let mut d = to_api(&rec, status);
+        d.apps = clusters.into_iter().flat_map(|c| c.apps).collect();
+        Ok(d)
+    }
+
+    /// Deployments of the project: `labels` filter (any given k=v in any target label set), then
+    /// filter, order and page. `totalElements` counts after the label filter and before
+    /// filter/paging, as the reference does.
+    pub fn list_deployments(
+        &self,
+        ctx: &Ctx,
+        raw: Option<&str>,
+    ) -> Result<(Vec<Deployment>, u64), AppError> {
+        let q = list_query(Entity::Deployment, raw)?;
+        let mut all = Vec::new();
+        for rec in self.hub().deployments(ctx.project.id) {
+            if !q.labels.is_empty() && !labels_filter_matches(&rec.targeting, &q.labels)? {
+                continue;
+            }
+            let (status, _) = self.hub().deployment_status(&rec.id).unwrap_or_default();
+            all.push(to_api(&rec, status));
+        }
+        let total = all.len() as u64;
+        let (page, _) = q.page_in_memory(all, |d, f| match f {
+            Field::Name => d.name.clone(),
+            Field::DisplayName => d.display_name.clone(),
+            Field::AppName => d.app_name.clone(),
+            Field::AppVersion => d.app_version.clone(),
+            Field::DeployId => d.deploy_id.clone(),
+            Field::Status => d
+                .status
+                .as_ref()
+                .map(|s| s.state.as_str().to_string())
+                .unwrap_or_default(),
+            Field::CreateTime => super::edges::fmt_time(d.create_time),
+            _ => String::new(),
+        });
+        Ok((page, total))
+    }
+
+    /// Updates a deployment: display name, profile, override values, targets, or another
+    /// version of the same package (upgrade or downgrade).
+    pub async fn update_deployment(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        req: Deployment,
+    ) -> Result<Deployment, AppError> {
+        let norm = normalize_request(&req)?;
+        let hub = self.hub();
+        let _writes = hub.lock_writes().await;
+        let old = hub
+            .deployment(ctx.project.id, id)
+            .ok_or_else(|| deployment_not_found(id))?;
+        if !old.parents.is_empty() {
+            return Err(AppError::Aborted(format!(
+                "deployment {} is required by deployment(s) {}: update those instead",
+                old.id,
+                old.parents.join(", ")
+            )));
+        }
+        if norm.app_name != old.spec.app_name {
+            return Err(AppError::Invalid(format!(
+                "appName {:?} must match the deployment's package {:?}: deploy another package as a new deployment",
+                norm.app_name, old.spec.app_name
+            )));
+        }
+        let existing = hub.deployments(ctx.project.id);
+        let mut tx = self.store().write(ctx.project.id).await?;
+        let parts = load_package(&mut tx, &norm.app_name, &norm.app_version).await?;
+        let app_names: Vec<String> = parts.apps.iter().map(|a| a.name.clone()).collect();
+        let requested = targeting(&norm, &app_names)?;
+        let targets = update_targets(&old.targeting, &requested);
+        let mut merged = norm;
+        if targets != requested {
+            // Label sets accumulated: show the effective per-app targets.
+            merged.target_clusters = targets.to_target_clusters();
+            merged.all_app_target_clusters = None;
+        }
+        if targets.is_targeted() {
+            for r in targets.edge_refs() {
+                if hub.resolve_edge(ctx.project.id, r).is_none() {
+                    return Err(AppError::NotFound(format!(
+                        "targetClusters: edge {r} not found in project {}",
+                        ctx.project.name
+                    )));
+                }
+            }
+        }
+        let input = PackageInput {
+            package: &parts.package,
+            apps: parts.apps.iter().collect(),
+            registries: &parts.registries,
+            project: ctx.project.name.as_str(),
+        };
+        let rendered = render_deployment(
+            &input,
+            &merged,
+            &old.id,
+            &old.name,
+            Some(&old.spec.override_values),
+        )?;
+        let key = |rs: &[Requirement]| -> BTreeSet<(String, String, String)> {
+            rs.iter()
+                .map(|r| (r.package.clone(), r.version.clone(), r.profile.clone()))
+                .collect()
+        };
+        if key(&rendered.requirements) != key(&old.requirements) {
+            return Err(AppError::Aborted(format!(
+                "this change would change the packages deployment {} requires; delete it and deploy again",
+                old.id
+            )));
+        }
+        let mut spec = merged;
+        if spec.display_name.is_empty() {
+            spec.display_name = old.name.clone();
+        }
+        spec.profile_name = rendered.profile_name.clone();
+        spec.override_values = rendered.override_values.clone();
+        check_duplicate(&existing, &Plan::default(), &spec, Some(&old.id))?;
+
+        let mut rec = (*old).clone();
+        let version_changed = spec.app_version != old.spec.app_version;
+        rec.masked_overrides = rendered.masked_override_values;
+        rec.profile_name = rendered.profile_name;
+        rec.default_profile_name = parts.package.default_profile_name.clone();
+        rec.generation += 1;
+        rec.apps = rendered.apps;
+        rec.targeting = targets;
+        rec.requirements = rendered.requirements;
+        rec.deploy_in_progress = true;
+        rec.update_time = OffsetDateTime::now_utc().max(old.update_time);
+        rec.spec = spec;
+        if version_changed {
+            set_deployed(&mut tx, &rec.spec.app_name, &rec.spec.app_version, true).await?;
+            let still_used = existing.iter().any(|d| {
+                d.id != old.id
+                    && d.spec.app_name == old.spec.app_name
+                    && d.spec.app_version == old.spec.app_version
+            });
+            if !still_used {
+                set_deployed(&mut tx, &old.spec.app_name, &old.spec.app_version, false).await?;
+            }
+        }
+        tx.update_deployment(&rec.id, &rec.to_row().body, rec.update_time)
+            .await?;
+        let revision = tx.bump_fleet_revision().await?;
+        tx.commit().await?;
+        tracing::info!(project = %ctx.project.name, deployment = %rec.id, generation = rec.generation, version = %rec.spec.app_version, "deployment updated");
+        let rec = Arc::new(rec);
+        hub.put_deployment(Arc::clone(&rec), revision);
+        drop(_writes);
+        self.get_deployment(ctx, id)
+    }
+
+    /// Deletes a deployment (`PARENT_ONLY`) or it and the deployments it required (`ALL`).
+    /// Edges are told at once; their agents remove the workloads.
+    pub async fn delete_deployment(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        delete_type: DeleteType,
+    ) -> Result<(), AppError> {
+        let hub = self.hub();
+        let _writes = hub.lock_writes().await;
+        let root = hub
+            .deployment(ctx.project.id, id)
+            .ok_or_else(|| deployment_not_found(id))?;
+        if !root.parents.is_empty() {
+            return Err(AppError::Aborted(format!(
+                "deployment {} is required by deployment(s) {}: delete those first (or with deleteType=ALL)",
+                root.id,
+                root.parents.join(", ")
+            )));
+        }
+        let all = hub.deployments(ctx.project.id);
+        let by_id: BTreeMap<&str, &Arc<DeploymentRecord>> =
+            all.iter().map(|d| (d.id.as_str(), d)).collect();
+        let mut doomed: BTreeSet<String> = BTreeSet::from([root.id.clone()]);
+        if delete_type == DeleteType::All {
+            let mut stack = root.children.clone();
+            while let Some(c) = stack.pop() {
+                if doomed.insert(c.clone())
+                    && let Some(d) = by_id.get(c.as_str())
+                {
+                    stack.extend(d.children.iter().cloned());
+                }
+            }
+            for d in &doomed {
+                if let Some(rec) = by_id.get(d.as_str())
+                    && let Some(outside) = rec.parents.iter().find(|p| !doomed.contains(*p))
+                {
+                    return Err(AppError::Aborted(format!(
+                        "deployment {d} is also required by deployment {outside}, which is not being deleted"
+                    )));
+                }
+            }
+        }
+        let mut tx = self.store().write(ctx.project.id).await?;
+        let mut plan = Plan::default();
+        for d in &doomed {
+            tx.delete_deployment(d).await?;
+            plan.remove.push(d.clone());
+        }
+        // Survivors that listed a deleted deployment as parent forget it.
+        for d in &all {
+            if doomed.contains(&d.id) {
+                continue;
+            }
+            if d.parents.iter().any(|p| doomed.contains(p)) {
+                let mut rec = (**d).clone();
+                rec.parents.retain(|p| !doomed.contains(p));
+                tx.update_deployment(&rec.id, &rec.to_row().body, rec.update_time)
+                    .await?;
+                plan.put.push(rec);
+            }
+        }
+        // isDeployed cleared on packages no surviving deployment uses.
+        let packages: BTreeSet<(String, String)> = doomed
+            .iter()
+            .filter_map(|d| by_id.get(d.as_str()))
+            .map(|d| (d.spec.app_name.clone(), d.spec.app_version.clone()))
+            .collect();
+        for (name, version) in packages {
+            let used = all.iter().any(|d| {
+                !doomed.contains(&d.id) && d.spec.app_name == name && d.spec.app_version == version
+            });
+            if !used {
+                set_deployed(&mut tx, &name, &version, false).await?;
+            }
+        }
+        let revision = tx.bump_fleet_revision().await?;
+        tx.commit().await?;
+        for d in plan.remove {
+            tracing::info!(project = %ctx.project.name, deployment = %d, "deployment deleted");
+            hub.remove_deployment(&d, revision);
+        }
+        for r in plan.put {
+            hub.put_deployment(Arc::new(r), revision);
+        }
+        Ok(())
+    }
+
+    /// The edges of a deployment with their per-app status.
+    pub fn deployment_clusters(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        raw: Option<&str>,
+    ) -> Result<DeploymentClusters, AppError> {
+        let q = list_query(Entity::DeploymentCluster, raw)?;
+        let rec = self
+            .hub()
+            .deployment(ctx.project.id, id)
+            .ok_or_else(|| deployment_not_found(id))?;
+        let (_, clusters) = self.hub().deployment_status(&rec.id).unwrap_or_default();
+        let total = clusters.len() as u64;
+        let (clusters, _) = q.page_in_memory(clusters, |c, f| match f {
+            Field::Name => c.name.clone(),
+            Field::Id => c.id.clone(),
+            Field::Status => c.status.state.as_str().to_string(),
+            _ => String::new(),
+        });
+        Ok(DeploymentClusters { clusters, total })
+    }
+
+    /// The deployments running on one edge.
+    pub fn deployments_on_cluster(
+        &self,
+        ctx: &Ctx,
+        cluster: &str,
+        raw: Option<&str>,
+    ) -> Result<(Vec<DeploymentInstancesCluster>, u64), AppError> {
+        let q = list_query(Entity::Cluster, raw)?;
+        let edge = self
+            .hub()
+            .resolve_edge(ctx.project.id, cluster)
+            .ok_or_else(|| edge_not_found(cluster))?;
+        let mut out = Vec::new();
+        for (rec, c) in self.hub().edge_deployments(&edge) {
+            if !q.labels.is_empty() && !labels_filter_matches(&rec.targeting, &q.labels)? {
+                continue;
+            }
+            out.push(DeploymentInstancesCluster {
+                apps: c.apps,
+                deployment_display_name: rec.spec.display_name.clone(),
+                deployment_name: rec.name.clone(),
+                deployment_uid: rec.id.clone(),
+                status: c.status,
+            });
+        }
+        let total = out.len() as u64;
+        let (page, _) = q.page_in_memory(out, |d, f| match f {
+            Field::Name => d.deployment_name.clone(),
+            Field::Id => d.deployment_uid.clone(),
+            _ => String::new(),
+        });
+        Ok((page, total))
+    }
+
+    /// `deployments_status`: clusters counted by state over the deployments matching `labels`.
+    pub fn deployments_status(
+        &self,
+        ctx: &Ctx,
+        raw: Option<&str>,
+    ) -> Result<DeploymentsStatus, AppError> {
+        let pairs = canopy_core::list::form_pairs(raw.unwrap_or(""))?;
+        let mut labels = Vec::new();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "labels" => labels.push(v),
+                other => {
+                    return Err(AppError::Invalid(format!(
+                        "unknown query parameter {other:?}"
+                    )));
+                }
+            }
+        }
+        let mut statuses = Vec::new();
+        for rec in self.hub().deployments(ctx.project.id) {
+            if !labels.is_empty() && !labels_filter_matches(&rec.targeting, &labels)? {
+                continue;
+            }
+            if let Some((s, _)) = self.hub().deployment_status(&rec.id) {
+                statuses.push(s);
+            }
+        }
+        Ok(canopy_deploy::status::summarize(&statuses))
+    }
+
+    /// The reference's cluster inventory: edges with id, name, labels and creation time.
+    pub fn list_clusters(
+        &self,
+        ctx: &Ctx,
+        raw: Option<&str>,
+    ) -> Result<(Vec<ClusterInfo>, u64), AppError> {
+        let q = list_query(Entity::Cluster, raw)?;
+        let filters = parse_label_filters(&q.labels)?;
+        let mut edges: Vec<ClusterInfo> = self
+            .hub()
+            .edges(ctx.project.id)
+            .into_iter()
+            .filter(|e| {
+                filters.is_empty()
+                    || filters
+                        .iter()
+                        .any(|f| f.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            })
+            .map(|e| ClusterInfo {
+                create_time: Some(e.create_time),
+                id: e.id,
+                labels: e.labels,
+                name: e.name,
+            })
+            .collect();
+        edges.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        let total = edges.len() as u64;
+        let (page, _) = q.page_in_memory(edges, |c, f| match f {
+            Field::Name => c.name.clone(),
+            Field::Id => c.id.clone(),
+            _ => String::new(),
+        });
+        Ok((page, total))
+    }
+
+    /// One edge as the reference's `GET /clusters/{id}` shows it: its state and every app it
+    /// runs.
+    pub fn get_cluster(&self, ctx: &Ctx, id: &str) -> Result<Cluster, AppError> {
+        let edge = self
+            .hub()
+            .edge(ctx.project.id, id)
+            .ok_or_else(|| edge_not_found(id))?;
+        let apps: Vec<ApiApp> = self
+            .hub()
+            .edge_deployments(&edge.id)
+            .into_iter()
+            .flat_map(|(_, c)| c.apps)
+            .collect();
+        Ok(Cluster {
+            apps,
+            id: edge.id,
+            name: edge.name,
+            status: DeploymentStatus {
+                state: if edge.alive {
+                    State::Running
+                } else {
+                    State::Unknown
+                },
+                message: String::new(),
+                summary: None,
+            },
+        })
+    }
+}
+
+fn deployment_not_found(id: &str) -> AppError {
+    AppError::NotFound(format!("deployment {id} not found"))
+}
+
+/// The reference's duplicate rule: another deployment of the same package, version and profile
+/// with the same display name.
+fn check_duplicate(
+    existing: &[Arc<DeploymentRecord>],
+    plan: &Plan,
+    spec: &Deployment,
+    except: Option<&str>,
+) -> Result<(), AppError> {
+    let clash = existing
+        .iter()
+        .map(|d| (&d.id, &d.spec))
+        .chain(plan.put.iter().map(|d| (&d.id, &d.spec)))
+        .find(|(id, d)| {
+            Some(id.as_str()) != except
+                && d.app_name == spec.app_name
+                && d.app_version == spec.app_version
+                && d.profile_name == spec.profile_name
+                && d.display_name == spec.display_name
+        });
+    match clash {
+        Some((id, _)) => Err(AppError::AlreadyExists(format!(
+            "Duplicate deployment exists with same name {:?} for {}:{} profile {} (deployment {id})",
+            spec.display_name, spec.app_name, spec.app_version, spec.profile_name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The API view of a record: masked override values, output fields filled.
+fn to_api(rec: &DeploymentRecord, status: DeploymentStatus) -> Deployment {
+    let mut d = rec.spec.clone();
+    d.override_values = rec.masked_overrides.clone();
+    d.deploy_id = rec.id.clone();
+    d.name = rec.name.clone();
+    d.create_time = Some(rec.create_time);
+    d.default_profile_name = rec.default_profile_name.clone();
+    d.profile_name = rec.profile_name.clone();
+    if d.deployment_type.is_empty() {
+        d.deployment_type = canopy_deploy::model::AUTO_SCALING.into();
+    }
+    d.status = Some(status);
+    d
+}

@@ -1,0 +1,249 @@
+//! Deployment manager handlers, compatible with the reference `deployment-manager.yaml`
+//! (`/v1/projects/{projectName}/appdeployment/...`, plus the unprefixed cluster and summary
+//! paths the reference also serves).
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use canopy_deploy::model::{
+    Cluster, ClusterInfo, DeleteType, Deployment, DeploymentInstancesCluster, DeploymentsStatus,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::catalog::{Empty, ListParams};
+use super::ctx;
+use super::error::{ApiJson, ErrorBody};
+use crate::app::{App, AppError};
+
+type ApiResult<T> = Result<T, AppError>;
+
+/// `{deployments, totalElements}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListDeploymentsResponse {
+    pub deployments: Vec<Deployment>,
+    pub total_elements: u64,
+}
+
+/// `{deploymentId}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateDeploymentResponse {
+    pub deployment_id: String,
+}
+
+/// `{deployment}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DeploymentResponse {
+    pub deployment: Deployment,
+}
+
+/// `{clusters, totalElements}` of one deployment.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListDeploymentClustersResponse {
+    pub clusters: Vec<Cluster>,
+    pub total_elements: u64,
+}
+
+/// `{deploymentInstancesCluster, totalElements}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListDeploymentsPerClusterResponse {
+    pub deployment_instances_cluster: Vec<DeploymentInstancesCluster>,
+    pub total_elements: u64,
+}
+
+/// `{clusters, totalElements}` of the inventory.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListClustersResponse {
+    pub clusters: Vec<ClusterInfo>,
+    pub total_elements: u64,
+}
+
+/// `{cluster}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct GetClusterResponse {
+    pub cluster: Cluster,
+}
+
+#[utoipa::path(get, path = "/v1/projects/{projectName}/appdeployment/deployments", tag = "DeploymentService",
+    operation_id = "DeploymentService_ListDeployments",
+    params(("projectName" = String, Path), ListParams, ("labels" = Option<Vec<String>>, Query, description = "k=v[,k=v]: deployments with any of these labels in a target")),
+    responses((status = 200, body = ListDeploymentsResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_deployments(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListDeploymentsResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    let (deployments, total_elements) = app.list_deployments(&c, q.as_deref())?;
+    Ok(Json(ListDeploymentsResponse {
+        deployments,
+        total_elements,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/projects/{projectName}/appdeployment/deployments", tag = "DeploymentService",
+    operation_id = "DeploymentService_CreateDeployment",
+    params(("projectName" = String, Path)), request_body = Deployment,
+    responses((status = 200, body = CreateDeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_deployment(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    h: HeaderMap,
+    ApiJson(d): ApiJson<Deployment>,
+) -> ApiResult<Json<CreateDeploymentResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    let deployment_id = app.create_deployment(&c, d).await?;
+    Ok(Json(CreateDeploymentResponse { deployment_id }))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{projectName}/appdeployment/deployments/{deplId}", tag = "DeploymentService",
+    operation_id = "DeploymentService_GetDeployment",
+    params(("projectName" = String, Path), ("deplId" = String, Path)),
+    responses((status = 200, body = DeploymentResponse), (status = 404, body = ErrorBody)))]
+pub async fn get_deployment(
+    State(app): State<App>,
+    Path((project, id)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<DeploymentResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok(Json(DeploymentResponse {
+        deployment: app.get_deployment(&c, &id)?,
+    }))
+}
+
+#[utoipa::path(put, path = "/v1/projects/{projectName}/appdeployment/deployments/{deplId}", tag = "DeploymentService",
+    operation_id = "DeploymentService_UpdateDeployment",
+    params(("projectName" = String, Path), ("deplId" = String, Path)), request_body = Deployment,
+    responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_deployment(
+    State(app): State<App>,
+    Path((project, id)): Path<(String, String)>,
+    h: HeaderMap,
+    ApiJson(d): ApiJson<Deployment>,
+) -> ApiResult<Json<DeploymentResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok(Json(DeploymentResponse {
+        deployment: app.update_deployment(&c, &id, d).await?,
+    }))
+}
+
+#[utoipa::path(delete, path = "/v1/projects/{projectName}/appdeployment/deployments/{deplId}", tag = "DeploymentService",
+    operation_id = "DeploymentService_DeleteDeployment",
+    params(("projectName" = String, Path), ("deplId" = String, Path), ("deleteType" = Option<String>, Query, description = "PARENT_ONLY (default) or ALL")),
+    responses((status = 200, body = Empty), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_deployment(
+    State(app): State<App>,
+    Path((project, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<Empty>> {
+    let c = ctx(&app, &project, &h).await?;
+    let mut delete_type = DeleteType::ParentOnly;
+    for (k, v) in canopy_core::list::form_pairs(q.as_deref().unwrap_or(""))? {
+        match (k.as_str(), v.trim()) {
+            ("deleteType", "PARENT_ONLY" | "" | "0") => delete_type = DeleteType::ParentOnly,
+            ("deleteType", "ALL" | "1") => delete_type = DeleteType::All,
+            ("deleteType", other) => {
+                return Err(AppError::Invalid(format!(
+                    "invalid deleteType {other:?}: expected PARENT_ONLY or ALL"
+                )));
+            }
+            (other, _) => {
+                return Err(AppError::Invalid(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    app.delete_deployment(&c, &id, delete_type).await?;
+    Ok(Json(Empty {}))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{projectName}/appdeployment/deployments/{deplId}/clusters", tag = "DeploymentService",
+    operation_id = "DeploymentService_ListDeploymentClusters",
+    params(("projectName" = String, Path), ("deplId" = String, Path), ListParams),
+    responses((status = 200, body = ListDeploymentClustersResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn deployment_clusters(
+    State(app): State<App>,
+    Path((project, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListDeploymentClustersResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    let page = app.deployment_clusters(&c, &id, q.as_deref())?;
+    Ok(Json(ListDeploymentClustersResponse {
+        clusters: page.clusters,
+        total_elements: page.total,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{projectName}/deployments/clusters/{clusterId}", tag = "DeploymentService",
+    operation_id = "DeploymentService_ListDeploymentsPerCluster",
+    params(("projectName" = String, Path), ("clusterId" = String, Path), ListParams),
+    responses((status = 200, body = ListDeploymentsPerClusterResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn deployments_per_cluster(
+    State(app): State<App>,
+    Path((project, cluster)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListDeploymentsPerClusterResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    let (items, total_elements) = app.deployments_on_cluster(&c, &cluster, q.as_deref())?;
+    Ok(Json(ListDeploymentsPerClusterResponse {
+        deployment_instances_cluster: items,
+        total_elements,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{projectName}/summary/deployments_status", tag = "DeploymentService",
+    operation_id = "DeploymentService_GetDeploymentsStatus",
+    params(("projectName" = String, Path), ("labels" = Option<Vec<String>>, Query)),
+    responses((status = 200, body = DeploymentsStatus), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn deployments_status(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<DeploymentsStatus>> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok(Json(app.deployments_status(&c, q.as_deref())?))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{projectName}/appdeployment/clusters", tag = "ClusterService",
+    operation_id = "ClusterService_ListClusters",
+    params(("projectName" = String, Path), ListParams, ("labels" = Option<Vec<String>>, Query)),
+    responses((status = 200, body = ListClustersResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_clusters(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListClustersResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    let (clusters, total_elements) = app.list_clusters(&c, q.as_deref())?;
+    Ok(Json(ListClustersResponse {
+        clusters,
+        total_elements,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{projectName}/appdeployment/clusters/{clusterId}", tag = "ClusterService",
+    operation_id = "ClusterService_GetCluster",
+    params(("projectName" = String, Path), ("clusterId" = String, Path)),
+    responses((status = 200, body = GetClusterResponse), (status = 404, body = ErrorBody)))]
+pub async fn get_cluster(
+    State(app): State<App>,
+    Path((project, id)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<GetClusterResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok(Json(GetClusterResponse {
+        cluster: app.get_cluster(&c, &id)?,
+    }))
+}

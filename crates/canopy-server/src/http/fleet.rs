@@ -1,0 +1,284 @@
+//! Canopy's own fleet paths: enrollment tokens and the edge inventory
+//! (`/canopy/v1/projects/{projectName}/...`), and the agent protocol (`/canopy/v1/agent/...`,
+//! see `docs/AGENT-PROTOCOL.md`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use canopy_core::list::Entity;
+use canopy_proto::{
+    DesiredState, EnrollRequest, EnrollResponse, PROTOCOL_HEADER, StatusAck, StatusReport,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::catalog::{Empty, ListParams};
+use super::ctx;
+use super::error::{ApiJson, ErrorBody};
+use crate::app::{
+    AgentCtx, App, AppError, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken,
+    check_protocol,
+};
+
+type ApiResult<T> = Result<T, AppError>;
+
+/// `{enrollmentTokens}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListEnrollmentTokensResponse {
+    pub enrollment_tokens: Vec<EnrollmentToken>,
+}
+
+/// `{enrollmentToken}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentTokenResponse {
+    pub enrollment_token: EnrollmentToken,
+}
+
+/// `{edges, totalElements}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListEdgesResponse {
+    pub edges: Vec<Edge>,
+    pub total_elements: u64,
+}
+
+/// `{edge}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct EdgeResponse {
+    pub edge: Edge,
+}
+
+/// A label change: `set` adds or replaces, `remove` deletes keys.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelEdgeRequest {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `{apps}`: what an edge last reported.
+#[derive(Serialize, ToSchema)]
+pub struct EdgeWorkloadsResponse {
+    #[schema(value_type = Vec<Object>)]
+    pub apps: Vec<canopy_proto::AppStatus>,
+}
+
+#[utoipa::path(post, path = "/canopy/v1/projects/{projectName}/enrollment-tokens", tag = "Canopy",
+    params(("projectName" = String, Path)), request_body = CreateEnrollmentToken,
+    responses((status = 201, body = CreatedEnrollmentToken), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create_token(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    h: HeaderMap,
+    ApiJson(req): ApiJson<CreateEnrollmentToken>,
+) -> ApiResult<(StatusCode, Json<CreatedEnrollmentToken>)> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_enrollment_token(&c, req).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/canopy/v1/projects/{projectName}/enrollment-tokens", tag = "Canopy",
+    params(("projectName" = String, Path)),
+    responses((status = 200, body = ListEnrollmentTokensResponse), (status = 404, body = ErrorBody)))]
+pub async fn list_tokens(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    h: HeaderMap,
+) -> ApiResult<Json<ListEnrollmentTokensResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok(Json(ListEnrollmentTokensResponse {
+        enrollment_tokens: app.list_enrollment_tokens(&c).await?,
+    }))
+}
+
+#[utoipa::path(delete, path = "/canopy/v1/projects/{projectName}/enrollment-tokens/{tokenId}", tag = "Canopy",
+    params(("projectName" = String, Path), ("tokenId" = String, Path)),
+    responses((status = 200, body = EnrollmentTokenResponse, description = "revoked"), (status = 404, body = ErrorBody)))]
+pub async fn revoke_token(
+    State(app): State<App>,
+    Path((project, id)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<EnrollmentTokenResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok(Json(EnrollmentTokenResponse {
+        enrollment_token: app.revoke_enrollment_token(&c, &id).await?,
+    }))
+}
+
+#[utoipa::path(get, path = "/canopy/v1/projects/{projectName}/edges", tag = "Canopy",
+    params(("projectName" = String, Path), ListParams, ("labels" = Option<Vec<String>>, Query, description = "k=v[,k=v]: edges carrying all pairs of any item")),
+    responses((status = 200, body = ListEdgesResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_edges(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListEdgesResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    let query = canopy_core::list::parse_query(Entity::Edge, q.as_deref().unwrap_or(""))?;
+    let (edges, total_elements) = app.list_edges(&c, &query)?;
+    Ok(Json(ListEdgesResponse {
+        edges,
+        total_elements,
+    }))
+}
+
+#[utoipa::path(get, path = "/canopy/v1/projects/{projectName}/edges/{edge}", tag = "Canopy",
+    params(("projectName" = String, Path), ("edge" = String, Path, description = "id or name")),
+    responses((status = 200, body = EdgeResponse), (status = 404, body = ErrorBody)))]
+pub async fn get_edge(
+    State(app): State<App>,
+    Path((project, edge)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<EdgeResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok(Json(EdgeResponse {
+        edge: app.get_edge(&c, &edge)?,
+    }))
+}
+
+#[utoipa::path(delete, path = "/canopy/v1/projects/{projectName}/edges/{edge}", tag = "Canopy",
+    params(("projectName" = String, Path), ("edge" = String, Path, description = "id or name")),
+    responses((status = 200, body = Empty), (status = 404, body = ErrorBody)))]
+pub async fn remove_edge(
+    State(app): State<App>,
+    Path((project, edge)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<Empty>> {
+    let c = ctx(&app, &project, &h).await?;
+    app.remove_edge(&c, &edge).await?;
+    Ok(Json(Empty {}))
+}
+
+#[utoipa::path(patch, path = "/canopy/v1/projects/{projectName}/edges/{edge}/labels", tag = "Canopy",
+    params(("projectName" = String, Path), ("edge" = String, Path, description = "id or name")),
+    request_body = LabelEdgeRequest,
+    responses((status = 200, body = EdgeResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn label_edge(
+    State(app): State<App>,
+    Path((project, edge)): Path<(String, String)>,
+    h: HeaderMap,
+    ApiJson(req): ApiJson<LabelEdgeRequest>,
+) -> ApiResult<Json<EdgeResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok(Json(EdgeResponse {
+        edge: app.label_edge(&c, &edge, req.set, req.remove).await?,
+    }))
+}
+
+#[utoipa::path(get, path = "/canopy/v1/projects/{projectName}/edges/{edge}/workloads", tag = "Canopy",
+    params(("projectName" = String, Path), ("edge" = String, Path, description = "id or name")),
+    responses((status = 200, body = EdgeWorkloadsResponse), (status = 404, body = ErrorBody)))]
+pub async fn edge_workloads(
+    State(app): State<App>,
+    Path((project, edge)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult<Json<EdgeWorkloadsResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    Ok(Json(EdgeWorkloadsResponse {
+        apps: app.edge_workloads(&c, &edge)?,
+    }))
+}
+
+// ------------------------------------------------------------------ agent protocol
+
+fn agent(app: &App, h: &HeaderMap) -> Result<AgentCtx, AppError> {
+    check_protocol(h.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()))?;
+    let bearer = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    app.agent_ctx(bearer)
+}
+
+#[utoipa::path(post, path = "/canopy/v1/agent/enroll", tag = "Agent",
+    request_body(content = Object, description = "EnrollRequest (docs/AGENT-PROTOCOL.md)"),
+    responses((status = 201, body = Object, description = "EnrollResponse"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 426, body = ErrorBody)))]
+pub async fn enroll(
+    State(app): State<App>,
+    h: HeaderMap,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+    check_protocol(h.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()))?;
+    Ok((StatusCode::CREATED, Json(app.enroll(req).await?)))
+}
+
+/// The long-poll's query.
+struct DesiredQuery {
+    after: u64,
+    wait_seconds: u32,
+}
+
+fn default_wait() -> u32 {
+    25
+}
+
+#[utoipa::path(get, path = "/canopy/v1/agent/desired-state", tag = "Agent",
+    params(("after" = Option<u64>, Query), ("waitSeconds" = Option<u32>, Query)),
+    responses((status = 200, body = Object, description = "DesiredState"), (status = 204, description = "nothing newer within waitSeconds"), (status = 401, body = ErrorBody), (status = 426, body = ErrorBody)))]
+pub async fn desired_state(
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Response> {
+    let a = agent(&app, &h)?;
+    let q: DesiredQuery = parse_desired_query(q.as_deref().unwrap_or(""))?;
+    let got: Option<DesiredState> = app
+        .agent_desired_state(&a, q.after, Duration::from_secs(u64::from(q.wait_seconds)))
+        .await?;
+    Ok(match got {
+        Some(d) => Json(d).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+#[utoipa::path(post, path = "/canopy/v1/agent/status", tag = "Agent",
+    request_body(content = Object, description = "StatusReport"),
+    responses((status = 200, body = Object, description = "StatusAck"), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 426, body = ErrorBody)))]
+pub async fn status(
+    State(app): State<App>,
+    h: HeaderMap,
+    ApiJson(report): ApiJson<StatusReport>,
+) -> ApiResult<Json<StatusAck>> {
+    let a = agent(&app, &h)?;
+    Ok(Json(app.agent_status(&a, report)?))
+}
+
+/// Parses the long-poll query strictly (unknown parameters refused).
+fn parse_desired_query(raw: &str) -> Result<DesiredQuery, AppError> {
+    let mut q = DesiredQuery {
+        after: 0,
+        wait_seconds: default_wait(),
+    };
+    for (k, v) in canopy_core::list::form_pairs(raw)? {
+        match k.as_str() {
+            "after" => {
+                q.after = v.trim().parse().map_err(|_| {
+                    AppError::Invalid(format!("invalid after {v:?}: must be a generation number"))
+                })?
+            }
+            "waitSeconds" => {
+                q.wait_seconds = v.trim().parse().map_err(|_| {
+                    AppError::Invalid(format!("invalid waitSeconds {v:?}: must be a whole number"))
+                })?
+            }
+            other => {
+                return Err(AppError::Invalid(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(q)
+}

@@ -1,0 +1,937 @@
+//! The fleet hub: the control plane's in-memory view of every edge and deployment, and the
+//! agent protocol's hot path.
+//!
+//! Why in memory: one process serves 10,000 edges on 2 cores. A long-poll waits on its edge's
+//! `watch` channel (no timer, thread or database connection per edge); a status report updates
+//! a map entry; only changes of app state and, at most once a minute, an edge's "last seen"
+//! reach the database (batched by [`Hub::drain_seen`]). The store stays the source of truth:
+//! the hub is rebuilt from it at start ([`Hub::load`]) and every fleet mutation is committed to
+//! the store first and applied here after (under [`Hub::lock_writes`], so mutations are
+//! serialized as the reference's deployment manager does with its server-wide mutex).
+//!
+//! Targeting is incremental: a per-project label index (`key=value` → edges) finds the edges a
+//! label set can match by intersecting the smallest bucket, so a change to a deployment that
+//! targets N edges costs O(N), not O(fleet). Each edge's desired state is assembled on request
+//! from the rendered apps of the deployments it holds (shared `Arc`s, rendered once per
+//! deployment, not per edge).
+//!
+//! Generations come from the store's fleet revision: every mutation bumps it, and the edges it
+//! touches take the new value. At start every edge's generation is the current revision, which
+//! is at least anything ever handed out, so generations only grow across restarts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use canopy_deploy::model::{Cluster, DeploymentStatus, OverrideValues, State};
+use canopy_deploy::render::Requirement;
+use canopy_deploy::status::{EdgeAppReport, EdgeInput, FoldInput};
+use canopy_deploy::target::{Targeting, set_matches};
+use canopy_proto::{
+    AgentInfo, AppInstance, AppStatus, DeploymentInstance, DesiredState, Generation, StatusAck,
+    StatusReport,
+};
+use canopy_store::{DeploymentRow, EdgeRow, EdgeSeen, FleetSnapshot, ProjectId};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// Timing of the fleet.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    /// How often agents report when nothing changes.
+    pub heartbeat: Duration,
+    /// An edge not seen for this long is UNKNOWN.
+    pub edge_timeout: Duration,
+    /// A deployment with no target edge is NO_TARGET_CLUSTERS after this long.
+    pub no_target_grace: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            heartbeat: Duration::from_secs(30),
+            edge_timeout: Duration::from_secs(120),
+            no_target_grace: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How often an unchanged "last seen" is written to the store.
+const SEEN_PERSIST_EVERY: Duration = Duration::from_secs(60);
+
+/// The deployment manager's stored record of one deployment (the store's opaque `body`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub name: String,
+    pub project_id: ProjectId,
+    /// The normalized request, with the **real** override values (secrets unmasked).
+    pub spec: canopy_deploy::model::Deployment,
+    /// The override values as responses show them (secret parameters `********`).
+    pub masked_overrides: Vec<OverrideValues>,
+    /// The deployment profile in use (resolved from the package default when the request had
+    /// none).
+    pub profile_name: String,
+    pub default_profile_name: String,
+    /// Bumped by every update.
+    pub generation: u64,
+    /// What every targeted edge runs (each edge gets the apps targeted at it).
+    pub apps: Vec<AppInstance>,
+    pub targeting: Targeting,
+    /// Packages this deployment required (deployment requirements), for the update rules.
+    #[serde(default)]
+    pub requirements: Vec<Requirement>,
+    /// Deployments that required this one (it cannot be deleted or updated while they exist).
+    #[serde(default)]
+    pub parents: Vec<String>,
+    /// Deployments created (or reused) for this one's requirements.
+    #[serde(default)]
+    pub children: Vec<String>,
+    /// True from a change until every edge runs it (DEPLOYING/UPDATING rather than DOWN).
+    pub deploy_in_progress: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub create_time: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub update_time: OffsetDateTime,
+}
+
+impl DeploymentRecord {
+    /// The store row of this record.
+    pub fn to_row(&self) -> DeploymentRow {
+        DeploymentRow {
+            id: self.id.clone(),
+            project_id: self.project_id,
+            name: self.name.clone(),
+            body: serde_json::to_string(self).expect("deployment records serialize"),
+            create_time: self.create_time,
+            update_time: self.update_time,
+        }
+    }
+}
+
+/// A deployment as the hub holds it.
+struct DeploymentEntry {
+    rec: Arc<DeploymentRecord>,
+    /// `rec.deploy_in_progress`, cleared in memory once the deployment has settled.
+    in_progress: AtomicBool,
+    /// Edges holding it, with the apps each runs.
+    edges: BTreeMap<String, Vec<String>>,
+}
+
+/// One edge as the hub holds it.
+struct EdgeEntry {
+    row: EdgeRow,
+    agent: AgentInfo,
+    generation: u64,
+    /// Deployments held, with the apps targeted at this edge.
+    deployments: BTreeMap<String, Vec<String>>,
+    notify: watch::Sender<u64>,
+    polls: Arc<AtomicU32>,
+    last_seen: Option<OffsetDateTime>,
+    /// When "last seen" was last written to the store.
+    seen_persisted: Option<OffsetDateTime>,
+    last_seq: u64,
+    applied_generation: u64,
+    /// Last reported status per deployment and app.
+    statuses: HashMap<String, BTreeMap<String, AppStatus>>,
+    status_dirty: bool,
+    agent_dirty: bool,
+}
+
+#[derive(Default)]
+struct ProjectFleet {
+    edges: BTreeSet<String>,
+    by_name: HashMap<String, String>,
+    labels: HashMap<(String, String), HashSet<String>>,
+    deployments: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct State_ {
+    edges: HashMap<String, EdgeEntry>,
+    by_credential: HashMap<String, String>,
+    projects: HashMap<ProjectId, ProjectFleet>,
+    deployments: HashMap<String, DeploymentEntry>,
+}
+
+/// Why the hub refused an agent request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("edge {0} was removed; enroll the agent again")]
+    EdgeGone(String),
+    #[error("{0}")]
+    BadReport(String),
+}
+
+/// An edge as lists and responses see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeView {
+    pub id: String,
+    pub project_id: ProjectId,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub create_time: OffsetDateTime,
+    pub agent: AgentInfo,
+    pub last_seen: Option<OffsetDateTime>,
+    /// A long-poll is open or the edge reported within two heartbeats.
+    pub connected: bool,
+    /// Seen within the edge timeout.
+    pub alive: bool,
+    pub generation: u64,
+    pub applied_generation: u64,
+    pub deployments: usize,
+}
+
+/// The fleet hub. Cheap to share (`Arc`).
+pub struct Hub {
+    state: Mutex<State_>,
+    writes: tokio::sync::Mutex<()>,
+    cfg: HubConfig,
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn age(t: Option<OffsetDateTime>, now: OffsetDateTime) -> Option<Duration> {
+    t.map(|t| (now - t).try_into().unwrap_or(Duration::ZERO))
+}
+
+impl Hub {
+    /// Rebuilds the hub from the store's fleet snapshot.
+    pub fn load(cfg: HubConfig, snap: FleetSnapshot) -> Result<Hub, String> {
+        let hub = Hub {
+            state: Mutex::new(State_::default()),
+            writes: tokio::sync::Mutex::new(()),
+            cfg,
+        };
+        {
+            let mut st = hub.lock();
+            for row in snap.edges {
+                let mut entry = new_edge_entry(row, snap.revision);
+                if let Some(text) = &entry.row.last_status
+                    && let Ok(report) = serde_json::from_str::<StatusReport>(text)
+                {
+                    entry.last_seq = report.seq;
+                    entry.applied_generation = report.generation.0;
+                    for a in report.apps {
+                        entry
+                            .statuses
+                            .entry(a.deployment_id.clone())
+                            .or_default()
+                            .insert(a.app.clone(), a);
+                    }
+                }
+                entry.agent = serde_json::from_str(&entry.row.agent).unwrap_or_default();
+                st.insert_edge(entry);
+            }
+            for row in snap.deployments {
+                let rec: DeploymentRecord = serde_json::from_str(&row.body)
+                    .map_err(|e| format!("deployment {} record: {e}", row.id))?;
+                st.put_deployment(Arc::new(rec), snap.revision, false);
+            }
+        }
+        Ok(hub)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State_> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The fleet timing.
+    pub fn config(&self) -> HubConfig {
+        self.cfg
+    }
+
+    /// Serializes fleet mutations: hold the guard across "read, check, commit to store, apply
+    /// to hub".
+    pub async fn lock_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
+    }
+
+    // --- edges -------------------------------------------------------------------------------
+
+    /// The edge a credential hash belongs to, with its project.
+    pub fn edge_by_credential(&self, hash: &str) -> Option<(String, ProjectId)> {
+        let st = self.lock();
+        let id = st.by_credential.get(hash)?;
+        let e = st.edges.get(id)?;
+        Some((id.clone(), e.row.project_id))
+    }
+
+    /// Adds a freshly enrolled edge; it gains every deployment of its project it matches.
+    pub fn add_edge(&self, row: EdgeRow, revision: u64) {
+        let mut st = self.lock();
+        let id = row.id.clone();
+        let project = row.project_id;
+        st.insert_edge(new_edge_entry(row, revision));
+        st.retarget_edge(project, &id, revision);
+    }
+
+    /// Replaces an edge's labels; it gains and loses deployments accordingly.
+    pub fn set_labels(&self, id: &str, labels: BTreeMap<String, String>, revision: u64) {
+        let mut st = self.lock();
+        let Some(e) = st.edges.get(id) else { return };
+        let project = e.row.project_id;
+        let old = e.row.labels.clone();
+        let pf = st.projects.entry(project).or_default();
+        for (k, v) in &old {
+            if let Some(set) = pf.labels.get_mut(&(k.clone(), v.clone())) {
+                set.remove(id);
+            }
+        }
+        for (k, v) in &labels {
+            pf.labels
+                .entry((k.clone(), v.clone()))
+                .or_default()
+                .insert(id.to_string());
+        }
+        if let Some(e) = st.edges.get_mut(id) {
+            e.row.labels = labels;
+        }
+        st.retarget_edge(project, id, revision);
+    }
+
+    /// Removes an edge: its credential stops working and its long-polls end.
+    pub fn remove_edge(&self, id: &str) {
+        let mut st = self.lock();
+        let Some(e) = st.edges.remove(id) else { return };
+        st.by_credential.remove(&e.row.credential_hash);
+        if let Some(pf) = st.projects.get_mut(&e.row.project_id) {
+            pf.edges.remove(id);
+            pf.by_name.remove(&e.row.name);
+            for (k, v) in &e.row.labels {
+                if let Some(set) = pf.labels.get_mut(&(k.clone(), v.clone())) {
+                    set.remove(id);
+                }
+            }
+        }
+        for d in e.deployments.keys() {
+            if let Some(de) = st.deployments.get_mut(d) {
+                de.edges.remove(id);
+            }
+        }
+        // Dropping `e.notify` ends the edge's long-polls.
+    }
+
+    /// Resolves an edge of a project by id or name.
+    pub fn resolve_edge(&self, project: ProjectId, id_or_name: &str) -> Option<String> {
+        let st = self.lock();
+        st.resolve(project, id_or_name)
+    }
+
+    /// One edge of a project, by id or name.
+    pub fn edge(&self, project: ProjectId, id_or_name: &str) -> Option<EdgeView> {
+        let st = self.lock();
+        let id = st.resolve(project, id_or_name)?;
+        st.edges.get(&id).map(|e| self.view(e, now()))
+    }
+
+    /// Every edge of a project (unordered).
+    pub fn edges(&self, project: ProjectId) -> Vec<EdgeView> {
+        let st = self.lock();
+        let now = now();
+        st.projects
+            .get(&project)
+            .map(|pf| {
+                pf.edges
+                    .iter()
+                    .filter_map(|id| st.edges.get(id))
+                    .map(|e| self.view(e, now))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The apps last reported by an edge, per deployment of the project.
+    pub fn edge_statuses(&self, project: ProjectId, id: &str) -> Vec<AppStatus> {
+        let st = self.lock();
+        st.edges
+            .get(id)
+            .filter(|e| e.row.project_id == project)
+            .map(|e| {
+                e.statuses
+                    .values()
+                    .flat_map(|m| m.values().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn alive(&self, e: &EdgeEntry, now: OffsetDateTime) -> bool {
+        e.polls.load(Ordering::Relaxed) > 0
+            || age(e.last_seen, now).is_some_and(|a| a < self.cfg.edge_timeout)
+    }
+
+    fn view(&self, e: &EdgeEntry, now: OffsetDateTime) -> EdgeView {
+        let connected = e.polls.load(Ordering::Relaxed) > 0
+            || age(e.last_seen, now).is_some_and(|a| a < self.cfg.heartbeat * 2);
+        EdgeView {
+            id: e.row.id.clone(),
+            project_id: e.row.project_id,
+            name: e.row.name.clone(),
+            labels: e.row.labels.clone(),
+            create_time: e.row.create_time,
+            agent: e.agent.clone(),
+            last_seen: e.last_seen,
+            connected,
+            alive: self.alive(e, now),
+            generation: e.generation,
+            applied_generation: e.applied_generation,
+            deployments: e.deployments.len(),
+        }
+    }
+
+    // --- deployments -------------------------------------------------------------------------
+
+    /// Adds or replaces a deployment; edges that gain, keep (when it changed) or lose it are
+    /// woken with `revision`.
+    pub fn put_deployment(&self, rec: Arc<DeploymentRecord>, revision: u64) {
+        self.lock().put_deployment(rec, revision, true);
+    }
+
+    /// Removes a deployment; the edges holding it are woken with `revision`.
+    pub fn remove_deployment(&self, id: &str, revision: u64) {
+        let mut st = self.lock();
+        let Some(de) = st.deployments.remove(id) else {
+            return;
+        };
+        if let Some(pf) = st.projects.get_mut(&de.rec.project_id) {
+            pf.deployments.remove(id);
+        }
+        for edge in de.edges.keys() {
+            if let Some(e) = st.edges.get_mut(edge) {
+                e.deployments.remove(id);
+                e.statuses.remove(id);
+                e.status_dirty = true;
+                bump(e, revision);
+            }
+        }
+    }
+
+    /// One deployment of a project.
+    pub fn deployment(&self, project: ProjectId, id: &str) -> Option<Arc<DeploymentRecord>> {
+        let st = self.lock();
+        st.deployments
+            .get(id)
+            .filter(|d| d.rec.project_id == project)
+            .map(|d| Arc::clone(&d.rec))
+    }
+
+    /// Every deployment of a project, oldest first.
+    pub fn deployments(&self, project: ProjectId) -> Vec<Arc<DeploymentRecord>> {
+        let st = self.lock();
+        let mut out: Vec<_> = st
+            .projects
+            .get(&project)
+            .map(|pf| {
+                pf.deployments
+                    .iter()
+                    .filter_map(|id| st.deployments.get(id))
+                    .map(|d| Arc::clone(&d.rec))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| (a.create_time, &a.id).cmp(&(b.create_time, &b.id)));
+        out
+    }
+
+    /// The per-edge view of a deployment (its "clusters"), in edge-name order, and its folded
+    /// status. Clears the in-progress flag once the deployment has settled.
+    pub fn deployment_status(&self, id: &str) -> Option<(DeploymentStatus, Vec<Cluster>)> {
+        let st = self.lock();
+        let de = st.deployments.get(id)?;
+        let now = now();
+        let rec = &de.rec;
+        let app_ids: BTreeMap<String, String> = rec
+            .apps
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    canopy_deploy::status::app_id(&rec.id, &a.name),
+                )
+            })
+            .collect();
+        let mut clusters: Vec<Cluster> = de
+            .edges
+            .iter()
+            .filter_map(|(edge_id, apps)| {
+                let e = st.edges.get(edge_id)?;
+                let reported = e.statuses.get(id);
+                let input = EdgeInput {
+                    edge_id,
+                    edge_name: &e.row.name,
+                    alive: self.alive(e, now),
+                    last_seen_age: age(e.last_seen, now),
+                    apps: apps
+                        .iter()
+                        .map(|a| EdgeAppReport {
+                            app: a,
+                            status: reported.and_then(|r| r.get(a)),
+                        })
+                        .collect(),
+                };
+                Some(canopy_deploy::status::cluster_status(
+                    &input,
+                    rec.generation,
+                    &app_ids,
+                ))
+            })
+            .collect();
+        clusters.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        let input = FoldInput {
+            generation: rec.generation,
+            deploy_in_progress: de.in_progress.load(Ordering::Relaxed),
+            terminating: false,
+            age: age(Some(rec.create_time), now).unwrap_or_default(),
+            no_target_grace: self.cfg.no_target_grace,
+        };
+        let (status, settled) = canopy_deploy::status::deployment_status(&clusters, &input);
+        if settled {
+            de.in_progress.store(false, Ordering::Relaxed);
+        }
+        Some((status, clusters))
+    }
+
+    /// The deployments an edge holds, with their per-edge status, in deployment order.
+    pub fn edge_deployments(&self, edge_id: &str) -> Vec<(Arc<DeploymentRecord>, Cluster)> {
+        let ids: Vec<String> = {
+            let st = self.lock();
+            match st.edges.get(edge_id) {
+                Some(e) => e.deployments.keys().cloned().collect(),
+                None => return Vec::new(),
+            }
+        };
+        ids.iter()
+            .filter_map(|d| {
+                let (_, clusters) = self.deployment_status(d)?;
+                let c = clusters.into_iter().find(|c| c.id == edge_id)?;
+                let st = self.lock();
+                Some((Arc::clone(&st.deployments.get(d)?.rec), c))
+            })
+            .collect()
+    }
+
+    /// Whether a deployment's state counts as "in progress" right now.
+    pub fn in_progress(&self, id: &str) -> bool {
+        let st = self.lock();
+        st.deployments
+            .get(id)
+            .is_some_and(|d| d.in_progress.load(Ordering::Relaxed))
+    }
+
+    // --- agent protocol ----------------------------------------------------------------------
+
+    /// The long-poll: the edge's desired state once its generation is above `after`, or `None`
+    /// after `wait` (or when `cancel` resolves first).
+    pub async fn desired_state(
+        &self,
+        edge_id: &str,
+        after: u64,
+        wait: Duration,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<DesiredState>, HubError> {
+        let (mut rx, polls) = {
+            let mut st = self.lock();
+            let Some(e) = st.edges.get_mut(edge_id) else {
+                return Err(HubError::EdgeGone(edge_id.to_string()));
+            };
+            e.last_seen = Some(now());
+            if e.generation > after {
+                return Ok(Some(st.build(edge_id)));
+            }
+            (e.notify.subscribe(), Arc::clone(&e.polls))
+        };
+        polls.fetch_add(1, Ordering::Relaxed);
+        struct Leave(Arc<AtomicU32>);
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _leave = Leave(polls);
+        let changed = tokio::select! {
+            r = tokio::time::timeout(wait, rx.wait_for(|g| *g > after)) => r,
+            _ = cancel => return Ok(None),
+        };
+        let mut st = self.lock();
+        match changed {
+            Ok(Ok(_)) => match st.edges.get_mut(edge_id) {
+                Some(e) => {
+                    e.last_seen = Some(now());
+                    Ok(Some(st.build(edge_id)))
+                }
+                None => Err(HubError::EdgeGone(edge_id.to_string())),
+            },
+            Ok(Err(_)) => Err(HubError::EdgeGone(edge_id.to_string())),
+            Err(_) => match st.edges.get_mut(edge_id) {
+                Some(e) => {
+                    e.last_seen = Some(now());
+                    Ok(None)
+                }
+                None => Err(HubError::EdgeGone(edge_id.to_string())),
+            },
+        }
+    }
+
+    /// Takes a status report: duplicates and older reports change nothing; a report at the
+    /// current generation about a deployment the edge does not hold is refused whole.
+    pub fn report(&self, edge_id: &str, report: StatusReport) -> Result<StatusAck, HubError> {
+        let heartbeat_seconds = u32::try_from(self.cfg.heartbeat.as_secs()).unwrap_or(30);
+        let mut st = self.lock();
+        let Some(e) = st.edges.get_mut(edge_id) else {
+            return Err(HubError::EdgeGone(edge_id.to_string()));
+        };
+        e.last_seen = Some(now());
+        let ack = |e: &EdgeEntry| StatusAck {
+            seq: e.last_seq,
+            generation: Generation(e.generation),
+            heartbeat_seconds,
+        };
+        if report.seq <= e.last_seq {
+            return Ok(ack(e));
+        }
+        if report.generation.0 > e.generation {
+            return Err(HubError::BadReport(format!(
+                "status report for generation {} but edge {} was never given a generation above {}",
+                report.generation.0, e.row.name, e.generation
+            )));
+        }
+        let current = report.generation.0 == e.generation;
+        let mut statuses: HashMap<String, BTreeMap<String, AppStatus>> = HashMap::new();
+        for a in report.apps {
+            let held = e
+                .deployments
+                .get(&a.deployment_id)
+                .is_some_and(|apps| apps.contains(&a.app));
+            if !held {
+                if current {
+                    return Err(HubError::BadReport(format!(
+                        "edge {} does not hold app {} of deployment {}; nothing of this report was applied",
+                        e.row.name, a.app, a.deployment_id
+                    )));
+                }
+                continue;
+            }
+            statuses
+                .entry(a.deployment_id.clone())
+                .or_default()
+                .insert(a.app.clone(), a);
+        }
+        if let Some(agent) = report.agent
+            && agent != e.agent
+        {
+            e.agent = agent;
+            e.agent_dirty = true;
+        }
+        if statuses != e.statuses {
+            e.statuses = statuses;
+            e.status_dirty = true;
+        }
+        e.last_seq = report.seq;
+        e.applied_generation = report.generation.0;
+        Ok(ack(e))
+    }
+
+    /// Liveness and status changes not yet written to the store (at most one "last seen" per
+    /// edge per minute unless its status or agent changed).
+    pub fn drain_seen(&self) -> Vec<EdgeSeen> {
+        let mut st = self.lock();
+        let now = now();
+        let mut out = Vec::new();
+        for e in st.edges.values_mut() {
+            let Some(seen) = e.last_seen else { continue };
+            let stale = match e.seen_persisted {
+                None => true,
+                Some(p) => (seen - p) >= SEEN_PERSIST_EVERY,
+            };
+            if !(stale || e.status_dirty || e.agent_dirty) {
+                continue;
+            }
+            let last_status = e.status_dirty.then(|| {
+                let report = StatusReport {
+                    protocol_version: canopy_proto::PROTOCOL_VERSION,
+                    seq: e.last_seq,
+                    generation: Generation(e.applied_generation),
+                    apps: e
+                        .statuses
+                        .values()
+                        .flat_map(|m| m.values().cloned())
+                        .collect(),
+                    agent: None,
+                };
+                serde_json::to_string(&report).unwrap_or_default()
+            });
+            let agent = e
+                .agent_dirty
+                .then(|| serde_json::to_string(&e.agent).unwrap_or_default());
+            out.push(EdgeSeen {
+                edge_id: e.row.id.clone(),
+                last_seen: seen.min(now),
+                agent,
+                last_status,
+            });
+            e.seen_persisted = Some(seen);
+            e.status_dirty = false;
+            e.agent_dirty = false;
+        }
+        out
+    }
+
+    /// Puts back entries [`Hub::drain_seen`] took when writing them failed.
+    pub fn undrain_seen(&self, batch: &[EdgeSeen]) {
+        let mut st = self.lock();
+        for s in batch {
+            if let Some(e) = st.edges.get_mut(&s.edge_id) {
+                e.seen_persisted = None;
+                e.status_dirty |= s.last_status.is_some();
+                e.agent_dirty |= s.agent.is_some();
+            }
+        }
+    }
+
+    /// Counts for logs and benchmarks: (edges, open long-polls, deployments).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let st = self.lock();
+        let polls = st
+            .edges
+            .values()
+            .map(|e| e.polls.load(Ordering::Relaxed) as usize)
+            .sum();
+        (st.edges.len(), polls, st.deployments.len())
+    }
+}
+
+fn new_edge_entry(row: EdgeRow, generation: u64) -> EdgeEntry {
+    let last_seen = row.last_seen;
+    EdgeEntry {
+        agent: AgentInfo::default(),
+        generation,
+        deployments: BTreeMap::new(),
+        notify: watch::channel(generation).0,
+        polls: Arc::new(AtomicU32::new(0)),
+        last_seen,
+        seen_persisted: last_seen,
+        last_seq: 0,
+        applied_generation: 0,
+        statuses: HashMap::new(),
+        status_dirty: false,
+        agent_dirty: false,
+        row,
+    }
+}
+
+/// Moves an edge to `revision` and wakes its long-polls.
+fn bump(e: &mut EdgeEntry, revision: u64) {
+    if revision > e.generation {
+        e.generation = revision;
+        e.notify.send_replace(revision);
+    }
+}
+
+impl State_ {
+    fn insert_edge(&mut self, e: EdgeEntry) {
+        let id = e.row.id.clone();
+        let pf = self.projects.entry(e.row.project_id).or_default();
+        pf.edges.insert(id.clone());
+        pf.by_name.insert(e.row.name.clone(), id.clone());
+        for (k, v) in &e.row.labels {
+            pf.labels
+                .entry((k.clone(), v.clone()))
+                .or_default()
+                .insert(id.clone());
+        }
+        self.by_credential
+            .insert(e.row.credential_hash.clone(), id.clone());
+        self.edges.insert(id, e);
+    }
+
+    fn resolve(&self, project: ProjectId, id_or_name: &str) -> Option<String> {
+        let pf = self.projects.get(&project)?;
+        if pf.edges.contains(id_or_name) {
+            return Some(id_or_name.to_string());
+        }
+        pf.by_name.get(id_or_name).cloned()
+    }
+
+    /// The edges of `project` that `t` can match: label sets through the index (smallest
+    /// bucket of the set's pairs, then filtered), edge references by id or name.
+    fn candidates(&self, project: ProjectId, t: &Targeting) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let Some(pf) = self.projects.get(&project) else {
+            return out;
+        };
+        for set in t.label_sets() {
+            let smallest = set
+                .iter()
+                .map(|(k, v)| pf.labels.get(&(k.clone(), v.clone())))
+                .min_by_key(|b| b.map_or(0, |b| b.len()));
+            match smallest {
+                None => out.extend(pf.edges.iter().cloned()),
+                Some(None) => {}
+                Some(Some(bucket)) => {
+                    for id in bucket {
+                        if let Some(e) = self.edges.get(id)
+                            && set_matches(set, &e.row.labels)
+                        {
+                            out.insert(id.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for r in t.edge_refs() {
+            if let Some(id) = self.resolve(project, r) {
+                out.insert(id);
+            }
+        }
+        out
+    }
+
+    fn put_deployment(&mut self, rec: Arc<DeploymentRecord>, revision: u64, changed: bool) {
+        let id = rec.id.clone();
+        let project = rec.project_id;
+        let old_edges: BTreeSet<String> = self
+            .deployments
+            .get(&id)
+            .map(|d| d.edges.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut new_edges = BTreeMap::new();
+        for edge in self.candidates(project, &rec.targeting) {
+            let Some(e) = self.edges.get(&edge) else {
+                continue;
+            };
+            let apps = rec
+                .targeting
+                .apps_for_edge(&e.row.id, &e.row.name, &e.row.labels);
+            if !apps.is_empty() {
+                new_edges.insert(edge, apps);
+            }
+        }
+        for edge in old_edges.iter().filter(|e| !new_edges.contains_key(*e)) {
+            if let Some(e) = self.edges.get_mut(edge) {
+                e.deployments.remove(&id);
+                e.statuses.remove(&id);
+                bump(e, revision);
+            }
+        }
+        for (edge, apps) in &new_edges {
+            if let Some(e) = self.edges.get_mut(edge) {
+                let before = e.deployments.insert(id.clone(), apps.clone());
+                if changed || before.as_ref() != Some(apps) {
+                    bump(e, revision);
+                }
+            }
+        }
+        self.projects
+            .entry(project)
+            .or_default()
+            .deployments
+            .insert(id.clone());
+        let in_progress = AtomicBool::new(rec.deploy_in_progress);
+        self.deployments.insert(
+            id,
+            DeploymentEntry {
+                rec,
+                in_progress,
+                edges: new_edges,
+            },
+        );
+    }
+
+    /// Recomputes which deployments of its project an edge holds (after enrollment or a label
+    /// change): O(deployments of the project).
+    fn retarget_edge(&mut self, project: ProjectId, edge_id: &str, revision: u64) {
+        let Some(pf) = self.projects.get(&project) else {
+            return;
+        };
+        let ids: Vec<String> = pf.deployments.iter().cloned().collect();
+        let Some(e) = self.edges.get(edge_id) else {
+            return;
+        };
+        let (eid, ename, labels) = (e.row.id.clone(), e.row.name.clone(), e.row.labels.clone());
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for d in &ids {
+            if let Some(de) = self.deployments.get(d) {
+                let apps = de.rec.targeting.apps_for_edge(&eid, &ename, &labels);
+                if !apps.is_empty() {
+                    wanted.insert(d.clone(), apps);
+                }
+            }
+        }
+        for d in &ids {
+            if let Some(de) = self.deployments.get_mut(d) {
+                match wanted.get(d) {
+                    Some(apps) => {
+                        if de.edges.insert(eid.clone(), apps.clone()).as_ref() != Some(apps) {
+                            // A new (or changed) edge is being deployed to: DEPLOYING/UPDATING
+                            // until it reports, not DOWN.
+                            de.in_progress.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    None => {
+                        de.edges.remove(&eid);
+                    }
+                }
+            }
+        }
+        if let Some(e) = self.edges.get_mut(edge_id) {
+            if e.deployments != wanted {
+                e.statuses.retain(|d, _| wanted.contains_key(d));
+                e.deployments = wanted;
+                bump(e, revision);
+            }
+        }
+    }
+
+    /// The desired state of an edge right now.
+    fn build(&self, edge_id: &str) -> DesiredState {
+        let Some(e) = self.edges.get(edge_id) else {
+            return DesiredState::default();
+        };
+        let deployments = e
+            .deployments
+            .iter()
+            .filter_map(|(d, apps)| {
+                let rec = &self.deployments.get(d)?.rec;
+                Some(DeploymentInstance {
+                    deployment_id: rec.id.clone(),
+                    project: String::new(),
+                    package: rec.spec.app_name.clone(),
+                    package_version: rec.spec.app_version.clone(),
+                    generation: rec.generation,
+                    apps: rec
+                        .apps
+                        .iter()
+                        .filter(|a| apps.contains(&a.name))
+                        .cloned()
+                        .collect(),
+                })
+            })
+            .collect();
+        DesiredState {
+            generation: Generation(e.generation),
+            deployments,
+        }
+    }
+}
+
+/// The project name to put in desired states (set by the app layer, which knows names).
+pub fn with_project(mut d: DesiredState, project: &str) -> DesiredState {
+    for dep in &mut d.deployments {
+        dep.project = project.to_string();
+    }
+    d
+}
+
+/// Whether a deployment state is final for a `--watch` (nothing more will happen by itself).
+pub fn settled(state: State) -> bool {
+    matches!(
+        state,
+        State::Running | State::Down | State::Error | State::NoTargetClusters
+    )
+}

@@ -1,0 +1,674 @@
+//! The fleet and the deployment manager end to end over HTTP, with **simulated agents**: small
+//! clients in this file that speak the real agent protocol (enroll, long-poll, status reports)
+//! without running containers. They stand in for edges so targeting, status folding and the
+//! state machine are tested fast; `crates/canopy/tests/edge_podman.rs` runs the real agent.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use canopy_proto::{
+    AppState, AppStatus, DesiredState, EnrollResponse, Generation, PROTOCOL_HEADER, StatusReport,
+};
+use canopy_server::hub::HubConfig;
+use canopy_testkit::{TestControlPlane, example};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const P: &str = "default";
+
+fn fast() -> HubConfig {
+    HubConfig {
+        heartbeat: Duration::from_secs(1),
+        edge_timeout: Duration::from_secs(2),
+        no_target_grace: Duration::from_secs(2),
+    }
+}
+
+/// A simulated edge agent speaking the real protocol.
+struct SimAgent {
+    http: reqwest::Client,
+    url: String,
+    cred: String,
+    id: String,
+    seq: u64,
+    held: DesiredState,
+}
+
+impl SimAgent {
+    async fn enroll(
+        cp: &TestControlPlane,
+        token: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> SimAgent {
+        let (status, body) = enroll_raw(cp, token, name, labels).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let r: EnrollResponse = serde_json::from_value(body).unwrap();
+        SimAgent {
+            http: reqwest::Client::new(),
+            url: cp.url.clone(),
+            cred: r.credential,
+            id: r.edge_id,
+
+            seq: 0,
+            held: DesiredState::default(),
+        }
+    }
+
+    /// One long-poll; keeps what it got. `None` on 204.
+    async fn poll(&mut self, wait: u32) -> Option<DesiredState> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/canopy/v1/agent/desired-state?after={}&waitSeconds={wait}",
+                self.url, self.held.generation.0
+            ))
+            .header(PROTOCOL_HEADER, "1")
+            .bearer_auth(&self.cred)
+            .send()
+            .await
+            .unwrap();
+        match resp.status() {
+            StatusCode::NO_CONTENT => None,
+            StatusCode::OK => {
+                let d: DesiredState = resp.json().await.unwrap();
+                assert!(d.generation > self.held.generation, "generations only grow");
+                self.held = d.clone();
+                Some(d)
+            }
+            s => panic!("long-poll answered {s}: {}", resp.text().await.unwrap()),
+        }
+    }
+
+    /// Reports every held app in `state` at the held generation.
+    async fn report(&mut self, state: AppState) -> (StatusCode, Value) {
+        let apps = self
+            .held
+            .deployments
+            .iter()
+            .flat_map(|d| {
+                d.apps.iter().map(move |a| AppStatus {
+                    deployment_id: d.deployment_id.clone(),
+                    app: a.name.clone(),
+                    state,
+                    message: String::new(),
+                    deployment_generation: d.generation,
+                    workloads: vec![],
+                })
+            })
+            .collect();
+        self.seq += 1;
+        let report = StatusReport {
+            protocol_version: 1,
+            seq: self.seq,
+            generation: self.held.generation,
+            apps,
+            agent: None,
+        };
+        self.send(&report).await
+    }
+
+    async fn send(&self, report: &StatusReport) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/canopy/v1/agent/status", self.url))
+            .header(PROTOCOL_HEADER, "1")
+            .bearer_auth(&self.cred)
+            .json(report)
+            .send()
+            .await
+            .unwrap();
+        let s = resp.status();
+        (s, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    fn deployments(&self) -> Vec<String> {
+        self.held
+            .deployments
+            .iter()
+            .map(|d| d.deployment_id.clone())
+            .collect()
+    }
+}
+
+async fn enroll_raw(
+    cp: &TestControlPlane,
+    token: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    let resp = cp
+        .http()
+        .post(cp.at("/canopy/v1/agent/enroll"))
+        .header(PROTOCOL_HEADER, "1")
+        .json(&json!({"protocolVersion": 1, "token": token, "name": name, "labels": labels}))
+        .send()
+        .await
+        .unwrap();
+    let s = resp.status();
+    (s, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn token(cp: &TestControlPlane) -> String {
+    let (s, b) = cp
+        .post(
+            &cp.at(&format!("/canopy/v1/projects/{P}/enrollment-tokens")),
+            &json!({"description": "test"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    b["secret"].as_str().unwrap().to_string()
+}
+
+fn deployments_url(cp: &TestControlPlane, rest: &str) -> String {
+    cp.at(&format!("/v1/projects/{P}/appdeployment/deployments{rest}"))
+}
+
+async fn upload_example(cp: &TestControlPlane) {
+    for dir in ["web-demo", "web-demo-1.1.0"] {
+        let (s, b) = cp.upload_dir(P, &example(dir)).await;
+        assert_eq!(s, StatusCode::OK, "upload {dir}: {b}");
+    }
+}
+
+async fn create(cp: &TestControlPlane, body: Value) -> String {
+    let (s, b) = cp.post(&deployments_url(cp, ""), &body).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["deploymentId"].as_str().unwrap().to_string()
+}
+
+async fn state(cp: &TestControlPlane, id: &str) -> (String, Value) {
+    let (s, b) = cp.get(&deployments_url(cp, &format!("/{id}"))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    (
+        b["deployment"]["status"]["state"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        b["deployment"].clone(),
+    )
+}
+
+fn by_labels(version: &str, labels: Value) -> Value {
+    json!({"appName": "web-demo", "appVersion": version, "allAppTargetClusters": {"labels": labels}})
+}
+
+#[tokio::test]
+async fn enrollment_tokens_and_edges() {
+    let cp = TestControlPlane::start().await;
+    let t = token(&cp).await;
+    let a = SimAgent::enroll(&cp, &t, "store-1", &[("site", "paris")]).await;
+    let b = SimAgent::enroll(&cp, &t, "store-2", &[("site", "lyon")]).await;
+    assert_ne!(a.cred, b.cred, "each edge gets its own credential");
+
+    // Reference inventory and Canopy's own view.
+    let (s, list) = cp
+        .get(&cp.at(&format!(
+            "/v1/projects/{P}/appdeployment/clusters?orderBy=name%20desc"
+        )))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["totalElements"], 2);
+    assert_eq!(list["clusters"][0]["name"], "store-2");
+    assert_eq!(list["clusters"][0]["labels"]["site"], "lyon");
+    assert!(list["clusters"][0]["createTime"].is_string());
+    let (_, one) = cp
+        .get(&cp.at(&format!("/canopy/v1/projects/{P}/edges/store-1")))
+        .await;
+    assert_eq!(one["edge"]["id"], a.id.as_str());
+    assert_eq!(one["edge"]["connection"], "NEVER_CONNECTED");
+    let (_, filtered) = cp
+        .get(&cp.at(&format!("/canopy/v1/projects/{P}/edges?labels=site=lyon")))
+        .await;
+    assert_eq!(filtered["totalElements"], 1);
+
+    // Name taken, bad labels, bad names: clear errors, nothing created.
+    let (s, e) = enroll_raw(&cp, &t, "store-1", &[]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("store-1"));
+    let (s, e) = enroll_raw(&cp, &t, "store-3", &[("Bad Key", "x")]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (s, _) = enroll_raw(&cp, &t, "../etc", &[]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, e) = enroll_raw(&cp, "cnt_nope", "store-4", &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
+
+    // Revocation: listed as revoked, refused at enrollment; enrolled edges keep working.
+    let (_, tokens) = cp
+        .get(&cp.at(&format!("/canopy/v1/projects/{P}/enrollment-tokens")))
+        .await;
+    let id = tokens["enrollmentTokens"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !tokens.to_string().contains(&t),
+        "the secret is never listed"
+    );
+    assert_eq!(tokens["enrollmentTokens"][0]["uses"], 2);
+    let (s, r) = cp
+        .delete(&cp.at(&format!("/canopy/v1/projects/{P}/enrollment-tokens/{id}")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["enrollmentToken"]["state"], "REVOKED");
+    let (s, e) = enroll_raw(&cp, &t, "store-5", &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(e["message"].as_str().unwrap().contains("revoked"), "{e}");
+    let mut a = a;
+    assert!(
+        a.poll(0).await.is_some(),
+        "an enrolled edge keeps its credential"
+    );
+
+    // Single-use and expired tokens.
+    let (_, once) = cp
+        .post(
+            &cp.at(&format!("/canopy/v1/projects/{P}/enrollment-tokens")),
+            &json!({"maxUses": 1}),
+        )
+        .await;
+    let once = once["secret"].as_str().unwrap();
+    assert_eq!(
+        enroll_raw(&cp, once, "store-6", &[]).await.0,
+        StatusCode::CREATED
+    );
+    let (s, e) = enroll_raw(&cp, once, "store-7", &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(e["message"].as_str().unwrap().contains("maximum"), "{e}");
+    let (s, _) = cp
+        .post(
+            &cp.at(&format!("/canopy/v1/projects/{P}/enrollment-tokens")),
+            &json!({"ttlSeconds": 999_999_999u64}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Protocol version mismatch: 426 with a message saying what to do.
+    let resp = cp
+        .http()
+        .get(cp.at("/canopy/v1/agent/desired-state"))
+        .header(PROTOCOL_HEADER, "2")
+        .bearer_auth(&b.cred)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UPGRADE_REQUIRED);
+    let e: Value = resp.json().await.unwrap();
+    assert!(e["message"].as_str().unwrap().contains("version 2"), "{e}");
+
+    // Edge removal: its credential stops working.
+    let (s, _) = cp
+        .delete(&cp.at(&format!("/canopy/v1/projects/{P}/edges/store-2")))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let resp = cp
+        .http()
+        .get(cp.at("/canopy/v1/agent/desired-state?waitSeconds=0"))
+        .header(PROTOCOL_HEADER, "1")
+        .bearer_auth(&b.cred)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Another project's view does not show them.
+    cp.create_project("other").await;
+    let (_, other) = cp
+        .get(&cp.at("/v1/projects/other/appdeployment/clusters"))
+        .await;
+    assert_eq!(other["totalElements"], 0);
+    let (s, _) = cp
+        .get(&cp.at(&format!("/canopy/v1/projects/other/edges/{}", a.id)))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn label_targeting_status_and_upgrade() {
+    let cp = TestControlPlane::start_fleet(fast()).await;
+    upload_example(&cp).await;
+    let t = token(&cp).await;
+    let mut paris =
+        SimAgent::enroll(&cp, &t, "paris-1", &[("site", "paris"), ("tier", "edge")]).await;
+    let mut lyon = SimAgent::enroll(&cp, &t, "lyon-1", &[("site", "lyon"), ("tier", "edge")]).await;
+    paris.poll(0).await;
+    lyon.poll(0).await;
+
+    let id = create(
+        &cp,
+        by_labels("1.0.0", json!({"site": "paris", "tier": "edge"})),
+    )
+    .await;
+    let got = paris.poll(5).await.expect("the matching edge is woken");
+    assert_eq!(paris.deployments(), vec![id.clone()]);
+    let dep = &got.deployments[0];
+    assert_eq!(dep.generation, 1);
+    assert_eq!(dep.apps.len(), 2);
+    let status_app = dep.apps.iter().find(|a| a.name == "status").unwrap();
+    assert_eq!(status_app.depends_on, vec!["web".to_string()]);
+    assert_eq!(status_app.namespace, "web-demo");
+    assert!(
+        lyon.poll(1).await.is_none(),
+        "a non-matching edge is not woken"
+    );
+
+    // Package marked deployed.
+    let (_, pkg) = cp
+        .get(&cp.catalog(P, "/deployment_packages/web-demo/versions/1.0.0"))
+        .await;
+    assert_eq!(pkg["deploymentPackage"]["isDeployed"], true);
+
+    let (st, _) = state(&cp, &id).await;
+    assert_eq!(st, "DEPLOYING");
+    let (s, ack) = paris.report(AppState::Running).await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    assert_eq!(ack["seq"], 1);
+    let (st, d) = state(&cp, &id).await;
+    assert_eq!(st, "RUNNING", "{d}");
+    assert_eq!(d["status"]["summary"]["total"], 1);
+    assert_eq!(d["status"]["summary"]["running"], 1);
+    assert_eq!(d["apps"].as_array().unwrap().len(), 2);
+
+    // Clusters of the deployment, deployments of the cluster, the summary.
+    let (_, cl) = cp
+        .get(&deployments_url(&cp, &format!("/{id}/clusters")))
+        .await;
+    assert_eq!(cl["totalElements"], 1);
+    assert_eq!(cl["clusters"][0]["name"], "paris-1");
+    assert_eq!(cl["clusters"][0]["status"]["state"], "RUNNING");
+    assert_eq!(cl["clusters"][0]["status"]["summary"]["type"], "appCounts");
+    let (_, per) = cp
+        .get(&cp.at(&format!(
+            "/v1/projects/{P}/deployments/clusters/{}",
+            paris.id
+        )))
+        .await;
+    assert_eq!(
+        per["deploymentInstancesCluster"][0]["deploymentUid"],
+        id.as_str()
+    );
+    let (_, summary) = cp
+        .get(&cp.at(&format!("/v1/projects/{P}/summary/deployments_status")))
+        .await;
+    assert_eq!(summary["total"], 1);
+    assert_eq!(summary["running"], 1);
+    let (_, filtered) = cp.get(&deployments_url(&cp, "?labels=site=lyon")).await;
+    assert_eq!(filtered["totalElements"], 0);
+    let (_, filtered) = cp.get(&deployments_url(&cp, "?labels=site=paris")).await;
+    assert_eq!(filtered["totalElements"], 1);
+
+    // A duplicate report changes nothing; a report about a deployment not held is refused.
+    paris.seq -= 1;
+    let (s, ack) = paris.report(AppState::Down).await;
+    assert_eq!((s, ack["seq"].clone()), (StatusCode::OK, json!(1)));
+    assert_eq!(state(&cp, &id).await.0, "RUNNING");
+    let foreign = StatusReport {
+        protocol_version: 1,
+        seq: 100,
+        generation: lyon.held.generation,
+        apps: vec![AppStatus {
+            deployment_id: id.clone(),
+            app: "web".into(),
+            state: AppState::Running,
+            ..Default::default()
+        }],
+        agent: None,
+    };
+    let (s, e) = lyon.send(&foreign).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e["message"].as_str().unwrap().contains(&id));
+
+    // The lyon edge gains the label: it gains the deployment without anyone touching it.
+    let (s, e) = cp
+        .http()
+        .patch(cp.at(&format!("/canopy/v1/projects/{P}/edges/lyon-1/labels")))
+        .json(&json!({"set": {"site": "paris"}}))
+        .send()
+        .await
+        .map(|r| (r.status(), r))
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{:?}", e.text().await);
+    assert!(lyon.poll(5).await.is_some());
+    assert_eq!(lyon.deployments(), vec![id.clone()]);
+    let (st, d) = state(&cp, &id).await;
+    assert_eq!(st, "DEPLOYING", "a new edge that has not reported: {d}");
+    lyon.report(AppState::Running).await;
+    assert_eq!(state(&cp, &id).await.0, "RUNNING");
+
+    // Upgrade to 1.1.0: generation 2, UPDATING until both edges run it.
+    let (_, cur) = cp.get(&deployments_url(&cp, &format!("/{id}"))).await;
+    let mut body = cur["deployment"].clone();
+    body["appVersion"] = json!("1.1.0");
+    let (s, up) = cp
+        .put(&deployments_url(&cp, &format!("/{id}")), &body)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{up}");
+    assert_eq!(up["deployment"]["appVersion"], "1.1.0");
+    assert_eq!(up["deployment"]["status"]["state"], "UPDATING");
+    let got = paris.poll(5).await.unwrap();
+    assert_eq!(got.deployments[0].generation, 2);
+    assert_eq!(got.deployments[0].package_version, "1.1.0");
+    paris.report(AppState::Running).await;
+    assert_eq!(state(&cp, &id).await.0, "UPDATING");
+    lyon.poll(5).await.unwrap();
+    lyon.report(AppState::Running).await;
+    assert_eq!(state(&cp, &id).await.0, "RUNNING");
+    let (_, old) = cp
+        .get(&cp.catalog(P, "/deployment_packages/web-demo/versions/1.0.0"))
+        .await;
+    assert_eq!(
+        old["deploymentPackage"]["isDeployed"], false,
+        "old version no longer deployed"
+    );
+
+    // Losing the label loses the deployment.
+    cp.http()
+        .patch(cp.at(&format!("/canopy/v1/projects/{P}/edges/lyon-1/labels")))
+        .json(&json!({"remove": ["site"]}))
+        .send()
+        .await
+        .unwrap();
+    lyon.poll(5).await.unwrap();
+    assert!(lyon.deployments().is_empty());
+
+    // A Down app after settling: DOWN with the app's message.
+    paris.seq += 1;
+    let report = StatusReport {
+        protocol_version: 1,
+        seq: paris.seq,
+        generation: paris.held.generation,
+        apps: vec![AppStatus {
+            deployment_id: id.clone(),
+            app: "web".into(),
+            state: AppState::Down,
+            message: "container httpd exited with 1".into(),
+            deployment_generation: 2,
+            workloads: vec![],
+        }],
+        agent: None,
+    };
+    assert_eq!(paris.send(&report).await.0, StatusCode::OK);
+    let (st, d) = state(&cp, &id).await;
+    assert_eq!(st, "DOWN", "{d}");
+
+    // Silent edge: UNKNOWN after the timeout, with the last known state and its age.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (st, _) = state(&cp, &id).await;
+    assert_eq!(st, "UNKNOWN");
+    let (_, cl) = cp
+        .get(&deployments_url(&cp, &format!("/{id}/clusters")))
+        .await;
+    let msg = cl["clusters"][0]["status"]["message"].as_str().unwrap();
+    assert!(msg.contains("silent"), "{msg}");
+    paris.report(AppState::Running).await;
+    assert_eq!(state(&cp, &id).await.0, "RUNNING");
+
+    // Delete: the edge drops it; the package is no longer deployed.
+    let (s, _) = cp.delete(&deployments_url(&cp, &format!("/{id}"))).await;
+    assert_eq!(s, StatusCode::OK);
+    paris.poll(5).await.unwrap();
+    assert!(paris.deployments().is_empty());
+    let (s, _) = cp.get(&deployments_url(&cp, &format!("/{id}"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, pkg) = cp
+        .get(&cp.catalog(P, "/deployment_packages/web-demo/versions/1.1.0"))
+        .await;
+    assert_eq!(pkg["deploymentPackage"]["isDeployed"], false);
+}
+
+#[tokio::test]
+async fn targeted_no_targets_and_bad_input() {
+    let cp = TestControlPlane::start_fleet(fast()).await;
+    upload_example(&cp).await;
+    let t = token(&cp).await;
+    let mut e1 = SimAgent::enroll(&cp, &t, "e1", &[("site", "a")]).await;
+    e1.poll(0).await;
+
+    // Targeted by edge name (or id).
+    let id = create(
+        &cp,
+        json!({"appName": "web-demo", "appVersion": "1.0.0", "deploymentType": "targeted",
+               "allAppTargetClusters": {"clusterId": "e1"},
+               "overrideValues": [{"appName": "web", "values": {"greeting": "targeted", "port": "18090"}}]}),
+    )
+    .await;
+    let got = e1.poll(5).await.unwrap();
+    let web = got.deployments[0]
+        .apps
+        .iter()
+        .find(|a| a.name == "web")
+        .unwrap();
+    assert_eq!(web.containers[0].env["GREETING"], "targeted");
+    assert_eq!(
+        web.containers[0].ports[0].host_port,
+        Some(18090),
+        "number coerced"
+    );
+
+    // Duplicate: same package, version, profile and display name.
+    let (_, cur) = cp.get(&deployments_url(&cp, &format!("/{id}"))).await;
+    let dup = json!({"appName": "web-demo", "appVersion": "1.0.0", "deploymentType": "targeted",
+        "displayName": cur["deployment"]["displayName"], "allAppTargetClusters": {"clusterId": "e1"}});
+    let (s, e) = cp.post(&deployments_url(&cp, ""), &dup).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+
+    // Nothing matches the labels: NO_TARGET_CLUSTERS after the grace period.
+    let lonely = create(&cp, by_labels("1.0.0", json!({"site": "nowhere"}))).await;
+    assert_eq!(state(&cp, &lonely).await.0, "DEPLOYING");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(state(&cp, &lonely).await.0, "NO_TARGET_CLUSTERS");
+    // ... and a future edge that matches gets it.
+    let mut late = SimAgent::enroll(&cp, &t, "late", &[("site", "nowhere")]).await;
+    late.poll(0).await;
+    assert_eq!(late.deployments(), vec![lonely.clone()]);
+
+    let before = cp.get(&deployments_url(&cp, "")).await.1["totalElements"].clone();
+    let cases = [
+        (
+            json!({"appName": "nope", "appVersion": "1.0.0", "allAppTargetClusters": {"labels": {"a": "b"}}}),
+            StatusCode::NOT_FOUND,
+            "nope",
+        ),
+        (
+            json!({"appName": "web-demo", "appVersion": "1.0.0", "profileName": "gold", "allAppTargetClusters": {"labels": {"a": "b"}}}),
+            StatusCode::NOT_FOUND,
+            "gold",
+        ),
+        (
+            json!({"appName": "web-demo", "appVersion": "1.0.0"}),
+            StatusCode::BAD_REQUEST,
+            "target",
+        ),
+        (
+            json!({"appName": "web-demo", "appVersion": "1.0.0", "deploymentType": "targeted", "allAppTargetClusters": {"clusterId": "ghost"}}),
+            StatusCode::NOT_FOUND,
+            "ghost",
+        ),
+        (
+            json!({"appName": "web-demo", "appVersion": "1.0.0", "allAppTargetClusters": {"labels": {"a": "b"}}, "overrideValues": [{"appName": "web", "values": {"port": "eighty"}}]}),
+            StatusCode::BAD_REQUEST,
+            "port",
+        ),
+        (
+            json!({"appName": "web-demo", "appVersion": "1.0.0", "allAppTargetClusters": {"labels": {"a": "b"}}, "overrideValues": [{"appName": "web", "values": "not-a-map"}]}),
+            StatusCode::BAD_REQUEST,
+            "values",
+        ),
+        (
+            json!({"appName": "web-demo", "appVersion": "1.0.0", "allAppTargetClusters": {"labels": {"a": "b"}}, "overrideValues": [{"appName": "ghost-app", "values": {}}]}),
+            StatusCode::BAD_REQUEST,
+            "ghost-app",
+        ),
+        (
+            json!({"appName": "web-demo", "appVersion": "1.0.0", "allAppTargetClusters": {"labels": {"a": "b"}}, "overrideValues": [{"appName": "web", "values": {"port": 99999}}]}),
+            StatusCode::BAD_REQUEST,
+            "hostPort",
+        ),
+        (
+            json!({"appName": "web-demo", "appVersion": "1.0.0", "allAppTargetClusters": {"labels": {"Bad": "b"}}}),
+            StatusCode::BAD_REQUEST,
+            "Bad",
+        ),
+        (
+            json!({"appName": "web-demo", "appVersion": "1.0.0", "bogus": 1}),
+            StatusCode::BAD_REQUEST,
+            "bogus",
+        ),
+    ];
+    for (body, want, mention) in cases {
+        let (s, e) = cp.post(&deployments_url(&cp, ""), &body).await;
+        assert_eq!(s, want, "{body} -> {e}");
+        assert!(
+            e["message"].as_str().unwrap_or("").contains(mention),
+            "{body}: message should name {mention:?}: {e}"
+        );
+    }
+    let after = cp.get(&deployments_url(&cp, "")).await.1["totalElements"].clone();
+    assert_eq!(before, after, "nothing half-created");
+
+    // List conventions.
+    let (s, page) = cp
+        .get(&deployments_url(
+            &cp,
+            "?pageSize=1&orderBy=createTime%20desc",
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(page["deployments"].as_array().unwrap().len(), 1);
+    assert_eq!(page["deployments"][0]["deployId"], lonely.as_str());
+    let (s, _) = cp
+        .get(&deployments_url(&cp, "?orderBy=overrideValues"))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = cp.get(&deployments_url(&cp, "?pageSize=501")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn fleet_survives_a_control_plane_restart() {
+    let cp = TestControlPlane::start_fleet(fast()).await;
+    upload_example(&cp).await;
+    let t = token(&cp).await;
+    let mut e = SimAgent::enroll(&cp, &t, "e1", &[("site", "a")]).await;
+    let id = create(&cp, by_labels("1.0.0", json!({"site": "a"}))).await;
+    e.poll(0).await.unwrap();
+    e.report(AppState::Running).await;
+    let held = e.held.generation;
+    cp.app().flush_fleet().await;
+
+    let cp = cp.restart().await;
+    // Same credential, same deployment; the generation is not lower than what the edge holds.
+    let (st, _) = state(&cp, &id).await;
+    assert_eq!(st, "RUNNING", "last reported state restored");
+    let mut probe = SimAgent {
+        held: DesiredState {
+            generation: Generation(0),
+            deployments: vec![],
+        },
+        ..e
+    };
+    let got = probe.poll(0).await.unwrap();
+    assert!(got.generation >= held);
+    assert_eq!(probe.deployments(), vec![id.clone()]);
+}
