@@ -672,3 +672,183 @@ async fn fleet_survives_a_control_plane_restart() {
     assert!(got.generation >= held);
     assert_eq!(probe.deployments(), vec![id.clone()]);
 }
+
+/// The deployment manager's transactions (deployment rows, `isDeployed`, fleet revision) on
+/// every backend, PostgreSQL included.
+#[tokio::test]
+async fn deploy_and_delete_on_every_backend() {
+    for cp in TestControlPlane::all().await {
+        upload_example(&cp).await;
+        let t = token(&cp).await;
+        let mut e = SimAgent::enroll(&cp, &t, "e1", &[("site", "a")]).await;
+        let id = create(&cp, by_labels("1.0.0", json!({"site": "a"}))).await;
+        e.poll(0).await.unwrap();
+        assert_eq!(e.deployments(), vec![id.clone()], "{}", cp.backend);
+        e.report(AppState::Running).await;
+        assert_eq!(state(&cp, &id).await.0, "RUNNING", "{}", cp.backend);
+        let (s, _) = cp.delete(&deployments_url(&cp, &format!("/{id}"))).await;
+        assert_eq!(s, StatusCode::OK, "{}", cp.backend);
+        e.poll(5).await.unwrap();
+        assert!(e.deployments().is_empty(), "{}", cp.backend);
+        let (_, pkg) = cp
+            .get(&cp.catalog(P, "/deployment_packages/web-demo/versions/1.0.0"))
+            .await;
+        assert_eq!(
+            pkg["deploymentPackage"]["isDeployed"], false,
+            "{}",
+            cp.backend
+        );
+    }
+}
+
+fn native_app(name: &str, requires: Option<&str>) -> String {
+    let req = match requires {
+        Some(pkg) => format!(
+            "\n    deploymentRequirement:\n      - {{name: {pkg}, version: 1.0.0, deploymentProfileName: default}}"
+        ),
+        None => String::new(),
+    };
+    format!(
+        "specSchema: Application\nschemaVersion: \"0.1\"\n$schema: \"https://schema.intel.com/catalog.orchestrator/0.1/schema\"\nname: {name}\ndescription: test app\nversion: 1.0.0\nworkloadTemplate: |\n  containers:\n    - name: main\n      image: localhost/busybox:canopy-test\n      command: [sleep, \"3600\"]\ndefaultProfile: default\nprofiles:\n  - name: default{req}\n"
+    )
+}
+
+fn native_package(name: &str, app: &str, forbids: bool) -> String {
+    format!(
+        "specSchema: DeploymentPackage\nschemaVersion: \"0.1\"\n$schema: \"https://schema.intel.com/catalog.orchestrator/0.1/schema\"\nname: {name}\ndescription: test package\nversion: 1.0.0\nforbidsMultipleDeployments: {forbids}\napplications:\n  - {{name: {app}, version: 1.0.0}}\ndeploymentProfiles:\n  - name: default\n    applicationProfiles:\n      - {{application: {app}, profile: default}}\ndefaultProfile: default\n"
+    )
+}
+
+/// Deployment requirements: child deployments created (or reused when the required package
+/// forbids several), parents protect children, `ALL` deletes the subtree.
+#[tokio::test]
+async fn deployment_requirements_create_and_reuse_children() {
+    let cp = TestControlPlane::start_fleet(fast()).await;
+    let files: Vec<(String, Vec<u8>)> = [
+        ("db.yaml", native_app("db", None)),
+        ("db-pkg.yaml", native_package("db-pkg", "db", true)),
+        ("shop.yaml", native_app("shop", Some("db-pkg"))),
+        ("shop-pkg.yaml", native_package("shop-pkg", "shop", false)),
+    ]
+    .into_iter()
+    .map(|(n, c)| (n.to_string(), c.into_bytes()))
+    .collect();
+    let (s, b) = cp.upload(P, files).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let t = token(&cp).await;
+    let mut e = SimAgent::enroll(&cp, &t, "e1", &[("site", "a")]).await;
+
+    let shop = json!({"appName": "shop-pkg", "appVersion": "1.0.0", "allAppTargetClusters": {"labels": {"site": "a"}}});
+    let parent = create(&cp, shop.clone()).await;
+    let (_, list) = cp.get(&deployments_url(&cp, "")).await;
+    assert_eq!(
+        list["totalElements"], 2,
+        "a child deployment of db-pkg: {list}"
+    );
+    let child = list["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["appName"] == "db-pkg")
+        .unwrap()["deployId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    e.poll(0).await.unwrap();
+    let mut held = e.deployments();
+    held.sort();
+    let mut want = vec![parent.clone(), child.clone()];
+    want.sort();
+    assert_eq!(held, want, "the child follows the parent's target");
+
+    // A second parent reuses the child (forbidsMultipleDeployments).
+    let mut second = shop.clone();
+    second["displayName"] = json!("second shop");
+    let parent2 = create(&cp, second).await;
+    let (_, list) = cp.get(&deployments_url(&cp, "")).await;
+    assert_eq!(list["totalElements"], 3, "child reused: {list}");
+
+    // The child cannot be deleted or updated while parents need it.
+    let (s, e1) = cp.delete(&deployments_url(&cp, &format!("/{child}"))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e1}");
+    assert!(e1["message"].as_str().unwrap().contains(&parent));
+    // ALL on one parent is refused: the child also has the other parent.
+    let (s, e2) = cp
+        .delete(&deployments_url(&cp, &format!("/{parent}?deleteType=ALL")))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e2}");
+    // PARENT_ONLY removes the parent; the child stays for the second.
+    let (s, _) = cp
+        .delete(&deployments_url(&cp, &format!("/{parent}")))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = cp
+        .delete(&deployments_url(&cp, &format!("/{parent2}?deleteType=ALL")))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, list) = cp.get(&deployments_url(&cp, "")).await;
+    assert_eq!(list["totalElements"], 0, "ALL removed the subtree: {list}");
+    let (_, pkg) = cp
+        .get(&cp.catalog(P, "/deployment_packages/db-pkg/versions/1.0.0"))
+        .await;
+    assert_eq!(pkg["deploymentPackage"]["isDeployed"], false);
+}
+
+/// Secret parameters: masked in every response, real on the edge, preserved when a client PUTs
+/// back the masked copy; a missing mandatory one is refused naming it.
+#[tokio::test]
+async fn secret_and_mandatory_parameters() {
+    let cp = TestControlPlane::start_fleet(fast()).await;
+    let app = "specSchema: Application\nschemaVersion: \"0.1\"\n$schema: \"https://schema.intel.com/catalog.orchestrator/0.1/schema\"\nname: vault\ndescription: d\nversion: 1.0.0\nworkloadTemplate: |\n  containers:\n    - name: main\n      image: localhost/busybox:canopy-test\n      env:\n        TOKEN: {{ values.token | tojson }}\n        LEVEL: {{ values.level | tojson }}\ndefaultProfile: default\nprofiles:\n  - name: default\n    parameterTemplates:\n      - {name: token, displayName: Token, type: string, mandatory: true, secret: true}\n      - {name: level, displayName: Level, type: number, default: \"1\"}\n";
+    let files = vec![
+        ("vault.yaml".to_string(), app.as_bytes().to_vec()),
+        (
+            "vault-pkg.yaml".to_string(),
+            native_package("vault-pkg", "vault", false).into_bytes(),
+        ),
+    ];
+    let (s, b) = cp.upload(P, files).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let t = token(&cp).await;
+    let mut e = SimAgent::enroll(&cp, &t, "e1", &[("site", "a")]).await;
+    let base = json!({"appName": "vault-pkg", "appVersion": "1.0.0", "allAppTargetClusters": {"labels": {"site": "a"}}});
+
+    let (s, err) = cp.post(&deployments_url(&cp, ""), &base).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
+    assert!(err["message"].as_str().unwrap().contains("token"), "{err}");
+
+    let mut body = base.clone();
+    body["overrideValues"] =
+        json!([{"appName": "vault", "values": {"token": "s3cr3t", "level": "2"}}]);
+    let id = create(&cp, body).await;
+    let (_, got) = cp.get(&deployments_url(&cp, &format!("/{id}"))).await;
+    assert!(
+        !got.to_string().contains("s3cr3t"),
+        "secret in a response: {got}"
+    );
+    assert_eq!(
+        got["deployment"]["overrideValues"][0]["values"]["token"],
+        "********"
+    );
+    let (_, list) = cp.get(&deployments_url(&cp, "")).await;
+    assert!(!list.to_string().contains("s3cr3t"));
+    let d = e.poll(0).await.unwrap();
+    assert_eq!(
+        d.deployments[0].apps[0].containers[0].env["TOKEN"],
+        "s3cr3t"
+    );
+    assert_eq!(d.deployments[0].apps[0].containers[0].env["LEVEL"], "2");
+
+    // PUT back what GET returned, with another level: the secret is kept.
+    let mut upd = got["deployment"].clone();
+    upd["overrideValues"][0]["values"]["level"] = json!(3);
+    let (s, r) = cp.put(&deployments_url(&cp, &format!("/{id}")), &upd).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(!r.to_string().contains("s3cr3t"));
+    let d = e.poll(5).await.unwrap();
+    assert_eq!(
+        d.deployments[0].apps[0].containers[0].env["TOKEN"],
+        "s3cr3t"
+    );
+    assert_eq!(d.deployments[0].apps[0].containers[0].env["LEVEL"], "3");
+}

@@ -47,6 +47,8 @@ struct Inner {
     store: Store,
     events: EventBus,
     hub: Hub,
+    /// Project names by id, for the agent long-poll path (projects are never renamed).
+    project_names: std::sync::RwLock<std::collections::HashMap<canopy_store::ProjectId, String>>,
     /// Flips to true when the server begins shutting down (long-lived streams end on it).
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -68,6 +70,7 @@ impl App {
                 store,
                 events: EventBus::default(),
                 hub,
+                project_names: Default::default(),
                 shutdown: tokio::sync::watch::channel(false).0,
             }),
         })
@@ -114,12 +117,27 @@ impl App {
         &self,
         id: canopy_store::ProjectId,
     ) -> Result<String, AppError> {
-        // Few projects; a list is cheap and avoids a by-id query for now.
+        if let Some(name) = self
+            .inner
+            .project_names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(name.clone());
+        }
         let projects = self.store().list_projects().await?;
-        projects
-            .into_iter()
-            .find(|p| p.id == id)
-            .map(|p| p.name.as_str().to_string())
+        let mut cache = self
+            .inner
+            .project_names
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for p in &projects {
+            cache.insert(p.id, p.name.as_str().to_string());
+        }
+        cache
+            .get(&id)
+            .cloned()
             .ok_or_else(|| AppError::NotFound(format!("project {id} not found")))
     }
 
