@@ -80,6 +80,20 @@ impl AgentClient {
         })
     }
 
+    /// A client of the control plane at `server` over an HTTP client built by the caller, so
+    /// many edges can share its connections (the load simulator multiplexes hundreds of edges
+    /// over one HTTP/2 connection). Requests still carry their own timeouts.
+    pub fn with_http_client(
+        http: reqwest::Client,
+        server: &str,
+    ) -> Result<AgentClient, AgentError> {
+        Ok(AgentClient {
+            http,
+            base: normalize_server(server)?,
+            credential: None,
+        })
+    }
+
     /// The same client, authenticating as the edge that owns `credential`.
     pub fn with_credential(mut self, credential: Credential) -> AgentClient {
         self.credential = Some(credential);

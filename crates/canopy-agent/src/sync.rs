@@ -522,6 +522,9 @@ struct Observation {
 }
 
 /// Owns the driver: applies or observes, publishes statuses. Never returns.
+/// Every how many quiet (observe-only) passes a full apply runs anyway (see `converge_loop`).
+const SWEEP_EVERY: u32 = 4;
+
 async fn converge_loop<C: Converger>(
     shared: &Arc<Shared>,
     converger: &C,
@@ -531,6 +534,10 @@ async fn converge_loop<C: Converger>(
     let mut current = desired_rx.borrow_and_update().clone();
     let mut must_apply = current.is_some();
     let mut all_running = false;
+    // Quiet passes only observe; every SWEEP_EVERY-th one applies instead, so garbage left by a
+    // failed removal (a container, volume or network of a deployment no longer desired) is
+    // retried even when nothing else changes. Apply is idempotent and restarts nothing healthy.
+    let mut quiet_passes: u32 = 0;
     let mut engine_error: Option<String> = None;
     let mut sender_gone = false;
     if current.is_none() {
@@ -542,7 +549,13 @@ async fn converge_loop<C: Converger>(
     }
     loop {
         if let Some(desired) = current.clone() {
-            let applying = must_apply || !all_running;
+            let sweep = all_running && quiet_passes % SWEEP_EVERY == SWEEP_EVERY - 1;
+            let applying = must_apply || !all_running || sweep;
+            quiet_passes = if must_apply || !all_running {
+                0
+            } else {
+                quiet_passes.wrapping_add(1)
+            };
             let result = if applying {
                 converger.apply(&desired).await
             } else {

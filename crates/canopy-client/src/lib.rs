@@ -1,16 +1,21 @@
-//! Typed HTTP client for the Canopy API: one method per catalog operation of the reference REST
-//! API (`/v3/projects/{project}/catalog/...`), bodies as the `canopy-core` entity structs, and one
-//! error type that keeps the server's message verbatim.
+//! Typed HTTP client for the Canopy API: one method per operation of the reference catalog
+//! (`/v3/projects/{project}/catalog/...`) and deployment manager (`/v1/projects/{project}/...`)
+//! REST APIs and of Canopy's own fleet API (`/canopy/v1/projects/{project}/...`: enrollment
+//! tokens, edges), and one error type that keeps the server's message verbatim.
 //!
 //! Used by the `canopy` CLI, the test harness and benchmarks, so it holds no presentation logic
-//! and never prints. It depends only on `canopy-core` (for entity types) and must not depend on
-//! the server or the store: it talks to them over HTTP like any other client.
+//! and never prints. Bodies are the shared wire types (`canopy-core` catalog entities,
+//! `canopy-deploy` deployment model, `canopy-proto` agent statuses); it must not depend on the
+//! server or the store: it talks to them over HTTP like any other client, and mirrors the few
+//! server-only JSON shapes (edges, enrollment tokens) in [`fleet`].
 //!
 //! Every request has a timeout ([`DEFAULT_TIMEOUT`], or [`DEFAULT_TRANSFER_TIMEOUT`] for uploads
 //! and downloads), so a hung server never hangs a caller.
 
 mod catalog;
+mod deployments;
 mod error;
+pub mod fleet;
 mod list;
 mod upload;
 
@@ -21,7 +26,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use canopy_core::upload::UploadFile;
+pub use canopy_deploy::model::DeleteType;
 pub use error::ClientError;
+pub use fleet::{CreatedEnrollmentToken, Edge, EnrollmentToken, NewEnrollmentToken};
 pub use list::{ListParams, MAX_PAGE_SIZE, Page, collect_all};
 pub use reqwest::StatusCode;
 pub use upload::{MAX_UPLOAD_FILES, UploadChange, UploadResponse};
@@ -128,6 +135,37 @@ impl Client {
         let mut all = vec!["v3", "projects", self.project.as_str(), "catalog"];
         all.extend_from_slice(segments);
         self.url(&all)
+    }
+
+    /// The URL of `segments` under the deployment manager's `/v1/projects/{project}`.
+    fn deploy_url(&self, segments: &[&str]) -> Url {
+        let mut all = vec!["v1", "projects", self.project.as_str()];
+        all.extend_from_slice(segments);
+        self.url(&all)
+    }
+
+    /// The URL of `segments` under Canopy's own `/canopy/v1/projects/{project}`.
+    fn canopy_url(&self, segments: &[&str]) -> Url {
+        let mut all = vec!["canopy", "v1", "projects", self.project.as_str()];
+        all.extend_from_slice(segments);
+        self.url(&all)
+    }
+
+    /// `GET url?query` of a list answered as `{<key>: [...], totalElements}`.
+    async fn get_page<T: DeserializeOwned>(
+        &self,
+        url: &Url,
+        key: &'static str,
+        params: &ListParams,
+    ) -> Result<Page<T>, ClientError> {
+        let req = self.request(Method::GET, url).query(&params.query());
+        let mut body = self.execute_json(req, url).await?;
+        let items: Vec<T> = take_list(url, &mut body, &[key])?;
+        let total = match body.get("totalElements") {
+            None | Some(Value::Null) => u64::from(params.offset.unwrap_or(0)) + items.len() as u64,
+            Some(_) => take_count(url, &body, "totalElements")?,
+        };
+        Ok(Page { items, total })
     }
 
     fn request(&self, method: Method, url: &Url) -> RequestBuilder {

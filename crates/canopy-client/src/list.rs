@@ -22,6 +22,10 @@ pub struct ListParams {
     pub filter: Option<String>,
     /// `kinds` (applications and packages only): repeated; empty means all kinds.
     pub kinds: Vec<Kind>,
+    /// `labels` (deployments, clusters and edges only): repeated, each `k=v[,k=v]`. An edge
+    /// matches an item when it carries every pair of it; a deployment when a target label set
+    /// holds any pair. Items are OR-ed.
+    pub labels: Vec<String>,
 }
 
 impl ListParams {
@@ -42,6 +46,9 @@ impl ListParams {
         }
         for k in &self.kinds {
             q.push(("kinds", k.as_api().to_owned()));
+        }
+        for l in self.labels.iter().filter(|l| !l.is_empty()) {
+            q.push(("labels", l.clone()));
         }
         q
     }
@@ -85,13 +92,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_all_params_with_repeated_kinds() {
+    fn encodes_all_params_with_repeated_kinds_and_labels() {
         let p = ListParams {
             page_size: Some(5),
             offset: Some(10),
             order_by: Some("name desc".into()),
             filter: Some("name=web".into()),
             kinds: vec![Kind::Normal, Kind::Addon],
+            labels: vec![
+                "site=paris,tier=edge".into(),
+                String::new(),
+                "site=lyon".into(),
+            ],
         };
         assert_eq!(
             p.query(),
@@ -102,6 +114,8 @@ mod tests {
                 ("filter", "name=web".to_owned()),
                 ("kinds", "KIND_NORMAL".to_owned()),
                 ("kinds", "KIND_ADDON".to_owned()),
+                ("labels", "site=paris,tier=edge".to_owned()),
+                ("labels", "site=lyon".to_owned()),
             ]
         );
         assert!(ListParams::default().query().is_empty());

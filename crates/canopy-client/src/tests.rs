@@ -188,6 +188,7 @@ async fn list_encodes_params_and_reads_totals() {
         order_by: Some("name desc".into()),
         filter: Some("name=a".into()),
         kinds: vec![Kind::Normal, Kind::Addon],
+        ..Default::default()
     };
     let page = c.list_applications(&params).await.unwrap();
     assert_eq!(page.total, 7);
@@ -421,4 +422,276 @@ async fn upload_in_session_chains_the_session_id() {
             "/v3/projects/p/catalog/uploads?sessionId=sess&lastUpload=true",
         ]
     );
+}
+
+// ---- fleet ------------------------------------------------------------------------------------
+
+const TOKEN: &str = r#"{"id":"t1","description":"lab","createTime":"2026-01-01T00:00:00Z","expireTime":"2026-01-02T00:00:00Z","state":"ACTIVE","uses":0,"maxUses":3}"#;
+const EDGE: &str = r#"{"id":"e-1","name":"store-1","labels":{"site":"paris"},"createTime":"2026-01-01T00:00:00Z","connection":"NEVER_CONNECTED","state":"UNKNOWN","lastSeen":null,"agentVersion":"","capabilities":[],"engine":"","generation":1,"appliedGeneration":0,"deployments":2}"#;
+
+#[tokio::test]
+async fn enrollment_tokens_create_list_revoke() {
+    let fake = Fake::start(|s| match s.method.as_str() {
+        "POST" => (201, format!(r#"{{"token":{TOKEN},"secret":"cnt_secret"}}"#)),
+        "GET" => (200, format!(r#"{{"enrollmentTokens":[{TOKEN}]}}"#)),
+        _ => (
+            200,
+            format!(
+                r#"{{"enrollmentToken":{}}}"#,
+                TOKEN.replace("ACTIVE", "REVOKED")
+            ),
+        ),
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let created = c
+        .create_enrollment_token(&NewEnrollmentToken {
+            description: "lab".into(),
+            ttl: Some(Duration::from_secs(3600)),
+            max_uses: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.secret, "cnt_secret");
+    assert_eq!(created.token.max_uses, 3);
+    assert!(created.token.expire_time.is_some());
+    let listed = c.list_enrollment_tokens().await.unwrap();
+    assert_eq!(listed[0].id, "t1");
+    let revoked = c.revoke_enrollment_token("t1").await.unwrap();
+    assert_eq!(revoked.state, "REVOKED");
+
+    let seen = fake.requests();
+    assert_eq!(seen[0].target, "/canopy/v1/projects/p/enrollment-tokens");
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"description": "lab", "ttlSeconds": 3600, "maxUses": 3})
+    );
+    assert_eq!(seen[1].method, "GET");
+    assert_eq!(
+        (seen[2].method.as_str(), seen[2].target.as_str()),
+        ("DELETE", "/canopy/v1/projects/p/enrollment-tokens/t1")
+    );
+
+    // Without a lifetime the server's default applies: the field is left out.
+    c.create_enrollment_token(&NewEnrollmentToken::default())
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&fake.requests()[3].body).unwrap();
+    assert_eq!(body, serde_json::json!({"description": "", "maxUses": 0}));
+}
+
+#[tokio::test]
+async fn edges_list_get_label_remove_workloads() {
+    let fake = Fake::start(|s| match (s.method.as_str(), s.target.as_str()) {
+        ("GET", t) if t.ends_with("/workloads") => (
+            200,
+            r#"{"apps":[{"deploymentId":"d1","app":"web","state":"RUNNING","message":"","deploymentGeneration":1,"workloads":[{"kind":"container","name":"httpd","image":"busybox","state":"running","restarts":0}]}]}"#.to_owned(),
+        ),
+        ("GET", t) if t.contains("/edges?") => (
+            200,
+            format!(r#"{{"edges":[{EDGE}],"totalElements":4}}"#),
+        ),
+        ("DELETE", _) => (200, "{}".to_owned()),
+        _ => (200, format!(r#"{{"edge":{EDGE}}}"#)),
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let page = c
+        .list_edges(&ListParams {
+            page_size: Some(1),
+            labels: vec!["site=paris,tier=edge".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 4);
+    assert_eq!(page.items[0].labels["site"], "paris");
+    assert_eq!(page.items[0].deployments, 2);
+    assert!(page.items[0].last_seen.is_none());
+    let edge = c.get_edge("store 1").await.unwrap();
+    assert_eq!(edge.name, "store-1");
+    let set = std::collections::BTreeMap::from([("tier".to_owned(), "edge".to_owned())]);
+    c.label_edge("store-1", &set, &["old".to_owned()])
+        .await
+        .unwrap();
+    c.remove_edge("e-1").await.unwrap();
+    let apps = c.edge_workloads("e-1").await.unwrap();
+    assert_eq!(apps[0].app, "web");
+    assert_eq!(apps[0].workloads[0].name, "httpd");
+
+    let seen = fake.requests();
+    assert_eq!(
+        seen[0].target,
+        "/canopy/v1/projects/p/edges?pageSize=1&labels=site%3Dparis%2Ctier%3Dedge"
+    );
+    assert_eq!(seen[1].target, "/canopy/v1/projects/p/edges/store%201");
+    assert_eq!(seen[2].method, "PATCH");
+    assert_eq!(seen[2].target, "/canopy/v1/projects/p/edges/store-1/labels");
+    let body: serde_json::Value = serde_json::from_slice(&seen[2].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"set": {"tier": "edge"}, "remove": ["old"]})
+    );
+    assert_eq!(
+        (seen[3].method.as_str(), seen[3].target.as_str()),
+        ("DELETE", "/canopy/v1/projects/p/edges/e-1")
+    );
+    assert_eq!(seen[4].target, "/canopy/v1/projects/p/edges/e-1/workloads");
+}
+
+// ---- deployments ------------------------------------------------------------------------------
+
+const DEPLOYMENT: &str = r#"{"appName":"stack","appVersion":"1.0","apps":[],"createTime":"2026-01-01T00:00:00Z","defaultProfileName":"default","deployId":"d1","deploymentType":"auto-scaling","displayName":"shop","name":"deployment-abcde","networkName":"","overrideValues":[{"appName":"web","targetNamespace":"","values":{"password":"********"}}],"profileName":"default","publisherName":"","serviceExports":[],"status":{"state":"DEPLOYING","message":"","summary":{"total":0,"running":0,"down":0,"unknown":0,"type":"clusterCounts"}},"targetClusters":[],"allAppTargetClusters":{"appName":"","labels":{"site":"paris"}}}"#;
+
+#[tokio::test]
+async fn deployments_round_trip_through_the_model() {
+    let fake = Fake::start(|s| match (s.method.as_str(), s.target.as_str()) {
+        ("POST", _) => (200, r#"{"deploymentId":"d1"}"#.to_owned()),
+        ("GET", t) if t.contains("/deployments?") => (
+            200,
+            format!(r#"{{"deployments":[{DEPLOYMENT}],"totalElements":1}}"#),
+        ),
+        ("DELETE", _) => (200, "{}".to_owned()),
+        _ => (200, format!(r#"{{"deployment":{DEPLOYMENT}}}"#)),
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let page = c
+        .list_deployments(&ListParams {
+            labels: vec!["site=paris".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].deploy_id, "d1");
+    let mut d = c.get_deployment("d1").await.unwrap();
+    assert_eq!(
+        d.status.as_ref().unwrap().state,
+        canopy_deploy::model::State::Deploying
+    );
+    d.app_version = "2.0".into();
+    c.update_deployment("d1", &d).await.unwrap();
+    let new = canopy_deploy::model::Deployment {
+        app_name: "stack".into(),
+        app_version: "1.0".into(),
+        ..Default::default()
+    };
+    assert_eq!(c.create_deployment(&new).await.unwrap(), "d1");
+    c.delete_deployment("d1", DeleteType::All).await.unwrap();
+    c.delete_deployment("d1", DeleteType::ParentOnly)
+        .await
+        .unwrap();
+
+    let seen = fake.requests();
+    assert_eq!(
+        seen[0].target,
+        "/v1/projects/p/appdeployment/deployments?labels=site%3Dparis"
+    );
+    assert_eq!(
+        seen[1].target,
+        "/v1/projects/p/appdeployment/deployments/d1"
+    );
+    assert_eq!(seen[2].method, "PUT");
+    // The PUT sends back what GET gave (masked secrets included), with the change.
+    let put: serde_json::Value = serde_json::from_slice(&seen[2].body).unwrap();
+    assert_eq!(put["appVersion"], "2.0");
+    assert_eq!(put["overrideValues"][0]["values"]["password"], "********");
+    assert_eq!(put["allAppTargetClusters"]["labels"]["site"], "paris");
+    assert_eq!(seen[3].method, "POST");
+    assert_eq!(seen[3].target, "/v1/projects/p/appdeployment/deployments");
+    assert_eq!(
+        seen[4].target,
+        "/v1/projects/p/appdeployment/deployments/d1?deleteType=ALL"
+    );
+    assert_eq!(
+        seen[5].target,
+        "/v1/projects/p/appdeployment/deployments/d1?deleteType=PARENT_ONLY"
+    );
+}
+
+#[tokio::test]
+async fn deployment_views_and_summary() {
+    let fake = Fake::start(|s| {
+        let t = s.target.as_str();
+        if t.contains("/summary/") {
+            (
+                200,
+                r#"{"total":3,"running":1,"down":1,"deploying":1,"updating":0,"terminating":0,"error":0,"unknown":0}"#.to_owned(),
+            )
+        } else if t.contains("/deployments/d1/clusters") {
+            (
+                200,
+                r#"{"clusters":[{"apps":[{"id":"a1","name":"web","status":{"state":"RUNNING","message":""}}],"id":"e-1","name":"store-1","status":{"state":"RUNNING","message":"","summary":{"total":1,"running":1,"down":0,"unknown":0,"type":"appCounts"}}}],"totalElements":1}"#.to_owned(),
+            )
+        } else if t.contains("/deployments/clusters/") {
+            (
+                200,
+                r#"{"deploymentInstancesCluster":[{"apps":[],"deploymentDisplayName":"shop","deploymentName":"deployment-abcde","deploymentUid":"d1","status":{"state":"RUNNING","message":""}}],"totalElements":1}"#.to_owned(),
+            )
+        } else if t.ends_with("/appdeployment/clusters/e-1") {
+            (
+                200,
+                r#"{"cluster":{"apps":[],"id":"e-1","name":"store-1","status":{"state":"RUNNING","message":""}}}"#.to_owned(),
+            )
+        } else {
+            (
+                200,
+                r#"{"clusters":[{"createTime":"2026-01-01T00:00:00Z","id":"e-1","labels":{"site":"paris"},"name":"store-1"}],"totalElements":1}"#.to_owned(),
+            )
+        }
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let s = c
+        .deployments_status(&["site=paris".into(), String::new()])
+        .await
+        .unwrap();
+    assert_eq!((s.total, s.running, s.deploying), (3, 1, 1));
+    let clusters = c
+        .all_deployment_clusters("d1", &ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(clusters[0].status.summary.as_ref().unwrap().running, 1);
+    let on = c
+        .deployments_on_cluster("e-1", &ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(on.items[0].deployment_uid, "d1");
+    let inv = c
+        .list_clusters(&ListParams {
+            labels: vec!["site=paris".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(inv.items[0].labels["site"], "paris");
+    assert_eq!(c.get_cluster("e-1").await.unwrap().name, "store-1");
+
+    let targets: Vec<String> = fake.requests().into_iter().map(|s| s.target).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/projects/p/summary/deployments_status?labels=site%3Dparis",
+            "/v1/projects/p/appdeployment/deployments/d1/clusters?pageSize=500&offset=0",
+            "/v1/projects/p/deployments/clusters/e-1",
+            "/v1/projects/p/appdeployment/clusters?labels=site%3Dparis",
+            "/v1/projects/p/appdeployment/clusters/e-1",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn missing_deployment_is_not_found() {
+    let fake = Fake::start(|_| {
+        (
+            404,
+            r#"{"code":5,"message":"deployment d9 not found","details":[]}"#.to_owned(),
+        )
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let e = c.get_deployment("d9").await.unwrap_err();
+    assert!(e.is_not_found());
+    assert_eq!(e.to_string(), "deployment d9 not found");
 }

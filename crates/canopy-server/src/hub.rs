@@ -879,12 +879,12 @@ impl State_ {
                 }
             }
         }
-        if let Some(e) = self.edges.get_mut(edge_id) {
-            if e.deployments != wanted {
-                e.statuses.retain(|d, _| wanted.contains_key(d));
-                e.deployments = wanted;
-                bump(e, revision);
-            }
+        if let Some(e) = self.edges.get_mut(edge_id)
+            && e.deployments != wanted
+        {
+            e.statuses.retain(|d, _| wanted.contains_key(d));
+            e.deployments = wanted;
+            bump(e, revision);
         }
     }
 

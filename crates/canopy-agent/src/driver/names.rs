@@ -159,12 +159,14 @@ pub fn filters(scope: Option<&str>, extra: &[(&str, &str)]) -> HashMap<String, V
     HashMap::from([("label".to_string(), labels)])
 }
 
-/// Whether an object's labels say Canopy (in this scope) created it. Checked again in code before
+/// Whether an object's labels say Canopy (in this scope, or without a scope when `scope` is
+/// none) created it. Checked again in code before
 /// anything is removed, whatever the engine's filter did.
 pub fn is_ours(labels: Option<&HashMap<String, String>>, scope: Option<&str>) -> bool {
     let Some(labels) = labels else { return false };
+    // Unscoped agents own only unscoped objects: an agent never touches another's.
     labels.get(MANAGED).map(String::as_str) == Some("true")
-        && scope.is_none_or(|s| labels.get(SCOPE).map(String::as_str) == Some(s))
+        && labels.get(SCOPE).map(String::as_str) == scope
 }
 
 #[cfg(test)]
@@ -201,6 +203,10 @@ mod tests {
         l.insert(SCOPE.into(), "t1".into());
         assert!(is_ours(Some(&l), Some("t1")));
         assert!(!is_ours(Some(&l), Some("t2")));
+        assert!(
+            !is_ours(Some(&l), None),
+            "an unscoped agent leaves scoped objects alone"
+        );
         assert!(!is_ours(Some(&HashMap::new()), None));
         assert!(!is_ours(None, None));
     }

@@ -3,6 +3,7 @@
 //! (exit 2) that names the flag, before anything is sent to the server.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use canopy_client::ListParams;
@@ -38,6 +39,7 @@ impl ListArgs {
             order_by: self.order_by.clone(),
             filter: self.filter.clone(),
             kinds: kinds.iter().map(|k| Kind::from(*k)).collect(),
+            labels: Vec::new(),
         }
     }
 }
@@ -143,6 +145,67 @@ pub fn deployment_requirement(s: &str) -> Result<DeploymentRequirement, String> 
     }
 }
 
+/// A duration as `90s`, `10m`, `24h`, `7d`, a sum of those (`1h30m`), or bare seconds (`3600`).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("expected a duration such as 90s, 10m, 24h or 7d, got {s:?}");
+    let text = s.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return positive(Duration::from_secs(secs), s);
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() {
+        return Err(bad());
+    }
+    positive(Duration::from_secs(total), s)
+}
+
+fn positive(d: Duration, s: &str) -> Result<Duration, String> {
+    if d.is_zero() {
+        Err(format!("duration {s:?} must be more than 0"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// A duration as people write it: `45s`, `10m`, `1h30m`, `7d`.
+pub fn human_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out
+}
+
 /// Reads a file, or standard input for `-`.
 pub async fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     if path.as_os_str() == "-" {
@@ -221,6 +284,26 @@ mod tests {
         let r = deployment_requirement("base:1.0:minimal").unwrap();
         assert_eq!(r.deployment_profile_name, "minimal");
         assert!(deployment_requirement("base").is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("3600s"), Ok(Duration::from_secs(3600)));
+        assert_eq!(duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(duration(" 1h30m "), Ok(Duration::from_secs(5400)));
+        for bad in ["", "h", "10x", "10m5", "1.5h", "-1s"] {
+            let e = duration(bad).unwrap_err();
+            assert!(e.starts_with("expected a duration"), "{bad}: {e}");
+        }
+        assert!(duration("0s").unwrap_err().contains("must be more than 0"));
+        assert!(duration("99999999999999999999d").is_err());
+        assert_eq!(human_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(human_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(human_duration(Duration::from_secs(86_401)), "1d1s");
+        assert_eq!(human_duration(Duration::ZERO), "0s");
     }
 
     #[test]

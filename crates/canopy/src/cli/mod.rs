@@ -8,8 +8,12 @@
 //! Exit codes: 0 success, 1 a failed command (the server refused, unreachable, bad file), 2 a
 //! usage error (clap's default).
 
+mod agent;
 mod args;
 mod catalog;
+mod deployment;
+mod edge;
+mod enroll_token;
 mod output;
 mod server;
 mod upload;
@@ -73,8 +77,20 @@ pub enum Command {
     Up(server::UpArgs),
     /// Run the Canopy control plane.
     Server(server::ServerArgs),
+    /// Run the edge agent: enroll once with a token, then keep this machine's workloads in
+    /// step with the control plane.
+    Agent(agent::AgentArgs),
     /// Manage the application catalog: registries, applications, packages, artifacts.
     Catalog(catalog::CatalogArgs),
+    /// Deploy packages to edges; follow, change, upgrade and delete deployments.
+    #[command(subcommand, visible_alias = "deployments")]
+    Deployment(deployment::DeploymentCommand),
+    /// The project's edges: list, show, label, remove, see their workloads.
+    #[command(subcommand, visible_alias = "edges")]
+    Edge(edge::EdgeCommand),
+    /// Enrollment tokens, with which edges join the project.
+    #[command(subcommand, visible_alias = "enroll-tokens")]
+    EnrollToken(enroll_token::EnrollTokenCommand),
 }
 
 /// Runs the CLI with process-style arguments (`args[0]` is the program name), printing results
@@ -84,6 +100,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    deployment::detect_terminal();
     run_with_io(args, out, &mut io::stderr())
 }
 
@@ -100,10 +117,15 @@ where
     };
     let runtime = match cli.command {
         // The server wants every core; a client command needs one thread.
-        Command::Server(_) | Command::Up(_) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        Command::Catalog(_) => tokio::runtime::Builder::new_current_thread()
+        Command::Server(_) | Command::Up(_) | Command::Agent(_) => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        }
+        Command::Catalog(_)
+        | Command::Deployment(_)
+        | Command::Edge(_)
+        | Command::EnrollToken(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
     };
@@ -165,6 +187,7 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
     let result = match cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Up(args) => server::up(args, out).await,
+        Command::Agent(args) => agent::run(&cli.global.server, args).await,
         Command::Catalog(args) => match Client::new(&cli.global.server, &cli.global.project) {
             Ok(client) => {
                 let mut ctx = Ctx {
@@ -179,8 +202,49 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
             }
             Err(e) => Err(e.into()),
         },
+        Command::Deployment(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| {
+                deployment::run(c, ctx).await
+            })
+            .await;
+        }
+        Command::Edge(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| {
+                edge::run(c, ctx).await
+            })
+            .await;
+        }
+        Command::EnrollToken(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| {
+                enroll_token::run(c, ctx).await
+            })
+            .await;
+        }
     };
     report(result, err)
+}
+
+/// Runs a command against the server of the global flags, with output to `out` and errors to
+/// `err`; returns the exit code.
+async fn with_client(
+    global: &GlobalArgs,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+    command: impl AsyncFnOnce(&mut Ctx<'_>) -> anyhow::Result<()>,
+) -> i32 {
+    let client = match Client::new(&global.server, &global.project) {
+        Ok(client) => client,
+        Err(e) => return report(Err(e.into()), err),
+    };
+    let mut ctx = Ctx {
+        client,
+        format: global.output,
+        out,
+        err,
+    };
+    let result = command(&mut ctx).await;
+    let _ = ctx.out.flush();
+    report(result, ctx.err)
 }
 
 /// What a client command works with.
@@ -284,5 +348,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
     None
 }
 
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod tests;

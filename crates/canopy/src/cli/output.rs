@@ -1,15 +1,21 @@
-//! Rendering of catalog entities for people (aligned tables and detail views) and for scripts
+//! Rendering of catalog, fleet and deployment entities for people (aligned tables and detail views) and for scripts
 //! (JSON, YAML). Kept apart from the commands so every command shows an entity the same way and
 //! so formatting is unit-testable without a server.
 //!
 //! Tables show the reference CLI's default columns; `json`/`yaml` print the API's own JSON
 //! (lowerCamelCase fields), lists as plain arrays.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use canopy_client::{Edge, EnrollmentToken};
 use canopy_core::catalog::{
     Application, Artifact, DeploymentPackage, DeploymentProfile, Profile, Registry, Timestamp,
 };
+use canopy_deploy::model::{
+    Cluster, Deployment, DeploymentStatus, DeploymentsStatus, State, TargetClusters,
+};
+use canopy_proto::{AppState, AppStatus, WorkloadStatus};
 use clap::ValueEnum;
 use serde::Serialize;
 
@@ -504,6 +510,296 @@ pub fn artifact_details(a: &Artifact) -> Details {
         .field("Size", human_size(a.artifact.len()))
         .field("Created", time(&a.create_time))
         .field("Updated", time(&a.update_time))
+}
+
+// ---- fleet: enrollment tokens and edges ---------------------------------------------------
+
+/// `k=v,k2=v2`, keys in order.
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `uses/max`, or `uses/unlimited`.
+fn uses(t: &EnrollmentToken) -> String {
+    if t.max_uses == 0 {
+        format!("{}/unlimited", t.uses)
+    } else {
+        format!("{}/{}", t.uses, t.max_uses)
+    }
+}
+
+/// Id, State, Uses, Expires, Description.
+pub fn tokens_table(items: &[EnrollmentToken]) -> Table {
+    let mut t = Table::new(&["Id", "State", "Uses", "Expires", "Description"]);
+    for tok in items {
+        t.push(vec![
+            tok.id.clone(),
+            tok.state.clone(),
+            uses(tok),
+            time(&tok.expire_time),
+            short(&tok.description, 60),
+        ]);
+    }
+    t
+}
+
+pub fn token_details(t: &EnrollmentToken) -> Details {
+    Details::default()
+        .field("Id", &t.id)
+        .field("Description", &t.description)
+        .field("State", &t.state)
+        .field("Uses", uses(t))
+        .field("Created", time(&t.create_time))
+        .field("Expires", time(&t.expire_time))
+}
+
+/// Name, Id, Connection, State, Labels, Deployments, LastSeen.
+pub fn edges_table(items: &[Edge]) -> Table {
+    let mut t = Table::new(&[
+        "Name",
+        "Id",
+        "Connection",
+        "State",
+        "Labels",
+        "Deployments",
+        "LastSeen",
+    ]);
+    for e in items {
+        t.push(vec![
+            e.name.clone(),
+            e.id.clone(),
+            e.connection.clone(),
+            e.state.clone(),
+            labels_text(&e.labels),
+            e.deployments.to_string(),
+            time(&e.last_seen),
+        ]);
+    }
+    t
+}
+
+pub fn edge_details(e: &Edge) -> Details {
+    Details::default()
+        .field("Name", &e.name)
+        .field("Id", &e.id)
+        .field("Labels", labels_text(&e.labels))
+        .field("Connection", &e.connection)
+        .field("State", &e.state)
+        .field("Deployments", e.deployments.to_string())
+        .field(
+            "Generation",
+            format!("{} (applied {})", e.generation, e.applied_generation),
+        )
+        .field("AgentVersion", &e.agent_version)
+        .field("Engine", &e.engine)
+        .field("Capabilities", e.capabilities.join(", "))
+        .field("Created", time(&e.create_time))
+        .field("LastSeen", time(&e.last_seen))
+}
+
+fn app_state(s: AppState) -> &'static str {
+    match s {
+        AppState::Deploying => "DEPLOYING",
+        AppState::Running => "RUNNING",
+        AppState::Down => "DOWN",
+        AppState::Waiting => "WAITING",
+    }
+}
+
+/// One row per container: Deployment, App, State, Container, Image, Status, Health, Restarts,
+/// Message (an app without containers yet gets one row with the container columns empty).
+pub fn workloads_table(apps: &[AppStatus]) -> Table {
+    let mut t = Table::new(&[
+        "Deployment",
+        "App",
+        "State",
+        "Container",
+        "Image",
+        "Status",
+        "Health",
+        "Restarts",
+        "Message",
+    ]);
+    for a in apps {
+        let app = |w: Option<&WorkloadStatus>| {
+            vec![
+                a.deployment_id.clone(),
+                a.app.clone(),
+                app_state(a.state).to_owned(),
+                w.map(|w| w.name.clone()).unwrap_or_default(),
+                w.map(|w| w.image.clone()).unwrap_or_default(),
+                w.map(|w| w.state.clone()).unwrap_or_default(),
+                w.map(|w| w.health.clone()).unwrap_or_default(),
+                w.map(|w| w.restarts.to_string()).unwrap_or_default(),
+                short(&a.message, 60),
+            ]
+        };
+        if a.workloads.is_empty() {
+            t.push(app(None));
+        }
+        for w in &a.workloads {
+            t.push(app(Some(w)));
+        }
+    }
+    t
+}
+
+// ---- deployments --------------------------------------------------------------------------
+
+fn state_of(s: &Option<DeploymentStatus>) -> String {
+    s.as_ref()
+        .map(|s| s.state.as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// `running/total` of a summary (edges of a deployment, apps of an edge).
+fn running_of(s: &Option<DeploymentStatus>) -> String {
+    match s.as_ref().and_then(|s| s.summary.as_ref()) {
+        Some(sum) => format!("{}/{}", sum.running, sum.total),
+        None => String::new(),
+    }
+}
+
+/// Apps running on one edge of a deployment, `running/total`.
+pub fn cluster_apps(c: &Cluster) -> String {
+    match &c.status.summary {
+        Some(sum) if sum.total > 0 || c.apps.is_empty() => format!("{}/{}", sum.running, sum.total),
+        _ => {
+            let running = c
+                .apps
+                .iter()
+                .filter(|a| a.status.as_ref().is_some_and(|s| s.state == State::Running))
+                .count();
+            format!("{running}/{}", c.apps.len())
+        }
+    }
+}
+
+/// How a deployment picks its edges: `labels site=paris` or `edges e1, e2` (per app when the
+/// targets differ between apps).
+pub fn targets_text(d: &Deployment) -> String {
+    let one = |t: &TargetClusters| {
+        if !t.cluster_id.is_empty() {
+            format!("edge {}", t.cluster_id)
+        } else {
+            format!("labels {}", labels_text(&t.labels))
+        }
+    };
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(all) = &d.all_app_target_clusters {
+        parts.push(one(all));
+    }
+    for t in &d.target_clusters {
+        let text = if t.app_name.is_empty() {
+            one(t)
+        } else {
+            format!("{}: {}", t.app_name, one(t))
+        };
+        if !parts.contains(&text) {
+            parts.push(text);
+        }
+    }
+    parts.join("; ")
+}
+
+/// DeployId, Name, DisplayName, Package, Profile, State, Edges (running/total).
+pub fn deployments_table(items: &[Deployment]) -> Table {
+    let mut t = Table::new(&[
+        "DeployId",
+        "Name",
+        "DisplayName",
+        "Package",
+        "Profile",
+        "State",
+        "Edges",
+    ]);
+    for d in items {
+        t.push(vec![
+            d.deploy_id.clone(),
+            d.name.clone(),
+            d.display_name.clone(),
+            format!("{}:{}", d.app_name, d.app_version),
+            d.profile_name.clone(),
+            state_of(&d.status),
+            running_of(&d.status),
+        ]);
+    }
+    t
+}
+
+/// Edge, Id, State, Apps (running/total), Message.
+pub fn deployment_clusters_table(clusters: &[Cluster]) -> Table {
+    let mut t = Table::new(&["Edge", "Id", "State", "Apps", "Message"]);
+    for c in clusters {
+        t.push(vec![
+            c.name.clone(),
+            c.id.clone(),
+            c.status.state.as_str().to_owned(),
+            cluster_apps(c),
+            short(&c.status.message, 80),
+        ]);
+    }
+    t
+}
+
+/// A deployment with its status, targets, override values and (when given) its edges.
+pub fn deployment_details(d: &Deployment, clusters: &[Cluster]) -> Details {
+    let status = d.status.clone().unwrap_or_default();
+    let summary = status
+        .summary
+        .as_ref()
+        .map(|s| {
+            format!(
+                "{} total, {} running, {} down, {} unknown",
+                s.total, s.running, s.down, s.unknown
+            )
+        })
+        .unwrap_or_default();
+    let mut overrides = Table::new(&["App", "Namespace", "Values"]);
+    for o in &d.override_values {
+        overrides.push(vec![
+            o.app_name.clone(),
+            o.target_namespace.clone(),
+            o.values
+                .as_ref()
+                .map(serde_json::Value::to_string)
+                .unwrap_or_default(),
+        ]);
+    }
+    let mut details = Details::default()
+        .field("DeployId", &d.deploy_id)
+        .field("Name", &d.name)
+        .field("DisplayName", &d.display_name)
+        .field("Package", format!("{}:{}", d.app_name, d.app_version))
+        .field("Profile", &d.profile_name)
+        .field("Type", &d.deployment_type)
+        .field("Targets", targets_text(d))
+        .field("State", status.state.as_str())
+        .field("Message", &status.message)
+        .field("EdgeCounts", summary)
+        .field("Created", time(&d.create_time));
+    if !overrides.is_empty() {
+        details = details.table("OverrideValues", overrides);
+    }
+    details.table("Edges", deployment_clusters_table(clusters))
+}
+
+/// The `deployments_status` summary: edges counted per state.
+pub fn deployments_status_details(s: &DeploymentsStatus) -> Details {
+    Details::default()
+        .field("Total", s.total.to_string())
+        .field("Running", s.running.to_string())
+        .field("Down", s.down.to_string())
+        .field("Deploying", s.deploying.to_string())
+        .field("Updating", s.updating.to_string())
+        .field("Terminating", s.terminating.to_string())
+        .field("Error", s.error.to_string())
+        .field("Unknown", s.unknown.to_string())
 }
 
 #[cfg(test)]

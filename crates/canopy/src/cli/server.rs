@@ -32,23 +32,111 @@ pub struct UpArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// Directory for the embedded database and other local state.
+    /// Directory for the embedded database, the local agent's state and other local state.
     #[arg(long, default_value = "./canopy-data", value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Do not run a local edge agent (control plane only).
+    #[arg(long)]
+    pub no_agent: bool,
+    /// Docker Engine API endpoint for the local agent. Default: DOCKER_HOST, a running Podman or
+    /// Docker socket, else Podman's API service started by `canopy up` when podman is installed.
+    #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
+    pub docker_host: Option<String>,
 }
 
-/// `canopy up`: the control plane on embedded storage, with a banner saying where it is and
-/// what to do next. (A local edge agent joins it once deployments exist.)
+/// Name and labels of the local edge `canopy up` enrolls.
+pub const LOCAL_EDGE: &str = "local";
+pub const LOCAL_LABEL: (&str, &str) = ("host", "local");
+
+/// `canopy up`: the control plane on embedded storage plus a local edge agent on this machine,
+/// with a banner saying where it is and what to do next.
 pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::Result<()> {
     init_logging();
     let config = canopy_server::ServerConfig {
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.clone(),
         database_url: None,
+        fleet: Default::default(),
     };
     let server = canopy_server::Server::bind(&config).await?;
     let addr = server.local_addr()?;
     let url = format!("http://{addr}");
+    let app = server.app().clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let server_task = tokio::spawn(server.run(stopped()));
+
+    // The local agent: an engine socket, an enrollment (first start only), the sync loop.
+    let mut podman = None;
+    let mut agent_task = None;
+    let mut agent_note = String::from("no local agent (--no-agent)");
+    if !args.no_agent {
+        let agent_dir = args.data_dir.join("agent");
+        let docker_host = match args.docker_host.clone() {
+            Some(h) => Some(h),
+            None => match super::agent::find_engine_socket() {
+                Some(p) => Some(format!("unix://{}", p.display())),
+                None if super::agent::podman_installed() => {
+                    let svc =
+                        super::agent::PodmanService::start(&args.data_dir.join("podman")).await?;
+                    let host = format!("unix://{}", svc.socket.display());
+                    podman = Some(svc);
+                    Some(host)
+                }
+                None => None,
+            },
+        };
+        match docker_host {
+            None => {
+                agent_note = "no local agent: no container engine found (install podman, then run `canopy up` again)".into();
+            }
+            Some(host) => {
+                let token = if agent_dir.join("credential").exists() {
+                    None
+                } else {
+                    let ctx = app
+                        .context(canopy_server::app::DEFAULT_PROJECT, "canopy-up".into())
+                        .await?;
+                    let created = app
+                        .create_enrollment_token(
+                            &ctx,
+                            canopy_server::app::CreateEnrollmentToken {
+                                description: "canopy up: local agent".into(),
+                                ttl_seconds: Some(600),
+                                max_uses: 1,
+                            },
+                        )
+                        .await?;
+                    Some(created.secret)
+                };
+                let labels = [(LOCAL_LABEL.0.to_string(), LOCAL_LABEL.1.to_string())].into();
+                let cfg = super::agent::agent_config(
+                    &url,
+                    agent_dir,
+                    token,
+                    Some(LOCAL_EDGE.to_string()),
+                    labels,
+                    Some(host.clone()),
+                );
+                let stop = stopped();
+                agent_task = Some(tokio::spawn(async move {
+                    if let Err(e) = canopy_agent::run(cfg, stop).await {
+                        tracing::error!(error = %e, "local agent stopped");
+                    }
+                }));
+                agent_note = format!(
+                    "edge {LOCAL_EDGE:?} (label {}={}) on {host}",
+                    LOCAL_LABEL.0, LOCAL_LABEL.1
+                );
+            }
+        }
+    }
+
     let server_flag = if addr.to_string() == "127.0.0.1:7070" {
         String::new()
     } else {
@@ -57,16 +145,27 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
     writeln!(
         out,
         "Canopy is up on embedded storage ({db}).\n\
-         \n  API       {url}\n  OpenAPI   {url}/openapi.json\n  Events    {url}/canopy/v1/projects/default/catalog/events\n\
-         \nNext, in another terminal:\n\
-         \n  canopy{server_flag} catalog registry create harbor-helm-oci --type helm --root-url oci://registry.example.org/charts\n\
-         \n  canopy{server_flag} catalog upload tests/fixtures/reference-packages/httpbin\n\
-         \n  canopy{server_flag} catalog package list\n\
-         \nStop with Ctrl-C.",
-        db = config.data_dir.join("canopy.db").display()
+         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  Local edge  {agent_note}\n\
+         \nNext, in another terminal (from the Canopy source tree):\n\
+         \n  canopy{server_flag} catalog upload examples/web-demo\
+         \n  canopy{server_flag} deployment create web-demo:1.0.0 --label {k}={v} --watch\
+         \n  curl http://127.0.0.1:18080/      # the web app\
+         \n  curl http://127.0.0.1:18081/      # the status app, which calls the web app\n\
+         \nStop with Ctrl-C (deployed workloads keep running; `canopy deployment delete` removes them).",
+        db = config.data_dir.join("canopy.db").display(),
+        k = LOCAL_LABEL.0,
+        v = LOCAL_LABEL.1,
     )?;
     out.flush()?;
-    server.run(canopy_server::shutdown_signal()).await?;
+    canopy_server::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = agent_task {
+        let _ = t.await;
+    }
+    server_task.await??;
+    if let Some(p) = podman {
+        p.stop().await;
+    }
     Ok(())
 }
 
@@ -76,6 +175,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         database_url: args.database_url,
+        fleet: Default::default(),
     };
     // The server's errors name what failed (address, data directory, database).
     canopy_server::serve(config).await?;
@@ -84,7 +184,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 /// Logs to standard error, `info` and up unless `RUST_LOG` says otherwise. Does nothing when a
 /// subscriber is already installed (e.g. a second run in one test process).
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

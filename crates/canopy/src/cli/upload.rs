@@ -26,12 +26,15 @@ pub struct Found {
     pub name: String,
 }
 
-/// True for the files a directory walk picks up: YAML files and gzipped tarballs.
+/// True for the files a directory walk picks up: YAML files, workload templates (`*.j2`,
+/// `*.jinja`, `*.jinja2`, named by `templateFileName`) and gzipped tarballs.
 pub fn is_upload_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    [".yaml", ".yml", ".tgz", ".tar.gz"]
-        .iter()
-        .any(|ext| lower.ends_with(ext))
+    [
+        ".yaml", ".yml", ".j2", ".jinja", ".jinja2", ".tgz", ".tar.gz",
+    ]
+    .iter()
+    .any(|ext| lower.ends_with(ext))
 }
 
 fn is_tarball_name(name: &str) -> bool {
@@ -282,6 +285,7 @@ mod tests {
         write(root, "app.yaml", "a: 1");
         write(root, "web/values.yml", "a: 1");
         write(root, "web/deep/dp.YAML", "a: 1");
+        write(root, "web/web.yaml.j2", "containers: []");
         write(root, "bundle.tar.gz", "x");
         write(root, "other.tgz", "x");
         write(root, "README.md", "x");
@@ -294,7 +298,8 @@ mod tests {
                 "bundle.tar.gz",
                 "other.tgz",
                 "web/deep/dp.YAML",
-                "web/values.yml"
+                "web/values.yml",
+                "web/web.yaml.j2"
             ]
         );
         assert_eq!(found[3].path, root.join("web/deep/dp.YAML"));

@@ -162,7 +162,7 @@ impl DockerDriver {
             .await
         {
             Ok(n) => {
-                if !names::is_ours(n.labels.as_ref(), None) {
+                if !names::is_ours(n.labels.as_ref(), self.scope()) {
                     debug!(network = %name, "using a network Canopy did not create");
                 }
                 return Ok(());

@@ -1,0 +1,151 @@
+//! `canopy agent`: the edge agent, and the container-engine discovery `canopy up` shares with
+//! it (find a Docker-API socket, or start Podman's API service when Podman is installed).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// `canopy agent` flags.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Enrollment token (`cnt_...`) from `canopy enroll-token create`; needed only the first time.
+    #[arg(
+        long,
+        env = "CANOPY_ENROLL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub enroll_token: Option<String>,
+    /// Where the agent keeps its credential and its last desired state.
+    #[arg(long, default_value = "./canopy-agent", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Edge name to enroll with (default: chosen by the server).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Edge label `key=value` to enroll with (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Docker Engine API endpoint (`unix:///run/podman/podman.sock`, `tcp://...`). Default:
+    /// DOCKER_HOST, then the usual Podman and Docker sockets.
+    #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
+    pub docker_host: Option<String>,
+    /// Only manage containers of this scope (to run several agents on one container engine,
+    /// e.g. for tests; each then ignores the others' containers).
+    #[arg(long, value_name = "NAME")]
+    pub scope: Option<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+/// Runs the agent until Ctrl-C / SIGTERM.
+pub async fn run(server: &str, args: AgentArgs) -> anyhow::Result<()> {
+    super::server::init_logging();
+    let docker_host = match args.docker_host {
+        Some(h) => Some(h),
+        None => find_engine_socket().map(|p| format!("unix://{}", p.display())),
+    };
+    let config = agent_config(
+        server,
+        args.data_dir,
+        args.enroll_token,
+        args.name,
+        args.labels.into_iter().collect(),
+        docker_host,
+    );
+    let config = canopy_agent::AgentConfig {
+        scope: args.scope,
+        ..config
+    };
+    canopy_agent::run(config, canopy_server::shutdown_signal())
+        .await
+        .context("the agent stopped")?;
+    Ok(())
+}
+
+/// The agent configuration shared by `canopy agent` and `canopy up`.
+pub fn agent_config(
+    server: &str,
+    data_dir: PathBuf,
+    enroll_token: Option<String>,
+    name: Option<String>,
+    labels: BTreeMap<String, String>,
+    docker_host: Option<String>,
+) -> canopy_agent::AgentConfig {
+    let mut config = canopy_agent::AgentConfig::new(server, data_dir);
+    config.enroll_token = enroll_token;
+    config.name = name;
+    config.labels = labels;
+    config.docker_host = docker_host;
+    config
+}
+
+/// The first Docker-API socket that exists: rootful and rootless Podman, then Docker.
+pub fn find_engine_socket() -> Option<PathBuf> {
+    let mut candidates = vec![PathBuf::from("/run/podman/podman.sock")];
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        candidates.push(Path::new(&dir).join("podman/podman.sock"));
+    }
+    candidates.push(PathBuf::from("/var/run/docker.sock"));
+    candidates.into_iter().find(|p| p.exists())
+}
+
+/// Podman's API service, started by `canopy up`; stopped when dropped.
+pub struct PodmanService {
+    child: tokio::process::Child,
+    pub socket: PathBuf,
+}
+
+impl PodmanService {
+    /// Starts `podman system service` on `DIR/podman.sock` and waits until it answers.
+    pub async fn start(dir: &Path) -> anyhow::Result<PodmanService> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let socket = dir.join("podman.sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::File::create(dir.join("podman-service.log"))
+            .with_context(|| format!("cannot write {}", dir.display()))?;
+        let child = tokio::process::Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start `podman system service` (is podman installed?)")?;
+        let mut svc = PodmanService { child, socket };
+        for _ in 0..100 {
+            if svc.socket.exists() && std::os::unix::net::UnixStream::connect(&svc.socket).is_ok() {
+                return Ok(svc);
+            }
+            if let Some(status) = svc.child.try_wait()? {
+                anyhow::bail!(
+                    "podman system service exited ({status}); see {}",
+                    dir.join("podman-service.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!(
+            "podman system service did not open {} within 10 s",
+            svc.socket.display()
+        )
+    }
+
+    /// Stops the service.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Whether `podman` is on the PATH.
+pub fn podman_installed() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join("podman").is_file()))
+}
