@@ -19,8 +19,10 @@ const P: &str = "default";
 fn fast() -> HubConfig {
     HubConfig {
         heartbeat: Duration::from_secs(1),
-        edge_timeout: Duration::from_secs(2),
-        no_target_grace: Duration::from_secs(2),
+        // Long enough that a slow CI machine does not turn a live simulated edge UNKNOWN
+        // between two steps of a test.
+        edge_timeout: Duration::from_secs(4),
+        no_target_grace: Duration::from_secs(3),
     }
 }
 
@@ -493,7 +495,7 @@ async fn label_targeting_status_and_upgrade() {
     assert_eq!(st, "DOWN", "{d}");
 
     // Silent edge: UNKNOWN after the timeout, with the last known state and its age.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     let (st, _) = state(&cp, &id).await;
     assert_eq!(st, "UNKNOWN");
     let (_, cl) = cp
@@ -556,7 +558,7 @@ async fn targeted_no_targets_and_bad_input() {
     // Nothing matches the labels: NO_TARGET_CLUSTERS after the grace period.
     let lonely = create(&cp, by_labels("1.0.0", json!({"site": "nowhere"}))).await;
     assert_eq!(state(&cp, &lonely).await.0, "DEPLOYING");
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
     assert_eq!(state(&cp, &lonely).await.0, "NO_TARGET_CLUSTERS");
     // ... and a future edge that matches gets it.
     let mut late = SimAgent::enroll(&cp, &t, "late", &[("site", "nowhere")]).await;
