@@ -854,3 +854,42 @@ async fn secret_and_mandatory_parameters() {
     );
     assert_eq!(d.deployments[0].apps[0].containers[0].env["LEVEL"], "3");
 }
+
+#[tokio::test]
+async fn openapi_document_covers_reference_deployment_manager() {
+    let cp = TestControlPlane::start().await;
+    let (s, doc) = cp.get(&cp.at("/openapi.json")).await;
+    assert_eq!(s, StatusCode::OK);
+    let reference = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/reference-openapi/deployment-manager.yaml"
+    ))
+    .unwrap();
+    let reference = canopy_core::yaml::parse_documents(&reference)
+        .unwrap()
+        .remove(0);
+    let mut missing = Vec::new();
+    for (path, ops) in reference["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            if doc["paths"][path][method].is_null() {
+                missing.push(format!("{method} {path}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "reference operations missing: {missing:?}"
+    );
+    for own in [
+        "/canopy/v1/projects/{projectName}/edges",
+        "/canopy/v1/projects/{projectName}/enrollment-tokens",
+        "/canopy/v1/agent/desired-state",
+    ] {
+        assert!(!doc["paths"][own].is_null(), "{own}");
+    }
+    let (s, ui) = cp
+        .get(&cp.at(&format!("/v1/projects/{P}/ui_extensions?serviceName=a,b")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ui}");
+    assert_eq!(ui["uiExtensions"], json!([]));
+}

@@ -658,6 +658,38 @@ impl App {
         Ok(canopy_deploy::status::summarize(&statuses))
     }
 
+    /// UI extensions of the deployed packages (`serviceName` filter: any of the given names;
+    /// empty = all), in deployment order, without duplicates.
+    pub async fn ui_extensions(
+        &self,
+        ctx: &Ctx,
+        service_names: &[String],
+    ) -> Result<Vec<canopy_core::catalog::UiExtension>, AppError> {
+        let mut packages = Vec::new();
+        for rec in self.hub().deployments(ctx.project.id) {
+            let key = (rec.spec.app_name.clone(), rec.spec.app_version.clone());
+            if !packages.contains(&key) {
+                packages.push(key);
+            }
+        }
+        let mut out: Vec<canopy_core::catalog::UiExtension> = Vec::new();
+        let mut tx = self.store().read(ctx.project.id).await?;
+        for (name, version) in packages {
+            let Some(p) = tx.get_package(&name, &version).await? else {
+                continue;
+            };
+            for ext in p.extensions {
+                if let Some(ui) = ext.ui_extension
+                    && (service_names.is_empty() || service_names.contains(&ui.service_name))
+                    && !out.contains(&ui)
+                {
+                    out.push(ui);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The reference's cluster inventory: edges with id, name, labels and creation time.
     pub fn list_clusters(
         &self,

@@ -247,3 +247,45 @@ pub async fn get_cluster(
         cluster: app.get_cluster(&c, &id)?,
     }))
 }
+
+/// `{uiExtensions}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListUiExtensionsResponse {
+    pub ui_extensions: Vec<canopy_core::catalog::UiExtension>,
+}
+
+#[utoipa::path(get, path = "/v1/projects/{projectName}/ui_extensions", tag = "DeploymentService",
+    operation_id = "DeploymentService_ListUIExtensions",
+    params(("projectName" = String, Path), ("serviceName" = Option<Vec<String>>, Query, description = "service names (repeated or comma-separated)")),
+    responses((status = 200, body = ListUiExtensionsResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn ui_extensions(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> ApiResult<Json<ListUiExtensionsResponse>> {
+    let c = ctx(&app, &project, &h).await?;
+    let mut names = Vec::new();
+    for (k, v) in canopy_core::list::form_pairs(q.as_deref().unwrap_or(""))? {
+        match k.as_str() {
+            "serviceName" => names.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            ),
+            other => {
+                return Err(AppError::Invalid(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    if names.len() > 100 {
+        return Err(AppError::Invalid("serviceName: at most 100 names".into()));
+    }
+    Ok(Json(ListUiExtensionsResponse {
+        ui_extensions: app.ui_extensions(&c, &names).await?,
+    }))
+}

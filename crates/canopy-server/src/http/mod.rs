@@ -117,6 +117,7 @@ pub fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(deployments::deployments_status))
         .routes(routes!(deployments::list_clusters))
         .routes(routes!(deployments::get_cluster))
+        .routes(routes!(deployments::ui_extensions))
         // Aliases the reference also serves (undocumented duplicates).
         .route(
             "/v1/projects/{projectName}/appdeployment/deployments/clusters/{clusterId}",
