@@ -446,41 +446,11 @@ impl Hub {
         let de = st.deployments.get(id)?;
         let now = now();
         let rec = &de.rec;
-        let app_ids: BTreeMap<String, String> = rec
-            .apps
-            .iter()
-            .map(|a| {
-                (
-                    a.name.clone(),
-                    canopy_deploy::status::app_id(&rec.id, &a.name),
-                )
-            })
-            .collect();
+        let app_ids = app_ids(rec);
         let mut clusters: Vec<Cluster> = de
             .edges
             .iter()
-            .filter_map(|(edge_id, apps)| {
-                let e = st.edges.get(edge_id)?;
-                let reported = e.statuses.get(id);
-                let input = EdgeInput {
-                    edge_id,
-                    edge_name: &e.row.name,
-                    alive: self.alive(e, now),
-                    last_seen_age: age(e.last_seen, now),
-                    apps: apps
-                        .iter()
-                        .map(|a| EdgeAppReport {
-                            app: a,
-                            status: reported.and_then(|r| r.get(a)),
-                        })
-                        .collect(),
-                };
-                Some(canopy_deploy::status::cluster_status(
-                    &input,
-                    rec.generation,
-                    &app_ids,
-                ))
-            })
+            .filter_map(|(edge_id, apps)| self.cluster(&st, rec, &app_ids, edge_id, apps, now))
             .collect();
         clusters.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         let input = FoldInput {
@@ -497,21 +467,52 @@ impl Hub {
         Some((status, clusters))
     }
 
-    /// The deployments an edge holds, with their per-edge status, in deployment order.
-    pub fn edge_deployments(&self, edge_id: &str) -> Vec<(Arc<DeploymentRecord>, Cluster)> {
-        let ids: Vec<String> = {
-            let st = self.lock();
-            match st.edges.get(edge_id) {
-                Some(e) => e.deployments.keys().cloned().collect(),
-                None => return Vec::new(),
-            }
+    /// One edge's view of one deployment.
+    fn cluster(
+        &self,
+        st: &State_,
+        rec: &DeploymentRecord,
+        app_ids: &BTreeMap<String, String>,
+        edge_id: &str,
+        apps: &[String],
+        now: OffsetDateTime,
+    ) -> Option<Cluster> {
+        let e = st.edges.get(edge_id)?;
+        let reported = e.statuses.get(&rec.id);
+        let input = EdgeInput {
+            edge_id,
+            edge_name: &e.row.name,
+            alive: self.alive(e, now),
+            last_seen_age: age(e.last_seen, now),
+            apps: apps
+                .iter()
+                .map(|a| EdgeAppReport {
+                    app: a,
+                    status: reported.and_then(|r| r.get(a)),
+                })
+                .collect(),
         };
-        ids.iter()
-            .filter_map(|d| {
-                let (_, clusters) = self.deployment_status(d)?;
-                let c = clusters.into_iter().find(|c| c.id == edge_id)?;
-                let st = self.lock();
-                Some((Arc::clone(&st.deployments.get(d)?.rec), c))
+        Some(canopy_deploy::status::cluster_status(
+            &input,
+            rec.generation,
+            app_ids,
+        ))
+    }
+
+    /// The deployments an edge holds, with its own status for each, in deployment id order.
+    /// O(deployments of the edge), whatever the size of the fleet.
+    pub fn edge_deployments(&self, edge_id: &str) -> Vec<(Arc<DeploymentRecord>, Cluster)> {
+        let st = self.lock();
+        let Some(e) = st.edges.get(edge_id) else {
+            return Vec::new();
+        };
+        let now = now();
+        e.deployments
+            .iter()
+            .filter_map(|(d, apps)| {
+                let rec = &st.deployments.get(d)?.rec;
+                let c = self.cluster(&st, rec, &app_ids(rec), edge_id, apps, now)?;
+                Some((Arc::clone(rec), c))
             })
             .collect()
     }
@@ -704,6 +705,19 @@ impl Hub {
             .sum();
         (st.edges.len(), polls, st.deployments.len())
     }
+}
+
+/// The stable app ids of a deployment, by app name.
+fn app_ids(rec: &DeploymentRecord) -> BTreeMap<String, String> {
+    rec.apps
+        .iter()
+        .map(|a| {
+            (
+                a.name.clone(),
+                canopy_deploy::status::app_id(&rec.id, &a.name),
+            )
+        })
+        .collect()
 }
 
 fn new_edge_entry(row: EdgeRow, generation: u64) -> EdgeEntry {
