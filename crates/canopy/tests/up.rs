@@ -5,7 +5,11 @@
 //! `CANOPY_TEST_DOCKER_HOST` is unset, except under CI where that fails.
 
 #[path = "common/edge_support.rs"]
-#[allow(dead_code, unused_imports, reason = "shared helpers; this test uses a few")]
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "shared helpers; this test uses a few"
+)]
 mod support;
 
 use std::io::{BufRead, BufReader};

@@ -124,10 +124,16 @@ impl From<EdgeView> for Edge {
     }
 }
 
-/// SHA-256 hex of a secret.
+/// SHA-256 hex of a secret. On every agent request (the credential lookup), so it writes into
+/// one buffer rather than allocating a string per byte.
 pub(crate) fn hash_secret(secret: &str) -> String {
+    use std::fmt::Write as _;
     let digest = Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(2 * digest.len());
+    for b in digest {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// A fresh random secret with a recognizable prefix (244 random bits from the OS generator).
@@ -583,4 +589,15 @@ pub(crate) fn parse_label_filters(
 /// Parses a list query for `entity`.
 pub(crate) fn list_query(entity: Entity, raw: Option<&str>) -> Result<ListQuery, AppError> {
     Ok(canopy_core::list::parse_query(entity, raw.unwrap_or(""))?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_hash_to_lowercase_sha256_hex() {
+        assert_eq!(
+            super::hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 }

@@ -50,13 +50,20 @@ struct ApiDoc;
 /// Builds the full router and the OpenAPI document describing it.
 pub fn router(app: App) -> Router {
     let (router, api) = api_router().split_for_parts();
-    let doc = serde_json::to_value(&api).unwrap_or_default();
+    // Serialized once and shared: axum clones every route's handler for each accepted
+    // connection, so a handler holding the document as a `Value` copied it per connection.
+    let doc = axum::body::Bytes::from(serde_json::to_vec(&api).unwrap_or_default());
     router
         .route(
             "/openapi.json",
             axum::routing::get(move || {
                 let doc = doc.clone();
-                async move { axum::Json(doc) }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc,
+                    )
+                }
             }),
         )
         .fallback(not_found)

@@ -1,0 +1,232 @@
+//! What a simulation run does, and the checks that keep it bounded: at most [`MAX_EDGES`]
+//! edges, a timeout on every phase, and loopback addresses only.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::SimError;
+
+/// Most simulated edges one run may start (the design target is 10,000 per control plane).
+pub const MAX_EDGES: usize = 12_000;
+
+/// Most edges one HTTP/1.1 run may start: every parked long-poll holds a socket in each
+/// process, and a status report sent meanwhile needs a second one; 2 × 8,000 stays below the
+/// 19,990 sockets one process can hold here, with headroom.
+pub const MAX_HTTP1_EDGES: usize = 8_000;
+
+/// Most concurrent streams a server HTTP/2 connection accepts (hyper's default); an edge uses
+/// at most two at once (its long-poll and a status report).
+pub const MAX_STREAMS_PER_CONNECTION: usize = 200;
+
+/// How the simulated edges reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/2 over cleartext with prior knowledge: `edges_per_connection` edges share each
+    /// connection.
+    Http2,
+    /// HTTP/1.1: one connection per request in flight (a parked long-poll holds one).
+    Http1,
+}
+
+/// One simulation run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// How many edges to simulate (1 to [`MAX_EDGES`]).
+    pub edges: usize,
+    /// HTTP/2 (multiplexed) or HTTP/1.1.
+    pub transport: Transport,
+    /// With HTTP/2: how many edges share one HTTP client (one connection). With HTTP/1.1: how
+    /// many edges share one client's connection pool.
+    pub edges_per_connection: usize,
+    /// Enrollments in flight at once.
+    pub enroll_concurrency: usize,
+    /// `waitSeconds` of every long-poll.
+    pub wait_seconds: u32,
+    /// Length of the idle window over which the server's CPU is measured.
+    pub idle: Duration,
+    /// Bound of every phase (enrollment, delivery, convergence, ...).
+    pub phase_timeout: Duration,
+    /// Quiet time before each change, so background work of the previous one (the server
+    /// writes status changes to the database every 5 s) does not overlap the next.
+    pub pause: Duration,
+    /// Bound of the whole run.
+    pub duration: Duration,
+    /// How often the deployment's status is read while waiting for RUNNING.
+    pub status_poll: Duration,
+    /// Project the edges enroll into and the deployment is made in.
+    pub project: String,
+    /// Directory holding `web-demo` and `web-demo-1.1.0` (the repository's `examples`).
+    pub examples: PathBuf,
+    /// How many `group=<i % groups>` label values to spread the edges over.
+    pub groups: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            edges: 1_000,
+            transport: Transport::Http2,
+            edges_per_connection: 50,
+            enroll_concurrency: 32,
+            wait_seconds: 25,
+            idle: Duration::from_secs(30),
+            phase_timeout: Duration::from_secs(300),
+            pause: Duration::from_secs(10),
+            duration: Duration::from_secs(1_800),
+            status_poll: Duration::from_millis(250),
+            project: "default".into(),
+            examples: default_examples(),
+            groups: 10,
+        }
+    }
+}
+
+/// The repository's `examples` directory, as seen from this crate's source tree.
+pub fn default_examples() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples"))
+}
+
+impl SimConfig {
+    /// Checks the bounds; the error says which one and what is allowed.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |m: String| Err(SimError::Config(m));
+        if self.edges == 0 || self.edges > MAX_EDGES {
+            return bad(format!(
+                "--edges {} is out of range: 1 to {MAX_EDGES}",
+                self.edges
+            ));
+        }
+        if self.transport == Transport::Http1 && self.edges > MAX_HTTP1_EDGES {
+            return bad(format!(
+                "--http1 with {} edges would need about {} sockets in each process (a long-poll and a report per edge); at most {MAX_HTTP1_EDGES} edges over HTTP/1.1, or use HTTP/2",
+                self.edges,
+                2 * self.edges
+            ));
+        }
+        let per = self.edges_per_connection;
+        if per == 0 || (self.transport == Transport::Http2 && per > MAX_STREAMS_PER_CONNECTION / 2)
+        {
+            return bad(format!(
+                "--edges-per-connection {per} is out of range: 1 to {} (each edge may have a long-poll and a report in flight; the server accepts {MAX_STREAMS_PER_CONNECTION} streams per connection)",
+                MAX_STREAMS_PER_CONNECTION / 2
+            ));
+        }
+        if self.enroll_concurrency == 0 || self.enroll_concurrency > 1_000 {
+            return bad("--enroll-concurrency must be 1 to 1000".into());
+        }
+        if self.wait_seconds == 0 || self.wait_seconds > canopy_proto::MAX_WAIT_SECONDS {
+            return bad(format!(
+                "--wait-seconds must be 1 to {}",
+                canopy_proto::MAX_WAIT_SECONDS
+            ));
+        }
+        if self.groups == 0 || self.groups > 1_000 {
+            return bad("--groups must be 1 to 1000".into());
+        }
+        if self.phase_timeout.is_zero() || self.duration.is_zero() {
+            return bad("--phase-timeout and --duration must be positive".into());
+        }
+        if self.status_poll < Duration::from_millis(10) {
+            return bad("--status-poll-ms must be at least 10".into());
+        }
+        for dir in ["web-demo", "web-demo-1.1.0"] {
+            if !self.examples.join(dir).is_dir() {
+                return bad(format!(
+                    "{} is not a directory: pass --examples pointing at the repository's examples",
+                    self.examples.join(dir).display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many HTTP clients (connections, with HTTP/2) the edges are spread over.
+    pub fn clients(&self) -> usize {
+        self.edges.div_ceil(self.edges_per_connection)
+    }
+}
+
+/// Refuses any server address that is not on this machine's loopback (`127.0.0.0/8`, `::1`,
+/// `localhost`): a load test sends traffic nowhere else.
+pub fn check_loopback(url: &str) -> Result<(), SimError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| SimError::Config(format!("invalid server URL {url:?}: {e}")))?;
+    if parsed.scheme() != "http" {
+        return Err(SimError::Config(format!(
+            "server URL {url:?}: only http:// on loopback is supported"
+        )));
+    }
+    let host = parsed.host_str().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    };
+    if loopback {
+        Ok(())
+    } else {
+        Err(SimError::Config(format!(
+            "server URL {url:?} is not a loopback address: the simulator only targets 127.0.0.0/8, ::1 or localhost"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_servers_are_accepted() {
+        for ok in [
+            "http://127.0.0.1:7070",
+            "http://127.1.2.3:80/",
+            "http://localhost:1",
+            "http://[::1]:7070",
+        ] {
+            assert!(check_loopback(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1:7070",
+            "http://192.168.1.1",
+            "http://example.com",
+            "https://127.0.0.1:7070",
+            "http://[::2]:1",
+            "not a url",
+        ] {
+            assert!(check_loopback(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        let ok = SimConfig::default();
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.clients(), 20);
+        for c in [
+            SimConfig {
+                edges: MAX_EDGES + 1,
+                ..ok.clone()
+            },
+            SimConfig {
+                edges: 0,
+                ..ok.clone()
+            },
+            SimConfig {
+                edges: 9_000,
+                transport: Transport::Http1,
+                ..ok.clone()
+            },
+            SimConfig {
+                edges_per_connection: 101,
+                ..ok.clone()
+            },
+            SimConfig {
+                wait_seconds: 61,
+                ..ok.clone()
+            },
+        ] {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The simulated edges. Each is a real [`AgentClient`] with its own credential, run as two
+//! tasks: a **poller** (the long-poll loop, `after=<held generation>`) and a **reporter**
+//! (a status report at once for every new desired state, every app `RUNNING` at the
+//! deployment's generation, then again every heartbeat after the last report, as the real
+//! agent does). Nothing runs: the simulated agent converges instantly.
+//!
+//! The [`Tracker`] sees every desired state an edge receives. A phase
+//! ([`Tracker::begin`]) names which states count as "delivered" and records, per edge, the
+//! time from the phase start (just before the operator's request) to the moment that edge's
+//! long-poll returned such a state.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use canopy_agent::{AgentClient, AgentError, Backoff, Credential};
+use canopy_proto::{
+    AgentInfo, AppState, AppStatus, DesiredState, EnrollRequest, Generation, PROTOCOL_VERSION,
+    StatusReport,
+};
+use futures::StreamExt as _;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{SimConfig, Transport};
+use crate::error::SimError;
+
+/// Bound of one HTTP connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Distinct error messages kept for the report.
+const MAX_ERROR_SAMPLES: usize = 10;
+
+/// Which received desired states complete a phase for an edge (by index).
+pub type Want = Box<dyn Fn(usize, &DesiredState) -> bool + Send + Sync>;
+
+/// Counts over the whole run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Long-polls that returned a new desired state (200).
+    pub polls_changed: u64,
+    /// Long-polls that ended with nothing new (204).
+    pub polls_timed_out: u64,
+    /// Status reports acknowledged.
+    pub reports: u64,
+    /// Failed requests of the simulated agents (poll or report).
+    pub errors: u64,
+}
+
+struct Phase {
+    start: Instant,
+    want: Want,
+    expected: usize,
+    got: Vec<Option<Duration>>,
+    done: usize,
+    /// Edges woken (long-poll answered 200) during the phase, wanted or not.
+    wakes: u64,
+    /// Wakes with a state the phase does not want (edges the change should not touch).
+    other_wakes: u64,
+}
+
+struct Inner {
+    counters: Counters,
+    errors: Vec<String>,
+    reported: Vec<bool>,
+    reported_count: usize,
+    phase: Option<Phase>,
+}
+
+/// Shared record of what the simulated edges received and sent.
+pub struct Tracker {
+    inner: Mutex<Inner>,
+}
+
+/// The outcome of one phase.
+#[derive(Debug, Clone)]
+pub struct PhaseResult {
+    pub expected: usize,
+    /// Per delivered edge, time from the phase start to its long-poll's answer; sorted.
+    pub latencies: Vec<Duration>,
+    pub wakes: u64,
+    pub other_wakes: u64,
+}
+
+impl Tracker {
+    fn new(edges: usize) -> Tracker {
+        Tracker {
+            inner: Mutex::new(Inner {
+                counters: Counters::default(),
+                errors: Vec::new(),
+                reported: vec![false; edges],
+                reported_count: 0,
+                phase: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a phase: from now, an edge whose long-poll returns a state `want` accepts is
+    /// delivered; `expected` edges should be.
+    pub fn begin(&self, expected: usize, want: Want) {
+        let mut st = self.lock();
+        let n = st.reported.len();
+        st.phase = Some(Phase {
+            start: Instant::now(),
+            want,
+            expected,
+            got: vec![None; n],
+            done: 0,
+            wakes: 0,
+            other_wakes: 0,
+        });
+    }
+
+    /// How many edges the current phase has delivered so far.
+    pub fn delivered(&self) -> usize {
+        self.lock().phase.as_ref().map_or(0, |p| p.done)
+    }
+
+    /// Ends the current phase.
+    pub fn finish(&self) -> PhaseResult {
+        let mut st = self.lock();
+        let Some(p) = st.phase.take() else {
+            return PhaseResult {
+                expected: 0,
+                latencies: Vec::new(),
+                wakes: 0,
+                other_wakes: 0,
+            };
+        };
+        let mut latencies: Vec<Duration> = p.got.into_iter().flatten().collect();
+        latencies.sort();
+        PhaseResult {
+            expected: p.expected,
+            latencies,
+            wakes: p.wakes,
+            other_wakes: p.other_wakes,
+        }
+    }
+
+    /// Waits until the current phase has delivered every expected edge, or `timeout`.
+    pub async fn wait_delivered(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (done, expected) = {
+                let st = self.lock();
+                st.phase.as_ref().map_or((0, 0), |p| (p.done, p.expected))
+            };
+            if done >= expected {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every edge has sent at least one acknowledged report, or `timeout`.
+    pub async fn wait_all_reported(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let st = self.lock();
+                if st.reported_count == st.reported.len() {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Edges that have reported at least once.
+    pub fn reported(&self) -> usize {
+        self.lock().reported_count
+    }
+
+    /// Counts so far.
+    pub fn counters(&self) -> Counters {
+        self.lock().counters
+    }
+
+    /// Up to [`MAX_ERROR_SAMPLES`] distinct error messages seen.
+    pub fn error_samples(&self) -> Vec<String> {
+        self.lock().errors.clone()
+    }
+
+    fn observe(&self, edge: usize, d: &DesiredState) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.counters.polls_changed += 1;
+        if let Some(p) = st.phase.as_mut() {
+            p.wakes += 1;
+            if (p.want)(edge, d) {
+                if p.got[edge].is_none() {
+                    p.got[edge] = Some(now.duration_since(p.start));
+                    p.done += 1;
+                }
+            } else {
+                p.other_wakes += 1;
+            }
+        }
+    }
+
+    fn timed_out(&self) {
+        self.lock().counters.polls_timed_out += 1;
+    }
+
+    fn acked(&self, edge: usize) {
+        let mut st = self.lock();
+        st.counters.reports += 1;
+        if !st.reported[edge] {
+            st.reported[edge] = true;
+            st.reported_count += 1;
+        }
+    }
+
+    fn error(&self, e: &AgentError) {
+        let mut st = self.lock();
+        st.counters.errors += 1;
+        let msg = e.to_string();
+        if st.errors.len() < MAX_ERROR_SAMPLES && !st.errors.contains(&msg) {
+            tracing::warn!(error = %msg, "simulated agent request failed");
+            st.errors.push(msg);
+        }
+    }
+}
+
+/// One enrolled simulated edge.
+#[derive(Debug, Clone)]
+pub struct SimEdge {
+    pub name: String,
+    pub id: String,
+}
+
+/// What enrolling the fleet took.
+#[derive(Debug, Clone)]
+pub struct EnrollStats {
+    pub elapsed: Duration,
+    /// Per enrollment request, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+/// The running simulated edges; their tasks end when it is stopped or dropped.
+pub struct Fleet {
+    pub edges: Vec<SimEdge>,
+    tracker: Arc<Tracker>,
+    tasks: JoinSet<()>,
+}
+
+/// The HTTP client a group of edges shares.
+fn http_client(transport: Transport) -> Result<reqwest::Client, SimError> {
+    let b = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("canopy-loadsim/", env!("CARGO_PKG_VERSION")));
+    let b = match transport {
+        Transport::Http2 => b.http2_prior_knowledge(),
+        Transport::Http1 => b.http1_only(),
+    };
+    b.build().map_err(|source| SimError::Network {
+        what: "building an HTTP client".into(),
+        source,
+    })
+}
+
+/// The name of edge `i` of run `run`.
+pub fn edge_name(run: &str, i: usize) -> String {
+    format!("sim-{run}-{i:05}")
+}
+
+impl Fleet {
+    /// Enrolls `cfg.edges` edges with `token` (`cfg.enroll_concurrency` at a time), labelled
+    /// `sim=yes`, `run=<run>`, `group=<i % groups>`, and starts each edge's loops as soon as it
+    /// is enrolled (as a real agent would).
+    pub async fn enroll(
+        cfg: &SimConfig,
+        server: &str,
+        token: &str,
+        run: &str,
+    ) -> Result<(Fleet, EnrollStats), SimError> {
+        let clients: Vec<reqwest::Client> = (0..cfg.clients())
+            .map(|_| http_client(cfg.transport))
+            .collect::<Result<_, _>>()?;
+        let tracker = Arc::new(Tracker::new(cfg.edges));
+        let mut fleet = Fleet {
+            edges: Vec::with_capacity(cfg.edges),
+            tracker: Arc::clone(&tracker),
+            tasks: JoinSet::new(),
+        };
+        let wait = Duration::from_secs(u64::from(cfg.wait_seconds));
+        let started = Instant::now();
+        let mut latencies = Vec::with_capacity(cfg.edges);
+        let mut slots: Vec<Option<SimEdge>> = vec![None; cfg.edges];
+        let mut enrollments = futures::stream::iter(0..cfg.edges)
+            .map(|i| {
+                let http = clients[i / cfg.edges_per_connection].clone();
+                let name = edge_name(run, i);
+                let labels = [
+                    ("sim".to_string(), "yes".to_string()),
+                    ("run".to_string(), run.to_string()),
+                    ("group".to_string(), (i % cfg.groups).to_string()),
+                ]
+                .into();
+                async move {
+                    let client = AgentClient::with_http_client(http, server).map_err(|source| {
+                        SimError::Enroll {
+                            name: name.clone(),
+                            source,
+                        }
+                    })?;
+                    let req = EnrollRequest {
+                        protocol_version: PROTOCOL_VERSION,
+                        token: token.to_string(),
+                        name: name.clone(),
+                        labels,
+                        agent: agent_info(),
+                    };
+                    let t0 = Instant::now();
+                    let mut backoff =
+                        Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+                    let mut attempts = 0;
+                    let resp = loop {
+                        attempts += 1;
+                        match client.enroll(&req).await {
+                            Ok(r) => break r,
+                            // Transient failures (a busy server) are retried a few times.
+                            Err(AgentError::Transient { .. }) if attempts < 5 => {
+                                tokio::time::sleep(backoff.next_delay()).await;
+                            }
+                            Err(source) => return Err(SimError::Enroll { name, source }),
+                        }
+                    };
+                    let latency = t0.elapsed();
+                    let credential = Credential::new(&resp.credential).ok_or_else(|| {
+                        SimError::Server(format!("empty credential for edge {name}"))
+                    })?;
+                    Ok::<_, SimError>((i, client.with_credential(credential), resp, latency))
+                }
+            })
+            .buffer_unordered(cfg.enroll_concurrency);
+        while let Some(r) = enrollments.next().await {
+            let (i, client, resp, latency) = r?;
+            latencies.push(latency);
+            let heartbeat = Duration::from_secs(u64::from(resp.heartbeat_seconds.max(1)));
+            slots[i] = Some(SimEdge {
+                name: resp.edge_name,
+                id: resp.edge_id,
+            });
+            fleet.spawn_edge(i, client, wait, heartbeat);
+        }
+        drop(enrollments);
+        fleet.edges = slots.into_iter().flatten().collect();
+        latencies.sort();
+        Ok((
+            fleet,
+            EnrollStats {
+                elapsed: started.elapsed(),
+                latencies,
+            },
+        ))
+    }
+
+    fn spawn_edge(&mut self, i: usize, client: AgentClient, wait: Duration, heartbeat: Duration) {
+        let (tx, rx) = watch::channel::<Option<Arc<DesiredState>>>(None);
+        self.tasks.spawn(poller(
+            i,
+            client.clone(),
+            wait,
+            tx,
+            Arc::clone(&self.tracker),
+        ));
+        self.tasks.spawn(reporter(
+            i,
+            client,
+            rx,
+            heartbeat,
+            Arc::clone(&self.tracker),
+        ));
+    }
+
+    /// What the edges received and sent.
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    /// Stops every edge's loops (in-flight requests are abandoned).
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+fn agent_info() -> AgentInfo {
+    AgentInfo {
+        version: concat!("loadsim-", env!("CARGO_PKG_VERSION")).into(),
+        capabilities: vec!["containers".into()],
+        engine: "simulated".into(),
+    }
+}
+
+/// The long-poll loop of one edge.
+async fn poller(
+    i: usize,
+    client: AgentClient,
+    wait: Duration,
+    tx: watch::Sender<Option<Arc<DesiredState>>>,
+    tracker: Arc<Tracker>,
+) {
+    let mut after = Generation(0);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        match client.desired_state(after, wait).await {
+            Ok(Some(d)) => {
+                backoff.reset();
+                tracker.observe(i, &d);
+                after = d.generation;
+                tx.send_replace(Some(Arc::new(d)));
+            }
+            Ok(None) => {
+                backoff.reset();
+                tracker.timed_out();
+            }
+            Err(e) => {
+                tracker.error(&e);
+                if matches!(
+                    e,
+                    AgentError::Unauthorized { .. } | AgentError::IncompatibleProtocol { .. }
+                ) {
+                    return;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// The status reports of one edge: at once for each new desired state, and after
+/// `heartbeat` without a report.
+async fn reporter(
+    i: usize,
+    client: AgentClient,
+    mut rx: watch::Receiver<Option<Arc<DesiredState>>>,
+    mut heartbeat: Duration,
+    tracker: Arc<Tracker>,
+) {
+    let mut seq = 0u64;
+    let mut next = tokio::time::Instant::now() + heartbeat;
+    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep_until(next) => {},
+        }
+        let held = rx.borrow_and_update().clone();
+        let Some(held) = held else {
+            next = tokio::time::Instant::now() + heartbeat;
+            continue;
+        };
+        seq += 1;
+        let report = running_report(&held, seq);
+        match client.report(&report).await {
+            Ok(ack) => {
+                tracker.acked(i);
+                retry.reset();
+                if ack.heartbeat_seconds > 0 {
+                    heartbeat = Duration::from_secs(u64::from(ack.heartbeat_seconds));
+                }
+                next = tokio::time::Instant::now() + heartbeat;
+            }
+            Err(e) => {
+                tracker.error(&e);
+                if matches!(
+                    e,
+                    AgentError::Unauthorized { .. } | AgentError::IncompatibleProtocol { .. }
+                ) {
+                    return;
+                }
+                // Sent again soon (with a new sequence number), as the real agent retries.
+                next = tokio::time::Instant::now() + retry.next_delay();
+            }
+        }
+    }
+}
+
+/// Every app of `held` RUNNING, at its deployment's generation.
+pub fn running_report(held: &DesiredState, seq: u64) -> StatusReport {
+    StatusReport {
+        protocol_version: PROTOCOL_VERSION,
+        seq,
+        generation: held.generation,
+        apps: held
+            .deployments
+            .iter()
+            .flat_map(|d| {
+                d.apps.iter().map(move |a| AppStatus {
+                    deployment_id: d.deployment_id.clone(),
+                    app: a.name.clone(),
+                    state: AppState::Running,
+                    message: String::new(),
+                    deployment_generation: d.generation,
+                    workloads: Vec::new(),
+                })
+            })
+            .collect(),
+        agent: (seq == 1).then(agent_info),
+    }
+}

@@ -1,0 +1,129 @@
+//! `canopy-loadsim`: runs N simulated edges against a Canopy server and prints what the fleet
+//! cost it (see `docs/BENCHMARKS.md`, "Fleet", and the crate docs).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use canopy_loadsim::config::{SimConfig, Transport, default_examples};
+use canopy_loadsim::run::Target;
+use canopy_loadsim::server::default_canopy_bin;
+use clap::Parser;
+
+/// Simulated edges speaking the real agent protocol against a real Canopy server (loopback
+/// only), with the server's idle cost and the time deployments take to reach every edge.
+#[derive(Debug, Parser)]
+#[command(name = "canopy-loadsim", version)]
+struct Args {
+    /// Number of simulated edges (at most 12,000).
+    #[arg(long, default_value_t = 1_000)]
+    edges: usize,
+    /// A running server to load (loopback only) instead of starting `canopy server`.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The running server's pid, to measure its CPU and memory (with --server).
+    #[arg(long, value_name = "PID", requires = "server")]
+    server_pid: Option<u32>,
+    /// The `canopy` binary to start as the server (default: the one next to this binary).
+    #[arg(long, value_name = "PATH", conflicts_with = "server")]
+    canopy_bin: Option<PathBuf>,
+    /// Use HTTP/1.1 (a socket per request in flight) instead of multiplexed HTTP/2.
+    #[arg(long)]
+    http1: bool,
+    /// Edges sharing one HTTP client (one connection with HTTP/2).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    edges_per_connection: usize,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    enroll_concurrency: usize,
+    /// waitSeconds of each long-poll.
+    #[arg(long, default_value_t = 25, value_name = "S")]
+    wait_seconds: u32,
+    /// Length of the idle window over which the server's CPU is measured.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    idle_seconds: u64,
+    /// Bound of each phase.
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    phase_timeout: u64,
+    /// Quiet time before each change (lets the server finish writing the previous one).
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    pause_seconds: u64,
+    /// Bound of the whole run.
+    #[arg(long, default_value_t = 1_800, value_name = "S")]
+    duration: u64,
+    /// How often the deployment is read while waiting for RUNNING.
+    #[arg(long, default_value_t = 250, value_name = "MS")]
+    status_poll_ms: u64,
+    /// Project to enroll the edges into.
+    #[arg(long, default_value = "default")]
+    project: String,
+    /// Directory with the web-demo and web-demo-1.1.0 examples.
+    #[arg(long, value_name = "DIR")]
+    examples: Option<PathBuf>,
+    /// Also write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Worker threads of the simulator's runtime (the server has its own process).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    threads: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Every simulated edge over HTTP/1.1, or every connection, is a socket: use the hard limit.
+    // The server child inherits it.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-files limit")?;
+    tracing::info!(nofile, "open-files limit");
+
+    let cfg = SimConfig {
+        edges: args.edges,
+        transport: if args.http1 {
+            Transport::Http1
+        } else {
+            Transport::Http2
+        },
+        edges_per_connection: args.edges_per_connection,
+        enroll_concurrency: args.enroll_concurrency,
+        wait_seconds: args.wait_seconds,
+        idle: Duration::from_secs(args.idle_seconds),
+        phase_timeout: Duration::from_secs(args.phase_timeout),
+        pause: Duration::from_secs(args.pause_seconds),
+        duration: Duration::from_secs(args.duration),
+        status_poll: Duration::from_millis(args.status_poll_ms),
+        project: args.project,
+        examples: args.examples.unwrap_or_else(default_examples),
+        groups: 10,
+    };
+    cfg.validate()?;
+    let target = match args.server {
+        Some(url) => Target::Running {
+            url,
+            pid: args.server_pid,
+        },
+        None => Target::Child {
+            canopy_bin: args.canopy_bin.unwrap_or_else(default_canopy_bin),
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.clamp(1, 16))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(canopy_loadsim::run(&cfg, target))?;
+    print!("{}", report.to_markdown());
+    if let Some(path) = args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, text + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    // Tasks abandoned by a failed phase must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    Ok(())
+}

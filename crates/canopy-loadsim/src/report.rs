@@ -1,0 +1,254 @@
+//! The results of a run: what `--json FILE` writes, and the Markdown summary printed at the end
+//! (the same shape as the tables in `docs/BENCHMARKS.md`).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::procfs::Footprint;
+
+/// Percentiles of a sorted list of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// Nearest-rank percentiles of `sorted` (ascending).
+    pub fn of(sorted: &[Duration]) -> Latency {
+        let at = |p: f64| -> f64 {
+            if sorted.is_empty() {
+                return 0.0;
+            }
+            let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+            ms(sorted[rank - 1])
+        };
+        Latency {
+            count: sorted.len(),
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// Milliseconds, rounded to 0.1.
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// Enrolling the fleet.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollReport {
+    pub edges: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    /// Per enrollment request.
+    pub latency: Latency,
+    /// From the first enrollment until every edge had its first state and reported once.
+    pub all_reported_seconds: f64,
+}
+
+/// The fleet connected and nothing changing: every edge parked in a long-poll, reporting every
+/// heartbeat, re-polling when its long-poll times out.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdleReport {
+    pub window_seconds: f64,
+    /// Server CPU over the window, % of one core; `None` when the server is not measured.
+    pub server_cpu_percent: Option<f64>,
+    pub server: Option<Footprint>,
+    pub sim_cpu_percent: f64,
+    pub sim: Footprint,
+    /// Agent requests the server answered during the window.
+    pub polls_per_second: f64,
+    pub reports_per_second: f64,
+}
+
+/// One change and how it reached the fleet.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseReport {
+    pub name: String,
+    /// Edges the change should reach.
+    pub edges_touched: usize,
+    /// The operator request itself (create, update, relabel).
+    pub request_ms: f64,
+    /// Per touched edge: from just before the request until its long-poll returned the change.
+    pub delivery: Latency,
+    /// Edges woken that the change should not have touched.
+    pub other_wakes: u64,
+    /// From just before the request until a deployment GET said RUNNING with every targeted
+    /// edge running (`None`: not reached in time).
+    pub running_ms: Option<f64>,
+    /// The deployment GETs made while waiting (every `--status-poll-ms`).
+    pub status_get: Latency,
+    /// Size of the last deployment GET body.
+    pub status_body_kib: f64,
+    /// Server CPU seconds from the request until RUNNING (`None`: not measured).
+    pub server_cpu_seconds: Option<f64>,
+    /// The simulator's own CPU seconds over the same time (it parses every desired state and
+    /// sends every report: when it nears one core per worker thread, it is the bottleneck).
+    pub sim_cpu_seconds: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub edges: usize,
+    /// `http2` or `http1`.
+    pub transport: String,
+    /// HTTP clients (with HTTP/2: connections) the edges share.
+    pub clients: usize,
+    pub server_url: String,
+    /// The server as started (before any edge).
+    pub server_start: Option<Footprint>,
+    pub enrollment: EnrollReport,
+    pub idle: IdleReport,
+    pub phases: Vec<PhaseReport>,
+    /// The server at the end of the run (`peakRssMib` is the run's peak).
+    pub server_end: Option<Footprint>,
+    pub sim_end: Footprint,
+    /// Failed requests of the simulated agents over the whole run.
+    pub agent_errors: u64,
+    pub agent_error_samples: Vec<String>,
+    /// WARN/ERROR lines of the server's log (server child only).
+    pub server_log_problems: Vec<String>,
+    pub total_seconds: f64,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    /// A Markdown summary.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## {} edges over {} ({} client connections), server {}\n",
+            self.edges, self.transport, self.clients, self.server_url
+        );
+        let e = &self.enrollment;
+        let _ = writeln!(
+            s,
+            "Enrollment: {} edges in {:.1} s ({:.0}/s), request p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all edges holding their first state and reported after {:.1} s.\n",
+            e.edges,
+            e.seconds,
+            e.per_second,
+            e.latency.p50_ms,
+            e.latency.p99_ms,
+            e.latency.max_ms,
+            e.all_reported_seconds
+        );
+        let i = &self.idle;
+        let _ = writeln!(s, "| idle ({:.0} s window) | value |", i.window_seconds);
+        let _ = writeln!(s, "|---|---|");
+        let _ = writeln!(
+            s,
+            "| server CPU (% of one core) | {} |",
+            opt(i.server_cpu_percent, 2)
+        );
+        if let Some(f) = &i.server {
+            let _ = writeln!(
+                s,
+                "| server RSS / peak (MiB) | {:.1} / {:.1} |",
+                f.rss_mib, f.peak_rss_mib
+            );
+            let _ = writeln!(
+                s,
+                "| server sockets / threads | {} / {} |",
+                f.sockets, f.threads
+            );
+        }
+        let _ = writeln!(
+            s,
+            "| agent requests (polls/s, reports/s) | {:.1}, {:.1} |",
+            i.polls_per_second, i.reports_per_second
+        );
+        let _ = writeln!(
+            s,
+            "| simulator CPU (% of one core), RSS (MiB), sockets | {:.2}, {:.1}, {} |\n",
+            i.sim_cpu_percent, i.sim.rss_mib, i.sim.sockets
+        );
+        let _ = writeln!(
+            s,
+            "| change | edges | request ms | delivery p50 / p99 / max ms | other edges woken | RUNNING after ms | deployment GET p50 / max ms (body KiB) | CPU s server / sim |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        for p in &self.phases {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.1} / {:.1} / {:.1} | {} | {} | {:.1} / {:.1} ({:.0}) | {} / {:.2} |",
+                p.name,
+                p.edges_touched,
+                p.request_ms,
+                p.delivery.p50_ms,
+                p.delivery.p99_ms,
+                p.delivery.max_ms,
+                p.other_wakes,
+                opt(p.running_ms, 0),
+                p.status_get.p50_ms,
+                p.status_get.max_ms,
+                p.status_body_kib,
+                opt(p.server_cpu_seconds, 2),
+                p.sim_cpu_seconds
+            );
+        }
+        if let Some(f) = &self.server_end {
+            let _ = writeln!(
+                s,
+                "\nServer at the end: RSS {:.1} MiB (peak {:.1}), {} sockets, {} threads.",
+                f.rss_mib, f.peak_rss_mib, f.sockets, f.threads
+            );
+        }
+        let _ = writeln!(
+            s,
+            "Simulated agent request errors: {}.{}",
+            self.agent_errors,
+            if self.agent_error_samples.is_empty() {
+                String::new()
+            } else {
+                format!(" First: {}", self.agent_error_samples.join(" | "))
+            }
+        );
+        if !self.server_log_problems.is_empty() {
+            let _ = writeln!(
+                s,
+                "Server log warnings/errors ({} shown):",
+                self.server_log_problems.len()
+            );
+            for l in &self.server_log_problems {
+                let _ = writeln!(s, "    {l}");
+            }
+        }
+        let _ = writeln!(s, "Total run time {:.0} s.", self.total_seconds);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let l = Latency::of(&v);
+        assert_eq!(
+            (l.count, l.p50_ms, l.p99_ms, l.max_ms),
+            (100, 50.0, 99.0, 100.0)
+        );
+        let one = Latency::of(&[Duration::from_micros(1500)]);
+        assert_eq!((one.p50_ms, one.p99_ms, one.max_ms), (1.5, 1.5, 1.5));
+        assert_eq!(Latency::of(&[]), Latency::default());
+    }
+}

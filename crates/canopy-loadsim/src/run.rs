@@ -1,0 +1,462 @@
+//! One simulation run, phase by phase:
+//!
+//! 1. the server (a child, or `--server`), an enrollment token, the example packages;
+//! 2. enrollment of every edge (their loops start as each enrolls), until each holds its
+//!    first desired state and has reported once;
+//! 3. an idle window: server CPU and memory with every long-poll parked;
+//! 4. a deployment of `web-demo:1.0.0` targeting every simulated edge by label: per-edge
+//!    delivery time and the time until the deployment is RUNNING on all of them;
+//! 5. the same for an upgrade to `1.1.0`;
+//! 6. a change touching one edge (it loses the target label, then gets it back), to show the
+//!    work is proportional to the edges touched.
+//!
+//! Every phase is bounded by `phase_timeout`, the whole run by `duration`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use canopy_proto::DesiredState;
+use serde_json::json;
+
+use crate::admin::Admin;
+use crate::config::{SimConfig, Transport, check_loopback};
+use crate::error::SimError;
+use crate::fleet::{Fleet, PhaseResult, Tracker, Want};
+use crate::procfs::{CpuSample, Proc};
+use crate::report::{EnrollReport, IdleReport, Latency, PhaseReport, Report, ms};
+use crate::server::ServerChild;
+
+/// Package the run deploys (from `examples/`), and its upgrade.
+const PACKAGE: &str = "web-demo";
+const VERSION: &str = "1.0.0";
+const UPGRADE: &str = "1.1.0";
+/// Time for the edges' next long-polls to be parked before the idle window starts.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Which server to load.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Start `canopy server` from this binary as a child process (measured).
+    Child { canopy_bin: PathBuf },
+    /// A running server on loopback; measured only when its pid is given.
+    Running { url: String, pid: Option<u32> },
+}
+
+/// Runs the whole simulation against `target`, bounded by `cfg.duration`.
+pub async fn run(cfg: &SimConfig, target: Target) -> Result<Report, SimError> {
+    cfg.validate()?;
+    if let Target::Running { url, .. } = &target {
+        check_loopback(url)?;
+    }
+    let started = Instant::now();
+    let (child, url, server_proc) = match target {
+        Target::Child { canopy_bin } => {
+            let child = ServerChild::start(&canopy_bin).await?;
+            tracing::info!(url = %child.url, pid = child.pid, "server started");
+            let url = child.url.clone();
+            let proc = Proc::pid(child.pid);
+            (Some(child), url, Some(proc))
+        }
+        Target::Running { url, pid } => (None, url, pid.map(Proc::pid)),
+    };
+    let outcome = tokio::time::timeout(
+        cfg.duration,
+        phases(cfg, &url, server_proc, child.is_none()),
+    )
+    .await;
+    let mut report = match outcome {
+        Ok(r) => r,
+        Err(_) => Err(SimError::Timeout {
+            phase: "the run".into(),
+            seconds: cfg.duration.as_secs(),
+            detail: "--duration reached".into(),
+        }),
+    };
+    if let Some(child) = child {
+        match &mut report {
+            Ok(r) => r.server_log_problems = child.log_problems(20),
+            Err(e) => {
+                tracing::error!(error = %e, log = %child.log_tail(), "run failed; server log tail")
+            }
+        }
+        child.stop().await;
+    }
+    if let Ok(r) = &mut report {
+        r.total_seconds = started.elapsed().as_secs_f64().round();
+    }
+    report
+}
+
+/// A short id for this run's edge names and labels (lowercase hex).
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{:06x}", (nanos / 1_000) & 0xff_ffff)
+}
+
+fn cpu(p: Option<Proc>) -> Option<CpuSample> {
+    p.and_then(|p| p.cpu().ok())
+}
+
+async fn phases(
+    cfg: &SimConfig,
+    url: &str,
+    server: Option<Proc>,
+    cleanup: bool,
+) -> Result<Report, SimError> {
+    let admin = Admin::new(url, &cfg.project)?;
+    let run = run_id();
+    let me = Proc::current();
+    let mut report = Report {
+        edges: cfg.edges,
+        transport: match cfg.transport {
+            Transport::Http2 => "http2",
+            Transport::Http1 => "http1",
+        }
+        .into(),
+        clients: cfg.clients(),
+        server_url: url.to_string(),
+        server_start: server.and_then(|p| p.footprint().ok()),
+        ..Default::default()
+    };
+
+    let token = admin
+        .create_token(&format!("canopy-loadsim run {run}"))
+        .await?;
+    for dir in [PACKAGE.to_string(), format!("{PACKAGE}-{UPGRADE}")] {
+        admin.upload_dir(&cfg.examples.join(dir)).await?;
+    }
+
+    // --- enrollment -----------------------------------------------------------------------
+    tracing::info!(edges = cfg.edges, run = %run, "enrolling");
+    let enroll_started = Instant::now();
+    let (fleet, stats) = bounded(
+        "enrollment",
+        cfg.phase_timeout,
+        Fleet::enroll(cfg, url, &token, &run),
+    )
+    .await??;
+    let tracker = Arc::clone(fleet.tracker());
+    tracing::info!(
+        seconds = stats.elapsed.as_secs_f64(),
+        "enrolled; waiting for every first report"
+    );
+    if !tracker.wait_all_reported(cfg.phase_timeout).await {
+        return Err(SimError::Timeout {
+            phase: "first reports".into(),
+            seconds: cfg.phase_timeout.as_secs(),
+            detail: format!(
+                "{} of {} edges reported; agent errors: {:?}",
+                tracker.reported(),
+                cfg.edges,
+                tracker.error_samples()
+            ),
+        });
+    }
+    report.enrollment = EnrollReport {
+        edges: cfg.edges,
+        seconds: stats.elapsed.as_secs_f64(),
+        per_second: cfg.edges as f64 / stats.elapsed.as_secs_f64().max(1e-9),
+        latency: Latency::of(&stats.latencies),
+        all_reported_seconds: enroll_started.elapsed().as_secs_f64(),
+    };
+
+    // --- idle -----------------------------------------------------------------------------
+    tokio::time::sleep(SETTLE).await;
+    tracing::info!(seconds = cfg.idle.as_secs(), "idle window");
+    let (s0, m0, c0) = (cpu(server), me.cpu().ok(), tracker.counters());
+    tokio::time::sleep(cfg.idle).await;
+    let (s1, m1, c1) = (cpu(server), me.cpu().ok(), tracker.counters());
+    let window = cfg.idle.as_secs_f64();
+    report.idle = IdleReport {
+        window_seconds: window,
+        server_cpu_percent: s0.zip(s1).map(|(a, b)| b.percent_since(&a)),
+        server: server.and_then(|p| p.footprint().ok()),
+        sim_cpu_percent: m0.zip(m1).map_or(0.0, |(a, b)| b.percent_since(&a)),
+        sim: me.footprint().unwrap_or_default(),
+        polls_per_second: ((c1.polls_changed + c1.polls_timed_out)
+            - (c0.polls_changed + c0.polls_timed_out)) as f64
+            / window,
+        reports_per_second: (c1.reports - c0.reports) as f64 / window,
+    };
+
+    // --- deploy ---------------------------------------------------------------------------
+    let n = cfg.edges;
+    let display = format!("loadsim-{run}");
+    let targets = json!({"labels": {"sim": "yes", "run": run}});
+    let create = json!({
+        "appName": PACKAGE, "appVersion": VERSION, "displayName": display,
+        "allAppTargetClusters": targets,
+        "overrideValues": [{"appName": "web", "values": {"greeting": format!("loadsim {run}")}}],
+    });
+    let probe = Probe {
+        admin: &admin,
+        tracker: &tracker,
+        server,
+        cfg,
+    };
+    tracing::info!("deploying {PACKAGE}:{VERSION} to every edge");
+    let (phase, dep) = probe
+        .change(
+            "create deployment (1.0.0)",
+            n,
+            holds(VERSION),
+            n,
+            None,
+            || {
+                let admin = admin.clone();
+                let create = create.clone();
+                async move { Ok(Some(admin.create_deployment(&create).await?)) }
+            },
+        )
+        .await?;
+    report.phases.push(phase);
+    let dep = dep.unwrap_or_default();
+
+    tracing::info!("upgrading to {UPGRADE}");
+    let update = json!({
+        "appName": PACKAGE, "appVersion": UPGRADE, "displayName": display,
+        "allAppTargetClusters": targets,
+    });
+    let (phase, _) = probe
+        .change(
+            "update deployment (1.0.0 → 1.1.0)",
+            n,
+            holds(UPGRADE),
+            n,
+            Some(&dep),
+            || {
+                let admin = admin.clone();
+                let update = update.clone();
+                let dep = dep.clone();
+                async move {
+                    admin.update_deployment(&dep, &update).await?;
+                    Ok(None)
+                }
+            },
+        )
+        .await?;
+    report.phases.push(phase);
+
+    // One edge loses the target label, then gets it back.
+    let k = n / 2;
+    let edge = fleet.edges[k].name.clone();
+    tracing::info!(edge = %edge, "relabelling one edge out of the target");
+    let out: Want = Box::new(move |i, d: &DesiredState| i == k && d.deployments.is_empty());
+    let (phase, _) = probe
+        .change(
+            "relabel 1 edge (loses it)",
+            1,
+            out,
+            n - 1,
+            Some(&dep),
+            || {
+                let admin = admin.clone();
+                let edge = edge.clone();
+                async move {
+                    admin.set_edge_labels(&edge, &[("sim", "no")]).await?;
+                    Ok(None)
+                }
+            },
+        )
+        .await?;
+    report.phases.push(phase);
+    let back: Want = Box::new(move |i, d: &DesiredState| {
+        i == k && d.deployments.iter().any(|x| x.package_version == UPGRADE)
+    });
+    let (phase, _) = probe
+        .change("relabel 1 edge (gains it)", 1, back, n, Some(&dep), || {
+            let admin = admin.clone();
+            let edge = edge.clone();
+            async move {
+                admin.set_edge_labels(&edge, &[("sim", "yes")]).await?;
+                Ok(None)
+            }
+        })
+        .await?;
+    report.phases.push(phase);
+
+    report.server_end = server.and_then(|p| p.footprint().ok());
+    let counters = tracker.counters();
+    report.agent_errors = counters.errors;
+    report.agent_error_samples = tracker.error_samples();
+    let edges: Vec<String> = fleet.edges.iter().map(|e| e.name.clone()).collect();
+    fleet.stop().await;
+    report.sim_end = me.footprint().unwrap_or_default();
+    if cleanup {
+        // A server we did not start is left as we found it: no deployment, no edges.
+        tracing::info!("removing the deployment and the simulated edges");
+        admin.delete_deployment(&dep).await?;
+        use futures::StreamExt as _;
+        let mut removals = futures::stream::iter(edges)
+            .map(|e| {
+                let admin = admin.clone();
+                async move { admin.remove_edge(&e).await }
+            })
+            .buffer_unordered(cfg.enroll_concurrency);
+        while let Some(r) = removals.next().await {
+            r?;
+        }
+    }
+    Ok(report)
+}
+
+/// States holding a deployment of the package at `version`.
+fn holds(version: &'static str) -> Want {
+    Box::new(move |_, d: &DesiredState| {
+        d.deployments
+            .iter()
+            .any(|x| x.package == PACKAGE && x.package_version == version)
+    })
+}
+
+async fn bounded<T>(
+    phase: &str,
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, SimError> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| SimError::Timeout {
+            phase: phase.to_string(),
+            seconds: limit.as_secs(),
+            detail: "--phase-timeout reached".into(),
+        })
+}
+
+/// Runs one change and measures how it reaches the fleet.
+struct Probe<'a> {
+    admin: &'a Admin,
+    tracker: &'a Tracker,
+    server: Option<Proc>,
+    cfg: &'a SimConfig,
+}
+
+impl Probe<'_> {
+    /// Starts a phase expecting `touched` edges to receive a state `want` accepts, makes the
+    /// change (`request`, which may name the deployment it created), then waits for delivery
+    /// and for the deployment (given, or the one created) to be RUNNING on `running` edges.
+    async fn change<F, Fut>(
+        &self,
+        name: &str,
+        touched: usize,
+        want: Want,
+        running: usize,
+        deployment: Option<&str>,
+        request: F,
+    ) -> Result<(PhaseReport, Option<String>), SimError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<String>, SimError>>,
+    {
+        let limit = self.cfg.phase_timeout;
+        tokio::time::sleep(self.cfg.pause).await;
+        tracing::info!(phase = name, "change");
+        self.tracker.begin(touched, want);
+        let cpu0 = cpu(self.server);
+        let me0 = Proc::current().cpu().ok();
+        let t0 = Instant::now();
+        let created = request().await?;
+        let request_ms = ms(t0.elapsed());
+        let id = created
+            .clone()
+            .or_else(|| deployment.map(str::to_string))
+            .unwrap_or_default();
+        let (delivered, status) = tokio::join!(
+            self.tracker.wait_delivered(limit),
+            self.wait_running(&id, running, t0, limit)
+        );
+        let cpu1 = cpu(self.server);
+        let me1 = Proc::current().cpu().ok();
+        let result: PhaseResult = self.tracker.finish();
+        let status = status?;
+        if !delivered {
+            return Err(SimError::Timeout {
+                phase: format!("{name}: delivery"),
+                seconds: limit.as_secs(),
+                detail: format!(
+                    "{} of {} edges received the change; agent errors: {:?}",
+                    result.latencies.len(),
+                    touched,
+                    self.tracker.error_samples()
+                ),
+            });
+        }
+        let Some(running_after) = status.running_after else {
+            return Err(SimError::Timeout {
+                phase: format!("{name}: RUNNING"),
+                seconds: limit.as_secs(),
+                detail: format!(
+                    "last state {} with {} of {} running",
+                    status.last_state, status.last_running, running
+                ),
+            });
+        };
+        let report = PhaseReport {
+            name: name.to_string(),
+            edges_touched: touched,
+            request_ms,
+            delivery: Latency::of(&result.latencies),
+            other_wakes: result.other_wakes,
+            running_ms: Some(ms(running_after)),
+            status_get: Latency::of(&status.gets),
+            status_body_kib: status.last_bytes as f64 / 1024.0,
+            server_cpu_seconds: cpu0.zip(cpu1).map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
+            sim_cpu_seconds: me0
+                .zip(me1)
+                .map_or(0.0, |(a, b)| b.cpu_seconds - a.cpu_seconds),
+        };
+        tracing::info!(
+            phase = name,
+            delivery_p50_ms = report.delivery.p50_ms,
+            delivery_p99_ms = report.delivery.p99_ms,
+            running_ms = running_after.as_millis() as u64,
+            "phase done"
+        );
+        Ok((report, created))
+    }
+
+    /// Reads the deployment every `status_poll` until it is RUNNING with `expect` edges, all
+    /// running.
+    async fn wait_running(
+        &self,
+        id: &str,
+        expect: usize,
+        t0: Instant,
+        limit: Duration,
+    ) -> Result<Running, SimError> {
+        let mut out = Running::default();
+        let deadline = t0 + limit;
+        let expect = expect as u64;
+        loop {
+            let s = self.admin.deployment_state(id).await?;
+            out.gets.push(s.latency);
+            out.last_bytes = s.bytes;
+            out.last_running = s.running;
+            let done = s.state == "RUNNING" && s.total == expect && s.running == expect;
+            out.last_state = s.state;
+            if done {
+                out.running_after = Some(t0.elapsed());
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(self.cfg.status_poll).await;
+        }
+        out.gets.sort();
+        Ok(out)
+    }
+}
+
+#[derive(Default)]
+struct Running {
+    running_after: Option<Duration>,
+    gets: Vec<Duration>,
+    last_bytes: usize,
+    last_state: String,
+    last_running: u64,
+}

@@ -1,0 +1,120 @@
+//! The simulator end to end, small and fast: 20 edges against the in-process test server
+//! (`canopy-testkit`), over HTTP/2 and over HTTP/1.1. The big runs (1,000 to 10,000 edges
+//! against a release `canopy server` child) are in `docs/BENCHMARKS.md`, not in CI.
+
+use std::time::Duration;
+
+use canopy_loadsim::config::{SimConfig, Transport};
+use canopy_loadsim::run::{Target, run};
+use canopy_server::hub::HubConfig;
+use canopy_testkit::TestControlPlane;
+
+fn small(transport: Transport) -> SimConfig {
+    SimConfig {
+        edges: 20,
+        transport,
+        edges_per_connection: 8,
+        enroll_concurrency: 4,
+        wait_seconds: 2,
+        idle: Duration::from_secs(1),
+        phase_timeout: Duration::from_secs(15),
+        pause: Duration::from_millis(100),
+        duration: Duration::from_secs(60),
+        status_poll: Duration::from_millis(50),
+        ..SimConfig::default()
+    }
+}
+
+async fn run_against_test_server(transport: Transport) {
+    let cp = TestControlPlane::start_fleet(HubConfig {
+        heartbeat: Duration::from_secs(1),
+        ..HubConfig::default()
+    })
+    .await;
+    let cfg = small(transport);
+    let report = run(
+        &cfg,
+        Target::Running {
+            url: cp.url.clone(),
+            // The test server runs in this process: measure it.
+            pid: Some(std::process::id()),
+        },
+    )
+    .await
+    .expect("the simulation runs");
+
+    assert_eq!(report.enrollment.edges, 20);
+    assert_eq!(report.clients, 3, "20 edges, 8 per connection");
+    assert!(report.idle.server_cpu_percent.is_some());
+    assert!(
+        report.idle.reports_per_second > 0.0,
+        "1 s heartbeats are sent"
+    );
+    let names: Vec<&str> = report.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    for p in &report.phases[..2] {
+        assert_eq!(p.edges_touched, 20, "{p:?}");
+        assert_eq!(p.delivery.count, 20, "every edge got it: {p:?}");
+        assert!(p.running_ms.is_some(), "{p:?}");
+    }
+    for p in &report.phases[2..] {
+        assert_eq!(p.edges_touched, 1, "{p:?}");
+        assert_eq!(p.delivery.count, 1, "{p:?}");
+        assert_eq!(
+            p.other_wakes, 0,
+            "a change to one edge wakes no other: {p:?}"
+        );
+    }
+    assert_eq!(report.agent_errors, 0, "{:?}", report.agent_error_samples);
+    let text = report.to_markdown();
+    assert!(text.contains("create deployment"), "{text}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["phases"][0]["edgesTouched"], 20);
+
+    // A server the simulator did not start is left clean.
+    let (_, edges) = cp.get(&cp.at("/canopy/v1/projects/default/edges")).await;
+    assert_eq!(edges["totalElements"], 0, "{edges}");
+    let (_, deps) = cp
+        .get(&cp.at("/v1/projects/default/appdeployment/deployments"))
+        .await;
+    assert_eq!(deps["totalElements"], 0, "{deps}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_edges_over_http2() {
+    run_against_test_server(Transport::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_edges_over_http1() {
+    run_against_test_server(Transport::Http1).await;
+}
+
+#[tokio::test]
+async fn refuses_non_loopback_and_oversized_runs() {
+    let cfg = small(Transport::Http2);
+    let err = run(
+        &cfg,
+        Target::Running {
+            url: "http://192.168.1.10:7070".into(),
+            pid: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let big = SimConfig {
+        edges: 12_001,
+        ..cfg
+    };
+    let err = run(
+        &big,
+        Target::Running {
+            url: "http://127.0.0.1:1".into(),
+            pid: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("12000"), "{err}");
+}
