@@ -351,6 +351,9 @@ pub async fn watch_delete(
             // Done when the edge's agent has applied a generation without the deployment (its
             // workloads are then removed) and reports none of its apps.
             let applied = match ctx.client.get_edge(&e.id).await {
+                // An edge that never connected runs nothing; a silent one removes the apps
+                // when it reconnects (its desired state no longer has them): neither is waited on.
+                Ok(edge) if edge.last_seen.is_none() || edge.state == "UNKNOWN" => true,
                 Ok(edge) => {
                     let target = *targets.entry(e.id.clone()).or_insert(edge.generation);
                     edge.applied_generation >= target
