@@ -40,7 +40,8 @@ pub use format::{
     image_registry_auth, parse_memory, resolve_image,
 };
 pub use values::{
-    SECRET_MASK, apply_parameter_templates, mask_secrets, merge_values, unmask_secrets,
+    SECRET_MASK, Seg, apply_parameter_templates, mask_secrets, merge_values, parse_path,
+    set as set_path, unmask_secrets,
 };
 
 /// The JSON Schema (draft 2020-12) of a rendered workload template.

@@ -16,14 +16,14 @@ const MAX_INDEX: usize = 1000;
 
 /// One step of a parameter path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Seg {
+pub enum Seg {
     Key(String),
     Index(usize),
 }
 
 /// Parses a parameter name as a path into the values: keys separated by `.`, list indexes as
 /// `[n]` (`a.b[0].c`, `a[1][2]`), `\` escaping the next character (`labels.app\.kubernetes\.io/name`).
-pub(crate) fn parse_path(name: &str) -> Result<Vec<Seg>, String> {
+pub fn parse_path(name: &str) -> Result<Vec<Seg>, String> {
     let mut segs = Vec::new();
     let mut key = String::new();
     // A key is expected: at the start and after a `.`.
@@ -114,7 +114,7 @@ pub(crate) fn get_mut<'v>(v: &'v mut Value, path: &[Seg]) -> Option<&'v mut Valu
 
 /// Sets the value at `path`, creating the mappings and lists on the way (`null`s become
 /// them; lists are filled with `null` up to the index). Fails where a scalar is in the way.
-pub(crate) fn set(v: &mut Value, path: &[Seg], new: Value) -> Result<(), String> {
+pub fn set(v: &mut Value, path: &[Seg], new: Value) -> Result<(), String> {
     let mut cur = v;
     for (i, seg) in path.iter().enumerate() {
         match seg {

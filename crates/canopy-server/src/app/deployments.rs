@@ -21,7 +21,7 @@ use canopy_deploy::validate::normalize_request;
 use canopy_store::CatalogTx;
 use time::OffsetDateTime;
 
-use super::edges::{edge_not_found, list_query, parse_label_filters};
+use super::edges::{edge_not_found, labels_match, list_query, parse_label_filters};
 use super::{App, AppError, Ctx};
 use crate::hub::DeploymentRecord;
 
@@ -702,12 +702,7 @@ impl App {
             .hub()
             .edges(ctx.project.id)
             .into_iter()
-            .filter(|e| {
-                filters.is_empty()
-                    || filters
-                        .iter()
-                        .any(|f| f.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-            })
+            .filter(|e| labels_match(&filters, &e.labels))
             .map(|e| ClusterInfo {
                 create_time: Some(e.create_time),
                 id: e.id,

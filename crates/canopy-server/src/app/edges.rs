@@ -462,12 +462,7 @@ impl App {
             .hub()
             .edges(ctx.project.id)
             .into_iter()
-            .filter(|e| {
-                filters.is_empty()
-                    || filters
-                        .iter()
-                        .any(|f| f.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-            })
+            .filter(|e| labels_match(&filters, &e.labels))
             .map(Edge::from)
             .collect();
         edges.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
@@ -561,6 +556,18 @@ pub(crate) fn fmt_time(t: Option<OffsetDateTime>) -> String {
             .ok()
     })
     .unwrap_or_default()
+}
+
+/// Whether an edge's labels pass `labels` list filters: every pair of any one item (no filter
+/// passes everything).
+pub(crate) fn labels_match(
+    filters: &[BTreeMap<String, String>],
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| f.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 /// Parses `labels` list filters (`k=v[,k=v]` each).

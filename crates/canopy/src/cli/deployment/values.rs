@@ -11,20 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use canopy_core::template::{Seg, parse_path, set_path};
 use canopy_deploy::model::OverrideValues;
 use serde_json::{Map, Value};
 
 use crate::cli::args::read_text;
-
-/// Highest list index a path may name (filling a list up to it).
-const MAX_INDEX: usize = 1000;
-
-/// One step of a values path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seg {
-    Key(String),
-    Index(usize),
-}
 
 /// `--set APP.PATH=VALUE`, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,125 +79,6 @@ pub fn scalar(s: &str) -> Value {
         return v;
     }
     Value::String(s.to_owned())
-}
-
-/// Parses a path: keys separated by `.`, list indexes as `[n]`, `\` escaping the next character.
-pub fn parse_path(name: &str) -> Result<Vec<Seg>, String> {
-    let mut segs = Vec::new();
-    let mut key = String::new();
-    let mut chars = name.chars().peekable();
-    // After `]` a key may not follow directly.
-    let mut after_index = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                let next = chars.next().ok_or("ends with a lone '\\'")?;
-                if after_index {
-                    return Err("needs '.' after ']'".into());
-                }
-                key.push(next);
-            }
-            '.' => {
-                if key.is_empty() && !after_index {
-                    return Err("has an empty key".into());
-                }
-                if !key.is_empty() {
-                    segs.push(Seg::Key(std::mem::take(&mut key)));
-                }
-                after_index = false;
-                if chars.peek().is_none() {
-                    return Err("ends with '.'".into());
-                }
-            }
-            '[' => {
-                if !key.is_empty() {
-                    segs.push(Seg::Key(std::mem::take(&mut key)));
-                } else if !after_index {
-                    return Err("has an index with no key before it".into());
-                }
-                let mut digits = String::new();
-                loop {
-                    match chars.next() {
-                        Some(']') => break,
-                        Some(d) if d.is_ascii_digit() => digits.push(d),
-                        _ => return Err("has an index that is not [digits]".into()),
-                    }
-                }
-                let index: usize = digits
-                    .parse()
-                    .map_err(|_| "has an index that is not [digits]".to_string())?;
-                if index > MAX_INDEX {
-                    return Err(format!("has an index above {MAX_INDEX}"));
-                }
-                segs.push(Seg::Index(index));
-                after_index = true;
-            }
-            ']' => return Err("has a ']' without '['".into()),
-            c => {
-                if after_index {
-                    return Err("needs '.' after ']'".into());
-                }
-                key.push(c);
-            }
-        }
-    }
-    if !key.is_empty() {
-        segs.push(Seg::Key(key));
-    } else if segs.is_empty() {
-        return Err("is empty".into());
-    }
-    Ok(segs)
-}
-
-/// Sets `new` at `path` in `v`, creating mappings and lists on the way.
-fn set(v: &mut Value, path: &[Seg], new: Value) -> Result<(), String> {
-    let mut cur = v;
-    for (i, seg) in path.iter().enumerate() {
-        match seg {
-            Seg::Key(k) => {
-                if cur.is_null() {
-                    *cur = Value::Object(Map::new());
-                }
-                let Value::Object(map) = cur else {
-                    return Err(format!("{} is not a mapping", describe(&path[..i])));
-                };
-                cur = map.entry(k.clone()).or_insert(Value::Null);
-            }
-            Seg::Index(idx) => {
-                if cur.is_null() {
-                    *cur = Value::Array(Vec::new());
-                }
-                let Value::Array(items) = cur else {
-                    return Err(format!("{} is not a list", describe(&path[..i])));
-                };
-                if items.len() <= *idx {
-                    items.resize(idx + 1, Value::Null);
-                }
-                cur = &mut items[*idx];
-            }
-        }
-    }
-    *cur = new;
-    Ok(())
-}
-
-fn describe(path: &[Seg]) -> String {
-    if path.is_empty() {
-        return "the values".into();
-    }
-    let mut s = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(k) => {
-                if !s.is_empty() {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
-            Seg::Index(i) => s.push_str(&format!("[{i}]")),
-        }
-    }
-    s
 }
 
 /// Deep merge: mappings key by key, anything else replaces.
@@ -307,7 +179,7 @@ impl OverrideArgs {
         for s in &self.sets {
             let o = entry(overrides, &s.app);
             let values = o.values.get_or_insert(Value::Object(Map::new()));
-            set(values, &s.path, s.value.clone())
+            set_path(values, &s.path, s.value.clone())
                 .map_err(|e| anyhow::anyhow!("--set {}: {e} in the override values", s.raw))?;
         }
         for (app, ns) in &self.namespaces {
