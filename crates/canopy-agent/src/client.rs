@@ -21,6 +21,8 @@ use crate::error::AgentError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of opening a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much longer than its `waitSeconds` a long-poll may take before it is given up.
 const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
 
@@ -65,9 +67,7 @@ impl AgentClient {
     /// optional path prefix), without a credential yet.
     pub fn new(server: &str) -> Result<AgentClient, AgentError> {
         let base = normalize_server(server)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("canopy-agent/", env!("CARGO_PKG_VERSION")))
+        let http = AgentClient::http_builder()
             .build()
             .map_err(|e| AgentError::InvalidServer {
                 server: server.to_string(),
@@ -78,6 +78,17 @@ impl AgentClient {
             base,
             credential: None,
         })
+    }
+
+    /// The agent's HTTP client settings (connect timeout, user agent), for callers that add
+    /// their own (e.g. TLS trust) before [`AgentClient::with_http_client`].
+    pub fn http_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            // Below the server's 10 s idle cut-off of HTTP/1 connections, so a request never
+            // goes out on a connection the server is closing.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .user_agent(concat!("canopy-agent/", env!("CARGO_PKG_VERSION")))
     }
 
     /// A client of the control plane at `server` over an HTTP client built by the caller, so

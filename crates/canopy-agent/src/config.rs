@@ -35,6 +35,10 @@ pub struct AgentConfig {
     pub heartbeat: Option<Duration>,
     /// Retry schedule after transient failures. Default 1 s doubling to 60 s, full jitter.
     pub backoff: Backoff,
+    /// HTTP client for the control plane, e.g. one that trusts a pinned server certificate
+    /// (build it from [`AgentClient::http_builder`](crate::AgentClient::http_builder)). Default:
+    /// the one [`AgentClient::new`](crate::AgentClient::new) builds (public web PKI roots).
+    pub http_client: Option<reqwest::Client>,
 }
 
 impl AgentConfig {
@@ -52,6 +56,7 @@ impl AgentConfig {
             converge_interval: Duration::from_secs(3),
             heartbeat: None,
             backoff: Backoff::default(),
+            http_client: None,
         }
     }
 }
@@ -73,6 +78,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("converge_interval", &self.converge_interval)
             .field("heartbeat", &self.heartbeat)
             .field("backoff", &self.backoff)
+            .field("http_client", &self.http_client.as_ref().map(|_| "custom"))
             .finish()
     }
 }

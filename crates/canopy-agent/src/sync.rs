@@ -161,7 +161,10 @@ async fn run_started<C: Converger>(
         capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         engine: converger.engine(),
     };
-    let client = AgentClient::new(&start.server)?;
+    let client = match &config.http_client {
+        Some(http) => AgentClient::with_http_client(http.clone(), &start.server)?,
+        None => AgentClient::new(&start.server)?,
+    };
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let (client, edge) = match start.credential {
         Some(credential) => {

@@ -12,10 +12,12 @@
 //! Every request has a timeout ([`DEFAULT_TIMEOUT`], or [`DEFAULT_TRANSFER_TIMEOUT`] for uploads
 //! and downloads), so a hung server never hangs a caller.
 
+pub mod audit;
 mod catalog;
 mod deployments;
 mod error;
 pub mod fleet;
+pub mod identity;
 mod list;
 mod upload;
 
@@ -25,6 +27,7 @@ use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use audit::{AuditEntry, AuditFilter, MAX_AUDIT_PAGE_SIZE};
 pub use canopy_core::upload::UploadFile;
 pub use canopy_deploy::model::DeleteType;
 pub use error::ClientError;
@@ -49,12 +52,35 @@ pub struct Client {
     project: String,
     timeout: Duration,
     transfer_timeout: Duration,
+    /// Bearer token sent on every request (never printed: see the `Debug` of [`Token`]).
+    token: Option<Token>,
+}
+
+/// A bearer token; its `Debug` does not show it.
+#[derive(Clone)]
+struct Token(std::sync::Arc<str>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 impl Client {
-    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:7070`, optionally with a
-    /// path prefix) acting in `project`.
+    /// A client for the server at `base_url` (e.g. `https://127.0.0.1:7070`, optionally with a
+    /// path prefix) acting in `project`, trusting the public web PKI roots.
     pub fn new(base_url: &str, project: impl Into<String>) -> Result<Client, ClientError> {
+        Client::with_trust(base_url, project, &canopy_tls::ClientTrust::System)
+    }
+
+    /// Like [`Client::new`], trusting the server's certificate as `trust` says (a CA file, or a
+    /// pinned fingerprint for a self-signed server). A CA file that cannot be read is an
+    /// [`ClientError::InvalidRequest`] naming the file.
+    pub fn with_trust(
+        base_url: &str,
+        project: impl Into<String>,
+        trust: &canopy_tls::ClientTrust,
+    ) -> Result<Client, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidUrl {
             url: base_url.to_owned(),
             reason: reason.to_owned(),
@@ -68,9 +94,14 @@ impl Client {
         }
         base.set_query(None);
         base.set_fragment(None);
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("canopy-client/", env!("CARGO_PKG_VERSION")))
+            // Below the server's 10 s idle cut-off of HTTP/1 connections, so a request never
+            // goes out on a connection the server is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
+            .user_agent(concat!("canopy-client/", env!("CARGO_PKG_VERSION")));
+        let http = canopy_tls::configure(builder, trust)
+            .map_err(|e| ClientError::InvalidRequest(e.to_string()))?
             .build()
             .map_err(|e| invalid(&e.to_string()))?;
         Ok(Client {
@@ -79,6 +110,7 @@ impl Client {
             project: project.into(),
             timeout: DEFAULT_TIMEOUT,
             transfer_timeout: DEFAULT_TRANSFER_TIMEOUT,
+            token: None,
         })
     }
 
@@ -88,6 +120,13 @@ impl Client {
             project: project.into(),
             ..self.clone()
         }
+    }
+
+    /// Sends `token` as `Authorization: Bearer` on every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Client {
+        let token: String = token.into();
+        self.token = Some(Token(token.trim().into()));
+        self
     }
 
     /// Sets the timeout of ordinary requests.
@@ -169,7 +208,11 @@ impl Client {
     }
 
     fn request(&self, method: Method, url: &Url) -> RequestBuilder {
-        self.http.request(method, url.clone())
+        let req = self.http.request(method, url.clone());
+        match &self.token {
+            Some(t) => req.bearer_auth(&t.0),
+            None => req,
+        }
     }
 
     /// Sends the request and returns the body of a success; an error status becomes

@@ -33,9 +33,17 @@ pub struct DeploymentState {
 }
 
 impl Admin {
-    /// A client of `base` (`http://host:port`) for `project`.
-    pub fn new(base: &str, project: &str) -> Result<Admin, SimError> {
+    /// A client of `base` (`http://host:port`) for `project`, authenticating with `token`.
+    pub fn new(base: &str, project: &str, token: Option<&str>) -> Result<Admin, SimError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                .map_err(|_| SimError::Server("the API token is not a valid header value".into()))?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|source| SimError::Network {

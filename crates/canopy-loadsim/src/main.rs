@@ -24,6 +24,9 @@ struct Args {
     /// The running server's pid, to measure its CPU and memory (with --server).
     #[arg(long, value_name = "PID", requires = "server")]
     server_pid: Option<u32>,
+    /// API token with write access to the project (with --server).
+    #[arg(long, env = "CANOPY_TOKEN", hide_env_values = true, requires = "server")]
+    token: Option<String>,
     /// The `canopy` binary to start as the server (default: the one next to this binary).
     #[arg(long, value_name = "PATH", conflicts_with = "server")]
     canopy_bin: Option<PathBuf>,
@@ -106,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         Some(url) => Target::Running {
             url,
             pid: args.server_pid,
+            token: args.token,
         },
         None => Target::Child {
             canopy_bin: args.canopy_bin.unwrap_or_else(default_canopy_bin),

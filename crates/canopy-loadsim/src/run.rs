@@ -40,7 +40,12 @@ pub enum Target {
     /// Start `canopy server` from this binary as a child process (measured).
     Child { canopy_bin: PathBuf },
     /// A running server on loopback; measured only when its pid is given.
-    Running { url: String, pid: Option<u32> },
+    Running {
+        url: String,
+        pid: Option<u32>,
+        /// An API token with write access to the project.
+        token: Option<String>,
+    },
 }
 
 /// Runs the whole simulation against `target`, bounded by `cfg.duration`.
@@ -50,19 +55,20 @@ pub async fn run(cfg: &SimConfig, target: Target) -> Result<Report, SimError> {
         check_loopback(url)?;
     }
     let started = Instant::now();
-    let (child, url, server_proc) = match target {
+    let (child, url, token, server_proc) = match target {
         Target::Child { canopy_bin } => {
             let child = ServerChild::start(&canopy_bin).await?;
             tracing::info!(url = %child.url, pid = child.pid, "server started");
             let url = child.url.clone();
+            let token = Some(child.token.clone());
             let proc = Proc::pid(child.pid);
-            (Some(child), url, Some(proc))
+            (Some(child), url, token, Some(proc))
         }
-        Target::Running { url, pid } => (None, url, pid.map(Proc::pid)),
+        Target::Running { url, pid, token } => (None, url, token, pid.map(Proc::pid)),
     };
     let outcome = tokio::time::timeout(
         cfg.duration,
-        phases(cfg, &url, server_proc, child.is_none()),
+        phases(cfg, &url, token.as_deref(), server_proc, child.is_none()),
     )
     .await;
     let mut report = match outcome {
@@ -104,10 +110,11 @@ fn cpu(p: Option<Proc>) -> Option<CpuSample> {
 async fn phases(
     cfg: &SimConfig,
     url: &str,
+    token: Option<&str>,
     server: Option<Proc>,
     cleanup: bool,
 ) -> Result<Report, SimError> {
-    let admin = Admin::new(url, &cfg.project)?;
+    let admin = Admin::new(url, &cfg.project, token)?;
     let run = run_id();
     let me = Proc::current();
     let mut report = Report {

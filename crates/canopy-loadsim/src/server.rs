@@ -18,6 +18,8 @@ pub struct ServerChild {
     child: tokio::process::Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The server's bootstrap administrator token (from its data directory).
+    pub token: String,
     pub pid: u32,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -51,6 +53,7 @@ impl ServerChild {
             .map_err(io(format!("opening {}", log.display())))?;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("server")
+            .arg("--insecure-http")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
@@ -72,11 +75,17 @@ impl ServerChild {
         let mut server = ServerChild {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            token: String::new(),
             pid,
             log,
             _dir: dir,
         };
         server.wait_healthy().await?;
+        let token_file = server._dir.path().join("admin.token");
+        server.token = std::fs::read_to_string(&token_file)
+            .map_err(io(format!("reading {}", token_file.display())))?
+            .trim()
+            .to_string();
         Ok(server)
     }
 

@@ -38,6 +38,7 @@ async fn run_against_test_server(transport: Transport) {
             url: cp.url.clone(),
             // The test server runs in this process: measure it.
             pid: Some(std::process::id()),
+            token: Some(cp.admin_token().to_string()),
         },
     )
     .await
@@ -98,6 +99,7 @@ async fn refuses_non_loopback_and_oversized_runs() {
         Target::Running {
             url: "http://192.168.1.10:7070".into(),
             pid: None,
+            token: None,
         },
     )
     .await
@@ -112,6 +114,7 @@ async fn refuses_non_loopback_and_oversized_runs() {
         Target::Running {
             url: "http://127.0.0.1:1".into(),
             pid: None,
+            token: None,
         },
     )
     .await

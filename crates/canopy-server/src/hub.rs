@@ -317,6 +317,37 @@ impl Hub {
         // Dropping `e.notify` ends the edge's long-polls.
     }
 
+    /// How many connected edges of `project` have not yet applied their current desired state
+    /// (used to let edges remove a deleted project's workloads before the edges go).
+    pub fn unconfirmed_edges(&self, project: ProjectId) -> usize {
+        let st = self.lock();
+        let now = OffsetDateTime::now_utc();
+        st.projects.get(&project).map_or(0, |pf| {
+            pf.edges
+                .iter()
+                .filter_map(|id| st.edges.get(id))
+                .filter(|e| self.alive(e, now) && e.applied_generation < e.generation)
+                .count()
+        })
+    }
+
+    /// Forgets a deleted project: its edges (their long-polls end, their credentials stop
+    /// working) and any deployment left.
+    pub fn remove_project(&self, project: ProjectId) {
+        let mut st = self.lock();
+        let Some(pf) = st.projects.remove(&project) else {
+            return;
+        };
+        for d in &pf.deployments {
+            st.deployments.remove(d);
+        }
+        for id in &pf.edges {
+            if let Some(e) = st.edges.remove(id) {
+                st.by_credential.remove(&e.row.credential_hash);
+            }
+        }
+    }
+
     /// Resolves an edge of a project by id or name.
     pub fn resolve_edge(&self, project: ProjectId, id_or_name: &str) -> Option<String> {
         let st = self.lock();

@@ -27,9 +27,24 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// PostgreSQL URL; when set, used instead of the embedded SQLite file.
     pub database_url: Option<String>,
+    /// HTTPS certificate (given files, or self-signed in the data directory); `None` serves
+    /// plain HTTP, for loopback or trusted networks only.
+    pub tls: Option<canopy_tls::ServerTls>,
     /// Fleet timing: heartbeat, edge timeout, no-target grace period.
     pub fleet: hub::HubConfig,
+    /// How callers authenticate (external OIDC provider, session lifetime).
+    pub auth: app::AuthConfig,
+    /// What new projects get (default registries).
+    pub tenancy: app::TenancyConfig,
+    /// Abuse limits: per-caller rate limits, long-poll caps, slow request bodies.
+    pub limits: http::Limits,
+    /// How long audit entries are kept.
+    pub audit_retention: std::time::Duration,
 }
+
+/// Default of [`ServerConfig::audit_retention`]: 400 days.
+pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(400 * 86_400);
 
 /// Errors that stop the server from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +63,10 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] canopy_store::StoreError),
+    #[error("cannot load the secret key: {0}")]
+    Secrets(String),
+    #[error(transparent)]
+    Tls(#[from] canopy_tls::TlsError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -67,23 +86,73 @@ pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    Ok(match &config.database_url {
+    let store = match &config.database_url {
         Some(url) => Store::connect(url).await?,
         None => Store::open_sqlite(&config.data_dir.join("canopy.db")).await?,
-    })
+    };
+    // Stored credentials are encrypted with a key from CANOPY_SECRET_KEY, else DATA_DIR/secret.key
+    // (generated on a first start). Rows under an older key or from before encryption are
+    // re-encrypted with the current key here, so rotating is: add a key, restart.
+    let env = std::env::var(canopy_seal::ENV_VAR).ok();
+    let (keyring, origin) = canopy_seal::Keyring::load_or_generate(
+        &config.data_dir.join(canopy_seal::KEY_FILE_NAME),
+        env.as_deref(),
+    )
+    .map_err(|e| ServerError::Secrets(e.to_string()))?;
+    if matches!(origin, canopy_seal::KeyOrigin::Generated(_)) && config.database_url.is_some() {
+        tracing::warn!(key = %origin, "generated a new secret key for a PostgreSQL store: every replica must use this same key (copy the file or set {})", canopy_seal::ENV_VAR);
+    }
+    tracing::info!(key = %origin, key_id = %keyring.primary_id(), "stored credentials are encrypted");
+    let store = store.with_keyring(std::sync::Arc::new(keyring));
+    let resealed = store.reseal_all().await?;
+    if resealed.registries + resealed.deployments > 0 {
+        tracing::info!(
+            registries = resealed.registries,
+            deployments = resealed.deployments,
+            "re-encrypted stored credentials with the current key"
+        );
+    }
+    Ok(store)
 }
 
 /// A control plane bound to its port, ready to serve (tests use this to learn the address).
 pub struct Server {
     listener: TcpListener,
     app: App,
+    tls: Option<(
+        std::sync::Arc<canopy_tls::rustls::ServerConfig>,
+        canopy_tls::CertInfo,
+    )>,
+    limits: http::Limits,
+    audit_retention: std::time::Duration,
 }
 
 impl Server {
     /// Opens storage and binds the listener.
     pub async fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
+        // Certificate problems first: they name the file at fault before anything else starts.
+        let tls = config
+            .tls
+            .as_ref()
+            .map(canopy_tls::load_server_config)
+            .transpose()?;
         let store = open_store(config).await?;
-        let app = App::with_config(store, config.fleet).await?;
+        let app = App::with_options(
+            store,
+            app::AppConfig {
+                fleet: config.fleet,
+                auth: config.auth.clone(),
+                tenancy: config.tenancy.clone(),
+            },
+        )
+        .await?;
+        if let Some(path) = app.bootstrap_admin(&config.data_dir).await? {
+            tracing::info!(
+                file = %path.display(),
+                "first start: created the administrator user `admin`; its API token is in {} (mode 0600)",
+                path.display()
+            );
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -91,7 +160,24 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        Ok(Server { listener, app })
+        Ok(Server {
+            listener,
+            app,
+            tls,
+            limits: config.limits.clone(),
+            audit_retention: config.audit_retention,
+        })
+    }
+
+    /// The certificate served over HTTPS, or `None` for plain HTTP.
+    pub fn tls_certificate(&self) -> Option<&canopy_tls::CertInfo> {
+        self.tls.as_ref().map(|(_, info)| info)
+    }
+
+    /// The base URL clients use: `https://ADDR` with TLS, `http://ADDR` without.
+    pub fn url(&self) -> std::io::Result<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}", self.local_addr()?))
     }
 
     /// The address actually bound (useful with port 0).
@@ -109,7 +195,7 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let router = http::router(self.app.clone()).layer(
+        let router = http::router_with(self.app.clone(), self.limits.clone()).layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(
                     tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO),
@@ -120,16 +206,17 @@ impl Server {
         );
         let reaper = tokio::spawn(reap_upload_sessions(self.app.clone()));
         let flusher = tokio::spawn(flush_fleet(self.app.clone()));
+        let housekeeper = tokio::spawn(housekeeping(self.app.clone(), self.audit_retention));
         let app = self.app.clone();
         let shutdown = async move {
             shutdown.await;
             app.begin_shutdown();
         };
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let tls = self.tls.map(|(config, _)| config);
+        canopy_tls::serve(self.listener, router, tls, shutdown).await?;
         reaper.abort();
         flusher.abort();
+        housekeeper.abort();
         self.app.flush_fleet().await;
         self.app.store().close().await;
         Ok(())
@@ -150,6 +237,26 @@ async fn reap_upload_sessions(app: App) {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "expired abandoned upload sessions"),
             Err(e) => tracing::warn!(error = %e, "could not expire upload sessions"),
+        }
+    }
+}
+
+/// Background task: deletes expired session and API tokens, and audit entries older than the
+/// retention. Hourly; each pass is two bounded DELETEs.
+async fn housekeeping(app: App, audit_retention: std::time::Duration) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let now = time::OffsetDateTime::now_utc();
+        match app.store().delete_expired_tokens(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tokens = n, "deleted expired tokens"),
+            Err(e) => tracing::warn!(error = %e, "could not delete expired tokens"),
+        }
+        match app.store().prune_audit(now - audit_retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "pruned audit entries past their retention"),
+            Err(e) => tracing::warn!(error = %e, "could not prune the audit log"),
         }
     }
 }
@@ -197,7 +304,25 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
             config.data_dir.join("canopy.db").display()
         ),
     };
-    tracing::info!(%addr, %storage, "Canopy control plane listening on http://{addr} (API document at /openapi.json)");
+    let url = server.url()?;
+    tracing::info!(%addr, %storage, "Canopy control plane listening on {url} (API document at /openapi.json)");
+    match server.tls_certificate() {
+        Some(cert) => tracing::info!(
+            "TLS certificate fingerprint: {fp} (certificate {file}, subject {subject}, valid \
+             until {until}); agents and CLIs trust this server with --server-fingerprint {fp} \
+             (or CANOPY_SERVER_FINGERPRINT), or with --ca-file and the CA that signed it",
+            fp = cert.fingerprint_sha256,
+            file = cert.cert_file.display(),
+            subject = cert.subject,
+            until = cert.not_after.date(),
+        ),
+        None => {
+            tracing::warn!(
+                "WARNING: serving plain HTTP: traffic, credentials and tokens are unencrypted; \
+                 use this only on loopback or a trusted network"
+            );
+        }
+    }
     server.run(shutdown_signal()).await?;
     tracing::info!("Canopy control plane stopped");
     Ok(())

@@ -4,7 +4,8 @@
 //! touching the database); these rows are what the hub is rebuilt from at start, written
 //! through on every change. Writes run in a project's [`CatalogTx`], so a deployment and the
 //! catalog package's `isDeployed` flag change in one transaction. A deployment's `body` is the
-//! deployment manager's own JSON record, opaque here.
+//! deployment manager's own JSON record, opaque here; it is sealed at rest when the store has a
+//! keyring (see [`crate::sealing`]): [`DeploymentRow::body`] is always the plaintext.
 //!
 //! Edge liveness (last seen, last status) changes constantly; it is written in batches by
 //! [`Store::record_edges_seen`], outside any project transaction.
@@ -15,6 +16,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 
+use crate::sealing::{SealedTable, open_body, seal_body};
 use crate::sql::{format_time, now, parse_time};
 use crate::{Backend, CatalogTx, ProjectId, Store, StoreError};
 
@@ -134,12 +136,24 @@ fn edge_from_row(r: &AnyRow) -> Result<EdgeRow, StoreError> {
     })
 }
 
-fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRow, StoreError> {
+fn deployment_from_row(
+    keyring: Option<&canopy_seal::Keyring>,
+    r: &AnyRow,
+) -> Result<DeploymentRow, StoreError> {
+    let id: String = r.try_get(0)?;
+    let project: String = r.try_get(1)?;
+    let body = open_body(
+        keyring,
+        SealedTable::Deployments,
+        &project,
+        &id,
+        r.try_get(3)?,
+    )?;
     Ok(DeploymentRow {
-        id: r.try_get(0)?,
-        project_id: project_id(&r.try_get::<String, _>(1)?)?,
+        id,
+        project_id: project_id(&project)?,
         name: r.try_get(2)?,
-        body: r.try_get(3)?,
+        body,
         create_time: parse_time(&r.try_get::<String, _>(4)?)?,
         update_time: parse_time(&r.try_get::<String, _>(5)?)?,
     })
@@ -173,7 +187,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(deployment_from_row)
+        .map(|r| deployment_from_row(self.keyring.as_deref(), r))
         .collect::<Result<_, _>>()?;
         Ok(FleetSnapshot {
             revision: count(revision),
@@ -385,7 +399,13 @@ impl CatalogTx {
         .bind(d.id.clone())
         .bind(self.pid())
         .bind(d.name.clone())
-        .bind(d.body.clone())
+        .bind(seal_body(
+            self.keyring.as_deref(),
+            SealedTable::Deployments,
+            &self.pid(),
+            &d.id,
+            d.body.clone(),
+        ))
         .bind(format_time(d.create_time))
         .bind(format_time(d.update_time))
         .execute(&mut *self.tx)
@@ -406,7 +426,13 @@ impl CatalogTx {
         )
         .bind(self.pid())
         .bind(id.to_string())
-        .bind(body.to_string())
+        .bind(seal_body(
+            self.keyring.as_deref(),
+            SealedTable::Deployments,
+            &self.pid(),
+            id,
+            body.to_string(),
+        ))
         .bind(format_time(update_time))
         .execute(&mut *self.tx)
         .await?;
@@ -433,7 +459,7 @@ impl CatalogTx {
         .fetch_all(&mut *self.tx)
         .await?
         .iter()
-        .map(deployment_from_row)
+        .map(|r| deployment_from_row(self.keyring.as_deref(), r))
         .collect()
     }
 }

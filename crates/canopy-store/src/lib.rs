@@ -48,6 +48,16 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A sealed (encrypted) body that cannot be opened: no keyring, a key missing from it, or
+    /// a value altered or moved from another row. Names the row, never the content.
+    #[error("cannot read {table} row {row}: {reason}")]
+    Sealed {
+        table: &'static str,
+        row: String,
+        reason: String,
+    },
+    #[error("this store has no secret key configured, so it cannot encrypt")]
+    NoKeyring,
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     #[error("project {0} does not exist")]
@@ -79,11 +89,19 @@ pub struct StoredUploadFile {
     pub content: Vec<u8>,
 }
 
+mod audit;
 mod fleet;
+mod sealing;
 mod sql;
+mod tenancy;
 
+pub use audit::{
+    AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditRecord, NewAuditRecord,
+};
 pub use fleet::{DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, FleetSnapshot};
+pub use sealing::ResealReport;
 pub use sql::{CatalogTx, Store};
+pub use tenancy::{Org, OrgDelete, ProjectPut, ProjectRecord, Put, TokenRow, UserRow};
 
 /// Test helpers shared by this crate's conformance suite and the in-process harness.
 pub mod testing;

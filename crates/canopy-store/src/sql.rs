@@ -30,6 +30,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
+use crate::sealing::{SealedTable, open_body, seal_body};
 use crate::{Backend, DisplayNameScope, Project, ProjectId, StoreError, StoredUploadFile};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -61,6 +62,8 @@ pub struct Store {
     pub(crate) backend: Backend,
     /// SQLite only: serializes writers of this store (held by write [`CatalogTx`]s).
     pub(crate) write_lock: Arc<Mutex<()>>,
+    /// Seals and opens the secret-bearing bodies (see [`crate::sealing`]).
+    pub(crate) keyring: Option<Arc<canopy_seal::Keyring>>,
 }
 
 /// A catalog transaction of one project. Dropped without [`CatalogTx::commit`] = rolled back.
@@ -70,6 +73,7 @@ pub struct CatalogTx {
     pub(crate) tx: Transaction<'static, Any>,
     pub(crate) project: ProjectId,
     pub(crate) writable: bool,
+    pub(crate) keyring: Option<Arc<canopy_seal::Keyring>>,
     _write_guard: Option<OwnedMutexGuard<()>>,
 }
 
@@ -143,6 +147,7 @@ impl Store {
             pool,
             backend,
             write_lock: Arc::new(Mutex::new(())),
+            keyring: None,
         })
     }
 
@@ -231,6 +236,7 @@ impl Store {
             tx,
             project,
             writable: true,
+            keyring: self.keyring.clone(),
             _write_guard: guard,
         };
         let sql = match self.backend {
@@ -262,6 +268,7 @@ impl Store {
             tx,
             project,
             writable: false,
+            keyring: self.keyring.clone(),
             _write_guard: None,
         };
         let found = sqlx::query("SELECT id FROM projects WHERE id = $1")
@@ -427,6 +434,14 @@ impl Table {
         }
     }
 
+    /// The sealed table this is, when its `body` is sealed (see [`crate::sealing`]).
+    fn sealed(self) -> Option<SealedTable> {
+        match self {
+            Table::Registries => Some(SealedTable::Registries),
+            Table::Applications | Table::Packages | Table::Artifacts => None,
+        }
+    }
+
     fn versioned(self) -> bool {
         matches!(self, Table::Applications | Table::Packages)
     }
@@ -553,9 +568,10 @@ fn list_sql(table: Table, project: ProjectId, q: &ListQuery) -> Result<ListSql, 
     let limit = args.len();
     args.push(Arg::Int(i64::try_from(q.offset).unwrap_or(i64::MAX)));
     let offset = args.len();
-    // Pick the page by key first, then join back for the bodies of just those rows.
+    // Pick the page by key first, then join back for the bodies of just those rows (and the
+    // name, which a sealed body is bound to).
     let page = format!(
-        "SELECT t.body FROM {tab} t JOIN (SELECT {key_select} FROM {tab} t WHERE {where_} ORDER BY {order} \
+        "SELECT t.body, t.name FROM {tab} t JOIN (SELECT {key_select} FROM {tab} t WHERE {where_} ORDER BY {order} \
          LIMIT ${limit} OFFSET ${offset}) k ON t.project_id = $1 AND {key_join} ORDER BY {order}",
         tab = table.sql()
     );
@@ -618,7 +634,10 @@ impl CatalogTx {
         let rows = bind_args(sqlx::query(&sql.page), &sql.args)
             .fetch_all(&mut *self.tx)
             .await?;
-        let items: Vec<T> = bodies(table.entity(), &rows)?;
+        let items = rows
+            .iter()
+            .map(|r| self.decode(table, &r.try_get::<String, _>(1)?, r.try_get(0)?))
+            .collect::<Result<Vec<T>, StoreError>>()?;
         let n = items.len() as u64;
         // A short, non-empty page (or an empty first page) already tells the total.
         let total = if (n > 0 && n < u64::from(q.page_size))
@@ -684,11 +703,23 @@ impl CatalogTx {
         let row = query.fetch_optional(&mut *self.tx).await?;
         match row {
             None => Ok(None),
-            Some(r) => {
-                let body: String = r.try_get(0)?;
-                from_body(table.entity(), &body).map(Some)
-            }
+            Some(r) => self.decode(table, name, r.try_get(0)?).map(Some),
         }
+    }
+
+    /// The entity of the row named `name` from its stored `body`, opened first where the table
+    /// is sealed.
+    fn decode<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        name: &str,
+        stored: String,
+    ) -> Result<T, StoreError> {
+        let body = match table.sealed() {
+            Some(sealed) => open_body(self.keyring.as_deref(), sealed, &self.pid(), name, stored)?,
+            None => stored,
+        };
+        from_body(table.entity(), &body)
     }
 
     async fn delete_row(
@@ -776,7 +807,13 @@ impl CatalogTx {
             display_name: &r.display_name,
             description: &r.description,
             extra: ("type", &r.registry_type),
-            body: to_body(&r)?,
+            body: seal_body(
+                self.keyring.as_deref(),
+                SealedTable::Registries,
+                &self.pid(),
+                &r.name,
+                to_body(&r)?,
+            ),
         };
         self.upsert_named(Table::Registries, row, created, updated)
             .await?;

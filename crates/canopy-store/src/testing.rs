@@ -9,7 +9,7 @@
 use sqlx::Connection;
 use uuid::Uuid;
 
-use crate::Store;
+use crate::{ProjectId, Store};
 
 /// Environment variable naming a PostgreSQL server (admin URL) for tests.
 pub const PG_ENV: &str = "CANOPY_TEST_DATABASE_URL";
@@ -128,6 +128,46 @@ pub async fn fresh_stores() -> Vec<(&'static str, Store, Option<tempfile::TempDi
         stores.push(("postgres", pg, None));
     }
     stores
+}
+
+/// The `body` column of a registry (`table` "registries", `key` its name) or deployment
+/// ("deployments", its id) exactly as stored, for tests that check what reaches the disk.
+#[doc(hidden)]
+pub async fn raw_body(store: &Store, table: &str, project: ProjectId, key: &str) -> Option<String> {
+    let sql = match table {
+        "registries" => "SELECT body FROM registries WHERE project_id = $1 AND name = $2",
+        "deployments" => "SELECT body FROM deployments WHERE project_id = $1 AND id = $2",
+        other => panic!("raw_body: unsupported table {other:?}"),
+    };
+    sqlx::query_scalar::<_, String>(sql)
+        .bind(project.to_string())
+        .bind(key.to_string())
+        .fetch_optional(&store.pool)
+        .await
+        .expect("read raw body")
+}
+
+/// Overwrites the stored `body` of a row (see [`raw_body`]), bypassing sealing: for tests that
+/// tamper with the database.
+#[doc(hidden)]
+pub async fn set_raw_body(store: &Store, table: &str, project: ProjectId, key: &str, body: &str) {
+    let sql = match table {
+        "registries" => "UPDATE registries SET body = $3 WHERE project_id = $1 AND name = $2",
+        "deployments" => "UPDATE deployments SET body = $3 WHERE project_id = $1 AND id = $2",
+        other => panic!("set_raw_body: unsupported table {other:?}"),
+    };
+    let done = sqlx::query(sql)
+        .bind(project.to_string())
+        .bind(key.to_string())
+        .bind(body.to_string())
+        .execute(&store.pool)
+        .await
+        .expect("write raw body");
+    assert_eq!(
+        done.rows_affected(),
+        1,
+        "set_raw_body: no row {table} {key}"
+    );
 }
 
 #[cfg(test)]

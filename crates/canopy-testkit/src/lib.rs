@@ -24,6 +24,7 @@ pub struct TestControlPlane {
     task: Option<JoinHandle<()>>,
     dir: Option<tempfile::TempDir>,
     config: ServerConfig,
+    admin_token: String,
 }
 
 impl TestControlPlane {
@@ -36,6 +37,15 @@ impl TestControlPlane {
     /// and grace periods for state-machine tests).
     pub async fn start_fleet(fleet: canopy_server::hub::HubConfig) -> TestControlPlane {
         Self::start_with(None, "sqlite", fleet).await
+    }
+
+    /// A server over a fresh SQLite database, configured further by `configure` (e.g. an OIDC
+    /// identity provider in `config.auth`, default registries in `config.tenancy`).
+    pub async fn start_configured(configure: impl FnOnce(&mut ServerConfig)) -> TestControlPlane {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Self::config_in(dir.path(), None, Default::default());
+        configure(&mut config);
+        Self::launch(config, Some(dir), "sqlite").await
     }
 
     /// A server over a fresh PostgreSQL database, if one is configured for tests (panics under
@@ -60,13 +70,26 @@ impl TestControlPlane {
         fleet: canopy_server::hub::HubConfig,
     ) -> TestControlPlane {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: dir.path().to_path_buf(),
-            database_url,
-            fleet,
-        };
+        let config = Self::config_in(dir.path(), database_url, fleet);
         Self::launch(config, Some(dir), backend).await
+    }
+
+    fn config_in(
+        dir: &Path,
+        database_url: Option<String>,
+        fleet: canopy_server::hub::HubConfig,
+    ) -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.to_path_buf(),
+            database_url,
+            tls: None,
+            fleet,
+            auth: Default::default(),
+            tenancy: Default::default(),
+            limits: Default::default(),
+            audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
+        }
     }
 
     /// Stops this server and starts a new one over the same data (and the same port), as an
@@ -142,11 +165,26 @@ impl TestControlPlane {
                 .await
                 .expect("server runs");
         });
+        // Every request of the harness's client carries the bootstrap administrator token (the
+        // first start writes it); tests of authentication itself use their own clients.
+        let admin_token = std::fs::read_to_string(
+            config.data_dir.join(canopy_server::app::ADMIN_TOKEN_FILE),
+        )
+        .expect("the first start writes the administrator token")
+        .trim()
+        .to_string();
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {admin_token}"))
+            .expect("token is a header value");
+        bearer.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
         TestControlPlane {
             url: format!("http://{addr}"),
             backend,
+            admin_token,
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
+                .default_headers(headers)
                 .build()
                 .expect("http client"),
             app,
@@ -157,14 +195,46 @@ impl TestControlPlane {
         }
     }
 
-    /// Creates another project (until the tenancy API exists, projects are made through the store).
+    /// Creates another project through the tenancy API (as the administrator).
     pub async fn create_project(&self, name: &str) {
-        let name = canopy_core::names::ProjectName::try_from(name).expect("valid project name");
-        self.app
-            .store()
-            .ensure_project(&name)
-            .await
-            .expect("project created");
+        let (status, body) = self
+            .send(self.http.put(self.at(&format!("/v1/projects/{name}"))).json(&serde_json::json!({})))
+            .await;
+        assert_eq!(status, StatusCode::OK, "create project {name}: {body}");
+    }
+
+    /// The bootstrap administrator's token (the harness's client sends it on every request).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// A client without credentials (for tests of authentication).
+    pub fn anonymous_http(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .expect("http client")
+    }
+
+    /// Creates a built-in user with these roles and returns an API token acting as them.
+    pub async fn user_token(&self, name: &str, roles: &[&str]) -> String {
+        let (status, body) = self
+            .send(
+                self.http
+                    .post(self.at("/canopy/v1/users"))
+                    .json(&serde_json::json!({ "name": name, "roles": roles })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create user {name}: {body}");
+        let (status, body) = self
+            .send(
+                self.http
+                    .post(self.at("/canopy/v1/tokens"))
+                    .json(&serde_json::json!({ "name": "test", "user": name })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "token for {name}: {body}");
+        body["token"].as_str().expect("token").to_string()
     }
 
     /// The server's data directory.
@@ -248,6 +318,11 @@ impl TestControlPlane {
         self.upload(project, read_dir_files(dir)).await
     }
 
+    /// Sends a request, returning status and JSON body.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        Self::json(req.send().await.expect("request")).await
+    }
+
     async fn json(resp: reqwest::Response) -> (StatusCode, Value) {
         let status = resp.status();
         let bytes = resp.bytes().await.expect("body");
@@ -272,6 +347,11 @@ pub struct StoppedControlPlane {
 
 impl StoppedControlPlane {
     /// Starts it again on the same data and port.
+    /// The stopped server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
     pub async fn start_again(self) -> TestControlPlane {
         TestControlPlane::launch(self.config, self.dir, self.backend).await
     }

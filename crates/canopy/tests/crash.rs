@@ -31,6 +31,7 @@ impl ServerProcess {
             .port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_canopy"));
         cmd.arg("server")
+            .arg("--insecure-http")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")

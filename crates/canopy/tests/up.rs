@@ -1,8 +1,9 @@
-//! `canopy up` as a new user runs it: the real binary, the control plane on embedded storage and
-//! a local agent on this machine. With no Docker-API socket around, `canopy up` starts Podman's
-//! API service itself (podman is installed by `scripts/podman.sh`, whose `containers.conf` the
-//! child service is given, as MACHINE.md requires on these hosts). Skipped with a note when
-//! `CANOPY_TEST_DOCKER_HOST` is unset, except under CI where that fails.
+//! `canopy up` as a new user runs it: the real binary, the control plane on embedded storage
+//! (HTTPS with a self-signed certificate, whose printed fingerprint the test pins as a user
+//! would) and a local agent on this machine. With no Docker-API socket around, `canopy up`
+//! starts Podman's API service itself (podman is installed by `scripts/podman.sh`, whose
+//! `containers.conf` the child service is given, as MACHINE.md requires on these hosts). Skipped
+//! with a note when `CANOPY_TEST_DOCKER_HOST` is unset, except under CI where that fails.
 
 #[path = "common/edge_support.rs"]
 #[allow(
@@ -22,6 +23,36 @@ use support::{engine_host, eventually, free_ports};
 struct Up {
     child: Child,
     banner: String,
+    data_dir: std::path::PathBuf,
+}
+
+impl Up {
+    /// The certificate fingerprint the banner prints.
+    fn fingerprint(&self) -> canopy_tls::Fingerprint {
+        let line = self
+            .banner
+            .lines()
+            .find_map(|l| l.strip_prefix("TLS certificate fingerprint: "))
+            .unwrap_or_else(|| panic!("the banner prints the fingerprint: {}", self.banner));
+        canopy_tls::Fingerprint::parse(line).expect("a valid fingerprint")
+    }
+
+    /// An HTTP client that trusts exactly the printed certificate (and carries the bootstrap
+    /// administrator's token, when the server wrote one).
+    fn client(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(token) = std::fs::read_to_string(self.data_dir.join("admin.token")) {
+            let value = format!("Bearer {}", token.trim());
+            headers.insert(reqwest::header::AUTHORIZATION, value.parse().unwrap());
+        }
+        canopy_tls::configure(
+            reqwest::Client::builder().default_headers(headers),
+            &canopy_tls::ClientTrust::Pinned(self.fingerprint()),
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+    }
 }
 
 impl Drop for Up {
@@ -65,18 +96,24 @@ fn start_up(port: u16, data_dir: &std::path::Path) -> Up {
             break;
         }
     }
-    Up { child, banner }
+    Up {
+        child,
+        banner,
+        data_dir: data_dir.to_owned(),
+    }
 }
 
-async fn edges(port: u16) -> Result<Value, String> {
-    let body: Value = reqwest::get(format!(
-        "http://127.0.0.1:{port}/canopy/v1/projects/default/edges"
-    ))
-    .await
-    .map_err(|e| e.to_string())?
-    .json()
-    .await
-    .map_err(|e| e.to_string())?;
+async fn edges(http: &reqwest::Client, port: u16) -> Result<Value, String> {
+    let body: Value = http
+        .get(format!(
+            "https://127.0.0.1:{port}/canopy/v1/projects/default/edges"
+        ))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(body)
 }
 
@@ -98,10 +135,18 @@ async fn up_runs_a_control_plane_and_a_local_agent() {
 
     let up = start_up(port, &data);
     assert!(
-        up.banner.contains(&format!("http://127.0.0.1:{port}")),
+        up.banner.contains(&format!("https://127.0.0.1:{port}")),
         "{}",
         up.banner
     );
+    let fingerprint = up.fingerprint();
+    assert!(
+        up.banner
+            .contains(&format!("export CANOPY_SERVER_FINGERPRINT={fingerprint}")),
+        "the banner says how to trust the server: {}",
+        up.banner
+    );
+    let http = up.client();
     assert!(
         up.banner
             .contains("deployment create web-demo:1.0.0 --label host=local"),
@@ -114,7 +159,7 @@ async fn up_runs_a_control_plane_and_a_local_agent() {
         up.banner
     );
     let edge = eventually("the local edge connects", async || {
-        let e = edges(port).await?;
+        let e = edges(&http, port).await?;
         match e["edges"].get(0) {
             Some(edge) if edge["connection"] == "CONNECTED" => Ok(edge.clone()),
             _ => Err(format!("edges: {e}")),
@@ -137,8 +182,13 @@ async fn up_runs_a_control_plane_and_a_local_agent() {
     // A second start reuses the enrolled edge (its credential is in the data directory).
     let up = start_up(port, &data);
     assert!(up.banner.contains("Local edge"), "{}", up.banner);
+    assert_eq!(
+        up.fingerprint(),
+        fingerprint,
+        "the certificate is kept across restarts"
+    );
     let again = eventually("the local edge reconnects", async || {
-        let e = edges(port).await?;
+        let e = edges(&http, port).await?;
         match e["edges"].as_array() {
             Some(list) if list.len() == 1 && list[0]["connection"] == "CONNECTED" => {
                 Ok(list[0].clone())

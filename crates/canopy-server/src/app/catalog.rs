@@ -10,7 +10,7 @@ use canopy_core::list::{self, Entity, ListQuery};
 use canopy_core::validate;
 use canopy_store::{CatalogTx, DisplayNameScope};
 
-use super::{App, AppError, Ctx};
+use super::{Access, App, AppError, Ctx};
 use crate::events::{CatalogEvent, EventKind, EventOp};
 
 /// How a put treats an existing entity with the same key.
@@ -559,6 +559,7 @@ impl App {
     // ---- registries
 
     pub async fn create_registry(&self, ctx: &Ctx, r: Registry) -> Result<Registry, AppError> {
+        ctx.require(Access::CatalogWrite)?;
         let stored = self
             .write_one(ctx, async |tx, ch| {
                 put_registry(tx, ctx, ch, r, PutMode::Create).await
@@ -573,6 +574,7 @@ impl App {
         name: &str,
         r: Registry,
     ) -> Result<(), AppError> {
+        ctx.require(Access::CatalogWrite)?;
         path_must_match("registry", name, "name", name, &r.name)?;
         self.write_one(ctx, async |tx, ch| {
             put_registry(tx, ctx, ch, r, PutMode::Update).await
@@ -587,7 +589,12 @@ impl App {
         name: &str,
         query: Option<&str>,
     ) -> Result<Registry, AppError> {
+        ctx.require(Access::CatalogRead)?;
         let show = parse_show_sensitive(query)?;
+        if show {
+            // Credentials go only to callers who could also change them.
+            ctx.require(Access::CatalogWrite)?;
+        }
         let mut tx = self.store().read(ctx.project.id).await?;
         let r = tx
             .get_registry(name)
@@ -601,7 +608,11 @@ impl App {
         ctx: &Ctx,
         query: Option<&str>,
     ) -> Result<(Vec<Registry>, u64), AppError> {
+        ctx.require(Access::CatalogRead)?;
         let q = parse_list(Entity::Registry, query)?;
+        if q.show_sensitive_info {
+            ctx.require(Access::CatalogWrite)?;
+        }
         let mut tx = self.store().read(ctx.project.id).await?;
         let (items, total) = tx.list_registries(&q).await?;
         let items = if q.show_sensitive_info {
@@ -613,6 +624,7 @@ impl App {
     }
 
     pub async fn delete_registry(&self, ctx: &Ctx, name: &str) -> Result<(), AppError> {
+        ctx.require(Access::CatalogWrite)?;
         self.write_one(ctx, async |tx, ch| {
             if tx.get_registry(name).await?.is_none() {
                 return Err(AppError::NotFound(format!("registry {name} not found")));
@@ -650,6 +662,7 @@ impl App {
         ctx: &Ctx,
         a: Application,
     ) -> Result<Application, AppError> {
+        ctx.require(Access::CatalogWrite)?;
         self.write_one(ctx, async |tx, ch| {
             put_application(tx, ctx, ch, a, PutMode::Create).await
         })
@@ -663,6 +676,7 @@ impl App {
         version: &str,
         a: Application,
     ) -> Result<(), AppError> {
+        ctx.require(Access::CatalogWrite)?;
         let k = key(name, version);
         path_must_match("application", &k, "name", name, &a.name)?;
         path_must_match("application", &k, "version", version, &a.version)?;
@@ -679,6 +693,7 @@ impl App {
         name: &str,
         version: &str,
     ) -> Result<Application, AppError> {
+        ctx.require(Access::CatalogRead)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         tx.get_application(name, version)
             .await?
@@ -690,6 +705,7 @@ impl App {
         ctx: &Ctx,
         name: &str,
     ) -> Result<Vec<Application>, AppError> {
+        ctx.require(Access::CatalogRead)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         let v = tx.application_versions(name).await?;
         if v.is_empty() {
@@ -703,6 +719,7 @@ impl App {
         ctx: &Ctx,
         query: Option<&str>,
     ) -> Result<(Vec<Application>, u64), AppError> {
+        ctx.require(Access::CatalogRead)?;
         let q = parse_list(Entity::Application, query)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         Ok(tx.list_applications(&q).await?)
@@ -714,6 +731,7 @@ impl App {
         name: &str,
         version: &str,
     ) -> Result<u32, AppError> {
+        ctx.require(Access::CatalogRead)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         if tx.get_application(name, version).await?.is_none() {
             return Err(AppError::NotFound(format!(
@@ -729,6 +747,7 @@ impl App {
         name: &str,
         version: &str,
     ) -> Result<(), AppError> {
+        ctx.require(Access::CatalogWrite)?;
         let k = key(name, version);
         self.write_one(ctx, async |tx, ch| {
             if tx.get_application(name, version).await?.is_none() {
@@ -767,6 +786,7 @@ impl App {
         ctx: &Ctx,
         p: DeploymentPackage,
     ) -> Result<DeploymentPackage, AppError> {
+        ctx.require(Access::CatalogWrite)?;
         self.write_one(ctx, async |tx, ch| {
             put_package(tx, ctx, ch, p, PutMode::Create).await
         })
@@ -780,6 +800,7 @@ impl App {
         version: &str,
         p: DeploymentPackage,
     ) -> Result<(), AppError> {
+        ctx.require(Access::CatalogWrite)?;
         let k = key(name, version);
         path_must_match("deployment-package", &k, "name", name, &p.name)?;
         path_must_match("deployment-package", &k, "version", version, &p.version)?;
@@ -796,6 +817,7 @@ impl App {
         name: &str,
         version: &str,
     ) -> Result<DeploymentPackage, AppError> {
+        ctx.require(Access::CatalogRead)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         tx.get_package(name, version).await?.ok_or_else(|| {
             AppError::NotFound(format!("deployment-package {name}:{version} not found"))
@@ -807,6 +829,7 @@ impl App {
         ctx: &Ctx,
         name: &str,
     ) -> Result<Vec<DeploymentPackage>, AppError> {
+        ctx.require(Access::CatalogRead)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         let v = tx.package_versions(name).await?;
         if v.is_empty() {
@@ -822,6 +845,7 @@ impl App {
         ctx: &Ctx,
         query: Option<&str>,
     ) -> Result<(Vec<DeploymentPackage>, u64), AppError> {
+        ctx.require(Access::CatalogRead)?;
         let q = parse_list(Entity::DeploymentPackage, query)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         Ok(tx.list_packages(&q).await?)
@@ -833,6 +857,7 @@ impl App {
         name: &str,
         version: &str,
     ) -> Result<(), AppError> {
+        ctx.require(Access::CatalogWrite)?;
         let k = key(name, version);
         self.write_one(ctx, async |tx, ch| {
             let Some(p) = tx.get_package(name, version).await? else {
@@ -858,6 +883,7 @@ impl App {
         name: &str,
         version: &str,
     ) -> Result<PackageExport, AppError> {
+        ctx.require(Access::CatalogRead)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         let k = key(name, version);
         let p = tx
@@ -940,6 +966,7 @@ impl App {
     // ---- artifacts
 
     pub async fn create_artifact(&self, ctx: &Ctx, a: Artifact) -> Result<Artifact, AppError> {
+        ctx.require(Access::CatalogWrite)?;
         self.write_one(ctx, async |tx, ch| {
             put_artifact(tx, ctx, ch, a, PutMode::Create).await
         })
@@ -952,6 +979,7 @@ impl App {
         name: &str,
         a: Artifact,
     ) -> Result<(), AppError> {
+        ctx.require(Access::CatalogWrite)?;
         path_must_match("artifact", name, "name", name, &a.name)?;
         self.write_one(ctx, async |tx, ch| {
             put_artifact(tx, ctx, ch, a, PutMode::Update).await
@@ -961,6 +989,7 @@ impl App {
     }
 
     pub async fn get_artifact(&self, ctx: &Ctx, name: &str) -> Result<Artifact, AppError> {
+        ctx.require(Access::CatalogRead)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         tx.get_artifact(name)
             .await?
@@ -972,12 +1001,14 @@ impl App {
         ctx: &Ctx,
         query: Option<&str>,
     ) -> Result<(Vec<Artifact>, u64), AppError> {
+        ctx.require(Access::CatalogRead)?;
         let q = parse_list(Entity::Artifact, query)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         Ok(tx.list_artifacts(&q).await?)
     }
 
     pub async fn delete_artifact(&self, ctx: &Ctx, name: &str) -> Result<(), AppError> {
+        ctx.require(Access::CatalogWrite)?;
         self.write_one(ctx, async |tx, ch| {
             if tx.get_artifact(name).await?.is_none() {
                 return Err(AppError::NotFound(format!("artifact {name} not found")));
@@ -1013,6 +1044,7 @@ impl App {
         ctx: &Ctx,
         kinds: &[EventKind],
     ) -> Result<Vec<CatalogEvent>, AppError> {
+        ctx.require(Access::CatalogRead)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         let mut out = Vec::new();
         let mut q = ListQuery {

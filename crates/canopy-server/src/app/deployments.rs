@@ -22,7 +22,7 @@ use canopy_store::CatalogTx;
 use time::OffsetDateTime;
 
 use super::edges::{edge_not_found, labels_match, list_query, parse_label_filters};
-use super::{App, AppError, Ctx};
+use super::{Access, App, AppError, Ctx};
 use crate::hub::DeploymentRecord;
 
 /// How deep deployment requirements may nest (a cycle is refused long before).
@@ -117,6 +117,7 @@ struct Plan {
 impl App {
     /// Creates a deployment (and the child deployments its requirements need); returns its id.
     pub async fn create_deployment(&self, ctx: &Ctx, req: Deployment) -> Result<String, AppError> {
+        ctx.require(Access::FleetWrite)?;
         let norm = normalize_request(&req)?;
         let hub = self.hub();
         let _writes = hub.lock_writes().await;
@@ -323,6 +324,7 @@ impl App {
 
     /// One deployment with its status and the apps of every edge.
     pub fn get_deployment(&self, ctx: &Ctx, id: &str) -> Result<Deployment, AppError> {
+        ctx.require(Access::FleetRead)?;
         let rec = self
             .hub()
             .deployment(ctx.project.id, id)
@@ -341,6 +343,7 @@ impl App {
         ctx: &Ctx,
         raw: Option<&str>,
     ) -> Result<(Vec<Deployment>, u64), AppError> {
+        ctx.require(Access::FleetRead)?;
         let q = list_query(Entity::Deployment, raw)?;
         let mut all = Vec::new();
         for rec in self.hub().deployments(ctx.project.id) {
@@ -376,6 +379,7 @@ impl App {
         id: &str,
         req: Deployment,
     ) -> Result<Deployment, AppError> {
+        ctx.require(Access::FleetWrite)?;
         let norm = normalize_request(&req)?;
         let hub = self.hub();
         let _writes = hub.lock_writes().await;
@@ -491,6 +495,7 @@ impl App {
         id: &str,
         delete_type: DeleteType,
     ) -> Result<(), AppError> {
+        ctx.require(Access::FleetWrite)?;
         let hub = self.hub();
         let _writes = hub.lock_writes().await;
         let root = hub
@@ -578,6 +583,7 @@ impl App {
         id: &str,
         raw: Option<&str>,
     ) -> Result<DeploymentClusters, AppError> {
+        ctx.require(Access::FleetRead)?;
         let q = list_query(Entity::DeploymentCluster, raw)?;
         let rec = self
             .hub()
@@ -601,6 +607,7 @@ impl App {
         cluster: &str,
         raw: Option<&str>,
     ) -> Result<(Vec<DeploymentInstancesCluster>, u64), AppError> {
+        ctx.require(Access::FleetRead)?;
         let q = list_query(Entity::Cluster, raw)?;
         let edge = self
             .hub()
@@ -634,6 +641,7 @@ impl App {
         ctx: &Ctx,
         raw: Option<&str>,
     ) -> Result<DeploymentsStatus, AppError> {
+        ctx.require(Access::FleetRead)?;
         let pairs = canopy_core::list::form_pairs(raw.unwrap_or(""))?;
         let mut labels = Vec::new();
         for (k, v) in pairs {
@@ -665,6 +673,7 @@ impl App {
         ctx: &Ctx,
         service_names: &[String],
     ) -> Result<Vec<canopy_core::catalog::UiExtension>, AppError> {
+        ctx.require(Access::FleetRead)?;
         let mut packages = Vec::new();
         for rec in self.hub().deployments(ctx.project.id) {
             let key = (rec.spec.app_name.clone(), rec.spec.app_version.clone());
@@ -696,6 +705,7 @@ impl App {
         ctx: &Ctx,
         raw: Option<&str>,
     ) -> Result<(Vec<ClusterInfo>, u64), AppError> {
+        ctx.require(Access::FleetRead)?;
         let q = list_query(Entity::Cluster, raw)?;
         let filters = parse_label_filters(&q.labels)?;
         let mut edges: Vec<ClusterInfo> = self
@@ -723,6 +733,7 @@ impl App {
     /// One edge as the reference's `GET /clusters/{id}` shows it: its state and every app it
     /// runs.
     pub fn get_cluster(&self, ctx: &Ctx, id: &str) -> Result<Cluster, AppError> {
+        ctx.require(Access::FleetRead)?;
         let edge = self
             .hub()
             .edge(ctx.project.id, id)

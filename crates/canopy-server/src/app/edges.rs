@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use super::{App, AppError, Ctx};
+use super::{Access, App, AppError, Ctx};
 use crate::hub::{EdgeView, HubError, with_project};
 
 /// Most labels on one edge (the reference's limit for a list's `labels` filter).
@@ -227,6 +227,7 @@ impl App {
         ctx: &Ctx,
         req: CreateEnrollmentToken,
     ) -> Result<CreatedEnrollmentToken, AppError> {
+        ctx.require(Access::FleetWrite)?;
         let ttl = match req.ttl_seconds {
             None | Some(0) => DEFAULT_TOKEN_TTL,
             Some(s) => Duration::from_secs(s),
@@ -270,6 +271,7 @@ impl App {
         &self,
         ctx: &Ctx,
     ) -> Result<Vec<EnrollmentToken>, AppError> {
+        ctx.require(Access::FleetRead)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         let now = OffsetDateTime::now_utc();
         Ok(tx
@@ -287,6 +289,7 @@ impl App {
         ctx: &Ctx,
         id: &str,
     ) -> Result<EnrollmentToken, AppError> {
+        ctx.require(Access::FleetWrite)?;
         let mut tx = self.store().write(ctx.project.id).await?;
         if !tx.revoke_enrollment_token(id).await? {
             return Err(AppError::NotFound(format!(
@@ -457,6 +460,7 @@ impl App {
     /// Edges of the project, filtered, ordered and paged (`labels`: an edge matches when it has
     /// every `k=v` of any one item).
     pub fn list_edges(&self, ctx: &Ctx, q: &ListQuery) -> Result<(Vec<Edge>, u64), AppError> {
+        ctx.require(Access::FleetRead)?;
         let filters = parse_label_filters(&q.labels)?;
         let mut edges: Vec<Edge> = self
             .hub()
@@ -477,6 +481,7 @@ impl App {
     }
 
     pub fn get_edge(&self, ctx: &Ctx, id_or_name: &str) -> Result<Edge, AppError> {
+        ctx.require(Access::FleetRead)?;
         self.hub()
             .edge(ctx.project.id, id_or_name)
             .map(Edge::from)
@@ -492,6 +497,7 @@ impl App {
         set: BTreeMap<String, String>,
         remove: Vec<String>,
     ) -> Result<Edge, AppError> {
+        ctx.require(Access::FleetWrite)?;
         let hub = self.hub();
         let _writes = hub.lock_writes().await;
         let edge = hub
@@ -517,6 +523,7 @@ impl App {
     /// Removes an edge: its credential stops working at once. Its workloads are left as they
     /// are (the agent can no longer be told anything); remove deployments first to clean up.
     pub async fn remove_edge(&self, ctx: &Ctx, id_or_name: &str) -> Result<(), AppError> {
+        ctx.require(Access::FleetWrite)?;
         let hub = self.hub();
         let _writes = hub.lock_writes().await;
         let edge = hub
@@ -538,6 +545,7 @@ impl App {
         ctx: &Ctx,
         id_or_name: &str,
     ) -> Result<Vec<canopy_proto::AppStatus>, AppError> {
+        ctx.require(Access::FleetRead)?;
         let hub = self.hub();
         let id = hub
             .resolve_edge(ctx.project.id, id_or_name)

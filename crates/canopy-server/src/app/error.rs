@@ -32,6 +32,15 @@ pub enum AppError {
     /// Missing, invalid, expired or revoked credentials (HTTP 401).
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller is authenticated but lacks the role the operation needs (HTTP 403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many requests from one caller (HTTP 429); the value is seconds until a retry helps.
+    #[error("too many requests: retry in {0} s")]
+    RateLimited(u64),
+    /// A dependency (the identity provider) cannot be reached (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
     /// A well-formed request about something the caller does not hold (HTTP 422).
     #[error("{0}")]
     Unprocessable(String),

@@ -4,10 +4,14 @@
 //! will be checked here too once authentication exists. Operations that change several entities
 //! run in one store transaction, and events are published only after it commits.
 
+mod audit;
+mod auth;
 mod catalog;
 mod deployments;
 mod edges;
 mod error;
+mod identity;
+mod tenancy;
 mod upload;
 
 use std::sync::Arc;
@@ -15,12 +19,18 @@ use std::sync::Arc;
 use canopy_core::names::ProjectName;
 use canopy_store::{Project, Store};
 
+pub use audit::{AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditRecord};
+pub use auth::{ADMIN_ROLE, Access, M2M_ROLE, Principal, PrincipalKind};
 pub use catalog::{ChangeSummary, PackageExport};
 pub use deployments::DeploymentClusters;
 pub use edges::{
     AgentCtx, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken, check_protocol,
 };
 pub use error::AppError;
+pub use identity::{
+    ADMIN_TOKEN_FILE, ApiToken, AuthConfig, BOOTSTRAP_USER, IssuedToken, User, WhoAmI,
+};
+pub use tenancy::{DEFAULT_ORG, TenancyConfig, TenancyObject, TenancyStatus, put_message};
 pub use upload::{MAX_UPLOAD_FILES, MAX_UPLOAD_TOTAL_BYTES, UploadOutcome};
 
 use crate::events::EventBus;
@@ -29,12 +39,21 @@ use crate::hub::{Hub, HubConfig};
 /// The name of the project that exists from the first start.
 pub const DEFAULT_PROJECT: &str = "default";
 
-/// Who is asking, about which project.
+/// Who is asking, about which project. Holding one means the caller may know the project
+/// exists; each operation still checks the access it needs with [`Ctx::require`].
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub project: Project,
+    pub principal: Arc<Principal>,
     /// Correlates log lines of one request.
     pub request_id: String,
+}
+
+impl Ctx {
+    /// Refuses with 403 unless the caller has `access` on this project.
+    pub fn require(&self, access: Access) -> Result<(), AppError> {
+        self.principal.require(&self.project, access)
+    }
 }
 
 /// Shared application state; cheap to clone.
@@ -43,8 +62,23 @@ pub struct App {
     inner: Arc<Inner>,
 }
 
+/// Everything the app layer is configured with.
+#[derive(Debug, Clone, Default)]
+pub struct AppConfig {
+    /// Fleet timing: heartbeat, edge timeout, grace periods.
+    pub fleet: HubConfig,
+    /// How callers authenticate.
+    pub auth: AuthConfig,
+    /// What new projects get.
+    pub tenancy: TenancyConfig,
+}
+
 struct Inner {
     store: Store,
+    auth: AuthConfig,
+    tenancy: TenancyConfig,
+    /// Recent token lookups (cleared whenever access may have been taken away).
+    tokens: identity::TokenCache,
     events: EventBus,
     hub: Hub,
     /// Project names by id, for the agent long-poll path (projects are never renamed).
@@ -61,19 +95,45 @@ impl App {
 
     /// Like [`App::new`], with the fleet's timing (heartbeat, edge timeout, grace periods).
     pub async fn with_config(store: Store, fleet: HubConfig) -> Result<App, AppError> {
+        App::with_options(
+            store,
+            AppConfig {
+                fleet,
+                ..AppConfig::default()
+            },
+        )
+        .await
+    }
+
+    /// Builds the app with every option.
+    pub async fn with_options(store: Store, config: AppConfig) -> Result<App, AppError> {
         let default = ProjectName::try_from(DEFAULT_PROJECT).expect("valid default project name");
         store.ensure_project(&default).await?;
         let snapshot = store.load_fleet().await?;
-        let hub = Hub::load(fleet, snapshot).map_err(AppError::Internal)?;
-        Ok(App {
+        let hub = Hub::load(config.fleet, snapshot).map_err(AppError::Internal)?;
+        let app = App {
             inner: Arc::new(Inner {
                 store,
+                auth: config.auth,
+                tenancy: config.tenancy,
+                tokens: Default::default(),
                 events: EventBus::default(),
                 hub,
                 project_names: Default::default(),
                 shutdown: tokio::sync::watch::channel(false).0,
             }),
-        })
+        };
+        app.ensure_default_org().await?;
+        Ok(app)
+    }
+
+    /// Drops cached facts about a deleted project.
+    fn forget_project(&self, id: canopy_store::ProjectId) {
+        self.inner
+            .project_names
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     /// The store underneath (for lifecycle management, not for handlers).
@@ -146,16 +206,27 @@ impl App {
         &self.inner.events
     }
 
-    /// Resolves a project by name for a request; unknown projects are 404.
-    pub async fn context(&self, project: &str, request_id: String) -> Result<Ctx, AppError> {
-        let project = self
+    /// Resolves a project by name for a request. Unknown projects are 404, and so are projects
+    /// the caller holds no role on: a tenant cannot learn another tenant's project names.
+    pub async fn context(
+        &self,
+        principal: Arc<Principal>,
+        project: &str,
+        request_id: String,
+    ) -> Result<Ctx, AppError> {
+        let not_found = || AppError::NotFound(format!("project {project} not found"));
+        let found = self
             .inner
             .store
             .project_by_name(project)
             .await?
-            .ok_or_else(|| AppError::NotFound(format!("project {project} not found")))?;
+            .ok_or_else(not_found)?;
+        if !principal.sees(&found) {
+            return Err(not_found());
+        }
         Ok(Ctx {
-            project,
+            project: found,
+            principal,
             request_id,
         })
     }

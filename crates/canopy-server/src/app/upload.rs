@@ -11,7 +11,7 @@ use super::catalog::{
     ChangeSummary, Changes, PutMode, check_requirements, put_application, put_artifact,
     put_package, put_registry,
 };
-use super::{App, AppError, Ctx};
+use super::{Access, App, AppError, Ctx};
 
 /// Most files in one upload (bulk request or session).
 pub const MAX_UPLOAD_FILES: usize = 100;
@@ -35,6 +35,7 @@ impl App {
         ctx: &Ctx,
         files: Vec<UploadFile>,
     ) -> Result<Vec<ChangeSummary>, AppError> {
+        ctx.require(Access::CatalogWrite)?;
         check_limits(
             files.len(),
             files.iter().map(|f| f.content.len() as u64).sum(),
@@ -55,6 +56,7 @@ impl App {
         last_upload: bool,
         file: UploadFile,
     ) -> Result<UploadOutcome, AppError> {
+        ctx.require(Access::CatalogWrite)?;
         let mut tx = self.store().write(ctx.project.id).await?;
         let session = match session_id {
             Some(id) => {

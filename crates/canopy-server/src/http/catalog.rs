@@ -5,14 +5,14 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Multipart, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use canopy_core::catalog::{Application, Artifact, DeploymentPackage, Registry};
 use canopy_core::upload::UploadFile;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::ctx;
+use super::Caller;
 use super::error::{ApiJson, ErrorBody};
 use crate::app::{App, AppError, ChangeSummary, MAX_UPLOAD_FILES};
 
@@ -202,9 +202,9 @@ pub async fn list_registries(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListRegistriesResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let (items, total_elements) = app.list_registries(&c, q.as_deref()).await?;
     Ok(Json(ListRegistriesResponse {
         items,
@@ -219,10 +219,10 @@ pub async fn list_registries(
 pub async fn create_registry(
     State(app): State<App>,
     Path(project): Path<String>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(r): ApiJson<Registry>,
 ) -> ApiResult<Json<RegistryResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(RegistryResponse {
         item: app.create_registry(&c, r).await?,
     }))
@@ -236,9 +236,9 @@ pub async fn get_registry(
     State(app): State<App>,
     Path((project, name)): Path<(String, String)>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<RegistryResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(RegistryResponse {
         item: app.get_registry(&c, &name, q.as_deref()).await?,
     }))
@@ -251,10 +251,10 @@ pub async fn get_registry(
 pub async fn update_registry(
     State(app): State<App>,
     Path((project, name)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(r): ApiJson<Registry>,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     app.update_registry(&c, &name, r).await?;
     Ok(Json(Empty {}))
 }
@@ -266,9 +266,9 @@ pub async fn update_registry(
 pub async fn delete_registry(
     State(app): State<App>,
     Path((project, name)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     app.delete_registry(&c, &name).await?;
     Ok(Json(Empty {}))
 }
@@ -283,9 +283,9 @@ pub async fn list_applications(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListApplicationsResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let (items, total_elements) = app.list_applications(&c, q.as_deref()).await?;
     Ok(Json(ListApplicationsResponse {
         items,
@@ -300,10 +300,10 @@ pub async fn list_applications(
 pub async fn create_application(
     State(app): State<App>,
     Path(project): Path<String>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(a): ApiJson<Application>,
 ) -> ApiResult<Json<ApplicationResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(ApplicationResponse {
         item: app.create_application(&c, a).await?,
     }))
@@ -316,9 +316,9 @@ pub async fn create_application(
 pub async fn application_versions(
     State(app): State<App>,
     Path((project, name)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ApplicationVersionsResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(ApplicationVersionsResponse {
         item: app.application_versions(&c, &name).await?,
     }))
@@ -331,9 +331,9 @@ pub async fn application_versions(
 pub async fn get_application(
     State(app): State<App>,
     Path((project, name, version)): Path<(String, String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ApplicationResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(ApplicationResponse {
         item: app.get_application(&c, &name, &version).await?,
     }))
@@ -346,10 +346,10 @@ pub async fn get_application(
 pub async fn update_application(
     State(app): State<App>,
     Path((project, name, version)): Path<(String, String, String)>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(a): ApiJson<Application>,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     app.update_application(&c, &name, &version, a).await?;
     Ok(Json(Empty {}))
 }
@@ -361,9 +361,9 @@ pub async fn update_application(
 pub async fn delete_application(
     State(app): State<App>,
     Path((project, name, version)): Path<(String, String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     app.delete_application(&c, &name, &version).await?;
     Ok(Json(Empty {}))
 }
@@ -375,9 +375,9 @@ pub async fn delete_application(
 pub async fn application_reference_count(
     State(app): State<App>,
     Path((project, name, version)): Path<(String, String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ReferenceCountResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(ReferenceCountResponse {
         reference_count: app.application_reference_count(&c, &name, &version).await?,
     }))
@@ -393,9 +393,9 @@ pub async fn list_packages(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListPackagesResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let (items, total_elements) = app.list_packages(&c, q.as_deref()).await?;
     Ok(Json(ListPackagesResponse {
         items,
@@ -410,10 +410,10 @@ pub async fn list_packages(
 pub async fn create_package(
     State(app): State<App>,
     Path(project): Path<String>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(p): ApiJson<DeploymentPackage>,
 ) -> ApiResult<Json<PackageResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(PackageResponse {
         item: app.create_package(&c, p).await?,
     }))
@@ -426,9 +426,9 @@ pub async fn create_package(
 pub async fn package_versions(
     State(app): State<App>,
     Path((project, name)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<PackageVersionsResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(PackageVersionsResponse {
         item: app.package_versions(&c, &name).await?,
     }))
@@ -441,9 +441,9 @@ pub async fn package_versions(
 pub async fn get_package(
     State(app): State<App>,
     Path((project, name, version)): Path<(String, String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<PackageResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(PackageResponse {
         item: app.get_package(&c, &name, &version).await?,
     }))
@@ -456,10 +456,10 @@ pub async fn get_package(
 pub async fn update_package(
     State(app): State<App>,
     Path((project, name, version)): Path<(String, String, String)>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(p): ApiJson<DeploymentPackage>,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     app.update_package(&c, &name, &version, p).await?;
     Ok(Json(Empty {}))
 }
@@ -471,9 +471,9 @@ pub async fn update_package(
 pub async fn delete_package(
     State(app): State<App>,
     Path((project, name, version)): Path<(String, String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     app.delete_package(&c, &name, &version).await?;
     Ok(Json(Empty {}))
 }
@@ -485,9 +485,9 @@ pub async fn delete_package(
 pub async fn download_package(
     State(app): State<App>,
     Path((project, name, version)): Path<(String, String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Response> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let export = app.export_package(&c, &name, &version).await?;
     let disposition =
         HeaderValue::from_str(&format!("attachment; filename=\"{}\"", export.file_name))
@@ -515,9 +515,9 @@ pub async fn list_artifacts(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListArtifactsResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let (items, total_elements) = app.list_artifacts(&c, q.as_deref()).await?;
     Ok(Json(ListArtifactsResponse {
         items,
@@ -532,10 +532,10 @@ pub async fn list_artifacts(
 pub async fn create_artifact(
     State(app): State<App>,
     Path(project): Path<String>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(a): ApiJson<Artifact>,
 ) -> ApiResult<Json<ArtifactResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(ArtifactResponse {
         item: app.create_artifact(&c, a).await?,
     }))
@@ -548,9 +548,9 @@ pub async fn create_artifact(
 pub async fn get_artifact(
     State(app): State<App>,
     Path((project, name)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ArtifactResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(ArtifactResponse {
         item: app.get_artifact(&c, &name).await?,
     }))
@@ -563,10 +563,10 @@ pub async fn get_artifact(
 pub async fn update_artifact(
     State(app): State<App>,
     Path((project, name)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(a): ApiJson<Artifact>,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     app.update_artifact(&c, &name, a).await?;
     Ok(Json(Empty {}))
 }
@@ -578,9 +578,9 @@ pub async fn update_artifact(
 pub async fn delete_artifact(
     State(app): State<App>,
     Path((project, name)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     app.delete_artifact(&c, &name).await?;
     Ok(Json(Empty {}))
 }
@@ -597,10 +597,10 @@ pub async fn delete_artifact(
 pub async fn bulk_upload(
     State(app): State<App>,
     Path(project): Path<String>,
-    h: HeaderMap,
+    caller: Caller,
     mut form: Multipart,
 ) -> ApiResult<Json<Vec<UploadResponse>>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let mut files = Vec::new();
     let mut total: usize = 0;
     loop {
@@ -684,10 +684,10 @@ pub async fn session_upload(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(upload): ApiJson<Upload>,
 ) -> ApiResult<Json<UploadResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let mut session_id = None;
     let mut last = false;
     for (k, v) in canopy_core::list::form_pairs(q.as_deref().unwrap_or(""))? {

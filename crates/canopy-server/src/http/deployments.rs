@@ -4,7 +4,6 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
 use canopy_deploy::model::{
     Cluster, ClusterInfo, DeleteType, Deployment, DeploymentInstancesCluster, DeploymentsStatus,
 };
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::catalog::{Empty, ListParams};
-use super::ctx;
+use super::Caller;
 use super::error::{ApiJson, ErrorBody};
 use crate::app::{App, AppError};
 
@@ -77,9 +76,9 @@ pub async fn list_deployments(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListDeploymentsResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let (deployments, total_elements) = app.list_deployments(&c, q.as_deref())?;
     Ok(Json(ListDeploymentsResponse {
         deployments,
@@ -94,10 +93,10 @@ pub async fn list_deployments(
 pub async fn create_deployment(
     State(app): State<App>,
     Path(project): Path<String>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(d): ApiJson<Deployment>,
 ) -> ApiResult<Json<CreateDeploymentResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let deployment_id = app.create_deployment(&c, d).await?;
     Ok(Json(CreateDeploymentResponse { deployment_id }))
 }
@@ -109,9 +108,9 @@ pub async fn create_deployment(
 pub async fn get_deployment(
     State(app): State<App>,
     Path((project, id)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<DeploymentResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(DeploymentResponse {
         deployment: app.get_deployment(&c, &id)?,
     }))
@@ -124,10 +123,10 @@ pub async fn get_deployment(
 pub async fn update_deployment(
     State(app): State<App>,
     Path((project, id)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(d): ApiJson<Deployment>,
 ) -> ApiResult<Json<DeploymentResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(DeploymentResponse {
         deployment: app.update_deployment(&c, &id, d).await?,
     }))
@@ -141,9 +140,9 @@ pub async fn delete_deployment(
     State(app): State<App>,
     Path((project, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let mut delete_type = DeleteType::ParentOnly;
     for (k, v) in canopy_core::list::form_pairs(q.as_deref().unwrap_or(""))? {
         match (k.as_str(), v.trim()) {
@@ -173,9 +172,9 @@ pub async fn deployment_clusters(
     State(app): State<App>,
     Path((project, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListDeploymentClustersResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let page = app.deployment_clusters(&c, &id, q.as_deref())?;
     Ok(Json(ListDeploymentClustersResponse {
         clusters: page.clusters,
@@ -191,9 +190,9 @@ pub async fn deployments_per_cluster(
     State(app): State<App>,
     Path((project, cluster)): Path<(String, String)>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListDeploymentsPerClusterResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let (items, total_elements) = app.deployments_on_cluster(&c, &cluster, q.as_deref())?;
     Ok(Json(ListDeploymentsPerClusterResponse {
         deployment_instances_cluster: items,
@@ -209,9 +208,9 @@ pub async fn deployments_status(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<DeploymentsStatus>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(app.deployments_status(&c, q.as_deref())?))
 }
 
@@ -223,9 +222,9 @@ pub async fn list_clusters(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListClustersResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let (clusters, total_elements) = app.list_clusters(&c, q.as_deref())?;
     Ok(Json(ListClustersResponse {
         clusters,
@@ -240,9 +239,9 @@ pub async fn list_clusters(
 pub async fn get_cluster(
     State(app): State<App>,
     Path((project, id)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<GetClusterResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(GetClusterResponse {
         cluster: app.get_cluster(&c, &id)?,
     }))
@@ -263,9 +262,9 @@ pub async fn ui_extensions(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListUiExtensionsResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let mut names = Vec::new();
     for (k, v) in canopy_core::list::form_pairs(q.as_deref().unwrap_or(""))? {
         match k.as_str() {

@@ -40,6 +40,9 @@ impl IntoResponse for AppError {
             AppError::Aborted(_) => (StatusCode::CONFLICT, 10),
             AppError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, 16),
             AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 9),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
+            AppError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
+            AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
             AppError::UnsupportedProtocol(_) => (StatusCode::UPGRADE_REQUIRED, 12),
             AppError::Store(e) => {
                 tracing::error!(error = %e, "storage error");
@@ -60,7 +63,22 @@ impl IntoResponse for AppError {
             details: Vec::new(),
             error_messages,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        match &self {
+            AppError::Unauthenticated(_) => {
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"canopy\""),
+                );
+            }
+            AppError::RateLimited(secs) => {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, (*secs).into());
+            }
+            _ => {}
+        }
+        response
     }
 }
 

@@ -8,13 +8,12 @@
 use std::convert::Infallible;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt, stream};
 use tokio_stream::wrappers::BroadcastStream;
 use utoipa::IntoParams;
 
-use super::ctx;
+use super::Caller;
 use crate::app::{App, AppError};
 use crate::events::{CatalogEvent, EventKind};
 
@@ -49,9 +48,9 @@ pub async fn catalog_events(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let mut kinds: Vec<EventKind> = Vec::new();
     let mut replay = true;
     for (k, v) in canopy_core::list::form_pairs(q.as_deref().unwrap_or(""))? {
@@ -81,6 +80,7 @@ pub async fn catalog_events(
             EventKind::Artifact,
         ];
     }
+    c.require(crate::app::Access::CatalogRead)?;
     // Subscribe before reading the snapshot so no change falls between the two.
     let live = BroadcastStream::new(app.events().subscribe(c.project.id));
     let snapshot = if replay {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::catalog::{Empty, ListParams};
-use super::ctx;
+use super::Caller;
 use super::error::{ApiJson, ErrorBody};
 use crate::app::{
     AgentCtx, App, AppError, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken,
@@ -26,11 +26,13 @@ use crate::app::{
 
 type ApiResult<T> = Result<T, AppError>;
 
-/// `{enrollmentTokens}`.
+/// `{enrollmentTokens, totalElements}`.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListEnrollmentTokensResponse {
     pub enrollment_tokens: Vec<EnrollmentToken>,
+    #[serde(default)]
+    pub total_elements: u64,
 }
 
 /// `{enrollmentToken}`.
@@ -77,10 +79,10 @@ pub struct EdgeWorkloadsResponse {
 pub async fn create_token(
     State(app): State<App>,
     Path(project): Path<String>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateEnrollmentToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedEnrollmentToken>)> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok((
         StatusCode::CREATED,
         Json(app.create_enrollment_token(&c, req).await?),
@@ -88,16 +90,24 @@ pub async fn create_token(
 }
 
 #[utoipa::path(get, path = "/canopy/v1/projects/{projectName}/enrollment-tokens", tag = "Canopy",
-    params(("projectName" = String, Path)),
-    responses((status = 200, body = ListEnrollmentTokensResponse), (status = 404, body = ErrorBody)))]
+    params(("projectName" = String, Path),
+        ("pageSize" = Option<u32>, Query, description = "tokens per page, at most 500 (0 or absent: 500)"),
+        ("offset" = Option<u64>, Query, description = "index of the first token")),
+    responses((status = 200, body = ListEnrollmentTokensResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_tokens(
     State(app): State<App>,
     Path(project): Path<String>,
-    h: HeaderMap,
+    RawQuery(q): RawQuery,
+    caller: Caller,
 ) -> ApiResult<Json<ListEnrollmentTokensResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    // Unpaged clients (before pageSize existed) see up to 500 tokens, never an unbounded list.
+    let (size, offset) =
+        super::limits::page_params(q.as_deref().unwrap_or(""), canopy_core::list::MAX_PAGE_SIZE)?;
+    let c = caller.ctx(&app, &project).await?;
+    let all = app.list_enrollment_tokens(&c).await?;
     Ok(Json(ListEnrollmentTokensResponse {
-        enrollment_tokens: app.list_enrollment_tokens(&c).await?,
+        total_elements: all.len() as u64,
+        enrollment_tokens: all.into_iter().skip(offset).take(size).collect(),
     }))
 }
 
@@ -107,9 +117,9 @@ pub async fn list_tokens(
 pub async fn revoke_token(
     State(app): State<App>,
     Path((project, id)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<EnrollmentTokenResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(EnrollmentTokenResponse {
         enrollment_token: app.revoke_enrollment_token(&c, &id).await?,
     }))
@@ -122,9 +132,9 @@ pub async fn list_edges(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<ListEdgesResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     let query = canopy_core::list::parse_query(Entity::Edge, q.as_deref().unwrap_or(""))?;
     let (edges, total_elements) = app.list_edges(&c, &query)?;
     Ok(Json(ListEdgesResponse {
@@ -139,9 +149,9 @@ pub async fn list_edges(
 pub async fn get_edge(
     State(app): State<App>,
     Path((project, edge)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<EdgeResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(EdgeResponse {
         edge: app.get_edge(&c, &edge)?,
     }))
@@ -153,9 +163,9 @@ pub async fn get_edge(
 pub async fn remove_edge(
     State(app): State<App>,
     Path((project, edge)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Empty>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     app.remove_edge(&c, &edge).await?;
     Ok(Json(Empty {}))
 }
@@ -167,10 +177,10 @@ pub async fn remove_edge(
 pub async fn label_edge(
     State(app): State<App>,
     Path((project, edge)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
     ApiJson(req): ApiJson<LabelEdgeRequest>,
 ) -> ApiResult<Json<EdgeResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(EdgeResponse {
         edge: app.label_edge(&c, &edge, req.set, req.remove).await?,
     }))
@@ -182,9 +192,9 @@ pub async fn label_edge(
 pub async fn edge_workloads(
     State(app): State<App>,
     Path((project, edge)): Path<(String, String)>,
-    h: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<EdgeWorkloadsResponse>> {
-    let c = ctx(&app, &project, &h).await?;
+    let c = caller.ctx(&app, &project).await?;
     Ok(Json(EdgeWorkloadsResponse {
         apps: app.edge_workloads(&c, &edge)?,
     }))
@@ -226,14 +236,22 @@ fn default_wait() -> u32 {
 
 #[utoipa::path(get, path = "/canopy/v1/agent/desired-state", tag = "Agent",
     params(("after" = Option<u64>, Query), ("waitSeconds" = Option<u32>, Query)),
-    responses((status = 200, body = Object, description = "DesiredState"), (status = 204, description = "nothing newer within waitSeconds"), (status = 401, body = ErrorBody), (status = 426, body = ErrorBody)))]
+    responses((status = 200, body = Object, description = "DesiredState"), (status = 204, description = "nothing newer within waitSeconds"), (status = 401, body = ErrorBody), (status = 426, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "this edge already has its maximum of long-polls waiting (Retry-After)"),
+        (status = 503, body = ErrorBody, description = "the server holds its maximum of long-polls (Retry-After)")))]
 pub async fn desired_state(
     State(app): State<App>,
     RawQuery(q): RawQuery,
     h: HeaderMap,
+    gate: Option<axum::Extension<std::sync::Arc<super::limits::LongPollGate>>>,
 ) -> ApiResult<Response> {
     let a = agent(&app, &h)?;
     let q: DesiredQuery = parse_desired_query(q.as_deref().unwrap_or(""))?;
+    // Held while the poll waits; refused at once beyond the caps (see `http::limits`).
+    let _permit = match gate.map(|g| g.enter(&a.edge_id)).transpose() {
+        Ok(permit) => permit,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     let got: Option<DesiredState> = app
         .agent_desired_state(&a, q.after, Duration::from_secs(u64::from(q.wait_seconds)))
         .await?;

@@ -5,11 +5,16 @@
 //! size-limited here; JSON bodies with unknown fields or wrong types are refused with 400 (the
 //! reference's InvalidArgument), never axum's default 422.
 
+mod audit;
+mod auth;
 mod catalog;
 mod deployments;
 mod error;
 mod events;
 mod fleet;
+mod identity;
+mod limits;
+mod tenancy;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -22,6 +27,7 @@ use utoipa_axum::routes;
 use crate::app::{App, AppError, Ctx};
 
 pub use error::ErrorBody;
+pub use limits::Limits;
 
 /// Largest JSON request body (artifacts are up to 4 MB, base64-encoded).
 pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
@@ -42,13 +48,21 @@ pub const MAX_UPLOAD_BODY: usize = 80 * 1024 * 1024;
         (name = "DeploymentService", description = "Deployments (reference-compatible)"),
         (name = "ClusterService", description = "Edge inventory as the reference's clusters"),
         (name = "Canopy", description = "Canopy's own additions: health, events, edges, enrollment tokens"),
-        (name = "Agent", description = "The edge agent protocol (docs/AGENT-PROTOCOL.md)")
+        (name = "Agent", description = "The edge agent protocol (docs/AGENT-PROTOCOL.md)"),
+        (name = "Org", description = "Organizations (reference tenancy API)"),
+        (name = "Project", description = "Projects (reference tenancy API)"),
+        (name = "Identity", description = "Canopy's built-in users, login and API tokens")
     )
 )]
 struct ApiDoc;
 
 /// Builds the full router and the OpenAPI document describing it.
 pub fn router(app: App) -> Router {
+    router_with(app, Limits::default())
+}
+
+/// [`router`] with the given abuse limits (rate limits, long-poll caps, body read timeout).
+pub fn router_with(app: App, limits: Limits) -> Router {
     let (router, api) = api_router().split_for_parts();
     // Serialized once and shared: axum clones every route's handler for each accepted
     // connection, so a handler holding the document as a `Value` copied it per connection.
@@ -67,6 +81,22 @@ pub fn router(app: App) -> Router {
             }),
         )
         .fallback(not_found)
+        // Layers run outermost last: audit sees every mutating call and its outcome, then the
+        // caller is authenticated, then rate limits apply per caller.
+        // (rate limits: inner of authentication)
+        .layer(axum::middleware::from_fn_with_state(
+            limits::Limiter::new(limits),
+            limits::enforce,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::authenticate,
+        ))
+        // (audit: outer of authentication)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            audit::record,
+        ))
         .with_state(app)
 }
 
@@ -143,6 +173,29 @@ pub fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(fleet::enroll))
         .routes(routes!(fleet::desired_state))
         .routes(routes!(fleet::status))
+        .routes(routes!(audit::list_audit))
+        .routes(routes!(audit::project_audit))
+        .routes(routes!(tenancy::list_orgs))
+        .routes(routes!(tenancy::put_org, tenancy::get_org, tenancy::delete_org))
+        .routes(routes!(tenancy::org_status))
+        .routes(routes!(tenancy::list_projects))
+        .routes(routes!(
+            tenancy::put_project,
+            tenancy::get_project,
+            tenancy::delete_project
+        ))
+        .routes(routes!(tenancy::project_status))
+        .routes(routes!(identity::login))
+        .routes(routes!(identity::logout))
+        .routes(routes!(identity::whoami))
+        .routes(routes!(identity::list_users, identity::create_user))
+        .routes(routes!(
+            identity::get_user,
+            identity::update_user,
+            identity::delete_user
+        ))
+        .routes(routes!(identity::list_tokens, identity::create_token))
+        .routes(routes!(identity::revoke_token))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(uploads)
@@ -164,13 +217,47 @@ async fn not_found(uri: axum::http::Uri) -> impl IntoResponse {
     AppError::NotFound(format!("no such path {}", uri.path()))
 }
 
-/// Resolves the request's project and correlation id.
-async fn ctx(app: &App, project: &str, headers: &HeaderMap) -> Result<Ctx, AppError> {
-    let request_id = headers
+/// The authenticated caller of a request, as the authentication middleware found it, with the
+/// request's correlation id. Extracting it on a path the middleware did not authenticate is a
+/// 401, so a handler can never run without a caller.
+pub struct Caller {
+    pub principal: std::sync::Arc<crate::app::Principal>,
+    pub request_id: String,
+}
+
+impl Caller {
+    /// Resolves the request's project for this caller (404 when unknown or not visible).
+    pub async fn ctx(&self, app: &App, project: &str) -> Result<Ctx, AppError> {
+        app.context(self.principal.clone(), project, self.request_id.clone())
+            .await
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = parts
+            .extensions
+            .get::<std::sync::Arc<crate::app::Principal>>()
+            .cloned()
+            .ok_or_else(|| AppError::Unauthenticated("authentication required: send an Authorization: Bearer token".into()))?;
+        Ok(Caller {
+            principal,
+            request_id: request_id(&parts.headers),
+        })
+    }
+}
+
+/// The request's correlation id: the client's `x-request-id` when sane, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
+        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    app.context(project, request_id).await
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }

@@ -44,8 +44,13 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Runs the agent until Ctrl-C / SIGTERM.
-pub async fn run(server: &str, args: AgentArgs) -> anyhow::Result<()> {
+/// Runs the agent until Ctrl-C / SIGTERM, trusting the server as the global `--ca-file` /
+/// `--server-fingerprint` flags say.
+pub async fn run(
+    server: &str,
+    trust: canopy_tls::ClientTrust,
+    args: AgentArgs,
+) -> anyhow::Result<()> {
     super::server::init_logging();
     let docker_host = match args.docker_host {
         Some(h) => Some(h),
@@ -58,7 +63,8 @@ pub async fn run(server: &str, args: AgentArgs) -> anyhow::Result<()> {
         args.name,
         args.labels.into_iter().collect(),
         docker_host,
-    );
+        &trust,
+    )?;
     let config = canopy_agent::AgentConfig {
         scope: args.scope,
         ..config
@@ -69,7 +75,8 @@ pub async fn run(server: &str, args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agent configuration shared by `canopy agent` and `canopy up`.
+/// The agent configuration shared by `canopy agent` and `canopy up`; its HTTP client trusts
+/// the server as `trust` says.
 pub fn agent_config(
     server: &str,
     data_dir: PathBuf,
@@ -77,13 +84,20 @@ pub fn agent_config(
     name: Option<String>,
     labels: BTreeMap<String, String>,
     docker_host: Option<String>,
-) -> canopy_agent::AgentConfig {
+    trust: &canopy_tls::ClientTrust,
+) -> anyhow::Result<canopy_agent::AgentConfig> {
     let mut config = canopy_agent::AgentConfig::new(server, data_dir);
     config.enroll_token = enroll_token;
     config.name = name;
     config.labels = labels;
     config.docker_host = docker_host;
-    config
+    if *trust != canopy_tls::ClientTrust::System {
+        let http = canopy_tls::configure(canopy_agent::AgentClient::http_builder(), trust)?
+            .build()
+            .context("cannot build the agent's HTTP client")?;
+        config.http_client = Some(http);
+    }
+    Ok(config)
 }
 
 /// The first Docker-API socket that exists: rootful and rootless Podman, then Docker.

@@ -10,12 +10,17 @@
 
 mod agent;
 mod args;
+mod audit;
+mod auth;
 mod catalog;
 mod deployment;
 mod edge;
 mod enroll_token;
+mod key;
 mod output;
 mod server;
+mod server_auth;
+mod tenancy;
 mod upload;
 
 use std::ffi::OsString;
@@ -36,6 +41,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where `canopy server` and `canopy up` listen by default (HTTPS unless `--insecure-http`).
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7070";
+
 /// Flags accepted by every subcommand.
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
@@ -45,10 +53,31 @@ pub struct GlobalArgs {
         global = true,
         help_heading = "Global options",
         env = "CANOPY_SERVER",
-        default_value = "http://127.0.0.1:7070",
+        default_value = DEFAULT_SERVER,
         value_name = "URL"
     )]
     pub server: String,
+    /// Trust the server's certificate if this CA certificate file (PEM) signed it, instead of
+    /// the public roots (for a self-signed server, its own cert.pem works too).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CANOPY_CA_FILE",
+        value_name = "FILE"
+    )]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint (`sha256:...`, as
+    /// `canopy server` and `canopy up` print it); wins over --ca-file.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CANOPY_SERVER_FINGERPRINT",
+        value_name = "SHA256",
+        value_parser = parse_fingerprint
+    )]
+    pub server_fingerprint: Option<canopy_tls::Fingerprint>,
     /// Project to act in.
     #[arg(
         long,
@@ -69,6 +98,52 @@ pub struct GlobalArgs {
         default_value_t = Format::Table
     )]
     pub output: Format,
+    /// Bearer token to authenticate with (default: the one `canopy login` saved for --server).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CANOPY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+}
+
+fn parse_fingerprint(s: &str) -> Result<canopy_tls::Fingerprint, String> {
+    canopy_tls::Fingerprint::parse(s).map_err(|e| e.to_string())
+}
+
+impl GlobalArgs {
+    /// Whom to trust as the server: the pinned fingerprint, else the CA file, else the public
+    /// roots.
+    pub fn trust(&self) -> canopy_tls::ClientTrust {
+        match (&self.server_fingerprint, &self.ca_file) {
+            (Some(fp), _) => canopy_tls::ClientTrust::Pinned(*fp),
+            (None, Some(ca)) => canopy_tls::ClientTrust::CaFile(ca.clone()),
+            (None, None) => canopy_tls::ClientTrust::System,
+        }
+    }
+
+    /// A client of the server these flags name, without credentials.
+    pub fn anonymous_client(&self) -> Result<Client, ClientError> {
+        Client::with_trust(&self.server, &self.project, &self.trust())
+    }
+
+    /// A client of the server these flags name, with the token of `--token` or the one saved
+    /// for that server by `canopy login`.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let client = self.anonymous_client()?;
+        Ok(
+            match auth::resolve_token(client.base_url(), self.token.as_deref())? {
+                Some(token) => {
+                    auth::check_token_shape(&token)?;
+                    client.with_token(token)
+                }
+                None => client,
+            },
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +166,30 @@ pub enum Command {
     /// Enrollment tokens, with which edges join the project.
     #[command(subcommand, visible_alias = "enroll-tokens")]
     EnrollToken(enroll_token::EnrollTokenCommand),
+    /// The secret key that encrypts stored credentials: rotate it, re-encrypt with it.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Log in to a server as a built-in user (or save an existing token for it).
+    Login(auth::LoginArgs),
+    /// Log out of a server (ends the session and forgets the saved token).
+    Logout,
+    /// Show who the server thinks you are, and your roles.
+    Whoami,
+    /// Built-in users (administrators).
+    #[command(subcommand, visible_alias = "users")]
+    User(auth::UserCommand),
+    /// API tokens for automation.
+    #[command(subcommand, visible_alias = "tokens")]
+    Token(auth::TokenCommand),
+    /// Organizations (administrators).
+    #[command(subcommand, visible_alias = "orgs")]
+    Org(tenancy::OrgCommand),
+    /// Projects: create, list, delete (administrators create and delete).
+    #[command(subcommand, visible_alias = "projects")]
+    Project(tenancy::ProjectCommand),
+    /// The audit log: who changed what, when, and how it ended.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// Runs the CLI with process-style arguments (`args[0]` is the program name), printing results
@@ -125,7 +224,16 @@ where
         Command::Catalog(_)
         | Command::Deployment(_)
         | Command::Edge(_)
-        | Command::EnrollToken(_) => tokio::runtime::Builder::new_current_thread()
+        | Command::EnrollToken(_)
+        | Command::Login(_)
+        | Command::Logout
+        | Command::Whoami
+        | Command::User(_)
+        | Command::Token(_)
+        | Command::Org(_)
+        | Command::Project(_)
+        | Command::Audit(_)
+        | Command::Key(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
     };
@@ -187,8 +295,45 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
     let result = match cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Up(args) => server::up(args, out).await,
-        Command::Agent(args) => agent::run(&cli.global.server, args).await,
-        Command::Catalog(args) => match Client::new(&cli.global.server, &cli.global.project) {
+        Command::Agent(args) => agent::run(&cli.global.server, cli.global.trust(), args).await,
+        Command::Key(c) => key::run(c, out).await,
+        Command::Login(args) => match cli.global.anonymous_client() {
+            Ok(client) => auth::login(args, client, out).await,
+            Err(e) => Err(e.into()),
+        },
+        Command::Logout => match cli.global.anonymous_client() {
+            Ok(client) => auth::logout(client, out).await,
+            Err(e) => Err(e.into()),
+        },
+        Command::Whoami => {
+            return with_client(&cli.global, out, err, async move |ctx| auth::whoami(ctx).await)
+                .await;
+        }
+        Command::User(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| auth::user(c, ctx).await)
+                .await;
+        }
+        Command::Token(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| auth::token(c, ctx).await)
+                .await;
+        }
+        Command::Org(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| tenancy::org(c, ctx).await)
+                .await;
+        }
+        Command::Audit(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| {
+                audit::run(c, ctx).await
+            })
+            .await;
+        }
+        Command::Project(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| {
+                tenancy::project(c, ctx).await
+            })
+            .await;
+        }
+        Command::Catalog(args) => match cli.global.client() {
             Ok(client) => {
                 let mut ctx = Ctx {
                     client,
@@ -200,7 +345,7 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
                 let _ = ctx.out.flush();
                 return report(result, ctx.err);
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         },
         Command::Deployment(c) => {
             return with_client(&cli.global, out, err, async move |ctx| {
@@ -232,9 +377,9 @@ async fn with_client(
     err: &mut (dyn Write + Send),
     command: impl AsyncFnOnce(&mut Ctx<'_>) -> anyhow::Result<()>,
 ) -> i32 {
-    let client = match Client::new(&global.server, &global.project) {
+    let client = match global.client() {
         Ok(client) => client,
-        Err(e) => return report(Err(e.into()), err),
+        Err(e) => return report(Err(e), err),
     };
     let mut ctx = Ctx {
         client,
@@ -253,6 +398,34 @@ pub(crate) struct Ctx<'a> {
     pub format: Format,
     pub out: &'a mut (dyn Write + Send),
     pub err: &'a mut (dyn Write + Send),
+}
+
+impl Ctx<'_> {
+    /// Prints one item: `text()` for people, the item itself as JSON/YAML for scripts.
+    pub(crate) fn print_item<T: serde::Serialize>(
+        &mut self,
+        item: &T,
+        text: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        match self.format {
+            Format::Table => writeln!(self.out, "{}", text())?,
+            f => self.out.write_all(output::structured(f, item)?.as_bytes())?,
+        }
+        Ok(())
+    }
+
+    /// Prints a list: the table for people, the items as JSON/YAML for scripts.
+    pub(crate) fn print_table<T: serde::Serialize>(
+        &mut self,
+        items: &[T],
+        table: output::Table,
+    ) -> anyhow::Result<()> {
+        match self.format {
+            Format::Table => self.out.write_all(table.render("").as_bytes())?,
+            f => self.out.write_all(output::structured(f, &items)?.as_bytes())?,
+        }
+        Ok(())
+    }
 }
 
 /// An error already shown to the user (e.g. each failed item of a batch): exit 1, print nothing
@@ -324,13 +497,38 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
     for cause in e.chain() {
         if let Some(client) = cause.downcast_ref::<ClientError>() {
             return match client {
+                ClientError::Unreachable { cause, .. } | ClientError::Transport { cause, .. }
+                    if cause.contains("certificate") =>
+                {
+                    Some(
+                        "the server's TLS certificate is not trusted: pass the fingerprint \
+                         `canopy server` / `canopy up` printed as --server-fingerprint (or \
+                         CANOPY_SERVER_FINGERPRINT), or its CA as --ca-file",
+                    )
+                }
+                ClientError::Unreachable { cause, .. } | ClientError::Transport { cause, .. }
+                    if cause.contains("corrupt message") =>
+                {
+                    Some(
+                        "the server does not speak HTTPS (was it started with --insecure-http?); \
+                         use an http:// URL",
+                    )
+                }
+                ClientError::Unreachable { url, cause } | ClientError::Transport { url, cause }
+                    if url.starts_with("http://") && cause.contains("invalid HTTP version") =>
+                {
+                    Some(
+                        "the server may speak HTTPS (the default of `canopy server` and \
+                         `canopy up`); use an https:// URL",
+                    )
+                }
                 ClientError::Unreachable { .. } => Some(
                     "start a server with `canopy server` (or `canopy up`), \
                      or point --server / CANOPY_SERVER at a running one",
                 ),
                 ClientError::Timeout { .. } => Some("the server may be overloaded; try again"),
                 ClientError::InvalidUrl { .. } => {
-                    Some("--server / CANOPY_SERVER takes a URL such as http://127.0.0.1:7070")
+                    Some("--server / CANOPY_SERVER takes a URL such as https://127.0.0.1:7070")
                 }
                 _ => None,
             };

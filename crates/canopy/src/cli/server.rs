@@ -5,6 +5,7 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 /// Flags of `canopy server`.
@@ -24,6 +25,56 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub auth: super::server_auth::AuthArgs,
+}
+
+/// How `canopy server` and `canopy up` serve: HTTPS with a self-signed certificate kept in the
+/// data directory (the default), HTTPS with a given certificate, or plain HTTP.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// Serve HTTPS with this certificate (PEM, leaf first, then intermediates) instead of the
+    /// self-signed one generated in the data directory. Needs --tls-key.
+    #[arg(
+        long,
+        env = "CANOPY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "insecure_http"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "CANOPY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS. Traffic, tokens and credentials then travel
+    /// unencrypted: only for loopback or a trusted network.
+    #[arg(long)]
+    pub insecure_http: bool,
+}
+
+impl TlsArgs {
+    /// The server's TLS configuration; `None` for plain HTTP.
+    pub fn server_tls(&self, data_dir: &std::path::Path) -> Option<canopy_tls::ServerTls> {
+        if self.insecure_http {
+            return None;
+        }
+        Some(match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => canopy_tls::ServerTls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => canopy_tls::ServerTls::SelfSigned {
+                dir: data_dir.to_owned(),
+            },
+        })
+    }
 }
 
 /// Flags of `canopy up`.
@@ -42,6 +93,10 @@ pub struct UpArgs {
     /// Docker socket, else Podman's API service started by `canopy up` when podman is installed.
     #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
     pub docker_host: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub auth: super::server_auth::AuthArgs,
 }
 
 /// Name and labels of the local edge `canopy up` enrolls.
@@ -56,11 +111,32 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         database_url: None,
+        tls: args.tls.server_tls(&args.data_dir),
         fleet: Default::default(),
+        auth: args.auth.auth_config()?,
+        tenancy: args.auth.tenancy_config()?,
+        limits: Default::default(),
+        audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
     };
     let server = canopy_server::Server::bind(&config).await?;
-    let addr = server.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = server.url()?;
+    // The CLI on this machine acts as the administrator of the server it just started.
+    let admin_token = std::fs::read_to_string(
+        config.data_dir.join(canopy_server::app::ADMIN_TOKEN_FILE),
+    )
+    .with_context(|| {
+        format!(
+            "cannot read the administrator token in {}",
+            config.data_dir.display()
+        )
+    })?;
+    let credentials = super::auth::save_token(&url, &admin_token, "admin")?;
+    let certificate = server.tls_certificate().cloned();
+    // The local agent trusts exactly this server's certificate.
+    let trust = match &certificate {
+        Some(cert) => canopy_tls::ClientTrust::Pinned(cert.fingerprint()),
+        None => canopy_tls::ClientTrust::System,
+    };
     let app = server.app().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -100,7 +176,11 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
                     None
                 } else {
                     let ctx = app
-                        .context(canopy_server::app::DEFAULT_PROJECT, "canopy-up".into())
+                        .context(
+                            canopy_server::app::Principal::system(),
+                            canopy_server::app::DEFAULT_PROJECT,
+                            "canopy-up".into(),
+                        )
                         .await?;
                     let created = app
                         .create_enrollment_token(
@@ -122,7 +202,8 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
                     Some(LOCAL_EDGE.to_string()),
                     labels,
                     Some(host.clone()),
-                );
+                    &trust,
+                )?;
                 let stop = stopped();
                 agent_task = Some(tokio::spawn(async move {
                     if let Err(e) = canopy_agent::run(cfg, stop).await {
@@ -137,22 +218,66 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         }
     }
 
-    let server_flag = if addr.to_string() == "127.0.0.1:7070" {
+    let server_flag = if url == super::DEFAULT_SERVER {
         String::new()
     } else {
         format!(" --server {url}")
     };
+    let (tls_line, tls_note, trust_step) = match &certificate {
+        Some(cert) if args.tls.tls_cert.is_none() => (
+            format!("self-signed certificate {}", cert.cert_file.display()),
+            format!(
+                "\nTLS certificate fingerprint: {fp}\n\
+                 CLIs and agents trust this server with --server-fingerprint {fp}\n\
+                 (or CANOPY_SERVER_FINGERPRINT), or with --ca-file {file}.\n",
+                fp = cert.fingerprint_sha256,
+                file = cert.cert_file.display(),
+            ),
+            format!(
+                "\n  export CANOPY_SERVER_FINGERPRINT={}",
+                cert.fingerprint_sha256
+            ),
+        ),
+        Some(cert) => (
+            format!(
+                "certificate {} ({})",
+                cert.cert_file.display(),
+                cert.subject
+            ),
+            format!(
+                "\nTLS certificate fingerprint: {fp}\n\
+                 If its CA is not trusted here, CLIs and agents pin it with --server-fingerprint \
+                 {fp}\n(or CANOPY_SERVER_FINGERPRINT), or pass that CA with --ca-file.\n",
+                fp = cert.fingerprint_sha256,
+            ),
+            String::new(),
+        ),
+        None => (
+            "none (--insecure-http)".to_owned(),
+            "\nWARNING: plain HTTP: traffic and credentials are unencrypted; use this only on \
+             loopback or a trusted network.\n"
+                .to_owned(),
+            String::new(),
+        ),
+    };
     writeln!(
         out,
         "Canopy is up on embedded storage ({db}).\n\
-         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  Local edge  {agent_note}\n\
+         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
+         {tls_note}\
          \nNext, in another terminal (from the Canopy source tree):\n\
+         {trust_step}\
          \n  canopy{server_flag} catalog upload examples/web-demo\
          \n  canopy{server_flag} deployment create web-demo:1.0.0 --label {k}={v} --watch\
          \n  curl http://127.0.0.1:18080/      # the web app\
          \n  curl http://127.0.0.1:18081/      # the status app, which calls the web app\n\
          \nStop with Ctrl-C (deployed workloads keep running; `canopy deployment delete` removes them).",
         db = config.data_dir.join("canopy.db").display(),
+        token_file = config
+            .data_dir
+            .join(canopy_server::app::ADMIN_TOKEN_FILE)
+            .display(),
+        creds = credentials.display(),
         k = LOCAL_LABEL.0,
         v = LOCAL_LABEL.1,
     )?;
@@ -173,9 +298,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
     let config = canopy_server::ServerConfig {
         listen: args.listen,
+        tls: args.tls.server_tls(&args.data_dir),
         data_dir: args.data_dir,
         database_url: args.database_url,
         fleet: Default::default(),
+        auth: args.auth.auth_config()?,
+        tenancy: args.auth.tenancy_config()?,
+        limits: Default::default(),
+        audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
     };
     // The server's errors name what failed (address, data directory, database).
     canopy_server::serve(config).await?;

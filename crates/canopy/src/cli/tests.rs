@@ -30,7 +30,7 @@ fn catalog(args: &[&str]) -> CatalogCommand {
 fn global_flags_have_defaults_and_go_anywhere() {
     let cli = parse(&["catalog", "registry", "list"]).unwrap();
     if std::env::var_os("CANOPY_SERVER").is_none() {
-        assert_eq!(cli.global.server, "http://127.0.0.1:7070");
+        assert_eq!(cli.global.server, "https://127.0.0.1:7070");
     }
     if std::env::var_os("CANOPY_PROJECT").is_none() {
         assert_eq!(cli.global.project, "default");

@@ -1,0 +1,491 @@
+//! A real OIDC token issuer on loopback, for tests (cargo feature
+//! `test-issuer`).
+//!
+//! Tests of anything that accepts OIDC bearer tokens need a provider that
+//! publishes a discovery document and a JWKS over HTTP and signs tokens, good
+//! and deliberately bad. [`TestIssuer`] is that provider: a small axum server
+//! on `127.0.0.1:0` with Keycloak-like paths, one RSA key (rotatable) and one
+//! EC P-256 key. Its keys are committed TEST-ONLY keys (see `keys/README.md`)
+//! and must never be trusted outside tests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::oidc::{OidcConfig, OidcVerifier};
+
+// TEST-ONLY keys, generated with `openssl genpkey` (see keys/README.md).
+// They are public and never used outside tests.
+const RSA_KEYS: [(&str, &str); 2] = [
+    (
+        include_str!("keys/rsa-1.pem"),
+        include_str!("keys/rsa-1.pub.pem"),
+    ),
+    (
+        include_str!("keys/rsa-2.pem"),
+        include_str!("keys/rsa-2.pub.pem"),
+    ),
+];
+const EC_P256_KEY: &str = include_str!("keys/ec-p256.pem");
+
+/// The audience every default token is issued for.
+pub const AUDIENCE: &str = "canopy";
+
+/// Path of the issuer under the server root (Keycloak-style realm).
+const REALM_PATH: &str = "/realms/canopy";
+/// Path of the JWKS under the issuer.
+const JWKS_PATH: &str = "/protocol/openid-connect/certs";
+
+/// Lifetime of default tokens.
+const TOKEN_LIFETIME_SECS: i64 = 300;
+
+/// Which `kid` a token carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kid {
+    /// The kid of the key that signs the token.
+    Signing,
+    /// No `kid` header at all.
+    Omit,
+    /// This kid, whatever key signs.
+    Named(String),
+}
+
+/// Everything about a token, for building good and bad ones. Start from
+/// [`TestIssuer::spec`], change fields, sign with [`TestIssuer::token_with`].
+#[derive(Debug, Clone)]
+pub struct TokenSpec {
+    /// Signing algorithm. RS*/PS* use the current RSA key, ES256 the EC key,
+    /// HS* use the RSA *public key PEM* as the HMAC secret (the
+    /// algorithm-confusion attack).
+    pub alg: Algorithm,
+    /// The `kid` header.
+    pub kid: Kid,
+    /// `sub`.
+    pub sub: String,
+    /// `preferred_username`, omitted when `None`.
+    pub username: Option<String>,
+    /// `realm_access.roles`, omitted when `None`.
+    pub roles: Option<Vec<String>>,
+    /// `exp` (Unix seconds), omitted when `None`.
+    pub exp: Option<i64>,
+    /// `nbf` (Unix seconds), omitted when `None`.
+    pub nbf: Option<i64>,
+    /// `aud` (string or array), omitted when `None`.
+    pub aud: Option<Value>,
+    /// `iss`, omitted when `None`.
+    pub iss: Option<String>,
+    /// Further claims, applied last (they can override the ones above).
+    pub extra: Map<String, Value>,
+}
+
+/// Current Unix time in seconds.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    jwk: Jwk,
+    public_pem: &'static str,
+}
+
+impl SigningKey {
+    fn rsa(kid: String, index: usize) -> SigningKey {
+        let (private_pem, public_pem) = RSA_KEYS[index % RSA_KEYS.len()];
+        let encoding = EncodingKey::from_rsa_pem(private_pem.as_bytes()).expect("test RSA key");
+        SigningKey::new(kid, encoding, Algorithm::RS256, public_pem)
+    }
+
+    fn ec(kid: String) -> SigningKey {
+        let encoding = EncodingKey::from_ec_pem(EC_P256_KEY.as_bytes()).expect("test EC key");
+        SigningKey::new(kid, encoding, Algorithm::ES256, "")
+    }
+
+    fn new(
+        kid: String,
+        encoding: EncodingKey,
+        alg: Algorithm,
+        public_pem: &'static str,
+    ) -> SigningKey {
+        let mut jwk = Jwk::from_encoding_key(&encoding, alg).expect("JWK from test key");
+        jwk.common.key_id = Some(kid.clone());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        // Like Keycloak, publish no `alg` pin so the verifier's own
+        // algorithm/key-type matching is what gets tested.
+        jwk.common.key_algorithm = None;
+        SigningKey {
+            kid,
+            encoding,
+            jwk,
+            public_pem,
+        }
+    }
+}
+
+struct Keys {
+    generation: usize,
+    rsa: Arc<SigningKey>,
+    ec: Arc<SigningKey>,
+}
+
+struct Shared {
+    issuer: String,
+    keys: RwLock<Keys>,
+    jwks_fetches: AtomicUsize,
+    discovery_fetches: AtomicUsize,
+    stopped: AtomicBool,
+}
+
+impl Shared {
+    fn keys(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A loopback OIDC provider. Stops when dropped.
+pub struct TestIssuer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for TestIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestIssuer")
+            .field("issuer", &self.shared.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestIssuer {
+    /// Binds `127.0.0.1:0` and starts serving discovery and JWKS.
+    pub async fn start() -> TestIssuer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback for the test issuer");
+        let addr = listener.local_addr().expect("test issuer address");
+        let shared = Arc::new(Shared {
+            issuer: format!("http://{addr}{REALM_PATH}"),
+            keys: RwLock::new(Keys {
+                generation: 1,
+                rsa: Arc::new(SigningKey::rsa("rsa-1".to_owned(), 0)),
+                ec: Arc::new(SigningKey::ec("ec-1".to_owned())),
+            }),
+            jwks_fetches: AtomicUsize::new(0),
+            discovery_fetches: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let app = axum::Router::new()
+            .route(
+                &format!("{REALM_PATH}/.well-known/openid-configuration"),
+                get(discovery),
+            )
+            .route(&format!("{REALM_PATH}{JWKS_PATH}"), get(jwks))
+            .with_state(shared.clone());
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.await;
+                })
+                .await;
+        });
+        TestIssuer {
+            shared,
+            addr,
+            shutdown: Mutex::new(Some(shutdown)),
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// The issuer URL (`iss`), e.g. `http://127.0.0.1:PORT/realms/canopy`.
+    pub fn issuer(&self) -> String {
+        self.shared.issuer.clone()
+    }
+
+    /// The audience default tokens are issued for (`canopy`).
+    pub fn audience(&self) -> String {
+        AUDIENCE.to_owned()
+    }
+
+    /// The JWKS URL (also advertised by discovery).
+    pub fn jwks_url(&self) -> String {
+        format!("{}{JWKS_PATH}", self.shared.issuer)
+    }
+
+    /// The socket address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A verifier config for this issuer (JWKS discovered).
+    pub fn config(&self) -> OidcConfig {
+        OidcConfig::new(self.issuer(), AUDIENCE)
+    }
+
+    /// A verifier for this issuer with a fresh HTTP client.
+    pub fn verifier(&self) -> OidcVerifier {
+        OidcVerifier::new(self.config(), reqwest::Client::new())
+    }
+
+    /// The kid of the current RSA key.
+    pub fn rsa_kid(&self) -> String {
+        self.shared.keys().rsa.kid.clone()
+    }
+
+    /// The kid of the EC P-256 key.
+    pub fn ec_kid(&self) -> String {
+        self.shared.keys().ec.kid.clone()
+    }
+
+    /// The current RSA public key, PEM (SPKI).
+    pub fn rsa_public_key_pem(&self) -> &'static str {
+        self.shared.keys().rsa.public_pem
+    }
+
+    /// Default claims for `sub`: RS256 with the current key, `iss`, `aud`,
+    /// `exp` = now + 300 s, `preferred_username` = `sub`, no roles.
+    pub fn spec(&self, sub: &str) -> TokenSpec {
+        TokenSpec {
+            alg: Algorithm::RS256,
+            kid: Kid::Signing,
+            sub: sub.to_owned(),
+            username: Some(sub.to_owned()),
+            roles: None,
+            exp: Some(now() + TOKEN_LIFETIME_SECS),
+            nbf: None,
+            aud: Some(Value::String(AUDIENCE.to_owned())),
+            iss: Some(self.issuer()),
+            extra: Map::new(),
+        }
+    }
+
+    fn spec_with_roles(&self, sub: &str, roles: &[&str]) -> TokenSpec {
+        TokenSpec {
+            roles: Some(roles.iter().map(|r| (*r).to_owned()).collect()),
+            ..self.spec(sub)
+        }
+    }
+
+    /// A valid RS256 token.
+    pub fn token(&self, sub: &str, roles: &[&str]) -> String {
+        self.token_with(self.spec_with_roles(sub, roles))
+    }
+
+    /// A valid ES256 token.
+    pub fn token_es256(&self, sub: &str, roles: &[&str]) -> String {
+        self.token_with(TokenSpec {
+            alg: Algorithm::ES256,
+            ..self.spec_with_roles(sub, roles)
+        })
+    }
+
+    /// An RS256 token that expired an hour ago.
+    pub fn expired_token(&self, sub: &str) -> String {
+        self.token_with(TokenSpec {
+            exp: Some(now() - 3600),
+            ..self.spec(sub)
+        })
+    }
+
+    /// An unsigned token: header `{"alg":"none"}`, empty signature.
+    pub fn alg_none_token(&self, sub: &str) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let claims = claims_json(&self.spec(sub));
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("{header}.{payload}.")
+    }
+
+    /// A valid token whose payload was then changed (roles escalated to
+    /// `admin`), keeping the original signature.
+    pub fn tampered_token(&self, sub: &str) -> String {
+        let token = self.token(sub, &["viewer"]);
+        let mut parts = token.split('.');
+        let (header, _, signature) = (
+            parts.next().expect("header"),
+            parts.next().expect("payload"),
+            parts.next().expect("signature"),
+        );
+        let claims = claims_json(&self.spec_with_roles(sub, &["admin"]));
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("{header}.{payload}.{signature}")
+    }
+
+    /// Signs a token exactly as specified. Panics on an algorithm this issuer
+    /// has no key for (ES384, PS384/512 are fine, EdDSA is not).
+    pub fn token_with(&self, spec: TokenSpec) -> String {
+        let (rsa, ec) = {
+            let keys = self.shared.keys();
+            (keys.rsa.clone(), keys.ec.clone())
+        };
+        let (signer_kid, encoding) = match spec.alg {
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => (rsa.kid.clone(), rsa.encoding.clone()),
+            Algorithm::ES256 => (ec.kid.clone(), ec.encoding.clone()),
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => (
+                rsa.kid.clone(),
+                EncodingKey::from_secret(rsa.public_pem.as_bytes()),
+            ),
+            other => panic!("the test issuer has no key for {other:?}"),
+        };
+        let mut header = Header::new(spec.alg);
+        header.kid = match &spec.kid {
+            Kid::Signing => Some(signer_kid),
+            Kid::Omit => None,
+            Kid::Named(kid) => Some(kid.clone()),
+        };
+        jsonwebtoken::encode(&header, &claims_json(&spec), &encoding).expect("sign test token")
+    }
+
+    /// Replaces the RSA key with a new one under a new kid; the old key is
+    /// no longer published.
+    pub fn rotate_key(&self) {
+        let mut keys = self
+            .shared
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        keys.generation += 1;
+        let generation = keys.generation;
+        keys.rsa = Arc::new(SigningKey::rsa(format!("rsa-{generation}"), generation - 1));
+    }
+
+    /// How many times the JWKS was served.
+    pub fn jwks_fetches(&self) -> usize {
+        self.shared.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// How many times the discovery document was served.
+    pub fn discovery_fetches(&self) -> usize {
+        self.shared.discovery_fetches.load(Ordering::SeqCst)
+    }
+
+    /// Stops serving: requests still arriving on open connections get 503,
+    /// the listener closes.
+    pub async fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        let shutdown = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(shutdown) = shutdown {
+            let _ = shutdown.send(());
+        }
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+fn claims_json(spec: &TokenSpec) -> Value {
+    let mut claims = Map::new();
+    claims.insert("sub".to_owned(), Value::String(spec.sub.clone()));
+    if let Some(username) = &spec.username {
+        claims.insert(
+            "preferred_username".to_owned(),
+            Value::String(username.clone()),
+        );
+    }
+    if let Some(roles) = &spec.roles {
+        claims.insert("realm_access".to_owned(), json!({ "roles": roles }));
+    }
+    if let Some(exp) = spec.exp {
+        claims.insert("exp".to_owned(), json!(exp));
+    }
+    if let Some(nbf) = spec.nbf {
+        claims.insert("nbf".to_owned(), json!(nbf));
+    }
+    if let Some(aud) = &spec.aud {
+        claims.insert("aud".to_owned(), aud.clone());
+    }
+    if let Some(iss) = &spec.iss {
+        claims.insert("iss".to_owned(), Value::String(iss.clone()));
+    }
+    claims.insert("iat".to_owned(), json!(now()));
+    for (name, value) in &spec.extra {
+        claims.insert(name.clone(), value.clone());
+    }
+    Value::Object(claims)
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "stopped").into_response()
+}
+
+async fn discovery(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.stopped.load(Ordering::SeqCst) {
+        return unavailable();
+    }
+    shared.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+    let issuer = &shared.issuer;
+    Json(json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}{JWKS_PATH}"),
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+    }))
+    .into_response()
+}
+
+async fn jwks(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.stopped.load(Ordering::SeqCst) {
+        return unavailable();
+    }
+    shared.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    let set = {
+        let keys = shared.keys();
+        JwkSet {
+            keys: vec![keys.rsa.jwk.clone(), keys.ec.jwk.clone()],
+        }
+    };
+    Json(set).into_response()
+}

@@ -1,0 +1,592 @@
+//! Abuse resistance: per-caller rate limits, caps on concurrent agent long-polls, and a deadline
+//! on reading request bodies. (Body *sizes* are capped per route in `http::api_router`;
+//! header read timeouts and connection caps live in the connection loop.)
+//!
+//! - **Rate limit**: a token bucket per authenticated caller ([`Principal::rate_key`]: one per
+//!   API token, session or OIDC identity), refilled at [`Limits::requests_per_second`] up to
+//!   [`Limits::burst`]. Over it: `429 Too Many Requests` with `Retry-After` (whole seconds until
+//!   a request would pass). Requests without a caller (the agent protocol, the public paths) are
+//!   not counted here: agents are bounded by the long-poll caps and their own schedule. Buckets
+//!   that have refilled completely are forgotten (they are the same as a new one), so memory
+//!   follows the callers active in the last minute.
+//! - **Long-polls**: at most [`Limits::max_long_polls`] desired-state long-polls wait at once in
+//!   the process, and at most [`Limits::max_long_polls_per_edge`] per edge. A long-poll beyond
+//!   the process cap is answered at once with `503 Service Unavailable` (the server is at
+//!   capacity; `Retry-After` 5 to 30 s, spread so refused agents do not return together); one
+//!   beyond an edge's cap with `429 Too Many Requests` (that edge is misbehaving;
+//!   `Retry-After` 5 s). Agents treat both as transient and back off.
+//! - **Slow bodies**: a request body must arrive within [`Limits::body_read_timeout`] of the
+//!   first read, and each chunk received extends that deadline by its size divided by
+//!   [`Limits::body_min_rate`] (never past `body_read_timeout` from now): a body trickled in
+//!   slower than that rate, or stalled for the whole timeout, is answered with
+//!   `408 Request Timeout` and the connection is closed. (This is Apache `mod_reqtimeout`'s
+//!   `body=60,MinRate=1024`.)
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::ErrorBody;
+use crate::app::{AppError, Principal};
+
+/// The abuse limits of the HTTP API (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Sustained requests per second per caller; 0 turns the rate limit off.
+    pub requests_per_second: u32,
+    /// Requests a caller may send at once after being idle (the bucket's size; at least 1).
+    pub burst: u32,
+    /// Desired-state long-polls waiting at once, in the whole process.
+    pub max_long_polls: usize,
+    /// Desired-state long-polls waiting at once per edge.
+    pub max_long_polls_per_edge: usize,
+    /// Time to receive a request body (measured from the first read), extended as data arrives.
+    pub body_read_timeout: Duration,
+    /// Bytes per second a body must average to keep extending its deadline; 0 makes
+    /// `body_read_timeout` a pure idle timeout (the longest pause between two chunks).
+    pub body_min_rate: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            requests_per_second: 100,
+            burst: 400,
+            max_long_polls: 15_000,
+            max_long_polls_per_edge: 2,
+            body_read_timeout: Duration::from_secs(60),
+            body_min_rate: 1024,
+        }
+    }
+}
+
+/// The middleware's state: the limits and what they count.
+#[derive(Clone)]
+pub(crate) struct Limiter {
+    limits: Arc<Limits>,
+    rate: Arc<RateLimiter>,
+    long_polls: Arc<LongPollGate>,
+}
+
+impl Limiter {
+    pub(crate) fn new(limits: Limits) -> Limiter {
+        Limiter {
+            rate: Arc::new(RateLimiter::new(limits.requests_per_second, limits.burst)),
+            long_polls: Arc::new(LongPollGate::new(
+                limits.max_long_polls,
+                limits.max_long_polls_per_edge,
+            )),
+            limits: Arc::new(limits),
+        }
+    }
+}
+
+/// Applies the limits to one request (inner of authentication, so the caller is known).
+pub(crate) async fn enforce(State(l): State<Limiter>, mut req: Request, next: Next) -> Response {
+    if let Some(p) = req.extensions().get::<Arc<Principal>>()
+        && let Err(retry) = l.rate.check(&p.rate_key(), Instant::now())
+    {
+        return AppError::RateLimited(retry).into_response();
+    }
+    req.extensions_mut().insert(l.long_polls.clone());
+    if req.body().size_hint().exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let expired = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| {
+        Body::new(TimedBody {
+            inner: body,
+            sleep: None,
+            timeout: l.limits.body_read_timeout,
+            min_rate: l.limits.body_min_rate,
+            expired: expired.clone(),
+        })
+    });
+    let response = next.run(req).await;
+    if expired.load(Ordering::Relaxed) {
+        let mut r = error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            4,
+            format!(
+                "the request body arrived too slowly: send it within {} s (at {} bytes/s or faster)",
+                l.limits.body_read_timeout.as_secs(),
+                l.limits.body_min_rate
+            ),
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    response
+}
+
+/// An error response in the API's error shape (for statuses `AppError` has no variant for).
+fn error_response(status: StatusCode, code: i32, message: String) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            code,
+            message,
+            details: Vec::new(),
+            error_messages: Vec::new(),
+        }),
+    )
+        .into_response()
+}
+
+// ------------------------------------------------------------------ bounded lists
+
+/// `pageSize` and `offset` of a list that takes no other parameter (unknown ones refused):
+/// `pageSize` 0 or absent is `default`, above [`canopy_core::list::MAX_PAGE_SIZE`] or negative
+/// is 400 naming it.
+pub(crate) fn page_params(raw: &str, default: u32) -> Result<(usize, usize), AppError> {
+    let max = canopy_core::list::MAX_PAGE_SIZE;
+    let (mut size, mut offset) = (default, 0usize);
+    for (k, v) in canopy_core::list::form_pairs(raw)? {
+        let n: i64 = v
+            .trim()
+            .parse()
+            .map_err(|_| AppError::Invalid(format!("invalid {k} {v:?}: must be a whole number")))?;
+        match k.as_str() {
+            "pageSize" if (0..=i64::from(max)).contains(&n) => {
+                size = if n == 0 { default } else { n as u32 }
+            }
+            "pageSize" => {
+                return Err(AppError::Invalid(format!(
+                    "invalid pageSize {n}: must be from 0 to {max}"
+                )));
+            }
+            "offset" if n >= 0 => offset = usize::try_from(n).unwrap_or(usize::MAX),
+            "offset" => {
+                return Err(AppError::Invalid(format!(
+                    "invalid offset {n}: must not be negative"
+                )));
+            }
+            other => {
+                return Err(AppError::Invalid(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    Ok((size as usize, offset))
+}
+
+// ------------------------------------------------------------------ rate limit
+
+const SHARDS: usize = 16;
+/// How often a shard forgets refilled buckets, and how large it may grow before it does so
+/// sooner (at most once a second).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const SWEEP_AT_LEN: usize = 4096;
+
+/// Token buckets by key, in shards so concurrent callers rarely share a lock.
+pub(crate) struct RateLimiter {
+    /// Tokens per second; 0 = no limit.
+    rate: f64,
+    burst: f64,
+    hasher: std::collections::hash_map::RandomState,
+    shards: Vec<Mutex<Shard>>,
+}
+
+struct Shard {
+    buckets: HashMap<String, Bucket>,
+    last_sweep: Instant,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(per_second: u32, burst: u32) -> RateLimiter {
+        let now = Instant::now();
+        RateLimiter {
+            rate: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            hasher: Default::default(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        buckets: HashMap::new(),
+                        last_sweep: now,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes a token of `key`'s bucket, or says in how many whole seconds one will be there.
+    pub(crate) fn check(&self, key: &str, now: Instant) -> Result<(), u64> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let since_sweep = now.saturating_duration_since(shard.last_sweep);
+        if since_sweep >= SWEEP_EVERY
+            || (shard.buckets.len() >= SWEEP_AT_LEN && since_sweep >= Duration::from_secs(1))
+        {
+            let (rate, burst) = (self.rate, self.burst);
+            shard
+                .buckets
+                .retain(|_, b| b.refilled(now, rate, burst) < burst);
+            shard.last_sweep = now;
+        }
+        let bucket = match shard.buckets.get_mut(key) {
+            Some(b) => b,
+            None => shard.buckets.entry(key.to_string()).or_insert(Bucket {
+                tokens: self.burst,
+                at: now,
+            }),
+        };
+        bucket.tokens = bucket.refilled(now, self.rate, self.burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - bucket.tokens) / self.rate).ceil() as u64).max(1))
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap().buckets.len())
+            .sum()
+    }
+}
+
+impl Bucket {
+    fn refilled(&self, now: Instant, rate: f64, burst: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.tokens + elapsed * rate).min(burst)
+    }
+}
+
+// ------------------------------------------------------------------ long-polls
+
+/// Counts the desired-state long-polls waiting (see the module doc). The limits middleware puts
+/// it into every request's extensions; the long-poll handler holds a [`LongPollPermit`] while
+/// it waits.
+pub struct LongPollGate {
+    max_total: usize,
+    max_per_edge: usize,
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    total: usize,
+    per_edge: HashMap<String, usize>,
+}
+
+/// One waiting long-poll; leaves the count when dropped.
+pub struct LongPollPermit {
+    gate: Arc<LongPollGate>,
+    edge: String,
+}
+
+impl LongPollGate {
+    pub(crate) fn new(max_total: usize, max_per_edge: usize) -> LongPollGate {
+        LongPollGate {
+            max_total,
+            max_per_edge,
+            state: Mutex::new(GateState::default()),
+        }
+    }
+
+    /// Admits one more long-poll of `edge`, or says why not (answer it at once).
+    pub fn enter(self: &Arc<Self>, edge: &str) -> Result<LongPollPermit, LongPollRefused> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.total >= self.max_total {
+            return Err(LongPollRefused::ServerFull {
+                max: self.max_total,
+            });
+        }
+        let mine = s.per_edge.get(edge).copied().unwrap_or(0);
+        if mine >= self.max_per_edge {
+            return Err(LongPollRefused::EdgeBusy {
+                edge: edge.to_string(),
+                max: self.max_per_edge,
+            });
+        }
+        s.total += 1;
+        s.per_edge.insert(edge.to_string(), mine + 1);
+        Ok(LongPollPermit {
+            gate: self.clone(),
+            edge: edge.to_string(),
+        })
+    }
+
+    /// Long-polls waiting now.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+/// Why a long-poll was not admitted; answered as 503 or 429 with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LongPollRefused {
+    /// The process holds its maximum of long-polls: 503, retry in 5 to 30 s.
+    ServerFull { max: usize },
+    /// This edge already has its maximum waiting: 429, retry in 5 s.
+    EdgeBusy { edge: String, max: usize },
+}
+
+impl IntoResponse for LongPollRefused {
+    fn into_response(self) -> Response {
+        let (mut r, retry) = match self {
+            LongPollRefused::ServerFull { max } => {
+                // Spread the retries of refused agents over 5..=30 s.
+                let spread = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()) % 26);
+                let r = AppError::Unavailable(format!(
+                    "the server is holding its maximum of {max} long-polls; retry later"
+                ))
+                .into_response();
+                (r, 5 + spread)
+            }
+            LongPollRefused::EdgeBusy { edge, max } => {
+                let r = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    8,
+                    format!(
+                        "edge {edge} already has {max} long-polls waiting; wait for them to answer"
+                    ),
+                );
+                (r, 5)
+            }
+        };
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        r
+    }
+}
+
+impl std::fmt::Debug for LongPollPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LongPollPermit")
+            .field("edge", &self.edge)
+            .finish()
+    }
+}
+
+impl Drop for LongPollPermit {
+    fn drop(&mut self) {
+        let mut s = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.total = s.total.saturating_sub(1);
+        if let Some(n) = s.per_edge.get_mut(&self.edge) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_edge.remove(&self.edge);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ slow bodies
+
+/// A request body with a read deadline (see the module doc).
+struct TimedBody {
+    inner: Body,
+    /// Created at the first read.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout: Duration,
+    min_rate: u32,
+    /// Set when the deadline passed, for the middleware to answer 408.
+    expired: Arc<AtomicBool>,
+}
+
+/// The error a [`TimedBody`] ends with.
+#[derive(Debug)]
+struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body arrived too slowly")
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+impl TimedBody {
+    /// Moves the deadline on for `bytes` received.
+    fn received(&mut self, bytes: usize) {
+        let Some(sleep) = self.sleep.as_mut() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let cap = now + self.timeout;
+        let next = if self.min_rate == 0 {
+            cap
+        } else {
+            let extra = Duration::from_secs_f64(bytes as f64 / f64::from(self.min_rate));
+            (sleep.deadline() + extra).min(cap)
+        };
+        sleep.as_mut().reset(next);
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.expired.load(Ordering::Relaxed) {
+            return Poll::Ready(Some(Err(BodyTimeout.into())));
+        }
+        let timeout = this.timeout;
+        this.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received(data.len());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let sleep = this.sleep.as_mut().expect("created above");
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.expired.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(BodyTimeout.into())))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_params_are_bounded() {
+        assert_eq!(page_params("", 500).unwrap(), (500, 0));
+        assert_eq!(page_params("pageSize=0&offset=3", 20).unwrap(), (20, 3));
+        assert_eq!(page_params("pageSize=500", 20).unwrap(), (500, 0));
+        for (raw, name) in [
+            ("pageSize=501", "pageSize"),
+            ("pageSize=-1", "pageSize"),
+            ("offset=-1", "offset"),
+            ("offset=x", "offset"),
+            ("filter=a", "filter"),
+        ] {
+            let e = page_params(raw, 20).unwrap_err().to_string();
+            assert!(e.contains(name), "{raw}: {e}");
+        }
+    }
+
+    #[test]
+    fn buckets_allow_the_burst_then_the_rate() {
+        let r = RateLimiter::new(10, 5);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(r.check("a", t0), Ok(()));
+        }
+        assert_eq!(r.check("a", t0), Err(1));
+        // Another key has its own bucket.
+        assert_eq!(r.check("b", t0), Ok(()));
+        // 0.25 s refills two tokens at 10/s.
+        let t1 = t0 + Duration::from_millis(250);
+        assert_eq!(r.check("a", t1), Ok(()));
+        assert_eq!(r.check("a", t1), Ok(()));
+        assert!(r.check("a", t1).is_err());
+    }
+
+    #[test]
+    fn retry_after_says_when_a_token_is_back() {
+        let r = RateLimiter::new(1, 1);
+        let t0 = Instant::now();
+        assert_eq!(r.check("a", t0), Ok(()));
+        assert_eq!(r.check("a", t0), Err(1));
+        let slow = RateLimiter::new(1, 3);
+        for _ in 0..3 {
+            slow.check("a", t0).unwrap();
+        }
+        assert_eq!(slow.check("a", t0 + Duration::from_millis(100)), Err(1));
+    }
+
+    #[test]
+    fn zero_rate_is_no_limit() {
+        let r = RateLimiter::new(0, 0);
+        let t0 = Instant::now();
+        for _ in 0..10_000 {
+            assert_eq!(r.check("a", t0), Ok(()));
+        }
+    }
+
+    #[test]
+    fn refilled_buckets_are_forgotten() {
+        let r = RateLimiter::new(100, 10);
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            r.check(&format!("k{i}"), t0).unwrap();
+        }
+        assert_eq!(r.len(), 1000);
+        // A minute later every bucket has refilled; touching each shard sweeps it.
+        let later = t0 + SWEEP_EVERY;
+        for i in 0..200 {
+            r.check(&format!("fresh{i}"), later).unwrap();
+        }
+        assert!(r.len() <= 200, "{}", r.len());
+    }
+
+    #[test]
+    fn long_poll_gate_counts_per_edge_and_in_all() {
+        let g = Arc::new(LongPollGate::new(3, 2));
+        let a1 = g.enter("a").unwrap();
+        let a2 = g.enter("a").unwrap();
+        let refused = g.enter("a").unwrap_err().into_response();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.headers().contains_key(header::RETRY_AFTER));
+        let b1 = g.enter("b").unwrap();
+        let full = g.enter("c").unwrap_err().into_response();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let secs: u64 = full.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((5..=30).contains(&secs), "{secs}");
+        assert_eq!(g.waiting(), 3);
+        drop(a1);
+        let _a3 = g.enter("a").unwrap();
+        drop((a2, b1));
+        assert_eq!(g.waiting(), 1);
+        assert_eq!(g.state.lock().unwrap().per_edge.len(), 1);
+    }
+}

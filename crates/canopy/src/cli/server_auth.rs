@@ -1,0 +1,100 @@
+//! Flags of `canopy server` / `canopy up` about identity and tenancy: an external OIDC identity
+//! provider, session lifetime, and the registries every new project gets.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use canopy_server::app::{AuthConfig, TenancyConfig};
+
+use super::args::duration;
+
+/// Identity and tenancy flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// Accept bearer JWTs from this OIDC identity provider (e.g.
+    /// https://keycloak.example.com/realms/master), besides Canopy's own tokens. Roles are read
+    /// from `realm_access.roles`.
+    #[arg(long, env = "CANOPY_OIDC_ISSUER", value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+    /// The audience (`aud`) tokens must carry.
+    #[arg(
+        long,
+        env = "CANOPY_OIDC_AUDIENCE",
+        value_name = "AUD",
+        default_value = "canopy",
+        requires = "oidc_issuer"
+    )]
+    pub oidc_audience: String,
+    /// JWKS URL of the provider (default: discovered from the issuer's
+    /// /.well-known/openid-configuration).
+    #[arg(
+        long,
+        env = "CANOPY_OIDC_JWKS_URL",
+        value_name = "URL",
+        requires = "oidc_issuer"
+    )]
+    pub oidc_jwks_url: Option<String>,
+    /// Lifetime of a `canopy login` session: 30m, 8h, ...
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "1h")]
+    pub session_ttl: Duration,
+    /// Registries created in every new project: a JSON or YAML list of registries in the
+    /// catalog's registry format (name, rootUrl, type, ...).
+    #[arg(long, env = "CANOPY_DEFAULT_REGISTRIES", value_name = "FILE")]
+    pub default_registries: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    /// The server's authentication configuration.
+    pub fn auth_config(&self) -> anyhow::Result<AuthConfig> {
+        let oidc = match &self.oidc_issuer {
+            None => None,
+            Some(issuer) => {
+                let mut cfg = canopy_auth::oidc::OidcConfig::new(
+                    issuer.trim_end_matches('/'),
+                    self.oidc_audience.clone(),
+                );
+                if let Some(url) = &self.oidc_jwks_url {
+                    cfg = cfg.with_jwks_url(url.clone());
+                }
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .context("building the HTTP client for the identity provider")?;
+                Some(canopy_auth::oidc::OidcVerifier::new(cfg, http))
+            }
+        };
+        Ok(AuthConfig {
+            oidc,
+            session_ttl: Some(self.session_ttl),
+        })
+    }
+
+    /// What new projects get.
+    pub fn tenancy_config(&self) -> anyhow::Result<TenancyConfig> {
+        let default_registries = match &self.default_registries {
+            None => Vec::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let list: Vec<canopy_core::catalog::Registry> = serde_saphyr::from_str(&text)
+                    .with_context(|| {
+                        format!(
+                            "{} is not a list of registries (name, rootUrl, type, ...)",
+                            path.display()
+                        )
+                    })?;
+                for r in &list {
+                    canopy_core::validate::registry(r).map_err(|e| {
+                        anyhow::anyhow!("{}: registry {}: {e}", path.display(), r.name)
+                    })?;
+                }
+                list
+            }
+        };
+        Ok(TenancyConfig {
+            default_registries,
+            delete_grace: None,
+        })
+    }
+}
