@@ -75,13 +75,17 @@ fn assert_refused(what: &str, a: &Answer, secret: &str) {
     );
 }
 
-/// A refusal of bad input: 400 or 404 with a clear message, never a server error, and no
-/// raw control characters (names are escaped before they are shown).
+/// A refusal of bad input: 400 or 404 with a message, never a server error. (Messages repeat
+/// the name as given; the JSON encoding escapes any control character in it.)
 fn assert_rejected(what: &str, a: &Answer) {
+    assert!(
+        a.status == 400 || a.status == 404,
+        "{what}: expected 400 or 404, got {}: {}",
+        a.status,
+        a.text
+    );
     let m = message(a);
-    if !(a.status == 400 || a.status == 404) || m.is_empty() || m.chars().any(char::is_control) {
-        eprintln!("PROBLEM {what}: {} {}", a.status, a.text);
-    }
+    assert!(!m.is_empty(), "{what}: no message: {}", a.text);
 }
 
 async fn start_with_oidc() -> (TestControlPlane, TestIssuer) {
@@ -157,6 +161,15 @@ async fn forged_expired_and_unsigned_tokens_are_refused_without_echo() {
                 ..spec()
             }),
         ),
+        ("signature of another token", {
+            // A real signature, over a payload without roles, under a payload granting admin.
+            let real = issuer.token("mallory", &[]);
+            let forged = issuer.token_with(spec());
+            let (h, rest) = real.split_once('.').unwrap();
+            let sig = rest.split_once('.').unwrap().1;
+            let payload = forged.split('.').nth(1).unwrap();
+            format!("{h}.{payload}.{sig}")
+        }),
         ("signature stripped", {
             let t = issuer.token("mallory", &admin);
             t[..t.rfind('.').unwrap() + 1].to_string()
@@ -238,7 +251,7 @@ async fn garbage_authorization_headers_are_refused() {
         ("NUL", &b"Bearer abc\x00defghijkl"[..]),
         (
             "CR LF injection",
-            &b"Bearer abcdefghijk\r\nX-Roles: canopy-admin"[..],
+            &b"Bearer abcdefghijkl\r\nX-Roles: canopy-admin"[..],
         ),
         ("bell", &b"Bearer abc\x07defghijkl"[..]),
         ("DEL", &b"Bearer abc\x7fdefghijkl"[..]),
@@ -282,7 +295,11 @@ async fn traversal_control_and_lookalike_characters_in_names_are_refused() {
     let (s, b) = cp.upload_dir(P, &example("web-demo")).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     cp.create_project("shop").await;
-    let _ = cp.user_token("alice", &["shop_cat-r"]).await;
+    let reader = cp.user_token("reader", &["shop_cat-r"]).await;
+    let (s, b) = cp
+        .post(&cp.catalog(P, "/registries"), &registry("helm"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     let before = inventory(&cp).await;
     let http = cp.http();
 
@@ -422,16 +439,19 @@ async fn traversal_control_and_lookalike_characters_in_names_are_refused() {
             let a = answer(http.post(&path).json(&body).send().await.unwrap()).await;
             assert_rejected(&format!("POST {path} named {name:?}"), &a);
         }
-        // Roles naming a project with such a name.
-        let a = answer(
-            http.post(cp.at("/canopy/v1/users"))
-                .json(&json!({"name": "bob", "roles": [format!("{name}_cat-rw")]}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_rejected(&format!("a role on project {name:?}"), &a);
+        // Roles naming a project with such a name (upper case is fine: project UUIDs).
+        if name != "WEB" {
+            let role = format!("{name}_cat-rw");
+            let a = answer(
+                http.post(cp.at("/canopy/v1/users"))
+                    .json(&json!({"name": "bob", "roles": [role]}))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_rejected(&format!("a role on project {name:?}"), &a);
+        }
         // An application version with such a name.
         let a = answer(
             http.post(cp.catalog(P, "/applications"))
@@ -463,7 +483,6 @@ async fn traversal_control_and_lookalike_characters_in_names_are_refused() {
     }
 
     // A lookalike of an existing project does not reach it.
-    let reader = cp.user_token("reader", &["shop_cat-r"]).await;
     let a = answer(
         cp.anonymous_http()
             .get(cp.at("/v3/projects/%D1%95hop/catalog/registries"))
@@ -560,25 +579,67 @@ async fn injection_shaped_filters_are_refused_or_match_literally() {
             .await
             .unwrap();
         assert_eq!(enrolled.status(), StatusCode::CREATED, "{b}");
+        let edge: Value = enrolled.json().await.unwrap();
+        let edge = edge["edgeId"].as_str().unwrap().to_string();
+        let (s, d) = cp
+            .post(
+                &cp.at(&format!("/v1/projects/{P}/appdeployment/deployments")),
+                &json!({"appName": "web-demo", "appVersion": "1.0.0",
+                        "allAppTargetClusters": {"labels": {"site": "a"}}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}: {d}");
+        let depl = d["deploymentId"].as_str().unwrap().to_string();
         let before = inventory(&cp).await;
 
+        // (name of the items field, URL, whether totalElements counts after `filter`: the
+        // deployment manager's lists count before it, as the reference does).
         let lists = [
-            ("registries", cp.catalog(P, "/registries")),
-            ("applications", cp.catalog(P, "/applications")),
-            ("deploymentPackages", cp.catalog(P, "/deployment_packages")),
-            ("artifacts", cp.catalog(P, "/artifacts")),
+            ("registries", cp.catalog(P, "/registries"), true),
+            ("applications", cp.catalog(P, "/applications"), true),
+            (
+                "deploymentPackages",
+                cp.catalog(P, "/deployment_packages"),
+                true,
+            ),
+            ("artifacts", cp.catalog(P, "/artifacts"), true),
+            (
+                "edges",
+                cp.at(&format!("/canopy/v1/projects/{P}/edges")),
+                true,
+            ),
             (
                 "deployments",
                 cp.at(&format!("/v1/projects/{P}/appdeployment/deployments")),
+                false,
             ),
             (
                 "clusters",
                 cp.at(&format!("/v1/projects/{P}/appdeployment/clusters")),
+                false,
             ),
-            ("edges", cp.at(&format!("/canopy/v1/projects/{P}/edges"))),
+            (
+                "deploymentInstancesCluster",
+                cp.at(&format!("/v1/projects/{P}/deployments/clusters/{edge}")),
+                false,
+            ),
+            (
+                "clusters",
+                cp.at(&format!(
+                    "/v1/projects/{P}/appdeployment/deployments/{depl}/clusters"
+                )),
+                false,
+            ),
         ];
         // Each either refused (400) or matched literally: no fixture name contains any of
-        // these characters, so a literal match finds nothing.
+        // these characters, so a literal match finds nothing (and `totalElements` is 0).
+        //
+        // KNOWN BUG: a NUL in a filter value (`filter=name%3D%00`) reaches SQLite's LIKE, which
+        // stops reading the pattern at the NUL: the catalog lists (registries, applications,
+        // deployment packages, artifacts: canopy-store `sql.rs`) and the audit log's `action`
+        // filter (`audit.rs`) then match everything instead of nothing (PostgreSQL refuses a
+        // NUL in text outright, which would surface as a storage error). Filter values with
+        // control characters should be refused with 400 when the query is parsed.
         let queries = [
             "filter=name%3D%27x%27%20OR%201%3D1--",
             "filter=name%3Dx%27%20OR%20%271%27%3D%271",
@@ -602,29 +663,23 @@ async fn injection_shaped_filters_are_refused_or_match_literally() {
             "orderBy=name%20--",
             "labels=site%3D%27%20OR%201%3D1--",
         ];
-        for (field, url) in &lists {
+        let mut problems = Vec::new();
+        for (field, url, counts_filtered) in &lists {
             for q in queries {
                 let target = format!("{url}?{q}");
                 let (s, body) = cp.get(&target).await;
-                match s {
+                let fine = match s {
                     StatusCode::BAD_REQUEST => {
-                        assert!(
-                            !body["message"].as_str().unwrap_or_default().is_empty(),
-                            "{b}: {target}: {body}"
-                        );
+                        !body["message"].as_str().unwrap_or_default().is_empty()
                     }
                     StatusCode::OK => {
-                        assert_eq!(
-                            body["totalElements"], 0,
-                            "{b}: {target} matched something: {body}"
-                        );
-                        assert_eq!(
-                            body[*field].as_array().map(Vec::len),
-                            Some(0),
-                            "{b}: {target}"
-                        );
+                        (body["totalElements"] == 0 || !counts_filtered)
+                            && body[*field].as_array().map(Vec::len) == Some(0)
                     }
-                    other => panic!("{b}: {target}: {other} {body}"),
+                    _ => false,
+                };
+                if !fine {
+                    problems.push(format!("{b}: {target}: {s} {body}"));
                 }
             }
         }
@@ -632,17 +687,21 @@ async fn injection_shaped_filters_are_refused_or_match_literally() {
         for q in [
             "actor=%27%20OR%201%3D1--",
             "actor=%25",
+            "actor=%00",
             "action=%25%25",
+            "action=%5F%5F%5F%5F%5F%5F%5F%5F%5F%5F",
+            "action=%00",
             "action=%27%3B%20DROP%20TABLE%20audit_log%3B--",
             "project=%25",
         ] {
-            let (s, body) = cp.get(&cp.at(&format!("/canopy/v1/audit?{q}"))).await;
-            assert!(
-                s == StatusCode::BAD_REQUEST
-                    || s == StatusCode::NOT_FOUND
-                    || (s == StatusCode::OK && body["totalElements"] == 0),
-                "{b}: audit ?{q}: {s} {body}"
-            );
+            let target = cp.at(&format!("/canopy/v1/audit?{q}"));
+            let (s, body) = cp.get(&target).await;
+            let fine = s == StatusCode::BAD_REQUEST
+                || s == StatusCode::NOT_FOUND
+                || (s == StatusCode::OK && body["totalElements"] == 0);
+            if !fine {
+                problems.push(format!("{b}: {target}: {s} {:.300}", body.to_string()));
+            }
         }
         // Everything is still there.
         assert_eq!(inventory(&cp).await, before, "{b}");
@@ -650,52 +709,43 @@ async fn injection_shaped_filters_are_refused_or_match_literally() {
             .get(&cp.catalog(P, "/applications?filter=name%3Dweb"))
             .await;
         assert_eq!(apps["totalElements"], 1, "{b}: {apps}");
+        assert!(
+            problems.is_empty(),
+            "{} filters were not refused nor matched literally:\n{}",
+            problems.len(),
+            problems.join("\n")
+        );
     }
 }
 
 // ------------------------------------------------------------------ sizes
 
-/// Sends `method path` with a `len`-byte body of `fill` over a raw connection, without waiting
-/// for the server to read it all (it may answer and close early); returns status and answer.
-async fn raw_big(
+/// Sends `method url` with a body of `len` bytes as the administrator; returns the answer.
+async fn big(
     cp: &TestControlPlane,
     method: &str,
-    path: &str,
+    url: &str,
     content_type: &str,
     len: usize,
-    fill: u8,
-) -> (u16, String) {
-    let addr = cp.url.trim_start_matches("http://").to_string();
-    let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
-        cp.admin_token()
-    );
-    let writer = tokio::spawn(async move {
-        let chunk = vec![fill; 64 * 1024];
-        if wr.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            if wr.write_all(&chunk[..n]).await.is_err() {
-                return;
-            }
-            left -= n;
-        }
-    });
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut out)).await;
-    writer.abort();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+) -> Answer {
+    let body = if content_type.starts_with("multipart/") {
+        // One real file part, larger than the limit.
+        let mut b = b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.yaml\"\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+        b.resize(b.len() + len, b'#');
+        b.extend_from_slice(b"\r\n--xyz--\r\n");
+        b
+    } else {
+        vec![b' '; len]
+    };
+    let resp = cp
+        .http()
+        .request(method.parse().unwrap(), url)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    answer(resp).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,68 +754,40 @@ async fn oversized_bodies_are_refused_with_413() {
     let before = inventory(&cp).await;
     let json_limit = canopy_server::http::MAX_JSON_BODY;
     let upload_limit = canopy_server::http::MAX_UPLOAD_BODY;
-    for (method, path, content_type, len) in [
-        (
-            "POST",
-            cp.catalog(P, "/registries"),
-            "application/json",
-            json_limit + 1,
-        ),
-        (
-            "POST",
-            cp.catalog(P, "/artifacts"),
-            "application/json",
-            json_limit + 1024,
-        ),
-        (
-            "POST",
-            cp.catalog(P, "/uploads"),
-            "application/json",
-            json_limit + 1024,
-        ),
-        (
-            "PUT",
-            format!("/v1/projects/{P}"),
-            "application/json",
-            json_limit + 1024,
-        ),
-        (
-            "POST",
-            "/canopy/v1/users".to_string(),
-            "application/json",
-            json_limit + 1024,
-        ),
-        (
-            "POST",
-            "/canopy/v1/login".to_string(),
-            "application/json",
-            json_limit + 1024,
-        ),
-        (
-            "POST",
-            "/canopy/v1/agent/enroll".to_string(),
-            "application/json",
-            json_limit + 1024,
-        ),
-        (
-            "POST",
-            cp.catalog(P, "/upload"),
-            "multipart/form-data; boundary=xyz",
-            upload_limit + 1024,
-        ),
-    ] {
-        let path = path.trim_start_matches(&cp.url).to_string();
-        let (status, text) = raw_big(&cp, method, &path, content_type, len, b' ').await;
-        assert_eq!(
-            status, 413,
-            "{method} {path} with {len} bytes: {:.300}",
-            text
-        );
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        assert!(
-            body.contains("\"message\""),
-            "{method} {path}: the 413 carries no JSON message: {body:.300}"
-        );
+    let json = "application/json";
+    let multipart = "multipart/form-data; boundary=xyz";
+    let over = json_limit + 1024;
+    #[rustfmt::skip]
+    let cases = [
+        ("POST", cp.catalog(P, "/registries"), json, json_limit + 1),
+        ("POST", cp.catalog(P, "/artifacts"), json, over),
+        ("PUT", cp.catalog(P, "/registries/helm"), json, over),
+        ("POST", cp.at(&format!("/v1/projects/{P}/appdeployment/deployments")), json, over),
+        ("POST", cp.at(&format!("/canopy/v1/projects/{P}/enrollment-tokens")), json, over),
+        // KNOWN BUG: the tenancy PUTs (`/v1/projects/{p}`, `/v1/orgs/{org}`) read their body
+        // with axum's plain `Bytes` extractor (http/tenancy.rs), so an oversized body gets
+        // axum's text/plain "Failed to buffer the request body: length limit exceeded" instead
+        // of the API's JSON error (status 413 is right).
+        ("PUT", cp.at(&format!("/v1/projects/{P}")), json, over),
+        ("PUT", cp.at("/v1/orgs/acme"), json, over),
+        ("POST", cp.at("/canopy/v1/users"), json, over),
+        ("POST", cp.at("/canopy/v1/tokens"), json, over),
+        ("POST", cp.at("/canopy/v1/login"), json, over),
+        ("POST", cp.at("/canopy/v1/agent/enroll"), json, over),
+        ("POST", cp.at("/canopy/v1/agent/status"), json, over),
+        // The upload routes allow more, up to their own limit.
+        ("POST", cp.catalog(P, "/uploads"), json, upload_limit + 1024),
+        ("POST", cp.catalog(P, "/upload"), multipart, upload_limit + 1024),
+    ];
+    let mut problems = Vec::new();
+    for (method, url, content_type, len) in cases {
+        let a = big(&cp, method, &url, content_type, len).await;
+        if a.status != 413 || message(&a).is_empty() {
+            problems.push(format!(
+                "{method} {url} with {len} bytes: {} (want 413 with a JSON message): {:.200}",
+                a.status, a.text
+            ));
+        }
     }
     // Just under the JSON limit is not refused for its size.
     let body = json!({"name": "big", "rootUrl": "oci://r.example.com/x", "type": "HELM",
@@ -785,6 +807,7 @@ async fn oversized_bodies_are_refused_with_413() {
         cp.delete(&cp.catalog(P, "/registries/big")).await;
     }
     assert_eq!(inventory(&cp).await, before, "nothing was created");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 // ------------------------------------------------------------------ credentials that end

@@ -471,6 +471,18 @@ impl Model {
             || self.p1_suffixes(row).any(|s| suffixes.contains(&s))
     }
 
+    /// Both fixture projects belong to the default organization: a caller with a role on
+    /// either (or on every project) sees it.
+    fn sees_default_org(&self, row: &Row) -> bool {
+        Self::admin(row)
+            || Self::has(row, "ao-m2m-rw")
+            || row.roles().iter().any(|r| {
+                r.rsplit_once('_').is_some_and(|(p, _)| {
+                    p == P1 || p == P2 || p.eq_ignore_ascii_case(&self.p1_uuid)
+                })
+            })
+    }
+
     fn expect(&self, row: &Row, case: &Case) -> Expect {
         if matches!(row.who, Who::Unauth) {
             return Expect::Status(401);
@@ -497,19 +509,8 @@ impl Model {
             Need::Admin if admin => Expect::Allowed,
             Need::Admin if scoped && !self.sees_p1(row) => Expect::Hidden(403),
             Need::Admin => Expect::Status(403),
-            Need::OrgVisible => {
-                // Both fixture projects belong to the default organization.
-                let any_project_role = row.roles().iter().any(|r| {
-                    r.rsplit_once('_').is_some_and(|(p, _)| {
-                        p == P1 || p == P2 || p.eq_ignore_ascii_case(&self.p1_uuid)
-                    })
-                });
-                if admin || Self::has(row, "ao-m2m-rw") || any_project_role {
-                    Expect::Allowed
-                } else {
-                    Expect::Status(404)
-                }
-            }
+            Need::OrgVisible if self.sees_default_org(row) => Expect::Allowed,
+            Need::OrgVisible => Expect::Status(404),
             Need::OwnerOrAdmin if admin => Expect::Allowed,
             Need::OwnerOrAdmin => Expect::Status(404),
             Need::Logout => match row.who {
@@ -846,7 +847,7 @@ impl Fixture {
 /// Everything wrong with one answer (empty: as expected).
 fn check(row: &Row, expect: Expect, r: &Resp, twin: Option<&Resp>, read: bool) -> Vec<String> {
     let mut problems = Vec::new();
-    if r.status >= 400 && !r.body["message"].as_str().is_some_and(|m| !m.is_empty()) {
+    if r.status >= 400 && r.body["message"].as_str().is_none_or(str::is_empty) {
         problems.push(format!(
             "error {} without a JSON message: {:.200}",
             r.status, r.text
@@ -1030,14 +1031,21 @@ impl Matrix<'_> {
             problems.push("the answer shows a registry's authToken".into());
         }
         // Lists of projects and organizations are filtered by role.
-        if r.status == 200 && case.method == Method::GET && case.path == "/v1/projects" {
-            let names: Vec<&str> = r
-                .body
-                .as_array()
-                .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
-                .unwrap_or_default();
-            if names.contains(&P1) != self.model.sees_p1(&row) {
-                problems.push(format!("project list {names:?} wrong for this caller"));
+        let names: Vec<&str> = r
+            .body
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        let listed = |name: &str| names.contains(&name);
+        if r.status == 200 && case.method == Method::GET && case.query.is_empty() {
+            if case.path == "/v1/projects" && listed(P1) != self.model.sees_p1(&row) {
+                problems.push(format!("project list wrong for this caller: {}", r.text));
+            }
+            if case.path == "/v1/orgs" && listed("default") != self.model.sees_default_org(&row) {
+                problems.push(format!(
+                    "organization list wrong for this caller: {}",
+                    r.text
+                ));
             }
         }
         Cell {
@@ -1682,5 +1690,53 @@ async fn another_projects_resources_answer_like_missing_ones() {
         "{} problems:\n{}",
         problems.len(),
         problems.join("\n")
+    );
+}
+
+/// The guard itself: an endpoint the matrix does not know fails it, and so does an entry for
+/// an endpoint that is gone.
+#[test]
+fn an_endpoint_without_an_entry_fails_the_matrix() {
+    let mut paths = serde_json::Map::new();
+    for e in entries() {
+        let item = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
+        item[e.method] = json!({});
+    }
+    for (m, p, _) in SKIP {
+        let item = paths.entry(p.to_string()).or_insert_with(|| json!({}));
+        item[*m] = json!({});
+    }
+    let complete = json!({ "paths": paths.clone() });
+    assert_eq!(cases(&complete).1, Vec::<String>::new());
+
+    // A new mutating endpoint, a new endpoint outside any project: refused until classified.
+    // A new project-scoped read is derived (catalog or fleet read access).
+    let mut grown = paths.clone();
+    grown.insert(
+        "/canopy/v1/projects/{projectName}/widgets".into(),
+        json!({"get": {}, "post": {}}),
+    );
+    grown.insert("/canopy/v1/gadgets".into(), json!({"get": {}}));
+    let problems = cases(&json!({ "paths": grown })).1;
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("POST /canopy/v1/projects/{projectName}/widgets")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("GET /canopy/v1/gadgets")),
+        "{problems:#?}"
+    );
+
+    let mut shrunk = paths;
+    shrunk.remove("/canopy/v1/whoami");
+    let problems = cases(&json!({ "paths": shrunk })).1;
+    assert!(
+        problems.len() == 1 && problems[0].contains("/canopy/v1/whoami"),
+        "{problems:#?}"
     );
 }

@@ -52,6 +52,10 @@ pub struct CertInfo {
 
 impl CertInfo {
     /// The fingerprint as a value.
+    ///
+    /// # Panics
+    ///
+    /// If `fingerprint_sha256` was changed to something that is not a fingerprint.
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::parse(&self.fingerprint_sha256).expect("formatted by this crate")
     }

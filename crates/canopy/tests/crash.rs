@@ -120,9 +120,19 @@ async fn total(http: &reqwest::Client, url: &str, what: &str, filter: &str) -> u
 
 async fn crash_rounds(database_url: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
     let server = ServerProcess::start(dir.path(), database_url.as_deref());
-    server.wait_healthy(&http).await;
+    server.wait_healthy(&reqwest::Client::new()).await;
+    // The administrator token the first start wrote.
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let r = http
         .post(format!(
             "{}/v3/projects/default/catalog/registries",

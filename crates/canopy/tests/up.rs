@@ -80,6 +80,7 @@ fn start_up(port: u16, data_dir: &std::path::Path) -> Up {
         .arg(data_dir)
         .env_remove("DOCKER_HOST")
         .env_remove("XDG_RUNTIME_DIR")
+        .env("CANOPY_CREDENTIALS", data_dir.with_extension("credentials.json"))
         .env("CONTAINERS_CONF", "/var/tmp/canopy-podman/containers.conf")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -142,7 +143,7 @@ async fn up_runs_a_control_plane_and_a_local_agent() {
     let fingerprint = up.fingerprint();
     assert!(
         up.banner
-            .contains(&format!("export CANOPY_SERVER_FINGERPRINT={fingerprint}")),
+            .contains(&format!("--server-fingerprint {fingerprint}")),
         "the banner says how to trust the server: {}",
         up.banner
     );
@@ -220,6 +221,7 @@ async fn up_without_agent_says_so() {
             "--data-dir",
         ])
         .arg(&data)
+        .env("CANOPY_CREDENTIALS", dir.path().join("credentials.json"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -233,7 +235,25 @@ async fn up_without_agent_says_so() {
             break;
         }
     }
+    // The CLI on this machine is set up: it pins the certificate and acts as the administrator,
+    // with no flag and no token on the command line.
+    let whoami = Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(["--server", &format!("https://127.0.0.1:{port}"), "whoami"])
+        .env("CANOPY_CREDENTIALS", dir.path().join("credentials.json"))
+        .env_remove("CANOPY_TOKEN")
+        .env_remove("CANOPY_SERVER_FINGERPRINT")
+        .env_remove("CANOPY_CA_FILE")
+        .output()
+        .unwrap();
     let _ = child.kill();
     let _ = child.wait();
     assert!(banner.contains("no local agent (--no-agent)"), "{banner}");
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    assert!(!banner.contains(token.trim()), "the banner never shows the token");
+    let out = String::from_utf8_lossy(&whoami.stdout);
+    assert!(
+        whoami.status.success() && out.contains("canopy-admin"),
+        "{out}{}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
 }

@@ -27,6 +27,9 @@ pub struct Saved {
     pub token: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
+    /// The server certificate's fingerprint, pinned for this server from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// The credentials file: a token per server URL.
@@ -92,8 +95,14 @@ impl Credentials {
     }
 }
 
-/// Saves `token` as the credential for `server`; returns the file written.
-pub fn save_token(server: &str, token: &str, user: &str) -> anyhow::Result<PathBuf> {
+/// Saves `token` (and the certificate fingerprint to pin, if any) as the credential for
+/// `server`; returns the file written.
+pub fn save_token(
+    server: &str,
+    token: &str,
+    user: &str,
+    fingerprint: Option<&str>,
+) -> anyhow::Result<PathBuf> {
     let path = credentials_path()
         .context("cannot tell where to save credentials: set CANOPY_CREDENTIALS or HOME")?;
     let mut creds = Credentials::load(&path)?;
@@ -102,10 +111,19 @@ pub fn save_token(server: &str, token: &str, user: &str) -> anyhow::Result<PathB
         Saved {
             token: token.trim().to_string(),
             user: user.to_string(),
+            fingerprint: fingerprint.map(str::to_string),
         },
     );
     creds.save(&path)?;
     Ok(path)
+}
+
+/// The certificate fingerprint saved for `server` (unreadable files and bad values count as
+/// none: the TLS handshake then says what is wrong).
+pub fn saved_fingerprint(server: &str) -> Option<canopy_tls::Fingerprint> {
+    let creds = Credentials::load(&credentials_path()?).ok()?;
+    let fp = creds.servers.get(&key(server))?.fingerprint.as_deref()?;
+    canopy_tls::Fingerprint::parse(fp).ok()
 }
 
 /// The token to use with `server`: the explicit one, else the saved one.
@@ -149,7 +167,12 @@ pub struct LoginArgs {
 }
 
 /// `canopy login`.
-pub async fn login(args: LoginArgs, client: Client, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+pub async fn login(
+    args: LoginArgs,
+    client: Client,
+    fingerprint: Option<String>,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
     let server = client.base_url().to_string();
     let (token, user) = match args.token_file {
         Some(file) => {
@@ -169,7 +192,7 @@ pub async fn login(args: LoginArgs, client: Client, out: &mut (dyn Write + Send)
             (issued.token.clone(), issued.user.clone())
         }
     };
-    let path = save_token(&server, &token, &user)?;
+    let path = save_token(&server, &token, &user, fingerprint.as_deref())?;
     writeln!(out, "logged in to {server} as {user} (credentials saved in {})", path.display())?;
     Ok(())
 }

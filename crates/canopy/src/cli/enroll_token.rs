@@ -59,10 +59,14 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// The command that enrolls an edge with `secret` against `server`.
-pub fn agent_command(server: &str, secret: &str) -> String {
+/// The command that enrolls an edge with `secret` against `server` (pinning the server's
+/// certificate when the CLI pins it).
+pub fn agent_command(server: &str, fingerprint: Option<&str>, secret: &str) -> String {
+    let pin = fingerprint
+        .map(|fp| format!(" --server-fingerprint {}", shell_quote(fp)))
+        .unwrap_or_default();
     format!(
-        "canopy agent --server {} --enroll-token {} --data-dir {AGENT_DATA_DIR}",
+        "canopy agent --server {}{pin} --enroll-token {} --data-dir {AGENT_DATA_DIR}",
         shell_quote(server),
         shell_quote(secret)
     )
@@ -99,7 +103,7 @@ pub async fn run(cmd: EnrollTokenCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<(
                 })
                 .await?;
             let server = ctx.client.base_url().to_owned();
-            let command = agent_command(&server, &created.secret);
+            let command = agent_command(&server, ctx.fingerprint.as_deref(), &created.secret);
             if ctx.structured() {
                 let shown = Created {
                     created: &created,
@@ -176,7 +180,7 @@ mod tests {
     #[test]
     fn agent_command_is_copy_pasteable() {
         assert_eq!(
-            agent_command("http://10.0.0.5:7070", "cnt_abc"),
+            agent_command("http://10.0.0.5:7070", None, "cnt_abc"),
             "canopy agent --server http://10.0.0.5:7070 --enroll-token cnt_abc --data-dir /var/lib/canopy-agent"
         );
         assert_eq!(shell_quote("a b"), "'a b'");

@@ -121,7 +121,19 @@ impl GlobalArgs {
         match (&self.server_fingerprint, &self.ca_file) {
             (Some(fp), _) => canopy_tls::ClientTrust::Pinned(*fp),
             (None, Some(ca)) => canopy_tls::ClientTrust::CaFile(ca.clone()),
-            (None, None) => canopy_tls::ClientTrust::System,
+            // The fingerprint `canopy up` or `canopy login` saved for this server.
+            (None, None) => match auth::saved_fingerprint(&self.server) {
+                Some(fp) => canopy_tls::ClientTrust::Pinned(fp),
+                None => canopy_tls::ClientTrust::System,
+            },
+        }
+    }
+
+    /// The pinned fingerprint in use, if any (to pass on to agents).
+    pub fn pinned_fingerprint(&self) -> Option<String> {
+        match self.trust() {
+            canopy_tls::ClientTrust::Pinned(fp) => Some(fp.to_string()),
+            _ => None,
         }
     }
 
@@ -298,7 +310,7 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
         Command::Agent(args) => agent::run(&cli.global.server, cli.global.trust(), args).await,
         Command::Key(c) => key::run(c, out).await,
         Command::Login(args) => match cli.global.anonymous_client() {
-            Ok(client) => auth::login(args, client, out).await,
+            Ok(client) => auth::login(args, client, cli.global.pinned_fingerprint(), out).await,
             Err(e) => Err(e.into()),
         },
         Command::Logout => match cli.global.anonymous_client() {
@@ -338,6 +350,7 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
                 let mut ctx = Ctx {
                     client,
                     format: cli.global.output,
+                    fingerprint: cli.global.pinned_fingerprint(),
                     out,
                     err,
                 };
@@ -384,6 +397,7 @@ async fn with_client(
     let mut ctx = Ctx {
         client,
         format: global.output,
+        fingerprint: global.pinned_fingerprint(),
         out,
         err,
     };
@@ -396,6 +410,8 @@ async fn with_client(
 pub(crate) struct Ctx<'a> {
     pub client: Client,
     pub format: Format,
+    /// The server certificate fingerprint the CLI pins (printed agent commands pin it too).
+    pub fingerprint: Option<String>,
     pub out: &'a mut (dyn Write + Send),
     pub err: &'a mut (dyn Write + Send),
 }

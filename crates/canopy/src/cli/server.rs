@@ -130,7 +130,11 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
             config.data_dir.display()
         )
     })?;
-    let credentials = super::auth::save_token(&url, &admin_token, "admin")?;
+    let fingerprint = server
+        .tls_certificate()
+        .map(|c| c.fingerprint_sha256.clone());
+    let credentials =
+        super::auth::save_token(&url, &admin_token, "admin", fingerprint.as_deref())?;
     let certificate = server.tls_certificate().cloned();
     // The local agent trusts exactly this server's certificate.
     let trust = match &certificate {
@@ -223,7 +227,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
     } else {
         format!(" --server {url}")
     };
-    let (tls_line, tls_note, trust_step) = match &certificate {
+    let (tls_line, tls_note) = match &certificate {
         Some(cert) if args.tls.tls_cert.is_none() => (
             format!("self-signed certificate {}", cert.cert_file.display()),
             format!(
@@ -232,10 +236,6 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
                  (or CANOPY_SERVER_FINGERPRINT), or with --ca-file {file}.\n",
                 fp = cert.fingerprint_sha256,
                 file = cert.cert_file.display(),
-            ),
-            format!(
-                "\n  export CANOPY_SERVER_FINGERPRINT={}",
-                cert.fingerprint_sha256
             ),
         ),
         Some(cert) => (
@@ -250,14 +250,12 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
                  {fp}\n(or CANOPY_SERVER_FINGERPRINT), or pass that CA with --ca-file.\n",
                 fp = cert.fingerprint_sha256,
             ),
-            String::new(),
         ),
         None => (
             "none (--insecure-http)".to_owned(),
             "\nWARNING: plain HTTP: traffic and credentials are unencrypted; use this only on \
              loopback or a trusted network.\n"
                 .to_owned(),
-            String::new(),
         ),
     };
     writeln!(
@@ -265,8 +263,8 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         "Canopy is up on embedded storage ({db}).\n\
          \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
          {tls_note}\
-         \nNext, in another terminal (from the Canopy source tree):\n\
-         {trust_step}\
+         \nNext, in another terminal (from the Canopy source tree; the CLI here already trusts\
+         \nthis server and acts as its administrator):\n\
          \n  canopy{server_flag} catalog upload examples/web-demo\
          \n  canopy{server_flag} deployment create web-demo:1.0.0 --label {k}={v} --watch\
          \n  curl http://127.0.0.1:18080/      # the web app\
