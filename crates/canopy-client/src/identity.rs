@@ -96,7 +96,10 @@ fn tenant(v: &Value, status_key: &str) -> Tenant {
             .unwrap_or_default()
             .to_string(),
         org: v["spec"]["org"].as_str().map(str::to_string),
-        status: st["statusIndicator"].as_str().unwrap_or_default().to_string(),
+        status: st["statusIndicator"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         uid: st["uID"].as_str().unwrap_or_default().to_string(),
     }
 }

@@ -352,6 +352,11 @@ pub fn parse_filter(entity: Entity, s: &str) -> Result<Vec<FilterTerm>, ListErro
     if s.trim().is_empty() {
         return Ok(Vec::new());
     }
+    if s.chars().any(char::is_control) {
+        return Err(ListError(
+            "invalid filter: control characters are not allowed".to_string(),
+        ));
+    }
     let mut out = Vec::new();
     let terms = split_or(s);
     if terms.len() > MAX_TERMS {

@@ -38,7 +38,9 @@ impl Admin {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = token {
             let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
-                .map_err(|_| SimError::Server("the API token is not a valid header value".into()))?;
+                .map_err(|_| {
+                    SimError::Server("the API token is not a valid header value".into())
+                })?;
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }

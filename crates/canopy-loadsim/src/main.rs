@@ -25,7 +25,12 @@ struct Args {
     #[arg(long, value_name = "PID", requires = "server")]
     server_pid: Option<u32>,
     /// API token with write access to the project (with --server).
-    #[arg(long, env = "CANOPY_TOKEN", hide_env_values = true, requires = "server")]
+    #[arg(
+        long,
+        env = "CANOPY_TOKEN",
+        hide_env_values = true,
+        requires = "server"
+    )]
     token: Option<String>,
     /// The `canopy` binary to start as the server (default: the one next to this binary).
     #[arg(long, value_name = "PATH", conflicts_with = "server")]

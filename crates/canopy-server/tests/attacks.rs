@@ -633,13 +633,8 @@ async fn injection_shaped_filters_are_refused_or_match_literally() {
         ];
         // Each either refused (400) or matched literally: no fixture name contains any of
         // these characters, so a literal match finds nothing (and `totalElements` is 0).
-        //
-        // KNOWN BUG: a NUL in a filter value (`filter=name%3D%00`) reaches SQLite's LIKE, which
-        // stops reading the pattern at the NUL: the catalog lists (registries, applications,
-        // deployment packages, artifacts: canopy-store `sql.rs`) and the audit log's `action`
-        // filter (`audit.rs`) then match everything instead of nothing (PostgreSQL refuses a
-        // NUL in text outright, which would surface as a storage error). Filter values with
-        // control characters should be refused with 400 when the query is parsed.
+        // A NUL would end SQLite's LIKE pattern early (matching everything): filter values with
+        // control characters are refused when the query is parsed.
         let queries = [
             "filter=name%3D%27x%27%20OR%201%3D1--",
             "filter=name%3Dx%27%20OR%20%271%27%3D%271",
@@ -764,10 +759,7 @@ async fn oversized_bodies_are_refused_with_413() {
         ("PUT", cp.catalog(P, "/registries/helm"), json, over),
         ("POST", cp.at(&format!("/v1/projects/{P}/appdeployment/deployments")), json, over),
         ("POST", cp.at(&format!("/canopy/v1/projects/{P}/enrollment-tokens")), json, over),
-        // KNOWN BUG: the tenancy PUTs (`/v1/projects/{p}`, `/v1/orgs/{org}`) read their body
-        // with axum's plain `Bytes` extractor (http/tenancy.rs), so an oversized body gets
-        // axum's text/plain "Failed to buffer the request body: length limit exceeded" instead
-        // of the API's JSON error (status 413 is right).
+        // The tenancy PUTs read an optional body themselves: their 413 is the API's JSON too.
         ("PUT", cp.at(&format!("/v1/projects/{P}")), json, over),
         ("PUT", cp.at("/v1/orgs/acme"), json, over),
         ("POST", cp.at("/canopy/v1/users"), json, over),

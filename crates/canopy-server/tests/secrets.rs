@@ -38,7 +38,10 @@ async fn registry_credentials_are_encrypted_and_survive_key_rotation() {
     // Rotate: a new primary key, restart (the server re-encrypts), drop the old key, restart.
     let stopped = cp.stop_keep_data().await;
     let key_file = stopped.data_dir().join("secret.key");
-    let old_id = canopy_seal::Keyring::load_file(&key_file).unwrap().primary_id().to_string();
+    let old_id = canopy_seal::Keyring::load_file(&key_file)
+        .unwrap()
+        .primary_id()
+        .to_string();
     let new_id = canopy_seal::add_primary_key_to_file(&key_file).unwrap();
     assert_ne!(old_id, new_id);
     let cp = stopped.start_again().await;

@@ -30,7 +30,12 @@ async fn orgs_and_projects_follow_the_reference_api() {
         "STATUS_INDICATION_IDLE"
     );
 
-    let (s, b) = send(&cp, http.put(cp.at("/v1/orgs/acme")).json(&json!({"description": "Acme"}))).await;
+    let (s, b) = send(
+        &cp,
+        http.put(cp.at("/v1/orgs/acme"))
+            .json(&json!({"description": "Acme"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert!(b["message"].as_str().unwrap().contains("acme"), "{b}");
     let (s, org) = cp.get(&cp.at("/v1/orgs/acme")).await;
@@ -73,8 +78,17 @@ async fn orgs_and_projects_follow_the_reference_api() {
     )
     .await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
-    let (s, e) = send(&cp, http.put(cp.at("/v1/projects/shop?org=default")).json(&json!({}))).await;
-    assert_eq!(s, StatusCode::CONFLICT, "a project never moves between organizations: {e}");
+    let (s, e) = send(
+        &cp,
+        http.put(cp.at("/v1/projects/shop?org=default"))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a project never moves between organizations: {e}"
+    );
     assert!(e["message"].as_str().unwrap().contains("acme"), "{e}");
 
     let (s, list) = cp.get(&cp.at("/v1/projects")).await;
@@ -100,20 +114,33 @@ async fn orgs_and_projects_follow_the_reference_api() {
     }
     let (s, e) = send(
         &cp,
-        http.put(cp.at("/v1/projects/ok")).json(&json!({"description": 1, "x": 2})),
+        http.put(cp.at("/v1/projects/ok"))
+            .json(&json!({"description": 1, "x": 2})),
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
-    assert_eq!(cp.get(&cp.at("/v1/projects/ok")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        cp.get(&cp.at("/v1/projects/ok")).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     // An organization that owns projects is not deleted.
     let (s, e) = cp.delete(&cp.at("/v1/orgs/acme")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
     assert!(e["message"].as_str().unwrap().contains("shop"), "{e}");
-    assert_eq!(cp.delete(&cp.at("/v1/projects/shop")).await.0, StatusCode::OK);
+    assert_eq!(
+        cp.delete(&cp.at("/v1/projects/shop")).await.0,
+        StatusCode::OK
+    );
     assert_eq!(cp.delete(&cp.at("/v1/orgs/acme")).await.0, StatusCode::OK);
-    assert_eq!(cp.get(&cp.at("/v1/orgs/acme")).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(cp.delete(&cp.at("/v1/projects/shop")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        cp.get(&cp.at("/v1/orgs/acme")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        cp.delete(&cp.at("/v1/projects/shop")).await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 /// A simulated edge: enrolls, then long-polls and acknowledges every desired state it gets,
@@ -212,7 +239,11 @@ async fn deleting_a_project_removes_all_of_it_and_tells_its_edges_first() {
     assert_eq!(s, StatusCode::CREATED, "{e}");
     let enrolled: EnrollResponse = serde_json::from_value(e).unwrap();
     let last = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let edge = tokio::spawn(run_edge(cp.url.clone(), enrolled.credential.clone(), last.clone()));
+    let edge = tokio::spawn(run_edge(
+        cp.url.clone(),
+        enrolled.credential.clone(),
+        last.clone(),
+    ));
     let (s, d) = cp
         .post(
             &cp.at("/v1/projects/shop/appdeployment/deployments"),
@@ -227,10 +258,15 @@ async fn deleting_a_project_removes_all_of_it_and_tells_its_edges_first() {
         .as_ref()
         .is_none_or(|d| d.deployments.is_empty())
     {
-        assert!(tokio::time::Instant::now() < deadline, "the edge gets the deployment");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge gets the deployment"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let reader = cp.user_token("shop-reader", &["shop_cat-r", "default_cat-r"]).await;
+    let reader = cp
+        .user_token("shop-reader", &["shop_cat-r", "default_cat-r"])
+        .await;
 
     // Delete the project.
     let (s, b) = cp.delete(&cp.at("/v1/projects/shop")).await;
@@ -243,19 +279,34 @@ async fn deleting_a_project_removes_all_of_it_and_tells_its_edges_first() {
         .await
         .expect("the edge's long-poll ends")
         .unwrap();
-    assert_eq!(ended, StatusCode::UNAUTHORIZED, "its credential stopped working");
+    assert_eq!(
+        ended,
+        StatusCode::UNAUTHORIZED,
+        "its credential stopped working"
+    );
 
     // Everything of the project is gone; re-creating the name starts empty.
-    assert_eq!(cp.get(&cp.catalog("shop", "/applications")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        cp.get(&cp.catalog("shop", "/applications")).await.0,
+        StatusCode::NOT_FOUND
+    );
     cp.create_project("shop").await;
     let (_, apps) = cp.get(&cp.catalog("shop", "/applications")).await;
     assert_eq!(apps["totalElements"], 0, "{apps}");
-    let (_, deps) = cp.get(&cp.at("/v1/projects/shop/appdeployment/deployments")).await;
+    let (_, deps) = cp
+        .get(&cp.at("/v1/projects/shop/appdeployment/deployments"))
+        .await;
     assert_eq!(deps["totalElements"], 0, "{deps}");
     let (_, edges) = cp.get(&cp.at("/canopy/v1/projects/shop/edges")).await;
     assert_eq!(edges["totalElements"], 0, "{edges}");
-    let (_, tokens) = cp.get(&cp.at("/canopy/v1/projects/shop/enrollment-tokens")).await;
-    assert_eq!(tokens["enrollmentTokens"].as_array().map_or(0, Vec::len), 0, "{tokens}");
+    let (_, tokens) = cp
+        .get(&cp.at("/canopy/v1/projects/shop/enrollment-tokens"))
+        .await;
+    assert_eq!(
+        tokens["enrollmentTokens"].as_array().map_or(0, Vec::len),
+        0,
+        "{tokens}"
+    );
     let (s, _) = send(
         &cp,
         cp.anonymous_http()
@@ -264,7 +315,11 @@ async fn deleting_a_project_removes_all_of_it_and_tells_its_edges_first() {
             .json(&json!({"protocolVersion": 1, "token": t["secret"], "name": "store-2", "labels": {}})),
     )
     .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "the old enrollment token is gone");
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the old enrollment token is gone"
+    );
     // Grants on the old project do not carry over to the new one.
     let (_, user) = cp.get(&cp.at("/canopy/v1/users/shop-reader")).await;
     assert_eq!(user["roles"], json!(["default_cat-r"]), "{user}");
@@ -300,14 +355,23 @@ async fn login_sessions_and_api_tokens() {
     assert_eq!(s, StatusCode::CREATED, "{u}");
     assert!(!u.to_string().contains("argon2"), "no hash in answers: {u}");
     let (s, e) = cp
-        .post(&cp.at("/canopy/v1/users"), &json!({"name": "bob", "password": "short"}))
+        .post(
+            &cp.at("/canopy/v1/users"),
+            &json!({"name": "bob", "password": "short"}),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
     let (s, e) = cp
-        .post(&cp.at("/canopy/v1/users"), &json!({"name": "carol", "roles": ["default_cat-x"]}))
+        .post(
+            &cp.at("/canopy/v1/users"),
+            &json!({"name": "carol", "roles": ["default_cat-x"]}),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
-    assert!(e["message"].as_str().unwrap().contains("default_cat-x"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("default_cat-x"),
+        "{e}"
+    );
 
     // Wrong password and unknown user: the same answer.
     let login = |user: &str, pw: &str| {
@@ -316,7 +380,10 @@ async fn login_sessions_and_api_tokens() {
     };
     let (s1, e1) = send(&cp, login("alice", "wrong password!!")).await;
     let (s2, e2) = send(&cp, login("mallory", "wrong password!!")).await;
-    assert_eq!((s1, s2), (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED));
+    assert_eq!(
+        (s1, s2),
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
     assert_eq!(e1, e2);
 
     let (s, session) = send(&cp, login("alice", "correct horse battery")).await;
@@ -324,12 +391,21 @@ async fn login_sessions_and_api_tokens() {
     assert_eq!(session["kind"], "session");
     assert!(!session["expireTime"].as_str().unwrap().is_empty());
     let token = session["token"].as_str().unwrap().to_string();
-    let (s, me) = send(&cp, anon.get(cp.at("/canopy/v1/whoami")).bearer_auth(&token)).await;
+    let (s, me) = send(
+        &cp,
+        anon.get(cp.at("/canopy/v1/whoami")).bearer_auth(&token),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(me["actor"], "alice");
     assert_eq!(me["roles"], json!(["default_cat-r"]));
     // Read-only: reads work, writes are 403, administration is 403.
-    let (s, _) = send(&cp, anon.get(cp.catalog("default", "/applications")).bearer_auth(&token)).await;
+    let (s, _) = send(
+        &cp,
+        anon.get(cp.catalog("default", "/applications"))
+            .bearer_auth(&token),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let (s, e) = send(
         &cp,
@@ -353,17 +429,28 @@ async fn login_sessions_and_api_tokens() {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{api}");
     let api_token = api["token"].as_str().unwrap().to_string();
-    let (_, list) = send(&cp, anon.get(cp.at("/canopy/v1/tokens")).bearer_auth(&api_token)).await;
+    let (_, list) = send(
+        &cp,
+        anon.get(cp.at("/canopy/v1/tokens")).bearer_auth(&api_token),
+    )
+    .await;
     assert_eq!(list["tokens"].as_array().unwrap().len(), 2, "{list}");
     assert!(!list.to_string().contains(&api_token));
     let (s, _) = send(
         &cp,
-        anon.delete(cp.at(&format!("/canopy/v1/tokens/{}", api["id"].as_str().unwrap())))
-            .bearer_auth(&token),
+        anon.delete(cp.at(&format!(
+            "/canopy/v1/tokens/{}",
+            api["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&token),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = send(&cp, anon.get(cp.at("/canopy/v1/whoami")).bearer_auth(&api_token)).await;
+    let (s, _) = send(
+        &cp,
+        anon.get(cp.at("/canopy/v1/whoami")).bearer_auth(&api_token),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "revoked tokens stop at once");
     // She cannot see or revoke the administrator's tokens.
     let (_, all) = cp.get(&cp.at("/canopy/v1/tokens?all=true")).await;
@@ -393,11 +480,23 @@ async fn login_sessions_and_api_tokens() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (_, me) = send(&cp, anon.get(cp.at("/canopy/v1/whoami")).bearer_auth(&token)).await;
+    let (_, me) = send(
+        &cp,
+        anon.get(cp.at("/canopy/v1/whoami")).bearer_auth(&token),
+    )
+    .await;
     assert_eq!(me["roles"], json!(["default_cat-rw"]));
-    let (s, _) = send(&cp, anon.post(cp.at("/canopy/v1/logout")).bearer_auth(&token)).await;
+    let (s, _) = send(
+        &cp,
+        anon.post(cp.at("/canopy/v1/logout")).bearer_auth(&token),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = send(&cp, anon.get(cp.at("/canopy/v1/whoami")).bearer_auth(&token)).await;
+    let (s, _) = send(
+        &cp,
+        anon.get(cp.at("/canopy/v1/whoami")).bearer_auth(&token),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // The bootstrap file is written once: a restart keeps the same administrator token.

@@ -153,10 +153,11 @@ impl Store {
     ) -> Result<(Org, Put), StoreError> {
         let _guard = self.admin_lock().await;
         let mut tx = self.pool.begin().await?;
-        let existing = sqlx::query("SELECT id, name, description, create_time FROM orgs WHERE name = $1")
-            .bind(name.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing =
+            sqlx::query("SELECT id, name, description, create_time FROM orgs WHERE name = $1")
+                .bind(name.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
         let put = match existing {
             Some(_) if !update => Put::Exists,
             Some(_) => {
@@ -168,20 +169,23 @@ impl Store {
                 Put::Updated
             }
             None => {
-                sqlx::query("INSERT INTO orgs (id, name, description, create_time) VALUES ($1, $2, $3, $4)")
-                    .bind(Uuid::new_v4().to_string())
-                    .bind(name.to_string())
-                    .bind(description.to_string())
-                    .bind(format_time(now()))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO orgs (id, name, description, create_time) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(Uuid::new_v4().to_string())
+                .bind(name.to_string())
+                .bind(description.to_string())
+                .bind(format_time(now()))
+                .execute(&mut *tx)
+                .await?;
                 Put::Created
             }
         };
-        let row = sqlx::query("SELECT id, name, description, create_time FROM orgs WHERE name = $1")
-            .bind(name.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, name, description, create_time FROM orgs WHERE name = $1")
+                .bind(name.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok((org_from_row(&row)?, put))
     }
@@ -434,12 +438,14 @@ impl Store {
                     .await?;
             }
             if let Some(hash) = password_hash {
-                sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE name = $1")
-                    .bind(name.to_string())
-                    .bind(hash.to_string())
-                    .bind(t)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE users SET password_hash = $2, update_time = $3 WHERE name = $1",
+                )
+                .bind(name.to_string())
+                .bind(hash.to_string())
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
         }
@@ -450,10 +456,12 @@ impl Store {
     pub async fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
         let _guard = self.admin_lock().await;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM api_tokens WHERE user_id IN (SELECT id FROM users WHERE name = $1)")
-            .bind(name.to_string())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM api_tokens WHERE user_id IN (SELECT id FROM users WHERE name = $1)",
+        )
+        .bind(name.to_string())
+        .execute(&mut *tx)
+        .await?;
         let done = sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name.to_string())
             .execute(&mut *tx)
@@ -503,7 +511,8 @@ impl Store {
     pub async fn list_tokens(&self, user: Option<Uuid>) -> Result<Vec<TokenRow>, StoreError> {
         let rows = match user {
             Some(u) => {
-                let sql = format!("{TOKEN_COLUMNS} WHERE user_id = $1 ORDER BY create_time DESC, id");
+                let sql =
+                    format!("{TOKEN_COLUMNS} WHERE user_id = $1 ORDER BY create_time DESC, id");
                 sqlx::query(&sql)
                     .bind(u.to_string())
                     .fetch_all(&self.pool)
@@ -542,10 +551,12 @@ impl Store {
     /// Deletes tokens that expired before `cutoff`; returns how many.
     pub async fn delete_expired_tokens(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
         let _guard = self.admin_lock().await;
-        let done = sqlx::query("DELETE FROM api_tokens WHERE expire_time IS NOT NULL AND expire_time < $1")
-            .bind(format_time(cutoff))
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM api_tokens WHERE expire_time IS NOT NULL AND expire_time < $1",
+        )
+        .bind(format_time(cutoff))
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 }

@@ -167,12 +167,11 @@ impl TestControlPlane {
         });
         // Every request of the harness's client carries the bootstrap administrator token (the
         // first start writes it); tests of authentication itself use their own clients.
-        let admin_token = std::fs::read_to_string(
-            config.data_dir.join(canopy_server::app::ADMIN_TOKEN_FILE),
-        )
-        .expect("the first start writes the administrator token")
-        .trim()
-        .to_string();
+        let admin_token =
+            std::fs::read_to_string(config.data_dir.join(canopy_server::app::ADMIN_TOKEN_FILE))
+                .expect("the first start writes the administrator token")
+                .trim()
+                .to_string();
         let mut headers = reqwest::header::HeaderMap::new();
         let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {admin_token}"))
             .expect("token is a header value");
@@ -198,7 +197,11 @@ impl TestControlPlane {
     /// Creates another project through the tenancy API (as the administrator).
     pub async fn create_project(&self, name: &str) {
         let (status, body) = self
-            .send(self.http.put(self.at(&format!("/v1/projects/{name}"))).json(&serde_json::json!({})))
+            .send(
+                self.http
+                    .put(self.at(&format!("/v1/projects/{name}")))
+                    .json(&serde_json::json!({})),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "create project {name}: {body}");
     }

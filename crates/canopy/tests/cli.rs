@@ -5,7 +5,13 @@
 use canopy_testkit::{TestControlPlane, reference_package};
 
 async fn canopy(cp: &TestControlPlane, args: &[&str]) -> (i32, String, String) {
-    let mut full = vec!["canopy", "--server", cp.url.as_str(), "--token", cp.admin_token()];
+    let mut full = vec![
+        "canopy",
+        "--server",
+        cp.url.as_str(),
+        "--token",
+        cp.admin_token(),
+    ];
     full.extend_from_slice(args);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = canopy::cli::run_async(full, &mut out, &mut err).await;

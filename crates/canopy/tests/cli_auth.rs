@@ -88,7 +88,10 @@ async fn a_new_user_sets_up_projects_users_and_tokens() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&cli.credentials).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&cli.credentials)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     assert!(cli.ok(&["whoami"]).contains("canopy-admin"));
@@ -100,8 +103,15 @@ async fn a_new_user_sets_up_projects_users_and_tokens() {
     assert!(list.contains("shop") && list.contains("acme"), "{list}");
     let (ok, out, err) = cli.run_with_stdin(
         &[
-            "user", "create", "alice", "--role", "shop_cat-r", "--role", "shop_ao-r",
-            "--password", "--password-stdin",
+            "user",
+            "create",
+            "alice",
+            "--role",
+            "shop_cat-r",
+            "--role",
+            "shop_ao-r",
+            "--password",
+            "--password-stdin",
         ],
         "correct horse battery\n",
     );
@@ -122,7 +132,15 @@ async fn a_new_user_sets_up_projects_users_and_tokens() {
     // Reads work, writes and administration are refused with the role that is needed.
     cli.ok(&["-p", "shop", "catalog", "application", "list"]);
     let (ok, _, err) = cli.run(&[
-        "-p", "shop", "catalog", "registry", "create", "r", "--type", "image", "--root-url",
+        "-p",
+        "shop",
+        "catalog",
+        "registry",
+        "create",
+        "r",
+        "--type",
+        "image",
+        "--root-url",
         "https://r.example",
     ]);
     assert!(!ok);
@@ -169,5 +187,8 @@ async fn a_new_user_sets_up_projects_users_and_tokens() {
     assert!(!cli.ok(&["project", "list"]).contains("shop"));
     let audit = cli.ok(&["audit", "list", "-A", "--limit", "100"]);
     assert!(audit.contains("/v1/projects/shop"), "{audit}");
-    assert!(!audit.contains("correct horse"), "no secrets in the audit log");
+    assert!(
+        !audit.contains("correct horse"),
+        "no secrets in the audit log"
+    );
 }

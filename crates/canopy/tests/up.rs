@@ -80,7 +80,10 @@ fn start_up(port: u16, data_dir: &std::path::Path) -> Up {
         .arg(data_dir)
         .env_remove("DOCKER_HOST")
         .env_remove("XDG_RUNTIME_DIR")
-        .env("CANOPY_CREDENTIALS", data_dir.with_extension("credentials.json"))
+        .env(
+            "CANOPY_CREDENTIALS",
+            data_dir.with_extension("credentials.json"),
+        )
         .env("CONTAINERS_CONF", "/var/tmp/canopy-podman/containers.conf")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -249,7 +252,10 @@ async fn up_without_agent_says_so() {
     let _ = child.wait();
     assert!(banner.contains("no local agent (--no-agent)"), "{banner}");
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
-    assert!(!banner.contains(token.trim()), "the banner never shows the token");
+    assert!(
+        !banner.contains(token.trim()),
+        "the banner never shows the token"
+    );
     let out = String::from_utf8_lossy(&whoami.stdout);
     assert!(
         whoami.status.success() && out.contains("canopy-admin"),

@@ -231,7 +231,12 @@ mod tests {
     #[test]
     fn other_projects_roles_see_nothing() {
         let p = project("shop");
-        let other = with_roles(&["shopx_cat-rw", "x_shop_cat-rw", "shop-cat-rw", "shop_cat-rwx"]);
+        let other = with_roles(&[
+            "shopx_cat-rw",
+            "x_shop_cat-rw",
+            "shop-cat-rw",
+            "shop_cat-rwx",
+        ]);
         assert!(!other.sees(&p));
         for a in [
             Access::CatalogRead,

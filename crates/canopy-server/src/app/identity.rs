@@ -47,7 +47,10 @@ pub struct AuthConfig {
 impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthConfig")
-            .field("oidc", &self.oidc.as_ref().map(|o| o.config().issuer.clone()))
+            .field(
+                "oidc",
+                &self.oidc.as_ref().map(|o| o.config().issuer.clone()),
+            )
             .field("session_ttl", &self.session_ttl)
             .finish()
     }
@@ -510,7 +513,11 @@ impl App {
     }
 
     /// The caller's tokens; administrators may ask for everyone's.
-    pub async fn list_api_tokens(&self, p: &Principal, all: bool) -> Result<Vec<ApiToken>, AppError> {
+    pub async fn list_api_tokens(
+        &self,
+        p: &Principal,
+        all: bool,
+    ) -> Result<Vec<ApiToken>, AppError> {
         let user_id = match (&p.kind, all) {
             (_, true) => {
                 p.require_admin()?;
@@ -615,7 +622,13 @@ mod tests {
             .map(String::from)
             .to_vec();
         assert!(check_roles(&ok).is_ok());
-        for bad in ["admin", "shop_cat-x", "_cat-r", "sh op_cat-r", "shop_cat-r\n"] {
+        for bad in [
+            "admin",
+            "shop_cat-x",
+            "_cat-r",
+            "sh op_cat-r",
+            "shop_cat-r\n",
+        ] {
             assert!(check_roles(&[bad.to_string()]).is_err(), "{bad:?}");
         }
     }

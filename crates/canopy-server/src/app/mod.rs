@@ -214,7 +214,8 @@ impl App {
         project: &str,
         request_id: String,
     ) -> Result<Ctx, AppError> {
-        let not_found = || AppError::NotFound(format!("project {project} not found"));
+        let not_found =
+            || AppError::NotFound(format!("project {} not found", project.escape_debug()));
         let found = self
             .inner
             .store

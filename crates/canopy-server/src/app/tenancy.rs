@@ -174,9 +174,9 @@ impl App {
                 tracing::info!(org = %name, by = %p.actor, "organization deleted");
                 Ok(())
             }
-            OrgDelete::NotFound => Err(AppError::NotFound(format!(
-                "organization {name} not found"
-            ))),
+            OrgDelete::NotFound => {
+                Err(AppError::NotFound(format!("organization {name} not found")))
+            }
             OrgDelete::HasProjects(projects) => Err(AppError::FailedPrecondition(format!(
                 "organization {name} still owns project(s) {}: delete them first",
                 projects.join(", ")

@@ -227,6 +227,11 @@ fn parse_query(raw: &str, project_in_path: Option<&str>) -> Result<AuditQuery, A
     };
     let text = |v: String| (!v.is_empty()).then_some(v);
     for (k, v) in canopy_core::list::form_pairs(raw)? {
+        if v.chars().any(char::is_control) {
+            return Err(AppError::Invalid(format!(
+                "invalid {k}: control characters are not allowed"
+            )));
+        }
         match k.as_str() {
             "project" if project_in_path.is_none() => q.project = Some(v),
             "actor" => q.actor = text(v),

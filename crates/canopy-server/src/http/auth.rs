@@ -33,7 +33,9 @@ pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) 
         Ok(principal) => {
             req.extensions_mut().insert(principal.clone());
             let mut response = next.run(req).await;
-            response.extensions_mut().insert::<Arc<Principal>>(principal);
+            response
+                .extensions_mut()
+                .insert::<Arc<Principal>>(principal);
             response
         }
         Err(e) => e.into_response(),

@@ -10,8 +10,8 @@ use canopy_deploy::model::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::catalog::{Empty, ListParams};
 use super::Caller;
+use super::catalog::{Empty, ListParams};
 use super::error::{ApiJson, ErrorBody};
 use crate::app::{App, AppError};
 

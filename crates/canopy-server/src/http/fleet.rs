@@ -16,8 +16,8 @@ use canopy_proto::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::catalog::{Empty, ListParams};
 use super::Caller;
+use super::catalog::{Empty, ListParams};
 use super::error::{ApiJson, ErrorBody};
 use crate::app::{
     AgentCtx, App, AppError, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken,

@@ -119,7 +119,10 @@ pub async fn whoami(State(app): State<App>, caller: Caller) -> Json<WhoAmI> {
 
 #[utoipa::path(get, path = "/canopy/v1/users", tag = "Identity",
     responses((status = 200, body = ListUsersResponse), (status = 403, body = ErrorBody)))]
-pub async fn list_users(State(app): State<App>, caller: Caller) -> ApiResult<Json<ListUsersResponse>> {
+pub async fn list_users(
+    State(app): State<App>,
+    caller: Caller,
+) -> ApiResult<Json<ListUsersResponse>> {
     Ok(Json(ListUsersResponse {
         users: app.list_users(&caller.principal).await?,
     }))

@@ -176,7 +176,11 @@ pub fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(audit::list_audit))
         .routes(routes!(audit::project_audit))
         .routes(routes!(tenancy::list_orgs))
-        .routes(routes!(tenancy::put_org, tenancy::get_org, tenancy::delete_org))
+        .routes(routes!(
+            tenancy::put_org,
+            tenancy::get_org,
+            tenancy::delete_org
+        ))
         .routes(routes!(tenancy::org_status))
         .routes(routes!(tenancy::list_projects))
         .routes(routes!(
@@ -244,7 +248,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
             .extensions
             .get::<std::sync::Arc<crate::app::Principal>>()
             .cloned()
-            .ok_or_else(|| AppError::Unauthenticated("authentication required: send an Authorization: Bearer token".into()))?;
+            .ok_or_else(|| {
+                AppError::Unauthenticated(
+                    "authentication required: send an Authorization: Bearer token".into(),
+                )
+            })?;
         Ok(Caller {
             principal,
             request_id: request_id(&parts.headers),

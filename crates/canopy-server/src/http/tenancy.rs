@@ -78,11 +78,28 @@ pub struct ProjectResponse {
 }
 
 /// The PUT body: optional (an empty body is an empty description), strict when present.
-fn put_body(bytes: &[u8]) -> ApiResult<TenancyPut> {
+fn put_body(
+    body: &Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<TenancyPut> {
+    let bytes = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(AppError::TooLarge(format!(
+                "request body is larger than {} bytes",
+                super::MAX_JSON_BODY
+            )));
+        }
+        Err(e) => {
+            return Err(AppError::Invalid(format!(
+                "cannot read the request body: {e}"
+            )));
+        }
+    };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(TenancyPut::default());
     }
-    serde_json::from_slice(bytes).map_err(|e| AppError::Invalid(format!("invalid request body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| AppError::Invalid(format!("invalid request body: {e}")))
 }
 
 fn org(o: TenancyObject) -> OrgResponse {
@@ -113,8 +130,17 @@ fn project(p: TenancyObject) -> ProjectResponse {
 
 #[utoipa::path(get, path = "/v1/orgs", tag = "Org",
     responses((status = 200, body = Vec<OrgResponse>), (status = 401, body = ErrorBody)))]
-pub async fn list_orgs(State(app): State<App>, caller: Caller) -> ApiResult<Json<Vec<OrgResponse>>> {
-    Ok(Json(app.list_orgs(&caller.principal).await?.into_iter().map(org).collect()))
+pub async fn list_orgs(
+    State(app): State<App>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<OrgResponse>>> {
+    Ok(Json(
+        app.list_orgs(&caller.principal)
+            .await?
+            .into_iter()
+            .map(org)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(put, path = "/v1/orgs/{org}", tag = "Org",
@@ -125,11 +151,16 @@ pub async fn put_org(
     Path(name): Path<String>,
     Query(q): Query<PutParams>,
     caller: Caller,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Json<MessageResponse>> {
     let body = put_body(&body)?;
     let put = app
-        .put_org(&caller.principal, &name, &body.description, q.update_if_exists.unwrap_or(true))
+        .put_org(
+            &caller.principal,
+            &name,
+            &body.description,
+            q.update_if_exists.unwrap_or(true),
+        )
         .await?;
     Ok(Json(MessageResponse {
         message: put_message("org", &name, put),
@@ -155,7 +186,9 @@ pub async fn org_status(
     Path(name): Path<String>,
     caller: Caller,
 ) -> ApiResult<Json<OrgStatusBlock>> {
-    Ok(Json(org(app.get_org(&caller.principal, &name).await?).status))
+    Ok(Json(
+        org(app.get_org(&caller.principal, &name).await?).status,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/orgs/{org}", tag = "Org",
@@ -192,7 +225,7 @@ pub async fn put_project(
     Path(name): Path<String>,
     Query(q): Query<PutParams>,
     caller: Caller,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Json<MessageResponse>> {
     let body = put_body(&body)?;
     let put = app
@@ -217,7 +250,9 @@ pub async fn get_project(
     Path(name): Path<String>,
     caller: Caller,
 ) -> ApiResult<Json<ProjectResponse>> {
-    Ok(Json(project(app.get_project(&caller.principal, &name).await?)))
+    Ok(Json(project(
+        app.get_project(&caller.principal, &name).await?,
+    )))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{projectName}/status", tag = "Project",
@@ -228,7 +263,9 @@ pub async fn project_status(
     Path(name): Path<String>,
     caller: Caller,
 ) -> ApiResult<Json<ProjectStatusBlock>> {
-    Ok(Json(project(app.get_project(&caller.principal, &name).await?).status))
+    Ok(Json(
+        project(app.get_project(&caller.principal, &name).await?).status,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/projects/{projectName}", tag = "Project",

@@ -134,7 +134,9 @@ pub fn resolve_token(server: &str, explicit: Option<&str>) -> anyhow::Result<Opt
     let Some(path) = credentials_path() else {
         return Ok(None);
     };
-    Ok(Credentials::load(&path)?.token_for(server).map(str::to_string))
+    Ok(Credentials::load(&path)?
+        .token_for(server)
+        .map(str::to_string))
 }
 
 /// Reads a secret: the first line of standard input with `--password-stdin`, else a prompt on
@@ -187,13 +189,20 @@ pub async fn login(
             (token, who.actor)
         }
         None => {
-            let password = read_secret(&format!("password for {}: ", args.user), args.password_stdin)?;
+            let password = read_secret(
+                &format!("password for {}: ", args.user),
+                args.password_stdin,
+            )?;
             let issued = client.login(&args.user, &password).await?;
             (issued.token.clone(), issued.user.clone())
         }
     };
     let path = save_token(&server, &token, &user, fingerprint.as_deref())?;
-    writeln!(out, "logged in to {server} as {user} (credentials saved in {})", path.display())?;
+    writeln!(
+        out,
+        "logged in to {server} as {user} (credentials saved in {})",
+        path.display()
+    )?;
     Ok(())
 }
 
@@ -260,12 +269,21 @@ pub async fn user(cmd: UserCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let pw = if password {
-                Some(read_secret(&format!("password for {name}: "), password_stdin)?)
+                Some(read_secret(
+                    &format!("password for {name}: "),
+                    password_stdin,
+                )?)
             } else {
                 None
             };
             let u = ctx.client.create_user(&name, pw.as_deref(), &roles).await?;
-            ctx.print_item(&u, || format!("created user {} with roles [{}]", u.name, u.roles.join(", ")))
+            ctx.print_item(&u, || {
+                format!(
+                    "created user {} with roles [{}]",
+                    u.name,
+                    u.roles.join(", ")
+                )
+            })
         }
         UserCommand::List => {
             let users = ctx.client.list_users().await?;
@@ -282,7 +300,9 @@ pub async fn user(cmd: UserCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         }
         UserCommand::SetRoles { name, roles } => {
             let u = ctx.client.update_user(&name, Some(&roles), None).await?;
-            ctx.print_item(&u, || format!("user {} now has roles [{}]", u.name, u.roles.join(", ")))
+            ctx.print_item(&u, || {
+                format!("user {} now has roles [{}]", u.name, u.roles.join(", "))
+            })
         }
         UserCommand::Passwd {
             name,

@@ -318,20 +318,28 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
             Err(e) => Err(e.into()),
         },
         Command::Whoami => {
-            return with_client(&cli.global, out, err, async move |ctx| auth::whoami(ctx).await)
-                .await;
+            return with_client(&cli.global, out, err, async move |ctx| {
+                auth::whoami(ctx).await
+            })
+            .await;
         }
         Command::User(c) => {
-            return with_client(&cli.global, out, err, async move |ctx| auth::user(c, ctx).await)
-                .await;
+            return with_client(&cli.global, out, err, async move |ctx| {
+                auth::user(c, ctx).await
+            })
+            .await;
         }
         Command::Token(c) => {
-            return with_client(&cli.global, out, err, async move |ctx| auth::token(c, ctx).await)
-                .await;
+            return with_client(&cli.global, out, err, async move |ctx| {
+                auth::token(c, ctx).await
+            })
+            .await;
         }
         Command::Org(c) => {
-            return with_client(&cli.global, out, err, async move |ctx| tenancy::org(c, ctx).await)
-                .await;
+            return with_client(&cli.global, out, err, async move |ctx| {
+                tenancy::org(c, ctx).await
+            })
+            .await;
         }
         Command::Audit(c) => {
             return with_client(&cli.global, out, err, async move |ctx| {
@@ -425,7 +433,9 @@ impl Ctx<'_> {
     ) -> anyhow::Result<()> {
         match self.format {
             Format::Table => writeln!(self.out, "{}", text())?,
-            f => self.out.write_all(output::structured(f, item)?.as_bytes())?,
+            f => self
+                .out
+                .write_all(output::structured(f, item)?.as_bytes())?,
         }
         Ok(())
     }
@@ -438,7 +448,9 @@ impl Ctx<'_> {
     ) -> anyhow::Result<()> {
         match self.format {
             Format::Table => self.out.write_all(table.render("").as_bytes())?,
-            f => self.out.write_all(output::structured(f, &items)?.as_bytes())?,
+            f => self
+                .out
+                .write_all(output::structured(f, &items)?.as_bytes())?,
         }
         Ok(())
     }

@@ -121,20 +121,18 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
     let server = canopy_server::Server::bind(&config).await?;
     let url = server.url()?;
     // The CLI on this machine acts as the administrator of the server it just started.
-    let admin_token = std::fs::read_to_string(
-        config.data_dir.join(canopy_server::app::ADMIN_TOKEN_FILE),
-    )
-    .with_context(|| {
-        format!(
-            "cannot read the administrator token in {}",
-            config.data_dir.display()
-        )
-    })?;
+    let admin_token =
+        std::fs::read_to_string(config.data_dir.join(canopy_server::app::ADMIN_TOKEN_FILE))
+            .with_context(|| {
+                format!(
+                    "cannot read the administrator token in {}",
+                    config.data_dir.display()
+                )
+            })?;
     let fingerprint = server
         .tls_certificate()
         .map(|c| c.fingerprint_sha256.clone());
-    let credentials =
-        super::auth::save_token(&url, &admin_token, "admin", fingerprint.as_deref())?;
+    let credentials = super::auth::save_token(&url, &admin_token, "admin", fingerprint.as_deref())?;
     let certificate = server.tls_certificate().cloned();
     // The local agent trusts exactly this server's certificate.
     let trust = match &certificate {

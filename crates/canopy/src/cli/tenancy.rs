@@ -1,7 +1,6 @@
 //! `canopy org ...` and `canopy project ...`: organizations and the projects they own
 //! (administrators create and delete them; anyone lists what they can see).
 
-
 use clap::Subcommand;
 
 use super::Ctx;
@@ -63,7 +62,9 @@ fn tenants_table(items: &[canopy_client::identity::Tenant], with_org: bool) -> T
         }
         row.extend([
             o.description.clone(),
-            o.status.trim_start_matches("STATUS_INDICATION_").to_lowercase(),
+            o.status
+                .trim_start_matches("STATUS_INDICATION_")
+                .to_lowercase(),
             o.uid.clone(),
         ]);
         t.push(row);
