@@ -126,13 +126,27 @@ impl Client {
         serde_json::from_value(body).map_err(|e| crate::decode_err(&url, e))
     }
 
-    /// `GET /enrollment-tokens`: every token of the project (no secrets).
+    /// `GET /enrollment-tokens`: every token of the project (no secrets), across pages.
     pub async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>, ClientError> {
         let url = self.canopy_url(&["enrollment-tokens"]);
-        let mut body = self
-            .execute_json(self.request(Method::GET, &url), &url)
-            .await?;
-        take_list(&url, &mut body, &["enrollmentTokens"])
+        let mut all = Vec::new();
+        loop {
+            let req = self.request(Method::GET, &url).query(&[
+                ("pageSize", crate::MAX_PAGE_SIZE.to_string()),
+                ("offset", all.len().to_string()),
+            ]);
+            let mut body = self.execute_json(req, &url).await?;
+            let page: Vec<EnrollmentToken> = take_list(&url, &mut body, &["enrollmentTokens"])?;
+            let total = body
+                .get("totalElements")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let got = page.len();
+            all.extend(page);
+            if got == 0 || all.len() as u64 >= total {
+                return Ok(all);
+            }
+        }
     }
 
     /// `DELETE /enrollment-tokens/{id}`: no edge can enroll with it any more (edges it enrolled

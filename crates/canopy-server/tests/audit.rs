@@ -282,7 +282,10 @@ async fn agent_traffic_is_not_recorded_but_enrollment_is() {
     let list = entries(&body);
     assert_eq!(list.len(), 1, "{body}");
     assert_eq!(list[0]["action"], "POST /canopy/v1/agent/enroll");
-    assert_eq!(list[0]["actor"], "anonymous");
+    assert!(
+        list[0]["actor"].as_str().unwrap().starts_with("edge:"),
+        "the enrolled edge is the actor: {body}"
+    );
     assert_eq!(list[0]["status"], 201);
 }
 

@@ -182,6 +182,11 @@ async fn up_runs_a_control_plane_and_a_local_agent() {
     );
     let id = edge["id"].as_str().unwrap().to_string();
     drop(up);
+    // The first start's log says where the administrator token is, never the token itself.
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(log.contains("admin.token"), "{log}");
+    assert!(!log.contains(token.trim()), "the token leaked into the log");
 
     // A second start reuses the enrolled edge (its credential is in the data directory).
     let up = start_up(port, &data);

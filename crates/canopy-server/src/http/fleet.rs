@@ -10,9 +10,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use canopy_core::list::Entity;
-use canopy_proto::{
-    DesiredState, EnrollRequest, EnrollResponse, PROTOCOL_HEADER, StatusAck, StatusReport,
-};
+use canopy_proto::{DesiredState, EnrollRequest, PROTOCOL_HEADER, StatusAck, StatusReport};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -219,9 +217,14 @@ pub async fn enroll(
     State(app): State<App>,
     h: HeaderMap,
     ApiJson(req): ApiJson<EnrollRequest>,
-) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+) -> ApiResult<Response> {
     check_protocol(h.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()))?;
-    Ok((StatusCode::CREATED, Json(app.enroll(req).await?)))
+    let enrolled = app.enroll(req).await?;
+    // The audit log names the edge that enrolled (there is no user behind this call).
+    let actor = super::audit::AuditActor(format!("edge:{}", enrolled.edge_id));
+    let mut response = (StatusCode::CREATED, Json(enrolled)).into_response();
+    response.extensions_mut().insert(actor);
+    Ok(response)
 }
 
 /// The long-poll's query.
