@@ -15,4 +15,14 @@ if [ -z "${CANOPY_TEST_DOCKER_HOST:-}" ]; then
   export "${host_line?}"
 fi
 echo "Container engine for tests: ${CANOPY_TEST_DOCKER_HOST}"
+# QEMU and the tiny test VM (kernel + busybox initramfs) for canopy-vm (scripts/vm-image.sh).
+if [ -z "${CANOPY_TEST_VM_KERNEL:-}" ]; then
+  vm_lines=$(scripts/vm-image.sh)
+  while IFS= read -r vm_line; do
+    case "$vm_line" in CANOPY_TEST_VM_*=*) export "${vm_line?}" ;; esac
+  done <<<"$vm_lines"
+fi
+# KVM is unusable on these machines (guests crawl or abort): software emulation for tests.
+export CANOPY_VM_ACCEL=${CANOPY_VM_ACCEL:-tcg}
+echo "Test VM for QEMU tests: ${CANOPY_TEST_VM_KERNEL}"
 cargo test --workspace "$@"

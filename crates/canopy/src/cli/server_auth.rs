@@ -98,3 +98,46 @@ impl AuthArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        auth: AuthArgs,
+    }
+
+    #[test]
+    fn default_registries_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("registries.yaml");
+        std::fs::write(
+            &good,
+            "- name: company-images\n  rootUrl: https://registry.example.com\n  type: IMAGE\n",
+        )
+        .unwrap();
+        let w = Wrap::parse_from(["x", "--default-registries", good.to_str().unwrap()]);
+        let t = w.auth.tenancy_config().unwrap();
+        assert_eq!(t.default_registries.len(), 1);
+        assert_eq!(t.default_registries[0].name, "company-images");
+
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "- name: Bad Name\n  rootUrl: x\n  type: IMAGE\n").unwrap();
+        let w = Wrap::parse_from(["x", "--default-registries", bad.to_str().unwrap()]);
+        let e = w.auth.tenancy_config().unwrap_err().to_string();
+        assert!(e.contains("bad.yaml") && e.contains("Bad Name"), "{e}");
+    }
+
+    #[test]
+    fn oidc_needs_an_issuer() {
+        assert!(Wrap::try_parse_from(["x", "--oidc-audience", "a"]).is_err());
+        let w = Wrap::parse_from(["x", "--oidc-issuer", "https://idp.example/realms/r/"]);
+        let cfg = w.auth.auth_config().unwrap();
+        let oidc = cfg.oidc.expect("configured");
+        assert_eq!(oidc.config().issuer, "https://idp.example/realms/r");
+        assert_eq!(oidc.config().audience, "canopy");
+    }
+}

@@ -1,0 +1,29 @@
+//! Runs and supervises QEMU virtual machines on a Canopy edge: the foundation of the agent's VM
+//! driver, next to its container driver.
+//!
+//! Why QEMU directly (and not libvirt or KubeVirt): an edge is a single small machine without
+//! Kubernetes or a system daemon to lean on; QEMU is one Debian package, and everything a
+//! supervisor needs is in QEMU itself: a pidfile, QMP (status, power button, quit, accelerator,
+//! VNC address), a serial log, user-mode networking with port forwards, and qcow2 overlays.
+//!
+//! - [`VmSpec`] says what to run (camelCase serde, for templates and the wire).
+//! - [`ImageCache`] holds verified, content-addressed base images (`cache/sha256/<hex>`).
+//! - [`VmHost`] starts, stops, adopts and removes VMs under `<data dir>/vms/<name>/`; all of its
+//!   state is on disk and in the QEMU processes, so an agent restart loses nothing.
+//!
+//! This crate must not depend on the agent, the control plane or the store: it knows nothing of
+//! deployments, and the agent maps [`VmState`] onto what it reports. It needs on the edge:
+//! `qemu-system-x86_64` and `qemu-img` (Debian qemu-system-x86, qemu-utils) and, for cloud-init
+//! seeds, `genisoimage` (or `xorriso`, or `mkfs.vfat` + `mcopy`).
+
+mod cache;
+mod error;
+mod host;
+mod qmp;
+mod seed;
+mod spec;
+
+pub use cache::{DEFAULT_MAX_IMAGE_BYTES, ImageCache};
+pub use error::VmError;
+pub use host::{ACCEL_ENV, Accel, StopOutcome, VmHost, VmInfo, VmState, VmStatus};
+pub use spec::{Boot, CloudInit, ExtraDisk, ImageSource, PortForward, VmSpec};
