@@ -125,10 +125,11 @@ impl Principal {
     /// The caller's project-scoped role suffixes on `project` (`cat-r`, `ao-rw`, ...).
     fn project_roles<'a>(&'a self, project: &'a Project) -> impl Iterator<Item = &'a str> + 'a {
         let name = project.name.as_str();
-        let id = project.id.to_string();
+        // Every request asks: compare the UUID form without formatting the project's id.
         self.roles.iter().filter_map(move |r| {
             let (prefix, suffix) = r.rsplit_once('_')?;
-            (prefix == name || prefix.eq_ignore_ascii_case(&id)).then_some(suffix)
+            (prefix == name || uuid::Uuid::try_parse(prefix).is_ok_and(|u| u == project.id.0))
+                .then_some(suffix)
         })
     }
 
