@@ -81,7 +81,7 @@ impl ServerChild {
             _dir: dir,
         };
         server.wait_healthy().await?;
-        let token_file = server._dir.path().join("admin.token");
+        let token_file = server._dir.path().join("data").join("admin.token");
         server.token = std::fs::read_to_string(&token_file)
             .map_err(io(format!("reading {}", token_file.display())))?
             .trim()

@@ -115,7 +115,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         fleet: Default::default(),
         auth: args.auth.auth_config()?,
         tenancy: args.auth.tenancy_config()?,
-        limits: Default::default(),
+        limits: args.auth.limits(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
     };
     let server = canopy_server::Server::bind(&config).await?;
@@ -300,7 +300,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         fleet: Default::default(),
         auth: args.auth.auth_config()?,
         tenancy: args.auth.tenancy_config()?,
-        limits: Default::default(),
+        limits: args.auth.limits(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
     };
     // The server's errors name what failed (address, data directory, database).

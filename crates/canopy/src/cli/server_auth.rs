@@ -1,5 +1,6 @@
-//! Flags of `canopy server` / `canopy up` about identity and tenancy: an external OIDC identity
-//! provider, session lifetime, and the registries every new project gets.
+//! Flags of `canopy server` / `canopy up` about identity, tenancy and abuse limits: an external
+//! OIDC identity provider, session lifetime, the registries every new project gets, and the
+//! per-caller rate limit.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +43,12 @@ pub struct AuthArgs {
     /// catalog's registry format (name, rootUrl, type, ...).
     #[arg(long, env = "CANOPY_DEFAULT_REGISTRIES", value_name = "FILE")]
     pub default_registries: Option<PathBuf>,
+    /// Sustained API requests per second per token or identity (0: no limit).
+    #[arg(long, env = "CANOPY_RATE_LIMIT", value_name = "N", default_value_t = canopy_server::http::Limits::default().requests_per_second)]
+    pub rate_limit: u32,
+    /// Requests a caller may send at once after being idle.
+    #[arg(long, env = "CANOPY_RATE_BURST", value_name = "N", default_value_t = canopy_server::http::Limits::default().burst)]
+    pub rate_burst: u32,
 }
 
 impl AuthArgs {
@@ -68,6 +75,15 @@ impl AuthArgs {
             oidc,
             session_ttl: Some(self.session_ttl),
         })
+    }
+
+    /// The HTTP API's abuse limits.
+    pub fn limits(&self) -> canopy_server::http::Limits {
+        canopy_server::http::Limits {
+            requests_per_second: self.rate_limit,
+            burst: self.rate_burst.max(1),
+            ..Default::default()
+        }
     }
 
     /// What new projects get.
@@ -135,6 +151,7 @@ mod tests {
     fn oidc_needs_an_issuer() {
         assert!(Wrap::try_parse_from(["x", "--oidc-audience", "a"]).is_err());
         let w = Wrap::parse_from(["x", "--oidc-issuer", "https://idp.example/realms/r/"]);
+        assert_eq!(w.auth.limits(), canopy_server::http::Limits::default());
         let cfg = w.auth.auth_config().unwrap();
         let oidc = cfg.oidc.expect("configured");
         assert_eq!(oidc.config().issuer, "https://idp.example/realms/r");
