@@ -281,6 +281,7 @@ mod tests {
                     ..Default::default()
                 }],
             }],
+            ..Default::default()
         }
     }
 

@@ -160,6 +160,7 @@ async fn run_started<C: Converger>(
         version: env!("CARGO_PKG_VERSION").to_string(),
         capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         engine: converger.engine(),
+        ..AgentInfo::default()
     };
     let client = match &config.http_client {
         Some(http) => AgentClient::with_http_client(http.clone(), &start.server)?,
@@ -765,6 +766,7 @@ mod tests {
                 ],
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let apps = unobservable(&desired, "no engine");
         assert_eq!(apps.len(), 2);

@@ -331,6 +331,7 @@ fn desired(deployments: Vec<DeploymentInstance>) -> DesiredState {
     DesiredState {
         generation: Generation(1),
         deployments,
+        ..Default::default()
     }
 }
 

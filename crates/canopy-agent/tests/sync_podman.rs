@@ -130,6 +130,7 @@ async fn the_agent_runs_workloads_and_keeps_them_without_the_control_plane_again
                 ..Default::default()
             }],
         }],
+        ..Default::default()
     };
     let mut cp = FakeControlPlane::start().await;
     cp.set_desired(desired.clone());

@@ -273,6 +273,7 @@ pub fn render_deployment(
             depends_on,
             spec_hash: String::new(),
             containers,
+            vms: Vec::new(),
             registry_auth,
         };
         instance.spec_hash = spec_hash(&instance);

@@ -398,6 +398,7 @@ fn agent_info() -> AgentInfo {
         version: concat!("loadsim-", env!("CARGO_PKG_VERSION")).into(),
         capabilities: vec!["containers".into()],
         engine: "simulated".into(),
+        ..AgentInfo::default()
     }
 }
 

@@ -28,6 +28,51 @@ pub struct Generation(pub u64);
 pub struct DesiredState {
     pub generation: Generation,
     pub deployments: Vec<DeploymentInstance>,
+    /// Operator actions on this edge's workloads (VM power state, restarts), set through the
+    /// resource-manager API. A workload without an entry runs and was never restarted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controls: Vec<WorkloadControl>,
+}
+
+/// An operator's standing instruction for one workload of one app on this edge.
+///
+/// Actions travel inside the desired state (not as one-shot commands) so they survive an agent
+/// restart or a lost connection, and applying them twice is harmless: `running` is a state, and
+/// `restarts` is a counter the agent compares with the count it last acted on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadControl {
+    pub deployment_id: String,
+    pub app: String,
+    pub kind: WorkloadKind,
+    /// The VM's name ([`VmSpec::name`]); empty for [`WorkloadKind::Pod`] (all of the app's
+    /// containers on this edge).
+    #[serde(default)]
+    pub workload: String,
+    /// `false`: keep the VM powered off (reference `adminStatus` `DOWN`). Always `true` for pods.
+    #[serde(default = "yes")]
+    pub running: bool,
+    /// Bumped by every restart request (VM restart, pod delete). VMs are rebooted (their disks
+    /// are kept); containers are recreated, as Kubernetes recreates a deleted pod.
+    #[serde(default)]
+    pub restarts: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a [`WorkloadControl`] or a [`WorkloadStatus`] is about.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// The containers of one app on one edge (the reference's Pod).
+    #[default]
+    Pod,
+    /// One virtual machine.
+    Vm,
 }
 
 /// One deployment as one edge must run it.
@@ -63,7 +108,11 @@ pub struct AppInstance {
     /// Bumped whenever the app's rendered spec changes (the container label `generation`).
     pub spec_hash: String,
     pub containers: Vec<ContainerSpec>,
-    /// Credentials to pull this app's images, when its image registry has them.
+    /// Virtual machines of the app, run next to its containers (by the agent's VM driver).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<VmSpec>,
+    /// Credentials to pull this app's images (container images, and VM images whose URL starts
+    /// with the registry's `server`), when its image registry has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuth>,
 }
@@ -95,6 +144,97 @@ pub struct ContainerSpec {
     /// Memory limit in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+}
+
+/// A virtual machine as the agent must run it (already rendered).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmSpec {
+    /// Unique within the app: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 40 characters.
+    pub name: String,
+    /// Virtual CPUs (1..=64).
+    pub cpus: u32,
+    /// Guest memory in MiB (at least 16).
+    pub memory_mib: u64,
+    pub boot: VmBoot,
+    /// Empty data disks, created at the first start and kept until the VM is removed.
+    #[serde(default)]
+    pub extra_disks: Vec<VmDisk>,
+    /// Guest TCP ports published on the edge host.
+    #[serde(default)]
+    pub ports: Vec<VmPort>,
+    /// cloud-init NoCloud data attached as a seed disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<VmCloudInit>,
+    /// Serve the display over VNC (reachable only through the control plane's tunnel).
+    #[serde(default)]
+    pub vnc: bool,
+    /// What to do when the VM stops without being asked to.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+}
+
+/// How a VM boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VmBoot {
+    /// From a disk image (qcow2 or raw) shared by every VM using it: each VM writes to its own
+    /// qcow2 overlay.
+    Disk { image: VmImage },
+    /// From a kernel, an optional initrd and a kernel command line.
+    #[serde(rename_all = "camelCase")]
+    Kernel {
+        kernel: VmImage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd: Option<VmImage>,
+        #[serde(default)]
+        cmdline: String,
+    },
+}
+
+impl Default for VmBoot {
+    fn default() -> Self {
+        VmBoot::Disk {
+            image: VmImage::default(),
+        }
+    }
+}
+
+/// A VM image, identified by its content.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmImage {
+    /// `https://`, `http://` or (when the agent allows its directory) `file://`.
+    pub url: String,
+    /// Lowercase hex SHA-256 of the content; a download that does not match is refused.
+    pub sha256: String,
+}
+
+/// An empty data disk.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmDisk {
+    pub size_gib: u32,
+}
+
+/// A guest TCP port published on the edge host.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmPort {
+    pub guest_port: u16,
+    pub host_port: u16,
+    /// Host address to bind; all addresses when absent, like container ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+}
+
+/// cloud-init NoCloud data.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmCloudInit {
+    pub user_data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_data: Option<String>,
 }
 
 /// A published port.
@@ -213,6 +353,14 @@ pub struct AgentInfo {
     /// The container engine it drives (`podman 5.x`, `docker 27.x`), when connected.
     #[serde(default)]
     pub engine: String,
+    /// The VM accelerator available (`kvm` or `tcg`), when the agent runs VMs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub accelerator: String,
+    /// The edge host's name and non-loopback addresses: where published ports are reached.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// HTTP paths of the agent protocol (see `docs/AGENT-PROTOCOL.md`).
@@ -223,6 +371,70 @@ pub mod paths {
     pub const DESIRED_STATE: &str = "/canopy/v1/agent/desired-state";
     /// `POST` [`super::StatusReport`] → [`super::StatusAck`].
     pub const STATUS: &str = "/canopy/v1/agent/status";
+    /// `GET ?waitSeconds=W` → 200 [`super::TunnelRequests`] or 204 (none asked for): the tunnels
+    /// users want opened to this edge's workloads.
+    pub const TUNNELS: &str = "/canopy/v1/agent/tunnels";
+    /// `GET {TUNNELS}/{id}` with `Connection: Upgrade` and `Upgrade: `
+    /// [`super::TUNNEL_UPGRADE`] → `101`, then the connection carries the tunnel's raw bytes.
+    pub fn tunnel(id: &str) -> String {
+        format!("{TUNNELS}/{id}")
+    }
+}
+
+/// The `Upgrade` protocol name of an agent's tunnel connection.
+pub const TUNNEL_UPGRADE: &str = "canopy-tunnel";
+
+/// Tunnels waiting for the agent to open them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelRequests {
+    pub tunnels: Vec<TunnelRequest>,
+}
+
+/// One tunnel to open: connect to `target` on the edge, then to [`paths::tunnel`]`(id)` on the
+/// control plane, and copy bytes both ways until either side closes. Tunnels are always opened
+/// by the agent (outbound), so an edge never needs an inbound connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelRequest {
+    /// Random, single use; only the edge it was asked of may open it.
+    pub id: String,
+    pub target: TunnelTarget,
+}
+
+/// What a tunnel connects to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum TunnelTarget {
+    /// The VM's VNC server (RFB bytes both ways).
+    Vnc {
+        deployment_id: String,
+        app: String,
+        vm: String,
+    },
+    /// The VM's serial console (bytes both ways; what the guest printed before is not replayed).
+    Serial {
+        deployment_id: String,
+        app: String,
+        vm: String,
+    },
+    /// Logs, agent to control plane only: a container's stdout and stderr, or a VM's serial
+    /// log. The last `tail` lines, then (with `follow`) new lines until the tunnel closes.
+    Logs {
+        deployment_id: String,
+        app: String,
+        kind: WorkloadKind,
+        /// The container's or the VM's name (as in the template).
+        workload: String,
+        #[serde(default)]
+        follow: bool,
+        #[serde(default)]
+        tail: u32,
+    },
 }
 
 /// Header carrying [`PROTOCOL_VERSION`] on every agent request.
@@ -334,12 +546,33 @@ pub struct AppStatus {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadStatus {
-    /// `container` (VMs come later).
+    /// `container` or `vm`.
     pub kind: String,
+    /// The container's or VM's name as in the template.
     pub name: String,
+    /// Container image, or the VM's boot image URL.
     pub image: String,
-    /// Engine state: created, running, exited, ...
+    /// Containers: the engine's state (created, running, exited, ...). VMs: the reference's
+    /// `VirtualMachine` state (`RUNNING`, `STOPPED`, `STARTING`, `ERROR_IMAGE_PULL`, ...).
     pub state: String,
+    /// Why the workload is not running, when known (pull error, exit reason, QEMU error).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Containers that exited: the exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// VMs: `UP` when the VM is meant to run, `DOWN` when an operator stopped it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub admin_state: String,
+    /// VMs: the accelerator QEMU uses (`kvm` or `tcg`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub accelerator: String,
+    /// VMs: a VNC console can be opened through a tunnel.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vnc: bool,
+    /// When the workload was created (RFC 3339), when known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_at: String,
     /// `healthy`, `unhealthy`, `starting` or empty when there is no health check.
     #[serde(default)]
     pub health: String,
@@ -385,6 +618,7 @@ mod tests {
                     ..Default::default()
                 }],
             }],
+            ..Default::default()
         };
         let text = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<DesiredState>(&text).unwrap(), d);

@@ -961,6 +961,7 @@ impl State_ {
         DesiredState {
             generation: Generation(e.generation),
             deployments,
+            controls: Vec::new(),
         }
     }
 }

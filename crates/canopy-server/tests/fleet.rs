@@ -667,6 +667,7 @@ async fn fleet_survives_a_control_plane_restart() {
         held: DesiredState {
             generation: Generation(0),
             deployments: vec![],
+            ..Default::default()
         },
         ..e
     };

@@ -487,6 +487,7 @@ pub fn desired(generation: u64, deployments: &[&str]) -> DesiredState {
                 }],
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -678,6 +678,7 @@ async fn simulated_agent(url: String, credential: String) {
                         health: String::new(),
                         restarts: 0,
                         ports: Vec::new(),
+                        ..Default::default()
                     }],
                 })
             })

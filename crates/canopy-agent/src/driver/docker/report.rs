@@ -73,6 +73,10 @@ pub(super) fn workload(i: &ContainerInspectResponse, name: &str, image: &str) ->
         }
     }
     ports.sort_by_key(|p| (p.container_port, p.host_port));
+    let status = state.status.map(|s| s.to_string()).unwrap_or_default();
+    let exit_code = state
+        .exit_code
+        .filter(|_| status == "exited" || status == "dead");
     WorkloadStatus {
         kind: "container".into(),
         name: name.to_string(),
@@ -81,7 +85,10 @@ pub(super) fn workload(i: &ContainerInspectResponse, name: &str, image: &str) ->
             .as_ref()
             .and_then(|c| c.image.clone())
             .unwrap_or_else(|| image.to_string()),
-        state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+        state: status,
+        message: state.error.clone().unwrap_or_default(),
+        exit_code,
+        created_at: i.created.clone().unwrap_or_default(),
         health: state
             .health
             .and_then(|h| h.status)
@@ -90,5 +97,6 @@ pub(super) fn workload(i: &ContainerInspectResponse, name: &str, image: &str) ->
             .unwrap_or_default(),
         restarts: restarts(i),
         ports,
+        ..WorkloadStatus::default()
     }
 }
