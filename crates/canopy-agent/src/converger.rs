@@ -4,9 +4,10 @@
 
 use std::future::Future;
 
-use canopy_proto::{AppStatus, DesiredState};
+use canopy_proto::{AppStatus, DesiredState, TunnelTarget};
 
 use crate::driver::{DockerDriver, DriverError};
+use crate::tunnel::TunnelIo;
 
 /// A driver the sync loop converges with. Calls never overlap: the loop makes one at a time.
 pub trait Converger: Send + Sync {
@@ -25,6 +26,23 @@ pub trait Converger: Send + Sync {
 
     /// The engine driven, e.g. `Podman Engine 5.4.2` (reported to the control plane).
     fn engine(&self) -> String;
+
+    /// Opens the local end of a tunnel to one of `desired`'s workloads. Unlike `apply` and
+    /// `observe`, calls may overlap each other and a pass (tunnels live for minutes). A target
+    /// that is not in `desired`, or that this driver does not run, is an error naming it.
+    fn open_tunnel(
+        &self,
+        desired: &DesiredState,
+        target: &TunnelTarget,
+    ) -> impl Future<Output = Result<TunnelIo, DriverError>> + Send {
+        let _ = desired;
+        let target = format!("{target:?}");
+        async move {
+            Err(DriverError::Unsupported {
+                what: format!("tunnel to {target}"),
+            })
+        }
+    }
 }
 
 impl Converger for DockerDriver {

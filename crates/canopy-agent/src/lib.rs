@@ -26,6 +26,7 @@ pub mod driver;
 pub mod error;
 pub mod state;
 pub mod sync;
+pub mod tunnel;
 
 pub use backoff::Backoff;
 pub use client::{AgentClient, Credential};
@@ -35,3 +36,4 @@ pub use driver::{DockerDriver, DriverError};
 pub use error::AgentError;
 pub use state::{AgentState, DataDir, EdgeRecord};
 pub use sync::{run, run_with};
+pub use tunnel::TunnelIo;

@@ -32,6 +32,14 @@ pub enum DriverError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The driver cannot do what was asked (e.g. a tunnel to a workload kind it does not run).
+    #[error("this agent cannot open a {what}")]
+    Unsupported { what: String },
+
+    /// The workload named does not exist on this edge.
+    #[error("{what} does not exist on this edge")]
+    NoSuchWorkload { what: String },
+
     /// An engine call did not answer in time.
     #[error("cannot {op} {target}: the engine did not answer within {} s", timeout.as_secs())]
     Timeout {
