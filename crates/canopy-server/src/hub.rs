@@ -30,7 +30,7 @@ use canopy_deploy::status::{EdgeAppReport, EdgeInput, FoldInput};
 use canopy_deploy::target::{Targeting, set_matches};
 use canopy_proto::{
     AgentInfo, AppInstance, AppStatus, DeploymentInstance, DesiredState, Generation, StatusAck,
-    StatusReport,
+    StatusReport, WorkloadControl, WorkloadKind,
 };
 use canopy_store::{DeploymentRow, EdgeRow, EdgeSeen, FleetSnapshot, ProjectId};
 use serde::{Deserialize, Serialize};
@@ -139,6 +139,20 @@ struct EdgeEntry {
     statuses: HashMap<String, BTreeMap<String, AppStatus>>,
     status_dirty: bool,
     agent_dirty: bool,
+    /// Operator actions on this edge's workloads, by (deployment, app, kind, workload).
+    controls: BTreeMap<ControlKey, WorkloadControl>,
+}
+
+/// (deployment id, app, kind, workload name) of a [`WorkloadControl`].
+type ControlKey = (String, String, WorkloadKind, String);
+
+fn control_key(c: &WorkloadControl) -> ControlKey {
+    (
+        c.deployment_id.clone(),
+        c.app.clone(),
+        c.kind,
+        c.workload.clone(),
+    )
 }
 
 #[derive(Default)]
@@ -232,6 +246,29 @@ impl Hub {
                 let rec: DeploymentRecord = serde_json::from_str(&row.body)
                     .map_err(|e| format!("deployment {} record: {e}", row.id))?;
                 st.put_deployment(Arc::new(rec), snap.revision, false);
+            }
+            for row in snap.controls {
+                let kind = match row.kind.as_str() {
+                    "vm" => WorkloadKind::Vm,
+                    "pod" => WorkloadKind::Pod,
+                    other => {
+                        return Err(format!(
+                            "workload control of edge {} has unknown kind {other:?}",
+                            row.edge_id
+                        ));
+                    }
+                };
+                if let Some(e) = st.edges.get_mut(&row.edge_id) {
+                    let c = WorkloadControl {
+                        deployment_id: row.deployment_id,
+                        app: row.app,
+                        kind,
+                        workload: row.workload,
+                        running: row.running,
+                        restarts: row.restarts,
+                    };
+                    e.controls.insert(control_key(&c), c);
+                }
             }
         }
         Ok(hub)
@@ -424,6 +461,45 @@ impl Hub {
         self.lock().put_deployment(rec, revision, true);
     }
 
+    /// The operator's standing action on one workload of an edge (none: it runs, never
+    /// restarted).
+    pub fn control(
+        &self,
+        edge_id: &str,
+        deployment_id: &str,
+        app: &str,
+        kind: WorkloadKind,
+        workload: &str,
+    ) -> Option<WorkloadControl> {
+        let st = self.lock();
+        let key = (
+            deployment_id.to_string(),
+            app.to_string(),
+            kind,
+            workload.to_string(),
+        );
+        st.edges.get(edge_id)?.controls.get(&key).cloned()
+    }
+
+    /// Whether an edge holds `app` of `deployment_id` (it is targeted there).
+    pub fn edge_holds(&self, edge_id: &str, deployment_id: &str, app: &str) -> bool {
+        let st = self.lock();
+        st.edges
+            .get(edge_id)
+            .and_then(|e| e.deployments.get(deployment_id))
+            .is_some_and(|apps| apps.iter().any(|a| a == app))
+    }
+
+    /// Sets a workload control (already committed to the store) and wakes the edge with
+    /// `revision`.
+    pub fn set_control(&self, edge_id: &str, control: WorkloadControl, revision: u64) {
+        let mut st = self.lock();
+        if let Some(e) = st.edges.get_mut(edge_id) {
+            e.controls.insert(control_key(&control), control);
+            bump(e, revision);
+        }
+    }
+
     /// Removes a deployment; the edges holding it are woken with `revision`.
     pub fn remove_deployment(&self, id: &str, revision: u64) {
         let mut st = self.lock();
@@ -437,6 +513,7 @@ impl Hub {
             if let Some(e) = st.edges.get_mut(edge) {
                 e.deployments.remove(id);
                 e.statuses.remove(id);
+                e.controls.retain(|(d, ..), _| d != id);
                 e.status_dirty = true;
                 bump(e, revision);
             }
@@ -766,6 +843,7 @@ fn new_edge_entry(row: EdgeRow, generation: u64) -> EdgeEntry {
         statuses: HashMap::new(),
         status_dirty: false,
         agent_dirty: false,
+        controls: BTreeMap::new(),
         row,
     }
 }
@@ -958,10 +1036,20 @@ impl State_ {
                 })
             })
             .collect();
+        let controls = e
+            .controls
+            .values()
+            .filter(|c| {
+                e.deployments
+                    .get(&c.deployment_id)
+                    .is_some_and(|apps| apps.contains(&c.app))
+            })
+            .cloned()
+            .collect();
         DesiredState {
             generation: Generation(e.generation),
             deployments,
-            controls: Vec::new(),
+            controls,
         }
     }
 }

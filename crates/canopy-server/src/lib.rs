@@ -143,6 +143,7 @@ impl Server {
                 fleet: config.fleet,
                 auth: config.auth.clone(),
                 tenancy: config.tenancy.clone(),
+                tls: config.tls.is_some(),
             },
         )
         .await?;

@@ -3,13 +3,11 @@
 //! without running containers. They stand in for edges so targeting, status folding and the
 //! state machine are tested fast; `crates/canopy/tests/edge_podman.rs` runs the real agent.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use canopy_proto::{
-    AppState, AppStatus, DesiredState, EnrollResponse, Generation, PROTOCOL_HEADER, StatusReport,
-};
+use canopy_proto::{AppState, AppStatus, DesiredState, PROTOCOL_HEADER, StatusReport};
 use canopy_server::hub::HubConfig;
+use canopy_testkit::sim_agent::{SimAgent, enroll_raw};
 use canopy_testkit::{TestControlPlane, example};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -24,132 +22,6 @@ fn fast() -> HubConfig {
         edge_timeout: Duration::from_secs(4),
         no_target_grace: Duration::from_secs(3),
     }
-}
-
-/// A simulated edge agent speaking the real protocol.
-struct SimAgent {
-    http: reqwest::Client,
-    url: String,
-    cred: String,
-    id: String,
-    seq: u64,
-    held: DesiredState,
-}
-
-impl SimAgent {
-    async fn enroll(
-        cp: &TestControlPlane,
-        token: &str,
-        name: &str,
-        labels: &[(&str, &str)],
-    ) -> SimAgent {
-        let (status, body) = enroll_raw(cp, token, name, labels).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        let r: EnrollResponse = serde_json::from_value(body).unwrap();
-        SimAgent {
-            http: reqwest::Client::new(),
-            url: cp.url.clone(),
-            cred: r.credential,
-            id: r.edge_id,
-
-            seq: 0,
-            held: DesiredState::default(),
-        }
-    }
-
-    /// One long-poll; keeps what it got. `None` on 204.
-    async fn poll(&mut self, wait: u32) -> Option<DesiredState> {
-        let resp = self
-            .http
-            .get(format!(
-                "{}/canopy/v1/agent/desired-state?after={}&waitSeconds={wait}",
-                self.url, self.held.generation.0
-            ))
-            .header(PROTOCOL_HEADER, "1")
-            .bearer_auth(&self.cred)
-            .send()
-            .await
-            .unwrap();
-        match resp.status() {
-            StatusCode::NO_CONTENT => None,
-            StatusCode::OK => {
-                let d: DesiredState = resp.json().await.unwrap();
-                assert!(d.generation > self.held.generation, "generations only grow");
-                self.held = d.clone();
-                Some(d)
-            }
-            s => panic!("long-poll answered {s}: {}", resp.text().await.unwrap()),
-        }
-    }
-
-    /// Reports every held app in `state` at the held generation.
-    async fn report(&mut self, state: AppState) -> (StatusCode, Value) {
-        let apps = self
-            .held
-            .deployments
-            .iter()
-            .flat_map(|d| {
-                d.apps.iter().map(move |a| AppStatus {
-                    deployment_id: d.deployment_id.clone(),
-                    app: a.name.clone(),
-                    state,
-                    message: String::new(),
-                    deployment_generation: d.generation,
-                    workloads: vec![],
-                })
-            })
-            .collect();
-        self.seq += 1;
-        let report = StatusReport {
-            protocol_version: 1,
-            seq: self.seq,
-            generation: self.held.generation,
-            apps,
-            agent: None,
-        };
-        self.send(&report).await
-    }
-
-    async fn send(&self, report: &StatusReport) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .post(format!("{}/canopy/v1/agent/status", self.url))
-            .header(PROTOCOL_HEADER, "1")
-            .bearer_auth(&self.cred)
-            .json(report)
-            .send()
-            .await
-            .unwrap();
-        let s = resp.status();
-        (s, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    fn deployments(&self) -> Vec<String> {
-        self.held
-            .deployments
-            .iter()
-            .map(|d| d.deployment_id.clone())
-            .collect()
-    }
-}
-
-async fn enroll_raw(
-    cp: &TestControlPlane,
-    token: &str,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> (StatusCode, Value) {
-    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let resp = cp
-        .http()
-        .post(cp.at("/canopy/v1/agent/enroll"))
-        .header(PROTOCOL_HEADER, "1")
-        .json(&json!({"protocolVersion": 1, "token": token, "name": name, "labels": labels}))
-        .send()
-        .await
-        .unwrap();
-    let s = resp.status();
-    (s, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn token(cp: &TestControlPlane) -> String {
@@ -663,14 +535,8 @@ async fn fleet_survives_a_control_plane_restart() {
     // Same credential, same deployment; the generation is not lower than what the edge holds.
     let (st, _) = state(&cp, &id).await;
     assert_eq!(st, "RUNNING", "last reported state restored");
-    let mut probe = SimAgent {
-        held: DesiredState {
-            generation: Generation(0),
-            deployments: vec![],
-            ..Default::default()
-        },
-        ..e
-    };
+    let mut probe = e;
+    probe.held = DesiredState::default();
     let got = probe.poll(0).await.unwrap();
     assert!(got.generation >= held);
     assert_eq!(probe.deployments(), vec![id.clone()]);

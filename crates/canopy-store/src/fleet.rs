@@ -72,6 +72,23 @@ pub struct FleetSnapshot {
     pub revision: u64,
     pub edges: Vec<EdgeRow>,
     pub deployments: Vec<DeploymentRow>,
+    pub controls: Vec<WorkloadControlRow>,
+}
+
+/// An operator's standing action on one workload of one deployment's app on one edge (VM power
+/// state, restart counter). Deleted with its edge, deployment or project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadControlRow {
+    pub project_id: ProjectId,
+    pub edge_id: String,
+    pub deployment_id: String,
+    pub app: String,
+    /// `pod` or `vm`.
+    pub kind: String,
+    /// The VM's name; empty for a pod.
+    pub workload: String,
+    pub running: bool,
+    pub restarts: u64,
 }
 
 /// A batched liveness update of one edge.
@@ -88,6 +105,21 @@ pub struct EdgeSeen {
 const TOKEN_COLUMNS: &str = "id, project_id, secret_hash, description, create_time, expire_time, revoke_time, max_uses, uses";
 const EDGE_COLUMNS: &str = "id, project_id, name, labels, credential_hash, token_id, create_time, agent, last_seen, last_status";
 const DEPLOYMENT_COLUMNS: &str = "id, project_id, name, body, create_time, update_time";
+const CONTROL_COLUMNS: &str =
+    "project_id, edge_id, deployment_id, app, kind, workload, running, restarts";
+
+fn control_from_row(r: &AnyRow) -> Result<WorkloadControlRow, StoreError> {
+    Ok(WorkloadControlRow {
+        project_id: project_id(&r.try_get::<String, _>(0)?)?,
+        edge_id: r.try_get(1)?,
+        deployment_id: r.try_get(2)?,
+        app: r.try_get(3)?,
+        kind: r.try_get(4)?,
+        workload: r.try_get(5)?,
+        running: r.try_get::<i64, _>(6)? != 0,
+        restarts: count(r.try_get(7)?),
+    })
+}
 
 fn project_id(s: &str) -> Result<ProjectId, StoreError> {
     uuid::Uuid::parse_str(s)
@@ -189,10 +221,19 @@ impl Store {
         .iter()
         .map(|r| deployment_from_row(self.keyring.as_deref(), r))
         .collect::<Result<_, _>>()?;
+        let controls = sqlx::query(&format!(
+            "SELECT {CONTROL_COLUMNS} FROM workload_controls ORDER BY edge_id, deployment_id, app, kind, workload"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(control_from_row)
+        .collect::<Result<_, _>>()?;
         Ok(FleetSnapshot {
             revision: count(revision),
             edges,
             deployments,
+            controls,
         })
     }
 
@@ -387,6 +428,30 @@ impl CatalogTx {
             .execute(&mut *self.tx)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Records an operator action on a workload (insert or replace), in this transaction's
+    /// project (`c.project_id` is not consulted).
+    pub async fn put_workload_control(&mut self, c: &WorkloadControlRow) -> Result<(), StoreError> {
+        self.check_writable()?;
+        sqlx::query(
+            "INSERT INTO workload_controls (project_id, edge_id, deployment_id, app, kind, workload, running, restarts, update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (edge_id, deployment_id, app, kind, workload) \
+             DO UPDATE SET running = excluded.running, restarts = excluded.restarts, update_time = excluded.update_time",
+        )
+        .bind(self.pid())
+        .bind(c.edge_id.clone())
+        .bind(c.deployment_id.clone())
+        .bind(c.app.clone())
+        .bind(c.kind.clone())
+        .bind(c.workload.clone())
+        .bind(i64::from(c.running))
+        .bind(i64_of(c.restarts))
+        .bind(crate::sql::format_time(OffsetDateTime::now_utc()))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     // --- deployments -------------------------------------------------------------------------

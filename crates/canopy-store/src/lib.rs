@@ -98,7 +98,9 @@ mod tenancy;
 pub use audit::{
     AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditRecord, NewAuditRecord,
 };
-pub use fleet::{DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, FleetSnapshot};
+pub use fleet::{
+    DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, FleetSnapshot, WorkloadControlRow,
+};
 pub use sealing::ResealReport;
 pub use sql::{CatalogTx, Store};
 pub use tenancy::{Org, OrgDelete, ProjectPut, ProjectRecord, Put, TokenRow, UserRow};

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub mod sim_agent;
+
 use canopy_server::{Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -11,6 +11,7 @@ mod deployments;
 mod edges;
 mod error;
 mod identity;
+mod resources;
 mod tenancy;
 mod upload;
 
@@ -29,6 +30,9 @@ pub use edges::{
 pub use error::AppError;
 pub use identity::{
     ADMIN_TOKEN_FILE, ApiToken, AuthConfig, BOOTSTRAP_USER, IssuedToken, User, WhoAmI,
+};
+pub use resources::{
+    AppEndpoint, AppWorkload, VmAction, WorkloadRef, pod_name, workload_id,
 };
 pub use tenancy::{DEFAULT_ORG, TenancyConfig, TenancyObject, TenancyStatus, put_message};
 pub use upload::{MAX_UPLOAD_FILES, MAX_UPLOAD_TOTAL_BYTES, UploadOutcome};
@@ -71,12 +75,15 @@ pub struct AppConfig {
     pub auth: AuthConfig,
     /// What new projects get.
     pub tenancy: TenancyConfig,
+    /// The server serves HTTPS (addresses it hands out use `https`/`wss`).
+    pub tls: bool,
 }
 
 struct Inner {
     store: Store,
     auth: AuthConfig,
     tenancy: TenancyConfig,
+    tls: bool,
     /// Recent token lookups (cleared whenever access may have been taken away).
     tokens: identity::TokenCache,
     events: EventBus,
@@ -116,6 +123,7 @@ impl App {
                 store,
                 auth: config.auth,
                 tenancy: config.tenancy,
+                tls: config.tls,
                 tokens: Default::default(),
                 events: EventBus::default(),
                 hub,
@@ -152,6 +160,11 @@ impl App {
         async move {
             let _ = rx.wait_for(|v| *v).await;
         }
+    }
+
+    /// Whether the server serves HTTPS.
+    pub fn serves_tls(&self) -> bool {
+        self.inner.tls
     }
 
     /// The fleet hub (edges, deployments, long-polls).

@@ -14,6 +14,7 @@ mod events;
 mod fleet;
 mod identity;
 mod limits;
+mod resources;
 mod tenancy;
 
 use axum::Router;
@@ -51,7 +52,11 @@ pub const MAX_UPLOAD_BODY: usize = 80 * 1024 * 1024;
         (name = "Agent", description = "The edge agent protocol (docs/AGENT-PROTOCOL.md)"),
         (name = "Org", description = "Organizations (reference tenancy API)"),
         (name = "Project", description = "Projects (reference tenancy API)"),
-        (name = "Identity", description = "Canopy's built-in users, login and API tokens")
+        (name = "Identity", description = "Canopy's built-in users, login and API tokens"),
+        (name = "AppWorkloadService", description = "Workloads of an application on an edge (reference resource manager)"),
+        (name = "EndpointsService", description = "Published ports of an application on an edge (reference resource manager)"),
+        (name = "VirtualMachineService", description = "Virtual machine power actions and console (reference resource manager)"),
+        (name = "PodService", description = "Container restarts as pod deletes (reference resource manager)")
     )
 )]
 struct ApiDoc;
@@ -173,6 +178,13 @@ pub fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(fleet::enroll))
         .routes(routes!(fleet::desired_state))
         .routes(routes!(fleet::status))
+        .routes(routes!(resources::list_app_workloads))
+        .routes(routes!(resources::list_app_endpoints))
+        .routes(routes!(resources::start_vm))
+        .routes(routes!(resources::stop_vm))
+        .routes(routes!(resources::restart_vm))
+        .routes(routes!(resources::get_vnc))
+        .routes(routes!(resources::delete_pod))
         .routes(routes!(audit::list_audit))
         .routes(routes!(audit::project_audit))
         .routes(routes!(tenancy::list_orgs))
