@@ -3,8 +3,8 @@
 //!
 //! A native [`Application`] carries `workloadTemplate` instead of a Helm chart: Jinja-style text
 //! (rendered with [minijinja]) that must produce one YAML document describing the app's
-//! containers. Rendering goes through these steps, each an error naming the application, the
-//! profile and the field:
+//! containers and virtual machines. Rendering goes through these steps, each an error naming
+//! the application, the profile and the field:
 //!
 //! 1. the deployment's override values get the profile's parameter templates applied
 //!    ([`apply_parameter_templates`]: coerced to their type, mandatory ones required);
@@ -17,11 +17,16 @@
 //!    committed JSON Schema ([`SCHEMA_JSON`], so errors name the field, e.g.
 //!    `containers[0].ports[1].hostPort`), deserialized with `deny_unknown_fields` and checked for
 //!    the rules a schema cannot say (unique names and host ports, memory sizes, ...);
-//! 5. the containers become [`canopy_proto::ContainerSpec`]s, images resolved against the app's
-//!    image registry.
+//! 5. the containers become [`canopy_proto::ContainerSpec`]s (images resolved against the app's
+//!    image registry) and the VMs [`canopy_proto::VmSpec`]s (registry paths resolved the same
+//!    way), together a [`Workloads`].
 //!
 //! [`check_template`] runs the same steps at upload with each profile's values, so syntax and
 //! structure errors surface there; errors that depend on override values surface at deploy.
+//! Mandatory parameters have no value at upload and get placeholders; a VM file's `url` or
+//! `sha256` (and its `cpus`, `memory`, disk size) that is exactly a placeholder is not held
+//! against the package, since the real value only comes with the deployment — where it is
+//! checked like any other.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,8 +41,10 @@ mod format;
 mod values;
 
 pub use format::{
-    Container, HealthCheckTemplate, PortTemplate, Resources, VolumeTemplate, WorkloadDocument,
-    image_registry_auth, parse_memory, resolve_image,
+    CLOUD_INIT_MAX_BYTES, Container, HealthCheckTemplate, PortTemplate, Resources,
+    VM_MAX_MEMORY_MIB, VM_MIN_MEMORY_MIB, VmCloudInitTemplate, VmDiskTemplate, VmPortTemplate,
+    VmSourceTemplate, VmTemplate, VolumeTemplate, WorkloadDocument, Workloads, image_registry_auth,
+    parse_memory, resolve_image, vm_memory_mib, vm_url,
 };
 pub use values::{
     SECRET_MASK, Seg, apply_parameter_templates, mask_secrets, merge_values, parse_path,
@@ -59,6 +66,11 @@ const MAX_PRINTED_ITEMS: usize = 10_000;
 
 /// The name the template has in the engine (and in its own error messages).
 const TEMPLATE_NAME: &str = "workloadTemplate";
+
+/// The image registry `rootUrl` assumed at upload for an application that names an image
+/// registry: the real one is only looked up at deploy, and registry paths of VM files must
+/// still be checked. Never leaves [`check_template`].
+const UPLOAD_REGISTRY_STAND_IN: &str = "https://image-registry.invalid";
 
 /// Something wrong with a workload template, its values or its rendered output.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,9 +143,12 @@ pub struct RenderContext {
 /// Checks a native application's template at upload (or create/update): its syntax, and, for
 /// each profile (or once without values when it has none), that rendering with the profile's
 /// values gives a valid workload. Mandatory parameters have no values yet, so the profile's own
-/// value or a placeholder stands in (`placeholder`, 30000 + their index for numbers, `false`).
-/// The context is `deployment.id` = the nil UUID, `deployment.name` = `app.namespace` = the app
-/// name, `project` = `default`, and no image registry.
+/// value or a placeholder stands in (`placeholder`, 30000 + their index for numbers, `false`);
+/// a VM's `url`, `sha256`, `cpus`, `memory` or `sizeGib` that is exactly such a placeholder is
+/// accepted (it is checked at deploy, with the real value). The context is `deployment.id` =
+/// the nil UUID, `deployment.name` = `app.namespace` = the app name, `project` = `default`;
+/// when the app names an image registry, registry paths of VM files resolve against a
+/// stand-in (the registry itself is looked up at deploy).
 pub fn check_template(app: &Application) -> Result<(), TemplateError> {
     if app.workload_template.is_empty() {
         return Ok(());
@@ -155,7 +170,8 @@ pub fn check_template(app: &Application) -> Result<(), TemplateError> {
             deployment_name: app.name.clone(),
             namespace: app.name.clone(),
             project: "default".into(),
-            image_registry_url: None,
+            image_registry_url: (!app.image_registry_name.is_empty())
+                .then(|| UPLOAD_REGISTRY_STAND_IN.to_string()),
         };
         let profiles: Vec<Option<&Profile>> = if app.profiles.is_empty() {
             vec![None]
@@ -164,8 +180,10 @@ pub fn check_template(app: &Application) -> Result<(), TemplateError> {
         };
         for p in profiles {
             let name = p.map(|p| p.name.as_str()).unwrap_or("");
-            let overrides = values::check_overrides(p).map_err(|e| e.in_app(app, name))?;
-            render_inner(app, p, &overrides, &ctx).map_err(|e| e.in_app(app, name))?;
+            let (overrides, placeholders) =
+                values::check_overrides(p).map_err(|e| e.in_app(app, name))?;
+            render_inner(app, p, &overrides, &ctx, &placeholders)
+                .map_err(|e| e.in_app(app, name))?;
         }
         Ok(())
     })
@@ -175,14 +193,17 @@ pub fn check_template(app: &Application) -> Result<(), TemplateError> {
 /// default profile) values merged with `overrides` (the deployment's override values for this
 /// app; `null` = none), with the profile's parameter templates applied. `overrides` must hold
 /// the real secret values (see [`unmask_secrets`]); a secret still masked is refused.
+/// Returns the app's containers and VMs (at least one of either).
 pub fn render(
     app: &Application,
     profile: &str,
     overrides: &Value,
     ctx: &RenderContext,
-) -> Result<Vec<canopy_proto::ContainerSpec>, TemplateError> {
+) -> Result<Workloads, TemplateError> {
     let (p, profile_name) = select_profile(app, profile)?;
-    on_big_stack(|| render_inner(app, p, overrides, ctx).map_err(|e| e.in_app(app, profile_name)))
+    on_big_stack(|| {
+        render_inner(app, p, overrides, ctx, &[]).map_err(|e| e.in_app(app, profile_name))
+    })
 }
 
 /// Like [`render`], but returns the rendered text as it is (before it is read and checked):
@@ -243,9 +264,16 @@ fn render_inner(
     profile: Option<&Profile>,
     overrides: &Value,
     ctx: &RenderContext,
-) -> Result<Vec<canopy_proto::ContainerSpec>, TemplateError> {
+    placeholders: &[Value],
+) -> Result<Workloads, TemplateError> {
     let text = render_template(app, profile, overrides, ctx)?;
-    format::containers_from_text(&text, ctx.image_registry_url.as_deref())
+    format::workloads_from_text(
+        &text,
+        format::ReadOptions {
+            image_registry_url: ctx.image_registry_url.as_deref(),
+            placeholders,
+        },
+    )
 }
 
 /// Values (parameters applied, merged, defaults filled) → context → rendered text.
@@ -446,3 +474,5 @@ fn on_big_stack<T: Send>(f: impl Fn() -> T + Sync) -> T {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vm_tests;

@@ -1,7 +1,8 @@
 //! Native applications end to end: the examples of `docs/TEMPLATE-FORMAT.md` (they upload,
-//! render, match the committed JSON Schema and the documented output), upload and export of
-//! workload templates, upload errors, a snapshot of rendered containers, and properties
-//! (merging is idempotent; rendering any text never panics).
+//! render, match the committed JSON Schema and the documented output), the `examples/edge-demo`
+//! package (containers and a VM), upload and export of workload templates, upload errors,
+//! snapshots of rendered containers and VMs, and properties (merging is idempotent; rendering
+//! any text never panics).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -9,6 +10,7 @@ use std::io::Read;
 use canopy_core::catalog::Application;
 use canopy_core::template::{self, RenderContext, SCHEMA_JSON, merge_values};
 use canopy_core::upload::{FileSet, UploadError, UploadFile, export_package, parse_upload};
+use canopy_proto::VmBoot;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -43,19 +45,27 @@ fn doc_blocks() -> Vec<(String, String)> {
     blocks
 }
 
-/// The example files of the document (`file=NAME` blocks) as an upload.
+/// The example files of the document (`file=NAME` blocks without a `set=`) as an upload.
 fn doc_files() -> Vec<UploadFile> {
-    let files: Vec<UploadFile> = doc_blocks()
-        .into_iter()
-        .filter_map(|(info, body)| {
-            let name = info
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("file="))?;
-            Some(file(name, body))
-        })
-        .collect();
+    let files = doc_set(None);
     assert!(files.len() >= 5, "examples missing from TEMPLATE-FORMAT.md");
     files
+}
+
+/// The `file=NAME` blocks of the document in one example set (`set=NAME`; `None`: no `set=`).
+fn doc_set(set: Option<&str>) -> Vec<UploadFile> {
+    doc_blocks()
+        .into_iter()
+        .filter_map(|(info, body)| {
+            let words: Vec<&str> = info.split_whitespace().collect();
+            let in_set = words.iter().find_map(|w| w.strip_prefix("set="));
+            if in_set != set {
+                return None;
+            }
+            let name = words.iter().find_map(|w| w.strip_prefix("file="))?;
+            Some(file(name, body))
+        })
+        .collect()
 }
 
 fn parse(files: &[UploadFile]) -> FileSet {
@@ -162,9 +172,10 @@ fn doc_examples_upload_render_and_match_the_schema() {
                 a.name,
                 p.name
             );
-            let containers =
+            let workloads =
                 template::render(a, &p.name, &overrides, &ctx()).unwrap_or_else(|e| panic!("{e}"));
-            assert!(!containers.is_empty());
+            assert!(!workloads.containers.is_empty());
+            assert!(workloads.vms.is_empty());
             rendered += 1;
         }
     }
@@ -176,7 +187,8 @@ fn doc_examples_upload_render_and_match_the_schema() {
         &json!({"token": "t0k3n", "intervalSeconds": "30"}),
         &ctx(),
     )
-    .unwrap();
+    .unwrap()
+    .containers;
     assert_eq!(
         probes.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
         ["probe-1", "probe-2"]
@@ -214,12 +226,163 @@ fn rendered_containers_snapshot() {
     let set = parse(&doc_files());
     let mut c = ctx();
     c.image_registry_url = Some("https://registry.example.com/edge".into());
-    let mut containers =
-        template::render(app(&set, "web"), "public", &json!({"port": 8081}), &c).unwrap();
+    let mut containers = template::render(app(&set, "web"), "public", &json!({"port": 8081}), &c)
+        .unwrap()
+        .containers;
     containers.extend(
-        template::render(app(&set, "probe"), "default", &json!({"token": "t"}), &c).unwrap(),
+        template::render(app(&set, "probe"), "default", &json!({"token": "t"}), &c)
+            .unwrap()
+            .containers,
     );
     insta::assert_yaml_snapshot!("rendered_containers", containers);
+}
+
+// ---- virtual machines: the document's example and examples/edge-demo
+
+#[test]
+fn doc_vm_example_uploads_and_renders() {
+    let files = doc_set(Some("vm"));
+    assert_eq!(files.len(), 3, "VM example missing from TEMPLATE-FORMAT.md");
+    let set = parse(&files);
+    let gateway = app(&set, "gateway");
+    assert_eq!(gateway.image_registry_name, "images");
+    let overrides = json!({
+        "sshKey": "ssh-ed25519 AAAAC3Nza ops@example",
+        "kernelUrl": "https://images.example.com/tiny/vmlinuz",
+        "kernelSha256": "ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789",
+        "memory": "2Gi",
+    });
+    let mut c = ctx();
+    c.image_registry_url = Some(set.registries[0].root_url.clone());
+    let text = template::render_to_text(gateway, "", &overrides, &c).unwrap();
+    let doc: Value = canopy_core::yaml::parse_one(&text).unwrap();
+    let problems: Vec<String> = schema()
+        .iter_errors(&doc)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(problems.is_empty(), "{problems:?}\n{text}");
+    let w = template::render(gateway, "", &overrides, &c).unwrap();
+    assert_eq!(w.containers.len(), 1);
+    insta::assert_yaml_snapshot!("rendered_vms", w.vms);
+    let VmBoot::Kernel { kernel, initrd, .. } = &w.vms[1].boot else {
+        panic!("tiny boots from a kernel");
+    };
+    assert_eq!(
+        kernel.sha256,
+        "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
+    );
+    assert_eq!(
+        initrd.as_ref().unwrap().url,
+        "https://registry.example.com/edge/vms/tiny/initrd.img"
+    );
+    // The error the document shows.
+    let mut bad = overrides.clone();
+    bad["kernelSha256"] = json!("abc");
+    let e = template::render(gateway, "", &bad, &c).unwrap_err();
+    assert!(
+        DOC.contains(&e.to_string()),
+        "TEMPLATE-FORMAT.md does not show {e}"
+    );
+}
+
+fn edge_demo_files() -> Vec<UploadFile> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/edge-demo");
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        // What `canopy catalog upload DIR` picks up (not the README).
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".j2"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|n| file(n, std::fs::read(root.join(n)).unwrap()))
+        .collect()
+}
+
+const KERNEL_SHA: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const INITRD_SHA: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+#[test]
+fn edge_demo_uploads_and_renders_a_vm() {
+    let set = parse(&edge_demo_files());
+    assert_eq!(set.packages.len(), 1);
+    let pkg = &set.packages[0];
+    assert_eq!(
+        (pkg.name.as_str(), pkg.version.as_str()),
+        ("edge-demo", "1.0.0")
+    );
+    assert_eq!(set.applications.len(), 2);
+    // The container app renders as it is.
+    let web = template::render(app(&set, "edge-web"), "", &Value::Null, &ctx()).unwrap();
+    assert_eq!(web.containers.len(), 1);
+    assert!(web.vms.is_empty());
+    assert_eq!(web.containers[0].ports[0].host_port, Some(18088));
+    // The VM app needs its four mandatory values...
+    let vm_app = app(&set, "vm");
+    let e = template::render(vm_app, "", &Value::Null, &ctx()).unwrap_err();
+    assert_eq!(e.field, "values.kernelUrl", "{e}");
+    // ...given as `scripts/vm-image.sh` prints them.
+    let overrides = json!({
+        "kernelUrl": "file:///var/cache/canopy-test-vm/vmlinuz",
+        "kernelSha256": KERNEL_SHA,
+        "initrdUrl": "file:///var/cache/canopy-test-vm/initrd.img",
+        "initrdSha256": INITRD_SHA,
+    });
+    let w = template::render(vm_app, "", &overrides, &ctx()).unwrap();
+    assert!(w.containers.is_empty());
+    let image = |url: &str, sha: &str| canopy_proto::VmImage {
+        url: url.into(),
+        sha256: sha.into(),
+    };
+    assert_eq!(
+        w.vms,
+        vec![canopy_proto::VmSpec {
+            name: "tiny".into(),
+            cpus: 1,
+            memory_mib: 128,
+            boot: VmBoot::Kernel {
+                kernel: image("file:///var/cache/canopy-test-vm/vmlinuz", KERNEL_SHA),
+                initrd: Some(image(
+                    "file:///var/cache/canopy-test-vm/initrd.img",
+                    INITRD_SHA
+                )),
+                cmdline: "console=ttyS0 quiet".into(),
+            },
+            extra_disks: vec![],
+            ports: vec![canopy_proto::VmPort {
+                guest_port: 80,
+                host_port: 18090,
+                host_ip: None,
+            }],
+            cloud_init: None,
+            vnc: true,
+            restart_policy: canopy_proto::RestartPolicy::Always,
+        }]
+    );
+    // The host port is a parameter.
+    let mut o = overrides.clone();
+    o["port"] = json!("18099");
+    let w = template::render(vm_app, "", &o, &ctx()).unwrap();
+    assert_eq!(w.vms[0].ports[0].host_port, 18099);
+    // A bad checksum given at deploy names the field and the value.
+    o["initrdSha256"] = json!("not-a-checksum");
+    let e = template::render(vm_app, "", &o, &ctx()).unwrap_err();
+    assert_eq!(e.field, "vms[0].initrd.sha256");
+    assert!(e.message.contains("\"not-a-checksum\""), "{e}");
+}
+
+#[test]
+fn edge_demo_readme_deploys_with_the_mandatory_parameters() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/edge-demo");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for p in ["kernelUrl", "kernelSha256", "initrdUrl", "initrdSha256"] {
+        assert!(
+            readme.contains(&format!("--set vm.{p}=")),
+            "README misses {p}"
+        );
+    }
+    assert!(readme.contains("scripts/vm-image.sh"));
 }
 
 // ---- upload and export
@@ -401,15 +564,23 @@ fn template_upload_errors() {
         ),
     ]);
     assert_mentions(&e, &["values.tga", "undefined"]);
-    // VMs are not there yet.
+    // A VM error names the VM's field.
     let e = err(&[
         file("app.yaml", &app),
         file(
             "t.j2",
-            "containers:\n  - {name: web, image: busybox}\nvms:\n  - {name: vm1}\n",
+            "containers:\n  - {name: web, image: busybox}\nvms:\n  - {name: vm1, memory: 64}\n",
         ),
     ]);
-    assert_mentions(&e, &["vms", "not supported"]);
+    assert_mentions(
+        &e,
+        &[
+            "application web:1.0.0",
+            "profile \"small\"",
+            "vms[0].image",
+            "boots from a disk image",
+        ],
+    );
 }
 
 // ---- properties

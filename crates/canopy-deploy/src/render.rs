@@ -1,7 +1,7 @@
 //! A deployment package, a deployment profile and override values → what every targeted edge
-//! runs: one [`canopy_proto::AppInstance`] per application (containers rendered from the
-//! native workload template, namespace, ordering, pull credentials and a spec hash that changes
-//! exactly when something the edge must act on changes).
+//! runs: one [`canopy_proto::AppInstance`] per application (containers and virtual machines
+//! rendered from the native workload template, namespace, ordering, pull credentials and a spec
+//! hash that changes exactly when something the edge must act on changes).
 //!
 //! This is where section 6's create steps 5–6 happen for Canopy: the deployment profile picks
 //! each application's profile, masked secrets sent back on update are restored, parameter
@@ -251,7 +251,7 @@ pub fn render_deployment(
             project: input.project.to_string(),
             image_registry_url: registry.map(|r| r.root_url.clone()),
         };
-        let containers = template::render(app, &app_profile_name, &values, &ctx)
+        let workloads = template::render(app, &app_profile_name, &values, &ctx)
             .map_err(|e| DeployError::invalid(e.to_string()))?;
 
         let mut depends_on: Vec<String> = Vec::new();
@@ -272,8 +272,8 @@ pub fn render_deployment(
             namespace,
             depends_on,
             spec_hash: String::new(),
-            containers,
-            vms: Vec::new(),
+            containers: workloads.containers,
+            vms: workloads.vms,
             registry_auth,
         };
         instance.spec_hash = spec_hash(&instance);
@@ -336,11 +336,12 @@ fn check_mandatory(
     )))
 }
 
-/// A stable hash of everything an edge acts on for one application: its containers,
+/// A stable hash of everything an edge acts on for one application: its containers, VMs,
 /// namespace, dependencies and pull credentials (the registry server and username, and a hash
 /// of the password so a credential change rolls out without the password being derivable from
 /// the label). Hex SHA-256 over canonical JSON (object keys sorted), so it does not depend on
-/// map ordering or serde features.
+/// map ordering or serde features. VMs are hashed only when the app has some, so the hash of a
+/// containers-only app is what it was before VMs existed (no needless restart on upgrade).
 pub fn spec_hash(app: &AppInstance) -> String {
     let auth = app.registry_auth.as_ref().map(|a| {
         serde_json::json!({
@@ -349,12 +350,15 @@ pub fn spec_hash(app: &AppInstance) -> String {
             "passwordSha256": hex(&Sha256::digest(a.password.as_bytes())),
         })
     });
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "containers": app.containers,
         "namespace": app.namespace,
         "dependsOn": app.depends_on,
         "registryAuth": auth,
     });
+    if !app.vms.is_empty() {
+        doc["vms"] = serde_json::json!(app.vms);
+    }
     let mut text = String::new();
     canonical_json(&doc, &mut text);
     hex(&Sha256::digest(text.as_bytes()))
@@ -811,6 +815,141 @@ mod tests {
         assert_eq!(spec_hash(&app), app.spec_hash);
         app.depends_on.clear();
         assert_ne!(spec_hash(&app), a.apps[0].spec_hash);
+    }
+
+    /// The fixture's `api` with a VM next to its container (a registry path for its disk).
+    fn with_vm(f: &mut Fixture) {
+        f.api.workload_template = format!(
+            "{TEMPLATE}vms:\n  - name: box\n    memory: {{{{ values.vmMemory | default(128) }}}}\n    image: {{url: vms/box.qcow2, sha256: \"{}\"}}\n    ports: [{{guestPort: 22, hostPort: {{{{ values.port + 1 }}}}}}]\n",
+            "ab".repeat(32)
+        );
+    }
+
+    #[test]
+    fn renders_vms_next_to_containers() {
+        let mut f = Fixture::new();
+        with_vm(&mut f);
+        let r = f
+            .run(&deployment(overrides(json!(8000), "x")), None)
+            .unwrap();
+        let api = &r.apps[1];
+        assert_eq!(api.containers.len(), 1);
+        assert_eq!(api.vms.len(), 1);
+        let vm = &api.vms[0];
+        assert_eq!(vm.name, "box");
+        assert_eq!(vm.memory_mib, 128);
+        assert_eq!(vm.ports[0].host_port, 8001);
+        assert_eq!(
+            vm.boot,
+            canopy_proto::VmBoot::Disk {
+                image: canopy_proto::VmImage {
+                    url: "https://registry.example.com/team-space/vms/box.qcow2".into(),
+                    sha256: "ab".repeat(32),
+                }
+            },
+            "registry path resolved against the app's image registry"
+        );
+        // The registry's credentials travel with the app (the agent uses them for the VM file).
+        assert_eq!(
+            api.registry_auth.as_ref().unwrap().server,
+            "registry.example.com"
+        );
+        assert!(r.apps[0].vms.is_empty(), "web has no VMs");
+        assert_eq!(spec_hash(api), api.spec_hash);
+        let edge = r.instance(
+            &PackageInput {
+                package: &f.package,
+                apps: vec![&f.web, &f.api],
+                registries: &f.registries,
+                project: "default",
+            },
+            "d-1",
+            1,
+            &["api".to_string()],
+        );
+        assert_eq!(edge.apps[0].vms, api.vms);
+    }
+
+    #[test]
+    fn hash_tracks_vms() {
+        let mut f = Fixture::new();
+        with_vm(&mut f);
+        let a = f
+            .run(&deployment(overrides(json!(8000), "x")), None)
+            .unwrap();
+        // A VM field changed by override values: same containers, another hash.
+        let mut ov = overrides(json!(8000), "x");
+        ov[1].values.as_mut().unwrap()["vmMemory"] = json!(256);
+        let b = f.run(&deployment(ov), None).unwrap();
+        assert_eq!(b.apps[1].vms[0].memory_mib, 256);
+        assert_eq!(a.apps[1].containers, b.apps[1].containers);
+        assert_ne!(a.apps[1].spec_hash, b.apps[1].spec_hash);
+        assert_eq!(a.apps[0].spec_hash, b.apps[0].spec_hash, "web unchanged");
+        // Every VM field counts.
+        let base = a.apps[1].clone();
+        let changes: Vec<fn(&mut canopy_proto::VmSpec)> = vec![
+            |v| v.cpus = 2,
+            |v| v.vnc = true,
+            |v| v.restart_policy = canopy_proto::RestartPolicy::Never,
+            |v| v.extra_disks.push(canopy_proto::VmDisk { size_gib: 1 }),
+            |v| v.ports[0].host_ip = Some("127.0.0.1".into()),
+            |v| {
+                v.cloud_init = Some(canopy_proto::VmCloudInit {
+                    user_data: "#cloud-config\n".into(),
+                    meta_data: None,
+                })
+            },
+            |v| {
+                if let canopy_proto::VmBoot::Disk { image } = &mut v.boot {
+                    image.sha256 = "cd".repeat(32);
+                }
+            },
+        ];
+        for change in changes {
+            let mut app = base.clone();
+            change(&mut app.vms[0]);
+            assert_ne!(spec_hash(&app), base.spec_hash, "{:?}", app.vms[0]);
+        }
+        // An app without VMs hashes as it did before VMs existed (no rollout on upgrade).
+        let web = &a.apps[0];
+        let mut text = String::new();
+        let auth = web.registry_auth.as_ref().unwrap();
+        canonical_json(
+            &json!({
+                "containers": web.containers,
+                "namespace": web.namespace,
+                "dependsOn": web.depends_on,
+                "registryAuth": {
+                    "server": auth.server,
+                    "username": auth.username,
+                    "passwordSha256": hex(&Sha256::digest(auth.password.as_bytes())),
+                },
+            }),
+            &mut text,
+        );
+        assert_eq!(web.spec_hash, hex(&Sha256::digest(text.as_bytes())));
+    }
+
+    #[test]
+    fn vm_errors_name_app_and_field() {
+        let mut f = Fixture::new();
+        with_vm(&mut f);
+        let mut ov = overrides(json!(8000), "x");
+        ov[1].values.as_mut().unwrap()["vmMemory"] = json!(8);
+        let e = f.run(&deployment(ov), None).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(
+            e.message
+                .starts_with("application api:1.0.0 profile default vms[0].memory: 8 is less"),
+            "{e}"
+        );
+        // A registry path needs the app's image registry.
+        f.api.image_registry_name.clear();
+        let e = f
+            .run(&deployment(overrides(json!(8000), "x")), None)
+            .unwrap_err();
+        assert!(e.message.contains("vms[0].image.url"), "{e}");
+        assert!(e.message.contains("no image registry"), "{e}");
     }
 
     #[test]

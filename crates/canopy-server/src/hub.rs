@@ -161,6 +161,8 @@ struct ProjectFleet {
     by_name: HashMap<String, String>,
     labels: HashMap<(String, String), HashSet<String>>,
     deployments: BTreeSet<String>,
+    /// `App.id` (see [`app_ids`]) → (deployment id, app name), for the resource manager.
+    apps_by_id: HashMap<String, (String, String)>,
 }
 
 #[derive(Default)]
@@ -481,6 +483,20 @@ impl Hub {
         st.edges.get(edge_id)?.controls.get(&key).cloned()
     }
 
+    /// The deployment and app index of an `App.id` in a project (the resource manager's
+    /// `appId`), through an index: no scan of the project's deployments.
+    pub fn find_app(
+        &self,
+        project: ProjectId,
+        app_id: &str,
+    ) -> Option<(Arc<DeploymentRecord>, usize)> {
+        let st = self.lock();
+        let (deployment, app) = st.projects.get(&project)?.apps_by_id.get(app_id)?;
+        let rec = &st.deployments.get(deployment)?.rec;
+        let index = rec.apps.iter().position(|a| &a.name == app)?;
+        Some((Arc::clone(rec), index))
+    }
+
     /// Whether an edge holds `app` of `deployment_id` (it is targeted there).
     pub fn edge_holds(&self, edge_id: &str, deployment_id: &str, app: &str) -> bool {
         let st = self.lock();
@@ -508,6 +524,9 @@ impl Hub {
         };
         if let Some(pf) = st.projects.get_mut(&de.rec.project_id) {
             pf.deployments.remove(id);
+            for app_id in app_ids(&de.rec).values() {
+                pf.apps_by_id.remove(app_id);
+            }
         }
         for edge in de.edges.keys() {
             if let Some(e) = st.edges.get_mut(edge) {
@@ -918,6 +937,16 @@ impl State_ {
     fn put_deployment(&mut self, rec: Arc<DeploymentRecord>, revision: u64, changed: bool) {
         let id = rec.id.clone();
         let project = rec.project_id;
+        {
+            let old_ids = self.deployments.get(&id).map(|d| app_ids(&d.rec));
+            let pf = self.projects.entry(project).or_default();
+            for app_id in old_ids.iter().flat_map(|m| m.values()) {
+                pf.apps_by_id.remove(app_id);
+            }
+            for (name, app_id) in app_ids(&rec) {
+                pf.apps_by_id.insert(app_id, (id.clone(), name));
+            }
+        }
         let old_edges: BTreeSet<String> = self
             .deployments
             .get(&id)

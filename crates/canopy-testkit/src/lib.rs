@@ -318,7 +318,7 @@ impl TestControlPlane {
         Self::json(resp).await
     }
 
-    /// Uploads every file of a directory (recursively, names relative to `dir`).
+    /// Uploads a directory as `canopy catalog upload DIR` does (names relative to `dir`).
     pub async fn upload_dir(&self, project: &str, dir: &Path) -> (StatusCode, Value) {
         self.upload(project, read_dir_files(dir)).await
     }
@@ -377,16 +377,22 @@ impl Drop for TestControlPlane {
     }
 }
 
-/// All files under `dir`, as `(relative path, content)`, sorted by path.
+/// The files under `dir` that `canopy catalog upload DIR` would send (YAML, templates,
+/// tarballs), as `(relative path, content)`, sorted by path.
 pub fn read_dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    /// What `canopy catalog upload DIR` sends (a package's README stays behind).
+    const UPLOAD_EXTENSIONS: &[&str] = &[
+        ".yaml", ".yml", ".j2", ".jinja", ".jinja2", ".tgz", ".tar.gz",
+    ];
     fn walk(root: &Path, d: &Path, out: &mut Vec<(String, Vec<u8>)>) {
         let mut entries: Vec<_> = std::fs::read_dir(d).expect("read dir").flatten().collect();
         entries.sort_by_key(|e| e.path());
         for e in entries {
             let p = e.path();
+            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
             if p.is_dir() {
                 walk(root, &p, out);
-            } else {
+            } else if UPLOAD_EXTENSIONS.iter().any(|x| name.ends_with(x)) {
                 let rel = p
                     .strip_prefix(root)
                     .expect("under root")

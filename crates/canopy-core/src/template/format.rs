@@ -1,11 +1,17 @@
 //! The rendered document: reading it (schema, then typed structs), the rules a schema cannot
-//! say, and the conversion into the agent's [`ContainerSpec`]s.
+//! say, and the conversion into the agent's [`ContainerSpec`]s and [`VmSpec`]s.
+//!
+//! Containers and VMs of one app are checked together because they share the edge host: a
+//! host port may be published once, whichever kind publishes it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use canopy_proto::{ContainerSpec, HealthCheck, PortSpec, Protocol, RestartPolicy, VolumeMount};
+use canopy_proto::{
+    ContainerSpec, HealthCheck, PortSpec, Protocol, RestartPolicy, VmBoot, VmCloudInit, VmDisk,
+    VmImage, VmPort, VmSpec, VolumeMount,
+};
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::{Draft, Validator};
 use serde::{Deserialize, Serialize};
@@ -16,6 +22,20 @@ use crate::catalog::Registry;
 
 /// Smallest memory limit container engines accept (Docker and Podman: 6 MiB).
 const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+/// Smallest VM memory (what the agent's VM driver accepts).
+pub const VM_MIN_MEMORY_MIB: u64 = 16;
+/// Largest VM memory (1 TiB): anything more is a typo on an edge host.
+pub const VM_MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Largest cloud-init `userData` and `metaData` (bytes each).
+pub const CLOUD_INIT_MAX_BYTES: usize = 64 * 1024;
+
+/// What a workload template renders to: the app's containers and virtual machines.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workloads {
+    pub containers: Vec<ContainerSpec>,
+    pub vms: Vec<VmSpec>,
+}
 
 /// The rendered document.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -23,9 +43,72 @@ const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 pub struct WorkloadDocument {
     #[serde(default)]
     pub containers: Vec<Container>,
-    /// Reserved for virtual machines; must be empty for now.
     #[serde(default)]
-    pub vms: Vec<Value>,
+    pub vms: Vec<VmTemplate>,
+}
+
+/// A virtual machine of the rendered document. Boots from `image`, or from `kernel` (with
+/// `initrd` and `cmdline`): exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmTemplate {
+    pub name: String,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// MiB (a number or a string of digits) or a size such as `512Mi` (see [`vm_memory_mib`]).
+    pub memory: Value,
+    #[serde(default)]
+    pub image: Option<VmSourceTemplate>,
+    #[serde(default)]
+    pub kernel: Option<VmSourceTemplate>,
+    #[serde(default)]
+    pub initrd: Option<VmSourceTemplate>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub extra_disks: Vec<VmDiskTemplate>,
+    #[serde(default)]
+    pub ports: Vec<VmPortTemplate>,
+    #[serde(default)]
+    pub cloud_init: Option<VmCloudInitTemplate>,
+    #[serde(default)]
+    pub vnc: bool,
+    #[serde(default)]
+    pub restart_policy: Option<RestartPolicy>,
+}
+
+/// A VM file (disk image, kernel, initrd): where it is and its SHA-256.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmSourceTemplate {
+    pub url: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmDiskTemplate {
+    pub size_gib: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmPortTemplate {
+    pub guest_port: u16,
+    pub host_port: u16,
+    /// Only `tcp` (the schema refuses anything else).
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    #[serde(default)]
+    pub host_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmCloudInitTemplate {
+    pub user_data: String,
+    #[serde(default)]
+    pub meta_data: Option<String>,
 }
 
 /// A container of the rendered document. `command`, `args` and `env` values may be strings,
@@ -113,12 +196,25 @@ fn validator() -> Result<&'static Validator, String> {
         .map_err(Clone::clone)
 }
 
-/// Reads rendered template output into container specs (images resolved against
-/// `image_registry_url`).
-pub(crate) fn containers_from_text(
+/// How a rendered document is read: where relative images and VM files resolve, and (at upload)
+/// which values stood in for mandatory parameters.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ReadOptions<'a> {
+    /// `rootUrl` of the app's image registry.
+    pub image_registry_url: Option<&'a str>,
+    /// The placeholders [`check_template`](super::check_template) gave mandatory parameters
+    /// that have no value yet. A VM's `url`, `sha256`, `cpus`, `memory` or `sizeGib` that is
+    /// exactly one of them stands for a value only known at deploy: it is replaced by a valid
+    /// stand-in before the document is checked (everything else, and every real value, is
+    /// checked as usual). Empty when rendering for a deployment.
+    pub placeholders: &'a [Value],
+}
+
+/// Reads rendered template output into container and VM specs.
+pub(crate) fn workloads_from_text(
     text: &str,
-    image_registry_url: Option<&str>,
-) -> Result<Vec<ContainerSpec>, TemplateError> {
+    opts: ReadOptions<'_>,
+) -> Result<Workloads, TemplateError> {
     let field = "workloadTemplate";
     if text.len() > RENDERED_MAX_BYTES {
         return Err(TemplateError::new(
@@ -135,7 +231,7 @@ pub(crate) fn containers_from_text(
         0 => {
             return Err(TemplateError::new(
                 field,
-                "renders to an empty document (it must define containers)",
+                "renders to an empty document (it must define containers or vms)",
             ));
         }
         1 => docs.remove(0),
@@ -146,34 +242,26 @@ pub(crate) fn containers_from_text(
             ));
         }
     };
-    containers_from_value(doc, image_registry_url)
+    workloads_from_value(doc, opts)
 }
 
-/// Checks a rendered document (already parsed) and converts its containers.
-pub(crate) fn containers_from_value(
+/// Checks a rendered document (already parsed) and converts its containers and VMs.
+pub(crate) fn workloads_from_value(
     mut doc: Value,
-    image_registry_url: Option<&str>,
-) -> Result<Vec<ContainerSpec>, TemplateError> {
+    opts: ReadOptions<'_>,
+) -> Result<Workloads, TemplateError> {
     if !doc.is_object() {
         return Err(TemplateError::new(
             "",
             format!(
-                "the rendered document must be a mapping with `containers`, not {}",
+                "the rendered document must be a mapping with `containers` or `vms`, not {}",
                 kind_of(&doc)
             ),
         ));
     }
     drop_nulls(&mut doc, false);
-    if doc
-        .get("vms")
-        .and_then(Value::as_array)
-        .is_some_and(|v| !v.is_empty())
-    {
-        return Err(TemplateError::new(
-            "vms",
-            "virtual machines are not supported in workload templates yet (`vms` is reserved \
-             for them); leave it empty or out",
-        ));
+    if !opts.placeholders.is_empty() {
+        stand_in_for_placeholders(&mut doc, opts.placeholders);
     }
     let validator =
         validator().map_err(|e| TemplateError::new("", format!("internal error: {e}")))?;
@@ -183,7 +271,52 @@ pub(crate) fn containers_from_value(
     }
     let parsed: WorkloadDocument = serde_json::from_value(doc)
         .map_err(|e| TemplateError::new("", format!("does not have the expected shape: {e}")))?;
-    convert(parsed, image_registry_url)
+    convert(parsed, opts.image_registry_url)
+}
+
+/// A valid stand-in for each VM field that may hold a placeholder (see
+/// [`ReadOptions::placeholders`]).
+fn stand_in_for_placeholders(doc: &mut Value, placeholders: &[Value]) {
+    let is_placeholder = |v: &Value| placeholders.contains(v);
+    let Some(vms) = doc.get_mut("vms").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for vm in vms.iter_mut().filter_map(Value::as_object_mut) {
+        for (key, stand_in) in [
+            ("cpus", Value::from(1)),
+            ("memory", Value::from(VM_MIN_MEMORY_MIB)),
+        ] {
+            if let Some(v) = vm.get_mut(key)
+                && is_placeholder(v)
+            {
+                *v = stand_in;
+            }
+        }
+        for key in ["image", "kernel", "initrd"] {
+            let Some(source) = vm.get_mut(key).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            if let Some(v) = source.get_mut("url")
+                && is_placeholder(v)
+            {
+                *v = Value::from("https://placeholder.invalid/placeholder");
+            }
+            if let Some(v) = source.get_mut("sha256")
+                && is_placeholder(v)
+            {
+                *v = Value::from("0".repeat(64));
+            }
+        }
+        if let Some(disks) = vm.get_mut("extraDisks").and_then(Value::as_array_mut) {
+            for disk in disks.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(v) = disk.get_mut("sizeGib")
+                    && is_placeholder(v)
+                {
+                    *v = Value::from(1);
+                }
+            }
+        }
+    }
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -285,10 +418,18 @@ fn schema_error(e: &jsonschema::ValidationError<'_>) -> (String, String) {
         ),
         ValidationErrorKind::Pattern { .. } => {
             let value = e.instance().to_string();
+            let in_vm = path.starts_with("vms[");
             let why = match last {
+                "name" if in_vm => {
+                    "must be 1-40 lowercase letters, digits and '-', starting and ending with a letter or digit"
+                }
                 "name" => {
                     "must be a DNS label: 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
                 }
+                "memory" if in_vm => "must be MiB or a size such as 512Mi or 1Gi",
+                "sha256" => "must be the SHA-256 of the file: 64 hexadecimal digits",
+                "url" => "must be a URL or a registry path without spaces",
+                "cmdline" => "must be a single line (no control characters)",
                 "image" => "is not an image reference (letters, digits and . _ / : @ -, no spaces)",
                 "mountPath" => "must be an absolute path",
                 "memory" => "must be bytes or a size such as 64Mi, 1Gi or 512M",
@@ -296,9 +437,16 @@ fn schema_error(e: &jsonschema::ValidationError<'_>) -> (String, String) {
             };
             (path, format!("{value} {why}"))
         }
-        ValidationErrorKind::MaxItems { limit } if last == "vms" => (
+        ValidationErrorKind::MaxLength { limit } => {
+            let chars = e.instance().as_str().map_or(0, |t| t.chars().count());
+            (
+                path,
+                format!("is {chars} characters long, more than the maximum of {limit}"),
+            )
+        }
+        ValidationErrorKind::Enum { .. } if last == "protocol" && path.starts_with("vms[") => (
             path,
-            format!("virtual machines are not supported yet (at most {limit})"),
+            format!("{} is not supported: VM ports are TCP only", e.instance()),
         ),
         _ => (path, e.to_string()),
     }
@@ -319,11 +467,11 @@ fn texts(items: &[Value]) -> Vec<String> {
 fn convert(
     doc: WorkloadDocument,
     image_registry_url: Option<&str>,
-) -> Result<Vec<ContainerSpec>, TemplateError> {
-    if doc.containers.is_empty() {
+) -> Result<Workloads, TemplateError> {
+    if doc.containers.is_empty() && doc.vms.is_empty() {
         return Err(TemplateError::new(
             "containers",
-            "at least one container is required",
+            "the document has neither containers nor vms; at least one container or VM is required",
         ));
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -438,7 +586,248 @@ fn convert(
             memory_bytes,
         });
     }
-    Ok(out)
+    let mut vms = Vec::with_capacity(doc.vms.len());
+    let mut vm_names: HashMap<&str, usize> = HashMap::new();
+    for (i, vm) in doc.vms.iter().enumerate() {
+        if let Some(j) = vm_names.insert(vm.name.as_str(), i) {
+            return Err(TemplateError::new(
+                format!("vms[{i}].name"),
+                format!("{:?} is also the name of vms[{j}]", vm.name),
+            ));
+        }
+        vms.push(convert_vm(i, vm, image_registry_url, &mut host_ports)?);
+    }
+    Ok(Workloads {
+        containers: out,
+        vms,
+    })
+}
+
+/// One VM of the document (`i` its index); `host_ports` are those the app publishes so far.
+fn convert_vm(
+    i: usize,
+    vm: &VmTemplate,
+    image_registry_url: Option<&str>,
+    host_ports: &mut HashMap<(u16, &'static str), String>,
+) -> Result<VmSpec, TemplateError> {
+    let at = |s: &str| format!("vms[{i}].{s}");
+    let memory_mib = vm_memory_mib(&vm.memory)
+        .map_err(|e| TemplateError::new(at("memory"), format!("{} {e}", vm.memory)))?;
+    let source = |key: &str, s: &VmSourceTemplate| -> Result<VmImage, TemplateError> {
+        Ok(VmImage {
+            url: vm_url(&s.url, image_registry_url).map_err(|e| {
+                TemplateError::new(at(&format!("{key}.url")), format!("{:?} {e}", s.url))
+            })?,
+            sha256: s.sha256.to_ascii_lowercase(),
+        })
+    };
+    let boot = match (&vm.image, &vm.kernel) {
+        (Some(_), Some(_)) => {
+            return Err(TemplateError::new(
+                at("kernel"),
+                "a VM boots either from a disk image (image) or from a kernel (kernel, initrd, cmdline), not both",
+            ));
+        }
+        (None, None) => {
+            return Err(TemplateError::new(
+                at("image"),
+                "is required: a VM boots from a disk image (image) or from a kernel (kernel, with optional initrd and cmdline)",
+            ));
+        }
+        (Some(image), None) => {
+            for (key, given) in [
+                ("initrd", vm.initrd.is_some()),
+                ("cmdline", vm.cmdline.is_some()),
+            ] {
+                if given {
+                    return Err(TemplateError::new(
+                        at(key),
+                        "is only for VMs that boot from a kernel (kernel), not from a disk image",
+                    ));
+                }
+            }
+            VmBoot::Disk {
+                image: source("image", image)?,
+            }
+        }
+        (None, Some(kernel)) => VmBoot::Kernel {
+            kernel: source("kernel", kernel)?,
+            initrd: vm
+                .initrd
+                .as_ref()
+                .map(|s| source("initrd", s))
+                .transpose()?,
+            cmdline: vm.cmdline.clone().unwrap_or_default(),
+        },
+    };
+    let mut ports = Vec::with_capacity(vm.ports.len());
+    for (j, p) in vm.ports.iter().enumerate() {
+        if let Some(ip) = &p.host_ip
+            && ip.parse::<IpAddr>().is_err()
+        {
+            return Err(TemplateError::new(
+                at(&format!("ports[{j}].hostIp")),
+                format!("{ip:?} is not an IPv4 or IPv6 address"),
+            ));
+        }
+        let here = at(&format!("ports[{j}]"));
+        if let Some(first) = host_ports.insert((p.host_port, "tcp"), here) {
+            return Err(TemplateError::new(
+                at(&format!("ports[{j}].hostPort")),
+                format!(
+                    "host port {}/tcp is already published by {first}",
+                    p.host_port
+                ),
+            ));
+        }
+        ports.push(VmPort {
+            guest_port: p.guest_port,
+            host_port: p.host_port,
+            host_ip: p.host_ip.clone(),
+        });
+    }
+    let cloud_init = match &vm.cloud_init {
+        None => None,
+        Some(c) => {
+            for (key, text) in [
+                ("userData", Some(&c.user_data)),
+                ("metaData", c.meta_data.as_ref()),
+            ] {
+                if let Some(text) = text
+                    && text.len() > CLOUD_INIT_MAX_BYTES
+                {
+                    return Err(TemplateError::new(
+                        at(&format!("cloudInit.{key}")),
+                        format!(
+                            "is {} bytes, more than the maximum of {CLOUD_INIT_MAX_BYTES}",
+                            text.len()
+                        ),
+                    ));
+                }
+            }
+            Some(VmCloudInit {
+                user_data: c.user_data.clone(),
+                meta_data: c.meta_data.clone(),
+            })
+        }
+    };
+    Ok(VmSpec {
+        name: vm.name.clone(),
+        cpus: vm.cpus.unwrap_or(1),
+        memory_mib,
+        boot,
+        extra_disks: vm
+            .extra_disks
+            .iter()
+            .map(|d| VmDisk {
+                size_gib: d.size_gib,
+            })
+            .collect(),
+        ports,
+        cloud_init,
+        vnc: vm.vnc,
+        restart_policy: vm.restart_policy.unwrap_or_default(),
+    })
+}
+
+/// VM memory in MiB: a number or a string of digits is MiB; a size with a unit (see
+/// [`parse_memory`]) must be a whole number of MiB. 16 MiB to 1 TiB.
+pub fn vm_memory_mib(v: &Value) -> Result<u64, String> {
+    let mib = match v {
+        Value::Number(n) => n.as_u64().ok_or("is not a whole number of MiB")?,
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().map_err(|_| "is too large")?
+        }
+        Value::String(s) => {
+            let bytes = parse_memory(s)?;
+            if bytes % (1 << 20) != 0 {
+                return Err(format!(
+                    "is {bytes} bytes, not a whole number of MiB (M is 1000000 bytes; write Mi for MiB, e.g. 512Mi)"
+                ));
+            }
+            bytes >> 20
+        }
+        _ => return Err("must be MiB or a size such as 512Mi or 1Gi".into()),
+    };
+    if mib < VM_MIN_MEMORY_MIB {
+        return Err(format!(
+            "is less than the smallest VM memory, {VM_MIN_MEMORY_MIB} MiB"
+        ));
+    }
+    if mib > VM_MAX_MEMORY_MIB {
+        return Err(format!(
+            "is more than the largest VM memory, {VM_MAX_MEMORY_MIB} MiB (1 TiB)"
+        ));
+    }
+    Ok(mib)
+}
+
+/// Checks a VM file's URL and resolves a registry reference (a relative path: no scheme)
+/// against the app's image registry. Absolute URLs are `https://host/...`, `http://host/...`
+/// or `file:///absolute/path` (the agent decides which directories it serves `file://` from).
+/// A registry reference gets the registry's `rootUrl` in front: with its scheme when that is
+/// `http` or `https`, else (`oci://`, none) as `https://host[:port]/path`.
+pub fn vm_url(url: &str, image_registry_url: Option<&str>) -> Result<String, String> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        return match scheme {
+            "https" | "http" => {
+                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                if host.is_empty() || host.contains('@') {
+                    Err(format!(
+                        "has no host after {scheme}:// (or carries credentials)"
+                    ))
+                } else {
+                    Ok(url.to_string())
+                }
+            }
+            "file" => {
+                if !rest.starts_with('/') || rest.starts_with("//") {
+                    Err("must be file:///absolute/path (no host)".into())
+                } else if rest.split('/').any(|s| s == "..") {
+                    Err("must not contain '..'".into())
+                } else {
+                    Ok(url.to_string())
+                }
+            }
+            other => Err(format!(
+                "has the unsupported scheme {other:?} (use https://, http://, file:// or a path relative to the image registry)"
+            )),
+        };
+    }
+    // A registry reference.
+    let first = url.split('/').next().unwrap_or("");
+    if url.starts_with('/') || first.contains(':') {
+        return Err(
+            "is neither a URL (https://, http://, file://) nor a path relative to the image registry"
+                .into(),
+        );
+    }
+    if url
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err("is a registry path with an empty, '.' or '..' part".into());
+    }
+    let Some(root) = image_registry_url else {
+        return Err(
+            "is a path relative to the app's image registry, but the application has no image registry (give an https://, http:// or file:// URL, or set imageRegistry)"
+                .into(),
+        );
+    };
+    let scheme = match root.split_once("://") {
+        Some(("http", _)) => "http",
+        _ => "https",
+    };
+    let prefix = registry_prefix(root);
+    if prefix.is_empty() {
+        return Err(format!(
+            "cannot be resolved: the image registry's rootUrl {root:?} has no host"
+        ));
+    }
+    Ok(format!("{scheme}://{prefix}/{url}"))
 }
 
 /// The agent's health check defaults (its serde defaults) for a command.

@@ -37,7 +37,7 @@ fn web_app(template: &str) -> Application {
     }
 }
 
-fn ctx() -> RenderContext {
+pub(super) fn ctx() -> RenderContext {
     RenderContext {
         deployment_id: "d-1".into(),
         deployment_name: "shop".into(),
@@ -47,8 +47,8 @@ fn ctx() -> RenderContext {
     }
 }
 
-/// Renders `containers:` YAML text (no template syntax needed) as the only profile-less app.
-fn structure(doc: &str) -> Result<Vec<canopy_proto::ContainerSpec>, TemplateError> {
+/// Renders YAML text (no template syntax needed) as the only profile-less app.
+pub(super) fn workloads(doc: &str) -> Result<Workloads, TemplateError> {
     let app = Application {
         name: "x".into(),
         version: "1".into(),
@@ -58,8 +58,13 @@ fn structure(doc: &str) -> Result<Vec<canopy_proto::ContainerSpec>, TemplateErro
     render(&app, "", &Value::Null, &ctx())
 }
 
+/// Renders `containers:` YAML text (no template syntax needed) as the only profile-less app.
+fn structure(doc: &str) -> Result<Vec<canopy_proto::ContainerSpec>, TemplateError> {
+    workloads(doc).map(|w| w.containers)
+}
+
 #[track_caller]
-fn assert_err(r: Result<Vec<canopy_proto::ContainerSpec>, TemplateError>, field: &str, says: &str) {
+pub(super) fn assert_err<T: std::fmt::Debug>(r: Result<T, TemplateError>, field: &str, says: &str) {
     let e = r.expect_err("expected an error");
     assert_eq!(e.field, field, "{e}");
     assert!(e.message.contains(says), "{e}");
@@ -69,7 +74,9 @@ fn assert_err(r: Result<Vec<canopy_proto::ContainerSpec>, TemplateError>, field:
 fn renders_the_example() {
     let app = web_app(WEB);
     check_template(&app).unwrap();
-    let c = render(&app, "default", &json!({"port": "9090"}), &ctx()).unwrap();
+    let c = render(&app, "default", &json!({"port": "9090"}), &ctx())
+        .unwrap()
+        .containers;
     assert_eq!(c.len(), 1);
     let c = &c[0];
     assert_eq!(c.name, "web");
@@ -89,7 +96,7 @@ fn renders_the_example() {
     assert_eq!(c.cpus, Some(0.5));
     assert_eq!(c.memory_bytes, Some(64 << 20));
     // The default profile is used when none is named.
-    let d = render(&app, "", &Value::Null, &ctx()).unwrap();
+    let d = render(&app, "", &Value::Null, &ctx()).unwrap().containers;
     assert_eq!(d[0].ports[0].host_port, Some(8080));
 }
 
@@ -105,7 +112,9 @@ fn context_variables() {
       VER: "{{ app.version }}"
       PROJECT: "{{ project }}"
 "#;
-    let c = render(&web_app(t), "default", &Value::Null, &ctx()).unwrap();
+    let c = render(&web_app(t), "default", &Value::Null, &ctx())
+        .unwrap()
+        .containers;
     assert_eq!(c[0].name, "web-default");
     let env = &c[0].env;
     assert_eq!(
@@ -125,7 +134,9 @@ fn images_resolve_against_the_registry() {
     let t = "containers:\n  - {name: a, image: busybox}\n  - {name: b, image: quay.io/x/y:1}\n";
     let mut c = ctx();
     c.image_registry_url = Some("https://registry.example.com/apps".into());
-    let out = render(&web_app(t), "", &Value::Null, &c).unwrap();
+    let out = render(&web_app(t), "", &Value::Null, &c)
+        .unwrap()
+        .containers;
     assert_eq!(out[0].image, "registry.example.com/apps/busybox");
     assert_eq!(out[1].image, "quay.io/x/y:1");
 }
@@ -141,10 +152,14 @@ fn defaults_and_values_merge() {
         default: "4".into(),
         ..Default::default()
     }];
-    let c = render(&app, "default", &json!({"image": {"tag": "2"}}), &ctx()).unwrap();
+    let c = render(&app, "default", &json!({"image": {"tag": "2"}}), &ctx())
+        .unwrap()
+        .containers;
     assert_eq!(c[0].image, "x:2");
     assert_eq!(c[0].args, ["fast", "4"]);
-    let c = render(&app, "default", &json!({"workers": "8"}), &ctx()).unwrap();
+    let c = render(&app, "default", &json!({"workers": "8"}), &ctx())
+        .unwrap()
+        .containers;
     assert_eq!(c[0].args, ["fast", "8"]);
 }
 
@@ -162,7 +177,9 @@ fn undefined_values_are_errors_naming_them() {
     assert!(e.message.contains("values.image.tagg"), "{e}");
     // `is defined` and `default` are the ways to handle optional values.
     let ok = "containers:\n  - name: a\n    image: \"x:{{ values.nope | default('latest') }}\"\n{% if values.extra is defined %}    args: [x]\n{% endif %}";
-    let c = render(&web_app(ok), "default", &Value::Null, &ctx()).unwrap();
+    let c = render(&web_app(ok), "default", &Value::Null, &ctx())
+        .unwrap()
+        .containers;
     assert_eq!(c[0].image, "x:latest");
     assert!(c[0].args.is_empty());
 }
@@ -327,14 +344,20 @@ fn structural_errors_at_upload_name_profile_and_field() {
 }
 
 #[test]
-fn vms_are_reserved() {
+fn empty_vms_are_no_vms() {
+    let w = workloads("containers:\n  - {name: a, image: x}\nvms: []\n").unwrap();
+    assert!(w.vms.is_empty());
+    workloads("containers:\n  - {name: a, image: x}\nvms:\n").unwrap();
     assert_err(
-        structure("containers:\n  - {name: a, image: x}\nvms:\n  - {name: vm}\n"),
-        "vms",
-        "not supported",
+        workloads("vms: []\ncontainers: []\n"),
+        "containers",
+        "neither containers nor vms",
     );
-    structure("containers:\n  - {name: a, image: x}\nvms: []\n").unwrap();
-    structure("containers:\n  - {name: a, image: x}\nvms:\n").unwrap();
+    assert_err(
+        workloads("vms:\n"),
+        "containers",
+        "neither containers nor vms",
+    );
 }
 
 #[test]
@@ -401,7 +424,8 @@ fn parameters_at_render() {
         &json!({"db": {"password": "pw"}, "debug": "TRUE"}),
         &ctx(),
     )
-    .unwrap();
+    .unwrap()
+    .containers;
     assert_eq!(c[0].env["PW"], "pw");
     assert_eq!(c[0].env["DEBUG"], "true");
     // Booleans and none print the YAML way.
@@ -460,7 +484,9 @@ fn loops_render_clean_yaml() {
     let mut app = web_app(t);
     app.profiles[0].chart_values =
         "workers:\n  - {image: a, env: {X: \"1.10\"}}\n  - {image: b, env: {}}\n".into();
-    let c = render(&app, "default", &Value::Null, &ctx()).unwrap();
+    let c = render(&app, "default", &Value::Null, &ctx())
+        .unwrap()
+        .containers;
     assert_eq!(c.len(), 2);
     assert_eq!(c[0].env["X"], "1.10");
     assert!(c[1].env.is_empty());

@@ -372,11 +372,15 @@ pub(crate) fn profile_values(profile: Option<&Profile>) -> Result<Value, Templat
 
 /// The override values used to check a template at upload: each mandatory parameter gets the
 /// profile's own value when it has one, or a placeholder of its type (a distinct number per
-/// parameter, so placeholders used as host ports do not collide).
-pub(crate) fn check_overrides(profile: Option<&Profile>) -> Result<Value, TemplateError> {
+/// parameter, so placeholders used as host ports do not collide). Also returns the
+/// placeholders used (not the profile's own values), so the reader can tell them apart.
+pub(crate) fn check_overrides(
+    profile: Option<&Profile>,
+) -> Result<(Value, Vec<Value>), TemplateError> {
     let mut overrides = Value::Object(Map::new());
+    let mut placeholders = Vec::new();
     let Some(p) = profile else {
-        return Ok(overrides);
+        return Ok((overrides, placeholders));
     };
     let base = profile_values(profile)?;
     for (j, t) in p.parameter_templates.iter().enumerate() {
@@ -386,15 +390,21 @@ pub(crate) fn check_overrides(profile: Option<&Profile>) -> Result<Value, Templa
         let path = path_of(t)?;
         let value = match get(&base, &path).filter(|v| !v.is_null()) {
             Some(v) => v.clone(),
-            None => match t.param_type.as_str() {
-                "number" => Value::from(30000 + j as u64),
-                "boolean" => Value::Bool(false),
-                _ => Value::String("placeholder".into()),
-            },
+            None => {
+                let placeholder = match t.param_type.as_str() {
+                    "number" => Value::from(30000 + j as u64),
+                    "boolean" => Value::Bool(false),
+                    _ => Value::String("placeholder".into()),
+                };
+                if !placeholder.is_boolean() && !placeholders.contains(&placeholder) {
+                    placeholders.push(placeholder.clone());
+                }
+                placeholder
+            }
         };
         set(&mut overrides, &path, value).map_err(|e| param_error(t, e))?;
     }
-    Ok(overrides)
+    Ok((overrides, placeholders))
 }
 
 #[cfg(test)]

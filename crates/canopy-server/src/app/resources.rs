@@ -233,17 +233,7 @@ impl App {
     fn locate_app(&self, ctx: &Ctx, app_id: &str, cluster_id: &str) -> Result<Located, AppError> {
         let hub = self.hub();
         let app_missing = || AppError::NotFound(format!("application {app_id} not found"));
-        let mut found = None;
-        for rec in hub.deployments(ctx.project.id) {
-            if let Some(i) = rec
-                .apps
-                .iter()
-                .position(|a| canopy_deploy::status::app_id(&rec.id, &a.name) == app_id)
-            {
-                found = Some((rec, i));
-                break;
-            }
-        }
+        let found = hub.find_app(ctx.project.id, app_id);
         let (rec, app_index) = found.ok_or_else(app_missing)?;
         let edge = hub
             .edge(ctx.project.id, cluster_id)
