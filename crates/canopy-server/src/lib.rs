@@ -9,6 +9,7 @@ pub mod app;
 pub mod events;
 pub mod http;
 pub mod hub;
+pub mod tunnels;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -136,6 +136,21 @@ fn entries() -> Vec<Entry> {
         e("delete", "/canopy/v1/projects/{projectName}/enrollment-tokens/{tokenId}", FleetWrite, NoBody),
         e("delete", "/canopy/v1/projects/{projectName}/edges/{edge}", FleetWrite, NoBody),
         e("patch", "/canopy/v1/projects/{projectName}/edges/{edge}/labels", FleetWrite, Json(r#"{"set":{"tier":"gold"}}"#)),
+        // Resource manager: every action needs fleet write access (the VNC address too: it
+        // opens a console).
+        e("put", "/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/virtual-machines/{virtualMachineId}/start", FleetWrite, Json("{}")),
+        e("put", "/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/virtual-machines/{virtualMachineId}/stop", FleetWrite, Json("{}")),
+        e("put", "/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/virtual-machines/{virtualMachineId}/restart", FleetWrite, Json("{}")),
+        e("get", "/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/virtual-machines/{virtualMachineId}/vnc", FleetWrite, NoBody),
+        e("put", "/v1/projects/{projectName}/resource/workloads/pods/clusters/{clusterId}/namespaces/{namespace}/pods/{podName}/delete", FleetWrite, Json("{}")),
+        // Consoles and logs (tunnels). Without `Upgrade: websocket` a permitted caller gets 400
+        // (after the project and access checks); the fixture's edge has no agent, so a permitted
+        // log read waits for the (shortened) claim timeout and gets 503; the fixture's `appId`
+        // is the VM app, which has no container `httpd`: 404 naming the container.
+        Entry { ok: Some(400), ..e("get", "/vnc/{projectName}/{appId}/{clusterId}/{vmId}", FleetWrite, NoBody) },
+        Entry { ok: Some(400), ..e("get", "/canopy/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/virtual-machines/{vmId}/serial", FleetWrite, NoBody) },
+        Entry { ok: Some(503), ..e("get", "/canopy/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/virtual-machines/{vmId}/logs", FleetRead, NoBody) },
+        Entry { ok: Some(404), ..e("get", "/canopy/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/containers/{containerName}/logs", FleetRead, NoBody) },
         // Audit: everything for administrators (a project's own log is derived: ProjectAudit).
         e("get", "/canopy/v1/audit", Admin, NoBody),
         // Tenancy.
@@ -189,6 +204,21 @@ const SKIP: &[(&str, &str, &str)] = &[
         "post",
         "/canopy/v1/agent/status",
         "agent protocol: edge credential only (agent checks below)",
+    ),
+    (
+        "get",
+        "/canopy/v1/agent/tunnels",
+        "agent protocol: edge credential only (agent checks below)",
+    ),
+    (
+        "get",
+        "/canopy/v1/agent/tunnels/{tunnelId}",
+        "agent protocol: edge credential only, and only the edge the tunnel was asked of (tunnels.rs)",
+    ),
+    (
+        "post",
+        "/canopy/v1/agent/tunnels/{tunnelId}/error",
+        "agent protocol: edge credential only, and only the edge the tunnel was asked of (tunnels.rs)",
     ),
 ];
 
@@ -663,6 +693,12 @@ struct Tenant {
     edge_name: String,
     edge_cred: String,
     deployment: String,
+    /// The VM app of an edge-demo deployment on the edge: `App.id`, the VM's id, and the
+    /// container app's pod (namespace, name).
+    vm_app_id: String,
+    vm_id: String,
+    pod_namespace: String,
+    pod_name: String,
 }
 
 struct Fixture {
@@ -748,14 +784,68 @@ async fn tenant(cp: &TestControlPlane, name: &'static str, names: [&'static str;
         .await,
     )
     .await;
+    // A container and a VM (edge-demo) for the resource manager's paths.
+    ok(
+        cp,
+        "upload edge-demo",
+        cp.upload_dir(name, &example("edge-demo")).await,
+    )
+    .await;
+    let sha = "0".repeat(64);
+    let demo = ok(
+        cp,
+        "edge-demo deployment",
+        cp.post(
+            &cp.at(&format!("/v1/projects/{name}/appdeployment/deployments")),
+            &json!({"appName": "edge-demo", "appVersion": "1.0.0", "displayName": "fixture-vm",
+                    "allAppTargetClusters": {"labels": {"site": name}},
+                    "overrideValues": [{"appName": "vm", "values": {
+                        "kernelUrl": "https://images.example.com/k", "kernelSha256": sha,
+                        "initrdUrl": "https://images.example.com/i", "initrdSha256": sha}}]}),
+        )
+        .await,
+    )
+    .await;
+    let demo_id = demo["deploymentId"].as_str().unwrap();
+    let clusters = ok(
+        cp,
+        "edge-demo clusters",
+        cp.get(&cp.at(&format!(
+            "/v1/projects/{name}/appdeployment/deployments/{demo_id}/clusters"
+        )))
+        .await,
+    )
+    .await;
+    let app_id = |app: &str| -> String {
+        clusters["clusters"][0]["apps"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == app))
+            .and_then(|a| a["id"].as_str())
+            .unwrap_or_else(|| panic!("fixture: app {app} in {clusters}"))
+            .to_string()
+    };
+    let (vm_app_id, web_app_id) = (app_id("vm"), app_id("edge-web"));
+    let edge_id = enrolled.body["edgeId"].as_str().unwrap().to_string();
+    let workload = |app: &str| {
+        cp.at(&format!(
+            "/v1/projects/{name}/resource/workloads/applications/{app}/clusters/{edge_id}"
+        ))
+    };
+    let vm = ok(cp, "vm workloads", cp.get(&workload(&vm_app_id)).await).await;
+    let pod = ok(cp, "pod workloads", cp.get(&workload(&web_app_id)).await).await;
+    let field = |v: &Value, f: &str| v["appWorkloads"][0][f].as_str().unwrap().to_string();
     Tenant {
+        vm_id: field(&vm, "id"),
+        pod_namespace: field(&pod, "namespace"),
+        pod_name: field(&pod, "name"),
+        vm_app_id,
         name,
         registry,
         app,
         package,
         artifact,
         enrollment_token_id,
-        edge_id: enrolled.body["edgeId"].as_str().unwrap().to_string(),
+        edge_id,
         edge_name,
         edge_cred: enrolled.body["credential"].as_str().unwrap().to_string(),
         deployment: d["deploymentId"].as_str().unwrap().to_string(),
@@ -770,6 +860,13 @@ async fn fixture() -> Fixture {
         c.tenancy.delete_grace = Some(Duration::from_secs(1));
     })
     .await;
+    // No agent runs in the fixture: tunnels fail fast instead of after 15 s.
+    cp.app()
+        .tunnels()
+        .set_limits(canopy_server::tunnels::TunnelLimits {
+            claim_timeout: Duration::from_millis(200),
+            ..Default::default()
+        });
     let p1 = tenant(&cp, P1, ["spare-reg", "helm-app", "pkg", "icon"]).await;
     let p2 = tenant(
         &cp,
@@ -822,6 +919,12 @@ impl Fixture {
         p.insert("version", "1.0.0".to_string());
         p.insert("deplId", t.deployment.clone());
         p.insert("clusterId", t.edge_id.clone());
+        p.insert("appId", t.vm_app_id.clone());
+        p.insert("virtualMachineId", t.vm_id.clone());
+        p.insert("vmId", t.vm_id.clone());
+        p.insert("containerName", "httpd".to_string());
+        p.insert("namespace", t.pod_namespace.clone());
+        p.insert("podName", t.pod_name.clone());
         p.insert("edge", t.edge_id.clone());
         p.insert("tokenId", t.enrollment_token_id.clone());
         p.insert("org", "default".to_string());
@@ -845,7 +948,14 @@ impl Fixture {
 // ------------------------------------------------------------------ checks
 
 /// Everything wrong with one answer (empty: as expected).
-fn check(row: &Row, expect: Expect, r: &Resp, twin: Option<&Resp>, read: bool) -> Vec<String> {
+/// `read`: the status a permitted read must answer (200 unless its entry says otherwise).
+fn check(
+    row: &Row,
+    expect: Expect,
+    r: &Resp,
+    twin: Option<&Resp>,
+    read: Option<u16>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if r.status >= 400 && r.body["message"].as_str().is_none_or(str::is_empty) {
         problems.push(format!(
@@ -853,7 +963,7 @@ fn check(row: &Row, expect: Expect, r: &Resp, twin: Option<&Resp>, read: bool) -
             r.status, r.text
         ));
     }
-    if r.status >= 500 {
+    if r.status >= 500 && read != Some(r.status) {
         problems.push(format!("server error {}: {:.300}", r.status, r.text));
     }
     match expect {
@@ -886,9 +996,11 @@ fn check(row: &Row, expect: Expect, r: &Resp, twin: Option<&Resp>, read: bool) -
                     .is_some_and(|m| m.starts_with("project "));
             if r.status == 401 || r.status == 403 || project_missing {
                 problems.push(format!("refused ({}): {:.300}", r.status, r.text));
-            } else if read && r.status != 200 {
+            } else if let Some(want) = read
+                && r.status != want
+            {
                 problems.push(format!(
-                    "read answered {} not 200: {:.300}",
+                    "read answered {} not {want}: {:.300}",
                     r.status, r.text
                 ));
             }
@@ -1025,7 +1137,13 @@ impl Matrix<'_> {
             }
             _ => None,
         };
-        let mut problems = check(&row, expect, &r, twin.as_ref(), read);
+        let mut problems = check(
+            &row,
+            expect,
+            &r,
+            twin.as_ref(),
+            read.then(|| case.ok.unwrap_or(200)),
+        );
         // No answer shows a registry's secret, except sensitive reads by catalog writers.
         if r.text.contains(REGISTRY_SECRET) && !case.query.contains("showSensitiveInfo=true") {
             problems.push("the answer shows a registry's authToken".into());
@@ -1350,7 +1468,7 @@ async fn agent_checks(f: &Fixture, rows: &[Row]) -> Vec<String> {
                 auth: auth.map(str::to_string),
                 who: Who::Unauth,
             };
-            for p in check(&row, Expect::Status(401), &r, None, false) {
+            for p in check(&row, Expect::Status(401), &r, None, None) {
                 problems.push(format!("{method} {target} as {name}: {p}"));
             }
         }

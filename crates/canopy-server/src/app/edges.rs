@@ -535,6 +535,7 @@ impl App {
         }
         tx.commit().await?;
         hub.remove_edge(&edge.id);
+        self.tunnels().fail_edge(&edge.id);
         tracing::info!(project = %ctx.project.name, edge = %edge.id, name = %edge.name, "edge removed");
         Ok(())
     }

@@ -13,6 +13,7 @@ mod error;
 mod identity;
 mod resources;
 mod tenancy;
+mod tunnels;
 mod upload;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub use resources::{
     AppEndpoint, AppWorkload, VmAction, WorkloadRef, pod_name, workload_id,
 };
 pub use tenancy::{DEFAULT_ORG, TenancyConfig, TenancyObject, TenancyStatus, put_message};
+pub use tunnels::{DEFAULT_LOG_TAIL, MAX_LOG_TAIL, OpenTunnel, TunnelKind};
 pub use upload::{MAX_UPLOAD_FILES, MAX_UPLOAD_TOTAL_BYTES, UploadOutcome};
 
 use crate::events::EventBus;
@@ -88,6 +90,8 @@ struct Inner {
     tokens: identity::TokenCache,
     events: EventBus,
     hub: Hub,
+    /// Tunnels from users to edge workloads, opened by the agents (consoles, logs).
+    tunnels: crate::tunnels::Tunnels,
     /// Project names by id, for the agent long-poll path (projects are never renamed).
     project_names: std::sync::RwLock<std::collections::HashMap<canopy_store::ProjectId, String>>,
     /// Flips to true when the server begins shutting down (long-lived streams end on it).
@@ -127,6 +131,7 @@ impl App {
                 tokens: Default::default(),
                 events: EventBus::default(),
                 hub,
+                tunnels: Default::default(),
                 project_names: Default::default(),
                 shutdown: tokio::sync::watch::channel(false).0,
             }),
@@ -170,6 +175,11 @@ impl App {
     /// The fleet hub (edges, deployments, long-polls).
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// The tunnel broker (consoles and logs of edge workloads).
+    pub fn tunnels(&self) -> &crate::tunnels::Tunnels {
+        &self.inner.tunnels
     }
 
     /// Writes pending edge liveness and status changes to the store (called periodically and

@@ -321,6 +321,9 @@ impl App {
         if !self.store().delete_project(project.id).await? {
             return Err(not_found());
         }
+        for edge in self.hub().edges(project.id) {
+            self.tunnels().fail_edge(&edge.id);
+        }
         self.hub().remove_project(project.id);
         self.forget_project(project.id);
         // 4. Grants on the project go too.

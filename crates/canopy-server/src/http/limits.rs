@@ -15,6 +15,8 @@
 //!   capacity; `Retry-After` 5 to 30 s, spread so refused agents do not return together); one
 //!   beyond an edge's cap with `429 Too Many Requests` (that edge is misbehaving;
 //!   `Retry-After` 5 s). Agents treat both as transient and back off.
+//!   Tunnel-request long-polls are counted the same way by a gate of their own
+//!   ([`Limits::max_tunnel_polls`], [`Limits::max_tunnel_polls_per_edge`]).
 //! - **Slow bodies**: a request body must arrive within [`Limits::body_read_timeout`] of the
 //!   first read, and each chunk received extends that deadline by its size divided by
 //!   [`Limits::body_min_rate`] (never past `body_read_timeout` from now): a body trickled in
@@ -51,6 +53,11 @@ pub struct Limits {
     pub max_long_polls: usize,
     /// Desired-state long-polls waiting at once per edge.
     pub max_long_polls_per_edge: usize,
+    /// Tunnel-request long-polls waiting at once, in the whole process (a gate of their own,
+    /// so they never take the desired-state long-polls' places).
+    pub max_tunnel_polls: usize,
+    /// Tunnel-request long-polls waiting at once per edge.
+    pub max_tunnel_polls_per_edge: usize,
     /// Time to receive a request body (measured from the first read), extended as data arrives.
     pub body_read_timeout: Duration,
     /// Bytes per second a body must average to keep extending its deadline; 0 makes
@@ -65,6 +72,8 @@ impl Default for Limits {
             burst: 400,
             max_long_polls: 15_000,
             max_long_polls_per_edge: 2,
+            max_tunnel_polls: 15_000,
+            max_tunnel_polls_per_edge: 2,
             body_read_timeout: Duration::from_secs(60),
             body_min_rate: 1024,
         }
@@ -77,7 +86,12 @@ pub(crate) struct Limiter {
     limits: Arc<Limits>,
     rate: Arc<RateLimiter>,
     long_polls: Arc<LongPollGate>,
+    tunnel_polls: TunnelPollGate,
 }
+
+/// The gate of tunnel-request long-polls (a [`LongPollGate`] of its own; see [`Limits`]).
+#[derive(Clone)]
+pub struct TunnelPollGate(pub Arc<LongPollGate>);
 
 impl Limiter {
     pub(crate) fn new(limits: Limits) -> Limiter {
@@ -87,6 +101,10 @@ impl Limiter {
                 limits.max_long_polls,
                 limits.max_long_polls_per_edge,
             )),
+            tunnel_polls: TunnelPollGate(Arc::new(LongPollGate::new(
+                limits.max_tunnel_polls,
+                limits.max_tunnel_polls_per_edge,
+            ))),
             limits: Arc::new(limits),
         }
     }
@@ -100,6 +118,7 @@ pub(crate) async fn enforce(State(l): State<Limiter>, mut req: Request, next: Ne
         return AppError::RateLimited(retry).into_response();
     }
     req.extensions_mut().insert(l.long_polls.clone());
+    req.extensions_mut().insert(l.tunnel_polls.clone());
     if req.body().size_hint().exact() == Some(0) {
         return next.run(req).await;
     }

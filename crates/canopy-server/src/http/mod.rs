@@ -16,6 +16,7 @@ mod identity;
 mod limits;
 mod resources;
 mod tenancy;
+mod tunnels;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -178,6 +179,13 @@ pub fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(fleet::enroll))
         .routes(routes!(fleet::desired_state))
         .routes(routes!(fleet::status))
+        .routes(routes!(tunnels::agent_tunnels))
+        .routes(routes!(tunnels::agent_claim_tunnel))
+        .routes(routes!(tunnels::agent_tunnel_error))
+        .routes(routes!(tunnels::vnc))
+        .routes(routes!(tunnels::vm_serial))
+        .routes(routes!(tunnels::vm_logs))
+        .routes(routes!(tunnels::container_logs))
         .routes(routes!(resources::list_app_workloads))
         .routes(routes!(resources::list_app_endpoints))
         .routes(routes!(resources::start_vm))
