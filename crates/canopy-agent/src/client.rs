@@ -1,5 +1,5 @@
 //! The agent's side of the protocol over HTTP: enroll, long-poll the desired state, report
-//! status (`docs/AGENT-PROTOCOL.md`). Nothing here knows about drivers or the data directory,
+//! status, long-poll tunnel requests and connect tunnels (`docs/AGENT-PROTOCOL.md`). Nothing here knows about drivers or the data directory,
 //! so a load simulator can drive thousands of these without a container engine.
 //!
 //! Every request carries [`PROTOCOL_HEADER`] and a timeout; authenticated ones carry the edge's
@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use canopy_proto::{
     DesiredState, EnrollRequest, EnrollResponse, Generation, MAX_WAIT_SECONDS, PROTOCOL_HEADER,
-    PROTOCOL_VERSION, StatusAck, StatusReport, paths,
+    PROTOCOL_VERSION, StatusAck, StatusReport, TUNNEL_UPGRADE, TunnelRequests, paths,
 };
-use reqwest::header::AUTHORIZATION;
+use reqwest::header::{AUTHORIZATION, CONNECTION, UPGRADE};
 use reqwest::{Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
@@ -29,6 +29,14 @@ const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
 const ENROLLMENT: &str = "enrollment";
 const DESIRED_STATE: &str = "desired-state poll";
 const STATUS_REPORT: &str = "status report";
+const TUNNEL_POLL: &str = "tunnel-request poll";
+const TUNNEL_CONNECT: &str = "tunnel connection";
+const TUNNEL_ERROR: &str = "tunnel error report";
+
+/// The control plane's path an agent reports a tunnel it could not open to (`POST` `{message}`).
+pub fn tunnel_error_path(id: &str) -> String {
+    format!("{}/error", paths::tunnel(id))
+}
 
 /// An edge's bearer credential (`cne_...`). Never shown: `Debug` is redacted and there is no
 /// `Display`.
@@ -58,6 +66,8 @@ impl std::fmt::Debug for Credential {
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
+    /// HTTP/1.1 only, for tunnel upgrades; `http` when absent.
+    upgrade_http: Option<reqwest::Client>,
     base: String,
     credential: Option<Credential>,
 }
@@ -67,14 +77,18 @@ impl AgentClient {
     /// optional path prefix), without a credential yet.
     pub fn new(server: &str) -> Result<AgentClient, AgentError> {
         let base = normalize_server(server)?;
-        let http = AgentClient::http_builder()
+        let cannot = |e: reqwest::Error| AgentError::InvalidServer {
+            server: server.to_string(),
+            reason: format!("cannot build an HTTP client: {e}"),
+        };
+        let http = AgentClient::http_builder().build().map_err(cannot)?;
+        let upgrade_http = AgentClient::http_builder()
+            .http1_only()
             .build()
-            .map_err(|e| AgentError::InvalidServer {
-                server: server.to_string(),
-                reason: format!("cannot build an HTTP client: {e}"),
-            })?;
+            .map_err(cannot)?;
         Ok(AgentClient {
             http,
+            upgrade_http: Some(upgrade_http),
             base,
             credential: None,
         })
@@ -100,9 +114,18 @@ impl AgentClient {
     ) -> Result<AgentClient, AgentError> {
         Ok(AgentClient {
             http,
+            upgrade_http: None,
             base: normalize_server(server)?,
             credential: None,
         })
+    }
+
+    /// The same client, connecting tunnels with `http`: an HTTP/1.1-only client (tunnels are
+    /// HTTP upgrades) with the same TLS trust, e.g. `http_builder().http1_only()` plus a TLS
+    /// configuration offering only `http/1.1` by ALPN.
+    pub fn with_upgrade_client(mut self, http: reqwest::Client) -> AgentClient {
+        self.upgrade_http = Some(http);
+        self
     }
 
     /// The same client, authenticating as the edge that owns `credential`.
@@ -167,6 +190,68 @@ impl AgentClient {
         decode(response, STATUS_REPORT).await
     }
 
+    /// `GET` [`paths::TUNNELS`]: the tunnels users asked of this edge, waiting up to `wait`
+    /// (at most [`MAX_WAIT_SECONDS`]) for one; `None` when none came in time (`204`).
+    pub async fn tunnels(&self, wait: Duration) -> Result<Option<TunnelRequests>, AgentError> {
+        let wait_seconds = wait.as_secs().min(u64::from(MAX_WAIT_SECONDS));
+        let req = self
+            .authorized(self.http.get(self.url(paths::TUNNELS)))
+            .query(&[("waitSeconds", wait_seconds)])
+            .timeout(Duration::from_secs(wait_seconds) + LONG_POLL_MARGIN);
+        let response = send(req, TUNNEL_POLL).await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        decode(response, TUNNEL_POLL).await.map(Some)
+    }
+
+    /// `GET` [`paths::tunnel`]`(id)` with an HTTP/1.1 upgrade to [`TUNNEL_UPGRADE`]: the
+    /// connection that then carries the tunnel's bytes. `Rejected` with `404` when the tunnel
+    /// no longer waits (its user went away, or another edge's).
+    pub async fn open_tunnel(&self, id: &str) -> Result<reqwest::Upgraded, AgentError> {
+        let http = self.upgrade_http.as_ref().unwrap_or(&self.http);
+        let req = self
+            .authorized(http.get(self.url(&paths::tunnel(id))))
+            .header(CONNECTION, "upgrade")
+            .header(UPGRADE, TUNNEL_UPGRADE);
+        // No request timeout: reqwest's would also bound the upgraded connection's life.
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, req.send())
+            .await
+            .map_err(|_| AgentError::Transient {
+                request: TUNNEL_CONNECT,
+                reason: format!("no answer in time ({} s)", REQUEST_TIMEOUT.as_secs()),
+            })?
+            .map_err(|e| AgentError::Transient {
+                request: TUNNEL_CONNECT,
+                reason: network_reason(&e),
+            })?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            classify(response, TUNNEL_CONNECT).await?;
+            return Err(AgentError::Rejected {
+                request: TUNNEL_CONNECT,
+                status: status.as_u16(),
+                message: format!(
+                    "the control plane answered {status} instead of switching protocols (is                      there a proxy in between that does not pass HTTP upgrades?)"
+                ),
+            });
+        }
+        response.upgrade().await.map_err(|e| AgentError::Transient {
+            request: TUNNEL_CONNECT,
+            reason: network_reason(&e),
+        })
+    }
+
+    /// `POST` [`tunnel_error_path`]`(id)`: this edge could not open tunnel `id`; its user is
+    /// shown `message`.
+    pub async fn tunnel_error(&self, id: &str, message: &str) -> Result<(), AgentError> {
+        let req = self
+            .authorized(self.http.post(self.url(&tunnel_error_path(id))))
+            .timeout(REQUEST_TIMEOUT)
+            .json(&serde_json::json!({ "message": message }));
+        send(req, TUNNEL_ERROR).await.map(drop)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -203,6 +288,11 @@ async fn send(req: reqwest::RequestBuilder, request: &'static str) -> Result<Res
         request,
         reason: network_reason(&e),
     })?;
+    classify(response, request).await
+}
+
+/// Passes a successful answer on; classifies any other (see [`send`]).
+async fn classify(response: Response, request: &'static str) -> Result<Response, AgentError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

@@ -39,6 +39,16 @@ pub struct AgentConfig {
     /// (build it from [`AgentClient::http_builder`](crate::AgentClient::http_builder)). Default:
     /// the one [`AgentClient::new`](crate::AgentClient::new) builds (public web PKI roots).
     pub http_client: Option<reqwest::Client>,
+    /// HTTP/1.1-only client with the same trust as `http_client`, for tunnel connections (an
+    /// HTTP upgrade, which HTTP/2 has not). Default: the main client when `http_client` is set
+    /// (fine over `http://`), else one [`AgentClient::new`](crate::AgentClient::new) builds.
+    pub tunnel_http_client: Option<reqwest::Client>,
+    /// Directories whose files VM images may name with `file://` URLs. Empty (the default):
+    /// `file://` images are refused, so a deployment cannot read arbitrary files of the edge.
+    pub vm_image_dirs: Vec<PathBuf>,
+    /// Largest VM image the edge downloads, in bytes. Default: canopy-vm's
+    /// ([`canopy_vm::DEFAULT_MAX_IMAGE_BYTES`], 8 GiB).
+    pub vm_cache_max_bytes: u64,
 }
 
 impl AgentConfig {
@@ -57,8 +67,19 @@ impl AgentConfig {
             heartbeat: None,
             backoff: Backoff::default(),
             http_client: None,
+            tunnel_http_client: None,
+            vm_image_dirs: Vec::new(),
+            vm_cache_max_bytes: canopy_vm::DEFAULT_MAX_IMAGE_BYTES,
         }
     }
+}
+
+/// Parses a byte size as the command line takes it: `1073741824`, `512MiB`, `20GiB`, `1.5 GB`.
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?} (expected bytes or e.g. 20GiB): {e}"))
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -79,6 +100,12 @@ impl std::fmt::Debug for AgentConfig {
             .field("heartbeat", &self.heartbeat)
             .field("backoff", &self.backoff)
             .field("http_client", &self.http_client.as_ref().map(|_| "custom"))
+            .field(
+                "tunnel_http_client",
+                &self.tunnel_http_client.as_ref().map(|_| "custom"),
+            )
+            .field("vm_image_dirs", &self.vm_image_dirs)
+            .field("vm_cache_max_bytes", &self.vm_cache_max_bytes)
             .finish()
     }
 }
@@ -96,5 +123,13 @@ mod tests {
         assert!(shown.contains("********"), "{shown}");
         assert_eq!(c.poll_wait, Duration::from_secs(25));
         assert_eq!(c.converge_interval, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn byte_sizes_take_units() {
+        assert_eq!(parse_byte_size("1024").unwrap(), 1024);
+        assert_eq!(parse_byte_size("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_byte_size("512 MiB").unwrap(), 512 << 20);
+        assert!(parse_byte_size("lots").is_err());
     }
 }

@@ -1,12 +1,13 @@
-//! What the sync loop needs of a driver, as a trait: one convergence pass, one observation, and
-//! the engine's name. [`DockerDriver`] is the real one; tests put a double in its place to run
-//! the loop without a container engine.
+//! What the sync loop needs of a driver, as a trait: one convergence pass, one observation, the
+//! engine's name and capabilities, and tunnels to workloads. [`EdgeDriver`](crate::driver::EdgeDriver)
+//! (containers and VMs) is the real one; [`DockerDriver`] alone also qualifies; tests put a double
+//! in its place to run the loop without a container engine.
 
 use std::future::Future;
 
-use canopy_proto::{AppStatus, DesiredState, TunnelTarget};
+use canopy_proto::{AppStatus, DesiredState, TunnelTarget, WorkloadKind};
 
-use crate::driver::{DockerDriver, DriverError};
+use crate::driver::{DockerDriver, DriverError, VmDriver};
 use crate::tunnel::TunnelIo;
 
 /// A driver the sync loop converges with. Calls never overlap: the loop makes one at a time.
@@ -26,6 +27,16 @@ pub trait Converger: Send + Sync {
 
     /// The engine driven, e.g. `Podman Engine 5.4.2` (reported to the control plane).
     fn engine(&self) -> String;
+
+    /// Workload kinds this driver runs, reported to the control plane (`containers`, `vms`).
+    fn capabilities(&self) -> Vec<String> {
+        vec!["containers".to_string()]
+    }
+
+    /// The VM accelerator (`kvm`, `tcg`), empty when the driver runs no VMs.
+    fn accelerator(&self) -> String {
+        String::new()
+    }
 
     /// Opens the local end of a tunnel to one of `desired`'s workloads. Unlike `apply` and
     /// `observe`, calls may overlap each other and a pass (tunnels live for minutes). A target
@@ -56,5 +67,65 @@ impl Converger for DockerDriver {
 
     fn engine(&self) -> String {
         DockerDriver::engine(self).to_string()
+    }
+}
+
+/// VMs alone (an edge without a container engine, or tests).
+impl Converger for VmDriver {
+    async fn apply(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
+        VmDriver::apply(self, desired).await
+    }
+
+    async fn observe(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
+        VmDriver::observe(self, desired).await
+    }
+
+    fn engine(&self) -> String {
+        self.engine().unwrap_or_else(|| "no QEMU".to_string())
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        if self.available() {
+            vec!["vms".to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn accelerator(&self) -> String {
+        VmDriver::accelerator(self).to_string()
+    }
+
+    async fn open_tunnel(
+        &self,
+        desired: &DesiredState,
+        target: &TunnelTarget,
+    ) -> Result<TunnelIo, DriverError> {
+        match target {
+            TunnelTarget::Vnc {
+                deployment_id,
+                app,
+                vm,
+            } => self.open_vnc(desired, deployment_id, app, vm).await,
+            TunnelTarget::Serial {
+                deployment_id,
+                app,
+                vm,
+            } => self.open_serial(desired, deployment_id, app, vm).await,
+            TunnelTarget::Logs {
+                deployment_id,
+                app,
+                kind: WorkloadKind::Vm,
+                workload,
+                follow,
+                tail,
+            } => {
+                self.open_logs(desired, deployment_id, app, workload, *follow, *tail)
+                    .await
+            }
+            TunnelTarget::Logs { .. } => Err(DriverError::Unsupported {
+                what: "container log tunnel without a container engine".into(),
+            }),
+        }
     }
 }

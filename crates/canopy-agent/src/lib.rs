@@ -14,8 +14,10 @@
 //! - [`run`]: the whole agent ([`sync`] describes the loop), configured by [`AgentConfig`];
 //! - [`AgentClient`]: the protocol over HTTP (enroll, long-poll, report), usable alone, e.g. by
 //!   a load simulator without any container engine;
-//! - [`Converger`]: what the loop needs of a driver, implemented by the container driver
-//!   ([`driver::DockerDriver`], over the Docker Engine API, for Docker and Podman);
+//! - [`Converger`]: what the loop needs of a driver, implemented by [`driver::EdgeDriver`],
+//!   which runs containers ([`driver::DockerDriver`], over the Docker Engine API, for Docker and
+//!   Podman) and virtual machines ([`driver::VmDriver`], QEMU through `canopy-vm`) side by side;
+//! - [`tunnel`]: consoles and log streams the agent opens outbound on request;
 //! - [`Backoff`]: the retry schedule (exponential, full jitter).
 
 pub mod backoff;

@@ -3,7 +3,7 @@
 //! At start the agent checks its data directory, connects to its engine and, if it holds a
 //! desired state from an earlier run, starts converging to it at once, before the control plane
 //! is asked anything: workloads come back even with the control plane down. Without a
-//! credential it first enrolls with its token. Then three activities run side by side in one
+//! credential it first enrolls with its token. Then four activities run side by side in one
 //! task (no spawned task outlives [`run`]):
 //!
 //! - the **poller** long-polls the desired state after the generation it holds; a newer one is
@@ -13,7 +13,9 @@
 //!   at once, applies again every `converge_interval` while some app is not `RUNNING`, and
 //!   otherwise only observes, every heartbeat; each pass publishes the apps' statuses;
 //! - the **reporter** sends a status report when those statuses change and at least every
-//!   heartbeat, with a sequence number that grows across restarts.
+//!   heartbeat, with a sequence number that grows across restarts;
+//! - the **tunnel loop** ([`crate::tunnel`]) long-polls tunnel requests and opens consoles and
+//!   log streams outbound, through the driver.
 //!
 //! Transient failures (network, `5xx`) are retried with jittered exponential backoff by the
 //! activity that met them; the others keep going. A refused credential (`401`) or protocol
@@ -37,7 +39,7 @@ use crate::backoff::Backoff;
 use crate::client::{AgentClient, Credential, normalize_server};
 use crate::config::AgentConfig;
 use crate::converger::Converger;
-use crate::driver::{DockerDriver, DriverError};
+use crate::driver::{DockerDriver, DriverError, EdgeDriver, VmDriver};
 use crate::error::AgentError;
 use crate::state::{AgentState, DataDir, EdgeRecord};
 
@@ -46,8 +48,6 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 /// Sequence numbers reserved on disk at once: `state.json` is written once per this many
 /// reports instead of before each one (edge storage is often flash that wears).
 const SEQ_BLOCK: u64 = 100;
-/// What the agent says it can run.
-const CAPABILITIES: &[&str] = &["containers"];
 
 /// Runs the agent until `shutdown` completes (then `Ok`) or the control plane refuses it for
 /// good (`401`, `426`: the error). Connects to the container engine named by the configuration
@@ -130,13 +130,19 @@ impl Start {
 }
 
 /// Connects to the engine, waiting (with backoff) while it does not answer: on a booting edge
-/// the engine may come up after the agent.
-async fn connect_driver(config: &AgentConfig) -> Result<DockerDriver, AgentError> {
+/// the engine may come up after the agent. VMs run next to the containers when QEMU is usable.
+async fn connect_driver(config: &AgentConfig) -> Result<EdgeDriver, AgentError> {
     let mut backoff = config.backoff.clone();
     let mut waiting = false;
     loop {
         match DockerDriver::connect(config.docker_host.as_deref()).await {
-            Ok(driver) => return Ok(driver),
+            Ok(driver) => {
+                let vms = VmDriver::new(&config.data_dir)
+                    .await
+                    .with_image_dirs(config.vm_image_dirs.clone())
+                    .with_cache_max_bytes(config.vm_cache_max_bytes);
+                return Ok(EdgeDriver::new(driver, vms));
+            }
             Err(e @ DriverError::Unreachable { .. }) => {
                 if !waiting {
                     warn!(error = %e.chain(), "waiting for the container engine");
@@ -158,9 +164,11 @@ async fn run_started<C: Converger>(
     let mut shutdown = std::pin::pin!(shutdown);
     let agent = AgentInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        capabilities: converger.capabilities(),
         engine: converger.engine(),
-        ..AgentInfo::default()
+        accelerator: converger.accelerator(),
+        hostname: crate::driver::hostname(),
+        addresses: crate::driver::addresses(),
     };
     let client = match &config.http_client {
         Some(http) => AgentClient::with_http_client(http.clone(), &start.server)?,
@@ -219,6 +227,7 @@ async fn run_started<C: Converger>(
         .map(|d| (d.generation.0, d.deployments.len()));
     let held = desired.as_ref().map(|d| d.generation);
     let (desired_tx, desired_rx) = watch::channel(desired.map(Arc::new));
+    let tunnel_rx = desired_rx.clone();
     let (observed_tx, observed_rx) = watch::channel(None);
     let span = info_span!(
         "agent",
@@ -241,6 +250,9 @@ async fn run_started<C: Converger>(
             never = converge_loop(&shared, &converger, desired_rx, observed_tx) => match never {},
             e = poll_loop(&shared, held, desired_tx) => Err(e),
             e = report_loop(&shared, observed_rx, agent) => Err(e),
+            e = crate::tunnel::tunnel_loop(
+                &shared.client, &shared.config, &converger, tunnel_rx,
+            ) => Err(e),
         }
     }
     .instrument(span)

@@ -469,7 +469,7 @@ async fn dependent_app_waits_for_healthy_web_then_both_run_and_resolve_each_othe
     assert_eq!(web.workloads.len(), 1);
     let w = &web.workloads[0];
     assert_eq!(w.kind, "container");
-    assert_eq!(w.name, web_name);
+    assert_eq!(w.name, "httpd", "reported by its name in the template");
     assert_eq!(w.image, IMAGE);
     assert_eq!(w.state, "running");
     assert_eq!(w.health, "healthy");

@@ -9,6 +9,9 @@
 //! server or the store: it talks to them over HTTP like any other client, and mirrors the few
 //! server-only JSON shapes (edges, enrollment tokens) in [`fleet`].
 //!
+//! The resource manager and tunnels ([`resources`]) add workloads, VM actions, consoles as
+//! WebSockets and streamed logs.
+//!
 //! Every request has a timeout ([`DEFAULT_TIMEOUT`], or [`DEFAULT_TRANSFER_TIMEOUT`] for uploads
 //! and downloads), so a hung server never hangs a caller.
 
@@ -19,6 +22,7 @@ mod error;
 pub mod fleet;
 pub mod identity;
 mod list;
+pub mod resources;
 mod upload;
 
 use std::time::Duration;
@@ -34,6 +38,10 @@ pub use error::ClientError;
 pub use fleet::{CreatedEnrollmentToken, Edge, EnrollmentToken, NewEnrollmentToken};
 pub use list::{ListParams, MAX_PAGE_SIZE, Page, collect_all};
 pub use reqwest::StatusCode;
+pub use resources::{
+    AppEndpoint, AppWorkload, EdgeWorkload, LogOptions, LogStream, VmAction, WebSocket,
+    WebSocketMessage,
+};
 pub use upload::{MAX_UPLOAD_FILES, UploadChange, UploadResponse};
 
 /// Timeout of an ordinary API request.
@@ -54,6 +62,10 @@ pub struct Client {
     transfer_timeout: Duration,
     /// Bearer token sent on every request (never printed: see the `Debug` of [`Token`]).
     token: Option<Token>,
+    /// Whom to trust as the server (for the HTTP/1.1 client of WebSocket upgrades).
+    trust: canopy_tls::ClientTrust,
+    /// The HTTP/1.1-only client of WebSocket upgrades, built on first use and shared by clones.
+    upgrade_http: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
 /// A bearer token; its `Debug` does not show it.
@@ -94,13 +106,7 @@ impl Client {
         }
         base.set_query(None);
         base.set_fragment(None);
-        let builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            // Below the server's 10 s idle cut-off of HTTP/1 connections, so a request never
-            // goes out on a connection the server is closing.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .user_agent(concat!("canopy-client/", env!("CARGO_PKG_VERSION")));
-        let http = canopy_tls::configure(builder, trust)
+        let http = canopy_tls::configure(http_builder(), trust)
             .map_err(|e| ClientError::InvalidRequest(e.to_string()))?
             .build()
             .map_err(|e| invalid(&e.to_string()))?;
@@ -111,6 +117,8 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             transfer_timeout: DEFAULT_TRANSFER_TIMEOUT,
             token: None,
+            trust: trust.clone(),
+            upgrade_http: Default::default(),
         })
     }
 
@@ -251,6 +259,16 @@ impl Client {
         let body = self.execute_bytes(req, self.timeout).await?;
         parse_json(url, &body)
     }
+}
+
+/// The settings every HTTP client of this crate shares (timeouts, user agent), before TLS.
+fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        // Below the server's 10 s idle cut-off of HTTP/1 connections, so a request never goes
+        // out on a connection the server is closing.
+        .pool_idle_timeout(Duration::from_secs(5))
+        .user_agent(concat!("canopy-client/", env!("CARGO_PKG_VERSION")))
 }
 
 fn parse_json<T: DeserializeOwned>(url: &Url, body: &[u8]) -> Result<T, ClientError> {

@@ -28,7 +28,7 @@ pub enum SimError {
     Enroll {
         name: String,
         #[source]
-        source: canopy_agent::AgentError,
+        source: Box<canopy_agent::AgentError>,
     },
     /// A phase did not finish within its bound.
     #[error("{phase} did not finish within {seconds} s: {detail}")]

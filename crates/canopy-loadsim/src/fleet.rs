@@ -309,7 +309,7 @@ impl Fleet {
                     let client = AgentClient::with_http_client(http, server).map_err(|source| {
                         SimError::Enroll {
                             name: name.clone(),
-                            source,
+                            source: Box::new(source),
                         }
                     })?;
                     let req = EnrollRequest {
@@ -331,7 +331,12 @@ impl Fleet {
                             Err(AgentError::Transient { .. }) if attempts < 5 => {
                                 tokio::time::sleep(backoff.next_delay()).await;
                             }
-                            Err(source) => return Err(SimError::Enroll { name, source }),
+                            Err(source) => {
+                                return Err(SimError::Enroll {
+                                    name,
+                                    source: Box::new(source),
+                                });
+                            }
                         }
                     };
                     let latency = t0.elapsed();

@@ -21,6 +21,22 @@ pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 8 << 30;
 const PARTIAL_PREFIX: &str = ".partial-";
 const PARTIAL_STALE_AFTER: Duration = Duration::from_secs(3600);
 
+/// HTTP basic credentials for image downloads. `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("username", &self.username)
+            .field("password", &"********")
+            .finish()
+    }
+}
+
 /// The image cache of one edge.
 #[derive(Debug, Clone)]
 pub struct ImageCache {
@@ -63,6 +79,16 @@ impl ImageCache {
 
     /// The image's path in the cache, downloading or copying it first when missing.
     pub async fn fetch(&self, source: &ImageSource) -> Result<PathBuf, VmError> {
+        self.fetch_with_auth(source, None).await
+    }
+
+    /// [`fetch`](Self::fetch), sending HTTP basic credentials with an `http(s)` download (a
+    /// private registry serving VM images). Never logged.
+    pub async fn fetch_with_auth(
+        &self,
+        source: &ImageSource,
+        auth: Option<&BasicAuth>,
+    ) -> Result<PathBuf, VmError> {
         let sha = checked_sha(source)?;
         let path = self.path_for(&sha);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
@@ -77,7 +103,7 @@ impl ImageCache {
             std::process::id(),
             unique()
         ));
-        let result = self.fetch_into(source, &sha, &partial).await;
+        let result = self.fetch_into(source, &sha, &partial, auth).await;
         match result {
             Ok(()) => {
                 tokio::fs::rename(&partial, &path)
@@ -98,6 +124,7 @@ impl ImageCache {
         source: &ImageSource,
         sha: &str,
         partial: &Path,
+        auth: Option<&BasicAuth>,
     ) -> Result<(), VmError> {
         let url = &source.url;
         let mut out = tokio::fs::File::create(partial)
@@ -119,7 +146,11 @@ impl ImageCache {
                     url: url.clone(),
                     source,
                 };
-                let mut response = self.client.get(parsed).send().await.map_err(download)?;
+                let mut request = self.client.get(parsed);
+                if let Some(auth) = auth {
+                    request = request.basic_auth(&auth.username, Some(&auth.password));
+                }
+                let mut response = request.send().await.map_err(download)?;
                 if !response.status().is_success() {
                     return Err(VmError::HttpStatus {
                         url: url.clone(),

@@ -26,6 +26,8 @@ pub const ACCEL_ENV: &str = "CANOPY_VM_ACCEL";
 
 /// Serial logs larger than this are rotated (to `serial.log.1`) when the VM starts.
 const SERIAL_ROTATE_BYTES: u64 = 1 << 20;
+/// The serial console's Unix socket in a VM's directory (one client at a time).
+const SERIAL_SOCKET: &str = "serial.sock";
 /// How long `quit` and SIGKILL each get before the next step.
 const QUIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -50,6 +52,24 @@ impl Accel {
             Ok(other) => {
                 tracing::warn!(value = other, "unknown {ACCEL_ENV}; using auto");
                 Accel::Auto
+            }
+        }
+    }
+
+    /// The accelerator a VM started with this setting will use: `kvm` when asked for (or, with
+    /// `Auto`, when `/dev/kvm` can be opened read-write), else `tcg`. Running VMs report what they
+    /// actually use ([`VmInfo::accelerator`]).
+    pub fn probe(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+            Accel::Auto => {
+                let kvm = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm")
+                    .is_ok();
+                if kvm { "kvm" } else { "tcg" }
             }
         }
     }
@@ -176,10 +196,72 @@ impl VmHost {
         self
     }
 
+    /// Runs another QEMU binary (default: `qemu-system-x86_64` from `PATH`).
+    pub fn with_qemu(mut self, qemu: impl Into<PathBuf>) -> VmHost {
+        self.qemu = qemu.into();
+        self
+    }
+
     /// Forces the accelerator (overrides `CANOPY_VM_ACCEL`).
     pub fn with_accel(mut self, accel: Accel) -> VmHost {
         self.accel = accel;
         self
+    }
+
+    /// The accelerator setting VMs are started with.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// `qemu-system-x86_64 --version`, e.g. `7.2.0`: whether (and which) QEMU can run here.
+    pub async fn qemu_version(&self) -> Result<String, VmError> {
+        let tool = |detail: String| VmError::Tool {
+            name: "-".into(),
+            tool: self.qemu.display().to_string(),
+            detail,
+        };
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new(&self.qemu)
+                .arg("--version")
+                .stdin(std::process::Stdio::null())
+                .output(),
+        )
+        .await
+        .map_err(|_| tool("--version did not answer within 10 s".into()))?
+        .map_err(|e| tool(format!("cannot run it: {e}")))?;
+        if !out.status.success() {
+            return Err(tool(format!("--version: {}", out.status)));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u7)"
+        let version = text
+            .split_whitespace()
+            .skip_while(|w| *w != "version")
+            .nth(1)
+            .unwrap_or("unknown");
+        Ok(version.to_string())
+    }
+
+    /// The Unix socket of the VM's serial console (exists while the VM runs; one client at a
+    /// time; everything the guest prints also goes to `serial.log`).
+    pub fn serial_socket(&self, name: &str) -> PathBuf {
+        self.vm_dir(name).join(SERIAL_SOCKET)
+    }
+
+    /// The serial console log (all the guest printed since the log was last rotated).
+    pub fn serial_log(&self, name: &str) -> PathBuf {
+        self.vm_dir(name).join("serial.log")
+    }
+
+    /// The info of VM `name` when it runs (QMP answers), `None` when it does not run.
+    pub async fn running_info(&self, name: &str) -> Result<Option<VmInfo>, VmError> {
+        validate_name(name)?;
+        let Some(pid) = self.running_pid(name).await else {
+            return Ok(None);
+        };
+        let spec = self.spec(name).await?;
+        self.info(&spec, pid).await.map(Some)
     }
 
     /// The image cache.
@@ -451,11 +533,14 @@ impl VmHost {
             "unix:{},server=on,wait=off",
             qemu_path(&dir.join("qmp.sock"))
         ));
+        // The serial port is a Unix socket (so a console tunnel can read and type) with a
+        // logfile: QEMU writes everything the guest prints to serial.log too, connected or not.
         let serial = dir.join("serial.log");
         rotate(&serial).await;
         arg("-chardev");
         arg(&format!(
-            "file,id=serial0,path={},append=on",
+            "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+            qemu_path(&dir.join(SERIAL_SOCKET)),
             qemu_path(&serial)
         ));
         arg("-serial");
@@ -769,7 +854,7 @@ async fn write_spec(dir: &Path, spec: &VmSpec) -> Result<(), VmError> {
 
 /// Files of a previous run that would confuse the next (a stale socket, a stale pidfile).
 async fn cleanup_runtime(dir: &Path) {
-    for f in ["qmp.sock", "qemu.pid"] {
+    for f in ["qmp.sock", SERIAL_SOCKET, "qemu.pid"] {
         let _ = tokio::fs::remove_file(dir.join(f)).await;
     }
 }

@@ -23,7 +23,7 @@ mod qmp;
 mod seed;
 mod spec;
 
-pub use cache::{DEFAULT_MAX_IMAGE_BYTES, ImageCache};
+pub use cache::{BasicAuth, DEFAULT_MAX_IMAGE_BYTES, ImageCache};
 pub use error::VmError;
 pub use host::{ACCEL_ENV, Accel, StopOutcome, VmHost, VmInfo, VmState, VmStatus};
 pub use spec::{Boot, CloudInit, ExtraDisk, ImageSource, PortForward, VmSpec};

@@ -192,3 +192,40 @@ async fn gc_removes_only_unreferenced_images() {
     assert_eq!(store_files(&cache), vec![shas[1].clone()]);
     assert!(Path::new(&cache.path_for(&shas[1])).exists());
 }
+
+#[tokio::test]
+async fn basic_credentials_are_sent_when_given() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    // "canopy:s3cret" in base64.
+    let app = Router::new().route(
+        "/private",
+        get(|headers: HeaderMap| async move {
+            match headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some("Basic Y2Fub3B5OnMzY3JldA==") => Ok(GOOD.to_vec()),
+                _ => Err(StatusCode::UNAUTHORIZED),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(tmp.path());
+    let src = source(format!("http://{addr}/private"), sha(GOOD));
+    let err = cache.fetch(&src).await.unwrap_err();
+    assert!(
+        matches!(err, VmError::HttpStatus { status: 401, .. }),
+        "{err}"
+    );
+    assert!(store_files(&cache).is_empty());
+    let auth = canopy_vm::BasicAuth {
+        username: "canopy".into(),
+        password: "s3cret".into(),
+    };
+    assert!(!format!("{auth:?}").contains("s3cret"));
+    let path = cache.fetch_with_auth(&src, Some(&auth)).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), GOOD);
+}

@@ -10,15 +10,18 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{ContainerInspectResponse, ContainerSummary};
-use bollard::query_parameters::CreateContainerOptions;
+use bollard::query_parameters::{CreateContainerOptions, LogsOptions};
+use bytes::Bytes;
 use canopy_proto::{
     AppInstance, AppState, AppStatus, ContainerSpec, DeploymentInstance, DesiredState,
-    RestartPolicy, WorkloadStatus,
+    RestartPolicy, WorkloadKind, WorkloadStatus,
 };
+use futures::{Stream, StreamExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::error::DriverError;
@@ -239,11 +242,43 @@ impl DockerDriver {
         .await
     }
 
+    /// A container's stdout and stderr: the last `tail` lines (0: all), then with `follow` what
+    /// it writes next, until the stream is dropped or the container is removed.
+    pub async fn logs(
+        &self,
+        name: &str,
+        follow: bool,
+        tail: u32,
+    ) -> Result<Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>, DriverError> {
+        if self.inspect(name).await?.is_none() {
+            return Err(DriverError::NoSuchWorkload {
+                what: format!("container {name}"),
+            });
+        }
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: if tail == 0 {
+                "all".into()
+            } else {
+                tail.to_string()
+            },
+            ..Default::default()
+        };
+        let stream = self
+            .docker
+            .logs(name, Some(options))
+            .map(|r| r.map(|o| o.into_bytes()).map_err(std::io::Error::other));
+        Ok(Box::pin(stream))
+    }
+
     async fn pass(
         &self,
         desired: &DesiredState,
         mode: Mode,
     ) -> Result<Vec<AppStatus>, DriverError> {
+        let desired = &with_pod_restarts(desired);
         let existing = self.list_containers(&[]).await?;
         let wanted: HashSet<String> = desired
             .deployments
@@ -324,7 +359,8 @@ impl DockerDriver {
         let may_start = mode == Mode::Apply && problem.is_none() && waiting_on.is_empty();
 
         let mut failures: HashMap<&str, String> = HashMap::new();
-        if may_start {
+        // An app of VMs only needs no network (the VM driver runs it).
+        if may_start && !app.containers.is_empty() {
             let prepared = self.prepare_app(dep, app, cache).await;
             for c in &app.containers {
                 let result = match &prepared {
@@ -555,7 +591,7 @@ impl DockerDriver {
         match inspected {
             Ok(Some(i)) => {
                 let seen = observed(&i, app);
-                let workload = workload(&i, name, &c.image);
+                let workload = workload(&i, &c.name, &c.image);
                 (seen, Some(workload))
             }
             Ok(None) => (Seen::Missing, None),
@@ -653,6 +689,29 @@ impl DockerDriver {
     }
 }
 
+/// The desired state with each pod restart control folded into its app's generation:
+/// `{spec_hash}.r{n}` after `n` restarts (`spec_hash` while 0), so a restart request recreates
+/// the app's containers once, as a changed spec does, and not again.
+fn with_pod_restarts(desired: &DesiredState) -> DesiredState {
+    let mut out = desired.clone();
+    for c in desired
+        .controls
+        .iter()
+        .filter(|c| c.kind == WorkloadKind::Pod && c.restarts > 0)
+    {
+        for dep in out
+            .deployments
+            .iter_mut()
+            .filter(|d| d.deployment_id == c.deployment_id)
+        {
+            for app in dep.apps.iter_mut().filter(|a| a.name == c.app) {
+                app.spec_hash = format!("{}.r{}", app.spec_hash, c.restarts);
+            }
+        }
+    }
+    out
+}
+
 /// `$DOCKER_HOST`, else the first engine socket that exists, else Podman's (so the error names
 /// the usual place); and whether it is such a last resort.
 async fn default_host() -> (String, bool) {
@@ -735,6 +794,36 @@ mod tests {
         assert!(parse_host("unix://relative.sock").is_err());
         assert!(parse_host("https://x:1").is_err());
         assert!(parse_host("http://nohost").is_err());
+    }
+
+    #[test]
+    fn pod_restarts_fold_into_the_generation() {
+        use canopy_proto::WorkloadControl;
+        let app = |name: &str| AppInstance {
+            name: name.into(),
+            spec_hash: "h".into(),
+            ..Default::default()
+        };
+        let mut d = DesiredState {
+            deployments: vec![DeploymentInstance {
+                deployment_id: "d1".into(),
+                apps: vec![app("a"), app("b")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(with_pod_restarts(&d), d);
+        d.controls.push(WorkloadControl {
+            deployment_id: "d1".into(),
+            app: "a".into(),
+            kind: WorkloadKind::Pod,
+            workload: String::new(),
+            running: true,
+            restarts: 2,
+        });
+        let folded = with_pod_restarts(&d);
+        assert_eq!(folded.deployments[0].apps[0].spec_hash, "h.r2");
+        assert_eq!(folded.deployments[0].apps[1].spec_hash, "h");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Any failure of the container driver.
+/// Any failure of the container or VM driver.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// The engine address could not be understood.
@@ -39,6 +39,23 @@ pub enum DriverError {
     /// The workload named does not exist on this edge.
     #[error("{what} does not exist on this edge")]
     NoSuchWorkload { what: String },
+
+    /// A VM operation failed (`op` says which, `target` names the VM and its app).
+    #[error("cannot {op} {target}")]
+    Vm {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: canopy_vm::VmError,
+    },
+
+    /// A local connection or file of a workload could not be opened (VNC, serial console, log).
+    #[error("cannot open {what}")]
+    Open {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// An engine call did not answer in time.
     #[error("cannot {op} {target}: the engine did not answer within {} s", timeout.as_secs())]

@@ -35,6 +35,23 @@ pub struct AgentArgs {
     /// e.g. for tests; each then ignores the others' containers).
     #[arg(long, value_name = "NAME")]
     pub scope: Option<String>,
+    /// Directory whose files VM images may name with `file://` URLs (repeatable; without one,
+    /// `file://` images are refused).
+    #[arg(
+        long = "vm-image-dir",
+        env = "CANOPY_VM_IMAGE_DIRS",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    pub vm_image_dirs: Vec<PathBuf>,
+    /// Largest VM image the agent downloads, in bytes or with a unit (`20GiB`). Default 8 GiB.
+    #[arg(
+        long,
+        env = "CANOPY_VM_CACHE_SIZE",
+        value_name = "SIZE",
+        value_parser = canopy_agent::config::parse_byte_size
+    )]
+    pub vm_cache_size: Option<u64>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -67,6 +84,8 @@ pub async fn run(
     )?;
     let config = canopy_agent::AgentConfig {
         scope: args.scope,
+        vm_image_dirs: args.vm_image_dirs,
+        vm_cache_max_bytes: args.vm_cache_size.unwrap_or(config.vm_cache_max_bytes),
         ..config
     };
     canopy_agent::run(config, canopy_server::shutdown_signal())
@@ -96,6 +115,17 @@ pub fn agent_config(
             .build()
             .context("cannot build the agent's HTTP client")?;
         config.http_client = Some(http);
+        // Tunnels are HTTP/1.1 upgrades: a second client with the same trust that offers only
+        // `http/1.1` by ALPN (the first one offers `h2` too).
+        let mut tls =
+            canopy_tls::client_config(trust)?.context("a custom trust has a TLS configuration")?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tunnel_http = canopy_agent::AgentClient::http_builder()
+            .use_preconfigured_tls(tls)
+            .http1_only()
+            .build()
+            .context("cannot build the agent's HTTP client for tunnels")?;
+        config.tunnel_http_client = Some(tunnel_http);
     }
     Ok(config)
 }

@@ -17,11 +17,14 @@ mod deployment;
 mod edge;
 mod enroll_token;
 mod key;
+mod logs;
 mod output;
 mod server;
 mod server_auth;
 mod tenancy;
 mod upload;
+mod vm;
+mod workload;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -202,6 +205,14 @@ pub enum Command {
     /// The audit log: who changed what, when, and how it ended.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// What runs on the edges: pods (containers) and virtual machines, per deployment and edge.
+    #[command(subcommand, visible_alias = "workloads")]
+    Workload(workload::WorkloadCommand),
+    /// Virtual machines: start, stop, restart, open their console.
+    #[command(subcommand, visible_alias = "vms")]
+    Vm(vm::VmCommand),
+    /// Stream a container's or a virtual machine's log.
+    Logs(logs::LogsArgs),
 }
 
 /// Runs the CLI with process-style arguments (`args[0]` is the program name), printing results
@@ -245,6 +256,9 @@ where
         | Command::Org(_)
         | Command::Project(_)
         | Command::Audit(_)
+        | Command::Workload(_)
+        | Command::Vm(_)
+        | Command::Logs(_)
         | Command::Key(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -383,6 +397,24 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
         Command::EnrollToken(c) => {
             return with_client(&cli.global, out, err, async move |ctx| {
                 enroll_token::run(c, ctx).await
+            })
+            .await;
+        }
+        Command::Workload(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| {
+                workload::run(c, ctx).await
+            })
+            .await;
+        }
+        Command::Vm(c) => {
+            return with_client(&cli.global, out, err, async move |ctx| {
+                vm::run(c, ctx).await
+            })
+            .await;
+        }
+        Command::Logs(args) => {
+            return with_client(&cli.global, out, err, async move |ctx| {
+                logs::run(args, ctx).await
             })
             .await;
         }
@@ -576,5 +608,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
 
 #[cfg(test)]
 mod fleet_tests;
+#[cfg(test)]
+mod resources_tests;
 #[cfg(test)]
 mod tests;

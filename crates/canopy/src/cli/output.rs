@@ -802,6 +802,120 @@ pub fn deployments_status_details(s: &DeploymentsStatus) -> Details {
         .field("Unknown", s.unknown.to_string())
 }
 
+// ---- workloads (resource manager) ---------------------------------------------------------
+
+/// Edge, Deployment, App, Kind, Name, State, Ready, Restarts, Addresses, Id: one row per VM,
+/// one per pod followed by one per container of it (the names `canopy logs` takes).
+pub fn workload_list_table(items: &[canopy_client::EdgeWorkload]) -> Table {
+    let mut t = Table::new(&[
+        "Edge",
+        "Deployment",
+        "App",
+        "Kind",
+        "Name",
+        "State",
+        "Ready",
+        "Restarts",
+        "Addresses",
+        "Id",
+    ]);
+    let ready = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    for w in items {
+        let wl = &w.workload;
+        let row = |kind: &str,
+                   name: &str,
+                   state: String,
+                   ready: String,
+                   restarts: u32,
+                   addresses: Vec<String>,
+                   id: &str| {
+            vec![
+                w.edge_name.clone(),
+                w.deployment_name.clone(),
+                w.app.clone(),
+                kind.to_owned(),
+                name.to_owned(),
+                state,
+                ready,
+                restarts.to_string(),
+                addresses.join(", "),
+                id.to_owned(),
+            ]
+        };
+        if let Some(vm) = &wl.virtual_machine {
+            let mut state = wl.state().to_owned();
+            if vm.admin_status.state == "STATE_DOWN" {
+                state.push_str(" (admin DOWN)");
+            }
+            if !vm.status.message.is_empty() {
+                state = format!("{state}: {}", short(&vm.status.message, 60));
+            }
+            t.push(row(
+                "vm",
+                &wl.name,
+                state,
+                ready(wl.workload_ready),
+                wl.restarts(),
+                w.addresses(),
+                &wl.id,
+            ));
+            continue;
+        }
+        t.push(row(
+            "pod",
+            &wl.name,
+            wl.state().to_owned(),
+            ready(wl.workload_ready),
+            wl.restarts(),
+            Vec::new(),
+            &wl.id,
+        ));
+        for c in wl.pod.iter().flat_map(|p| &p.containers) {
+            let s = &c.status;
+            let (state, is_ready) = if s.container_state_running.is_some() {
+                ("running".to_owned(), true)
+            } else if let Some(wt) = &s.container_state_waiting {
+                (with_message(&wt.reason, &wt.message), false)
+            } else if let Some(tm) = &s.container_state_terminated {
+                (
+                    with_message(
+                        &format!("{} (exit {})", tm.reason, tm.exit_code),
+                        &tm.message,
+                    ),
+                    false,
+                )
+            } else {
+                (String::new(), false)
+            };
+            let addresses = w
+                .endpoints
+                .iter()
+                .filter(|e| e.name == c.name)
+                .flat_map(|e| e.addresses())
+                .collect();
+            t.push(row(
+                "container",
+                &c.name,
+                state,
+                ready(is_ready),
+                c.restart_count,
+                addresses,
+                "",
+            ));
+        }
+    }
+    t
+}
+
+/// `reason: message`, or the reason alone.
+fn with_message(reason: &str, message: &str) -> String {
+    if message.trim().is_empty() {
+        reason.to_owned()
+    } else {
+        format!("{reason}: {}", short(message, 60))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use canopy_core::catalog::{ApplicationReference, Kind};

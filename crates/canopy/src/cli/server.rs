@@ -93,6 +93,15 @@ pub struct UpArgs {
     /// Docker socket, else Podman's API service started by `canopy up` when podman is installed.
     #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
     pub docker_host: Option<String>,
+    /// Directory whose files the local agent's VM images may name with `file://` URLs
+    /// (repeatable; without one, `file://` images are refused).
+    #[arg(
+        long = "vm-image-dir",
+        env = "CANOPY_VM_IMAGE_DIRS",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    pub vm_image_dirs: Vec<PathBuf>,
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
@@ -197,7 +206,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
                     Some(created.secret)
                 };
                 let labels = [(LOCAL_LABEL.0.to_string(), LOCAL_LABEL.1.to_string())].into();
-                let cfg = super::agent::agent_config(
+                let mut cfg = super::agent::agent_config(
                     &url,
                     agent_dir,
                     token,
@@ -206,6 +215,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
                     Some(host.clone()),
                     &trust,
                 )?;
+                cfg.vm_image_dirs = args.vm_image_dirs.clone();
                 let stop = stopped();
                 agent_task = Some(tokio::spawn(async move {
                     if let Err(e) = canopy_agent::run(cfg, stop).await {

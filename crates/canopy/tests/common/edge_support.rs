@@ -365,6 +365,8 @@ pub struct AgentProcess {
     server: String,
     engine_url: String,
     labels: Vec<String>,
+    /// More `canopy agent` arguments (e.g. VM options).
+    pub extra_args: Vec<String>,
     logs: PathBuf,
     starts: u32,
     log: Option<PathBuf>,
@@ -389,6 +391,7 @@ impl AgentProcess {
             server: server.to_string(),
             engine_url: engine_url.to_string(),
             labels: labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            extra_args: Vec::new(),
             logs: logs.to_path_buf(),
             starts: 0,
             log: None,
@@ -413,6 +416,7 @@ impl AgentProcess {
         for l in &self.labels {
             cmd.args(["--label", l]);
         }
+        cmd.args(&self.extra_args);
         if let Some(t) = token {
             cmd.args(["--enroll-token", t]);
         }

@@ -48,7 +48,8 @@ pub(super) fn restarts(i: &ContainerInspectResponse) -> u32 {
     u32::try_from(i.restart_count.unwrap_or_default().max(0)).unwrap_or(u32::MAX)
 }
 
-/// The workload report: state, health, restarts and the host ports actually bound.
+/// The workload report (named as in the template): state, health, restarts and the host ports
+/// actually bound.
 pub(super) fn workload(i: &ContainerInspectResponse, name: &str, image: &str) -> WorkloadStatus {
     let state = i.state.clone().unwrap_or_default();
     let mut ports: Vec<PortSpec> = Vec::new();

@@ -1,0 +1,767 @@
+//! The VM driver with real QEMU (TCG) and the tiny test VM of scripts/vm-image.sh (a Debian
+//! kernel plus a busybox initramfs serving HTTP on port 80, printing a boot marker on the serial
+//! console and powering off on the ACPI button), and the edge driver with Podman next to it.
+//!
+//! Needs `CANOPY_TEST_VM_KERNEL` and `CANOPY_TEST_VM_INITRD` (scripts/test.sh exports them);
+//! the edge driver test also needs `CANOPY_TEST_DOCKER_HOST` (scripts/podman.sh). Without them
+//! the tests print a notice and pass, except under CI (env `CI` set), where they panic so the
+//! coverage cannot silently disappear. Each test has its own data directory, scope and ports.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use canopy_agent::Converger;
+use canopy_agent::driver::{DockerDriver, EdgeDriver, VmDriver};
+use canopy_agent::{DriverError, TunnelIo};
+use canopy_proto::{
+    AppInstance, AppState, AppStatus, ContainerSpec, DeploymentInstance, DesiredState,
+    RestartPolicy, TunnelTarget, VmBoot, VmImage, VmPort, VmSpec, WorkloadControl, WorkloadKind,
+    WorkloadStatus,
+};
+use canopy_vm::{Accel, VmHost};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MARKER: &str = "CANOPY-TEST-VM-BOOTED";
+const DEADLINE: Duration = Duration::from_secs(180);
+const ENGINE_ENV: &str = "CANOPY_TEST_DOCKER_HOST";
+const IMAGE: &str = "localhost/busybox:canopy-test";
+
+struct TestVm {
+    kernel: VmImage,
+    initrd: VmImage,
+    dir: PathBuf,
+}
+
+fn image(var: &str) -> Option<(VmImage, PathBuf)> {
+    let path = std::env::var(var).ok().filter(|p| !p.trim().is_empty())?;
+    let sha256 = match std::env::var(format!("{var}_SHA256")) {
+        Ok(sha) if !sha.trim().is_empty() => sha.trim().to_string(),
+        _ => format!("{:x}", Sha256::digest(std::fs::read(&path).unwrap())),
+    };
+    let dir = Path::new(&path).parent().unwrap().to_path_buf();
+    Some((
+        VmImage {
+            url: format!("file://{path}"),
+            sha256,
+        },
+        dir,
+    ))
+}
+
+fn skip_or_panic(what: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} not set but CI is: these tests must not be skipped");
+    }
+    eprintln!("skipping: {what} not set (see scripts/vm-image.sh, scripts/podman.sh)");
+}
+
+fn test_vm() -> Option<TestVm> {
+    match (
+        image("CANOPY_TEST_VM_KERNEL"),
+        image("CANOPY_TEST_VM_INITRD"),
+    ) {
+        (Some((kernel, dir)), Some((initrd, _))) => Some(TestVm {
+            kernel,
+            initrd,
+            dir,
+        }),
+        _ => {
+            skip_or_panic("CANOPY_TEST_VM_KERNEL/CANOPY_TEST_VM_INITRD");
+            None
+        }
+    }
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "canopy_agent=debug,canopy_vm=debug".into()),
+        )
+        .try_init();
+}
+
+fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!(
+        "{prefix}{:08x}",
+        nanos ^ std::process::id().rotate_left(16) ^ n.wrapping_mul(0x9e37_79b9)
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// TCG unless `CANOPY_VM_ACCEL` says otherwise: KVM is unusable on the CI machines.
+fn host(dir: &Path) -> VmHost {
+    let accel = if std::env::var_os(canopy_vm::ACCEL_ENV).is_some() {
+        Accel::from_env()
+    } else {
+        Accel::Tcg
+    };
+    VmHost::new(dir).with_accel(accel)
+}
+
+async fn driver(data: &Path, scope: &str, images: &Path) -> VmDriver {
+    VmDriver::for_host(host(data))
+        .await
+        .scoped(scope)
+        .with_image_dirs(vec![images.to_path_buf()])
+        .with_stop_timeout(Duration::from_secs(20))
+}
+
+fn kernel_vm(t: &TestVm, name: &str, host_port: u16) -> VmSpec {
+    VmSpec {
+        name: name.into(),
+        cpus: 1,
+        memory_mib: 96,
+        boot: VmBoot::Kernel {
+            kernel: t.kernel.clone(),
+            initrd: Some(t.initrd.clone()),
+            cmdline: "console=ttyS0 quiet".into(),
+        },
+        ports: vec![VmPort {
+            guest_port: 80,
+            host_port,
+            host_ip: Some("127.0.0.1".into()),
+        }],
+        vnc: true,
+        restart_policy: RestartPolicy::Always,
+        ..VmSpec::default()
+    }
+}
+
+fn vm_app(name: &str, vms: Vec<VmSpec>) -> AppInstance {
+    AppInstance {
+        name: name.into(),
+        version: "1.0.0".into(),
+        namespace: name.into(),
+        spec_hash: "h1".into(),
+        vms,
+        ..AppInstance::default()
+    }
+}
+
+fn desired(dep: &str, apps: Vec<AppInstance>, controls: Vec<WorkloadControl>) -> DesiredState {
+    DesiredState {
+        generation: canopy_proto::Generation(1),
+        deployments: vec![DeploymentInstance {
+            deployment_id: dep.into(),
+            project: "p".into(),
+            package: "pkg".into(),
+            package_version: "1.0.0".into(),
+            generation: 1,
+            apps,
+        }],
+        controls,
+    }
+}
+
+fn control(dep: &str, app: &str, vm: &str, running: bool, restarts: u64) -> WorkloadControl {
+    WorkloadControl {
+        deployment_id: dep.into(),
+        app: app.into(),
+        kind: WorkloadKind::Vm,
+        workload: vm.into(),
+        running,
+        restarts,
+    }
+}
+
+fn vm_status<'a>(statuses: &'a [AppStatus], app: &str) -> (&'a AppStatus, &'a WorkloadStatus) {
+    let a = statuses
+        .iter()
+        .find(|s| s.app == app)
+        .unwrap_or_else(|| panic!("no status of app {app}: {statuses:#?}"));
+    let w = a
+        .workloads
+        .iter()
+        .find(|w| w.kind == "vm")
+        .unwrap_or_else(|| panic!("no vm workload in {a:#?}"));
+    (a, w)
+}
+
+/// Applies until `done` holds, or panics at the deadline with the last statuses.
+async fn apply_until<C: Converger>(
+    c: &C,
+    d: &DesiredState,
+    what: &str,
+    done: impl Fn(&[AppStatus]) -> bool,
+) -> Vec<AppStatus> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let s = c.apply(d).await.expect("apply");
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: last statuses {s:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn http_ok(port: u16) -> bool {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    matches!(client.get(format!("http://127.0.0.1:{port}/")).send().await, Ok(r) if r.status().is_success())
+}
+
+fn markers(vms: &VmDriver, name: &str) -> usize {
+    std::fs::read_to_string(vms.host().serial_log(name))
+        .unwrap_or_default()
+        .matches(MARKER)
+        .count()
+}
+
+fn pid(vms: &VmDriver, name: &str) -> Option<i32> {
+    let p: i32 = std::fs::read_to_string(vms.host().vm_dir(name).join("qemu.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    std::fs::read(format!("/proc/{p}/cmdline"))
+        .is_ok_and(|c| !c.is_empty())
+        .then_some(p)
+}
+
+/// Reads a duplex tunnel until `needle` shows up.
+async fn read_until(io: &mut Box<dyn canopy_agent::tunnel::TunnelDuplex>, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, io.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!(
+                "tunnel closed before {needle:?}: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("tunnel read failed: {e}"),
+            Err(_) => panic!(
+                "no {needle:?} within 60 s: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains(needle) {
+            return text.into_owned();
+        }
+    }
+}
+
+/// Stops every QEMU of a data directory when dropped (also when the test panics).
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let dir = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let host = VmHost::new(&dir);
+                for name in host.list().await.unwrap_or_default() {
+                    let _ = host.remove(&name, Duration::from_secs(5)).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_runs_is_controlled_supervised_adopted_and_removed() {
+    let Some(t) = test_vm() else { return };
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(data.path().to_path_buf());
+    let scope = unique("vmt");
+    let vms = driver(data.path(), &scope, &t.dir).await;
+    assert!(vms.available(), "QEMU must be usable here");
+    let dep = unique("d");
+    let port = free_port();
+    let app = vm_app("web", vec![kernel_vm(&t, "vm1", port)]);
+    let name = vms.vm_name(&dep, "web", "vm1");
+    let d = desired(&dep, vec![app.clone()], vec![]);
+
+    // Runs, answers HTTP on the host port, reports itself fully.
+    let s = apply_until(&vms, &d, "VM running", |s| s[0].state == AppState::Running).await;
+    let (_, w) = vm_status(&s, "web");
+    assert_eq!(w.state, "RUNNING");
+    assert_eq!(w.admin_state, "UP");
+    assert_eq!(w.accelerator, "tcg");
+    assert!(w.vnc);
+    assert_eq!(w.name, "vm1");
+    assert_eq!(w.image, t.kernel.url);
+    assert_eq!(w.ports[0].container_port, 80);
+    assert_eq!(w.ports[0].host_port, Some(port));
+    assert!(!w.created_at.is_empty());
+    wait_for("guest HTTP", async || http_ok(port).await).await;
+    wait_for("boot marker", async || markers(&vms, &name) == 1).await;
+    let first_pid = pid(&vms, &name).expect("qemu runs");
+
+    // Tunnels: VNC banner, interactive serial console, serial log.
+    let TunnelIo::Duplex(mut vnc) = vms.open_vnc(&d, &dep, "web", "vm1").await.unwrap() else {
+        panic!("VNC is a duplex tunnel")
+    };
+    read_until(&mut vnc, "RFB 003.008").await;
+    drop(vnc);
+    let TunnelIo::Source(mut logs) = vms
+        .open_logs(&d, &dep, "web", "vm1", false, 0)
+        .await
+        .unwrap()
+    else {
+        panic!("logs are a source")
+    };
+    let mut text = Vec::new();
+    while let Some(chunk) = logs.next().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&text).contains(MARKER));
+    let err = vms.open_vnc(&d, &dep, "web", "nope").await.unwrap_err();
+    assert!(matches!(err, DriverError::NoSuchWorkload { .. }), "{err}");
+    assert!(err.to_string().contains("nope"), "{err}");
+
+    // A restart control reboots once: the marker appears again, with a new QEMU.
+    let d = desired(
+        &dep,
+        vec![app.clone()],
+        vec![control(&dep, "web", "vm1", true, 1)],
+    );
+    let s = apply_until(&vms, &d, "rebooted", |s| s[0].state == AppState::Running).await;
+    assert_eq!(vm_status(&s, "web").1.restarts, 1);
+    wait_for("second boot marker", async || markers(&vms, &name) == 2).await;
+    let second_pid = pid(&vms, &name).expect("qemu runs again");
+    assert_ne!(first_pid, second_pid);
+    // The same control again changes nothing.
+    vms.apply(&d).await.unwrap();
+    assert_eq!(pid(&vms, &name), Some(second_pid));
+
+    // A new driver on the same directory adopts the VM: same QEMU, no reboot.
+    let adopted = driver(data.path(), &scope, &t.dir).await;
+    let s = adopted.apply(&d).await.unwrap();
+    assert_eq!(vm_status(&s, "web").1.state, "RUNNING", "{s:#?}");
+    assert_eq!(pid(&adopted, &name), Some(second_pid));
+    assert_eq!(markers(&adopted, &name), 2);
+    let vms = adopted;
+
+    // running=false: powered off and kept off; the app counts as running (intended).
+    let off = desired(
+        &dep,
+        vec![app.clone()],
+        vec![control(&dep, "web", "vm1", false, 1)],
+    );
+    let s = vms.apply(&off).await.unwrap();
+    let (a, w) = vm_status(&s, "web");
+    assert_eq!(
+        (w.state.as_str(), w.admin_state.as_str()),
+        ("STOPPED", "DOWN"),
+        "{s:#?}"
+    );
+    assert_eq!(a.state, AppState::Running);
+    assert_eq!(pid(&vms, &name), None);
+    assert!(!vms.host().vm_dir(&name).join("qmp.sock").exists());
+    let s = vms.apply(&off).await.unwrap();
+    assert_eq!(vm_status(&s, "web").1.state, "STOPPED");
+    assert_eq!(
+        pid(&vms, &name),
+        None,
+        "supervision must not restart a stopped VM"
+    );
+
+    // running=true again: started.
+    let s = apply_until(&vms, &d, "started again", |s| {
+        s[0].state == AppState::Running
+    })
+    .await;
+    assert_eq!(vm_status(&s, "web").1.admin_state, "UP");
+    wait_for("third boot marker", async || markers(&vms, &name) == 3).await;
+
+    // Killed behind the agent's back: restarted (policy always), counted.
+    let restarts_before = vm_status(&s, "web").1.restarts;
+    let victim = pid(&vms, &name).unwrap();
+    std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
+    wait_for("qemu gone", async || pid(&vms, &name).is_none()).await;
+    let s = apply_until(&vms, &d, "restarted after a crash", |s| {
+        s[0].state == AppState::Running
+    })
+    .await;
+    assert_eq!(
+        vm_status(&s, "web").1.restarts,
+        restarts_before + 1,
+        "{s:#?}"
+    );
+    assert_ne!(pid(&vms, &name), Some(victim));
+
+    // No longer desired: stopped, directory removed, image collected.
+    let cache = data.path().join("cache/sha256");
+    assert!(cache.join(&t.kernel.sha256).exists());
+    let s = vms.apply(&desired(&dep, vec![], vec![])).await.unwrap();
+    assert!(s.is_empty());
+    assert!(!vms.host().vm_dir(&name).exists());
+    assert!(!cache.join(&t.kernel.sha256).exists());
+    assert!(!cache.join(&t.initrd.sha256).exists());
+}
+
+/// The test VM's init runs no shell on its console, so this VM boots busybox `sh` as its init,
+/// on ttyS0, straight from the kernel command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serial_console_is_interactive_and_its_log_follows() {
+    let Some(t) = test_vm() else { return };
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(data.path().to_path_buf());
+    let scope = unique("vms");
+    let vms = driver(data.path(), &scope, &t.dir).await;
+    let dep = unique("d");
+    let mut vm = kernel_vm(&t, "console", free_port());
+    vm.boot = VmBoot::Kernel {
+        kernel: t.kernel.clone(),
+        initrd: Some(t.initrd.clone()),
+        cmdline: "console=ttyS0 quiet rdinit=/bin/busybox -- sh -c \"mount -t devtmpfs d /dev; \
+                  echo console-shell-ready; exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1\""
+            .into(),
+    };
+    vm.ports.clear();
+    vm.vnc = false;
+    let d = desired(&dep, vec![vm_app("shell", vec![vm])], vec![]);
+    let name = vms.vm_name(&dep, "shell", "console");
+    apply_until(&vms, &d, "VM running", |s| s[0].state == AppState::Running).await;
+
+    // Follow the serial log from now on, then type into the console.
+    let TunnelIo::Source(mut follow) = vms
+        .open_logs(&d, &dep, "shell", "console", true, 1)
+        .await
+        .unwrap()
+    else {
+        panic!("logs are a source")
+    };
+    wait_for("the console shell", async || {
+        std::fs::read_to_string(vms.host().serial_log(&name))
+            .unwrap_or_default()
+            .contains("console-shell-ready")
+    })
+    .await;
+    let TunnelIo::Duplex(mut serial) = vms.open_serial(&d, &dep, "shell", "console").await.unwrap()
+    else {
+        panic!("serial is a duplex tunnel")
+    };
+    serial.write_all(b"echo canopy-$((6*7))\n").await.unwrap();
+    read_until(&mut serial, "canopy-42").await;
+    drop(serial);
+
+    // The followed log sees the command's output too (serial.log keeps everything).
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&seen).contains("canopy-42") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, follow.next()).await {
+            Ok(Some(chunk)) => seen.extend_from_slice(&chunk.unwrap()),
+            other => panic!(
+                "followed log ended or stalled ({}): {}",
+                other.is_ok(),
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn image_and_resource_failures_are_reported_and_leave_nothing_behind() {
+    let Some(t) = test_vm() else { return };
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(data.path().to_path_buf());
+    let scope = unique("vmf");
+    let images = tempfile::tempdir().unwrap();
+    let vms = driver(data.path(), &scope, &t.dir)
+        .await
+        .with_image_dirs(vec![t.dir.clone(), images.path().to_path_buf()])
+        .with_cache_max_bytes(64 << 20);
+    let dep = unique("d");
+
+    let with_boot = |name: &str, kernel: VmImage| {
+        let mut vm = kernel_vm(&t, name, free_port());
+        vm.boot = VmBoot::Kernel {
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+        };
+        vm
+    };
+    let wrong_sum = with_boot(
+        "badsum",
+        VmImage {
+            url: t.kernel.url.clone(),
+            sha256: "0".repeat(64),
+        },
+    );
+    let closed = free_port();
+    let unreachable_url = format!("http://127.0.0.1:{closed}/vmlinuz");
+    let unreachable = with_boot(
+        "unreachable",
+        VmImage {
+            url: unreachable_url.clone(),
+            sha256: t.kernel.sha256.clone(),
+        },
+    );
+    let big = images.path().join("big.img");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let outside = with_boot(
+        "outside",
+        VmImage {
+            url: "file:///etc/hostname".into(),
+            sha256: "1".repeat(64),
+        },
+    );
+    let mut greedy = kernel_vm(&t, "greedy", free_port());
+    greedy.memory_mib = 100_000_000;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let taken = kernel_vm(&t, "taken", busy_port);
+
+    // Over the cap: a 65 MiB (sparse) file, the cap being 64 MiB.
+    let too_big = with_boot(
+        "big",
+        VmImage {
+            url: format!("file://{}", big.display()),
+            sha256: "2".repeat(64),
+        },
+    );
+    let apps = vec![
+        vm_app("a-sum", vec![wrong_sum]),
+        vm_app("a-net", vec![unreachable]),
+        vm_app("a-out", vec![outside]),
+        vm_app("a-mem", vec![greedy]),
+        vm_app("a-port", vec![taken]),
+        vm_app("a-big", vec![too_big]),
+    ];
+    let d = desired(&dep, apps, vec![]);
+    let s = vms.apply(&d).await.unwrap();
+    let expect = |app: &str, state: &str, words: &[&str]| {
+        let (a, w) = vm_status(&s, app);
+        assert_eq!(a.state, AppState::Down, "{a:#?}");
+        assert_eq!(w.state, state, "{a:#?}");
+        for word in words {
+            assert!(
+                w.message.contains(word),
+                "{app}: {:?} lacks {word:?}",
+                w.message
+            );
+            assert!(
+                a.message.contains(word),
+                "{app}: {:?} lacks {word:?}",
+                a.message
+            );
+        }
+    };
+    expect(
+        "a-sum",
+        "ERROR_IMAGE_PULL",
+        &[&t.kernel.url, "sha256 mismatch"],
+    );
+    expect(
+        "a-net",
+        "ERROR_IMAGE_PULL",
+        &[&unreachable_url, "download failed"],
+    );
+    expect(
+        "a-out",
+        "ERROR_IMAGE_PULL",
+        &["file:///etc/hostname", "--vm-image-dir"],
+    );
+    expect(
+        "a-mem",
+        "ERROR_UNSCHEDULABLE",
+        &["100000000 MiB", "this edge has"],
+    );
+    expect(
+        "a-port",
+        "ERROR_UNSCHEDULABLE",
+        &[&busy_port.to_string(), "not free"],
+    );
+    expect(
+        "a-big",
+        "ERROR_IMAGE_PULL",
+        &["big.img", "larger than the image size cap"],
+    );
+
+    // Nothing behind: no VM directory, no cached or partial image.
+    let vms_dir = data.path().join("vms");
+    let left: Vec<_> = std::fs::read_dir(&vms_dir)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", vms_dir.display());
+    let cached: Vec<_> = std::fs::read_dir(data.path().join("cache/sha256"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "left in the cache: {cached:?}");
+
+    // The next pass backs off instead of downloading again.
+    let s = vms.apply(&d).await.unwrap();
+    assert_eq!(vm_status(&s, "a-sum").1.state, "ERROR_IMAGE_PULL_BACKOFF");
+    assert!(vm_status(&s, "a-sum").1.message.contains("sha256 mismatch"));
+    let s = vms.observe(&d).await.unwrap();
+    assert_eq!(vm_status(&s, "a-net").1.state, "ERROR_IMAGE_PULL");
+    drop(busy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_driver_runs_containers_without_qemu_restarts_pods_and_tunnels_their_logs() {
+    let host = match std::env::var(ENGINE_ENV) {
+        Ok(h) if !h.trim().is_empty() => h,
+        _ => {
+            skip_or_panic(ENGINE_ENV);
+            return;
+        }
+    };
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let scope = unique("edge");
+    let docker = DockerDriver::connect(Some(&host))
+        .await
+        .unwrap()
+        .with_stop_timeout(Duration::from_secs(1));
+    let vms =
+        VmDriver::for_host(VmHost::new(data.path()).with_qemu("/nonexistent/qemu-system-x86_64"))
+            .await;
+    let edge = EdgeDriver::new(docker, vms).scoped(&scope);
+    assert_eq!(edge.capabilities(), vec!["containers".to_string()]);
+    assert!(!edge.engine().contains("QEMU"), "{}", edge.engine());
+    assert_eq!(edge.accelerator(), "");
+
+    let dep = unique("d");
+    let mut app = vm_app("mixed", vec![]);
+    app.containers = vec![ContainerSpec {
+        name: "echo".into(),
+        image: IMAGE.into(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo hello-from-canopy; exec sleep 3600".into(),
+        ],
+        ..ContainerSpec::default()
+    }];
+    let only_containers = desired(&dep, vec![app.clone()], vec![]);
+    let guard = EdgeCleanup(&edge);
+    let s = apply_until(&edge, &only_containers, "container running", |s| {
+        s[0].state == AppState::Running
+    })
+    .await;
+    assert_eq!(s[0].workloads.len(), 1);
+
+    // A VM in the same app: the app is DOWN saying why, the container keeps running.
+    let mut with_vm = app.clone();
+    with_vm.vms = vec![VmSpec {
+        name: "vm".into(),
+        cpus: 1,
+        memory_mib: 64,
+        ..VmSpec::default()
+    }];
+    let d = desired(&dep, vec![with_vm], vec![]);
+    let s = edge.apply(&d).await.unwrap();
+    assert_eq!(s[0].state, AppState::Down, "{s:#?}");
+    assert!(
+        s[0].message
+            .contains("this edge cannot run virtual machines"),
+        "{}",
+        s[0].message
+    );
+    let container = s[0]
+        .workloads
+        .iter()
+        .find(|w| w.kind == "container")
+        .unwrap();
+    assert_eq!(container.state, "running");
+    let created = container.created_at.clone();
+
+    // Container logs through the tunnel.
+    let target = TunnelTarget::Logs {
+        deployment_id: dep.clone(),
+        app: "mixed".into(),
+        kind: WorkloadKind::Pod,
+        workload: "echo".into(),
+        follow: false,
+        tail: 10,
+    };
+    let TunnelIo::Source(mut logs) = edge.open_tunnel(&d, &target).await.unwrap() else {
+        panic!("logs are a source")
+    };
+    let mut text = Vec::new();
+    while let Some(chunk) = logs.next().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&text).contains("hello-from-canopy"));
+    let missing = TunnelTarget::Logs {
+        deployment_id: dep.clone(),
+        app: "mixed".into(),
+        kind: WorkloadKind::Pod,
+        workload: "nope".into(),
+        follow: false,
+        tail: 0,
+    };
+    let err = edge.open_tunnel(&d, &missing).await.unwrap_err();
+    assert!(matches!(err, DriverError::NoSuchWorkload { .. }), "{err}");
+
+    // A pod restart control recreates the containers once.
+    let restart = WorkloadControl {
+        deployment_id: dep.clone(),
+        app: "mixed".into(),
+        kind: WorkloadKind::Pod,
+        workload: String::new(),
+        running: true,
+        restarts: 1,
+    };
+    let d = desired(&dep, vec![app.clone()], vec![restart]);
+    let s = apply_until(&edge, &d, "recreated", |s| {
+        s[0].state == AppState::Running && s[0].workloads[0].created_at != created
+    })
+    .await;
+    let recreated = s[0].workloads[0].created_at.clone();
+    let s = edge.apply(&d).await.unwrap();
+    assert_eq!(
+        s[0].workloads[0].created_at, recreated,
+        "recreated only once"
+    );
+    drop(guard);
+}
+
+/// Applies an empty desired state when dropped: the scoped drivers remove what the test made.
+struct EdgeCleanup<'a>(&'a EdgeDriver);
+impl Drop for EdgeCleanup<'_> {
+    fn drop(&mut self) {
+        let edge = self.0;
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let _ = edge.apply(&DesiredState::default()).await;
+            })
+        });
+    }
+}
