@@ -374,6 +374,21 @@ async fn vm_actions_and_pod_deletes_reach_the_edge_and_survive_restarts() {
         "{address}"
     );
 
+    // Over HTTP/2 the host comes from `:authority` (there is no Host header).
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(action("vnc"))
+        .bearer_auth(cp.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["address"].as_str(), Some(address), "{b}");
+
     // Controls are stored with the fleet: a restarted control plane still sends them.
     let cp = cp.restart().await;
     agent.held = Default::default();

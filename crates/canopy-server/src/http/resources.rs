@@ -121,6 +121,7 @@ pub async fn restart_vm(
 pub async fn get_vnc(
     State(app): State<App>,
     Path((project, app_id, cluster, vm)): Path<(String, String, String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     caller: Caller,
 ) -> ApiResult<Json<GetVncResponse>> {
@@ -133,9 +134,15 @@ pub async fn get_vnc(
             found.name
         )));
     }
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
+    // HTTP/2 carries the host in the URI's authority (`:authority`), HTTP/1.1 in `Host`.
+    let host = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .filter(|h| {
             !h.is_empty()
                 && h.bytes()
