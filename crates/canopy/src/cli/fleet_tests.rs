@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 
 use super::*;
 
-async fn canopy(cp: &TestControlPlane, args: &[&str]) -> (i32, String, String) {
+/// Runs a CLI command in process against `cp` as the administrator: exit code, stdout, stderr.
+pub(super) async fn canopy(cp: &TestControlPlane, args: &[&str]) -> (i32, String, String) {
     let mut full = vec![
         "canopy",
         "--server",
@@ -33,7 +34,7 @@ async fn canopy(cp: &TestControlPlane, args: &[&str]) -> (i32, String, String) {
 }
 
 /// Runs a command that must succeed and returns its output.
-async fn ok(cp: &TestControlPlane, args: &[&str]) -> String {
+pub(super) async fn ok(cp: &TestControlPlane, args: &[&str]) -> String {
     let (code, out, err) = canopy(cp, args).await;
     assert_eq!(code, 0, "canopy {args:?} failed:\n{out}{err}");
     out

@@ -21,35 +21,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::fleet_tests::{canopy, ok};
 use super::*;
 
 const P: &str = "default";
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn canopy(cp: &TestControlPlane, args: &[&str]) -> (i32, String, String) {
-    let mut full = vec![
-        "canopy",
-        "--server",
-        cp.url.as_str(),
-        "--token",
-        cp.admin_token(),
-    ];
-    full.extend_from_slice(args);
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = run_async(full, &mut out, &mut err).await;
-    (
-        code,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
-}
-
-async fn ok(cp: &TestControlPlane, args: &[&str]) -> String {
-    let (code, out, err) = canopy(cp, args).await;
-    assert_eq!(code, 0, "canopy {args:?} failed:\n{out}{err}");
-    out
-}
 
 /// Runs a command that must fail; returns its error output.
 async fn fails(cp: &TestControlPlane, args: &[&str]) -> String {
