@@ -753,6 +753,81 @@ async fn the_edge_driver_runs_containers_without_qemu_restarts_pods_and_tunnels_
     drop(guard);
 }
 
+/// `dependsOn` across kinds: a container app waits for a VM app, and a VM app waits for that
+/// container app; nothing of a dependent starts before its dependency runs as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_cross_between_containers_and_vms() {
+    let Some(t) = test_vm() else { return };
+    let engine = match std::env::var(ENGINE_ENV) {
+        Ok(h) if !h.trim().is_empty() => h,
+        _ => {
+            skip_or_panic(ENGINE_ENV);
+            return;
+        }
+    };
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(data.path().to_path_buf());
+    let scope = unique("dep");
+    let docker = DockerDriver::connect(Some(&engine))
+        .await
+        .unwrap()
+        .with_stop_timeout(Duration::from_secs(1))
+        .scoped(&scope);
+    let edge = EdgeDriver::new(docker, driver(data.path(), &scope, &t.dir).await);
+    let dep = unique("d");
+    let late_port = free_port();
+    let db = vm_app("db", vec![kernel_vm(&t, "vm", free_port())]);
+    let mut web = vm_app("web", vec![]);
+    web.depends_on = vec!["db".into()];
+    web.containers = vec![ContainerSpec {
+        name: "web".into(),
+        image: IMAGE.into(),
+        command: vec!["sleep".into(), "3600".into()],
+        ..ContainerSpec::default()
+    }];
+    let mut late = vm_app("late", vec![kernel_vm(&t, "vm", late_port)]);
+    late.depends_on = vec!["web".into()];
+    let d = desired(&dep, vec![late, web, db], vec![]);
+    let guard = EdgeCleanup(&edge);
+    let late_vm = edge.vms().vm_name(&dep, "late", "vm");
+    let app = |s: &[AppStatus], name: &str| -> AppStatus {
+        s.iter().find(|a| a.app == name).cloned().unwrap()
+    };
+
+    let first = edge.apply(&d).await.unwrap();
+    let (w, l) = (app(&first, "web"), app(&first, "late"));
+    assert_eq!(w.state, AppState::Waiting, "{w:#?}");
+    assert!(w.message.contains("waiting for app db"), "{}", w.message);
+    assert!(w.workloads.iter().all(|c| c.state != "running"), "{w:#?}");
+    assert_eq!(l.state, AppState::Waiting, "{l:#?}");
+    assert!(l.message.contains("waiting for app web"), "{}", l.message);
+    assert_eq!(l.workloads[0].state, "PROVISIONING");
+    assert!(pid(edge.vms(), &late_vm).is_none(), "late's VM started early");
+
+    // Until web runs, its container does not; the pass where it first runs still holds late.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let s = edge.apply(&d).await.unwrap();
+        let (w, l) = (app(&s, "web"), app(&s, "late"));
+        if w.state == AppState::Running {
+            assert_eq!(app(&s, "db").state, AppState::Running, "{s:#?}");
+            assert_eq!(l.state, AppState::Waiting, "{l:#?}");
+            break;
+        }
+        assert!(w.workloads.iter().all(|c| c.state != "running"), "{s:#?}");
+        assert!(pid(edge.vms(), &late_vm).is_none(), "late's VM started early");
+        assert!(Instant::now() < deadline, "web never ran: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    apply_until(&edge, &d, "every app running", |s| {
+        s.iter().all(|a| a.state == AppState::Running)
+    })
+    .await;
+    wait_for("late's VM serving HTTP", async || http_ok(late_port).await).await;
+    drop(guard);
+}
+
 /// Applies an empty desired state when dropped: the scoped drivers remove what the test made.
 struct EdgeCleanup<'a>(&'a EdgeDriver);
 impl Drop for EdgeCleanup<'_> {

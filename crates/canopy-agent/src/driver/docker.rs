@@ -24,6 +24,7 @@ use canopy_proto::{
 use futures::{Stream, StreamExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::deps::{self, Reported};
 use super::error::DriverError;
 use super::names;
 use super::podman::{self, Endpoint};
@@ -193,14 +194,33 @@ impl DockerDriver {
     ///
     /// Passes must not overlap (the agent's sync loop runs one at a time).
     pub async fn apply(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
-        self.pass(desired, Mode::Apply).await
+        self.pass(desired, &Reported::new(), Mode::Apply).await
+    }
+
+    /// [`apply`](Self::apply) next to another driver: a dependency that the other driver runs
+    /// (in part) must also be running in `reported`, the edge's last merged report.
+    pub async fn apply_after(
+        &self,
+        desired: &DesiredState,
+        reported: &Reported,
+    ) -> Result<Vec<AppStatus>, DriverError> {
+        self.pass(desired, reported, Mode::Apply).await
     }
 
     /// The status [`apply`](Self::apply) would report, without creating, starting or removing
     /// anything. On Podman without systemd it may run an overdue health check (see
     /// `driver::podman`), which is how health is observed there.
     pub async fn observe(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
-        self.pass(desired, Mode::Observe).await
+        self.pass(desired, &Reported::new(), Mode::Observe).await
+    }
+
+    /// [`observe`](Self::observe) next to another driver (see [`apply_after`](Self::apply_after)).
+    pub async fn observe_after(
+        &self,
+        desired: &DesiredState,
+        reported: &Reported,
+    ) -> Result<Vec<AppStatus>, DriverError> {
+        self.pass(desired, reported, Mode::Observe).await
     }
 
     /// Stops and removes every container and volume of a deployment, then the Canopy networks
@@ -276,6 +296,7 @@ impl DockerDriver {
     async fn pass(
         &self,
         desired: &DesiredState,
+        reported: &Reported,
         mode: Mode,
     ) -> Result<Vec<AppStatus>, DriverError> {
         let desired = &with_pod_restarts(desired);
@@ -308,7 +329,7 @@ impl DockerDriver {
         for dep in &desired.deployments {
             let mut states: HashMap<&str, AppState> = HashMap::new();
             let mut statuses: Vec<Option<AppStatus>> = vec![None; dep.apps.len()];
-            for (i, problem) in super::deps::order(&dep.apps) {
+            for (i, problem) in deps::order(&dep.apps) {
                 let app = &dep.apps[i];
                 let span = info_span!(
                     "app",
@@ -316,8 +337,9 @@ impl DockerDriver {
                     deployment = %dep.deployment_id,
                     app = %app.name
                 );
+                let waiting = deps::waiting_on(dep, app, &states, reported, |a| !a.vms.is_empty());
                 let status = self
-                    .converge_app(dep, app, problem, &states, &by_name, &mut cache, mode)
+                    .converge_app(dep, app, problem, waiting, &by_name, &mut cache, mode)
                     .instrument(span)
                     .await;
                 states.insert(&app.name, status.state);
@@ -341,20 +363,11 @@ impl DockerDriver {
         dep: &DeploymentInstance,
         app: &AppInstance,
         problem: Option<String>,
-        states: &HashMap<&str, AppState>,
+        waiting_on: Vec<String>,
         existing: &HashMap<String, ContainerSummary>,
         cache: &mut PassCache,
         mode: Mode,
     ) -> AppStatus {
-        let waiting_on: Vec<String> = app
-            .depends_on
-            .iter()
-            .filter(|d| states.get(d.as_str()) != Some(&AppState::Running))
-            .map(|d| match states.get(d.as_str()) {
-                Some(s) => format!("{d} ({})", state_word(*s)),
-                None => d.clone(),
-            })
-            .collect();
         // Starting anything is gated on the dependencies; adopting what already runs is not.
         let may_start = mode == Mode::Apply && problem.is_none() && waiting_on.is_empty();
 
@@ -395,14 +408,7 @@ impl DockerDriver {
             message = format!("app {} {p}", app.name);
         } else if !waiting_on.is_empty() && state != AppState::Running {
             state = AppState::Waiting;
-            message = format!(
-                "waiting for {} to be running and healthy",
-                waiting_on
-                    .iter()
-                    .map(|d| format!("app {d}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            message = deps::waiting_message(&waiting_on);
         }
         AppStatus {
             deployment_id: dep.deployment_id.clone(),
@@ -762,15 +768,6 @@ fn summary_name(c: &ContainerSummary) -> String {
 
 fn label_is(labels: Option<&HashMap<String, String>>, key: &str, value: &str) -> bool {
     labels.and_then(|l| l.get(key)).map(String::as_str) == Some(value)
-}
-
-fn state_word(s: AppState) -> &'static str {
-    match s {
-        AppState::Deploying => "deploying",
-        AppState::Running => "running",
-        AppState::Down => "down",
-        AppState::Waiting => "waiting",
-    }
 }
 
 #[cfg(test)]

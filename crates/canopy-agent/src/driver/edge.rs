@@ -5,14 +5,21 @@
 //! app, and this driver merges the two reports: the app is as bad as its worst half (`DOWN`
 //! over `DEPLOYING`/`WAITING` over `RUNNING`), its workloads are both lists, its message both
 //! messages. The two drivers touch disjoint things, so their passes run side by side.
+//!
+//! Dependencies cross the two: the merged report of each pass is kept and handed to both
+//! drivers in the next, so an app that depends on a VM app (or the reverse) starts one pass after
+//! its dependency runs as a whole.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
-use canopy_proto::{AppState, AppStatus, DesiredState, TunnelTarget, WorkloadKind};
+use canopy_proto::{AppStatus, DesiredState, TunnelTarget, WorkloadKind};
 
 use super::DockerDriver;
+use super::deps::Reported;
 use super::error::DriverError;
 use super::names;
+use super::status::rank;
 use super::vm::VmDriver;
 use crate::config::AgentConfig;
 use crate::converger::Converger;
@@ -23,12 +30,18 @@ use crate::tunnel::TunnelIo;
 pub struct EdgeDriver {
     containers: DockerDriver,
     vms: VmDriver,
+    /// The merged app states of the last pass (see the module doc).
+    reported: Mutex<Reported>,
 }
 
 impl EdgeDriver {
     /// Combines a connected container driver and a VM driver.
     pub fn new(containers: DockerDriver, vms: VmDriver) -> EdgeDriver {
-        EdgeDriver { containers, vms }
+        EdgeDriver {
+            containers,
+            vms,
+            reported: Mutex::default(),
+        }
     }
 
     /// The VM driver of `config` (data dir, image dirs, cache cap, scope) next to `containers`
@@ -46,6 +59,7 @@ impl EdgeDriver {
         EdgeDriver {
             containers: self.containers.scoped(scope),
             vms: self.vms.scoped(scope),
+            reported: self.reported,
         }
     }
 
@@ -62,13 +76,21 @@ impl EdgeDriver {
 
 impl Converger for EdgeDriver {
     async fn apply(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
-        let (c, v) = tokio::join!(self.containers.apply(desired), self.vms.apply(desired));
-        Ok(merge(c?, v?))
+        let reported = self.last_report();
+        let (c, v) = tokio::join!(
+            self.containers.apply_after(desired, &reported),
+            self.vms.apply_after(desired, &reported)
+        );
+        Ok(self.remember(merge(c?, v?)))
     }
 
     async fn observe(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
-        let (c, v) = tokio::join!(self.containers.observe(desired), self.vms.observe(desired));
-        Ok(merge(c?, v?))
+        let reported = self.last_report();
+        let (c, v) = tokio::join!(
+            self.containers.observe_after(desired, &reported),
+            self.vms.observe_after(desired, &reported)
+        );
+        Ok(self.remember(merge(c?, v?)))
     }
 
     fn engine(&self) -> String {
@@ -147,6 +169,24 @@ impl Converger for EdgeDriver {
     }
 }
 
+impl EdgeDriver {
+    fn last_report(&self) -> Reported {
+        self.reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn remember(&self, merged: Vec<AppStatus>) -> Vec<AppStatus> {
+        let states = merged
+            .iter()
+            .map(|s| ((s.deployment_id.clone(), s.app.clone()), s.state))
+            .collect();
+        *self.reported.lock().unwrap_or_else(PoisonError::into_inner) = states;
+        merged
+    }
+}
+
 /// Merges the container and VM reports of the same apps (both in desired order; an app missing
 /// from one side is taken from the other as is).
 fn merge(containers: Vec<AppStatus>, vms: Vec<AppStatus>) -> Vec<AppStatus> {
@@ -160,11 +200,14 @@ fn merge(containers: Vec<AppStatus>, vms: Vec<AppStatus>) -> Vec<AppStatus> {
             if rank(v.state) > rank(c.state) {
                 c.state = v.state;
             }
-            c.message = [c.message.as_str(), v.message.as_str()]
-                .into_iter()
-                .filter(|m| !m.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
+            // Both halves may say the same (a dependency problem, the same wait).
+            if v.message != c.message {
+                c.message = [c.message.as_str(), v.message.as_str()]
+                    .into_iter()
+                    .filter(|m| !m.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+            }
             c.workloads.extend(v.workloads);
         }
         out.push(c);
@@ -173,19 +216,10 @@ fn merge(containers: Vec<AppStatus>, vms: Vec<AppStatus>) -> Vec<AppStatus> {
     out
 }
 
-fn rank(s: AppState) -> u8 {
-    match s {
-        AppState::Running => 0,
-        AppState::Waiting => 1,
-        AppState::Deploying => 2,
-        AppState::Down => 3,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use canopy_proto::WorkloadStatus;
+    use canopy_proto::{AppState, WorkloadStatus};
     use proptest::prelude::*;
 
     fn status(app: &str, state: AppState, message: &str, workload: &str) -> AppStatus {

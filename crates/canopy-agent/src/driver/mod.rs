@@ -18,6 +18,7 @@ mod spec;
 mod status;
 mod vm;
 
+pub use deps::Reported;
 pub use docker::DockerDriver;
 pub use edge::EdgeDriver;
 pub use error::DriverError;

@@ -127,7 +127,8 @@ pub fn fold<'a>(containers: impl IntoIterator<Item = (&'a str, &'a Seen)>) -> (A
     (worst, message)
 }
 
-fn rank(s: AppState) -> u8 {
+/// How bad an app state is: an app is as bad as its worst workload.
+pub fn rank(s: AppState) -> u8 {
     match s {
         AppState::Running => 0,
         AppState::Waiting => 1,

@@ -44,7 +44,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::deps::{self, Reported};
 use super::error::DriverError;
+use super::status::rank;
 use super::names::slug;
 use crate::config::AgentConfig;
 use crate::tunnel::TunnelIo;
@@ -275,17 +277,38 @@ impl VmDriver {
     /// each desired VM. Returns one status per desired app, in order (an app without VMs is
     /// `RUNNING` with no workloads).
     pub async fn apply(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
-        self.pass(desired, Mode::Apply).await
+        self.pass(desired, &Reported::new(), Mode::Apply).await
+    }
+
+    /// [`apply`](Self::apply) next to the container driver: a dependency with containers must
+    /// also be running in `reported`, the edge's last merged report.
+    pub async fn apply_after(
+        &self,
+        desired: &DesiredState,
+        reported: &Reported,
+    ) -> Result<Vec<AppStatus>, DriverError> {
+        self.pass(desired, reported, Mode::Apply).await
     }
 
     /// The status [`apply`](Self::apply) would report, changing nothing.
     pub async fn observe(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
-        self.pass(desired, Mode::Observe).await
+        self.pass(desired, &Reported::new(), Mode::Observe).await
+    }
+
+    /// [`observe`](Self::observe) next to the container driver (see
+    /// [`apply_after`](Self::apply_after)).
+    pub async fn observe_after(
+        &self,
+        desired: &DesiredState,
+        reported: &Reported,
+    ) -> Result<Vec<AppStatus>, DriverError> {
+        self.pass(desired, reported, Mode::Observe).await
     }
 
     async fn pass(
         &self,
         desired: &DesiredState,
+        reported: &Reported,
         mode: Mode,
     ) -> Result<Vec<AppStatus>, DriverError> {
         if mode == Mode::Apply && self.available() {
@@ -293,19 +316,36 @@ impl VmDriver {
         }
         let mut out = Vec::new();
         for dep in &desired.deployments {
-            for app in &dep.apps {
+            // Dependencies first, as the container driver does: a VM starts only once the apps
+            // it depends on run; one that already runs is left alone (adoption is not gated).
+            let mut states: HashMap<&str, AppState> = HashMap::new();
+            let mut statuses: Vec<Option<AppStatus>> = vec![None; dep.apps.len()];
+            for (i, problem) in deps::order(&dep.apps) {
+                let app = &dep.apps[i];
                 let span = info_span!(
                     "vms",
                     project = %dep.project,
                     deployment = %dep.deployment_id,
                     app = %app.name
                 );
-                out.push(
-                    self.converge_app(dep, app, &desired.controls, mode)
-                        .instrument(span)
-                        .await,
-                );
+                let waiting =
+                    deps::waiting_on(dep, app, &states, reported, |a| !a.containers.is_empty());
+                let may_start = problem.is_none() && waiting.is_empty();
+                let mut status = self
+                    .converge_app(dep, app, &desired.controls, mode, may_start)
+                    .instrument(span)
+                    .await;
+                if let Some(p) = problem.filter(|_| !app.vms.is_empty()) {
+                    status.state = AppState::Down;
+                    status.message = format!("app {} {p}", app.name);
+                } else if !waiting.is_empty() && status.state != AppState::Running {
+                    status.state = AppState::Waiting;
+                    status.message = deps::waiting_message(&waiting);
+                }
+                states.insert(&app.name, status.state);
+                statuses[i] = Some(status);
             }
+            out.extend(statuses.into_iter().flatten());
         }
         Ok(out)
     }
@@ -316,6 +356,7 @@ impl VmDriver {
         app: &AppInstance,
         controls: &[WorkloadControl],
         mode: Mode,
+        may_start: bool,
     ) -> AppStatus {
         let mut worst = AppState::Running;
         let mut messages: Vec<(AppState, String)> = Vec::new();
@@ -327,7 +368,7 @@ impl VmDriver {
                     && c.app == app.name
                     && c.workload == vm.name
             });
-            let w = self.converge_vm(dep, app, vm, control, mode).await;
+            let w = self.converge_vm(dep, app, vm, control, mode, may_start).await;
             let state = vm_app_state(&w);
             if rank(state) > rank(worst) {
                 worst = state;
@@ -365,6 +406,7 @@ impl VmDriver {
         vm: &VmSpec,
         control: Option<&WorkloadControl>,
         mode: Mode,
+        may_start: bool,
     ) -> WorkloadStatus {
         let name = self.vm_name(&dep.deployment_id, &app.name, &vm.name);
         let admin_up = control.is_none_or(|c| c.running);
@@ -374,6 +416,8 @@ impl VmDriver {
                 format!("this edge cannot run virtual machines: {why}"),
             ),
             Ok(_) if mode == Mode::Observe => self.pending(&name),
+            // Held back by its dependencies: nothing starts or restarts (a stop still applies).
+            Ok(_) if admin_up && !may_start => self.pending(&name),
             Ok(_) => self.act(dep, app, vm, &name, control, admin_up).await,
         };
         self.report(vm, &name, admin_up, outcome).await
@@ -1105,15 +1149,6 @@ fn vm_app_state(w: &WorkloadStatus) -> AppState {
         "STOPPED" if w.admin_state == "DOWN" => AppState::Running,
         "STARTING" | "PROVISIONING" | "STOPPING" | "MIGRATING" => AppState::Deploying,
         _ => AppState::Down,
-    }
-}
-
-fn rank(s: AppState) -> u8 {
-    match s {
-        AppState::Running => 0,
-        AppState::Waiting => 1,
-        AppState::Deploying => 2,
-        AppState::Down => 3,
     }
 }
 
