@@ -803,7 +803,10 @@ async fn dependencies_cross_between_containers_and_vms() {
     assert_eq!(l.state, AppState::Waiting, "{l:#?}");
     assert!(l.message.contains("waiting for app web"), "{}", l.message);
     assert_eq!(l.workloads[0].state, "PROVISIONING");
-    assert!(pid(edge.vms(), &late_vm).is_none(), "late's VM started early");
+    assert!(
+        pid(edge.vms(), &late_vm).is_none(),
+        "late's VM started early"
+    );
 
     // Until web runs, its container does not; the pass where it first runs still holds late.
     let deadline = Instant::now() + DEADLINE;
@@ -816,7 +819,10 @@ async fn dependencies_cross_between_containers_and_vms() {
             break;
         }
         assert!(w.workloads.iter().all(|c| c.state != "running"), "{s:#?}");
-        assert!(pid(edge.vms(), &late_vm).is_none(), "late's VM started early");
+        assert!(
+            pid(edge.vms(), &late_vm).is_none(),
+            "late's VM started early"
+        );
         assert!(Instant::now() < deadline, "web never ran: {s:#?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -825,6 +831,36 @@ async fn dependencies_cross_between_containers_and_vms() {
     })
     .await;
     wait_for("late's VM serving HTTP", async || http_ok(late_port).await).await;
+
+    // Memory is summed: a VM that would fit alone does not fit next to the two running ones.
+    let total_mib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        / 1024;
+    let for_vms = total_mib - 256u64.max(total_mib / 10);
+    let mut big = kernel_vm(&t, "vm", free_port());
+    big.memory_mib = for_vms - 100;
+    let mut with_big = d.clone();
+    with_big.deployments[0].apps.push(vm_app("big", vec![big]));
+    let s = edge.apply(&with_big).await.unwrap();
+    let (b, w) = vm_status(&s, "big");
+    assert_eq!(b.state, AppState::Down, "{b:#?}");
+    assert_eq!(w.state, "ERROR_UNSCHEDULABLE", "{w:#?}");
+    assert!(
+        w.message
+            .contains("192 MiB of which the VMs already running here hold"),
+        "{}",
+        w.message
+    );
+    assert!(
+        s.iter()
+            .filter(|a| a.app != "big")
+            .all(|a| a.state == AppState::Running),
+        "{s:#?}"
+    );
     drop(guard);
 }
 

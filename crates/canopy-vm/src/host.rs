@@ -364,6 +364,19 @@ impl VmHost {
         Ok(shas)
     }
 
+    /// The memory (MiB) given to the VMs here that run, `except` one of them: what a VM about
+    /// to start must fit next to.
+    pub async fn memory_in_use_mib(&self, except: &str) -> Result<u64, VmError> {
+        let mut total = 0u64;
+        for name in self.list().await? {
+            if name == except || self.running_pid(&name).await.is_none() {
+                continue;
+            }
+            total = total.saturating_add(self.spec(&name).await?.memory_mib);
+        }
+        Ok(total)
+    }
+
     /// The VMs that run (their process is alive and QMP answers), found from disk alone: what an
     /// agent calls after a restart. The guests are not touched.
     pub async fn adopt(&self) -> Result<Vec<VmInfo>, VmError> {

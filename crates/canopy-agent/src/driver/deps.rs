@@ -40,12 +40,8 @@ pub fn waiting_on(
             };
             match (own, other) {
                 (Some(AppState::Running), Some(AppState::Running)) => None,
-                (Some(s), _) if s != AppState::Running => {
-                    Some(format!("{d} ({})", state_word(s)))
-                }
-                (_, Some(s)) if s != AppState::Running => {
-                    Some(format!("{d} ({})", state_word(s)))
-                }
+                (Some(s), _) if s != AppState::Running => Some(format!("{d} ({})", state_word(s))),
+                (_, Some(s)) if s != AppState::Running => Some(format!("{d} ({})", state_word(s))),
                 _ => Some(d.clone()),
             }
         })

@@ -46,8 +46,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::deps::{self, Reported};
 use super::error::DriverError;
-use super::status::rank;
 use super::names::slug;
+use super::status::rank;
 use crate::config::AgentConfig;
 use crate::tunnel::TunnelIo;
 
@@ -368,7 +368,9 @@ impl VmDriver {
                     && c.app == app.name
                     && c.workload == vm.name
             });
-            let w = self.converge_vm(dep, app, vm, control, mode, may_start).await;
+            let w = self
+                .converge_vm(dep, app, vm, control, mode, may_start)
+                .await;
             let state = vm_app_state(&w);
             if rank(state) > rank(worst) {
                 worst = state;
@@ -636,7 +638,14 @@ impl VmDriver {
         supervised_restart: bool,
     ) -> Result<(), (VmState, String)> {
         let target = format!("virtual machine {} of app {}", vm.name, app.name);
-        check_memory(vm, &target).map_err(|m| (VmState::ErrorUnschedulable, m))?;
+        let in_use = self.host.memory_in_use_mib(name).await.unwrap_or_else(|e| {
+            warn!(vm = %name, error = %e, "cannot sum the memory of running VMs");
+            0
+        });
+        if let Some(total_mib) = mem_total_mib() {
+            memory_fits(vm.memory_mib, in_use, total_mib)
+                .map_err(|m| (VmState::ErrorUnschedulable, format!("{target} {m}")))?;
+        }
         let spec = vm_spec(name, vm).map_err(|m| (VmState::ErrorUnschedulable, m))?;
         check_ports(&spec, &target)
             .await
@@ -1255,20 +1264,22 @@ fn vm_spec(name: &str, vm: &VmSpec) -> Result<canopy_vm::VmSpec, String> {
     })
 }
 
-/// Refuses a VM asking for more than `MemTotal − max(256 MiB, MemTotal / 10)`.
-fn check_memory(vm: &VmSpec, target: &str) -> Result<(), String> {
-    let Some(total_mib) = mem_total_mib() else {
-        return Ok(());
-    };
+/// Refuses a VM when it and the VMs already running here (`in_use_mib`) would be given more
+/// than `MemTotal − max(256 MiB, MemTotal / 10)`: guests are not overcommitted.
+fn memory_fits(requested_mib: u64, in_use_mib: u64, total_mib: u64) -> Result<(), String> {
     let limit = total_mib.saturating_sub(HOST_RESERVE_MIB.max(total_mib / 10));
-    if vm.memory_mib > limit {
-        return Err(format!(
-            "{target} asks for {} MiB of memory but this edge has {total_mib} MiB in all \
-             (at most {limit} MiB can go to a VM: max(256 MiB, 10%) stays with the host)",
-            vm.memory_mib
-        ));
+    if requested_mib.saturating_add(in_use_mib) <= limit {
+        return Ok(());
     }
-    Ok(())
+    let running = if in_use_mib > 0 {
+        format!(", {in_use_mib} MiB of which the VMs already running here hold")
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "asks for {requested_mib} MiB of memory but this edge has {total_mib} MiB in all \
+         (at most {limit} MiB can go to VMs: max(256 MiB, 10%) stays with the host{running})"
+    ))
 }
 
 fn mem_total_mib() -> Option<u64> {
@@ -1397,6 +1408,24 @@ mod tests {
         assert_eq!(vm_app_state(&w("STARTING", "UP")), AppState::Deploying);
         assert_eq!(vm_app_state(&w("ERROR_IMAGE_PULL", "UP")), AppState::Down);
         assert_eq!(state_word(VmState::CrashLoopBackoff), "CRASH_LOOP_BACKOFF");
+    }
+
+    #[test]
+    fn vm_memory_is_summed_over_the_running_vms() {
+        // 8 GiB: 819 MiB stay with the host, 7373 MiB can go to VMs.
+        assert!(memory_fits(7373, 0, 8192).is_ok());
+        let alone = memory_fits(7374, 0, 8192).unwrap_err();
+        assert!(alone.contains("asks for 7374 MiB"), "{alone}");
+        assert!(!alone.contains("already running"), "{alone}");
+        assert!(memory_fits(4000, 3373, 8192).is_ok());
+        let beside = memory_fits(4000, 3374, 8192).unwrap_err();
+        assert!(
+            beside.contains("3374 MiB of which the VMs already running"),
+            "{beside}"
+        );
+        // Small hosts keep 256 MiB.
+        assert!(memory_fits(768, 0, 1024).is_ok());
+        assert!(memory_fits(769, 0, 1024).is_err());
     }
 
     #[test]
