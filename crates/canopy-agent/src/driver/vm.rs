@@ -29,7 +29,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -153,6 +153,27 @@ pub struct VmDriver {
     qemu: Result<String, String>,
     stop_timeout: Duration,
     memo: Mutex<HashMap<String, Memo>>,
+    /// Image downloads by checksum, run in the background so that a large image never holds
+    /// up a pass (the edge's other apps, controls and reports go on meanwhile).
+    downloads: Arc<Mutex<HashMap<String, Download>>>,
+}
+
+/// One background image download.
+#[derive(Debug, Clone)]
+enum Download {
+    Running {
+        url: String,
+        since: Instant,
+    },
+    /// Failed; the next pass that asks reports it (and forgets it, so a later one retries).
+    Failed(String),
+}
+
+/// Where a boot image is.
+enum Fetched {
+    Ready,
+    /// Still downloading; the text says what and for how long.
+    Pending(String),
 }
 
 impl VmDriver {
@@ -178,6 +199,7 @@ impl VmDriver {
             qemu,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             memo: Mutex::new(HashMap::new()),
+            downloads: Arc::default(),
         }
     }
 
@@ -597,6 +619,7 @@ impl VmDriver {
                 self.set_memo(name, memo);
                 Outcome::look()
             }
+            Err((VmState::Provisioning, message)) => Outcome::with(VmState::Provisioning, message),
             Err((state, message)) => {
                 if new && dir.exists() {
                     // Leave nothing behind a VM that never ran.
@@ -650,10 +673,22 @@ impl VmDriver {
         check_ports(&spec, &target)
             .await
             .map_err(|m| (VmState::ErrorUnschedulable, m))?;
+        let mut pending = Vec::new();
         for image in boot_images(vm) {
-            self.fetch(app, image)
+            let fetched = self
+                .fetch(app, image)
                 .await
                 .map_err(|m| (VmState::ErrorImagePull, format!("{target}: {m}")))?;
+            if let Fetched::Pending(what) = fetched {
+                pending.push(what);
+            }
+        }
+        if !pending.is_empty() {
+            // Not a failure: `act` reports it without a retry delay.
+            return Err((
+                VmState::Provisioning,
+                format!("{target}: {}", pending.join("; ")),
+            ));
         }
         let dir = self.host.vm_dir(name);
         tokio::fs::create_dir_all(&dir).await.map_err(|e| {
@@ -710,9 +745,11 @@ impl VmDriver {
         }
     }
 
-    /// Fetches one image into the cache: `file://` only under the allowed directories, the
-    /// app's registry credentials for URLs under the registry's server.
-    async fn fetch(&self, app: &AppInstance, image: &VmImage) -> Result<PathBuf, String> {
+    /// Gets one image into the cache, in the background: `file://` only under the allowed
+    /// directories, the app's registry credentials for URLs under the registry's server. Ready
+    /// when cached; else a download is started (or already runs) and the pass goes on; a failed
+    /// download is answered once, as the error.
+    async fn fetch(&self, app: &AppInstance, image: &VmImage) -> Result<Fetched, String> {
         let url = reqwest::Url::parse(&image.url)
             .map_err(|e| format!("image {}: invalid URL: {e}", image.url))?;
         if url.scheme() == "file" {
@@ -755,15 +792,65 @@ impl VmDriver {
                 username: a.username.clone(),
                 password: a.password.clone(),
             });
+        let sha = image.sha256.to_ascii_lowercase();
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "image {}: sha256 {:?} is not 64 hexadecimal digits",
+                image.url, image.sha256
+            ));
+        }
+        let cache = self.host.cache().clone();
+        if tokio::fs::try_exists(cache.path_for(&sha))
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(Fetched::Ready);
+        }
+        let mut downloads = self
+            .downloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match downloads.get(&sha).cloned() {
+            Some(Download::Running { url, since }) => {
+                return Ok(Fetched::Pending(format!(
+                    "downloading image {url} ({} s so far)",
+                    since.elapsed().as_secs()
+                )));
+            }
+            Some(Download::Failed(why)) => {
+                downloads.remove(&sha);
+                return Err(why);
+            }
+            None => {}
+        }
+        downloads.insert(
+            sha.clone(),
+            Download::Running {
+                url: image.url.clone(),
+                since: Instant::now(),
+            },
+        );
+        drop(downloads);
+        info!(url = %image.url, sha256 = %sha, "downloading image");
         let source = ImageSource {
             url: image.url.clone(),
-            sha256: image.sha256.clone(),
+            sha256: sha.clone(),
         };
-        self.host
-            .cache()
-            .fetch_with_auth(&source, auth.as_ref())
-            .await
-            .map_err(|e| error_chain(&e))
+        let table = Arc::clone(&self.downloads);
+        tokio::spawn(async move {
+            let result = cache.fetch_with_auth(&source, auth.as_ref()).await;
+            let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+            match result {
+                Ok(_) => {
+                    table.remove(&sha);
+                }
+                Err(e) => {
+                    warn!(url = %source.url, error = %error_chain(&e), "image download failed");
+                    table.insert(sha, Download::Failed(error_chain(&e)));
+                }
+            }
+        });
+        Ok(Fetched::Pending(format!("downloading image {}", image.url)))
     }
 
     /// The workload report of one VM: what QEMU says, unless the pass decided otherwise.
@@ -885,13 +972,23 @@ impl VmDriver {
             }
         }
         if removed {
-            self.gc_images().await;
+            self.gc_images(desired).await;
         }
     }
 
-    async fn gc_images(&self) {
+    /// Removes the cached images that neither a VM here nor a desired VM uses (a desired VM may
+    /// not have started yet: its image just arrived, or it waits for a retry).
+    async fn gc_images(&self, desired: &DesiredState) {
         match self.host.images_in_use().await {
-            Ok(in_use) => {
+            Ok(mut in_use) => {
+                in_use.extend(
+                    desired
+                        .deployments
+                        .iter()
+                        .flat_map(|d| d.apps.iter().flat_map(|a| a.vms.iter()))
+                        .flat_map(boot_images)
+                        .map(|i| i.sha256.to_ascii_lowercase()),
+                );
                 let in_use: Vec<&str> = in_use.iter().map(String::as_str).collect();
                 if let Err(e) = self.host.cache().gc(&in_use).await {
                     warn!(error = %error_chain(&e), "cannot collect unused images");
