@@ -75,10 +75,26 @@ impl Drop for Up {
 
 /// Starts `canopy up` and reads its banner (up to "Stop with Ctrl-C").
 fn start_up(port: u16, data_dir: &std::path::Path) -> Up {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_canopy"))
+    start_up_with(port, data_dir, &[], None)
+}
+
+/// [`start_up`] with more arguments, and an engine to use (`DOCKER_HOST`) instead of the
+/// Podman service `canopy up` starts by itself.
+fn start_up_with(
+    port: u16,
+    data_dir: &std::path::Path,
+    args: &[&str],
+    docker_host: Option<&str>,
+) -> Up {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_canopy"));
+    match docker_host {
+        Some(host) => command.env("DOCKER_HOST", host),
+        None => command.env_remove("DOCKER_HOST"),
+    };
+    let mut child = command
         .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data_dir)
-        .env_remove("DOCKER_HOST")
+        .args(args)
         .env_remove("XDG_RUNTIME_DIR")
         .env(
             "CANOPY_CREDENTIALS",
@@ -267,4 +283,204 @@ async fn up_without_agent_says_so() {
         "{out}{}",
         String::from_utf8_lossy(&whoami.stderr)
     );
+}
+
+/// The CLI as the user runs it next to `canopy up`: the credentials `canopy up` saved (pinned
+/// certificate, administrator token) and the server's address (`CANOPY_SERVER`, as a user does
+/// when the server is not on the default port). Fails the test after 5 minutes.
+async fn cli(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_canopy"))
+            .args(args)
+            .env(
+                "CANOPY_CREDENTIALS",
+                data_dir.with_extension("credentials.json"),
+            )
+            .env("CANOPY_SERVER", server(data_dir))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("canopy {args:?} did not end within 5 minutes"))
+    .expect("canopy runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The server of the `canopy up` whose data directory is `data_dir` (see `server.url` below).
+fn server(data_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(data_dir.with_extension("url")).expect("the test wrote the URL")
+}
+
+/// Like [`cli`], failing the test when the command fails; its standard output.
+async fn cli_ok(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let (ok, out, err) = cli(data_dir, args).await;
+    assert!(ok, "canopy {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+/// The README's tour of containers and VMs, as a new user runs it: `canopy up --vm-image-dir`,
+/// the example package edge-demo (a container and a VM) deployed with the CLI, both answering,
+/// `canopy workload list` showing both, the VM's VNC console through `canopy vm console` (a
+/// local port; WebSocket over the server's HTTPS, the certificate pinned), its serial log, a
+/// stop and a start, and the deletion removing both. Needs the test VM of scripts/vm-image.sh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_tour_of_containers_and_vms() {
+    let Some(engine) = engine_host("the_readme_tour_of_containers_and_vms") else {
+        return;
+    };
+    let vm_var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (Some(kernel), Some(kernel_sha), Some(initrd), Some(initrd_sha)) = (
+        vm_var("CANOPY_TEST_VM_KERNEL"),
+        vm_var("CANOPY_TEST_VM_KERNEL_SHA256"),
+        vm_var("CANOPY_TEST_VM_INITRD"),
+        vm_var("CANOPY_TEST_VM_INITRD_SHA256"),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CANOPY_TEST_VM_* not set but CI is: this test must not be skipped"
+        );
+        eprintln!("skipping: CANOPY_TEST_VM_* not set (see scripts/vm-image.sh)");
+        return;
+    };
+    let image_dir = std::path::Path::new(&kernel)
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let [port, web_port, vm_port, vnc_port] = free_ports::<4>();
+    let up = start_up_with(port, &data, &["--vm-image-dir", &image_dir], Some(&engine));
+    std::fs::write(
+        data.with_extension("url"),
+        format!("https://127.0.0.1:{port}"),
+    )
+    .unwrap();
+    let http = up.client();
+    eventually("the local edge connects", async || {
+        let e = edges(&http, port).await?;
+        match e["edges"].get(0) {
+            Some(edge) if edge["connection"] == "CONNECTED" => Ok(()),
+            _ => Err(format!("edges: {e}")),
+        }
+    })
+    .await;
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/edge-demo");
+    cli_ok(&data, &["catalog", "upload", example]).await;
+    // The local test image instead of docker.io's busybox (this machine reaches no registry).
+    let sets = [
+        format!("edge-web.image={}", support::IMAGE),
+        format!("edge-web.port={web_port}"),
+        format!("vm.kernelUrl=file://{kernel}"),
+        format!("vm.kernelSha256={kernel_sha}"),
+        format!("vm.initrdUrl=file://{initrd}"),
+        format!("vm.initrdSha256={initrd_sha}"),
+        format!("vm.port={vm_port}"),
+    ];
+    let mut create = vec![
+        "deployment",
+        "create",
+        "edge-demo:1.0.0",
+        "--label",
+        "host=local",
+        "--watch",
+    ];
+    for s in &sets {
+        create.extend(["--set", s.as_str()]);
+    }
+    let out = cli_ok(&data, &create).await;
+    assert!(out.contains("RUNNING"), "{out}");
+
+    // Both answer: the container directly, the VM through QEMU's forward.
+    eventually("the container answers", async || {
+        let body = support::http_body(web_port).await?;
+        body.contains("Hello from a Canopy container")
+            .then_some(())
+            .ok_or(body)
+    })
+    .await;
+    eventually("the VM answers", async || {
+        let body = support::http_body(vm_port).await?;
+        body.contains("canopy test vm").then_some(()).ok_or(body)
+    })
+    .await;
+    let list = cli_ok(&data, &["workload", "list"]).await;
+    assert!(list.contains("tiny") && list.contains("RUNNING"), "{list}");
+    assert!(list.contains("edge-web"), "{list}");
+
+    // The VNC console on a local port: the RFB greeting comes through the agent's tunnel.
+    let listen = format!("127.0.0.1:{vnc_port}");
+    let mut console = tokio::process::Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(["vm", "console", "tiny", "--listen", &listen])
+        .env(
+            "CANOPY_CREDENTIALS",
+            data.with_extension("credentials.json"),
+        )
+        .env("CANOPY_SERVER", server(&data))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("canopy vm console starts");
+    let greeting = eventually("the RFB greeting on the console port", async || {
+        use tokio::io::AsyncReadExt;
+        let mut conn = tokio::net::TcpStream::connect(&listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(20), conn.read_exact(&mut buf))
+            .await
+            .map_err(|_| "no greeting within 20 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    })
+    .await;
+    assert!(greeting.starts_with("RFB 003."), "{greeting:?}");
+    let _ = console.kill().await;
+
+    let log = cli_ok(&data, &["logs", "tiny", "--tail", "50"]).await;
+    assert!(log.contains("CANOPY-TEST-VM-BOOTED"), "{log}");
+
+    cli_ok(&data, &["vm", "stop", "tiny"]).await;
+    eventually("the VM stopped", async || {
+        let list = cli_ok(&data, &["workload", "list"]).await;
+        list.contains("STOPPED").then_some(()).ok_or(list)
+    })
+    .await;
+    cli_ok(&data, &["vm", "start", "tiny"]).await;
+    eventually("the VM answers again", async || {
+        let body = support::http_body(vm_port).await?;
+        body.contains("canopy test vm").then_some(()).ok_or(body)
+    })
+    .await;
+
+    let deployments: Value =
+        serde_json::from_str(&cli_ok(&data, &["deployment", "list", "--output", "json"]).await)
+            .expect("deployment list --output json is JSON");
+    let id = deployments
+        .as_array()
+        .and_then(|a| a.first())
+        .or_else(|| deployments["deployments"].get(0))
+        .and_then(|d| d["deployId"].as_str())
+        .unwrap_or_else(|| panic!("a deployment id in {deployments}"))
+        .to_string();
+    cli_ok(&data, &["deployment", "delete", &id, "--watch"]).await;
+    eventually("both gone", async || {
+        let web = support::http_body(web_port).await;
+        let vm = support::http_body(vm_port).await;
+        let vms = std::fs::read_dir(data.join("agent/vms"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (web.is_err() && vm.is_err() && vms == 0)
+            .then_some(())
+            .ok_or(format!("web {web:?}, vm {vm:?}, {vms} VM directories"))
+    })
+    .await;
+    drop(up);
 }
