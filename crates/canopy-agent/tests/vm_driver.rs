@@ -944,3 +944,255 @@ impl Drop for EdgeCleanup<'_> {
         });
     }
 }
+
+/// Kills a VM's QEMU with SIGKILL: a crash behind the agent's back.
+fn kill_qemu(pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -KILL {pid}: {status}");
+}
+
+/// A kernel command line booting busybox `sh` as init on ttyS0 (as in
+/// `the_serial_console_is_interactive_and_its_log_follows`) that first prints the boot marker.
+/// The backslash keeps the marker itself out of the command line, which the kernel may echo.
+const SHELL_CMDLINE: &str = r#"console=ttyS0 quiet rdinit=/bin/busybox -- sh -c "mount -t devtmpfs d /dev; echo CANOPY-TEST-VM-B\OOTED; exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1""#;
+
+/// Restart policies decide what becomes of a VM that stops by itself: `never` keeps a killed VM
+/// stopped, pass after pass; `on-failure` keeps a VM stopped whose guest powered off cleanly
+/// (`poweroff -f` typed on its serial console), yet restarts it when it is killed, also when an
+/// earlier boot's clean power-off is still in its serial log (only the output since the last
+/// start counts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_policies_never_and_on_failure_decide_on_stopped_vms() {
+    let Some(t) = test_vm() else { return };
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(data.path().to_path_buf());
+    let scope = unique("vmp");
+    let vms = driver(data.path(), &scope, &t.dir).await;
+    let dep = unique("d");
+    let mut never = kernel_vm(&t, "vm", free_port());
+    never.restart_policy = RestartPolicy::Never;
+    let mut on_failure = kernel_vm(&t, "vm", free_port());
+    on_failure.restart_policy = RestartPolicy::OnFailure;
+    on_failure.boot = VmBoot::Kernel {
+        kernel: t.kernel.clone(),
+        initrd: Some(t.initrd.clone()),
+        cmdline: SHELL_CMDLINE.into(),
+    };
+    on_failure.ports.clear();
+    on_failure.vnc = false;
+    let apps = vec![
+        vm_app("never", vec![never]),
+        vm_app("onfail", vec![on_failure]),
+    ];
+    let d = desired(&dep, apps.clone(), vec![]);
+    let never_vm = vms.vm_name(&dep, "never", "vm");
+    let onfail_vm = vms.vm_name(&dep, "onfail", "vm");
+    apply_until(&vms, &d, "both VMs running", |s| {
+        s.iter().all(|a| a.state == AppState::Running)
+    })
+    .await;
+    wait_for("both boot markers", async || {
+        markers(&vms, &never_vm) == 1 && markers(&vms, &onfail_vm) == 1
+    })
+    .await;
+
+    // never: killed, it stays stopped pass after pass, and says why.
+    kill_qemu(pid(&vms, &never_vm).expect("never's qemu runs"));
+    wait_for("never's qemu gone", async || pid(&vms, &never_vm).is_none()).await;
+    for _ in 0..3 {
+        let s = vms.apply(&d).await.unwrap();
+        let (a, w) = vm_status(&s, "never");
+        assert_eq!(
+            (w.state.as_str(), w.admin_state.as_str()),
+            ("STOPPED", "UP"),
+            "{a:#?}"
+        );
+        assert_eq!(a.state, AppState::Down, "{a:#?}");
+        assert!(
+            w.message
+                .contains("stopped by itself and its restart policy is never"),
+            "{}",
+            w.message
+        );
+        assert_eq!(w.restarts, 0, "{a:#?}");
+        assert_eq!(pid(&vms, &never_vm), None, "restarted despite policy never");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(markers(&vms, &never_vm), 1);
+
+    // on-failure: the guest powers itself off cleanly (typed on its serial console): stopped.
+    let TunnelIo::Duplex(mut serial) = vms.open_serial(&d, &dep, "onfail", "vm").await.unwrap()
+    else {
+        panic!("serial is a duplex tunnel")
+    };
+    serial.write_all(b"echo shell-$((6*7))\n").await.unwrap();
+    read_until(&mut serial, "shell-42").await;
+    serial.write_all(b"poweroff -f\n").await.unwrap();
+    wait_for("the guest's power-off", async || {
+        pid(&vms, &onfail_vm).is_none()
+    })
+    .await;
+    drop(serial);
+    let log = std::fs::read_to_string(vms.host().serial_log(&onfail_vm)).unwrap();
+    assert!(log.contains("reboot: Power down"), "{log}");
+    for _ in 0..3 {
+        let s = vms.apply(&d).await.unwrap();
+        let (a, w) = vm_status(&s, "onfail");
+        assert_eq!(w.state, "STOPPED", "{a:#?}");
+        assert!(
+            w.message
+                .contains("powered off and its restart policy is on-failure"),
+            "{}",
+            w.message
+        );
+        assert_eq!(
+            pid(&vms, &onfail_vm),
+            None,
+            "restarted after a clean power-off"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(markers(&vms, &onfail_vm), 1);
+
+    // A restart control starts it again; killed then, it is restarted: that power-off was
+    // before this start.
+    let d = desired(&dep, apps, vec![control(&dep, "onfail", "vm", true, 1)]);
+    let s = apply_until(&vms, &d, "on-failure VM started by the control", |s| {
+        vm_status(s, "onfail").1.state == "RUNNING"
+    })
+    .await;
+    wait_for("the on-failure VM's second boot", async || {
+        markers(&vms, &onfail_vm) == 2
+    })
+    .await;
+    let restarts = vm_status(&s, "onfail").1.restarts;
+    let victim = pid(&vms, &onfail_vm).expect("on-failure VM runs");
+    kill_qemu(victim);
+    wait_for("on-failure qemu gone", async || {
+        pid(&vms, &onfail_vm).is_none()
+    })
+    .await;
+    let s = vms.apply(&d).await.unwrap();
+    let (a, w) = vm_status(&s, "onfail");
+    assert_eq!(w.state, "RUNNING", "not restarted after a kill: {a:#?}");
+    assert_eq!(w.restarts, restarts + 1, "{a:#?}");
+    let restarted = pid(&vms, &onfail_vm).expect("on-failure VM restarted");
+    assert_ne!(restarted, victim);
+    wait_for("the on-failure VM's third boot", async || {
+        markers(&vms, &onfail_vm) == 3
+    })
+    .await;
+    // never is still stopped.
+    assert_eq!(vm_status(&s, "never").1.state, "STOPPED");
+    assert_eq!(pid(&vms, &never_vm), None);
+}
+
+/// Policy always: a VM killed right after each restart is restarted at once twice, then backs
+/// off (`CRASH_LOOP_BACKOFF`, counting the stops, with no QEMU meanwhile) and is started again
+/// when, and not before, the backoff ends; each restart is counted. Before that, a changed spec
+/// (memory) stops the running VM and boots it anew with the new spec, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loops_back_off_and_spec_changes_recreate_the_vm() {
+    let Some(t) = test_vm() else { return };
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(data.path().to_path_buf());
+    let scope = unique("vmc");
+    let vms = driver(data.path(), &scope, &t.dir).await;
+    let dep = unique("d");
+    let port = free_port();
+    let vm = kernel_vm(&t, "vm", port);
+    let name = vms.vm_name(&dep, "web", "vm");
+    let d = desired(&dep, vec![vm_app("web", vec![vm.clone()])], vec![]);
+    apply_until(&vms, &d, "VM running", |s| s[0].state == AppState::Running).await;
+    wait_for("boot marker", async || markers(&vms, &name) == 1).await;
+    let first = pid(&vms, &name).expect("qemu runs");
+
+    // More memory: stopped and started anew with it, booting again, serving again.
+    let mut bigger = vm.clone();
+    bigger.memory_mib = 112;
+    let d = desired(&dep, vec![vm_app("web", vec![bigger])], vec![]);
+    let s = apply_until(&vms, &d, "VM recreated", |s| {
+        s[0].state == AppState::Running
+    })
+    .await;
+    assert_eq!(vm_status(&s, "web").1.restarts, 0, "{s:#?}");
+    let second = pid(&vms, &name).expect("qemu runs again");
+    assert_ne!(first, second, "the spec change did not recreate the VM");
+    let args = std::fs::read(format!("/proc/{second}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = args.split(|b| *b == 0).collect();
+    assert!(
+        args.windows(2).any(|w| w == [&b"-m"[..], &b"112"[..]]),
+        "qemu does not have the new memory size: {:?}",
+        String::from_utf8_lossy(&args.join(&b' '))
+    );
+    wait_for("boot marker of the new VM", async || {
+        markers(&vms, &name) == 2
+    })
+    .await;
+    wait_for("guest HTTP after the spec change", async || {
+        http_ok(port).await
+    })
+    .await;
+    vms.apply(&d).await.unwrap();
+    assert_eq!(pid(&vms, &name), Some(second), "recreated twice");
+
+    // Killed right after each restart: two restarts at once, then a backoff.
+    let mut kills = 0u32;
+    let mut victim = second;
+    let (before, message) = loop {
+        kill_qemu(victim);
+        kills += 1;
+        wait_for("qemu gone", async || pid(&vms, &name).is_none()).await;
+        let before = Instant::now();
+        let s = vms.apply(&d).await.unwrap();
+        let (a, w) = vm_status(&s, "web");
+        if w.state == "CRASH_LOOP_BACKOFF" {
+            assert_eq!(a.state, AppState::Down, "{a:#?}");
+            assert!(a.message.contains("keeps stopping"), "{a:#?}");
+            break (before, w.message.clone());
+        }
+        assert!(kills < 3, "no backoff after {kills} quick stops: {a:#?}");
+        assert_eq!(
+            w.state, "RUNNING",
+            "not restarted after kill {kills}: {a:#?}"
+        );
+        let now = pid(&vms, &name).expect("restarted");
+        assert_ne!(now, victim);
+        victim = now;
+    };
+    assert_eq!(kills, 3, "backed off after {kills} stops: {message}");
+    let prefix = format!("keeps stopping ({kills} times in a row); next start in ");
+    let secs: u64 = message
+        .split_once(&prefix)
+        .and_then(|(_, rest)| rest.strip_suffix(" s")?.parse().ok())
+        .unwrap_or_else(|| panic!("{message:?} lacks {prefix:?}"));
+    assert!((1..=10).contains(&secs), "{message}");
+
+    // No QEMU during the backoff, pass after pass.
+    for _ in 0..3 {
+        let s = vms.apply(&d).await.unwrap();
+        let (a, w) = vm_status(&s, "web");
+        assert_eq!(w.state, "CRASH_LOOP_BACKOFF", "{a:#?}");
+        assert_eq!(pid(&vms, &name), None, "started during the backoff");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Started again once the backoff is over, not before; every restart counted.
+    let s = apply_until(&vms, &d, "started after the backoff", |s| {
+        s[0].state == AppState::Running
+    })
+    .await;
+    let waited = before.elapsed();
+    assert!(
+        waited >= Duration::from_secs(secs),
+        "started after {waited:?}, announced {secs} s"
+    );
+    assert_eq!(vm_status(&s, "web").1.restarts, kills, "{s:#?}");
+    assert_ne!(pid(&vms, &name), Some(victim));
+    assert!(pid(&vms, &name).is_some());
+}

@@ -50,6 +50,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 /// Timeout of establishing a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may spend waiting out the server's rate limit (429) in all.
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
+/// The longest single wait for a 429, whatever its `Retry-After` says.
+const RATE_LIMIT_MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// A client for one Canopy server and one project. Cheap to clone (the connection pool is
 /// shared).
@@ -231,7 +235,9 @@ impl Client {
         timeout: Duration,
     ) -> Result<reqwest::Response, ClientError> {
         let transport = |e| ClientError::from_transport(self.base_url(), timeout, e);
-        let resp = req.timeout(timeout).send().await.map_err(transport)?;
+        let resp = send_patiently(req.timeout(timeout))
+            .await
+            .map_err(transport)?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -259,6 +265,56 @@ impl Client {
         let body = self.execute_bytes(req, self.timeout).await?;
         parse_json(url, &body)
     }
+}
+
+/// Sends `req`; a 429 (the server's rate limit refused the request before doing anything) is
+/// sent again after the server's `Retry-After` (1 s without one, at most
+/// [`RATE_LIMIT_MAX_WAIT`], plus up to a quarter more so that parallel requests spread out),
+/// for up to [`RATE_LIMIT_PATIENCE`]. Requests whose body cannot be sent twice (a streamed
+/// upload) get the 429 as is. A fleet-wide `canopy workload list` makes thousands of calls and
+/// must not fail on a limit meant to slow it down.
+async fn send_patiently(req: RequestBuilder) -> reqwest::Result<reqwest::Response> {
+    let started = std::time::Instant::now();
+    let mut req = req;
+    loop {
+        let again = req.try_clone();
+        let resp = req.send().await?;
+        if resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Ok(resp);
+        }
+        let Some(next) = again else {
+            return Ok(resp);
+        };
+        let asked = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(Duration::from_secs(1), Duration::from_secs)
+            .min(RATE_LIMIT_MAX_WAIT);
+        let jitter = asked.max(Duration::from_millis(200)) / 4;
+        let wait = asked + jitter.mul_f64(spread());
+        if started.elapsed() + wait > RATE_LIMIT_PATIENCE {
+            return Ok(resp);
+        }
+        tokio::time::sleep(wait).await;
+        req = next;
+    }
+}
+
+/// A number in [0, 1) that differs between calls (no need for a random number generator: the
+/// clock's nanoseconds and a counter are spread enough for jitter).
+fn spread() -> f64 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mixed = nanos
+        ^ CALLS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9);
+    f64::from(mixed % 1000) / 1000.0
 }
 
 /// The settings every HTTP client of this crate shares (timeouts, user agent), before TLS.

@@ -505,7 +505,7 @@ impl Client {
         req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<reqwest::Response, ClientError> {
-        let sent = tokio::time::timeout(timeout, req.send()).await;
+        let sent = tokio::time::timeout(timeout, crate::send_patiently(req)).await;
         let resp = match sent {
             Err(_) => {
                 return Err(ClientError::Timeout {

@@ -98,8 +98,14 @@ async fn serve_one(
         tokio::time::sleep(Duration::from_secs(30)).await;
         return Ok(());
     }
+    // A 429 says when to come back, as the server's rate limiter does (here: at once).
+    let retry = if status == 429 {
+        "retry-after: 0\r\n"
+    } else {
+        ""
+    };
     let resp = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{retry}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(resp.as_bytes()).await?;
@@ -108,6 +114,50 @@ async fn serve_one(
 
 fn registry_json(name: &str) -> String {
     format!(r#"{{"name":"{name}","rootUrl":"oci://r.example.com/x","type":"HELM"}}"#)
+}
+
+#[tokio::test]
+async fn rate_limited_requests_are_sent_again() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let counter = calls.clone();
+    let fake = Fake::start(move |_| {
+        let mut n = counter.lock().unwrap();
+        *n += 1;
+        if *n <= 3 {
+            (
+                429,
+                r#"{"code":"resource_exhausted","message":"rate limit"}"#.into(),
+            )
+        } else {
+            (200, "{}".into())
+        }
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    c.healthz()
+        .await
+        .expect("succeeds once the limit lets it through");
+    assert_eq!(fake.requests().len(), 4, "three refusals, then the answer");
+}
+
+#[tokio::test]
+async fn a_streamed_upload_gets_the_rate_limit_as_is() {
+    let fake = Fake::start(|_| (429, r#"{"message":"rate limit"}"#.into())).await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let url = c.url(&["upload"]);
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(vec![Ok::<_, std::io::Error>(
+        bytes::Bytes::from_static(b"data"),
+    )]));
+    let err = c
+        .execute(c.request(Method::POST, &url).body(body), DEFAULT_TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(reqwest::StatusCode::TOO_MANY_REQUESTS),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests().len(), 1, "not sent again");
 }
 
 #[test]
