@@ -787,7 +787,7 @@ impl VmDriver {
         let auth = app
             .registry_auth
             .as_ref()
-            .filter(|a| !a.server.is_empty() && image.url.starts_with(&a.server))
+            .filter(|a| auth_applies(&a.server, &url))
             .map(|a| BasicAuth {
                 username: a.username.clone(),
                 password: a.password.clone(),
@@ -1361,6 +1361,32 @@ fn vm_spec(name: &str, vm: &VmSpec) -> Result<canopy_vm::VmSpec, String> {
     })
 }
 
+/// Whether the app's registry credentials (`server`: the registry's `host[:port]`) go with a
+/// download of `url`: an `http(s)` URL on exactly that host and port (the scheme's default port
+/// when `server` names none), never a look-alike host.
+fn auth_applies(server: &str, url: &reqwest::Url) -> bool {
+    if !matches!(url.scheme(), "http" | "https") || server.is_empty() {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let (server_host, server_port) = match server.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.starts_with('[') || h.ends_with(']')) => {
+            match p.parse::<u16>() {
+                Ok(port) => (h, Some(port)),
+                Err(_) => (server, None),
+            }
+        }
+        _ => (server, None),
+    };
+    host.eq_ignore_ascii_case(server_host)
+        && match server_port {
+            Some(port) => url.port_or_known_default() == Some(port),
+            None => url.port().is_none(),
+        }
+}
+
 /// Refuses a VM when it and the VMs already running here (`in_use_mib`) would be given more
 /// than `MemTotal − max(256 MiB, MemTotal / 10)`: guests are not overcommitted.
 fn memory_fits(requested_mib: u64, in_use_mib: u64, total_mib: u64) -> Result<(), String> {
@@ -1505,6 +1531,50 @@ mod tests {
         assert_eq!(vm_app_state(&w("STARTING", "UP")), AppState::Deploying);
         assert_eq!(vm_app_state(&w("ERROR_IMAGE_PULL", "UP")), AppState::Down);
         assert_eq!(state_word(VmState::CrashLoopBackoff), "CRASH_LOOP_BACKOFF");
+    }
+
+    #[test]
+    fn registry_credentials_go_only_to_the_registry() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        assert!(auth_applies(
+            "registry.example.com",
+            &url("https://registry.example.com/edge/vm.qcow2")
+        ));
+        assert!(auth_applies(
+            "Registry.Example.com",
+            &url("http://registry.example.com/x")
+        ));
+        assert!(auth_applies(
+            "registry.example.com:8443",
+            &url("https://registry.example.com:8443/x")
+        ));
+        assert!(auth_applies(
+            "registry.example.com:443",
+            &url("https://registry.example.com/x")
+        ));
+        assert!(auth_applies("[::1]:5000", &url("http://[::1]:5000/x")));
+        for (server, u) in [
+            (
+                "registry.example.com",
+                "https://registry.example.com.evil.org/x",
+            ),
+            (
+                "registry.example.com",
+                "https://evil.org/registry.example.com/x",
+            ),
+            (
+                "registry.example.com",
+                "https://registry.example.com:8443/x",
+            ),
+            (
+                "registry.example.com:8443",
+                "https://registry.example.com/x",
+            ),
+            ("registry.example.com", "file:///registry.example.com/x"),
+            ("", "https://registry.example.com/x"),
+        ] {
+            assert!(!auth_applies(server, &url(u)), "{server} must not get {u}");
+        }
     }
 
     #[test]
