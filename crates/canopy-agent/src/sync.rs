@@ -130,18 +130,31 @@ impl Start {
 }
 
 /// Connects to the engine, waiting (with backoff) while it does not answer: on a booting edge
-/// the engine may come up after the agent. VMs run next to the containers when QEMU is usable.
+/// the engine may come up after the agent. VMs run next to the containers when QEMU is usable;
+/// with QEMU and no engine, the agent starts at once with VMs only and connects the engine
+/// later (see [`EdgeDriver::without_engine`]).
 async fn connect_driver(config: &AgentConfig) -> Result<EdgeDriver, AgentError> {
     let mut backoff = config.backoff.clone();
     let mut waiting = false;
+    let vms = VmDriver::new(&config.data_dir)
+        .await
+        .with_image_dirs(config.vm_image_dirs.clone())
+        .with_cache_max_bytes(config.vm_cache_max_bytes);
     loop {
         match DockerDriver::connect(config.docker_host.as_deref()).await {
-            Ok(driver) => {
-                let vms = VmDriver::new(&config.data_dir)
-                    .await
-                    .with_image_dirs(config.vm_image_dirs.clone())
-                    .with_cache_max_bytes(config.vm_cache_max_bytes);
-                return Ok(EdgeDriver::new(driver, vms));
+            Ok(driver) => return Ok(EdgeDriver::new(driver, vms)),
+            // With QEMU the edge has work to do without an engine: VMs.
+            Err(e @ DriverError::Unreachable { .. }) if vms.available() => {
+                warn!(
+                    error = %e.chain(),
+                    "no container engine: running virtual machines only; apps with containers \
+                     are DOWN until the engine answers (tried again every 10 s)"
+                );
+                return Ok(EdgeDriver::without_engine(
+                    config.docker_host.clone(),
+                    e.chain(),
+                    vms,
+                ));
             }
             Err(e @ DriverError::Unreachable { .. }) => {
                 if !waiting {

@@ -9,11 +9,19 @@
 //! Dependencies cross the two: the merged report of each pass is kept and handed to both
 //! drivers in the next, so an app that depends on a VM app (or the reverse) starts one pass after
 //! its dependency runs as a whole.
+//!
+//! An edge may have QEMU and no container engine (a gateway that runs VMs only, or an engine
+//! that is down): the agent then runs its VMs, reports every app with containers `DOWN` with the
+//! engine's error, and connects the engine at a later pass (at most every
+//! [`RECONNECT_EVERY`]) once it answers.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
-use canopy_proto::{AppStatus, DesiredState, TunnelTarget, WorkloadKind};
+use tracing::info;
+
+use canopy_proto::{AppState, AppStatus, DesiredState, TunnelTarget, WorkloadKind};
 
 use super::DockerDriver;
 use super::deps::Reported;
@@ -25,20 +33,52 @@ use crate::config::AgentConfig;
 use crate::converger::Converger;
 use crate::tunnel::TunnelIo;
 
+/// How often an edge without a container engine tries to connect one.
+pub const RECONNECT_EVERY: Duration = Duration::from_secs(10);
+
 /// The container driver and the VM driver of one edge.
 #[derive(Debug)]
 pub struct EdgeDriver {
-    containers: DockerDriver,
+    /// `None` while the edge has no usable container engine.
+    containers: RwLock<Option<Arc<DockerDriver>>>,
+    /// How to connect the engine later, when the edge started without one.
+    reconnect: Option<Reconnect>,
     vms: VmDriver,
     /// The merged app states of the last pass (see the module doc).
     reported: Mutex<Reported>,
+}
+
+#[derive(Debug)]
+struct Reconnect {
+    /// The engine address (`None`: the engine's default socket).
+    host: Option<String>,
+    scope: Option<String>,
+    /// Why there is no engine (the last connection error), and when to try again.
+    last: Mutex<(String, Instant)>,
 }
 
 impl EdgeDriver {
     /// Combines a connected container driver and a VM driver.
     pub fn new(containers: DockerDriver, vms: VmDriver) -> EdgeDriver {
         EdgeDriver {
-            containers,
+            containers: RwLock::new(Some(Arc::new(containers))),
+            reconnect: None,
+            vms,
+            reported: Mutex::default(),
+        }
+    }
+
+    /// A VM driver on an edge whose container engine (at `host`, or the default socket) does
+    /// not answer now (`why`): VMs run, apps with containers are `DOWN` saying `why`, and passes
+    /// try to connect the engine again at most every [`RECONNECT_EVERY`].
+    pub fn without_engine(host: Option<String>, why: String, vms: VmDriver) -> EdgeDriver {
+        EdgeDriver {
+            containers: RwLock::new(None),
+            reconnect: Some(Reconnect {
+                host,
+                scope: None,
+                last: Mutex::new((why, Instant::now() + RECONNECT_EVERY)),
+            }),
             vms,
             reported: Mutex::default(),
         }
@@ -54,18 +94,68 @@ impl EdgeDriver {
         EdgeDriver::new(containers, VmDriver::from_config(config).await)
     }
 
-    /// Scopes both drivers (see [`DockerDriver::scoped`]).
+    /// Scopes both drivers (see [`DockerDriver::scoped`]), and a container driver connected
+    /// later.
     pub fn scoped(self, scope: &str) -> EdgeDriver {
+        let containers = self
+            .containers
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|d| Arc::new(Arc::unwrap_or_clone(d).scoped(scope)));
         EdgeDriver {
-            containers: self.containers.scoped(scope),
+            containers: RwLock::new(containers),
+            reconnect: self.reconnect.map(|r| Reconnect {
+                scope: Some(scope.to_string()),
+                ..r
+            }),
             vms: self.vms.scoped(scope),
             reported: self.reported,
         }
     }
 
-    /// The container driver.
-    pub fn containers(&self) -> &DockerDriver {
-        &self.containers
+    /// The container driver, when the edge has a usable engine.
+    pub fn containers(&self) -> Option<Arc<DockerDriver>> {
+        self.containers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The container driver; on an edge without one, a new connection attempt when one is due.
+    /// The error says why there is none.
+    async fn container_driver(&self) -> Result<Arc<DockerDriver>, String> {
+        if let Some(d) = self.containers() {
+            return Ok(d);
+        }
+        let Some(r) = &self.reconnect else {
+            return Err("no container engine".into());
+        };
+        {
+            let last = r.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if Instant::now() < last.1 {
+                return Err(last.0.clone());
+            }
+        }
+        match DockerDriver::connect(r.host.as_deref()).await {
+            Ok(d) => {
+                let d = Arc::new(match &r.scope {
+                    Some(scope) => d.scoped(scope),
+                    None => d,
+                });
+                info!(engine = %d.engine(), "container engine connected");
+                *self
+                    .containers
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&d));
+                Ok(d)
+            }
+            Err(e) => {
+                let why = e.chain();
+                *r.last.lock().unwrap_or_else(PoisonError::into_inner) =
+                    (why.clone(), Instant::now() + RECONNECT_EVERY);
+                Err(why)
+            }
+        }
     }
 
     /// The VM driver.
@@ -77,31 +167,44 @@ impl EdgeDriver {
 impl Converger for EdgeDriver {
     async fn apply(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
         let reported = self.last_report();
-        let (c, v) = tokio::join!(
-            self.containers.apply_after(desired, &reported),
-            self.vms.apply_after(desired, &reported)
-        );
+        let containers = async {
+            match self.container_driver().await {
+                Ok(d) => d.apply_after(desired, &reported).await,
+                Err(why) => Ok(without_containers(desired, &why)),
+            }
+        };
+        let (c, v) = tokio::join!(containers, self.vms.apply_after(desired, &reported));
         Ok(self.remember(merge(c?, v?)))
     }
 
     async fn observe(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
         let reported = self.last_report();
-        let (c, v) = tokio::join!(
-            self.containers.observe_after(desired, &reported),
-            self.vms.observe_after(desired, &reported)
-        );
+        let containers = async {
+            match self.container_driver().await {
+                Ok(d) => d.observe_after(desired, &reported).await,
+                Err(why) => Ok(without_containers(desired, &why)),
+            }
+        };
+        let (c, v) = tokio::join!(containers, self.vms.observe_after(desired, &reported));
         Ok(self.remember(merge(c?, v?)))
     }
 
     fn engine(&self) -> String {
+        let containers = self.containers().map_or_else(
+            || "no container engine".to_string(),
+            |d| d.engine().to_string(),
+        );
         match self.vms.engine() {
-            Some(qemu) => format!("{}; {qemu}", self.containers.engine()),
-            None => self.containers.engine().to_string(),
+            Some(qemu) => format!("{containers}; {qemu}"),
+            None => containers,
         }
     }
 
     fn capabilities(&self) -> Vec<String> {
-        let mut c = vec!["containers".to_string()];
+        let mut c = Vec::new();
+        if self.containers().is_some() {
+            c.push("containers".to_string());
+        }
         if self.vms.available() {
             c.push("vms".into());
         }
@@ -162,7 +265,13 @@ impl Converger for EdgeDriver {
                     });
                 }
                 let name = names::container_name(deployment_id, app, workload);
-                let stream = self.containers.logs(&name, *follow, *tail).await?;
+                let containers =
+                    self.container_driver()
+                        .await
+                        .map_err(|why| DriverError::Unsupported {
+                            what: format!("log stream of container {workload}: {why}"),
+                        })?;
+                let stream = containers.logs(&name, *follow, *tail).await?;
                 Ok(TunnelIo::Source(stream))
             }
         }
@@ -185,6 +294,35 @@ impl EdgeDriver {
         *self.reported.lock().unwrap_or_else(PoisonError::into_inner) = states;
         merged
     }
+}
+
+/// The container half of every app on an edge without a container engine: `DOWN` saying why
+/// for apps with containers, nothing to say for the others.
+fn without_containers(desired: &DesiredState, why: &str) -> Vec<AppStatus> {
+    desired
+        .deployments
+        .iter()
+        .flat_map(|d| {
+            d.apps.iter().map(move |a| {
+                let (state, message) = if a.containers.is_empty() {
+                    (AppState::Running, String::new())
+                } else {
+                    (
+                        AppState::Down,
+                        format!("app {}: this edge cannot run containers now: {why}", a.name),
+                    )
+                };
+                AppStatus {
+                    deployment_id: d.deployment_id.clone(),
+                    app: a.name.clone(),
+                    state,
+                    message,
+                    deployment_generation: d.generation,
+                    workloads: Vec::new(),
+                }
+            })
+        })
+        .collect()
 }
 
 /// Merges the container and VM reports of the same apps (both in desired order; an app missing
@@ -219,7 +357,7 @@ fn merge(containers: Vec<AppStatus>, vms: Vec<AppStatus>) -> Vec<AppStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use canopy_proto::{AppState, WorkloadStatus};
+    use canopy_proto::WorkloadStatus;
     use proptest::prelude::*;
 
     fn status(app: &str, state: AppState, message: &str, workload: &str) -> AppStatus {
