@@ -561,12 +561,14 @@ impl VmDriver {
             if let Some(at) = memo.next_restart
                 && now < at
             {
+                // `crashes` counts the stops that were followed by a restart; this stop (also
+                // within CRASH_WINDOW of the last start, backoffs being shorter) is one more.
                 return Outcome::with(
                     VmState::CrashLoopBackoff,
                     format!(
                         "{} keeps stopping ({} times in a row); next start in {} s",
                         target(),
-                        memo.crashes,
+                        memo.crashes + 1,
                         (at - now).as_secs()
                     ),
                 );
