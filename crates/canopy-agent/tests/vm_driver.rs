@@ -932,6 +932,95 @@ async fn dependencies_cross_between_containers_and_vms() {
     drop(guard);
 }
 
+/// An edge with QEMU and no container engine: the VM app runs, the container app is DOWN with
+/// the engine's error and the edge claims VMs only; once the engine answers (here: its socket
+/// appears), a later pass connects it and the container app runs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_without_a_container_engine_runs_its_vms_and_connects_the_engine_later() {
+    let Some(t) = test_vm() else { return };
+    let engine = match std::env::var(ENGINE_ENV) {
+        Ok(h) if !h.trim().is_empty() => h,
+        _ => {
+            skip_or_panic(ENGINE_ENV);
+            return;
+        }
+    };
+    let socket = engine
+        .strip_prefix("unix://")
+        .expect("the test engine listens on a unix socket (scripts/podman.sh)")
+        .to_string();
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(data.path().to_path_buf());
+    let scope = unique("noeng");
+    let sockets = tempfile::tempdir().unwrap();
+    let later = sockets.path().join("engine.sock");
+    let edge = EdgeDriver::without_engine(
+        Some(format!("unix://{}", later.display())),
+        "no engine at start".into(),
+        driver(data.path(), &scope, &t.dir).await,
+    )
+    .scoped(&scope);
+    assert_eq!(edge.capabilities(), vec!["vms".to_string()]);
+    assert!(
+        edge.engine().starts_with("no container engine; QEMU"),
+        "{}",
+        edge.engine()
+    );
+
+    let dep = unique("d");
+    let vm_port = free_port();
+    let mut web = vm_app("web", vec![]);
+    web.containers = vec![ContainerSpec {
+        name: "web".into(),
+        image: IMAGE.into(),
+        command: vec!["sleep".into(), "3600".into()],
+        ..ContainerSpec::default()
+    }];
+    let d = desired(
+        &dep,
+        vec![vm_app("vm", vec![kernel_vm(&t, "vm", vm_port)]), web],
+        vec![],
+    );
+    let guard = EdgeCleanup(&edge);
+    let app = |s: &[AppStatus], name: &str| -> AppStatus {
+        s.iter().find(|a| a.app == name).cloned().unwrap()
+    };
+    let s = apply_until(&edge, &d, "the VM running", |s| {
+        app(s, "vm").state == AppState::Running
+    })
+    .await;
+    let w = app(&s, "web");
+    assert_eq!(w.state, AppState::Down, "{w:#?}");
+    assert!(
+        w.message.contains("this edge cannot run containers now"),
+        "{}",
+        w.message
+    );
+    wait_for("the VM serving HTTP", async || http_ok(vm_port).await).await;
+
+    // The engine appears; within a reconnect interval the container app runs.
+    std::os::unix::fs::symlink(&socket, &later).unwrap();
+    apply_until(
+        &edge,
+        &d,
+        "the container running once the engine answers",
+        |s| s.iter().all(|a| a.state == AppState::Running),
+    )
+    .await;
+    assert_eq!(
+        edge.capabilities(),
+        vec!["containers".to_string(), "vms".to_string()]
+    );
+    assert!(edge.engine().contains("; QEMU"), "{}", edge.engine());
+    assert!(
+        !edge.engine().starts_with("no container engine"),
+        "{}",
+        edge.engine()
+    );
+    drop(guard);
+}
+
 /// Applies an empty desired state when dropped: the scoped drivers remove what the test made.
 struct EdgeCleanup<'a>(&'a EdgeDriver);
 impl Drop for EdgeCleanup<'_> {
