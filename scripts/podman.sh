@@ -77,8 +77,16 @@ our_service() {
 
 # A service started with another configuration than the current one is restarted.
 stamp=$(cat "$CONTAINERS_CONF" "$CONTAINERS_REGISTRIES_CONF")
-if answers && [ "$stamp" != "$(cat "$DIR/service.stamp" 2>/dev/null)" ] && our_service; then
-    log "configuration changed; restarting the service (pid $(cat "$DIR/service.pid"))"
+# A service whose working directory was deleted (started from a checkout since removed) fails
+# every container start ("conmon: Failed to get working directory"): restart it too.
+cwd_gone() {
+    case "$(readlink "/proc/$(cat "$DIR/service.pid" 2>/dev/null)/cwd" 2>/dev/null)" in
+        *" (deleted)") return 0 ;;
+        *) return 1 ;;
+    esac
+}
+if answers && our_service && { [ "$stamp" != "$(cat "$DIR/service.stamp" 2>/dev/null)" ] || cwd_gone; }; then
+    log "configuration changed or working directory gone; restarting the service (pid $(cat "$DIR/service.pid"))"
     kill "$(cat "$DIR/service.pid")"
     for _ in $(seq 1 50); do
         our_service || break
@@ -95,8 +103,9 @@ else
         # A stale socket from a dead service would make `podman system service` fail.
         rm -f "$SOCK"
         # setsid + nohup: the service must outlive this script (and the shell that ran it).
-        setsid nohup podman system service --time=0 "unix://$SOCK" \
-            >>"$DIR/service.log" 2>&1 </dev/null &
+        # From /, so that no checkout the script ran in is the service's working directory.
+        (cd / && exec setsid nohup podman system service --time=0 "unix://$SOCK" \
+            >>"$DIR/service.log" 2>&1 </dev/null) &
         echo $! >"$DIR/service.pid"
         echo "$stamp" >"$DIR/service.stamp"
         log "started podman system service (pid $!, log $DIR/service.log)"
@@ -154,8 +163,8 @@ auth:
     realm: canopy-test
     path: $REGISTRY_DIR/htpasswd
 CONF
-    setsid nohup docker-registry serve "$REGISTRY_DIR/config.yml" \
-        >>"$REGISTRY_DIR/registry.log" 2>&1 </dev/null &
+    (cd / && exec setsid nohup docker-registry serve "$REGISTRY_DIR/config.yml" \
+        >>"$REGISTRY_DIR/registry.log" 2>&1 </dev/null) &
     echo $! >"$REGISTRY_DIR/registry.pid"
     for _ in $(seq 1 100); do
         registry_answers && break
