@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub limits: http::Limits,
     /// How long audit entries are kept.
     pub audit_retention: std::time::Duration,
+    /// The URL users reach the server at when it is behind a reverse proxy (`https://host/prefix`,
+    /// no trailing `/`); addresses the server hands out (VM console WebSockets) use it. `None`:
+    /// the address each request came to.
+    pub public_url: Option<String>,
 }
 
 /// Default of [`ServerConfig::audit_retention`]: 400 days.
@@ -145,6 +149,7 @@ impl Server {
                 auth: config.auth.clone(),
                 tenancy: config.tenancy.clone(),
                 tls: config.tls.is_some(),
+                public_url: config.public_url.clone(),
             },
         )
         .await?;

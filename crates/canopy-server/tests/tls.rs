@@ -32,6 +32,7 @@ impl Running {
             tenancy: Default::default(),
             limits: Default::default(),
             audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
+            public_url: None,
         };
         let server = Server::bind(&config).await.expect("server binds");
         let url = server.url().unwrap();
@@ -203,6 +204,7 @@ async fn given_certificate_files_must_be_usable() {
         tenancy: Default::default(),
         limits: Default::default(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
+        public_url: None,
     };
     let e = Server::bind(&config).await.err().expect("refused");
     let text = e.to_string();

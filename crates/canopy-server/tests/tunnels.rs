@@ -179,6 +179,7 @@ impl Plane {
             tenancy: Default::default(),
             limits: Default::default(),
             audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
+            public_url: None,
         };
         let server = canopy_server::Server::bind(&config).await.unwrap();
         let url = server.url().unwrap();

@@ -91,6 +91,7 @@ impl TestControlPlane {
             tenancy: Default::default(),
             limits: Default::default(),
             audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
+            public_url: None,
         }
     }
 

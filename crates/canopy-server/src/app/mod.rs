@@ -77,6 +77,8 @@ pub struct AppConfig {
     pub tenancy: TenancyConfig,
     /// The server serves HTTPS (addresses it hands out use `https`/`wss`).
     pub tls: bool,
+    /// The URL users reach the server at, when set (see `ServerConfig::public_url`).
+    pub public_url: Option<String>,
 }
 
 struct Inner {
@@ -84,6 +86,7 @@ struct Inner {
     auth: AuthConfig,
     tenancy: TenancyConfig,
     tls: bool,
+    public_url: Option<String>,
     /// Recent token lookups (cleared whenever access may have been taken away).
     tokens: identity::TokenCache,
     events: EventBus,
@@ -126,6 +129,7 @@ impl App {
                 auth: config.auth,
                 tenancy: config.tenancy,
                 tls: config.tls,
+                public_url: config.public_url,
                 tokens: Default::default(),
                 events: EventBus::default(),
                 hub,
@@ -168,6 +172,11 @@ impl App {
     /// Whether the server serves HTTPS.
     pub fn serves_tls(&self) -> bool {
         self.inner.tls
+    }
+
+    /// The URL users reach the server at, when configured (behind a reverse proxy).
+    pub fn public_url(&self) -> Option<&str> {
+        self.inner.public_url.as_deref()
     }
 
     /// The fleet hub (edges, deployments, long-polls).

@@ -149,10 +149,47 @@ pub async fn get_vnc(
                     .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
         })
         .unwrap_or("localhost");
-    let scheme = if app.serves_tls() { "wss" } else { "ws" };
+    let base = websocket_base(app.public_url(), app.serves_tls(), host);
     Ok(Json(GetVncResponse {
-        address: format!("{scheme}://{host}/vnc/{project}/{app_id}/{cluster}/{vm}"),
+        address: format!("{base}/vnc/{project}/{app_id}/{cluster}/{vm}"),
     }))
+}
+
+/// Where WebSockets of this server are reached: the configured public URL (behind a reverse
+/// proxy) with `ws`/`wss` for `http`/`https`, else the host the request came to.
+fn websocket_base(public_url: Option<&str>, tls: bool, request_host: &str) -> String {
+    match public_url {
+        Some(url) => match url.split_once("://") {
+            Some(("https", rest)) => format!("wss://{rest}"),
+            Some((_, rest)) => format!("ws://{rest}"),
+            None => format!("ws://{url}"),
+        },
+        None => format!("{}://{request_host}", if tls { "wss" } else { "ws" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::websocket_base;
+
+    #[test]
+    fn websocket_addresses_follow_the_public_url() {
+        assert_eq!(websocket_base(None, true, "h:7070"), "wss://h:7070");
+        assert_eq!(websocket_base(None, false, "h:7070"), "ws://h:7070");
+        // Behind a TLS-terminating proxy the server itself may serve plain HTTP.
+        assert_eq!(
+            websocket_base(
+                Some("https://canopy.example.com/api"),
+                false,
+                "10.0.0.5:7070"
+            ),
+            "wss://canopy.example.com/api"
+        );
+        assert_eq!(
+            websocket_base(Some("http://proxy:8080"), true, "h"),
+            "ws://proxy:8080"
+        );
+    }
 }
 
 #[utoipa::path(put, path = "/v1/projects/{projectName}/resource/workloads/pods/clusters/{clusterId}/namespaces/{namespace}/pods/{podName}/delete",

@@ -57,6 +57,23 @@ pub struct TlsArgs {
     /// unencrypted: only for loopback or a trusted network.
     #[arg(long)]
     pub insecure_http: bool,
+    /// The URL users reach this server at when it is behind a reverse proxy or load balancer
+    /// (`https://canopy.example.com` or with a path prefix); the addresses the server hands out
+    /// (VM console WebSockets) use it. Default: the address each request came to.
+    #[arg(long, env = "CANOPY_PUBLIC_URL", value_name = "URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+}
+
+/// An `http(s)://host[:port][/prefix]` URL without query or fragment; the trailing `/` dropped.
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("expected http://HOST[:PORT][/PREFIX] or https://...".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err("no query, fragment or user name: only scheme, host, port and path".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 impl TlsArgs {
@@ -126,6 +143,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         tenancy: args.auth.tenancy_config()?,
         limits: args.auth.limits(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
+        public_url: args.tls.public_url.clone(),
     };
     let server = canopy_server::Server::bind(&config).await?;
     let url = server.url()?;
@@ -312,6 +330,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tenancy: args.auth.tenancy_config()?,
         limits: args.auth.limits(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
+        public_url: args.tls.public_url.clone(),
     };
     // The server's errors name what failed (address, data directory, database).
     canopy_server::serve(config).await?;
@@ -327,4 +346,29 @@ pub(crate) fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+#[cfg(test)]
+mod public_url_tests {
+    use super::parse_public_url;
+
+    #[test]
+    fn public_urls_are_checked_and_normalized() {
+        assert_eq!(
+            parse_public_url("https://canopy.example.com/").unwrap(),
+            "https://canopy.example.com"
+        );
+        assert_eq!(
+            parse_public_url("https://canopy.example.com:8443/api/").unwrap(),
+            "https://canopy.example.com:8443/api"
+        );
+        for bad in [
+            "canopy.example.com",
+            "ftp://canopy.example.com",
+            "https://canopy.example.com/?x=1",
+            "https://user@canopy.example.com",
+        ] {
+            assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
+    }
 }
