@@ -39,8 +39,8 @@ pub use fleet::{CreatedEnrollmentToken, Edge, EnrollmentToken, NewEnrollmentToke
 pub use list::{ListParams, MAX_PAGE_SIZE, Page, collect_all};
 pub use reqwest::StatusCode;
 pub use resources::{
-    AppEndpoint, AppWorkload, EdgeWorkload, LogOptions, LogStream, VmAction, WebSocket,
-    WebSocketMessage,
+    AppEndpoint, AppWorkload, DeploymentWorkload, EdgeWorkload, LogOptions, LogStream, VmAction,
+    WebSocket, WebSocketMessage,
 };
 pub use upload::{MAX_UPLOAD_FILES, UploadChange, UploadResponse};
 

@@ -644,6 +644,25 @@ impl Hub {
             .collect()
     }
 
+    /// The edges holding a deployment, in edge-name order: id, name and the apps held there.
+    pub fn deployment_holders(&self, id: &str) -> Vec<(String, String, Vec<String>)> {
+        let st = self.lock();
+        let Some(de) = st.deployments.get(id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, String, Vec<String>)> = de
+            .edges
+            .iter()
+            .filter_map(|(edge_id, apps)| {
+                let e = st.edges.get(edge_id)?;
+                Some((edge_id.clone(), e.row.name.clone(), apps.clone()))
+            })
+            .collect();
+        drop(st);
+        out.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+        out
+    }
+
     /// Whether a deployment's state counts as "in progress" right now.
     pub fn in_progress(&self, id: &str) -> bool {
         let st = self.lock();

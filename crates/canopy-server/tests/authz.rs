@@ -143,6 +143,7 @@ fn entries() -> Vec<Entry> {
         e("put", "/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/virtual-machines/{virtualMachineId}/restart", FleetWrite, Json("{}")),
         e("get", "/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/virtual-machines/{virtualMachineId}/vnc", FleetWrite, NoBody),
         e("put", "/v1/projects/{projectName}/resource/workloads/pods/clusters/{clusterId}/namespaces/{namespace}/pods/{podName}/delete", FleetWrite, Json("{}")),
+        e("get", "/canopy/v1/projects/{projectName}/resource/workloads/deployments/{deplId}", FleetRead, NoBody),
         // Consoles and logs (tunnels). Without `Upgrade: websocket` a permitted caller gets 400
         // (after the project and access checks); the fixture's edge has no agent, so a permitted
         // log read waits for the (shortened) claim timeout and gets 503; the fixture's `appId`

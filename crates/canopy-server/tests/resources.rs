@@ -239,6 +239,80 @@ async fn workloads_and_endpoints_follow_the_agent_reports() {
         assert_eq!(fqdns, ["edge-1.example.com", "192.0.2.10"]);
     }
 
+    // Canopy's deployment-wide list: the same workloads and endpoints, every edge, paged.
+    let (s, t) = cp
+        .post(
+            &cp.at(&format!("/canopy/v1/projects/{P}/enrollment-tokens")),
+            &json!({"description": "second edge"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let _e0 = SimAgent::enroll(&cp, t["secret"].as_str().unwrap(), "e0", &[("site", "a")]).await;
+    let page = |size: usize, offset: usize| {
+        let cp = &cp;
+        let id = &id;
+        async move {
+            let (s, b) = cp
+                .get(&cp.at(&format!(
+                    "/canopy/v1/projects/{P}/resource/workloads/deployments/{id}?pageSize={size}&offset={offset}"
+                )))
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            assert_eq!(b["totalElements"], 4, "two apps on two edges: {b}");
+            b["workloads"].as_array().unwrap().clone()
+        }
+    };
+    let all = page(10, 0).await;
+    let seen: Vec<(&str, &str)> = all
+        .iter()
+        .map(|w| {
+            (
+                w["clusterName"].as_str().unwrap(),
+                w["appName"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("e0", "edge-web"),
+            ("e0", "vm"),
+            ("e1", "edge-web"),
+            ("e1", "vm")
+        ]
+    );
+    assert_eq!(
+        all[0]["workload"]["pod"]["status"]["state"],
+        "STATE_PENDING"
+    );
+    assert_eq!(all[2]["appId"], web.as_str());
+    assert_eq!(all[3]["appId"], vm.as_str());
+    assert_eq!(all[2]["workload"], workloads(&cp, &web).await[0]);
+    assert_eq!(all[3]["workload"], workloads(&cp, &vm).await[0]);
+    let (_, web_endpoints) = cp
+        .get(&res(
+            &cp,
+            &format!("/endpoints/applications/{web}/clusters/e1"),
+        ))
+        .await;
+    assert_eq!(all[2]["endpoints"], web_endpoints["appEndpoints"]);
+    assert_eq!(all[3]["endpoints"][0]["name"], "tiny");
+    assert_eq!(page(2, 1).await, all[1..3].to_vec());
+    assert_eq!(page(3, 3).await, all[3..].to_vec());
+    assert!(page(3, 9).await.is_empty());
+    let (s, b) = cp
+        .get(&cp.at(&format!(
+            "/canopy/v1/projects/{P}/resource/workloads/deployments/00000000-0000-4000-8000-000000000000"
+        )))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    let (s, b) = cp
+        .get(&cp.at(&format!(
+            "/canopy/v1/projects/{P}/resource/workloads/deployments/{id}?pageSize=501"
+        )))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+
     // An image error shows as the VM's state with the agent's message.
     let report = running_report(&mut agent, "ERROR_IMAGE_PULL");
     agent.send(&report).await;

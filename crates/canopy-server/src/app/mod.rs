@@ -32,7 +32,9 @@ pub use error::AppError;
 pub use identity::{
     ADMIN_TOKEN_FILE, ApiToken, AuthConfig, BOOTSTRAP_USER, IssuedToken, User, WhoAmI,
 };
-pub use resources::{AppEndpoint, AppWorkload, VmAction, WorkloadRef, pod_name, workload_id};
+pub use resources::{
+    AppEndpoint, AppWorkload, DeploymentWorkload, VmAction, WorkloadRef, pod_name, workload_id,
+};
 pub use tenancy::{DEFAULT_ORG, TenancyConfig, TenancyObject, TenancyStatus, put_message};
 pub use tunnels::{DEFAULT_LOG_TAIL, MAX_LOG_TAIL, OpenTunnel, TunnelKind};
 pub use upload::{MAX_UPLOAD_FILES, MAX_UPLOAD_TOTAL_BYTES, UploadOutcome};

@@ -188,6 +188,7 @@ pub fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(tunnels::container_logs))
         .routes(routes!(resources::list_app_workloads))
         .routes(routes!(resources::list_app_endpoints))
+        .routes(routes!(resources::list_deployment_workloads))
         .routes(routes!(resources::start_vm))
         .routes(routes!(resources::stop_vm))
         .routes(routes!(resources::restart_vm))

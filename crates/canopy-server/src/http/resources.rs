@@ -4,7 +4,7 @@
 //! (`app/resources.rs`) resolves, authorizes and acts.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::Caller;
 use super::catalog::Empty;
 use super::error::ErrorBody;
-use crate::app::{Access, App, AppEndpoint, AppError, AppWorkload, VmAction};
+use crate::app::{Access, App, AppEndpoint, AppError, AppWorkload, DeploymentWorkload, VmAction};
 
 type ApiResult<T> = Result<T, AppError>;
 
@@ -28,6 +28,14 @@ pub struct ListAppWorkloadsResponse {
 #[serde(rename_all = "camelCase")]
 pub struct ListAppEndpointsResponse {
     pub app_endpoints: Vec<AppEndpoint>,
+}
+
+/// `{workloads, totalElements}`: Canopy's deployment-wide workload list.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListDeploymentWorkloadsResponse {
+    pub workloads: Vec<DeploymentWorkload>,
+    pub total_elements: u64,
 }
 
 /// `GetVNCResponse`: where to open the VM's console (a WebSocket carrying RFB).
@@ -49,6 +57,27 @@ pub async fn list_app_workloads(
     let c = caller.ctx(&app, &project).await?;
     Ok(Json(ListAppWorkloadsResponse {
         app_workloads: app.list_app_workloads(&c, &app_id, &cluster)?,
+    }))
+}
+
+#[utoipa::path(get, path = "/canopy/v1/projects/{projectName}/resource/workloads/deployments/{deplId}",
+    tag = "Canopy",
+    params(("projectName" = String, Path), ("deplId" = String, Path, description = "the deployment's id"),
+        ("pageSize" = Option<u32>, Query, description = "workloads per page, at most 500 (0 or absent: 100)"),
+        ("offset" = Option<u64>, Query, description = "index of the first workload")),
+    responses((status = 200, body = ListDeploymentWorkloadsResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_deployment_workloads(
+    State(app): State<App>,
+    Path((project, deployment)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    caller: Caller,
+) -> ApiResult<Json<ListDeploymentWorkloadsResponse>> {
+    let (size, offset) = super::limits::page_params(q.as_deref().unwrap_or(""), 100)?;
+    let c = caller.ctx(&app, &project).await?;
+    let (workloads, total) = app.list_deployment_workloads(&c, &deployment, size, offset)?;
+    Ok(Json(ListDeploymentWorkloadsResponse {
+        workloads,
+        total_elements: total as u64,
     }))
 }
 
