@@ -543,11 +543,14 @@ async fn poll_loop(
     }
 }
 
-/// The statuses of one pass, for the generation they were computed against.
+/// The statuses of one pass, for the generation they were computed against, and what the
+/// driver could run then (an engine connected later adds `containers`).
 #[derive(Debug, Clone, PartialEq)]
 struct Observation {
     generation: Generation,
     apps: Vec<AppStatus>,
+    capabilities: Vec<String>,
+    engine: String,
 }
 
 /// Owns the driver: applies or observes, publishes statuses. Never returns.
@@ -574,6 +577,8 @@ async fn converge_loop<C: Converger>(
         observed_tx.send_replace(Some(Observation {
             generation: Generation(0),
             apps: Vec::new(),
+            capabilities: converger.capabilities(),
+            engine: converger.engine(),
         }));
     }
     loop {
@@ -626,6 +631,8 @@ async fn converge_loop<C: Converger>(
             observed_tx.send_replace(Some(Observation {
                 generation: desired.generation,
                 apps,
+                capabilities: converger.capabilities(),
+                engine: converger.engine(),
             }));
         }
         let wait = match &current {
@@ -685,7 +692,11 @@ async fn report_loop(
                 seq,
                 generation: observed.generation,
                 apps: observed.apps.clone(),
-                agent: Some(agent.clone()),
+                agent: Some(AgentInfo {
+                    capabilities: observed.capabilities.clone(),
+                    engine: observed.engine.clone(),
+                    ..agent.clone()
+                }),
             };
             match shared.client.report(&report).await {
                 Ok(ack) => {

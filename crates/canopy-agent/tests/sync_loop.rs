@@ -253,6 +253,38 @@ async fn long_poll_204_then_200_applies_a_new_generation_against_fake_server() {
     assert!(driver.observed.load(Ordering::SeqCst) > 0);
 }
 
+/// What the edge can run is reported as it changes (an engine connected after the start), not
+/// only as it was at the start.
+#[tokio::test]
+async fn a_changed_engine_is_reported_against_fake_server() {
+    let cp = FakeControlPlane::start().await;
+    cp.set_desired(desired(1, &["d1"]));
+    let tmp = tempfile::tempdir().unwrap();
+    enrolled_dir(&cp, tmp.path());
+    let driver = FakeDriver::default();
+    let agent = RunningAgent::start(fast_config(&cp.url, tmp.path()), driver.clone());
+    let engine_of = |r: &canopy_proto::StatusReport| {
+        r.agent
+            .as_ref()
+            .map(|a| a.engine.clone())
+            .unwrap_or_default()
+    };
+    wait_for("a report naming the first engine", || {
+        cp.reports()
+            .iter()
+            .any(|r| engine_of(r) == "fake engine 1.0")
+    })
+    .await;
+    *driver.engine.lock().unwrap() = "fake engine 2.0".into();
+    wait_for("a report naming the new engine", || {
+        cp.reports()
+            .iter()
+            .any(|r| engine_of(r) == "fake engine 2.0")
+    })
+    .await;
+    agent.stop().await.unwrap();
+}
+
 /// Protocol fake (see the module docs), misbehaving: it answers every poll with an older
 /// generation than the one the agent holds on disk. The agent keeps its own and never applies
 /// the older one.

@@ -332,6 +332,8 @@ pub struct FakeDriver {
     pub applied: Arc<Mutex<Vec<Generation>>>,
     pub observed: Arc<AtomicUsize>,
     pub failing: Arc<AtomicBool>,
+    /// The engine it claims (empty: `fake engine 1.0`); may change while the agent runs.
+    pub engine: Arc<Mutex<String>>,
 }
 
 impl FakeDriver {
@@ -380,7 +382,12 @@ impl Converger for FakeDriver {
     }
 
     fn engine(&self) -> String {
-        "fake engine 1.0".into()
+        let engine = self.engine.lock().unwrap();
+        if engine.is_empty() {
+            "fake engine 1.0".into()
+        } else {
+            engine.clone()
+        }
     }
 }
 
