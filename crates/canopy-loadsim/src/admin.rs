@@ -5,12 +5,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::SimError;
 
 /// Bound of one operator request (a deployment GET at 10,000 edges is a few MB).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most 429 answers (the server's per-token rate limit) one request waits out, as the CLI's
+/// client does, before it is an error.
+const MAX_THROTTLED: u32 = 20;
+/// Longest single wait for a 429, whatever its `Retry-After` says.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// A client of the server's operator API for one project.
 #[derive(Clone)]
@@ -30,6 +37,53 @@ pub struct DeploymentState {
     pub bytes: usize,
     /// Request latency.
     pub latency: Duration,
+}
+
+/// A GET that succeeded, with what it cost.
+#[derive(Debug, Clone)]
+pub struct Timed<T> {
+    pub value: T,
+    /// Response body size.
+    pub bytes: usize,
+    /// Latency of the request that succeeded (a 429 before it and its wait are not counted).
+    pub latency: Duration,
+    /// 429 answers waited out first.
+    pub throttled: u32,
+}
+
+/// One page of Canopy's deployment-wide workload list.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadsPage {
+    pub workloads: Vec<ListedWorkload>,
+    pub total_elements: u64,
+}
+
+/// Where one workload of the deployment-wide list runs (the rest of it is not kept).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedWorkload {
+    pub cluster_id: String,
+    pub app_id: String,
+    pub app_name: String,
+}
+
+/// The resource manager's per app and edge lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppResource {
+    /// `GET /v1/projects/{p}/resource/workloads/applications/{appId}/clusters/{edge}`.
+    Workloads,
+    /// `GET /v1/projects/{p}/resource/endpoints/applications/{appId}/clusters/{edge}`.
+    Endpoints,
+}
+
+impl AppResource {
+    fn segment_and_field(self) -> (&'static str, &'static str) {
+        match self {
+            AppResource::Workloads => ("workloads", "appWorkloads"),
+            AppResource::Endpoints => ("endpoints", "appEndpoints"),
+        }
+    }
 }
 
 impl Admin {
@@ -209,6 +263,113 @@ impl Admin {
             running: s["summary"]["running"].as_u64().unwrap_or(0),
             bytes: body.0.len(),
             latency,
+        })
+    }
+
+    /// A GET of `url`, timed; a 429 (the rate limit refused it before doing anything) is sent
+    /// again after its `Retry-After`, at most [`MAX_THROTTLED`] times.
+    async fn get_timed(&self, what: &str, url: &str) -> Result<Timed<Body>, SimError> {
+        let mut throttled = 0;
+        loop {
+            let started = Instant::now();
+            let resp = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .map_err(|source| SimError::Network {
+                    what: what.to_string(),
+                    source,
+                })?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let bytes = resp.bytes().await.map_err(|source| SimError::Network {
+                what: what.to_string(),
+                source,
+            })?;
+            let latency = started.elapsed();
+            let body = Body(bytes.to_vec());
+            if status == StatusCode::TOO_MANY_REQUESTS && throttled < MAX_THROTTLED {
+                throttled += 1;
+                let wait = Duration::from_secs(retry_after.unwrap_or(1)).min(MAX_RETRY_AFTER);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(SimError::Http {
+                    what: what.to_string(),
+                    status: status.as_u16(),
+                    body: body.text(),
+                });
+            }
+            return Ok(Timed {
+                bytes: body.0.len(),
+                value: body,
+                latency,
+                throttled,
+            });
+        }
+    }
+
+    /// One page of the deployment-wide workload list
+    /// (`GET /canopy/v1/projects/{p}/resource/workloads/deployments/{id}`).
+    pub async fn deployment_workloads_page(
+        &self,
+        id: &str,
+        page_size: usize,
+        offset: usize,
+    ) -> Result<Timed<WorkloadsPage>, SimError> {
+        let what = format!("listing the workloads of the deployment at offset {offset}");
+        let url = self.at(&format!(
+            "/canopy/v1/projects/{}/resource/workloads/deployments/{id}?pageSize={page_size}&offset={offset}",
+            self.project
+        ));
+        let t = self.get_timed(&what, &url).await?;
+        let page: WorkloadsPage = serde_json::from_slice(&t.value.0).map_err(|e| {
+            SimError::Server(format!(
+                "{what}: unexpected answer ({e}): {}",
+                t.value.text()
+            ))
+        })?;
+        Ok(Timed {
+            value: page,
+            bytes: t.bytes,
+            latency: t.latency,
+            throttled: t.throttled,
+        })
+    }
+
+    /// The resource manager's list of `kind` for app `app_id` on edge `edge` (id or name): how
+    /// many items it has.
+    pub async fn app_resource(
+        &self,
+        kind: AppResource,
+        app_id: &str,
+        edge: &str,
+    ) -> Result<Timed<usize>, SimError> {
+        let (segment, field) = kind.segment_and_field();
+        let what = format!("listing the {segment} of app {app_id} on edge {edge}");
+        let url = self.at(&format!(
+            "/v1/projects/{}/resource/{segment}/applications/{app_id}/clusters/{edge}",
+            self.project
+        ));
+        let t = self.get_timed(&what, &url).await?;
+        let v: Value = serde_json::from_slice(&t.value.0).unwrap_or(Value::Null);
+        let items = v[field].as_array().ok_or_else(|| {
+            SimError::Server(format!(
+                "{what}: answer without {field}: {}",
+                t.value.text()
+            ))
+        })?;
+        Ok(Timed {
+            value: items.len(),
+            bytes: t.bytes,
+            latency: t.latency,
+            throttled: t.throttled,
         })
     }
 

@@ -37,6 +37,9 @@ pub enum SimError {
         seconds: u64,
         detail: String,
     },
+    /// The server answered, but not what it should have.
+    #[error("{phase}: {detail}")]
+    Check { phase: String, detail: String },
     /// A local file or process could not be used.
     #[error("{what}")]
     Io {

@@ -23,6 +23,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod lists;
 pub mod procfs;
 pub mod report;
 pub mod run;

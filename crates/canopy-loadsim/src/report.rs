@@ -98,6 +98,48 @@ pub struct PhaseReport {
     pub sim_cpu_seconds: f64,
 }
 
+/// The resource manager's workload lists over the whole deployment, RUNNING on every edge
+/// (`crate::lists`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListsReport {
+    /// Workloads the deployment has (per edge, times the edges).
+    pub expected_workloads: usize,
+    /// Workloads one walk of the deployment-wide list returned (checked equal).
+    pub workloads: usize,
+    pub page_size: usize,
+    pub pages_per_walk: usize,
+    /// One whole walk of the deployment-wide list, every page one after the other.
+    pub walk: Latency,
+    /// One page request of those walks.
+    pub page: Latency,
+    /// Bodies of one walk, and the largest page.
+    pub walk_kib: f64,
+    pub largest_page_kib: f64,
+    /// Server CPU seconds per walk (`None`: not measured).
+    pub walk_server_cpu_seconds: Option<f64>,
+    /// (app, edge) pairs of the deployment, and how many of them the reference calls asked.
+    pub pairs: usize,
+    pub sample: usize,
+    /// The sample one pair after the other: each call, each pair (both calls), all of it.
+    pub sequential_workloads: Latency,
+    pub sequential_endpoints: Latency,
+    pub sequential_pair: Latency,
+    pub sequential_ms: f64,
+    pub sequential_server_cpu_seconds: Option<f64>,
+    /// The sample `sample_concurrency` pairs at a time, both calls of a pair together.
+    pub sample_concurrency: usize,
+    pub concurrent_workloads: Latency,
+    pub concurrent_endpoints: Latency,
+    pub concurrent_ms: f64,
+    pub concurrent_server_cpu_seconds: Option<f64>,
+    /// Every pair of the deployment with the reference calls, at the sample's pace.
+    pub fleet_sequential_seconds: f64,
+    pub fleet_concurrent_seconds: f64,
+    /// 429 answers (the server's per-token rate limit) waited out, over the whole phase.
+    pub throttled: u64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -113,6 +155,8 @@ pub struct Report {
     pub enrollment: EnrollReport,
     pub idle: IdleReport,
     pub phases: Vec<PhaseReport>,
+    /// The workload lists once the created deployment is RUNNING (before the update).
+    pub resource_lists: Option<ListsReport>,
     /// The server at the end of the run (`peakRssMib` is the run's peak).
     pub server_end: Option<Footprint>,
     pub sim_end: Footprint,
@@ -203,6 +247,9 @@ impl Report {
                 p.sim_cpu_seconds
             );
         }
+        if let Some(l) = &self.resource_lists {
+            l.write_markdown(&mut s);
+        }
         if let Some(f) = &self.server_end {
             let _ = writeln!(
                 s,
@@ -232,6 +279,78 @@ impl Report {
         }
         let _ = writeln!(s, "Total run time {:.0} s.", self.total_seconds);
         s
+    }
+}
+
+impl ListsReport {
+    fn write_markdown(&self, s: &mut String) {
+        let lat = |l: &Latency| format!("{:.1} / {:.1} / {:.1}", l.p50_ms, l.p99_ms, l.max_ms);
+        let _ = writeln!(
+            s,
+            "\n| resource lists ({} workloads, {} (app, edge) pairs) | p50 / p99 / max ms | other |",
+            self.workloads, self.pairs
+        );
+        let _ = writeln!(s, "|---|---|---|");
+        let _ = writeln!(
+            s,
+            "| deployment-wide list, whole walk at pageSize {} ({} walks) | {} | {} pages, {:.0} KiB; server CPU {} s per walk |",
+            self.page_size,
+            self.walk.count,
+            lat(&self.walk),
+            self.pages_per_walk,
+            self.walk_kib,
+            opt(self.walk_server_cpu_seconds, 3)
+        );
+        let _ = writeln!(
+            s,
+            "| deployment-wide list, one page | {} | largest page {:.0} KiB |",
+            lat(&self.page),
+            self.largest_page_kib
+        );
+        let _ = writeln!(
+            s,
+            "| per app and edge, one pair after the other: workloads call | {} | {} pairs in {:.0} ms; server CPU {} s |",
+            lat(&self.sequential_workloads),
+            self.sample,
+            self.sequential_ms,
+            opt(self.sequential_server_cpu_seconds, 3)
+        );
+        let _ = writeln!(
+            s,
+            "| per app and edge, one pair after the other: endpoints call | {} | |",
+            lat(&self.sequential_endpoints)
+        );
+        let _ = writeln!(
+            s,
+            "| per app and edge, one pair after the other: both calls | {} | |",
+            lat(&self.sequential_pair)
+        );
+        let _ = writeln!(
+            s,
+            "| per app and edge, {} pairs at a time: workloads call | {} | {} pairs in {:.0} ms; server CPU {} s |",
+            self.sample_concurrency,
+            lat(&self.concurrent_workloads),
+            self.sample,
+            self.concurrent_ms,
+            opt(self.concurrent_server_cpu_seconds, 3)
+        );
+        let _ = writeln!(
+            s,
+            "| per app and edge, {} pairs at a time: endpoints call | {} | |",
+            self.sample_concurrency,
+            lat(&self.concurrent_endpoints)
+        );
+        let _ = writeln!(
+            s,
+            "\nWhole deployment with the per app and edge calls ({} pairs, extrapolated from the sample): {:.1} s one pair after the other, {:.1} s {} at a time; with the deployment-wide list: {:.2} s (p50 of {} walks). 429 answers waited out: {}.",
+            self.pairs,
+            self.fleet_sequential_seconds,
+            self.fleet_concurrent_seconds,
+            self.sample_concurrency,
+            self.walk.p50_ms / 1000.0,
+            self.walk.count,
+            self.throttled
+        );
     }
 }
 

@@ -6,8 +6,10 @@
 //! 3. an idle window: server CPU and memory with every long-poll parked;
 //! 4. a deployment of `web-demo:1.0.0` targeting every simulated edge by label: per-edge
 //!    delivery time and the time until the deployment is RUNNING on all of them;
-//! 5. the same for an upgrade to `1.1.0`;
-//! 6. a change touching one edge (it loses the target label, then gets it back), to show the
+//! 5. the resource manager's workload lists over that deployment ([`crate::lists`]): the
+//!    deployment-wide list, and the reference per app and edge calls for a sample;
+//! 6. the same as 4 for an upgrade to `1.1.0`;
+//! 7. a change touching one edge (it loses the target label, then gets it back), to show the
 //!    work is proportional to the edges touched.
 //!
 //! Every phase is bounded by `phase_timeout`, the whole run by `duration`.
@@ -222,6 +224,24 @@ async fn phases(
         .await?;
     report.phases.push(phase);
     let dep = dep.unwrap_or_default();
+
+    // The server writes the statuses of the change 5 s after it: not during the lists.
+    tokio::time::sleep(cfg.pause).await;
+    tracing::info!("resource lists");
+    let lists = bounded(
+        "resource lists",
+        cfg.phase_timeout,
+        crate::lists::measure(&admin, &dep, n, server),
+    )
+    .await??;
+    tracing::info!(
+        walk_p50_ms = lists.walk.p50_ms,
+        page_p50_ms = lists.page.p50_ms,
+        page_p99_ms = lists.page.p99_ms,
+        fleet_concurrent_seconds = lists.fleet_concurrent_seconds,
+        "resource lists done"
+    );
+    report.resource_lists = Some(lists);
 
     tracing::info!("upgrading to {UPGRADE}");
     let update = json!({

@@ -34,7 +34,8 @@ pub fn default_canopy_bin() -> PathBuf {
 }
 
 impl ServerChild {
-    /// Starts `bin server --listen 127.0.0.1:PORT --data-dir TEMP` and waits until it answers.
+    /// Starts `bin server --listen 127.0.0.1:PORT --data-dir TEMP --rate-limit 0` and waits until
+    /// it answers.
     pub async fn start(bin: &Path) -> Result<ServerChild, SimError> {
         let io = |what: String| move |source| SimError::Io { what, source };
         let dir = tempfile::Builder::new()
@@ -58,6 +59,10 @@ impl ServerChild {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            // The operator calls all use the one administrator token: the per-token rate
+            // limit would measure itself in the resource-list phase. Agents are not limited.
+            .arg("--rate-limit")
+            .arg("0")
             .env_remove("CANOPY_DATABASE_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))

@@ -66,9 +66,27 @@ async fn run_against_test_server(transport: Transport) {
             "a change to one edge wakes no other: {p:?}"
         );
     }
+    let lists = report
+        .resource_lists
+        .as_ref()
+        .expect("the resource lists were measured");
+    assert_eq!(
+        (
+            lists.workloads,
+            lists.expected_workloads,
+            lists.pages_per_walk
+        ),
+        (40, 40, 1),
+        "two workloads per edge, one page of 500: {lists:?}"
+    );
+    assert_eq!((lists.walk.count, lists.pairs, lists.sample), (5, 40, 40));
+    assert_eq!(lists.sequential_pair.count, 40, "{lists:?}");
+    assert_eq!(lists.concurrent_workloads.count, 40, "{lists:?}");
+    assert!(lists.fleet_concurrent_seconds > 0.0, "{lists:?}");
     assert_eq!(report.agent_errors, 0, "{:?}", report.agent_error_samples);
     let text = report.to_markdown();
     assert!(text.contains("create deployment"), "{text}");
+    assert!(text.contains("deployment-wide list"), "{text}");
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["phases"][0]["edgesTouched"], 20);
 
