@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use canopy_deploy::model::{Cluster, DeploymentStatus, OverrideValues, State};
@@ -119,6 +119,36 @@ struct DeploymentEntry {
     in_progress: AtomicBool,
     /// Edges holding it, with the apps each runs.
     edges: BTreeMap<String, Vec<String>>,
+    /// `edges` in name order with workload counts, built by the first list after a change
+    /// (see [`Hub::deployment_holders`]); reset whenever `edges` changes.
+    holders: Mutex<Option<Arc<Holders>>>,
+}
+
+/// The edges holding a deployment, in edge-name order, for the deployment-wide workload list:
+/// built once per change of the deployment's edges, so a page costs O(log N + page), not O(N).
+#[derive(Debug)]
+pub struct Holders {
+    pub edges: Vec<Holder>,
+    /// Workloads on all edges.
+    pub total: usize,
+}
+
+/// One edge holding a deployment.
+#[derive(Debug)]
+pub struct Holder {
+    pub edge_id: String,
+    pub edge_name: String,
+    /// Indexes of the apps it holds in the deployment's `apps`, in package order.
+    pub apps: Vec<usize>,
+    /// Workloads on the edges before this one, and on this one.
+    pub before: usize,
+    pub workloads: usize,
+}
+
+/// How many workloads the resource manager lists for one app on one edge: its pod (when it has
+/// containers) and its VMs, at most 100 (the reference's `maxItems`).
+pub fn app_workload_count(app: &AppInstance) -> usize {
+    (usize::from(!app.containers.is_empty()) + app.vms.len()).min(100)
 }
 
 /// One edge as the hub holds it.
@@ -351,6 +381,7 @@ impl Hub {
         for d in e.deployments.keys() {
             if let Some(de) = st.deployments.get_mut(d) {
                 de.edges.remove(id);
+                *de.holders.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
             }
         }
         // Dropping `e.notify` ends the edge's long-polls.
@@ -644,23 +675,57 @@ impl Hub {
             .collect()
     }
 
-    /// The edges holding a deployment, in edge-name order: id, name and the apps held there.
-    pub fn deployment_holders(&self, id: &str) -> Vec<(String, String, Vec<String>)> {
+    /// A deployment of `project` and the edges holding it (see [`Holders`]), built on the first
+    /// call after its edges changed and shared by later calls.
+    pub fn deployment_holders(
+        &self,
+        project: ProjectId,
+        id: &str,
+    ) -> Option<(Arc<DeploymentRecord>, Arc<Holders>)> {
         let st = self.lock();
-        let Some(de) = st.deployments.get(id) else {
-            return Vec::new();
-        };
-        let mut out: Vec<(String, String, Vec<String>)> = de
+        let de = st
+            .deployments
+            .get(id)
+            .filter(|d| d.rec.project_id == project)?;
+        let mut cache = de.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = cache.as_ref() {
+            return Some((Arc::clone(&de.rec), Arc::clone(h)));
+        }
+        let rec = &de.rec;
+        let index: HashMap<&str, usize> = rec
+            .apps
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.as_str(), i))
+            .collect();
+        let mut edges: Vec<Holder> = de
             .edges
             .iter()
             .filter_map(|(edge_id, apps)| {
                 let e = st.edges.get(edge_id)?;
-                Some((edge_id.clone(), e.row.name.clone(), apps.clone()))
+                let mut held: Vec<usize> = apps
+                    .iter()
+                    .filter_map(|a| index.get(a.as_str()).copied())
+                    .collect();
+                held.sort_unstable();
+                Some(Holder {
+                    edge_id: edge_id.clone(),
+                    edge_name: e.row.name.clone(),
+                    workloads: held.iter().map(|i| app_workload_count(&rec.apps[*i])).sum(),
+                    apps: held,
+                    before: 0,
+                })
             })
             .collect();
-        drop(st);
-        out.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
-        out
+        edges.sort_by(|a, b| (&a.edge_name, &a.edge_id).cmp(&(&b.edge_name, &b.edge_id)));
+        let mut total = 0;
+        for h in &mut edges {
+            h.before = total;
+            total += h.workloads;
+        }
+        let built = Arc::new(Holders { edges, total });
+        *cache = Some(Arc::clone(&built));
+        Some((Arc::clone(rec), built))
     }
 
     /// Whether a deployment's state counts as "in progress" right now.
@@ -1010,6 +1075,7 @@ impl State_ {
                 rec,
                 in_progress,
                 edges: new_edges,
+                holders: Mutex::new(None),
             },
         );
     }
@@ -1042,10 +1108,13 @@ impl State_ {
                             // A new (or changed) edge is being deployed to: DEPLOYING/UPDATING
                             // until it reports, not DOWN.
                             de.in_progress.store(true, Ordering::Relaxed);
+                            *de.holders.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
                         }
                     }
                     None => {
-                        de.edges.remove(&eid);
+                        if de.edges.remove(&eid).is_some() {
+                            *de.holders.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
+                        }
                     }
                 }
             }

@@ -300,6 +300,23 @@ async fn workloads_and_endpoints_follow_the_agent_reports() {
     assert_eq!(page(2, 1).await, all[1..3].to_vec());
     assert_eq!(page(3, 3).await, all[3..].to_vec());
     assert!(page(3, 9).await.is_empty());
+    // An edge leaving the deployment leaves the list (the server keeps the walk between calls).
+    let r = cp
+        .http()
+        .patch(cp.at(&format!("/canopy/v1/projects/{P}/edges/e0/labels")))
+        .bearer_auth(cp.admin_token())
+        .json(&json!({"set": {"site": "b"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, b) = cp
+        .get(&cp.at(&format!(
+            "/canopy/v1/projects/{P}/resource/workloads/deployments/{id}"
+        )))
+        .await;
+    assert_eq!(b["totalElements"], 2, "{b}");
+    assert_eq!(b["workloads"].as_array().unwrap(), &all[2..].to_vec());
     let (s, b) = cp
         .get(&cp.at(&format!(
             "/canopy/v1/projects/{P}/resource/workloads/deployments/00000000-0000-4000-8000-000000000000"

@@ -17,7 +17,6 @@
 //! Ids are stable and need no storage: UUIDv5 of edge, deployment, app and workload, so the same
 //! VM keeps its id across restarts of both sides and differs between edges.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use canopy_proto::{
@@ -429,53 +428,27 @@ impl App {
     ) -> Result<(Vec<DeploymentWorkload>, usize), AppError> {
         ctx.require(Access::FleetRead)?;
         let hub = self.hub();
-        let rec = hub
-            .deployment(ctx.project.id, deployment_id)
+        let (rec, holders) = hub
+            .deployment_holders(ctx.project.id, deployment_id)
             .ok_or_else(|| AppError::NotFound(format!("deployment {deployment_id} not found")))?;
-        let index: HashMap<&str, usize> = rec
-            .apps
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.name.as_str(), i))
-            .collect();
-        let count = |i: usize| {
-            let a = &rec.apps[i];
-            usize::from(!a.containers.is_empty()) + a.vms.len().min(MAX_ITEMS)
-        };
-        // Per edge (name order), the indexes of the apps it holds, in package order.
-        let holders: Vec<(String, String, Vec<usize>)> = hub
-            .deployment_holders(&rec.id)
-            .into_iter()
-            .map(|(id, name, apps)| {
-                let mut held: Vec<usize> = apps
-                    .iter()
-                    .filter_map(|a| index.get(a.as_str()).copied())
-                    .collect();
-                held.sort_unstable();
-                (id, name, held)
-            })
-            .collect();
-        let total = holders
-            .iter()
-            .flat_map(|(_, _, held)| held.iter().map(|i| count(*i)))
-            .sum();
-        let mut skip = offset;
+        let count = |i: usize| crate::hub::app_workload_count(&rec.apps[i]);
+        // The first edge with a workload at `offset`, by binary search over the running counts.
+        let first = holders
+            .edges
+            .partition_point(|h| h.before + h.workloads <= offset);
+        let mut skip = offset.saturating_sub(holders.edges.get(first).map_or(0, |h| h.before));
         let mut out = Vec::new();
-        for (edge_id, edge_name, held) in holders {
+        for h in &holders.edges[first..] {
             if out.len() >= page_size {
                 break;
             }
-            let on_edge: usize = held.iter().map(|i| count(*i)).sum();
-            if skip >= on_edge {
-                skip -= on_edge;
-                continue;
-            }
-            let statuses = hub.edge_statuses(ctx.project.id, &edge_id);
+            let (edge_id, edge_name) = (&h.edge_id, &h.edge_name);
+            let statuses = hub.edge_statuses(ctx.project.id, edge_id);
             let agent = hub
-                .edge(ctx.project.id, &edge_id)
+                .edge(ctx.project.id, edge_id)
                 .map(|e| e.agent)
                 .unwrap_or_default();
-            for i in held {
+            for &i in &h.apps {
                 if skip >= count(i) {
                     skip -= count(i);
                     continue;
@@ -518,7 +491,7 @@ impl App {
                 skip = 0;
             }
         }
-        Ok((out, total))
+        Ok((out, holders.total))
     }
 
     /// Resolves a VM by its id for an action or a tunnel (the caller checks access first).
