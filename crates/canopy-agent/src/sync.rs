@@ -136,10 +136,7 @@ impl Start {
 async fn connect_driver(config: &AgentConfig) -> Result<EdgeDriver, AgentError> {
     let mut backoff = config.backoff.clone();
     let mut waiting = false;
-    let vms = VmDriver::new(&config.data_dir)
-        .await
-        .with_image_dirs(config.vm_image_dirs.clone())
-        .with_cache_max_bytes(config.vm_cache_max_bytes);
+    let vms = VmDriver::from_config(config).await;
     loop {
         match DockerDriver::connect(config.docker_host.as_deref()).await {
             Ok(driver) => return Ok(EdgeDriver::new(driver, vms)),

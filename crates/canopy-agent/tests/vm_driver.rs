@@ -58,6 +58,18 @@ fn skip_or_panic(what: &str) {
     eprintln!("skipping: {what} not set (see scripts/vm-image.sh, scripts/podman.sh)");
 }
 
+/// The container engine of the tests (`CANOPY_TEST_DOCKER_HOST`), or `None` after
+/// [`skip_or_panic`].
+fn engine_host() -> Option<String> {
+    match std::env::var(ENGINE_ENV) {
+        Ok(h) if !h.trim().is_empty() => Some(h),
+        _ => {
+            skip_or_panic(ENGINE_ENV);
+            None
+        }
+    }
+}
+
 fn test_vm() -> Option<TestVm> {
     match (
         image("CANOPY_TEST_VM_KERNEL"),
@@ -699,13 +711,7 @@ async fn a_stalled_image_download_does_not_hold_up_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_driver_runs_containers_without_qemu_restarts_pods_and_tunnels_their_logs() {
-    let host = match std::env::var(ENGINE_ENV) {
-        Ok(h) if !h.trim().is_empty() => h,
-        _ => {
-            skip_or_panic(ENGINE_ENV);
-            return;
-        }
-    };
+    let Some(host) = engine_host() else { return };
     init_logs();
     let data = tempfile::tempdir().unwrap();
     let scope = unique("edge");
@@ -826,13 +832,7 @@ async fn the_edge_driver_runs_containers_without_qemu_restarts_pods_and_tunnels_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependencies_cross_between_containers_and_vms() {
     let Some(t) = test_vm() else { return };
-    let engine = match std::env::var(ENGINE_ENV) {
-        Ok(h) if !h.trim().is_empty() => h,
-        _ => {
-            skip_or_panic(ENGINE_ENV);
-            return;
-        }
-    };
+    let Some(engine) = engine_host() else { return };
     init_logs();
     let data = tempfile::tempdir().unwrap();
     let _cleanup = Cleanup(data.path().to_path_buf());
@@ -938,13 +938,7 @@ async fn dependencies_cross_between_containers_and_vms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_without_a_container_engine_runs_its_vms_and_connects_the_engine_later() {
     let Some(t) = test_vm() else { return };
-    let engine = match std::env::var(ENGINE_ENV) {
-        Ok(h) if !h.trim().is_empty() => h,
-        _ => {
-            skip_or_panic(ENGINE_ENV);
-            return;
-        }
-    };
+    let Some(engine) = engine_host() else { return };
     let socket = engine
         .strip_prefix("unix://")
         .expect("the test engine listens on a unix socket (scripts/podman.sh)")

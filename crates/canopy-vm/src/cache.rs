@@ -77,6 +77,16 @@ impl ImageCache {
         self.dir.join("sha256").join(sha256)
     }
 
+    /// The image's path when it is in the cache already (its checksum checked first, as
+    /// [`fetch`](Self::fetch) does); `None` when it still has to be fetched.
+    pub async fn cached(&self, source: &ImageSource) -> Result<Option<PathBuf>, VmError> {
+        let path = self.path_for(&checked_sha(source)?);
+        Ok(tokio::fs::try_exists(&path)
+            .await
+            .unwrap_or(false)
+            .then_some(path))
+    }
+
     /// The image's path in the cache, downloading or copying it first when missing.
     pub async fn fetch(&self, source: &ImageSource) -> Result<PathBuf, VmError> {
         self.fetch_with_auth(source, None).await

@@ -29,7 +29,6 @@ use super::error::DriverError;
 use super::names;
 use super::status::rank;
 use super::vm::VmDriver;
-use crate::config::AgentConfig;
 use crate::converger::Converger;
 use crate::tunnel::TunnelIo;
 
@@ -82,16 +81,6 @@ impl EdgeDriver {
             vms,
             reported: Mutex::default(),
         }
-    }
-
-    /// The VM driver of `config` (data dir, image dirs, cache cap, scope) next to `containers`
-    /// (scoped too when `config.scope` is set).
-    pub async fn from_config(containers: DockerDriver, config: &AgentConfig) -> EdgeDriver {
-        let containers = match &config.scope {
-            Some(scope) => containers.scoped(scope),
-            None => containers,
-        };
-        EdgeDriver::new(containers, VmDriver::from_config(config).await)
     }
 
     /// Scopes both drivers (see [`DockerDriver::scoped`]), and a container driver connected
@@ -166,27 +155,11 @@ impl EdgeDriver {
 
 impl Converger for EdgeDriver {
     async fn apply(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
-        let reported = self.last_report();
-        let containers = async {
-            match self.container_driver().await {
-                Ok(d) => d.apply_after(desired, &reported).await,
-                Err(why) => Ok(without_containers(desired, &why)),
-            }
-        };
-        let (c, v) = tokio::join!(containers, self.vms.apply_after(desired, &reported));
-        Ok(self.remember(merge(c?, v?)))
+        self.pass(desired, true).await
     }
 
     async fn observe(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
-        let reported = self.last_report();
-        let containers = async {
-            match self.container_driver().await {
-                Ok(d) => d.observe_after(desired, &reported).await,
-                Err(why) => Ok(without_containers(desired, &why)),
-            }
-        };
-        let (c, v) = tokio::join!(containers, self.vms.observe_after(desired, &reported));
-        Ok(self.remember(merge(c?, v?)))
+        self.pass(desired, false).await
     }
 
     fn engine(&self) -> String {
@@ -279,6 +252,31 @@ impl Converger for EdgeDriver {
 }
 
 impl EdgeDriver {
+    /// One pass of both drivers side by side (`apply`, or observe only), merged and kept.
+    async fn pass(
+        &self,
+        desired: &DesiredState,
+        apply: bool,
+    ) -> Result<Vec<AppStatus>, DriverError> {
+        let reported = self.last_report();
+        let containers = async {
+            match self.container_driver().await {
+                Ok(d) if apply => d.apply_after(desired, &reported).await,
+                Ok(d) => d.observe_after(desired, &reported).await,
+                Err(why) => Ok(without_containers(desired, &why)),
+            }
+        };
+        let vms = async {
+            if apply {
+                self.vms.apply_after(desired, &reported).await
+            } else {
+                self.vms.observe_after(desired, &reported).await
+            }
+        };
+        let (c, v) = tokio::join!(containers, vms);
+        Ok(self.remember(merge(c?, v?)))
+    }
+
     fn last_report(&self) -> Reported {
         self.reported
             .lock()

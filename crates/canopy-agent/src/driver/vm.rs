@@ -794,20 +794,20 @@ impl VmDriver {
                 username: a.username.clone(),
                 password: a.password.clone(),
             });
-        let sha = image.sha256.to_ascii_lowercase();
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "image {}: sha256 {:?} is not 64 hexadecimal digits",
-                image.url, image.sha256
-            ));
-        }
+        let source = ImageSource {
+            url: image.url.clone(),
+            sha256: image.sha256.to_ascii_lowercase(),
+        };
         let cache = self.host.cache().clone();
-        if tokio::fs::try_exists(cache.path_for(&sha))
+        if cache
+            .cached(&source)
             .await
-            .unwrap_or(false)
+            .map_err(|e| error_chain(&e))?
+            .is_some()
         {
             return Ok(Fetched::Ready);
         }
+        let sha = source.sha256.clone();
         let mut downloads = self
             .downloads
             .lock()
@@ -834,10 +834,6 @@ impl VmDriver {
         );
         drop(downloads);
         info!(url = %image.url, sha256 = %sha, "downloading image");
-        let source = ImageSource {
-            url: image.url.clone(),
-            sha256: sha.clone(),
-        };
         let table = Arc::clone(&self.downloads);
         tokio::spawn(async move {
             let result = cache.fetch_with_auth(&source, auth.as_ref()).await;
