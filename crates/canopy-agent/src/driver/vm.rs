@@ -137,8 +137,8 @@ struct Memo {
     crashes: u32,
     last_start: Option<Instant>,
     next_restart: Option<Instant>,
-    /// The QEMU process whose guest showed it came up, and how.
-    up: Option<(i32, String)>,
+    /// The QEMU process whose guest showed it came up.
+    up: Option<i32>,
     /// When the published ports of the current QEMU were last probed (see [`PORT_PROBE_EVERY`]).
     ports_probed: Option<(i32, Instant)>,
 }
@@ -1109,7 +1109,7 @@ impl VmDriver {
         owner: Option<&Owner>,
     ) -> Readiness {
         let memo = self.memo(name);
-        if memo.up.as_ref().is_some_and(|(p, _)| *p == pid) {
+        if memo.up == Some(pid) {
             return Readiness::Up;
         }
         let mark = owner.map(Owner::serial).unwrap_or_default();
@@ -1144,7 +1144,7 @@ impl VmDriver {
         if let Some(how) = evidence {
             info!(vm = %name, pid, evidence = %how, "the guest came up");
             let mut memo = self.memo(name);
-            memo.up = Some((pid, how));
+            memo.up = Some(pid);
             self.set_memo(name, memo);
             return Readiness::Up;
         }
