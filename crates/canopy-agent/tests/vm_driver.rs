@@ -19,7 +19,7 @@ use canopy_proto::{
     RestartPolicy, TunnelTarget, VmBoot, VmImage, VmPort, VmSpec, WorkloadControl, WorkloadKind,
     WorkloadStatus,
 };
-use canopy_vm::{Accel, VmHost};
+use canopy_vm::{Accel, Accelerator, VmHost};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1161,7 +1161,11 @@ async fn restart_policies_never_and_on_failure_decide_on_stopped_vms() {
     .await;
     let s = vms.apply(&d).await.unwrap();
     let (a, w) = vm_status(&s, "onfail");
-    assert_eq!(w.state, "RUNNING", "not restarted after a kill: {a:#?}");
+    // Restarted in this pass: booting (RUNNING only once the guest printed something).
+    assert!(
+        ["STARTING", "RUNNING"].contains(&w.state.as_str()),
+        "not restarted after a kill: {a:#?}"
+    );
     assert_eq!(w.restarts, restarts + 1, "{a:#?}");
     let restarted = pid(&vms, &onfail_vm).expect("on-failure VM restarted");
     assert_ne!(restarted, victim);
@@ -1240,8 +1244,9 @@ async fn crash_loops_back_off_and_spec_changes_recreate_the_vm() {
             break (before, w.message.clone());
         }
         assert!(kills < 3, "no backoff after {kills} quick stops: {a:#?}");
-        assert_eq!(
-            w.state, "RUNNING",
+        // Restarted in this pass: booting (RUNNING only once the guest printed something).
+        assert!(
+            ["STARTING", "RUNNING"].contains(&w.state.as_str()),
             "not restarted after kill {kills}: {a:#?}"
         );
         let now = pid(&vms, &name).expect("restarted");
@@ -1278,4 +1283,219 @@ async fn crash_loops_back_off_and_spec_changes_recreate_the_vm() {
     assert_eq!(vm_status(&s, "web").1.restarts, kills, "{s:#?}");
     assert_ne!(pid(&vms, &name), Some(victim));
     assert!(pid(&vms, &name).is_some());
+}
+
+/// Whether `/dev/kvm` opens read-write here (it does on the CI machines, where KVM crawls).
+fn kvm_device_opens() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// The accelerator on automatic (overriding the tests' `CANOPY_VM_ACCEL=tcg`): the driver
+/// probes KVM once and picks it only when a guest runs under it. On a host where `/dev/kvm`
+/// opens but KVM crawls (this machine), that is TCG with a warning saying why, and the VM comes
+/// up under TCG, reporting `tcg` and the reason. Whatever the host, the VM is `STARTING` (saying
+/// what it waits for, under which accelerator) until its guest printed on the serial console,
+/// and only then `RUNNING`; the guest then really serves. Before the probe, `auto` meant
+/// `-accel kvm -accel tcg`: here KVM, a guest that never printed a byte, and `RUNNING` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_auto_the_accelerator_is_probed_and_a_vm_is_ready_only_once_its_guest_spoke() {
+    let Some(t) = test_vm() else { return };
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(data.path().to_path_buf());
+    let scope = unique("vma");
+    // What the host can do, found independently of the driver.
+    let kvm = canopy_vm::probe_guest(Path::new("qemu-system-x86_64"), Accelerator::Kvm).await;
+    let expected = if kvm.is_ok() { "kvm" } else { "tcg" };
+    let vms = VmDriver::for_host(VmHost::new(data.path()).with_accel(Accel::Auto))
+        .await
+        .scoped(&scope)
+        .with_image_dirs(vec![t.dir.clone()])
+        .with_stop_timeout(Duration::from_secs(20));
+    assert_eq!(vms.accelerator(), expected, "KVM probe: {kvm:?}");
+    assert!(vms.engine().unwrap().ends_with(&format!("({expected})")));
+    let fallback = vms.accelerator_fallback().map(str::to_string);
+    match (expected, kvm_device_opens()) {
+        ("kvm", _) => assert_eq!(fallback, None),
+        (_, true) => {
+            let why = fallback.as_deref().expect("a reason to fall back");
+            assert!(why.contains("KVM does not work"), "{why}");
+        }
+        (_, false) => assert!(fallback.as_deref().is_some_and(|w| w.contains("/dev/kvm"))),
+    }
+
+    let dep = unique("d");
+    let port = free_port();
+    let d = desired(
+        &dep,
+        vec![vm_app("web", vec![kernel_vm(&t, "vm1", port)])],
+        vec![],
+    );
+    let name = vms.vm_name(&dep, "web", "vm1");
+    let mut booting = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    let (app, running) = loop {
+        let s = vms.apply(&d).await.unwrap();
+        let (a, w) = vm_status(&s, "web");
+        let serial = std::fs::metadata(vms.host().serial_log(&name)).map_or(0, |m| m.len());
+        match w.state.as_str() {
+            "RUNNING" => {
+                assert!(serial > 0, "RUNNING with an empty serial log: {a:#?}");
+                break (a.clone(), w.clone());
+            }
+            "STARTING" => {
+                assert_eq!(a.state, AppState::Deploying, "{a:#?}");
+                booting.push(w.clone());
+            }
+            "PROVISIONING" => {}
+            other => panic!("unexpected state {other}: {a:#?}"),
+        }
+        assert!(Instant::now() < deadline, "never RUNNING: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // Booting: says what it waits for and under which accelerator (and why not KVM). Under
+    // TCG the guest takes seconds to print; only real KVM may be quicker than one pass.
+    match booting.first() {
+        None => assert_eq!(expected, "kvm", "never seen STARTING under TCG"),
+        Some(w) => {
+            assert_eq!(w.health, "starting", "{w:#?}");
+            assert_eq!(w.accelerator, expected, "{w:#?}");
+            assert!(
+                w.message
+                    .contains("waiting for the guest to show it came up")
+                    && w.message.contains("serial console")
+                    && w.message.contains(&format!("host port {port}"))
+                    && w.message.contains(&format!("accelerator {expected}")),
+                "{}",
+                w.message
+            );
+            if let Some(why) = &fallback {
+                assert!(w.message.contains(why.as_str()), "{}", w.message);
+            }
+        }
+    }
+    // Up: the accelerator it got, and the warning when that is a fallback.
+    assert_eq!(app.state, AppState::Running);
+    assert_eq!(running.accelerator, expected, "{running:#?}");
+    assert_eq!(running.health, "healthy");
+    match &fallback {
+        Some(why) => assert!(
+            running.message.contains("runs under TCG") && running.message.contains(why.as_str()),
+            "{}",
+            running.message
+        ),
+        None => assert_eq!(running.message, ""),
+    }
+    wait_for("guest HTTP", async || http_ok(port).await).await;
+    wait_for("boot marker", async || markers(&vms, &name) == 1).await;
+}
+
+/// A guest that never shows it came up: a disk whose boot sector loops forever (`jmp $`), so
+/// nothing ever reaches the serial console, and a published port that QEMU's user networking
+/// accepts connections on although no guest answers. It is never `RUNNING`: `STARTING` with what
+/// it waits for, then, past the boot timeout, an error (app `DOWN`, health `unhealthy`) that
+/// says so with the accelerator; QEMU is left running (a slow guest may still speak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_never_shows_it_came_up_is_never_ready_and_an_error_after_the_boot_timeout() {
+    let Some(t) = test_vm() else { return };
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(data.path().to_path_buf());
+    let images = tempfile::tempdir().unwrap();
+    let disk = images.path().join("hang.img");
+    let mut mbr = vec![0u8; 1 << 20];
+    mbr[..2].copy_from_slice(&[0xEB, 0xFE]);
+    mbr[510..512].copy_from_slice(&[0x55, 0xAA]);
+    std::fs::write(&disk, &mbr).unwrap();
+    let timeout = Duration::from_secs(20);
+    let vms = driver(data.path(), &unique("vmh"), &t.dir)
+        .await
+        .with_image_dirs(vec![images.path().to_path_buf()])
+        .with_boot_timeout(timeout);
+    let dep = unique("d");
+    let port = free_port();
+    let vm = VmSpec {
+        name: "mute".into(),
+        cpus: 1,
+        memory_mib: 32,
+        boot: VmBoot::Disk {
+            image: VmImage {
+                url: format!("file://{}", disk.display()),
+                sha256: format!("{:x}", Sha256::digest(&mbr)),
+            },
+        },
+        ports: vec![VmPort {
+            guest_port: 80,
+            host_port: port,
+            host_ip: Some("127.0.0.1".into()),
+        }],
+        restart_policy: RestartPolicy::Always,
+        ..VmSpec::default()
+    };
+    let d = desired(&dep, vec![vm_app("mute", vec![vm])], vec![]);
+    let name = vms.vm_name(&dep, "mute", "mute");
+
+    // QEMU runs the guest: STARTING, waiting, while the port accepts connections (QEMU's).
+    let s = apply_until(&vms, &d, "QEMU started", |s| {
+        vm_status(s, "mute").1.state == "STARTING"
+    })
+    .await;
+    let (a, w) = vm_status(&s, "mute");
+    assert_eq!(a.state, AppState::Deploying, "{a:#?}");
+    assert_eq!(
+        (w.health.as_str(), w.accelerator.as_str()),
+        ("starting", "tcg")
+    );
+    assert!(
+        w.message
+            .contains("waiting for the guest to show it came up")
+            && w.message.contains(&format!("host port {port}"))
+            && w.message.contains("of 20 s"),
+        "{}",
+        w.message
+    );
+    let qemu = pid(&vms, &name).expect("qemu runs");
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("QEMU's user networking accepts connections for the guest");
+
+    // Never RUNNING; past the boot timeout, an error.
+    let s = apply_until(&vms, &d, "the boot timeout", |s| {
+        let (a, w) = vm_status(s, "mute");
+        assert_ne!(w.state, "RUNNING", "a mute guest reported ready: {a:#?}");
+        a.state != AppState::Deploying
+    })
+    .await;
+    let (a, w) = vm_status(&s, "mute");
+    assert_eq!(a.state, AppState::Down, "{a:#?}");
+    assert_eq!(
+        (w.state.as_str(), w.health.as_str()),
+        ("STARTING", "unhealthy")
+    );
+    for words in [
+        "virtual machine mute of app mute did not come up within 20 s",
+        "accelerator tcg",
+        &format!("no output on its serial console and no answer on host port {port}"),
+        "QEMU keeps running it",
+    ] {
+        assert!(w.message.contains(words), "{:?} lacks {words:?}", w.message);
+        assert!(a.message.contains(words), "{:?} lacks {words:?}", a.message);
+    }
+    assert_eq!(
+        pid(&vms, &name),
+        Some(qemu),
+        "QEMU was restarted or stopped"
+    );
+    assert_eq!(
+        std::fs::metadata(vms.host().serial_log(&name)).map_or(0, |m| m.len()),
+        0,
+        "the guest printed after all"
+    );
+    // Observing says the same.
+    let s = vms.observe(&d).await.unwrap();
+    assert_eq!(vm_status(&s, "mute").0.state, AppState::Down);
 }

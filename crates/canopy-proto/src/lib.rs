@@ -573,7 +573,8 @@ pub struct WorkloadStatus {
     /// When the workload was created (RFC 3339), when known.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub created_at: String,
-    /// `healthy`, `unhealthy`, `starting` or empty when there is no health check.
+    /// `healthy`, `unhealthy`, `starting` or empty when there is no health check. VMs: whether
+    /// the guest came up (`starting` until it shows it, `unhealthy` past the boot timeout).
     #[serde(default)]
     pub health: String,
     pub restarts: u32,

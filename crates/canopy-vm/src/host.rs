@@ -1,7 +1,8 @@
 //! [`VmHost`]: the VMs of one agent data directory, each a daemonized QEMU process.
 //!
 //! All state lives on disk under `<data dir>/vms/<name>/` (spec, overlay, disks, seed, pidfile,
-//! QMP socket, logs) and in the running QEMU processes themselves; a `VmHost` holds nothing else.
+//! QMP socket, logs) and in the running QEMU processes themselves; a `VmHost` holds nothing else
+//! but its accelerator decision (probed once, see [`crate::AccelChoice`]).
 //! That is what makes [`VmHost::adopt`] safe after an agent restart: QEMU runs daemonized (its own
 //! session, not a child of the agent), and a new `VmHost` on the same directory finds it through
 //! the pidfile and QMP, without touching the guest.
@@ -11,18 +12,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::OnceCell;
 
+use crate::accel::{Accel, AccelChoice};
 use crate::qmp::Qmp;
 use crate::seed::{build_seed, run};
 use crate::spec::validate_name;
 use crate::{Boot, ImageCache, PortForward, VmError, VmSpec};
-
-/// Environment variable that forces the accelerator: `kvm`, `tcg` or `auto` (the default).
-pub const ACCEL_ENV: &str = "CANOPY_VM_ACCEL";
 
 /// Serial logs larger than this are rotated (to `serial.log.1`) when the VM starts.
 const SERIAL_ROTATE_BYTES: u64 = 1 << 20;
@@ -30,58 +31,6 @@ const SERIAL_ROTATE_BYTES: u64 = 1 << 20;
 const SERIAL_SOCKET: &str = "serial.sock";
 /// How long `quit` and SIGKILL each get before the next step.
 const QUIT_GRACE: Duration = Duration::from_secs(5);
-
-/// Which accelerator QEMU is asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// KVM when it works, else TCG (`-accel kvm -accel tcg`; QEMU tries them in order).
-    Auto,
-    /// KVM only: the VM fails to start without it.
-    Kvm,
-    /// TCG (software emulation) only: slow but works everywhere.
-    Tcg,
-}
-
-impl Accel {
-    /// `CANOPY_VM_ACCEL` (kvm, tcg, auto), or `Auto` when unset or unknown.
-    pub fn from_env() -> Accel {
-        match std::env::var(ACCEL_ENV).as_deref().map(str::trim) {
-            Ok("kvm") => Accel::Kvm,
-            Ok("tcg") => Accel::Tcg,
-            Ok("auto") | Ok("") | Err(_) => Accel::Auto,
-            Ok(other) => {
-                tracing::warn!(value = other, "unknown {ACCEL_ENV}; using auto");
-                Accel::Auto
-            }
-        }
-    }
-
-    /// The accelerator a VM started with this setting will use: `kvm` when asked for (or, with
-    /// `Auto`, when `/dev/kvm` can be opened read-write), else `tcg`. Running VMs report what they
-    /// actually use ([`VmInfo::accelerator`]).
-    pub fn probe(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-            Accel::Auto => {
-                let kvm = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/kvm")
-                    .is_ok();
-                if kvm { "kvm" } else { "tcg" }
-            }
-        }
-    }
-
-    fn args(self) -> &'static [&'static str] {
-        match self {
-            Accel::Auto => &["-accel", "kvm", "-accel", "tcg"],
-            Accel::Kvm => &["-accel", "kvm"],
-            Accel::Tcg => &["-accel", "tcg"],
-        }
-    }
-}
 
 /// VM states, named as the reference resource manager reports them
 /// (`VirtualMachine.status.state`). [`VmHost::status`] produces `Stopped`, `Starting`,
@@ -172,6 +121,8 @@ pub struct VmHost {
     vms_dir: PathBuf,
     cache: ImageCache,
     accel: Accel,
+    /// The accelerator decided for `accel` (probed once, at the first need; shared by clones).
+    choice: Arc<OnceCell<AccelChoice>>,
     qemu: PathBuf,
     qemu_img: PathBuf,
 }
@@ -185,6 +136,7 @@ impl VmHost {
             vms_dir: data_dir.join("vms"),
             cache: ImageCache::new(data_dir.join("cache")),
             accel: Accel::from_env(),
+            choice: Arc::default(),
             qemu: PathBuf::from("qemu-system-x86_64"),
             qemu_img: PathBuf::from("qemu-img"),
         }
@@ -199,18 +151,30 @@ impl VmHost {
     /// Runs another QEMU binary (default: `qemu-system-x86_64` from `PATH`).
     pub fn with_qemu(mut self, qemu: impl Into<PathBuf>) -> VmHost {
         self.qemu = qemu.into();
+        self.choice = Arc::default();
         self
     }
 
-    /// Forces the accelerator (overrides `CANOPY_VM_ACCEL`).
+    /// Sets the accelerator (overrides `CANOPY_VM_ACCEL`).
     pub fn with_accel(mut self, accel: Accel) -> VmHost {
         self.accel = accel;
+        self.choice = Arc::default();
         self
     }
 
     /// The accelerator setting VMs are started with.
     pub fn accel(&self) -> Accel {
         self.accel
+    }
+
+    /// The accelerator VMs start with: the forced one, or with [`Accel::Auto`] KVM when a probe
+    /// guest runs under it within [`crate::PROBE_TIMEOUT`], else TCG (with the reason, logged
+    /// as a warning). Decided at the first call and kept: this host (and its clones) probes at
+    /// most once.
+    pub async fn accelerator(&self) -> &AccelChoice {
+        self.choice
+            .get_or_init(|| AccelChoice::decide(self.accel, &self.qemu))
+            .await
     }
 
     /// `qemu-system-x86_64 --version`, e.g. `7.2.0`: whether (and which) QEMU can run here.
@@ -532,9 +496,9 @@ impl VmHost {
         ] {
             arg(a);
         }
-        for a in self.accel.args() {
-            arg(a);
-        }
+        let accel = self.accelerator().await.accelerator;
+        arg("-accel");
+        arg(accel.as_str());
         arg("-m");
         arg(&spec.memory_mib.to_string());
         arg("-smp");
@@ -651,7 +615,7 @@ impl VmHost {
         let log_path = dir.join("qemu.log");
         let log =
             std::fs::File::create(&log_path).map_err(VmError::io("cannot create", &log_path))?;
-        tracing::info!(vm = %name, accel = ?self.accel, "starting qemu");
+        tracing::info!(vm = %name, %accel, "starting qemu");
         tracing::debug!(vm = %name, ?args, "qemu command line");
         let status = tokio::process::Command::new(&self.qemu)
             .args(&args)

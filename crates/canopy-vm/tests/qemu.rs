@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use canopy_vm::{
-    Accel, Boot, CloudInit, ExtraDisk, ImageSource, PortForward, StopOutcome, VmError, VmHost,
-    VmSpec, VmState,
+    Accel, AccelChoice, Accelerator, Boot, CloudInit, ExtraDisk, ImageSource, PortForward,
+    StopOutcome, VmError, VmHost, VmSpec, VmState,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -348,4 +348,79 @@ async fn qemu_failing_to_start_is_reported_with_its_log() {
     assert!(err.to_string().contains("clash"), "{err}");
     assert_eq!(host.status("clash").await.unwrap().state, VmState::Stopped);
     host.remove("clash", Duration::from_secs(1)).await.unwrap();
+}
+
+/// The accelerator probe's guest runs to its end under TCG (so a failure under KVM is KVM's, not
+/// the probe's), and `Auto` decides once: KVM exactly when the probe guest runs under it, else
+/// TCG with the reason. On a host where `/dev/kvm` opens but KVM crawls (the CI machines), that
+/// is TCG with "KVM does not work", decided within the probe's timeout.
+#[tokio::test]
+async fn auto_picks_kvm_only_when_a_probe_guest_runs_under_it_and_decides_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = VmHost::new(dir.path()).with_accel(Accel::Auto);
+    if host.qemu_version().await.is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "qemu-system-x86_64 is missing but CI is set"
+        );
+        eprintln!("skipping: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let qemu = Path::new("qemu-system-x86_64");
+    let took = canopy_vm::probe_guest(qemu, Accelerator::Tcg)
+        .await
+        .expect("the probe guest runs under TCG");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+
+    let started = Instant::now();
+    let choice = host.accelerator().await.clone();
+    let decided_in = started.elapsed();
+    assert!(
+        decided_in < canopy_vm::PROBE_TIMEOUT + Duration::from_secs(5),
+        "the probe took {decided_in:?}"
+    );
+    let kvm = canopy_vm::probe_guest(qemu, Accelerator::Kvm).await;
+    match (&kvm, &choice) {
+        (
+            Ok(_),
+            AccelChoice {
+                accelerator: Accelerator::Kvm,
+                fallback: None,
+            },
+        ) => {}
+        (
+            Err(why),
+            AccelChoice {
+                accelerator: Accelerator::Tcg,
+                fallback: Some(reason),
+            },
+        ) => {
+            eprintln!("KVM unusable here: {why}; the host says: {reason}");
+            if std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_ok()
+            {
+                assert!(reason.contains("KVM does not work"), "{reason}");
+            } else {
+                assert!(reason.contains("/dev/kvm"), "{reason}");
+            }
+        }
+        _ => panic!("probe {kvm:?} but the host chose {choice:?}"),
+    }
+    // Decided once: the clone shares it, and asking again does not probe again.
+    let clone = host.clone();
+    let again = Instant::now();
+    assert_eq!(clone.accelerator().await, &choice);
+    assert!(again.elapsed() < Duration::from_millis(100));
+    // Forced settings are not probed.
+    let forced = VmHost::new(dir.path()).with_accel(Accel::Tcg);
+    assert_eq!(
+        forced.accelerator().await,
+        &AccelChoice {
+            accelerator: Accelerator::Tcg,
+            fallback: None
+        }
+    );
 }

@@ -119,6 +119,24 @@ fn qemu_pids(data_dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The VNC ports the QEMU processes of an agent data directory serve (`-vnc 127.0.0.1:N` is
+/// port 5900 + N).
+fn qemu_vnc_ports(data_dir: &Path) -> Vec<u16> {
+    qemu_pids(data_dir)
+        .into_iter()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .filter_map(|cmdline| {
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let at = args.iter().position(|a| a == "-vnc")?;
+            let display: u16 = args.get(at + 1)?.rsplit_once(':')?.1.parse().ok()?;
+            Some(5900 + display)
+        })
+        .collect()
+}
+
 /// The VM directories under the agent's data directory.
 fn vm_dirs(data_dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(data_dir.join("vms"))
@@ -390,6 +408,85 @@ async fn a_container_and_a_vm_side_by_side() {
         String::from_utf8_lossy(&banner)
     );
     let _ = ws.close(None).await;
+
+    // `canopy vm console` without --listen: a free local port, printed as the address to open
+    // (5900, the old default, is where this VM's own QEMU serves VNC when it was free).
+    let qemu_vnc = qemu_vnc_ports(&agent.data_dir);
+    let credentials = tempfile::tempdir().unwrap();
+    let console = |extra: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_canopy"));
+        cmd.args(["vm", "console", "tiny"])
+            .args(extra)
+            .env("CANOPY_SERVER", &cp.url)
+            .env("CANOPY_PROJECT", &project)
+            .env("CANOPY_TOKEN", cp.admin_token())
+            .env(
+                "CANOPY_CREDENTIALS",
+                credentials.path().join("credentials.json"),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    let mut viewer = console(&[]).spawn().expect("canopy vm console starts");
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(viewer.stdout.take().unwrap()));
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("canopy vm console prints its address within 60 s")
+        .unwrap();
+    let Some(line) = line else {
+        let mut stderr = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(
+            &mut viewer.stderr.take().unwrap(),
+            &mut stderr,
+        )
+        .await;
+        panic!(
+            "canopy vm console exited ({:?}): {stderr}",
+            viewer.wait().await
+        );
+    };
+    let port: u16 = line
+        .split_once("vnc://127.0.0.1:")
+        .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no vnc://127.0.0.1:PORT in {line:?}"));
+    assert!(!qemu_vnc.contains(&port), "{port} is QEMU's ({qemu_vnc:?})");
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("the printed port {port}: {e}"));
+    let mut greeting = [0u8; 12];
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut greeting),
+    )
+    .await
+    .expect("the RFB greeting on the printed port within 20 s")
+    .unwrap();
+    assert!(greeting.starts_with(b"RFB 003."), "{greeting:?}");
+    drop(conn);
+    let _ = viewer.kill().await;
+
+    // A port given with --listen that is taken: a clear error, at once.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        console(&["--listen", &taken_port.to_string()]).output(),
+    )
+    .await
+    .expect("canopy vm console gives up within 60 s")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {taken_port} is already in use on 127.0.0.1"))
+            && stderr.contains("leave --listen out"),
+        "{stderr}"
+    );
+    drop(taken);
 
     // An agent restart adopts the running VM: same QEMU process, no reboot.
     let before = qemu_pids(&agent.data_dir);

@@ -23,9 +23,19 @@
 //!   [`CRASH_WINDOW`] of its start, restarts back off and it is `CRASH_LOOP_BACKOFF`.
 //! - **Controls**: `running: false` powers the VM off (ACPI, then `quit`) and keeps it off
 //!   (`STOPPED`, admin `DOWN`); a `restarts` count above the one last acted on reboots it once.
+//! - **Accelerator**: decided once when the driver is built ([`VmHost::accelerator`]): KVM only
+//!   when a probe guest runs under it, else TCG, with the reason in the log (a warning) and in
+//!   the status of every VM that runs under TCG because of it.
+//! - **Readiness**: QEMU running is not the guest running. A VM is `RUNNING` only once the guest
+//!   showed it came up: output on its serial console since this start, or bytes from the guest
+//!   on one of its published ports (QEMU's user networking accepts connections on them even for
+//!   a dead guest, so an accepted connection is not enough). Until then it is `STARTING` (health
+//!   `starting`) with what it waits for; after the boot timeout ([`DEFAULT_BOOT_TIMEOUT`],
+//!   `CANOPY_VM_BOOT_TIMEOUT`) with no evidence it is an error (app `DOWN`, health `unhealthy`),
+//!   and QEMU is left running: a guest that is only slow still becomes `RUNNING` when it speaks.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -37,7 +47,9 @@ use canopy_proto::{
     AppInstance, AppState, AppStatus, DeploymentInstance, DesiredState, PortSpec, Protocol,
     RestartPolicy, VmBoot, VmImage, VmSpec, WorkloadControl, WorkloadKind, WorkloadStatus,
 };
-use canopy_vm::{BasicAuth, ImageSource, VmError, VmHost, VmState};
+use canopy_vm::{
+    AccelChoice, Accelerator, BasicAuth, ImageSource, SerialMark, VmError, VmHost, VmState,
+};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -65,6 +77,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const HOST_RESERVE_MIB: u64 = 256;
 /// What a Linux guest prints on the serial console when it powers off cleanly.
 const CLEAN_POWEROFF: &str = "reboot: Power down";
+/// How long a started guest gets to show it came up before its VM is reported as an error.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Environment variable overriding [`DEFAULT_BOOT_TIMEOUT`], in seconds.
+pub const BOOT_TIMEOUT_ENV: &str = "CANOPY_VM_BOOT_TIMEOUT";
+/// How long the published ports of a silent guest are probed in one pass (all at once), and how
+/// often at most: a guest that says nothing costs a pass this much, not more.
+const PORT_PROBE_TIME: Duration = Duration::from_secs(2);
+const PORT_PROBE_EVERY: Duration = Duration::from_secs(10);
 /// How much of the serial log the logs tunnel reads back at most (the `tail` lines come from it).
 const LOG_TAIL_BYTES: u64 = 1 << 20;
 const LOG_POLL: Duration = Duration::from_millis(250);
@@ -90,9 +110,21 @@ struct Owner {
     /// RFC 3339.
     created_at: String,
     /// Length of `serial.log` when it was last started: what the guest printed since is after
-    /// it (to tell a clean power-off from a crash).
+    /// it (to tell a clean power-off from a crash, and that the guest came up).
     #[serde(default)]
     serial_mark: u64,
+    /// Inode of `serial.log` then (the start may rotate it).
+    #[serde(default)]
+    serial_ino: u64,
+}
+
+impl Owner {
+    fn serial(&self) -> SerialMark {
+        SerialMark {
+            len: self.serial_mark,
+            ino: self.serial_ino,
+        }
+    }
 }
 
 /// Retry pacing of one VM, in memory only.
@@ -105,6 +137,10 @@ struct Memo {
     crashes: u32,
     last_start: Option<Instant>,
     next_restart: Option<Instant>,
+    /// The QEMU process whose guest showed it came up.
+    up: Option<i32>,
+    /// When the published ports of the current QEMU were last probed (see [`PORT_PROBE_EVERY`]).
+    ports_probed: Option<(i32, Instant)>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +149,15 @@ struct Failure {
     message: String,
     attempts: u32,
     retry_at: Instant,
+}
+
+/// Whether a running QEMU's guest came up (see the module's readiness rule).
+enum Readiness {
+    Up,
+    /// No evidence yet; booting for this long.
+    Waiting(Duration),
+    /// No evidence within the boot timeout; booting for this long.
+    TimedOut(Duration),
 }
 
 /// What one VM's convergence decided, before it is reported.
@@ -151,7 +196,10 @@ pub struct VmDriver {
     image_dirs: Vec<PathBuf>,
     /// QEMU's version, or why QEMU cannot be used here.
     qemu: Result<String, String>,
+    /// The accelerator decided at construction (`None` without QEMU).
+    accel: Option<AccelChoice>,
     stop_timeout: Duration,
+    boot_timeout: Duration,
     memo: Mutex<HashMap<String, Memo>>,
     /// Image downloads by checksum, run in the background so that a large image never holds
     /// up a pass (the edge's other apps, controls and reports go on meanwhile).
@@ -185,19 +233,41 @@ impl VmDriver {
     }
 
     /// A driver over `host` (its directory, QEMU binary, accelerator and image cache); probes
-    /// its QEMU.
+    /// its QEMU and, once, its accelerator (bounded by [`canopy_vm::PROBE_TIMEOUT`]). The boot
+    /// timeout comes from `CANOPY_VM_BOOT_TIMEOUT` (seconds), default
+    /// [`DEFAULT_BOOT_TIMEOUT`].
     pub async fn for_host(host: VmHost) -> VmDriver {
         let qemu = host.qemu_version().await.map_err(|e| error_chain(&e));
-        match &qemu {
-            Ok(v) => info!(qemu = %v, accelerator = host.accel().probe(), "QEMU available"),
-            Err(why) => warn!(reason = %why, "QEMU unavailable: this edge cannot run VMs"),
-        }
+        let accel = match &qemu {
+            Ok(v) => {
+                let choice = host.accelerator().await.clone();
+                match &choice.fallback {
+                    None => {
+                        info!(qemu = %v, accelerator = %choice.accelerator, "QEMU available")
+                    }
+                    // canopy-vm warned already, with the reason.
+                    Some(why) => info!(
+                        qemu = %v,
+                        accelerator = %choice.accelerator,
+                        reason = %why,
+                        "QEMU available; VMs run under TCG"
+                    ),
+                }
+                Some(choice)
+            }
+            Err(why) => {
+                warn!(reason = %why, "QEMU unavailable: this edge cannot run VMs");
+                None
+            }
+        };
         VmDriver {
             host,
             scope: None,
             image_dirs: Vec::new(),
             qemu,
+            accel,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            boot_timeout: boot_timeout_from_env(),
             memo: Mutex::new(HashMap::new()),
             downloads: Arc::default(),
         }
@@ -242,6 +312,13 @@ impl VmDriver {
         self
     }
 
+    /// How long a started guest gets to show it came up (see the module's readiness rule)
+    /// before its VM is an error. Default [`DEFAULT_BOOT_TIMEOUT`].
+    pub fn with_boot_timeout(mut self, timeout: Duration) -> VmDriver {
+        self.boot_timeout = timeout;
+        self
+    }
+
     /// The canopy-vm host (VM directories, serial logs, image cache).
     pub fn host(&self) -> &VmHost {
         &self.host
@@ -262,11 +339,13 @@ impl VmDriver {
 
     /// The accelerator VMs get here (`kvm` or `tcg`), empty without QEMU.
     pub fn accelerator(&self) -> &'static str {
-        if self.available() {
-            self.host.accel().probe()
-        } else {
-            ""
-        }
+        self.accel.as_ref().map_or("", |c| c.accelerator.as_str())
+    }
+
+    /// Why VMs here run under TCG although KVM was allowed (no `/dev/kvm`, or KVM failed its
+    /// probe); `None` when they run under KVM, TCG was forced, or there is no QEMU.
+    pub fn accelerator_fallback(&self) -> Option<&str> {
+        self.accel.as_ref().and_then(|c| c.fallback.as_deref())
     }
 
     /// The host VM name of VM `vm` of `app` in deployment `deployment_id`: `<hash>-<app>-<vm>`,
@@ -444,7 +523,7 @@ impl VmDriver {
             Ok(_) if admin_up && !may_start => self.pending(&name),
             Ok(_) => self.act(dep, app, vm, &name, control, admin_up).await,
         };
-        self.report(vm, &name, admin_up, outcome).await
+        self.report(app, vm, &name, admin_up, outcome).await
     }
 
     /// A failure still waiting for its retry, as observation reports it.
@@ -711,12 +790,13 @@ impl VmDriver {
             started: false,
             created_at: now_rfc3339(),
             serial_mark: 0,
+            serial_ino: 0,
         });
         owner.spec_hash = spec_hash.to_string();
         owner.started = true;
-        owner.serial_mark = tokio::fs::metadata(self.host.serial_log(name))
-            .await
-            .map_or(0, |m| m.len());
+        let mark = self.host.serial_mark(name).await;
+        owner.serial_mark = mark.len;
+        owner.serial_ino = mark.ino;
         write_owner(&dir, &owner)
             .await
             .map_err(|e| (VmState::Unspecified, format!("{target}: {e}")))?;
@@ -851,9 +931,11 @@ impl VmDriver {
         Ok(Fetched::Pending(format!("downloading image {}", image.url)))
     }
 
-    /// The workload report of one VM: what QEMU says, unless the pass decided otherwise.
+    /// The workload report of one VM: what QEMU says, unless the pass decided otherwise; a
+    /// running QEMU is `RUNNING` only once its guest came up (see the module's readiness rule).
     async fn report(
         &self,
+        app: &AppInstance,
         vm: &VmSpec,
         name: &str,
         admin_up: bool,
@@ -898,7 +980,13 @@ impl VmDriver {
                     {
                         w.message = format!("virtual machine {} is {q}", vm.name);
                     }
-                    s.state
+                    match (s.state, s.pid) {
+                        (VmState::Running, Some(pid)) => {
+                            let readiness = self.readiness(vm, name, pid, owner.as_ref()).await;
+                            self.ready_state(app, vm, &mut w, readiness)
+                        }
+                        (state, _) => state,
+                    }
                 }
                 Ok(s) => {
                     if admin_up && w.message.is_empty() {
@@ -1008,6 +1096,140 @@ impl VmDriver {
         read_at(&path, from, len - from)
             .await
             .is_ok_and(|b| String::from_utf8_lossy(&b).contains(CLEAN_POWEROFF))
+    }
+
+    /// Whether the guest of VM `name` (QEMU `pid`, running) came up: remembered once seen for
+    /// that QEMU; else its serial log since the start, then (at most every
+    /// [`PORT_PROBE_EVERY`], within [`PORT_PROBE_TIME`]) its published ports.
+    async fn readiness(
+        &self,
+        vm: &VmSpec,
+        name: &str,
+        pid: i32,
+        owner: Option<&Owner>,
+    ) -> Readiness {
+        let memo = self.memo(name);
+        if memo.up == Some(pid) {
+            return Readiness::Up;
+        }
+        let mark = owner.map(Owner::serial).unwrap_or_default();
+        let mut evidence = None;
+        if self.host.serial_output_since(name, mark).await {
+            evidence = Some("output on its serial console".to_string());
+        } else if !vm.ports.is_empty()
+            && memo
+                .ports_probed
+                .is_none_or(|(p, at)| p != pid || at.elapsed() >= PORT_PROBE_EVERY)
+        {
+            let mut memo = self.memo(name);
+            memo.ports_probed = Some((pid, Instant::now()));
+            self.set_memo(name, memo);
+            let probes = vm.ports.iter().filter_map(|p| {
+                let addr = probe_addr(p.host_ip.as_deref(), p.host_port)?;
+                Some(async move {
+                    canopy_vm::port_answers(addr, PORT_PROBE_TIME)
+                        .await
+                        .then_some(p.host_port)
+                })
+            });
+            if let Some(port) = futures::future::join_all(probes)
+                .await
+                .into_iter()
+                .flatten()
+                .next()
+            {
+                evidence = Some(format!("an answer on host port {port}"));
+            }
+        }
+        if let Some(how) = evidence {
+            info!(vm = %name, pid, evidence = %how, "the guest came up");
+            let mut memo = self.memo(name);
+            memo.up = Some(pid);
+            self.set_memo(name, memo);
+            return Readiness::Up;
+        }
+        let booting = match self.host.started_at(name).await {
+            Some(t) => t.elapsed().unwrap_or_default(),
+            None => Duration::ZERO,
+        };
+        if booting >= self.boot_timeout {
+            Readiness::TimedOut(booting)
+        } else {
+            Readiness::Waiting(booting)
+        }
+    }
+
+    /// The state, health and message of a running QEMU's workload by its guest's readiness.
+    fn ready_state(
+        &self,
+        app: &AppInstance,
+        vm: &VmSpec,
+        w: &mut WorkloadStatus,
+        readiness: Readiness,
+    ) -> VmState {
+        let target = format!("virtual machine {} of app {}", vm.name, app.name);
+        // The fallback explains TCG only for a VM that runs under it (an adopted VM may have
+        // been started under KVM by an earlier agent).
+        let fallback = self
+            .accelerator_fallback()
+            .filter(|_| w.accelerator == Accelerator::Tcg.as_str());
+        let accel = match (w.accelerator.as_str(), fallback) {
+            ("", _) => "accelerator unknown".to_string(),
+            (a, None) => format!("accelerator {a}"),
+            (a, Some(why)) => format!("accelerator {a}, software emulation: {why}"),
+        };
+        let ports = match vm.ports.as_slice() {
+            [] => None,
+            [p] => Some(format!("host port {}", p.host_port)),
+            many => Some(format!(
+                "host ports {}",
+                many.iter()
+                    .map(|p| p.host_port.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+        let (wanted, missing) = match &ports {
+            None => (
+                "output on its serial console".to_string(),
+                "no output on its serial console".to_string(),
+            ),
+            Some(ports) => (
+                format!("output on its serial console or an answer on {ports}"),
+                format!("no output on its serial console and no answer on {ports}"),
+            ),
+        };
+        let limit = self.boot_timeout.as_secs();
+        match readiness {
+            Readiness::Up => {
+                w.health = "healthy".into();
+                if let Some(why) = fallback {
+                    w.message = format!(
+                        "{target} runs under TCG (software emulation, much slower than KVM): {why}"
+                    );
+                }
+                VmState::Running
+            }
+            Readiness::Waiting(booting) => {
+                w.health = "starting".into();
+                w.message = format!(
+                    "{target} is booting ({accel}): waiting for the guest to show it came up \
+                     ({wanted}), {} s of {limit} s",
+                    booting.as_secs()
+                );
+                VmState::Starting
+            }
+            Readiness::TimedOut(booting) => {
+                w.health = "unhealthy".into();
+                w.message = format!(
+                    "{target} did not come up within {limit} s ({accel}): {missing} since it \
+                     started {} s ago; QEMU keeps running it (see its serial log with `canopy \
+                     logs`, its console with `canopy vm console`, or stop it)",
+                    booting.as_secs()
+                );
+                VmState::Starting
+            }
+        }
     }
 
     fn memo(&self, name: &str) -> Memo {
@@ -1246,11 +1468,51 @@ async fn read_at(path: &Path, offset: u64, len: u64) -> std::io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
+/// Where to knock on a published port: its bound address, loopback when bound to all.
+fn probe_addr(host_ip: Option<&str>, port: u16) -> Option<SocketAddr> {
+    let ip = match host_ip {
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(ip) => match ip.parse::<IpAddr>().ok()? {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        },
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// `CANOPY_VM_BOOT_TIMEOUT` in seconds (at least 1), else [`DEFAULT_BOOT_TIMEOUT`].
+fn boot_timeout_from_env() -> Duration {
+    let value = std::env::var(BOOT_TIMEOUT_ENV).ok();
+    parse_boot_timeout(value.as_deref()).unwrap_or_else(|bad| {
+        warn!(
+            value = %bad,
+            default_secs = DEFAULT_BOOT_TIMEOUT.as_secs(),
+            "{BOOT_TIMEOUT_ENV} is not a number of seconds above 0; using the default"
+        );
+        DEFAULT_BOOT_TIMEOUT
+    })
+}
+
+/// A boot timeout in seconds; unset is the default, anything but a number above 0 is returned
+/// as the error.
+fn parse_boot_timeout(value: Option<&str>) -> Result<Duration, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(DEFAULT_BOOT_TIMEOUT),
+        Some(v) => match v.parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+            _ => Err(v.to_string()),
+        },
+    }
+}
+
 /// The app state one VM's report stands for.
 fn vm_app_state(w: &WorkloadStatus) -> AppState {
     match w.state.as_str() {
         "RUNNING" => AppState::Running,
         "STOPPED" if w.admin_state == "DOWN" => AppState::Running,
+        // Booting past the boot timeout without a sign of the guest: an error.
+        "STARTING" if w.health == "unhealthy" => AppState::Down,
         "STARTING" | "PROVISIONING" | "STOPPING" | "MIGRATING" => AppState::Deploying,
         _ => AppState::Down,
     }
@@ -1482,7 +1744,9 @@ mod tests {
     use super::*;
 
     async fn driver(scope: Option<&str>) -> VmDriver {
-        let d = VmDriver::new(Path::new("/nonexistent/canopy-test")).await;
+        // TCG forced: no accelerator probe for tests that start no VM.
+        let host = VmHost::new("/nonexistent/canopy-test").with_accel(canopy_vm::Accel::Tcg);
+        let d = VmDriver::for_host(host).await;
         match scope {
             Some(s) => d.scoped(s),
             None => d,
@@ -1528,6 +1792,12 @@ mod tests {
         assert_eq!(vm_app_state(&w("STOPPED", "UP")), AppState::Down);
         assert_eq!(vm_app_state(&w("STARTING", "UP")), AppState::Deploying);
         assert_eq!(vm_app_state(&w("ERROR_IMAGE_PULL", "UP")), AppState::Down);
+        // Booting past the boot timeout without a sign of the guest is an error.
+        let mut mute = w("STARTING", "UP");
+        mute.health = "unhealthy".into();
+        assert_eq!(vm_app_state(&mute), AppState::Down);
+        mute.health = "starting".into();
+        assert_eq!(vm_app_state(&mute), AppState::Deploying);
         assert_eq!(state_word(VmState::CrashLoopBackoff), "CRASH_LOOP_BACKOFF");
     }
 
@@ -1591,6 +1861,25 @@ mod tests {
         // Small hosts keep 256 MiB.
         assert!(memory_fits(768, 0, 1024).is_ok());
         assert!(memory_fits(769, 0, 1024).is_err());
+    }
+
+    #[test]
+    fn published_ports_are_probed_where_they_are_bound() {
+        let at = |ip: Option<&str>| probe_addr(ip, 8080).map(|a| a.to_string());
+        assert_eq!(at(None).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(at(Some("0.0.0.0")).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(at(Some("::")).as_deref(), Some("[::1]:8080"));
+        assert_eq!(at(Some("10.1.2.3")).as_deref(), Some("10.1.2.3:8080"));
+        assert_eq!(at(Some("not-an-ip")), None);
+    }
+
+    #[test]
+    fn the_boot_timeout_is_a_number_of_seconds() {
+        assert_eq!(parse_boot_timeout(None), Ok(DEFAULT_BOOT_TIMEOUT));
+        assert_eq!(parse_boot_timeout(Some(" ")), Ok(DEFAULT_BOOT_TIMEOUT));
+        assert_eq!(parse_boot_timeout(Some("45")), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_boot_timeout(Some("0")), Err("0".into()));
+        assert_eq!(parse_boot_timeout(Some("5m")), Err("5m".into()));
     }
 
     #[test]

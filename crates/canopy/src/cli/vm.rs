@@ -6,7 +6,9 @@
 //!
 //! Consoles come from the edge through the control plane as WebSockets. `console` makes the
 //! VNC display a plain local TCP port, because VNC viewers speak RFB over TCP, not WebSockets:
-//! each connection to the port opens its own WebSocket and bytes are copied both ways.
+//! each connection to the port opens its own WebSocket and bytes are copied both ways. The port
+//! is a free one the system picks unless `--listen` names one: 5900, the usual VNC port, is
+//! where QEMU itself serves the first VM's display when the edge is this machine.
 //! `console --serial` puts the serial console in the terminal (raw mode when standard input is
 //! a terminal; `Ctrl-]` detaches, as in telnet and virsh).
 
@@ -59,14 +61,15 @@ pub struct Target {
 pub struct ConsoleArgs {
     #[command(flatten)]
     pub target: Target,
-    /// Local address the VNC display is served on.
+    /// Local address (or just the port, on 127.0.0.1) the VNC display is served on; by default
+    /// a free port on 127.0.0.1, printed as `vnc://127.0.0.1:PORT`.
     #[arg(
         long,
-        default_value = "127.0.0.1:5900",
-        value_name = "ADDR",
+        value_name = "ADDR|PORT",
+        value_parser = parse_listen,
         conflicts_with = "serial"
     )]
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
     /// The serial console in this terminal instead (standard input to the VM, the VM's output
     /// to standard output; Ctrl-] detaches when standard input is a terminal).
     #[arg(long)]
@@ -107,9 +110,7 @@ async fn console(args: ConsoleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     ctx.client
         .vm_vnc_address(&vm.app_id, &vm.edge_id, &vm.workload.id)
         .await?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = bind_console(args.listen).await?;
     let addr = listener.local_addr()?;
     writeln!(
         ctx.out,
@@ -133,6 +134,39 @@ async fn console(args: ConsoleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         err,
     )
     .await
+}
+
+/// Where `--listen` is parsed from: `ADDR:PORT`, or a port alone (on 127.0.0.1).
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value.parse().map_err(|_| {
+        format!("{value:?} is neither ADDR:PORT (such as 127.0.0.1:5901) nor a port number")
+    })
+}
+
+/// The console's local listener: on `listen` when given (an error naming the address when it is
+/// taken), else on a free port of 127.0.0.1.
+pub async fn bind_console(listen: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
+    let Some(addr) = listen else {
+        return TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("cannot listen on a free port of 127.0.0.1");
+    };
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "--listen {addr}: port {} is already in use on {} (by a VNC server such as \
+                 QEMU's own, or another console); give another port, or leave --listen out to \
+                 get a free one",
+                addr.port(),
+                addr.ip()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("--listen {addr}: cannot listen there"))
+        }
+    })
 }
 
 /// Serves the VM's VNC display on `listener` until `stop`: every connection gets its own
@@ -397,5 +431,50 @@ mod terminal {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_an_address_or_a_port() {
+        assert_eq!(parse_listen("5901").unwrap().to_string(), "127.0.0.1:5901");
+        assert_eq!(
+            parse_listen("0.0.0.0:5902").unwrap().to_string(),
+            "0.0.0.0:5902"
+        );
+        assert_eq!(
+            parse_listen("[::1]:5903").unwrap().to_string(),
+            "[::1]:5903"
+        );
+        let err = parse_listen("vnc").unwrap_err();
+        assert!(
+            err.contains("\"vnc\"") && err.contains("ADDR:PORT"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_console_port_is_free_unless_given_and_a_taken_one_is_refused_by_name() {
+        let a = bind_console(None).await.unwrap().local_addr().unwrap();
+        let b = bind_console(None).await.unwrap().local_addr().unwrap();
+        assert!(a.ip().is_loopback() && a.port() != 0, "{a}");
+        assert_ne!(a.port(), b.port(), "two consoles at once get two ports");
+
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind_console(Some(addr)).await.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("--listen {addr}"))
+                && err.contains(&format!("port {} is already in use", addr.port()))
+                && err.contains("leave --listen out"),
+            "{err}"
+        );
+        let free = bind_console(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+            .await
+            .unwrap();
+        assert_ne!(free.local_addr().unwrap().port(), 0);
     }
 }
