@@ -219,11 +219,13 @@ async fn run_started<C: Converger>(
             .into_iter()
             .filter_map(|(given, what)| given.then_some(what))
             .collect();
-            if !given.is_empty() {
-                info!(
-                    "already enrolled: the {} given are only used at enrollment and are ignored",
-                    given.join(", ")
-                );
+            if let Some((last, rest)) = given.split_last() {
+                let what = if rest.is_empty() {
+                    last.to_string()
+                } else {
+                    format!("{} and {last}", rest.join(", "))
+                };
+                info!("already enrolled: ignoring the {what} given (used only at enrollment)");
             }
             let edge = start.edge.unwrap_or_else(|| {
                 warn!(
