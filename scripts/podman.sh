@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts (idempotently) a rootful Podman API service for canopy-agent's container driver tests,
-# following docs/MACHINE.md: runc (crun fails on these hosts), cgroupfs, file events logger and
-# capped ulimits, all through a containers.conf of ours (CONTAINERS_CONF) so /etc is untouched.
+# with the host settings docs/HOST-SETUP.md describes: runc (crun fails on hosts with hybrid
+# cgroups), cgroupfs, file events logger and capped ulimits, all through a containers.conf of
+# ours (CONTAINERS_CONF) so /etc is untouched.
 # Nothing can be pulled from the internet here, so the test image is made locally: a busybox
 # rootfs imported as localhost/busybox:canopy-test.
 #
@@ -13,8 +14,21 @@
 # Prints exactly one line on stdout, the one to export:
 #   CANOPY_TEST_DOCKER_HOST=unix:///var/tmp/canopy-podman/podman.sock
 # Everything else goes to stderr. Re-running while the service answers (with the same
-# configuration) only re-checks the registry and the images. Must run as root.
+# configuration) only re-checks the registry and the images. Needs root: run as a non-root
+# user, it runs itself again with sudo (or says that it cannot). Any failure stops it with a
+# message on stderr naming what failed.
 set -euo pipefail
+
+log() { echo "podman.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+trap 'log "error: failed at line $LINENO: $BASH_COMMAND (exit $?)"' ERR
+
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null \
+        || die "must run as root (it installs packages and starts a rootful Podman service), and sudo is not installed: run it as root"
+    log "not root: running again with sudo"
+    exec sudo CANOPY_PODMAN_DIR="${CANOPY_PODMAN_DIR:-}" CANOPY_REGISTRY_DIR="${CANOPY_REGISTRY_DIR:-}" "$0" "$@"
+fi
 
 DIR=${CANOPY_PODMAN_DIR:-/var/tmp/canopy-podman}
 SOCK="$DIR/podman.sock"
@@ -30,11 +44,11 @@ REGISTRY_PASSWORD=canopy-registry-test
 REGISTRY_HTPASSWD='canopy:$2y$10$Q0.oxKW/g036rl/WWCmsNOoCPPRuxGtIo/CgTwuH/iq0Yb.QdY8qy'
 PRIVATE_IMAGE=$REGISTRY/canopy/busybox:private
 
-log() { echo "podman.sh: $*" >&2; }
-
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null || [ ! -x /bin/busybox ] \
     || ! command -v docker-registry >/dev/null || ! command -v curl >/dev/null; then
     log "installing podman, runc, busybox-static and docker-registry"
+    command -v apt-get >/dev/null \
+        || die "podman, runc, /bin/busybox, docker-registry or curl is missing and there is no apt-get to install them (this script knows Debian and Ubuntu): install them, then run it again"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
     apt-get install -y -qq podman runc busybox-static docker-registry curl >&2

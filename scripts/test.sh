@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of Canopy, PostgreSQL suite and container driver included, on a fresh machine:
 # installs and starts a throwaway PostgreSQL on loopback (scripts/postgres.sh) and a Podman API
-# service with a local test image (scripts/podman.sh), then `cargo test`.
+# service with a local test image (scripts/podman.sh), then `cargo test`. Runs as root (the tests
+# use the rootful Podman service); any failure stops it with a message naming what failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+trap 'echo "test.sh: error: failed at line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: error: run it as root (sudo scripts/test.sh): the tests use a rootful Podman service and install packages" >&2
+  exit 1
+fi
+command -v cargo >/dev/null || { echo "test.sh: error: cargo is not on the PATH (install a Rust toolchain, e.g. rustup)" >&2; exit 1; }
 
 if [ -z "${CANOPY_TEST_DATABASE_URL:-}" ]; then
   url_line=$(scripts/postgres.sh | grep '^CANOPY_TEST_DATABASE_URL=' | tail -n 1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds (once, cached) the tiny test virtual machine for canopy-vm's QEMU tests, following
-# docs MACHINE.md "Virtual machines: QEMU": a Debian kernel plus a busybox initramfs whose /init
+# Builds (once, cached) the tiny test virtual machine for canopy-vm's QEMU tests and the README's
+# tour (QEMU on a host: docs/HOST-SETUP.md): a Debian kernel plus a busybox initramfs whose /init
 # loads the virtio network modules from the same kernel package, configures eth0 statically for
 # QEMU user networking (10.0.2.15/24, gateway 10.0.2.2), serves HTTP on port 80 with
 # `busybox httpd`, powers off on the ACPI power button (busybox acpid, so QMP system_powerdown
@@ -13,15 +13,26 @@
 #   CANOPY_TEST_VM_KERNEL_SHA256=<hex>
 #   CANOPY_TEST_VM_INITRD=/var/cache/canopy-test-vm/initrd.img
 #   CANOPY_TEST_VM_INITRD_SHA256=<hex>
-# Must run as root on Debian (apt-get).
+# Needs root on Debian or Ubuntu (apt-get): run as a non-root user, it runs itself again with
+# sudo (or says that it cannot), so `eval "$(scripts/vm-image.sh)"` works either way. Any failure
+# stops it with a message on stderr naming what failed, and nothing on stdout.
 set -euo pipefail
+
+log() { echo "vm-image.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+trap 'log "error: failed at line $LINENO: $BASH_COMMAND (exit $?)"' ERR
+
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null \
+        || die "must run as root (it installs QEMU with apt-get and writes ${CANOPY_TEST_VM_DIR:-/var/cache/canopy-test-vm}), and sudo is not installed: run it as root"
+    log "not root: running again with sudo"
+    exec sudo CANOPY_TEST_VM_DIR="${CANOPY_TEST_VM_DIR:-}" "$0" "$@"
+fi
 
 DIR=${CANOPY_TEST_VM_DIR:-/var/cache/canopy-test-vm}
 # Bump when the recipe below changes, so cached images are rebuilt.
 RECIPE=3
 MARKER=CANOPY-TEST-VM-BOOTED
-
-log() { echo "vm-image.sh: $*" >&2; }
 
 need=()
 if ! command -v qemu-system-x86_64 >/dev/null; then
@@ -34,6 +45,8 @@ fi
 command -v genisoimage >/dev/null || need+=(genisoimage)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
+    command -v apt-get >/dev/null \
+        || die "missing ${need[*]} and there is no apt-get to install them (this script knows Debian and Ubuntu): install them, then run it again"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
     if [ "${need[0]}" = qemu-system-x86 ]; then
@@ -68,7 +81,7 @@ if [ -z "$pkg" ]; then
     apt-get update -qq >&2
     pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
 fi
-[ -n "$pkg" ] || { log "cannot resolve linux-image-amd64 to a kernel package"; exit 1; }
+[ -n "$pkg" ] || die "cannot resolve linux-image-amd64 to a kernel package (apt-cache depends linux-image-amd64 names none)"
 log "downloading $pkg"
 # apt-get download writes into the current directory (it warns that _apt cannot write to a
 # mktemp dir and downloads as root instead; harmless).

@@ -24,7 +24,9 @@ pub struct AgentConfig {
     /// Container engine address (`unix:///run/podman/podman.sock`...); default: `$DOCKER_HOST`,
     /// then Podman's socket, then Docker's.
     pub docker_host: Option<String>,
-    /// Restricts the driver to objects of this scope (several agents on one engine, tests).
+    /// Who owns the engine objects this agent makes (`io.canopy.scope`, part of their names).
+    /// Default (`None`): the edge's id from enrollment, which is what keeps several agents on
+    /// one engine apart; set it only when the owner must be known before enrollment (tests).
     pub scope: Option<String>,
     /// How long one desired-state long-poll waits (`waitSeconds`, at most 60 s). Default 25 s.
     pub poll_wait: Duration,

@@ -20,10 +20,15 @@
 //! Transient failures (network, `5xx`) are retried with jittered exponential backoff by the
 //! activity that met them; the others keep going. A refused credential (`401`) or protocol
 //! (`426`) ends [`run`] with that error. Neither an error nor shutdown touches the workloads.
+//!
+//! Once the agent knows who it is (its edge id, from enrollment), its container driver owns
+//! only the engine objects labelled with that id ([`EdgeDriver::owned_by`]): another agent on
+//! the same engine (a second `canopy up`, another edge enrolled on the same host) is never
+//! touched, without any setting.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -70,18 +75,34 @@ pub async fn run(
         Some(scope) => driver.scoped(scope),
         None => driver,
     };
-    run_started(config, start, driver, shutdown).await
+    run_started(config, start, driver, EdgeDriver::owned_by, shutdown).await
 }
 
 /// [`run`] with a given driver instead of a connection to the configured engine (for tests and
-/// simulators).
+/// simulators). The driver is used as given (no owner is set on it).
 pub async fn run_with<C: Converger>(
     config: AgentConfig,
     converger: C,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let start = Start::check(&config).await?;
-    run_started(config, start, converger, shutdown).await
+    run_started(config, start, converger, |c, _| c, shutdown).await
+}
+
+/// Who owns the engine objects this agent makes: the configured scope, else the edge's id,
+/// else (an `edge.json` lost, the credential kept) a digest of the credential, which is as
+/// stable and unique as the edge and reveals nothing of it.
+fn owner(config: &AgentConfig, edge: &EdgeRecord, credential: &Credential) -> String {
+    if let Some(scope) = &config.scope {
+        return scope.clone();
+    }
+    if !edge.edge_id.is_empty() {
+        return edge.edge_id.clone();
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(credential.expose().as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("credential-{hex}")
 }
 
 /// What the agent found in its data directory.
@@ -165,10 +186,13 @@ async fn connect_driver(config: &AgentConfig) -> Result<EdgeDriver, AgentError> 
     }
 }
 
+/// The agent once its data directory is checked and its driver built: enrollment when needed,
+/// then the four activities. `own` gives the driver its owner once the edge is known.
 async fn run_started<C: Converger>(
     config: AgentConfig,
     start: Start,
     converger: C,
+    own: impl FnOnce(C, &str) -> C,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -185,13 +209,23 @@ async fn run_started<C: Converger>(
         None => AgentClient::new(&start.server)?,
     };
     let mut heartbeat = DEFAULT_HEARTBEAT;
-    let (client, edge) = match start.credential {
+    let (client, edge, owner) = match start.credential {
         Some(credential) => {
-            if config.enroll_token.is_some() || config.name.is_some() || !config.labels.is_empty() {
-                info!(
-                    "already enrolled: the enrollment token, name and labels given are only used \
-                     at enrollment and are ignored"
-                );
+            let given: Vec<&str> = [
+                (config.enroll_token.is_some(), "enrollment token"),
+                (config.name.is_some(), "name"),
+                (!config.labels.is_empty(), "labels"),
+            ]
+            .into_iter()
+            .filter_map(|(given, what)| given.then_some(what))
+            .collect();
+            if let Some((last, rest)) = given.split_last() {
+                let what = if rest.is_empty() {
+                    last.to_string()
+                } else {
+                    format!("{} and {last}", rest.join(", "))
+                };
+                info!("already enrolled: ignoring the {what} given (used only at enrollment)");
             }
             let edge = start.edge.unwrap_or_else(|| {
                 warn!(
@@ -204,7 +238,8 @@ async fn run_started<C: Converger>(
                     server: start.server.clone(),
                 }
             });
-            (client.with_credential(credential), edge)
+            let owner = owner(&config, &edge, &credential);
+            (client.with_credential(credential), edge, owner)
         }
         None => {
             let enrolled = tokio::select! {
@@ -215,8 +250,23 @@ async fn run_started<C: Converger>(
             if enrolled.heartbeat_seconds > 0 {
                 heartbeat = Duration::from_secs(u64::from(enrolled.heartbeat_seconds));
             }
-            (client.with_credential(enrolled.credential), enrolled.edge)
+            let owner = owner(&config, &enrolled.edge, &enrolled.credential);
+            (
+                client.with_credential(enrolled.credential),
+                enrolled.edge,
+                owner,
+            )
         }
+    };
+    let converger = if config.scope.is_some() {
+        // Already scoped by whoever built the driver.
+        converger
+    } else {
+        info!(
+            owner = %owner,
+            "this agent owns the engine objects labelled io.canopy.scope={owner}"
+        );
+        own(converger, &owner)
     };
     let dir = start.dir.clone();
     let (desired, state) = blocking(move || Ok((dir.desired()?, dir.state()?))).await?;
@@ -425,32 +475,61 @@ impl Shared {
     }
 }
 
-/// Whether the control plane answers, to log each transition once rather than every retry.
+/// Whether the control plane answers, to log each transition once rather than every retry:
+/// the first connection, a loss, and the reconnection with how long the control plane was gone.
 #[derive(Default)]
-struct Link(AtomicU8);
+struct Link(Mutex<LinkState>);
 
-const LINK_UNKNOWN: u8 = 0;
-const LINK_UP: u8 = 1;
-const LINK_DOWN: u8 = 2;
+#[derive(Default)]
+enum LinkState {
+    #[default]
+    Unknown,
+    Up,
+    /// Since when.
+    Down(Instant),
+}
 
 impl Link {
     fn up(&self) {
-        match self.0.swap(LINK_UP, Ordering::Relaxed) {
-            LINK_UNKNOWN => info!("connected to the control plane"),
-            LINK_DOWN => info!("connection to the control plane restored"),
-            _ => {}
+        let previous = std::mem::replace(&mut *self.lock(), LinkState::Up);
+        match previous {
+            LinkState::Unknown => info!("connected to the control plane"),
+            LinkState::Down(since) => {
+                let gone = since.elapsed().as_secs();
+                info!(
+                    gone_seconds = gone,
+                    "reconnected to the control plane after {}",
+                    human_duration(gone)
+                );
+            }
+            LinkState::Up => {}
         }
     }
 
     fn down(&self, e: &AgentError) {
-        if self.0.swap(LINK_DOWN, Ordering::Relaxed) == LINK_DOWN {
+        let mut state = self.lock();
+        if matches!(*state, LinkState::Down(_)) {
             debug!(error = %e.chain(), "control plane still unreachable");
         } else {
+            *state = LinkState::Down(Instant::now());
             warn!(
                 error = %e.chain(),
                 "lost the control plane; retrying with backoff (workloads keep running)"
             );
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `42 s`, `3 min 5 s`, `2 h 1 min`: how long something lasted, for people reading logs.
+fn human_duration(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min {} s", s / 60, s % 60),
+        s => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -806,6 +885,14 @@ mod tests {
         assert!(apps.iter().all(|a| a.state == AppState::Down
             && a.deployment_generation == 2
             && a.message.contains("no engine")));
+    }
+
+    #[test]
+    fn durations_read_like_people_say_them() {
+        assert_eq!(human_duration(0), "0 s");
+        assert_eq!(human_duration(59), "59 s");
+        assert_eq!(human_duration(185), "3 min 5 s");
+        assert_eq!(human_duration(7260), "2 h 1 min");
     }
 
     #[tokio::test]

@@ -254,7 +254,8 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-/// Objects a test made by hand, removed when dropped (the driver never will).
+/// Objects a test made by hand, removed when dropped (the driver never will). An empty network
+/// name: none.
 struct HandMade {
     docker: Docker,
     containers: Vec<String>,
@@ -277,7 +278,9 @@ impl Drop for HandMade {
                     .docker
                     .remove_volume(&self.volume, None::<RemoveVolumeOptions>)
                     .await;
-                let _ = self.docker.remove_network(&self.network).await;
+                if !self.network.is_empty() {
+                    let _ = self.docker.remove_network(&self.network).await;
+                }
             })
         });
     }
@@ -423,8 +426,8 @@ async fn dependent_app_waits_for_healthy_web_then_both_run_and_resolve_each_othe
     let port = free_port();
     let id = e.deployment_id();
     let state = desired(vec![deployment(&e, &id, vec![client_app(), web_app(port)])]);
-    let web_name = canopy_agent::driver::names::container_name(&id, "web", "httpd");
-    let client_name = canopy_agent::driver::names::container_name(&id, "client", "fetch");
+    let web_name = e.driver.container_name(&id, "web", "httpd");
+    let client_name = e.driver.container_name(&id, "client", "fetch");
 
     // First pass: web is created but cannot be healthy yet, so the client is not even created.
     let first = e.driver.apply(&state).await.expect("first apply");
@@ -571,8 +574,8 @@ async fn dependent_app_waits_for_healthy_web_then_both_run_and_resolve_each_othe
 
     // Removing the deployment from the desired state removes its containers, volumes and
     // network.
-    let network = canopy_agent::driver::names::network_name(&e.project, "shop");
-    let volume = canopy_agent::driver::names::volume_name(&id, "web", "logs");
+    let network = e.driver.network_name(&e.project, "shop");
+    let volume = e.driver.volume_name(&id, "web", "logs");
     assert!(e.network_exists(&network).await);
     assert!(e.volume_exists(&volume).await);
     let none = e
@@ -610,8 +613,8 @@ async fn new_generation_replaces_the_container_and_keeps_named_volume_data() {
         &id,
         vec![app("db", "data", "db-g1", vec![store.clone()])],
     )]);
-    let name = canopy_agent::driver::names::container_name(&id, "db", "store");
-    let volume = canopy_agent::driver::names::volume_name(&id, "db", "data");
+    let name = e.driver.container_name(&id, "db", "store");
+    let volume = e.driver.volume_name(&id, "db", "data");
 
     e.apply_until(&v1, "v1 running", all_running).await;
     let (id1, _, generation) = e.container(&name).await.expect("v1 container");
@@ -665,7 +668,7 @@ async fn new_generation_replaces_the_container_and_keeps_named_volume_data() {
     );
 
     // remove_deployment removes its containers, volumes and network.
-    let network = canopy_agent::driver::names::network_name(&e.project, "data");
+    let network = e.driver.network_name(&e.project, "data");
     assert!(e.network_exists(&network).await);
     e.driver
         .remove_deployment(&id)
@@ -689,13 +692,13 @@ async fn objects_canopy_did_not_create_are_never_touched() {
     };
     let _cleanup = e.cleanup_guard();
     let id = e.deployment_id();
-    let taken = canopy_agent::driver::names::container_name(&id, "svc", "taken");
+    let taken = e.driver.container_name(&id, "svc", "taken");
 
     // What an operator made by hand (`podman run`, `podman volume create`, ...): no Canopy
     // managed label, but names and even some labels that look like Canopy's.
     let hand = unique("handmade");
-    let foreign_volume = canopy_agent::driver::names::volume_name(&id, "svc", "other");
-    let foreign_network = canopy_agent::driver::names::network_name(&e.project, "stray");
+    let foreign_volume = e.driver.volume_name(&id, "svc", "other");
+    let foreign_network = e.driver.network_name(&e.project, "stray");
     let _handmade = HandMade {
         docker: e.docker.clone(),
         containers: vec![hand.clone(), taken.clone()],
@@ -971,4 +974,322 @@ async fn images_are_pulled_with_the_apps_registry_credentials() {
     assert_eq!(statuses[0].workloads[0].image, image);
     assert!(e.docker.inspect_image(&image).await.is_ok());
     assert!(!format!("{statuses:?}").contains(&password));
+}
+
+/// A web app publishing container port 80 on `127.0.0.1:port`.
+fn published(port: u16) -> AppInstance {
+    let mut httpd = busybox(
+        "httpd",
+        &["busybox", "httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    httpd.ports = vec![PortSpec {
+        container_port: 80,
+        host_port: Some(port),
+        host_ip: Some("127.0.0.1".into()),
+        ..Default::default()
+    }];
+    app("web", "held", "w1", vec![httpd])
+}
+
+/// A container whose start fails (its host port is held by another program) is not left
+/// half-created: it is removed, the app is Down with the real cause (also when only observed),
+/// and once the port is free a later pass creates it afresh and it runs, with nobody removing
+/// anything by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_fails_to_start_is_removed_and_created_afresh_later() {
+    let Some(e) = Engine::start("portheld").await else {
+        return;
+    };
+    let _cleanup = e.cleanup_guard();
+    let holder = TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let port = holder.local_addr().expect("address").port();
+    let id = e.deployment_id();
+    let state = desired(vec![deployment(&e, &id, vec![published(port)])]);
+    let name = e.driver.container_name(&id, "web", "httpd");
+
+    let statuses = e.driver.apply(&state).await.expect("apply");
+    let web = status(&statuses, "web");
+    assert_eq!(web.state, AppState::Down, "{statuses:#?}");
+    assert!(
+        web.message.contains("cannot start container") && web.message.contains(&name),
+        "the real cause: {}",
+        web.message
+    );
+    assert!(
+        e.container(&name).await.is_none(),
+        "a container that failed to start is not left behind"
+    );
+    let observed = e.driver.observe(&state).await.expect("observe");
+    assert_eq!(observed[0].state, AppState::Down, "{observed:#?}");
+    assert!(
+        observed[0].message.contains("cannot start container"),
+        "observing says why too: {}",
+        observed[0].message
+    );
+    // Passes while the port is held never leave the container behind either.
+    let again = e.driver.apply(&state).await.expect("apply again");
+    assert_eq!(again[0].state, AppState::Down, "{again:#?}");
+    assert!(e.container(&name).await.is_none());
+
+    drop(holder);
+    let statuses = e
+        .apply_until(&state, "web running once the port is free", all_running)
+        .await;
+    assert_eq!(statuses[0].workloads[0].ports[0].host_port, Some(port));
+}
+
+/// This process's hard limits of open files and of processes, and the kernel's ceiling of
+/// open files (`fs.nr_open`).
+fn limits() -> (u64, u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let hard = |name: &str| -> u64 {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l[name.len()..].split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/self/limits"))
+    };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .expect("fs.nr_open")
+        .trim()
+        .parse()
+        .expect("a number");
+    (hard("Max open files"), hard("Max processes"), nr_open)
+}
+
+/// A Podman API service of this test's own (same storage as the shared one), with the given
+/// `containers.conf`; killed when dropped.
+struct OwnPodman {
+    child: std::process::Child,
+}
+
+impl OwnPodman {
+    async fn start(socket: &std::path::Path, conf: &str) -> OwnPodman {
+        let conf_path = socket.with_extension("conf");
+        std::fs::write(&conf_path, conf).expect("write containers.conf");
+        let _ = std::fs::remove_file(socket);
+        let log = std::fs::File::create(socket.with_extension("log")).expect("log");
+        let child = std::process::Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .env("CONTAINERS_CONF", &conf_path)
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("podman system service starts");
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "podman system service did not open {}",
+                socket.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        OwnPodman { child }
+    }
+}
+
+impl Drop for OwnPodman {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A container that failed to start under a broken engine setting (more open files than any
+/// process may have: what hosts whose Podman needs a `nofile` cap see) is not restarted with
+/// its old settings forever: the report names the fix, and once the engine is fixed (restarted
+/// with a good setting) the same driver brings the app up, with nobody removing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_comes_up_once_a_broken_engine_is_fixed() {
+    let Some(e) = Engine::start("fixengine").await else {
+        return;
+    };
+    let _cleanup = e.cleanup_guard();
+    let (nofile, nproc, nr_open) = limits();
+    // Podman 4 runs with at most 32768 processes; containers cannot be given more.
+    let nproc = nproc.min(32_768);
+    let conf = |nofile: u64| {
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n"
+        )
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let socket = tmp.path().join("podman.sock");
+    let broken = OwnPodman::start(&socket, &conf(nr_open + 1)).await;
+    let driver = DockerDriver::connect(Some(&format!("unix://{}", socket.display())))
+        .await
+        .unwrap_or_else(|err| panic!("connect to our own service: {}", err.chain()))
+        .scoped(&e.scope)
+        .with_stop_timeout(Duration::from_secs(1));
+    let id = e.deployment_id();
+    let state = desired(vec![deployment(
+        &e,
+        &id,
+        vec![app(
+            "job",
+            "fix",
+            "j1",
+            vec![busybox("main", &["sleep", "100000"])],
+        )],
+    )]);
+    let name = driver.container_name(&id, "job", "main");
+
+    let statuses = driver.apply(&state).await.expect("apply");
+    assert_eq!(statuses[0].state, AppState::Down, "{statuses:#?}");
+    let message = &statuses[0].message;
+    assert!(
+        message.contains("rlimit") && message.contains("default_ulimits = [\"nofile="),
+        "the engine's cause and the fix: {message}"
+    );
+    assert!(
+        e.container(&name).await.is_none(),
+        "nothing is left with the broken settings"
+    );
+
+    // The operator fixes the engine: a cap the host allows.
+    drop(broken);
+    let _fixed = OwnPodman::start(&socket, &conf(nofile)).await;
+    let start = Instant::now();
+    loop {
+        match driver.apply(&state).await {
+            Ok(s) if all_running(&s) => break,
+            Ok(s) => assert!(
+                start.elapsed() < DEADLINE,
+                "the app never came up after the fix: {s:#?}"
+            ),
+            Err(err) => assert!(
+                start.elapsed() < DEADLINE,
+                "the engine never answered after the fix: {}",
+                err.chain()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What an earlier release made carries no owner label. This agent's driver replaces such a
+/// container of a deployment it runs, and reuses such a volume of that deployment (its data is
+/// kept); the same objects of a deployment it does not run may be another agent's and are left
+/// alone, and the reused volume is never removed (nothing proves it is this agent's alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_of_an_earlier_release_are_taken_over_only_for_deployments_this_agent_runs() {
+    let Some(e) = Engine::start("legacy").await else {
+        return;
+    };
+    let _cleanup = e.cleanup_guard();
+    let (mine, other) = (e.deployment_id(), e.deployment_id());
+    let old_container =
+        |id: &str| canopy_agent::driver::names::container_name(None, id, "db", "store");
+    let old_volume = |id: &str| canopy_agent::driver::names::volume_name(None, id, "db", "data");
+    let mut guards = Vec::new();
+    for id in [&mine, &other] {
+        guards.push(HandMade {
+            docker: e.docker.clone(),
+            containers: vec![old_container(id)],
+            volume: old_volume(id),
+            network: String::new(),
+        });
+        let labels = |kind: (&str, &str)| {
+            HashMap::from([
+                ("io.canopy.managed".to_string(), "true".to_string()),
+                ("io.canopy.project".to_string(), e.project.clone()),
+                ("io.canopy.deployment".to_string(), id.to_string()),
+                ("io.canopy.app".to_string(), "db".to_string()),
+                (kind.0.to_string(), kind.1.to_string()),
+            ])
+        };
+        e.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(old_volume(id)),
+                labels: Some(labels(("io.canopy.volume", "data"))),
+                ..Default::default()
+            })
+            .await
+            .expect("an earlier release's volume");
+        let mut container_labels = labels(("io.canopy.container", "store"));
+        container_labels.insert("io.canopy.generation".into(), "db-g1".into());
+        e.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(old_container(id)),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(IMAGE.into()),
+                    cmd: Some(vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "echo kept > /data/file; exec sleep 100000".into(),
+                    ]),
+                    labels: Some(container_labels),
+                    host_config: Some(bollard::models::HostConfig {
+                        binds: Some(vec![format!("{}:/data", old_volume(id))]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("an earlier release's container");
+        e.docker
+            .start_container(&old_container(id), None)
+            .await
+            .expect("start it");
+    }
+    let others_before = e.container(&old_container(&other)).await;
+
+    let mut store = busybox("store", &["sleep", "100000"]);
+    store.volumes = vec![VolumeMount {
+        name: "data".into(),
+        mount_path: "/data".into(),
+        read_only: false,
+    }];
+    let state = desired(vec![deployment(
+        &e,
+        &mine,
+        vec![app("db", "data", "db-g1", vec![store])],
+    )]);
+    e.apply_until(&state, "the app running", all_running).await;
+
+    let name = e.driver.container_name(&mine, "db", "store");
+    assert_ne!(name, old_container(&mine));
+    assert!(
+        e.container(&old_container(&mine)).await.is_none(),
+        "the earlier release's container of this agent's deployment was replaced"
+    );
+    let (code, out) = e.exec(&name, &["cat", "/data/file"]).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "kept"),
+        "the earlier release's volume is reused, data and all"
+    );
+    assert!(
+        !e.volume_exists(&e.driver.volume_name(&mine, "db", "data"))
+            .await,
+        "no second volume"
+    );
+    assert_eq!(
+        e.container(&old_container(&other)).await,
+        others_before,
+        "another deployment's container of an earlier release is left alone"
+    );
+
+    // The deployment goes: this agent's container with it; the reused volume stays (it may
+    // not be this agent's alone), and so does everything of the other deployment.
+    let none = e
+        .driver
+        .apply(&desired(vec![]))
+        .await
+        .expect("apply nothing");
+    assert!(none.is_empty());
+    assert!(e.container(&name).await.is_none());
+    assert!(e.volume_exists(&old_volume(&mine)).await);
+    assert!(e.volume_exists(&old_volume(&other)).await);
+    assert_eq!(e.container(&old_container(&other)).await, others_before);
 }

@@ -496,3 +496,58 @@ async fn a_lost_sequence_continues_after_the_servers_against_fake_server() {
     assert_eq!(cp.with(|i| i.highest_seq), cp.reports().last().unwrap().seq);
     assert!(dir.state().unwrap().seq > 10_000, "persisted past it");
 }
+
+/// Protocol fake (see the module docs). The agent says when it lost the control plane and when
+/// it is back, with how long it was gone; a restart that gives no enrollment settings says
+/// nothing about them, one that gives a name says it is ignored.
+#[tokio::test]
+async fn losing_and_regaining_the_control_plane_are_both_logged_against_fake_server() {
+    let logs = common::Captured::start();
+    let cp = FakeControlPlane::start().await;
+    cp.set_desired(desired(1, &["d1"]));
+    let tmp = tempfile::tempdir().unwrap();
+    enrolled_dir(&cp, tmp.path());
+    let agent = RunningAgent::start(fast_config(&cp.url, tmp.path()), FakeDriver::default());
+    wait_for("a report", || !cp.reports().is_empty()).await;
+    assert!(
+        logs.text().contains("connected to the control plane"),
+        "{}",
+        logs.text()
+    );
+    assert!(
+        !logs.text().contains("already enrolled"),
+        "nothing was given to ignore: {}",
+        logs.text()
+    );
+
+    cp.with(|i| i.fail_with = Some(503));
+    wait_for("the loss logged", || {
+        logs.text().contains("lost the control plane")
+    })
+    .await;
+    cp.with(|i| i.fail_with = None);
+    wait_for("the reconnection logged", || {
+        logs.text()
+            .contains("reconnected to the control plane after")
+    })
+    .await;
+    agent.stop().await.unwrap();
+    let text = logs.text();
+    let lost = text.find("lost the control plane").unwrap();
+    let back = text
+        .rfind("reconnected to the control plane after")
+        .unwrap();
+    assert!(lost < back, "{text}");
+    assert!(text[back..].contains(" s"), "how long it was gone: {text}");
+
+    // A restart with a name: said to be ignored, and only that.
+    let mut config = fast_config(&cp.url, tmp.path());
+    config.name = Some("another-name".into());
+    let agent = RunningAgent::start(config, FakeDriver::default());
+    wait_for("the ignored name logged", || {
+        logs.text()
+            .contains("already enrolled: ignoring the name given")
+    })
+    .await;
+    agent.stop().await.unwrap();
+}

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::query_parameters::RemoveContainerOptions;
 use canopy_agent::DockerDriver;
-use canopy_agent::driver::names;
 use canopy_proto::{
     AppInstance, AppState, AppStatus, ContainerSpec, DeploymentInstance, DesiredState, Generation,
 };
@@ -167,7 +166,7 @@ async fn the_agent_runs_workloads_and_keeps_them_without_the_control_plane_again
 
     // The control plane goes away, and so does the container (by hand, agent stopped).
     cp.stop();
-    let name = names::container_name(&deployment_id, "web", "sleeper");
+    let name = checker.container_name(&deployment_id, "web", "sleeper");
     let docker = Docker::connect_with_host(&host)
         .expect("bollard client")
         .negotiate_version()

@@ -550,3 +550,253 @@ async fn the_agent_stops_with_a_clear_message_when_refused() {
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("re-enroll"), "{log}");
 }
+
+// ------------------------------------------------------------------ two edges, one engine
+
+/// A package of one app whose one container keeps a file in a named volume (no host port, so
+/// two edges on one machine can both run it).
+fn write_keeper_package(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("package dir");
+    let files = [
+        (
+            "keeper.yaml",
+            r#"specSchema: DeploymentPackage
+schemaVersion: "0.1"
+$schema: "https://schema.intel.com/catalog.orchestrator/0.1/schema"
+name: keeper
+displayName: Keeper
+description: One container keeping a file in a volume
+version: 1.0.0
+applications:
+  - name: store
+    version: 1.0.0
+defaultNamespaces:
+  store: keeper
+deploymentProfiles:
+  - name: default
+    displayName: Default
+    applicationProfiles:
+      - application: store
+        profile: default
+defaultProfile: default
+"#,
+        ),
+        (
+            "store.yaml",
+            r#"specSchema: Application
+schemaVersion: "0.1"
+$schema: "https://schema.intel.com/catalog.orchestrator/0.1/schema"
+name: store
+version: 1.0.0
+description: Keeps a file in its volume
+templateFileName: store.yaml.j2
+defaultProfile: default
+profiles:
+  - name: default
+    valuesFileName: store-values.yaml
+"#,
+        ),
+        (
+            "store.yaml.j2",
+            r#"containers:
+  - name: keeper
+    image: {{ values.image | tojson }}
+    command: ["sh", "-c"]
+    args:
+      - "[ -f /data/first ] || date > /data/first; trap 'exit 0' TERM; sleep 100000 & wait"
+    volumes:
+      - name: data
+        mountPath: /data
+"#,
+        ),
+        ("store-values.yaml", &format!("image: {IMAGE}\n")),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).expect("package file");
+    }
+}
+
+/// The engine's creation time of a volume.
+async fn volume_created(engine: &Engine, name: &str) -> String {
+    engine
+        .podman(&["volume", "inspect", name, "--format", "{{.CreatedAt}}"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .trim()
+        .to_string()
+}
+
+/// Two edges enrolled on one machine, one container engine, no `--scope`: each agent owns the
+/// objects of its own edge id. The same deployment runs once per edge (names do not collide);
+/// when one edge loses the deployment and its agent restarts, the other edge's container,
+/// volume and network are untouched. Edge B's agent runs with a relative `--data-dir`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_on_one_engine_never_touch_each_others_objects() {
+    let Some(host) = engine_host("two_edges_on_one_engine_never_touch_each_others_objects") else {
+        return;
+    };
+    let run = unique();
+    let project = format!("e2e-{run}");
+    let engine = Engine::new(&host);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let logs = tmp.path().join("logs");
+    let mut cleanup = Cleanup {
+        engine: engine.clone(),
+        scopes: Vec::new(),
+        run: run.clone(),
+        logs: logs.clone(),
+    };
+    let package = tmp.path().join("keeper");
+    write_keeper_package(&package);
+    let cp = TestControlPlane::start_fleet(fast()).await;
+    cp.create_project(&project).await;
+    let (s, b) = cp.upload_dir(&project, &package).await;
+    assert_eq!(s, StatusCode::OK, "upload keeper: {b}");
+    let (_, token) = enrollment_token(&cp, &project).await;
+
+    let mut a = AgentProcess::new(
+        "edge-a",
+        &cp.url,
+        &host,
+        "",
+        &[("role", "store"), ("site", "a")],
+        tmp.path(),
+        &logs,
+    );
+    let mut b = AgentProcess::new(
+        "edge-b",
+        &cp.url,
+        &host,
+        "",
+        &[("role", "store"), ("site", "b")],
+        tmp.path(),
+        &logs,
+    );
+    b.in_directory(tmp.path());
+    a.start(Some(&token));
+    b.start(Some(&token));
+    for agent in [&a, &b] {
+        eventually(
+            &format!("{} enrolled and connected", agent.name),
+            async || {
+                let (s, e) = edge(&cp, &project, &agent.name).await;
+                if s == StatusCode::OK && e["connection"] == "CONNECTED" {
+                    Ok(())
+                } else {
+                    Err(format!("{s}: {e}"))
+                }
+            },
+        )
+        .await;
+    }
+    let (owner_a, owner_b) = (a.edge_id(), b.edge_id());
+    assert_ne!(owner_a, owner_b);
+    cleanup.scopes = vec![owner_a.clone(), owner_b.clone()];
+    assert!(
+        tmp.path().join("agent-edge-b/credential").exists(),
+        "the relative --data-dir is under the agent's working directory"
+    );
+
+    // One deployment, both edges: one container per edge, each in its owner's scope.
+    let (s, created) = cp
+        .post(
+            &deployments_url(&cp, &project, ""),
+            &json!({
+                "appName": "keeper", "appVersion": "1.0.0", "displayName": "keeper",
+                "allAppTargetClusters": {"labels": {"role": "store"}},
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{created}");
+    let id = created["deploymentId"].as_str().expect("id").to_string();
+    deployment_reaches(&cp, &project, &id, "RUNNING").await;
+    let both = eventually("the deployment's container on each edge", async || {
+        let v = engine.containers(DEPLOYMENT, &id).await?;
+        let scopes: std::collections::BTreeSet<&str> = v
+            .iter()
+            .filter(|c| c.state == "running")
+            .filter_map(|c| c.labels.get(SCOPE).map(String::as_str))
+            .collect();
+        let want: std::collections::BTreeSet<&str> = [owner_a.as_str(), owner_b.as_str()].into();
+        if v.len() == 2 && scopes == want {
+            Ok(v)
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+    assert_ne!(both[0].name, both[1].name);
+    let of_b = |kind: &'static str| {
+        let engine = engine.clone();
+        let owner = owner_b.clone();
+        async move { engine.objects(kind, SCOPE, &owner).await.unwrap() }
+    };
+    let (volumes_b, networks_b) = (of_b("volume").await, of_b("network").await);
+    assert_eq!(volumes_b.len(), 1, "{volumes_b:?}");
+    assert_eq!(networks_b.len(), 1, "{networks_b:?}");
+    assert_eq!(
+        engine
+            .objects("volume", SCOPE, &owner_a)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "edge A has a volume of its own"
+    );
+    let b_container: Vec<String> = both
+        .iter()
+        .filter(|c| c.labels.get(SCOPE) == Some(&owner_b))
+        .map(|c| c.id.clone())
+        .collect();
+    let b_before = engine.identities(&b_container).await.unwrap();
+    let b_volume_created = volume_created(&engine, &volumes_b[0]).await;
+
+    // Edge A loses the deployment: its objects go, edge B's stay.
+    set_labels(&cp, &project, "edge-a", json!({"remove": ["role"]})).await;
+    scope_is_empty(&engine, &owner_a).await;
+    // Edge A's agent restarts (its desired state is empty now): its first pass touches nothing
+    // of edge B's either.
+    a.kill().await;
+    a.start(None);
+    eventually(
+        "edge A's restarted agent applied its desired state",
+        async || {
+            let log = a.log();
+            if log.contains("applied desired state")
+                && log.contains("connected to the control plane")
+            {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
+    deployment_reaches(&cp, &project, &id, "RUNNING").await;
+    assert_eq!(
+        engine.identities(&b_container).await.unwrap(),
+        b_before,
+        "edge B's container was neither removed nor restarted"
+    );
+    assert_eq!(of_b("volume").await, volumes_b, "edge B's volume is there");
+    assert_eq!(
+        volume_created(&engine, &volumes_b[0]).await,
+        b_volume_created,
+        "and it is the same volume"
+    );
+    assert_eq!(
+        of_b("network").await,
+        networks_b,
+        "edge B's network is there"
+    );
+
+    // Deleted: edge B's objects go too.
+    let (s, del) = cp
+        .delete(&deployments_url(&cp, &project, &format!("/{id}")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{del}");
+    scope_is_empty(&engine, &owner_b).await;
+    a.kill().await;
+    b.kill().await;
+    cp.stop().await;
+}

@@ -2,8 +2,13 @@
 //! (HTTPS with a self-signed certificate, whose printed fingerprint the test pins as a user
 //! would) and a local agent on this machine. With no Docker-API socket around, `canopy up`
 //! starts Podman's API service itself (podman is installed by `scripts/podman.sh`, whose
-//! `containers.conf` the child service is given, as MACHINE.md requires on these hosts). Skipped
-//! with a note when `CANOPY_TEST_DOCKER_HOST` is unset, except under CI where that fails.
+//! `containers.conf` the child service is given, as docs/HOST-SETUP.md describes for these
+//! hosts; or, run as from a fresh checkout, with the settings `canopy up` finds this host
+//! needs). Skipped with a note when `CANOPY_TEST_DOCKER_HOST` is unset, except under CI where
+//! that fails.
+//!
+//! The local agent owns only the engine objects of its own edge (labelled with the edge id), so
+//! these tests share the engine with others safely; guards remove what they leave behind.
 
 #[path = "common/edge_support.rs"]
 #[allow(
@@ -62,7 +67,7 @@ impl Drop for Up {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        for _ in 0..100 {
+        for _ in 0..300 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
@@ -123,6 +128,71 @@ fn start_up_with(
     }
 }
 
+/// Starts `canopy up` in `checkout` as a new user does from a fresh checkout: no `--data-dir`
+/// (the default, relative `./canopy-data`), no engine socket and no `CONTAINERS_CONF`, so it
+/// starts Podman's API service itself with the settings it finds this host needs. The log of
+/// each start goes to `canopy-data.log` next to the data directory.
+fn start_up_in(checkout: &std::path::Path, port: u16) -> Up {
+    let data_dir = checkout.join("canopy-data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(checkout)
+        .env_remove("DOCKER_HOST")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("CONTAINERS_CONF")
+        .env(
+            "CANOPY_CREDENTIALS",
+            data_dir.with_extension("credentials.json"),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(data_dir.with_extension("log")).expect("log file"))
+        .spawn()
+        .expect("canopy up starts");
+    let mut banner = String::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("banner line");
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Stop with Ctrl-C") {
+            break;
+        }
+    }
+    Up {
+        child,
+        banner,
+        data_dir,
+    }
+}
+
+/// Whether process `pid` is alive (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Kills the Podman service a test made `canopy up` leave behind, if it is still there when the
+/// test ends (also when it fails).
+struct KillService(std::path::PathBuf);
+
+impl Drop for KillService {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0)
+            && let Ok(pid) = pid.trim().parse::<u32>()
+            && alive(pid)
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("podman"))
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 async fn edges(http: &reqwest::Client, port: u16) -> Result<Value, String> {
     let body: Value = http
         .get(format!(
@@ -178,13 +248,22 @@ async fn up_runs_a_control_plane_and_a_local_agent() {
         "{}",
         up.banner
     );
-    let edge = eventually("the local edge connects", async || {
-        let e = edges(&http, port).await?;
-        match e["edges"].get(0) {
-            Some(edge) if edge["connection"] == "CONNECTED" => Ok(edge.clone()),
-            _ => Err(format!("edges: {e}")),
-        }
-    })
+    // The engine's name comes with the agent's first report, which may follow the connection.
+    let edge = eventually(
+        "the local edge connects and reports its engine",
+        async || {
+            let e = edges(&http, port).await?;
+            match e["edges"].get(0) {
+                Some(edge)
+                    if edge["connection"] == "CONNECTED"
+                        && !edge["engine"].as_str().unwrap_or("").is_empty() =>
+                {
+                    Ok(edge.clone())
+                }
+                _ => Err(format!("edges: {e}")),
+            }
+        },
+    )
     .await;
     assert_eq!(edge["name"], "local");
     assert_eq!(edge["labels"]["host"], "local");
@@ -227,8 +306,12 @@ async fn up_runs_a_control_plane_and_a_local_agent() {
         id.as_str(),
         "same edge, not a second enrollment"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
     drop(up);
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(
+        !log.contains("already enrolled"),
+        "a restart gives no enrollment settings to ignore: {log}"
+    );
 }
 
 #[tokio::test]
@@ -483,4 +566,154 @@ async fn the_readme_tour_of_containers_and_vms() {
     })
     .await;
     drop(up);
+}
+
+/// `canopy up` as from a fresh checkout (see [`start_up_in`]): the default relative data
+/// directory (Podman's socket used to be handed over relative, and the service exited), its
+/// own Podman service with the settings this host needs (a container of the example runs), and
+/// after a SIGKILL, which leaves that service running, the next start reuses it; a normal stop
+/// stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_from_a_fresh_checkout_runs_podman_itself_and_reuses_it_after_sigkill() {
+    let Some(engine) = engine_host("up_from_a_fresh_checkout_runs_podman_itself") else {
+        return;
+    };
+    if system_socket_exists() {
+        eprintln!("skipping: a system engine socket exists, so `canopy up` would use it");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let checkout = tmp.path().join("checkout");
+    std::fs::create_dir_all(&checkout).unwrap();
+    let data = checkout.join("canopy-data");
+    let logs = tmp.path().join("logs");
+    let mut cleanup = support::Cleanup {
+        engine: support::Engine::new(&engine),
+        scopes: Vec::new(),
+        run: support::unique(),
+        logs,
+    };
+    let _service = KillService(data.join("podman/service.pid"));
+    let [port, web_port, status_port] = free_ports::<3>();
+
+    let mut up = start_up_in(&checkout, port);
+    let socket = data.join("podman/podman.sock");
+    assert!(
+        up.banner.contains(&format!(
+            "Podman      API service on unix://{}",
+            socket.display()
+        )),
+        "Podman's service on the absolute socket path: {}",
+        up.banner
+    );
+    if up.banner.contains("settings this host needs") {
+        let conf = std::fs::read_to_string(data.join("podman/containers.conf"))
+            .expect("the settings are in the data directory");
+        assert!(
+            conf.contains("[containers]") || conf.contains("[engine]"),
+            "{conf}"
+        );
+    }
+    std::fs::write(
+        data.with_extension("url"),
+        format!("https://127.0.0.1:{port}"),
+    )
+    .unwrap();
+    let http = up.client();
+    let edge = eventually(
+        "the local edge connects and reports its engine",
+        async || {
+            let e = edges(&http, port).await?;
+            match e["edges"].get(0) {
+                Some(edge)
+                    if edge["connection"] == "CONNECTED"
+                        && edge["engine"].as_str().unwrap_or("").contains("Podman") =>
+                {
+                    Ok(edge.clone())
+                }
+                _ => Err(format!("edges: {e}")),
+            }
+        },
+    )
+    .await;
+    cleanup
+        .scopes
+        .push(edge["id"].as_str().expect("edge id").to_string());
+
+    // A container runs under this service (the settings work).
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/web-demo");
+    cli_ok(&data, &["catalog", "upload", example]).await;
+    let sets = [
+        format!("web.image={}", support::IMAGE),
+        format!("web.port={web_port}"),
+        format!("status.image={}", support::IMAGE),
+        format!("status.port={status_port}"),
+    ];
+    let mut create = vec![
+        "deployment",
+        "create",
+        "web-demo:1.0.0",
+        "--label",
+        "host=local",
+    ];
+    for s in &sets {
+        create.extend(["--set", s.as_str()]);
+    }
+    cli_ok(&data, &create).await;
+    eventually("the web app answers", async || {
+        let body = support::http_body(web_port).await?;
+        body.contains("Hello from Canopy").then_some(()).ok_or(body)
+    })
+    .await;
+
+    // SIGKILL: the service it started stays behind...
+    let pid: u32 = std::fs::read_to_string(data.join("podman/service.pid"))
+        .expect("the service's pid is kept")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(alive(pid));
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    std::mem::forget(up);
+    assert!(alive(pid), "a SIGKILLed canopy up cannot stop its service");
+
+    // ...and the next start reuses it.
+    let up = start_up_in(&checkout, port);
+    assert!(
+        up.banner.contains(&format!("reused: pid {pid}")),
+        "{}",
+        up.banner
+    );
+    let http = up.client();
+    eventually("the local edge reconnects", async || {
+        let e = edges(&http, port).await?;
+        match e["edges"].get(0) {
+            Some(edge) if edge["connection"] == "CONNECTED" => Ok(()),
+            _ => Err(format!("edges: {e}")),
+        }
+    })
+    .await;
+    eventually("the web app still answers", async || {
+        let body = support::http_body(web_port).await?;
+        body.contains("Hello from Canopy").then_some(()).ok_or(body)
+    })
+    .await;
+
+    // A normal stop (SIGTERM) stops the service it reused.
+    drop(up);
+    let start = std::time::Instant::now();
+    while alive(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "canopy up did not stop the Podman service (pid {pid}) it reused"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether a system engine socket exists (then `canopy up` uses it instead of starting Podman).
+fn system_socket_exists() -> bool {
+    std::path::Path::new("/run/podman/podman.sock").exists()
+        || std::path::Path::new("/var/run/docker.sock").exists()
 }

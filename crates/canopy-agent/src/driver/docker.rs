@@ -7,10 +7,16 @@
 //! passes, so it can be re-run at any time, after a crash or an agent restart, and adopts what a
 //! previous run created. Every engine call has a timeout, so a pass is bounded; failures of one
 //! app become that app's status (`Down` with the reason) instead of failing the pass.
+//!
+//! Two exceptions to "keeps no state", both only pacing and wording: a container whose create or
+//! start failed is removed at once and retried afresh with backoff (`failures`), its cause
+//! remembered to report; and objects of an earlier release (no owner, see `names`) are noted in
+//! the log once each rather than every pass.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -32,8 +38,11 @@ use super::spec::{self, Placement};
 use super::status::{self, Seen};
 
 mod engine;
+mod failures;
+mod hints;
 mod report;
 
+use failures::Failures;
 use report::{label_of, observed, parse_time, workload};
 
 /// Bound of one ordinary engine call.
@@ -63,6 +72,10 @@ pub struct DockerDriver {
     podman: bool,
     scope: Option<String>,
     stop_timeout: Duration,
+    /// Containers whose create or start failed, and when to try again (see `failures`).
+    failures: Arc<Failures>,
+    /// Objects of an earlier release already mentioned in the log.
+    noted: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Whether a pass may change anything.
@@ -157,16 +170,36 @@ impl DockerDriver {
             podman,
             scope: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            failures: Arc::default(),
+            noted: Arc::default(),
         })
     }
 
-    /// Restricts the driver to objects labelled `io.canopy.scope=<scope>` (and labels what it
-    /// creates so): adoption and garbage collection then ignore Canopy objects of other scopes.
-    /// For several agents sharing one engine, and for tests running side by side. Without a
-    /// scope the driver owns every Canopy-labelled object on the engine.
+    /// Restricts the driver to objects labelled `io.canopy.scope=<scope>` (and labels and names
+    /// what it creates so, see `names`): adoption and garbage collection then ignore Canopy
+    /// objects of other scopes. The agent scopes its driver with its edge id, so several agents
+    /// share an engine safely. Objects of an earlier release (no scope) are replaced or reused
+    /// only for deployments in this driver's desired state, and otherwise left alone. Without a
+    /// scope the driver owns the unscoped Canopy objects (an earlier release's behaviour).
     pub fn scoped(mut self, scope: &str) -> DockerDriver {
         self.scope = Some(scope.to_string());
         self
+    }
+
+    /// The engine name of container `container` of `app` in deployment `deployment_id`.
+    pub fn container_name(&self, deployment_id: &str, app: &str, container: &str) -> String {
+        names::container_name(self.scope(), deployment_id, app, container)
+    }
+
+    /// The engine name of volume `volume` of `app` in deployment `deployment_id` (unless an
+    /// earlier release's volume of that deployment is reused, see [`scoped`](Self::scoped)).
+    pub fn volume_name(&self, deployment_id: &str, app: &str, volume: &str) -> String {
+        names::volume_name(self.scope(), deployment_id, app, volume)
+    }
+
+    /// The engine name of the network of `namespace` in `project`.
+    pub fn network_name(&self, project: &str, namespace: &str) -> String {
+        names::network_name(self.scope(), project, namespace)
     }
 
     /// How long a container gets to stop (SIGTERM) before it is killed, when it is replaced or
@@ -308,16 +341,22 @@ impl DockerDriver {
                 d.apps.iter().flat_map(move |a| {
                     a.containers
                         .iter()
-                        .map(move |c| names::container_name(&d.deployment_id, &a.name, &c.name))
+                        .map(move |c| self.container_name(&d.deployment_id, &a.name, &c.name))
                 })
             })
             .collect();
+        self.failures.retain(&wanted);
         let (keep, garbage): (Vec<_>, Vec<_>) = existing
             .into_iter()
             .partition(|c| wanted.contains(&summary_name(c)));
-        if mode == Mode::Apply && !garbage.is_empty() {
+        if mode == Mode::Apply {
             // Before converging, so that names and host ports of old containers are free.
-            if let Err(e) = self.remove_containers(garbage).await {
+            if self.scope.is_some() {
+                self.replace_legacy_containers(desired).await;
+            }
+            if !garbage.is_empty()
+                && let Err(e) = self.remove_containers(garbage).await
+            {
                 warn!(error = %e.chain(), "garbage collection of containers incomplete; retried next pass");
             }
         }
@@ -397,8 +436,13 @@ impl DockerDriver {
                 seen.push((&c.name, Seen::Failed(why)));
                 continue;
             }
-            let name = names::container_name(&dep.deployment_id, &app.name, &c.name);
+            let name = self.container_name(&dep.deployment_id, &app.name, &c.name);
             let (s, w) = self.look(app, c, &name).await;
+            // Removed after it failed: the remembered cause says why it is not there.
+            let s = match (s, self.failures.last(&name, &app.spec_hash)) {
+                (Seen::Missing, Some(why)) => Seen::Failed(why),
+                (s, _) => s,
+            };
             seen.push((&c.name, s));
             workloads.extend(w);
         }
@@ -427,7 +471,7 @@ impl DockerDriver {
         app: &AppInstance,
         cache: &mut PassCache,
     ) -> Result<HashMap<String, String>, String> {
-        let network = names::network_name(&dep.project, &app.namespace);
+        let network = self.network_name(&dep.project, &app.namespace);
         if !cache.networks.contains_key(&network) {
             let r = self
                 .ensure_network(&network, &dep.project, &app.namespace)
@@ -445,13 +489,43 @@ impl DockerDriver {
             .flat_map(|c| c.volumes.iter().map(|v| v.name.as_str()))
             .collect();
         for v in wanted {
-            let name = names::volume_name(&dep.deployment_id, &app.name, v);
-            self.ensure_volume(&name, names::volume_labels(self.scope(), dep, app, v))
-                .await
-                .map_err(|e| e.chain())?;
+            let name = self.volume_for(dep, app, v).await.map_err(|e| e.chain())?;
             volumes.insert(v.to_string(), name);
         }
         Ok(volumes)
+    }
+
+    /// The engine volume of spec volume `v`: this driver's own, created when missing; or, while
+    /// this driver has none yet, the volume an earlier release (no owner) made for this very
+    /// deployment, reused so that its data survives the upgrade (it is never removed: nothing
+    /// proves it is this agent's alone).
+    async fn volume_for(
+        &self,
+        dep: &DeploymentInstance,
+        app: &AppInstance,
+        v: &str,
+    ) -> Result<String, DriverError> {
+        let name = self.volume_name(&dep.deployment_id, &app.name, v);
+        if self.scope.is_some() && self.volume_labels(&name).await?.is_none() {
+            let old = names::volume_name(None, &dep.deployment_id, &app.name, v);
+            if let Some(labels) = self.volume_labels(&old).await?
+                && names::is_legacy(Some(&labels))
+                && label_is(Some(&labels), names::DEPLOYMENT, &dep.deployment_id)
+            {
+                if self.note_once(&old) {
+                    info!(
+                        volume = %old,
+                        "using the volume an earlier Canopy release made for this deployment \
+                         (its data is kept; it has no owner label, so it is never removed \
+                         automatically)"
+                    );
+                }
+                return Ok(old);
+            }
+        }
+        self.ensure_volume(&name, names::volume_labels(self.scope(), dep, app, v))
+            .await?;
+        Ok(name)
     }
 
     /// Brings one container to the desired spec: adopt, start, replace or create.
@@ -464,7 +538,7 @@ impl DockerDriver {
         existing: &HashMap<String, ContainerSummary>,
         cache: &mut PassCache,
     ) -> Result<(), String> {
-        let name = names::container_name(&dep.deployment_id, &app.name, &c.name);
+        let name = self.container_name(&dep.deployment_id, &app.name, &c.name);
         if let Some(found) = existing.get(&name) {
             let labels = found.labels.clone().unwrap_or_default();
             let label = |k: &str| labels.get(k).map(String::as_str).unwrap_or_default();
@@ -486,8 +560,11 @@ impl DockerDriver {
                     _ => false,
                 };
                 if restart {
+                    if let Some(why) = self.failures.backing_off(&name, &app.spec_hash) {
+                        return Err(why);
+                    }
                     info!(container = %name, state = %state, "starting adopted container");
-                    self.start(&name, &app.name).await.map_err(|e| e.chain())?;
+                    return self.start_fresh(&name, app).await;
                 } else {
                     debug!(container = %name, state = %state, "adopted container left as is");
                 }
@@ -505,7 +582,10 @@ impl DockerDriver {
         } else {
             self.ensure_image(&c.image, &c.name, app, cache).await?;
         }
-        let network = names::network_name(&dep.project, &app.namespace);
+        if let Some(why) = self.failures.backing_off(&name, &app.spec_hash) {
+            return Err(why);
+        }
+        let network = self.network_name(&dep.project, &app.namespace);
         let body = spec::create_body(
             c,
             Placement {
@@ -532,14 +612,59 @@ impl DockerDriver {
             Ok(_) => info!(container = %name, image = %c.image, "created container"),
             // Docker says 409; Podman 4 says 500 "... is already in use".
             Err(e) if e.status_code() == Some(409) || e.chain().contains("already in use") => {
-                return Err(format!(
+                let why = format!(
                     "cannot create container {name}: the name is used by a container this agent \
                      does not manage (remove or rename it)"
-                ));
+                );
+                return Err(self.failures.record(&name, &app.spec_hash, &why));
             }
-            Err(e) => return Err(e.chain()),
+            Err(e) => {
+                let cause = hints::explain(e.chain());
+                // An engine may keep what it made of a failed create: never let it linger.
+                self.discard(&name).await;
+                return Err(self.failures.record(&name, &app.spec_hash, &cause));
+            }
         }
-        self.start(&name, &app.name).await.map_err(|e| e.chain())
+        self.start_fresh(&name, app).await
+    }
+
+    /// Starts a container of the app's current generation. If the start fails the container is
+    /// removed: it keeps the settings it was created with (runtime, ulimits, ports...), so a
+    /// fix to the host would never reach it, and what the failed start left behind could make
+    /// the next attempt fail for another reason than the real one. The next attempt (after a
+    /// backoff, see `failures`) creates it afresh from the current spec.
+    async fn start_fresh(&self, name: &str, app: &AppInstance) -> Result<(), String> {
+        match self.start(name, &app.name).await {
+            Ok(()) => {
+                self.failures.forget(name);
+                Ok(())
+            }
+            Err(e) => {
+                let cause = hints::explain(e.chain());
+                warn!(container = %name, error = %cause, "start failed; removing the container to create it afresh next time");
+                self.discard(name).await;
+                Err(self.failures.record(name, &app.spec_hash, &cause))
+            }
+        }
+    }
+
+    /// Removes container `name` if it exists and is this driver's (a failed create or start).
+    async fn discard(&self, name: &str) {
+        match self.inspect(name).await {
+            Ok(Some(i)) => {
+                let labels = i.config.as_ref().and_then(|c| c.labels.as_ref());
+                if !names::is_ours(labels, self.scope()) {
+                    return;
+                }
+                if let Err(e) = self.stop_and_remove(name).await {
+                    warn!(container = %name, error = %e.chain(), "cannot remove the container that failed; retried next pass");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(container = %name, error = %e.chain(), "cannot inspect the container that failed")
+            }
+        }
     }
 
     /// Makes sure `image` is present, pulling it (with the app's credentials) when it is not.
@@ -659,10 +784,10 @@ impl DockerDriver {
         let mut networks = HashSet::new();
         for d in &desired.deployments {
             for a in &d.apps {
-                networks.insert(names::network_name(&d.project, &a.namespace));
+                networks.insert(self.network_name(&d.project, &a.namespace));
                 for c in &a.containers {
                     for v in &c.volumes {
-                        volumes.insert(names::volume_name(&d.deployment_id, &a.name, &v.name));
+                        volumes.insert(self.volume_name(&d.deployment_id, &a.name, &v.name));
                     }
                 }
             }
@@ -688,6 +813,97 @@ impl DockerDriver {
             }
             Err(e) => warn!(error = %e.chain(), "cannot list networks"),
         }
+        if self.scope.is_some() {
+            self.note_legacy_volumes_and_networks(desired).await;
+        }
+    }
+
+    /// Containers of an earlier release (no owner label): those of a deployment in this
+    /// driver's desired state are this agent's to replace (removed here, before converging, so
+    /// their names and host ports are free; the new ones carry this agent's scope). The others
+    /// may be another agent's: left alone, and mentioned once.
+    async fn replace_legacy_containers(&self, desired: &DesiredState) {
+        let legacy = match self.list_legacy_containers().await {
+            Ok(list) => list,
+            Err(e) => {
+                debug!(error = %e.chain(), "cannot list containers of earlier releases");
+                return;
+            }
+        };
+        for c in legacy {
+            let name = summary_name(&c);
+            let deployment = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(names::DEPLOYMENT))
+                .cloned()
+                .unwrap_or_default();
+            if desired
+                .deployments
+                .iter()
+                .any(|d| d.deployment_id == deployment)
+            {
+                info!(
+                    container = %name,
+                    deployment = %deployment,
+                    "replacing a container an earlier Canopy release made for a deployment this \
+                     edge runs"
+                );
+                if let Err(e) = self.stop_and_remove(&name).await {
+                    warn!(container = %name, error = %e.chain(), "cannot remove the container of an earlier release yet");
+                }
+            } else if self.note_once(&name) {
+                warn!(
+                    container = %name,
+                    deployment = %deployment,
+                    "left alone: a container an earlier Canopy release made (no owner label) for \
+                     a deployment this edge does not run; it may be another agent's. Remove it \
+                     by hand if it is not (podman rm -f {name})"
+                );
+            }
+        }
+    }
+
+    /// Volumes and networks of an earlier release that this driver does not use: never removed
+    /// (nothing proves they are this agent's), mentioned once each.
+    async fn note_legacy_volumes_and_networks(&self, desired: &DesiredState) {
+        let desired_ids: HashSet<&str> = desired
+            .deployments
+            .iter()
+            .map(|d| d.deployment_id.as_str())
+            .collect();
+        if let Ok(volumes) = self.list_legacy_volumes().await {
+            for (name, deployment) in volumes {
+                if !desired_ids.contains(deployment.as_str()) && self.note_once(&name) {
+                    warn!(
+                        volume = %name,
+                        deployment = %deployment,
+                        "left alone: a volume an earlier Canopy release made (no owner label) \
+                         for a deployment this edge does not run; its data stays. Remove it by \
+                         hand once nothing needs it (podman volume rm {name})"
+                    );
+                }
+            }
+        }
+        if let Ok(networks) = self.list_legacy_networks().await {
+            for name in networks {
+                if self.note_once(&name) {
+                    info!(
+                        network = %name,
+                        "left alone: a network an earlier Canopy release made (no owner label); \
+                         remove it by hand once no container uses it (podman network rm {name})"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether `object` is mentioned for the first time (by this driver).
+    fn note_once(&self, object: &str) -> bool {
+        self.noted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(object.to_string())
     }
 
     fn scope(&self) -> Option<&str> {

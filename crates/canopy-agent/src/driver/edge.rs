@@ -26,7 +26,6 @@ use canopy_proto::{AppState, AppStatus, DesiredState, TunnelTarget, WorkloadKind
 use super::DockerDriver;
 use super::deps::Reported;
 use super::error::DriverError;
-use super::names;
 use super::status::rank;
 use super::vm::VmDriver;
 use crate::converger::Converger;
@@ -98,6 +97,27 @@ impl EdgeDriver {
                 ..r
             }),
             vms: self.vms.scoped(scope),
+            reported: self.reported,
+        }
+    }
+
+    /// Gives the container driver (and one connected later) its owner: the edge's id, so that
+    /// agents sharing one engine never touch each other's containers, volumes and networks (see
+    /// [`DockerDriver::scoped`]). The VM driver needs none: its VMs, overlays and image cache
+    /// live under this agent's own data directory.
+    pub fn owned_by(self, owner: &str) -> EdgeDriver {
+        let containers = self
+            .containers
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|d| Arc::new(Arc::unwrap_or_clone(d).scoped(owner)));
+        EdgeDriver {
+            containers: RwLock::new(containers),
+            reconnect: self.reconnect.map(|r| Reconnect {
+                scope: Some(owner.to_string()),
+                ..r
+            }),
+            vms: self.vms,
             reported: self.reported,
         }
     }
@@ -237,13 +257,13 @@ impl Converger for EdgeDriver {
                         ),
                     });
                 }
-                let name = names::container_name(deployment_id, app, workload);
                 let containers =
                     self.container_driver()
                         .await
                         .map_err(|why| DriverError::Unsupported {
                             what: format!("log stream of container {workload}: {why}"),
                         })?;
+                let name = containers.container_name(deployment_id, app, workload);
                 let stream = containers.logs(&name, *follow, *tail).await?;
                 Ok(TunnelIo::Source(stream))
             }

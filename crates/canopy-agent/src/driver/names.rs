@@ -5,6 +5,14 @@
 //! names, which is what makes adoption possible. Labels mark what Canopy created; everything the
 //! driver lists, replaces or removes is selected by [`MANAGED`] first, so objects made by anyone
 //! else are never touched.
+//!
+//! **Ownership.** Several agents may share one engine (two `canopy up` on one machine, several
+//! edges enrolled on one host). Each agent owns exactly the objects labelled with its scope
+//! ([`SCOPE`]: the edge's id, given by the control plane at enrollment), and the scope is part of
+//! every name ([`owner_tag`]), so two agents deploying the same deployment never want the same
+//! container, volume or network. Objects of an earlier release carry no scope ([`is_legacy`]):
+//! nothing proves which agent made them, so an agent only replaces such containers and reuses
+//! such volumes when their deployment is in its own desired state, and otherwise leaves them.
 
 use std::collections::HashMap;
 
@@ -26,7 +34,8 @@ pub const CONTAINER: &str = "io.canopy.container";
 pub const NAMESPACE: &str = "io.canopy.namespace";
 /// Volume name within the app spec (on volumes).
 pub const VOLUME: &str = "io.canopy.volume";
-/// Optional: which driver instance owns the object (see `DockerDriver::scoped`).
+/// Which agent owns the object: the edge id (see `DockerDriver::scoped`). Objects of releases
+/// before ownership have none.
 pub const SCOPE: &str = "io.canopy.scope";
 
 /// Maps `s` onto the characters engines accept in object names (`[a-z0-9_.-]`), lowercased.
@@ -61,25 +70,47 @@ pub fn short_id(deployment_id: &str) -> String {
     if s.is_empty() { "x".into() } else { s }
 }
 
-/// `canopy-<project>-<namespace>`: one network per application namespace of a project.
-pub fn network_name(project: &str, namespace: &str) -> String {
-    format!("canopy-{}-{}", slug(project), slug(namespace))
+/// The name prefix of an owner's objects: `canopy-<tag>`, where the tag is the first 8 hex digits
+/// of the SHA-256 of the scope (an edge id is a UUID; a hash keeps names short and spreads any
+/// scope string evenly). Without a scope, `canopy` (the names of earlier releases).
+pub fn owner_tag(scope: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    match scope {
+        Some(scope) => {
+            let hash = Sha256::digest(scope.as_bytes());
+            let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            format!("canopy-{hex}")
+        }
+        None => "canopy".to_string(),
+    }
 }
 
-/// `canopy-<deployment id>-<app>-<volume>`: no version in it, so data survives upgrades.
-pub fn volume_name(deployment_id: &str, app: &str, volume: &str) -> String {
+/// `<prefix>-<project>-<namespace>`: one network per application namespace of a project.
+pub fn network_name(scope: Option<&str>, project: &str, namespace: &str) -> String {
+    format!("{}-{}-{}", owner_tag(scope), slug(project), slug(namespace))
+}
+
+/// `<prefix>-<deployment id>-<app>-<volume>`: no version in it, so data survives upgrades.
+pub fn volume_name(scope: Option<&str>, deployment_id: &str, app: &str, volume: &str) -> String {
     format!(
-        "canopy-{}-{}-{}",
+        "{}-{}-{}-{}",
+        owner_tag(scope),
         slug(deployment_id),
         slug(app),
         slug(volume)
     )
 }
 
-/// `canopy-<short deployment id>-<app>-<container>`.
-pub fn container_name(deployment_id: &str, app: &str, container: &str) -> String {
+/// `<prefix>-<short deployment id>-<app>-<container>`.
+pub fn container_name(
+    scope: Option<&str>,
+    deployment_id: &str,
+    app: &str,
+    container: &str,
+) -> String {
     format!(
-        "canopy-{}-{}-{}",
+        "{}-{}-{}-{}",
+        owner_tag(scope),
         short_id(deployment_id),
         slug(app),
         slug(container)
@@ -160,13 +191,20 @@ pub fn filters(scope: Option<&str>, extra: &[(&str, &str)]) -> HashMap<String, V
 }
 
 /// Whether an object's labels say Canopy (in this scope, or without a scope when `scope` is
-/// none) created it. Checked again in code before
-/// anything is removed, whatever the engine's filter did.
+/// none) created it. Checked again in code before anything is removed, whatever the engine's
+/// filter did.
 pub fn is_ours(labels: Option<&HashMap<String, String>>, scope: Option<&str>) -> bool {
     let Some(labels) = labels else { return false };
-    // Unscoped agents own only unscoped objects: an agent never touches another's.
+    // Unscoped drivers own only unscoped objects: an agent never touches another's.
     labels.get(MANAGED).map(String::as_str) == Some("true")
         && labels.get(SCOPE).map(String::as_str) == scope
+}
+
+/// Whether Canopy made the object before objects had owners (managed, no scope): an earlier
+/// release's agent, whichever it was.
+pub fn is_legacy(labels: Option<&HashMap<String, String>>) -> bool {
+    let Some(labels) = labels else { return false };
+    labels.get(MANAGED).map(String::as_str) == Some("true") && !labels.contains_key(SCOPE)
 }
 
 #[cfg(test)]
@@ -175,14 +213,24 @@ mod tests {
 
     #[test]
     fn names_follow_the_documented_shapes() {
-        assert_eq!(network_name("shop", "web"), "canopy-shop-web");
+        // Without a scope: the names of earlier releases.
+        assert_eq!(network_name(None, "shop", "web"), "canopy-shop-web");
         assert_eq!(
-            volume_name("3f2a9c1e-7b6d-4e2f-9a1b-0c3d5e7f9a1b", "db", "data"),
+            volume_name(None, "3f2a9c1e-7b6d-4e2f-9a1b-0c3d5e7f9a1b", "db", "data"),
             "canopy-3f2a9c1e-7b6d-4e2f-9a1b-0c3d5e7f9a1b-db-data"
         );
         assert_eq!(
-            container_name("3f2a9c1e-7b6d-4e2f-9a1b-0c3d5e7f9a1b", "web", "httpd"),
+            container_name(None, "3f2a9c1e-7b6d-4e2f-9a1b-0c3d5e7f9a1b", "web", "httpd"),
             "canopy-3f2a9c1e7b6d-web-httpd"
+        );
+        // With one: the owner's tag after `canopy-`.
+        let edge = Some("0b7e6f3c-2d4a-4c1e-9f5b-8a7d6c5b4a39");
+        let tag = owner_tag(edge);
+        assert!(tag.starts_with("canopy-") && tag.len() == 15, "{tag}");
+        assert_eq!(network_name(edge, "shop", "web"), format!("{tag}-shop-web"));
+        assert_eq!(
+            container_name(edge, "3f2a9c1e-7b6d-4e2f-9a1b-0c3d5e7f9a1b", "web", "httpd"),
+            format!("{tag}-3f2a9c1e7b6d-web-httpd")
         );
         assert_eq!(short_id("d1"), "d1");
         assert_eq!(aliases("web", "httpd"), vec!["httpd", "web-httpd"]);
@@ -209,5 +257,34 @@ mod tests {
         );
         assert!(!is_ours(Some(&HashMap::new()), None));
         assert!(!is_ours(None, None));
+    }
+
+    #[test]
+    fn two_owners_never_want_the_same_name() {
+        let (a, b) = (Some("edge-a"), Some("edge-b"));
+        assert_ne!(owner_tag(a), owner_tag(b));
+        assert_ne!(
+            container_name(a, "d1", "web", "c"),
+            container_name(b, "d1", "web", "c")
+        );
+        assert_ne!(
+            volume_name(a, "d1", "web", "v"),
+            volume_name(b, "d1", "web", "v")
+        );
+        assert_ne!(network_name(a, "p", "ns"), network_name(b, "p", "ns"));
+        assert_ne!(
+            container_name(a, "d1", "web", "c"),
+            container_name(None, "d1", "web", "c")
+        );
+    }
+
+    #[test]
+    fn legacy_objects_are_managed_without_a_scope() {
+        let mut l = HashMap::from([(MANAGED.to_string(), "true".to_string())]);
+        assert!(is_legacy(Some(&l)));
+        l.insert(SCOPE.into(), "edge".into());
+        assert!(!is_legacy(Some(&l)));
+        assert!(!is_legacy(Some(&HashMap::new())), "not Canopy's at all");
+        assert!(!is_legacy(None));
     }
 }

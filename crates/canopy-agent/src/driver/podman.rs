@@ -14,15 +14,19 @@
 //!    maps Podman's extra states onto Docker's ([`normalize_states`]) and decodes that
 //!    ([`get_json`]).
 //!
-//! bollard has no call for either, so this is plain HTTP over the same socket, written out here
-//! rather than pulling in a second HTTP client: HTTP/1.0 requests, so the engine (a Go server,
-//! like Docker) answers without chunked encoding and closes the connection after the body.
+//! bollard has no call for either, so these are plain `GET`s over the same socket with hyper's
+//! HTTP/1.1 client (the one bollard itself uses), one connection per request: they are rare
+//! (a health check that is overdue, an answer bollard cannot decode), so pooling buys nothing.
 
 use std::io;
 use std::path::PathBuf;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Where the engine listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,60 +132,73 @@ pub fn encode(s: &str) -> String {
     out
 }
 
-/// The body of a `200` answer to `GET path`.
+/// The body of a `200` answer to `GET path`. A connection failure is `ConnectionRefused` (never
+/// `NotFound`, which is kept for the engine's `404`).
 async fn get(endpoint: &Endpoint, path: &str) -> io::Result<Vec<u8>> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    // A connection failure must not read as "no such object" (NotFound is kept for 404).
     let unreachable = |e: io::Error| io::Error::new(io::ErrorKind::ConnectionRefused, e);
-    let answer = match endpoint {
-        Endpoint::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path)
+    let (status, body) = match endpoint {
+        Endpoint::Unix(socket) => {
+            let stream = tokio::net::UnixStream::connect(socket)
                 .await
                 .map_err(unreachable)?;
-            exchange(stream, &request).await?
+            exchange(stream, path).await?
         }
         Endpoint::Tcp(addr) => {
             let stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(unreachable)?;
-            exchange(stream, &request).await?
+            exchange(stream, path).await?
         }
     };
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP header in answer"))?;
-    let head = String::from_utf8_lossy(&answer[..split]);
-    let body = answer[split + 4..].to_vec();
-    let status_line = head.lines().next().unwrap_or_default();
-    let code = status_line.split_whitespace().nth(1).unwrap_or_default();
-    if code == "200" {
-        Ok(body)
-    } else {
-        let text = String::from_utf8_lossy(&body);
-        let kind = if code == "404" {
-            io::ErrorKind::NotFound
-        } else {
-            io::ErrorKind::Other
-        };
-        Err(io::Error::new(
-            kind,
-            format!(
-                "engine answered {status_line:?} to GET {path}: {}",
-                text.trim().chars().take(300).collect::<String>()
-            ),
-        ))
+    if status == StatusCode::OK {
+        return Ok(body.to_vec());
     }
+    let kind = if status == StatusCode::NOT_FOUND {
+        io::ErrorKind::NotFound
+    } else {
+        io::ErrorKind::Other
+    };
+    let text = String::from_utf8_lossy(&body);
+    Err(io::Error::new(
+        kind,
+        format!(
+            "engine answered {status} to GET {path}: {}",
+            text.trim().chars().take(300).collect::<String>()
+        ),
+    ))
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    request: &str,
-) -> io::Result<Vec<u8>> {
-    stream.write_all(request.as_bytes()).await?;
-    let mut buf = Vec::new();
-    (&mut stream).take(MAX_ANSWER).read_to_end(&mut buf).await?;
-    Ok(buf)
+/// One `GET path` on a fresh HTTP/1.1 connection: the status and the body (at most
+/// [`MAX_ANSWER`] bytes).
+async fn exchange<S>(stream: S, path: &str) -> io::Result<(StatusCode, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "localhost")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let answer = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(io::Error::other)?;
+        let status = response.status();
+        let limit = usize::try_from(MAX_ANSWER).unwrap_or(usize::MAX);
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            .to_bytes();
+        Ok::<_, io::Error>((status, body))
+        // `sender` is dropped here, which lets `connection` finish.
+    };
+    // The connection is driven alongside the request, in this task: nothing outlives the call.
+    let (answer, _closed) = tokio::join!(answer, connection);
+    answer
 }
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
 //! `canopy agent`: the edge agent, and the container-engine discovery `canopy up` shares with
-//! it (find a Docker-API socket, or start Podman's API service when Podman is installed).
+//! it (find a Docker-API socket, or start Podman's API service when Podman is installed, see
+//! [`PodmanService`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context as _;
+
+mod podman;
+
+pub use podman::PodmanService;
 
 /// `canopy agent` flags.
 #[derive(Debug, clap::Args)]
@@ -31,8 +35,9 @@ pub struct AgentArgs {
     /// DOCKER_HOST, then the usual Podman and Docker sockets.
     #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
     pub docker_host: Option<String>,
-    /// Only manage containers of this scope (to run several agents on one container engine,
-    /// e.g. for tests; each then ignores the others' containers).
+    /// Own the engine objects labelled with this scope instead of the edge's id. Not needed to
+    /// run several agents on one engine (each owns its edge's objects by default); for tests
+    /// that must know the scope before enrollment.
     #[arg(long, value_name = "NAME")]
     pub scope: Option<String>,
     /// Directory whose files VM images may name with `file://` URLs (repeatable; without one,
@@ -73,9 +78,14 @@ pub async fn run(
         Some(h) => Some(h),
         None => find_engine_socket().map(|p| format!("unix://{}", p.display())),
     };
+    let vm_image_dirs = args
+        .vm_image_dirs
+        .iter()
+        .map(|d| absolute(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let config = agent_config(
         server,
-        args.data_dir,
+        absolute(&args.data_dir)?,
         args.enroll_token,
         args.name,
         args.labels.into_iter().collect(),
@@ -84,7 +94,7 @@ pub async fn run(
     )?;
     let config = canopy_agent::AgentConfig {
         scope: args.scope,
-        vm_image_dirs: args.vm_image_dirs,
+        vm_image_dirs,
         vm_cache_max_bytes: args.vm_cache_size.unwrap_or(config.vm_cache_max_bytes),
         ..config
     };
@@ -140,56 +150,21 @@ pub fn find_engine_socket() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.exists())
 }
 
-/// Podman's API service, started by `canopy up`; stopped when dropped.
-pub struct PodmanService {
-    child: tokio::process::Child,
-    pub socket: PathBuf,
+/// `path` made absolute against the current directory (without touching the file system):
+/// paths handed to other processes (Podman's socket, QEMU's files) or kept in files must not
+/// depend on the directory each process happens to run in.
+pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path)
+        .with_context(|| format!("cannot make {} an absolute path", path.display()))
 }
 
-impl PodmanService {
-    /// Starts `podman system service` on `DIR/podman.sock` and waits until it answers.
-    pub async fn start(dir: &Path) -> anyhow::Result<PodmanService> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let socket = dir.join("podman.sock");
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::File::create(dir.join("podman-service.log"))
-            .with_context(|| format!("cannot write {}", dir.display()))?;
-        let child = tokio::process::Command::new("podman")
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start `podman system service` (is podman installed?)")?;
-        let mut svc = PodmanService { child, socket };
-        for _ in 0..100 {
-            if svc.socket.exists() && std::os::unix::net::UnixStream::connect(&svc.socket).is_ok() {
-                return Ok(svc);
-            }
-            if let Some(status) = svc.child.try_wait()? {
-                anyhow::bail!(
-                    "podman system service exited ({status}); see {}",
-                    dir.join("podman-service.log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::bail!(
-            "podman system service did not open {} within 10 s",
-            svc.socket.display()
-        )
-    }
-
-    /// Stops the service.
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
+/// Whether `program` is an executable file on the PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
 }
 
 /// Whether `podman` is on the PATH.
 pub fn podman_installed() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join("podman").is_file()))
+    on_path("podman")
 }

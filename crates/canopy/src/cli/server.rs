@@ -133,11 +133,13 @@ pub const LOCAL_LABEL: (&str, &str) = ("host", "local");
 /// with a banner saying where it is and what to do next.
 pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::Result<()> {
     init_logging();
+    // Everything below derives paths from it, some handed to other processes (Podman's socket).
+    let data_dir = super::agent::absolute(&args.data_dir)?;
     let config = canopy_server::ServerConfig {
         listen: args.listen,
-        data_dir: args.data_dir.clone(),
+        data_dir: data_dir.clone(),
         database_url: None,
-        tls: args.tls.server_tls(&args.data_dir),
+        tls: args.tls.server_tls(&data_dir),
         fleet: Default::default(),
         auth: args.auth.auth_config()?,
         tenancy: args.auth.tenancy_config()?,
@@ -177,18 +179,17 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
     let server_task = tokio::spawn(server.run(stopped()));
 
     // The local agent: an engine socket, an enrollment (first start only), the sync loop.
-    let mut podman = None;
+    let mut podman: Option<super::agent::PodmanService> = None;
     let mut agent_task = None;
     let mut agent_note = String::from("no local agent (--no-agent)");
     if !args.no_agent {
-        let agent_dir = args.data_dir.join("agent");
+        let agent_dir = data_dir.join("agent");
         let docker_host = match args.docker_host.clone() {
             Some(h) => Some(h),
             None => match super::agent::find_engine_socket() {
                 Some(p) => Some(format!("unix://{}", p.display())),
                 None if super::agent::podman_installed() => {
-                    let svc =
-                        super::agent::PodmanService::start(&args.data_dir.join("podman")).await?;
+                    let svc = super::agent::PodmanService::start(&data_dir.join("podman")).await?;
                     let host = format!("unix://{}", svc.socket.display());
                     podman = Some(svc);
                     Some(host)
@@ -201,7 +202,8 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
                 agent_note = "no local agent: no container engine found (install podman, then run `canopy up` again)".into();
             }
             Some(host) => {
-                let token = if agent_dir.join("credential").exists() {
+                let enrolled = agent_dir.join("credential").exists();
+                let token = if enrolled {
                     None
                 } else {
                     let ctx = app
@@ -223,17 +225,30 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
                         .await?;
                     Some(created.secret)
                 };
-                let labels = [(LOCAL_LABEL.0.to_string(), LOCAL_LABEL.1.to_string())].into();
+                // Name and labels are enrollment settings: given only to enroll (a later start
+                // would only be told they are ignored).
+                let (name, labels) = if enrolled {
+                    (None, Default::default())
+                } else {
+                    (
+                        Some(LOCAL_EDGE.to_string()),
+                        [(LOCAL_LABEL.0.to_string(), LOCAL_LABEL.1.to_string())].into(),
+                    )
+                };
                 let mut cfg = super::agent::agent_config(
                     &url,
                     agent_dir,
                     token,
-                    Some(LOCAL_EDGE.to_string()),
+                    name,
                     labels,
                     Some(host.clone()),
                     &trust,
                 )?;
-                cfg.vm_image_dirs = args.vm_image_dirs.clone();
+                cfg.vm_image_dirs = args
+                    .vm_image_dirs
+                    .iter()
+                    .map(|d| super::agent::absolute(d))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
                 let stop = stopped();
                 agent_task = Some(tokio::spawn(async move {
                     if let Err(e) = canopy_agent::run(cfg, stop).await {
@@ -284,10 +299,14 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
                 .to_owned(),
         ),
     };
+    let podman_line = match &podman {
+        Some(svc) => format!("  Podman      {}\n", svc.summary),
+        None => String::new(),
+    };
     writeln!(
         out,
         "Canopy is up on embedded storage ({db}).\n\
-         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
+         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n{podman_line}  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
          {tls_note}\
          \nNext, in another terminal (from the Canopy source tree; the CLI here already trusts\
          \nthis server and acts as its administrator):\n\
@@ -320,10 +339,11 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
+    let data_dir = super::agent::absolute(&args.data_dir)?;
     let config = canopy_server::ServerConfig {
         listen: args.listen,
-        tls: args.tls.server_tls(&args.data_dir),
-        data_dir: args.data_dir,
+        tls: args.tls.server_tls(&data_dir),
+        data_dir,
         database_url: args.database_url,
         fleet: Default::default(),
         auth: args.auth.auth_config()?,

@@ -360,8 +360,11 @@ pub fn all_logs(dir: &Path) -> String {
 /// directory; each start logs to a file of its own in the logs directory.
 pub struct AgentProcess {
     pub name: String,
+    /// The `--scope` given; empty: none (the agent owns its edge's objects, see [`Self::edge_id`]).
     pub scope: String,
     pub data_dir: PathBuf,
+    /// Where the process runs; when set, `--data-dir` is given relative to it.
+    cwd: Option<PathBuf>,
     server: String,
     engine_url: String,
     labels: Vec<String>,
@@ -388,6 +391,7 @@ impl AgentProcess {
             name: name.to_string(),
             scope: scope.to_string(),
             data_dir: root.join(format!("agent-{name}")),
+            cwd: None,
             server: server.to_string(),
             engine_url: engine_url.to_string(),
             labels: labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -397,6 +401,25 @@ impl AgentProcess {
             log: None,
             child: None,
         }
+    }
+
+    /// Runs the agent in `dir` (which holds its data directory), naming its data directory
+    /// relative to it, as a user typing `--data-dir agent` does.
+    pub fn in_directory(&mut self, dir: &Path) {
+        assert!(
+            self.data_dir.starts_with(dir),
+            "the data directory is under {dir:?}"
+        );
+        self.cwd = Some(dir.to_path_buf());
+    }
+
+    /// The edge id the agent enrolled with (its `edge.json`), which owns its engine objects.
+    pub fn edge_id(&self) -> String {
+        let path = self.data_dir.join("edge.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let v: Value = serde_json::from_str(&text).expect("edge.json is JSON");
+        v["edgeId"].as_str().expect("edgeId").to_string()
     }
 
     /// Starts `canopy agent`; with a token the first time (enrollment), without one after.
@@ -409,10 +432,22 @@ impl AgentProcess {
             .join(format!("agent-{}-{}.log", self.name, self.starts));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_canopy"));
+        let data_dir = match &self.cwd {
+            Some(cwd) => {
+                cmd.current_dir(cwd);
+                self.data_dir
+                    .strip_prefix(cwd)
+                    .expect("under cwd")
+                    .to_path_buf()
+            }
+            None => self.data_dir.clone(),
+        };
         cmd.args(["--server", &self.server, "agent", "--data-dir"])
-            .arg(&self.data_dir)
-            .args(["--name", &self.name, "--docker-host", &self.engine_url])
-            .args(["--scope", &self.scope]);
+            .arg(&data_dir)
+            .args(["--name", &self.name, "--docker-host", &self.engine_url]);
+        if !self.scope.is_empty() {
+            cmd.args(["--scope", &self.scope]);
+        }
         for l in &self.labels {
             cmd.args(["--label", l]);
         }

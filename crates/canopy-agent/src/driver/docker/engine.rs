@@ -238,9 +238,36 @@ impl DockerDriver {
         &self,
         extra: &[(&str, &str)],
     ) -> Result<Vec<ContainerSummary>, DriverError> {
+        Ok(self
+            .list_containers_by(names::filters(self.scope(), extra))
+            .await?
+            .into_iter()
+            .filter(|c| names::is_ours(c.labels.as_ref(), self.scope()))
+            .filter(|c| extra.iter().all(|(k, v)| label_is(c.labels.as_ref(), k, v)))
+            .collect())
+    }
+
+    /// Canopy containers of an earlier release (managed, no owner), running or not.
+    pub(super) async fn list_legacy_containers(
+        &self,
+    ) -> Result<Vec<ContainerSummary>, DriverError> {
+        // Engines filter on labels present, not absent: every Canopy container, then in code.
+        Ok(self
+            .list_containers_by(names::filters(None, &[]))
+            .await?
+            .into_iter()
+            .filter(|c| names::is_legacy(c.labels.as_ref()))
+            .collect())
+    }
+
+    /// Containers matching engine list filters, running or not.
+    async fn list_containers_by(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<ContainerSummary>, DriverError> {
         let options = ListContainersOptions {
             all: true,
-            filters: Some(names::filters(self.scope(), extra)),
+            filters: Some(filters),
             ..Default::default()
         };
         let filters = options.filters.clone().unwrap_or_default();
@@ -267,11 +294,7 @@ impl DockerDriver {
             }
             Err(e) => return Err(e),
         };
-        Ok(list
-            .into_iter()
-            .filter(|c| names::is_ours(c.labels.as_ref(), self.scope()))
-            .filter(|c| extra.iter().all(|(k, v)| label_is(c.labels.as_ref(), k, v)))
-            .collect())
+        Ok(list)
     }
 
     /// Names of Canopy volumes (of this scope) with the extra labels.
@@ -302,6 +325,53 @@ impl DockerDriver {
             })
             .map(|v| v.name)
             .collect())
+    }
+
+    /// Names of Canopy volumes of an earlier release (managed, no owner), with the deployment
+    /// each was made for.
+    pub(super) async fn list_legacy_volumes(&self) -> Result<Vec<(String, String)>, DriverError> {
+        let options = ListVolumesOptions {
+            filters: Some(names::filters(None, &[])),
+        };
+        let list = self
+            .call(
+                "list",
+                "volumes",
+                API_TIMEOUT,
+                self.docker.list_volumes(Some(options)),
+            )
+            .await?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| names::is_legacy(Some(&v.labels)))
+            .map(|v| {
+                let deployment = v.labels.get(names::DEPLOYMENT).cloned().unwrap_or_default();
+                (v.name, deployment)
+            })
+            .collect())
+    }
+
+    /// The labels of volume `name`; `None` when it does not exist.
+    pub(super) async fn volume_labels(
+        &self,
+        name: &str,
+    ) -> Result<Option<HashMap<String, String>>, DriverError> {
+        let target = format!("volume {name}");
+        match self
+            .call(
+                "inspect",
+                &target,
+                API_TIMEOUT,
+                self.docker.inspect_volume(name),
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v.labels)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub(super) async fn remove_volume(&self, name: &str) -> Result<(), DriverError> {
@@ -340,6 +410,26 @@ impl DockerDriver {
         Ok(list
             .into_iter()
             .filter(|n| names::is_ours(n.labels.as_ref(), self.scope()))
+            .filter_map(|n| n.name)
+            .collect())
+    }
+
+    /// Names of Canopy networks of an earlier release (managed, no owner).
+    pub(super) async fn list_legacy_networks(&self) -> Result<Vec<String>, DriverError> {
+        let options = ListNetworksOptions {
+            filters: Some(names::filters(None, &[])),
+        };
+        let list = self
+            .call(
+                "list",
+                "networks",
+                API_TIMEOUT,
+                self.docker.list_networks(Some(options)),
+            )
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter(|n| names::is_legacy(n.labels.as_ref()))
             .filter_map(|n| n.name)
             .collect())
     }
