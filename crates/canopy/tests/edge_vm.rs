@@ -493,7 +493,22 @@ async fn a_container_and_a_vm_side_by_side() {
     let boots_before = boots(&dir);
     agent.kill().await;
     agent.start(None);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Wait for the new process to have applied its desired state: the VM was RUNNING before
+    // the restart, so the state alone proves nothing about the restarted agent.
+    eventually(
+        "the restarted agent to apply its desired state",
+        async || {
+            let log = agent.log();
+            if log.contains("applied desired state")
+                && log.contains("connected to the control plane")
+            {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
     env.vm_reaches(&vm_app, &edge, "STATE_RUNNING", "STATE_UP")
         .await;
     assert_eq!(
