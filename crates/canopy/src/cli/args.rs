@@ -81,16 +81,16 @@ impl RegistryType {
     }
 }
 
-/// `key=value` with a non-empty key and value.
+/// `KEY=VALUE`, read by the rules of [`canopy_core::kv`] (split at the first `=`, both sides
+/// trimmed, neither empty), as every other `key=value` of Canopy is.
 pub fn key_value(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
-    let (k, v) = (k.trim(), v.trim());
-    if k.is_empty() || v.is_empty() {
-        return Err(format!("expected KEY=VALUE with both sides set, got {s:?}"));
-    }
-    Ok((k.to_owned(), v.to_owned()))
+    canopy_core::kv::parse_pair(s).map_err(|e| e.to_string())
+}
+
+/// A label `KEY=VALUE`: [`key_value`], then the reference's label rule on both sides (so a
+/// label the server would refuse is refused here, naming the flag).
+pub fn label(s: &str) -> Result<(String, String), String> {
+    canopy_core::kv::parse_label(s).map_err(|e| e.to_string())
 }
 
 /// `name:version`, as in `--app web:0.1.0`.
@@ -241,9 +241,13 @@ mod tests {
         assert_eq!(key_value("web=ns1"), Ok(("web".into(), "ns1".into())));
         assert_eq!(key_value(" web = ns1 "), Ok(("web".into(), "ns1".into())));
         assert_eq!(key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
-        assert!(key_value("web").is_err());
-        assert!(key_value("=ns").is_err());
-        assert!(key_value("web=").is_err());
+        for bad in ["web", "=ns", "web="] {
+            let e = key_value(bad).unwrap_err();
+            assert!(e.contains("is not KEY=VALUE"), "{bad}: {e}");
+        }
+        assert_eq!(label("site=paris"), Ok(("site".into(), "paris".into())));
+        let e = label("site=Paris").unwrap_err();
+        assert!(e.contains("label value \"Paris\""), "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use serde::Serialize;
 
 use super::Ctx;
-use super::args::{ListArgs, key_value, name_version};
+use super::args::{ListArgs, key_value, label, name_version};
 use super::catalog::fetch;
 use super::output::{
     deployment_details, deployments_status_details, deployments_table, targets_text,
@@ -86,7 +86,7 @@ pub enum DeploymentCommand {
 pub struct TargetArgs {
     /// Run on every edge carrying this label, KEY=VALUE, now and later (auto-scaling).
     /// Repeatable: an edge must carry all.
-    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = key_value, conflicts_with = "edges")]
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = label, conflicts_with = "edges")]
     pub labels: Vec<(String, String)>,
     /// Run on this edge, by id or name (targeted). Repeatable.
     #[arg(long = "edge", value_name = "EDGE")]
