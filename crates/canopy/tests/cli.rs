@@ -161,3 +161,86 @@ async fn errors_are_actionable() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }
+
+/// Runs the CLI with another caller's token.
+async fn canopy_as(cp: &TestControlPlane, token: &str, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["canopy", "--server", cp.url.as_str(), "--token", token];
+    full.extend_from_slice(args);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = canopy::cli::run_async(full, &mut out, &mut err).await;
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_project_without_a_role_is_explained() {
+    let cp = TestControlPlane::start().await;
+    cp.create_project("shop").await;
+    cp.create_project("depot").await;
+    let alice = cp.user_token("alice", &["shop_cat-r", "shop_ao-r"]).await;
+
+    // The server answers 404 for `default` (no role there, so its existence is not told); the
+    // CLI says what may be missing and where alice can work.
+    let (code, out, err) = canopy_as(&cp, &alice, &["catalog", "application", "list"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        err,
+        "error: project default not found, or you have no role in it; you have roles in: shop \
+         (use -p shop)\n"
+    );
+    // The same for a deployment command, and for a project that does not exist at all.
+    let (code, _, err) = canopy_as(&cp, &alice, &["-p", "depot", "deployment", "list"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("project depot not found, or you have no role in it; you have roles in: shop (use -p shop)"),
+        "{err}"
+    );
+    let (code, out, err) = canopy_as(
+        &cp,
+        &alice,
+        &["-p", "shop", "catalog", "application", "list"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Someone with no role anywhere is told that, too.
+    let bob = cp.user_token("bob", &[]).await;
+    let (code, _, err) = canopy_as(&cp, &bob, &["edge", "list"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("you have no role in any project (an administrator grants roles such as default_cat-r or default_ao-rw)"),
+        "{err}"
+    );
+
+    // The administrator sees every project: a missing one does not exist, and the others are
+    // listed.
+    let (code, _, err) = canopy(&cp, &["-p", "ghost", "catalog", "registry", "list"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "project ghost not found; the projects are: default, depot, shop (use -p NAME)"
+        ),
+        "{err}"
+    );
+    // A 404 about something else than the project is left alone.
+    let (code, _, err) = canopy_as(
+        &cp,
+        &alice,
+        &[
+            "-p",
+            "shop",
+            "catalog",
+            "application",
+            "get",
+            "nope",
+            "1.0.0",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("application nope:1.0.0 not found"), "{err}");
+    assert!(!err.contains("roles in"), "{err}");
+}
