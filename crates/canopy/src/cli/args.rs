@@ -279,7 +279,16 @@ mod tests {
         assert_eq!(duration(" 1h30m "), Ok(Duration::from_secs(5400)));
         assert_eq!(duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(duration("1.5h"), Ok(Duration::from_secs(5400)));
-        for bad in ["", "h", "10x", "10m5", "-1s", "1.5s", "500ms", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "h",
+            "10x",
+            "10m5",
+            "-1s",
+            "1.5s",
+            "500ms",
+            "99999999999999999999d",
+        ] {
             let e = duration(bad).unwrap_err();
             assert!(e.starts_with("expected a duration"), "{bad}: {e}");
         }

@@ -57,7 +57,10 @@ pub fn label_change(s: &str) -> Result<LabelChange, String> {
             return Err(format!("expected KEY=VALUE or KEY-, got {s:?}"));
         }
         if !canopy_core::kv::label_part_ok(key) {
-            return Err(canopy_core::kv::PairError::LabelKey { key: key.to_owned() }.to_string());
+            return Err(canopy_core::kv::PairError::LabelKey {
+                key: key.to_owned(),
+            }
+            .to_string());
         }
         return Ok(LabelChange::Remove(key.to_owned()));
     }
@@ -159,7 +162,11 @@ mod tests {
             let e = label_change(bad).unwrap_err();
             assert!(e.contains("is not KEY=VALUE"), "{bad}: {e}");
         }
-        assert!(label_change("Site-").unwrap_err().starts_with("label key \"Site\""));
+        assert!(
+            label_change("Site-")
+                .unwrap_err()
+                .starts_with("label key \"Site\"")
+        );
     }
 
     #[test]
