@@ -676,6 +676,12 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
                 _ => None,
             };
         }
+        if cause.downcast_ref::<deployment::WatchFailed>().is_some() {
+            return Some(
+                "nothing was changed or undone: fix the cause (the image, the values or the edge), \
+                 then `canopy deployment update` or `upgrade` it (with --watch), or delete it",
+            );
+        }
         if let Some(canopy_server::ServerError::Listen { source, .. }) =
             cause.downcast_ref::<canopy_server::ServerError>()
             && source.kind() == io::ErrorKind::AddrInUse

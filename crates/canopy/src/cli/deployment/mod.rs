@@ -6,6 +6,7 @@
 //! A deployment is named by its id or, as in the reference CLI, by its name or display name
 //! when that is unambiguous.
 
+mod failures;
 mod values;
 mod watch;
 
@@ -26,6 +27,7 @@ use super::output::{
 use values::OverrideArgs;
 use watch::{EdgeRef, WatchArgs, watch_delete, watch_deployment};
 
+pub use failures::WatchFailed;
 pub use watch::detect_terminal;
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,8 @@ use crate::cli::Ctx;
 use crate::cli::args::{duration, human_duration};
 use crate::cli::output::{Table, cluster_apps};
 
+use super::failures::{Failures, WatchFailed};
+
 /// How often the watch polls.
 const POLL: Duration = Duration::from_secs(1);
 /// Most edges a terminal view lists.
@@ -43,8 +45,10 @@ pub fn detect_terminal() {
 /// `--watch` and `--timeout`.
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    /// Follow the deployment until it runs (exit 0) or fails: DOWN, ERROR, NO_TARGET_CLUSTERS
-    /// (exit 1).
+    /// Follow the deployment until it runs (exit 0) or fails (exit 1): DOWN, ERROR,
+    /// NO_TARGET_CLUSTERS, or an app failing on an edge in a way waiting will not fix (an
+    /// image that cannot be pulled, at once; any other failure the agent reports the same for
+    /// a minute). Failures that may pass (timeouts, refused connections) are waited through.
     #[arg(long, short = 'w')]
     pub watch: bool,
     /// Give up watching after this long (exit 1): 90s, 10m, 1h.
@@ -250,6 +254,7 @@ pub async fn watch_deployment(
     let mut live = Live::new(tty);
     let deadline = Instant::now() + timeout;
     let mut last: Option<Deployment> = None;
+    let mut failures = Failures::default();
     loop {
         let polled = async {
             let d = ctx.client.get_deployment(id).await?;
@@ -278,7 +283,28 @@ pub async fn watch_deployment(
                             .unwrap_or_default();
                         bail!("deployment {} is {state}{message}", d.deploy_id);
                     }
-                    None => last = Some(d),
+                    None => {
+                        // Still rolling out: is anything failing for good?
+                        let now = std::time::Instant::now();
+                        for c in failures.pick_edges(&clusters.items) {
+                            match ctx.client.edge_workloads(&c.id).await {
+                                Ok(reports) => failures.observe(c, &reports, id, now),
+                                // Gone or unreachable for a moment: looked at next time.
+                                Err(e) if transient(&e) || e.is_not_found() => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        let failing = failures.verdict(now);
+                        if !failing.is_empty() {
+                            return Err(WatchFailed {
+                                deployment: format!("{} ({})", d.name, d.deploy_id),
+                                failing,
+                                at: now,
+                            }
+                            .into());
+                        }
+                        last = Some(d);
+                    }
                 }
             }
             Err(e) if transient(&e) => {
