@@ -5,7 +5,9 @@
 //! `[n]`, `\` escaping a character that is part of a key (`web.labels.app\.kubernetes\.io/name`).
 //! Values are JSON-ish: `true`/`false`, `null` and numbers are typed, a JSON string, list or
 //! mapping (`'"007"'`, `[1,2]`, `{"a":1}`) is taken as JSON, anything else is a string. The
-//! server coerces parameter-template values to their declared types anyway.
+//! server coerces parameter-template values to their declared types anyway. `APP.PATH=VALUE`
+//! itself is split by Canopy's one `key=value` reader (`canopy_core::kv`): at the first `=`,
+//! spaces around both sides dropped, neither side empty.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -112,7 +114,8 @@ fn merge(base: &mut Value, over: Value) {
 pub struct OverrideArgs {
     /// Override one value of an application: APP.PATH=VALUE (`web.greeting=hi`,
     /// `web.ports[0].hostPort=8080`). Numbers, true/false and JSON are typed; the rest are
-    /// strings. Repeatable; applied after --values.
+    /// strings (spaces around them dropped; `'""'` is the empty string). Repeatable; applied
+    /// after --values.
     #[arg(long = "set", value_name = "APP.PATH=VALUE", value_parser = set_value)]
     pub sets: Vec<SetValue>,
     /// Override values of an application from a YAML file: APP=FILE (`-` for standard
