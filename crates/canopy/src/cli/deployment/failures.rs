@@ -16,8 +16,8 @@
 //!   reset connection, a registry that is temporarily unavailable): the watch keeps waiting;
 //! - otherwise a **failure** (a container that cannot start, exits, is unhealthy, a VM that
 //!   keeps stopping): the watch stops when the agent has reported the same failure for
-//!   [`STUCK_FOR`] (numbers such as restart counts aside), that is after several of its
-//!   attempts (it retries every few seconds).
+//!   `--fail-after` ([`FAIL_AFTER`] by default; numbers such as restart counts aside), that is
+//!   after several of its attempts (it retries every few seconds).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,8 +28,8 @@ use canopy_proto::{AppState, AppStatus};
 
 use crate::cli::args::human_duration;
 
-/// How long an app may report the same failure before the watch stops.
-pub const STUCK_FOR: Duration = Duration::from_secs(60);
+/// How long an app may report the same failure before the watch stops, by default.
+pub const FAIL_AFTER: Duration = Duration::from_secs(60);
 /// Most edges whose last report one poll fetches.
 pub const INSPECTED_EDGES: usize = 10;
 /// Most failing apps an error lists.
@@ -61,7 +61,7 @@ const TRANSIENT: &[&str] = &[
 pub enum Class {
     /// May pass by itself: the watch keeps waiting.
     Transient,
-    /// Stops the watch once reported the same for [`STUCK_FOR`].
+    /// Stops the watch once reported the same for `--fail-after`.
     Failure,
     /// Waiting will not fix it (the reason, for people): stops the watch at once.
     Permanent(&'static str),
@@ -154,14 +154,31 @@ pub struct Failing {
 }
 
 /// What a watch has seen failing so far, per edge id and app.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Failures {
     seen: BTreeMap<(String, String), Failing>,
     /// Round-robin position among the edges worth a look.
     next: usize,
+    /// How long a [`Class::Failure`] may stay the same.
+    fail_after: Duration,
+}
+
+impl Default for Failures {
+    fn default() -> Failures {
+        Failures::new(FAIL_AFTER)
+    }
 }
 
 impl Failures {
+    /// A watch that gives up on a failure reported the same for `fail_after`.
+    pub fn new(fail_after: Duration) -> Failures {
+        Failures {
+            seen: BTreeMap::new(),
+            next: 0,
+            fail_after,
+        }
+    }
+
     /// Forgets apps that are no longer down (or whose edge left the view), then picks up to
     /// [`INSPECTED_EDGES`] of the edges with apps down to look at this poll.
     pub fn pick_edges<'c>(&mut self, clusters: &'c [Cluster]) -> Vec<&'c Cluster> {
@@ -234,14 +251,14 @@ impl Failures {
     }
 
     /// The failures that end the watch at `now`: every permanent one and every failure
-    /// reported the same for [`STUCK_FOR`]; none means keep watching.
+    /// reported the same for `fail_after`; none means keep watching.
     pub fn verdict(&self, now: Instant) -> Vec<Failing> {
         let mut out: Vec<Failing> = self
             .seen
             .values()
             .filter(|f| match f.class {
                 Class::Permanent(_) => true,
-                Class::Failure => now.saturating_duration_since(f.since) >= STUCK_FOR,
+                Class::Failure => now.saturating_duration_since(f.since) >= self.fail_after,
                 Class::Transient => false,
             })
             .cloned()
@@ -489,7 +506,7 @@ mod tests {
                 "{secs}"
             );
         }
-        let at = t0 + STUCK_FOR;
+        let at = t0 + FAIL_AFTER;
         let v = f.verdict(at);
         assert_eq!(v.len(), 1, "a crash loop counts as one failure");
         let e = WatchFailed {
@@ -515,7 +532,19 @@ mod tests {
         assert!(f.verdict(at + Duration::from_secs(30)).is_empty());
         let c = cluster("1", &[("web", State::Running, "")]);
         assert!(f.pick_edges(std::slice::from_ref(&c)).is_empty());
-        assert!(f.verdict(at + STUCK_FOR * 2).is_empty());
+        assert!(f.verdict(at + FAIL_AFTER * 2).is_empty());
+    }
+
+    #[test]
+    fn fail_after_is_the_callers_choice() {
+        let t0 = Instant::now();
+        let mut f = Failures::new(Duration::from_secs(300));
+        let m = "container web is unhealthy: no answer on /healthz";
+        let c = cluster("1", &[("web", State::Down, m)]);
+        f.pick_edges(std::slice::from_ref(&c));
+        f.observe(&c, &[report("web", AppState::Down, m)], "d1", t0);
+        assert!(f.verdict(t0 + Duration::from_secs(299)).is_empty());
+        assert_eq!(f.verdict(t0 + Duration::from_secs(300)).len(), 1);
     }
 
     #[test]
@@ -527,7 +556,7 @@ mod tests {
         let c = cluster("1", &[("web", State::Down, refused)]);
         f.pick_edges(std::slice::from_ref(&c));
         f.observe(&c, &[report("web", AppState::Down, refused)], "d1", t0);
-        assert!(f.verdict(t0 + STUCK_FOR * 10).is_empty());
+        assert!(f.verdict(t0 + FAIL_AFTER * 10).is_empty());
 
         // The agent still starting it, or not on this generation yet: not even looked at.
         for m in [
@@ -546,7 +575,7 @@ mod tests {
             "d1",
             t0,
         );
-        assert!(f.verdict(t0 + STUCK_FOR * 10).is_empty());
+        assert!(f.verdict(t0 + FAIL_AFTER * 10).is_empty());
 
         // A report that is not the one the clusters view shows (another generation's) is not
         // taken.

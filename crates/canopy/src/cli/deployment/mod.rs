@@ -269,7 +269,7 @@ async fn finish(
 ) -> anyhow::Result<()> {
     ctx.done(message)?;
     let d = if watch.watch {
-        watch_deployment(ctx, id, watch.timeout).await?
+        watch_deployment(ctx, id, watch).await?
     } else if ctx.structured() {
         ctx.client.get_deployment(id).await?
     } else {

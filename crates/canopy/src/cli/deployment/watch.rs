@@ -42,18 +42,22 @@ pub fn detect_terminal() {
     STDOUT_IS_TERMINAL.store(io::stdout().is_terminal() && !dumb, Ordering::Relaxed);
 }
 
-/// `--watch` and `--timeout`.
+/// `--watch`, `--timeout` and `--fail-after`.
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
     /// Follow the deployment until it runs (exit 0) or fails (exit 1): DOWN, ERROR,
     /// NO_TARGET_CLUSTERS, or an app failing on an edge in a way waiting will not fix (an
     /// image that cannot be pulled, at once; any other failure the agent reports the same for
-    /// a minute). Failures that may pass (timeouts, refused connections) are waited through.
+    /// --fail-after). Failures that may pass (timeouts, refused connections) are waited through.
     #[arg(long, short = 'w')]
     pub watch: bool,
     /// Give up watching after this long (exit 1): 90s, 10m, 1h.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10m", requires = "watch")]
     pub timeout: Duration,
+    /// Stop watching (exit 1) when an app has reported the same failure this long (an image
+    /// that cannot be pulled stops it at once; timeouts and refused connections never do).
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "1m", requires = "watch")]
+    pub fail_after: Duration,
 }
 
 /// One line of a view: `key` identifies it across frames, `label` names it, `cells` fill the
@@ -243,18 +247,20 @@ fn transient(e: &ClientError) -> bool {
     e.is_unreachable() || e.status().is_some_and(|s| s.is_server_error())
 }
 
-/// Polls deployment `id` and its edges until it settles or `timeout` passes. Returns the last
-/// deployment seen; fails when it settles in a failed state or time runs out.
+/// Polls deployment `id` and its edges until it settles or `--timeout` passes. Returns the last
+/// deployment seen; fails when it settles in a failed state, an app fails for good (see
+/// [`super::failures`]) or time runs out.
 pub async fn watch_deployment(
     ctx: &mut Ctx<'_>,
     id: &str,
-    timeout: Duration,
+    args: &WatchArgs,
 ) -> anyhow::Result<Deployment> {
+    let timeout = args.timeout;
     let tty = STDOUT_IS_TERMINAL.load(Ordering::Relaxed) && !ctx.structured();
     let mut live = Live::new(tty);
     let deadline = Instant::now() + timeout;
     let mut last: Option<Deployment> = None;
-    let mut failures = Failures::default();
+    let mut failures = Failures::new(args.fail_after);
     loop {
         let polled = async {
             let d = ctx.client.get_deployment(id).await?;
