@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod kv;
 pub mod list;
 pub mod names;
 pub mod template;

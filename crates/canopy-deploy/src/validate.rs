@@ -28,27 +28,9 @@ pub const MAX_DISPLAY_NAME: usize = 40;
 /// Longest `targetNamespace` (an RFC 1123 label).
 pub const MAX_NAMESPACE: usize = 63;
 /// Most items of the list query's `labels` parameter.
-pub const MAX_LABEL_FILTERS: usize = 20;
+pub const MAX_LABEL_FILTERS: usize = canopy_core::kv::MAX_LABEL_FILTERS;
 
-/// Longest label key or value.
-const MAX_LABEL_PART: usize = 40;
-
-/// Label key and value rule of the reference: `^[a-z0-9]([-_.=,a-z0-9/]{0,38}[a-z0-9])?$`.
-fn label_part_ok(s: &str) -> bool {
-    let b = s.as_bytes();
-    let end = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let mid = |c: u8| end(c) || matches!(c, b'-' | b'_' | b'.' | b'=' | b',' | b'/');
-    match b {
-        [] => false,
-        [only] => end(*only),
-        [first, middle @ .., last] => {
-            b.len() <= MAX_LABEL_PART && end(*first) && end(*last) && middle.iter().all(|c| mid(*c))
-        }
-    }
-}
-
-const LABEL_RULE: &str = "must be 1-40 characters: lowercase letters, digits and - _ . = , /, \
-                          starting and ending with a lowercase letter or digit";
+use canopy_core::kv::{LABEL_RULE, label_part_ok};
 
 /// Checks a target label set: at most `max` pairs, every key and value 1–40 characters of the
 /// reference pattern. `field` names the set in messages (`targetClusters[1].labels`).
@@ -318,37 +300,11 @@ fn normalize_override(ov: &mut OverrideValues, i: usize) -> Result<(), DeployErr
     Ok(())
 }
 
-/// Parses the list query's `labels` parameter: at most 20 items, each `k=v[,k=v]`. Returns the
-/// distinct `(key, value)` pairs.
+/// Parses the list query's `labels` parameter: at most 20 items, each `k=v[,k=v]` (read by
+/// [`canopy_core::kv::parse_label_filters`]). Returns the distinct `(key, value)` pairs.
 pub fn parse_label_filters(filters: &[String]) -> Result<BTreeSet<(String, String)>, DeployError> {
-    if filters.len() > MAX_LABEL_FILTERS {
-        return Err(DeployError::invalid(format!(
-            "labels: at most {MAX_LABEL_FILTERS} items are allowed (got {})",
-            filters.len()
-        )));
-    }
-    let mut pairs = BTreeSet::new();
-    for (i, item) in filters.iter().enumerate() {
-        for part in item.split(',') {
-            let part = part.trim();
-            if part.is_empty() {
-                continue;
-            }
-            let Some((k, v)) = part.split_once('=') else {
-                return Err(DeployError::invalid(format!(
-                    "labels[{i}]: {part:?} is not key=value"
-                )));
-            };
-            let (k, v) = (k.trim(), v.trim());
-            if k.is_empty() {
-                return Err(DeployError::invalid(format!(
-                    "labels[{i}]: {part:?} has an empty key"
-                )));
-            }
-            pairs.insert((k.to_string(), v.to_string()));
-        }
-    }
-    Ok(pairs)
+    let items = canopy_core::kv::parse_label_filters(filters).map_err(DeployError::invalid)?;
+    Ok(items.into_iter().flatten().collect())
 }
 
 #[cfg(test)]

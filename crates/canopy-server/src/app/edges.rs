@@ -579,27 +579,15 @@ pub(crate) fn labels_match(
             .any(|f| f.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
-/// Parses `labels` list filters (`k=v[,k=v]` each).
+/// Parses `labels` list filters (`k=v[,k=v]` each, read by [`canopy_core::kv`]).
 pub(crate) fn parse_label_filters(
     items: &[String],
 ) -> Result<Vec<BTreeMap<String, String>>, AppError> {
-    items
-        .iter()
-        .map(|item| {
-            item.split(',')
-                .filter(|p| !p.trim().is_empty())
-                .map(|p| {
-                    p.split_once('=')
-                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                        .ok_or_else(|| {
-                            AppError::Invalid(format!(
-                                "invalid labels filter {item:?}: expected key=value[,key=value]"
-                            ))
-                        })
-                })
-                .collect()
-        })
-        .collect()
+    let items = canopy_core::kv::parse_label_filters(items).map_err(AppError::Invalid)?;
+    Ok(items
+        .into_iter()
+        .map(|pairs| pairs.into_iter().collect())
+        .collect())
 }
 
 /// Parses a list query for `entity`.

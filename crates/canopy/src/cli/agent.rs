@@ -60,10 +60,7 @@ pub struct AgentArgs {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-        _ => Err(format!("expected key=value, got {s:?}")),
-    }
+    super::args::label(s)
 }
 
 /// Runs the agent until Ctrl-C / SIGTERM, trusting the server as the global `--ca-file` /

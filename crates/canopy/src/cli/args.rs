@@ -81,16 +81,16 @@ impl RegistryType {
     }
 }
 
-/// `key=value` with a non-empty key and value.
+/// `KEY=VALUE`, read by the rules of [`canopy_core::kv`] (split at the first `=`, both sides
+/// trimmed, neither empty), as every other `key=value` of Canopy is.
 pub fn key_value(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
-    let (k, v) = (k.trim(), v.trim());
-    if k.is_empty() || v.is_empty() {
-        return Err(format!("expected KEY=VALUE with both sides set, got {s:?}"));
-    }
-    Ok((k.to_owned(), v.to_owned()))
+    canopy_core::kv::parse_pair(s).map_err(|e| e.to_string())
+}
+
+/// A label `KEY=VALUE`: [`key_value`], then the reference's label rule on both sides (so a
+/// label the server would refuse is refused here, naming the flag).
+pub fn label(s: &str) -> Result<(String, String), String> {
+    canopy_core::kv::parse_label(s).map_err(|e| e.to_string())
 }
 
 /// `name:version`, as in `--app web:0.1.0`.
@@ -145,49 +145,26 @@ pub fn deployment_requirement(s: &str) -> Result<DeploymentRequirement, String> 
     }
 }
 
-/// A duration as `90s`, `10m`, `24h`, `7d`, a sum of those (`1h30m`), or bare seconds (`3600`).
+/// A duration as `90s`, `10m`, `24h`, `7d`, `2w`, a sum of those (`1h30m`, `1h 30m`), or bare
+/// seconds (`3600`): whole seconds, more than 0. Read by `humantime` (its units: s, m, h, d, w,
+/// M = 30.44 days, y = 365.25 days, and their long names).
 pub fn duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("expected a duration such as 90s, 10m, 24h or 7d, got {s:?}");
+    let bad = |why: &dyn std::fmt::Display| {
+        format!("expected a duration such as 90s, 10m, 24h or 7d, got {s:?} ({why})")
+    };
     let text = s.trim();
-    if text.is_empty() {
-        return Err(bad());
+    let d = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) if text.is_empty() => return Err(bad(&"it is empty")),
+        Err(_) => humantime::parse_duration(text).map_err(|e| bad(&e))?,
+    };
+    if d.subsec_nanos() != 0 {
+        return Err(bad(&"durations are whole seconds"));
     }
-    if let Ok(secs) = text.parse::<u64>() {
-        return positive(Duration::from_secs(secs), s);
-    }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        digits.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !digits.is_empty() {
-        return Err(bad());
-    }
-    positive(Duration::from_secs(total), s)
-}
-
-fn positive(d: Duration, s: &str) -> Result<Duration, String> {
     if d.is_zero() {
-        Err(format!("duration {s:?} must be more than 0"))
-    } else {
-        Ok(d)
+        return Err(format!("duration {s:?} must be more than 0"));
     }
+    Ok(d)
 }
 
 /// A duration as people write it: `45s`, `10m`, `1h30m`, `7d`.
@@ -241,9 +218,13 @@ mod tests {
         assert_eq!(key_value("web=ns1"), Ok(("web".into(), "ns1".into())));
         assert_eq!(key_value(" web = ns1 "), Ok(("web".into(), "ns1".into())));
         assert_eq!(key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
-        assert!(key_value("web").is_err());
-        assert!(key_value("=ns").is_err());
-        assert!(key_value("web=").is_err());
+        for bad in ["web", "=ns", "web="] {
+            let e = key_value(bad).unwrap_err();
+            assert!(e.contains("is not KEY=VALUE"), "{bad}: {e}");
+        }
+        assert_eq!(label("site=paris"), Ok(("site".into(), "paris".into())));
+        let e = label("site=Paris").unwrap_err();
+        assert!(e.contains("label value \"Paris\""), "{e}");
     }
 
     #[test]
@@ -293,13 +274,27 @@ mod tests {
         assert_eq!(duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
         assert_eq!(duration(" 1h30m "), Ok(Duration::from_secs(5400)));
-        for bad in ["", "h", "10x", "10m5", "1.5h", "-1s"] {
+        assert_eq!(duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration("1.5h"), Ok(Duration::from_secs(5400)));
+        for bad in [
+            "",
+            "h",
+            "10x",
+            "10m5",
+            "-1s",
+            "1.5s",
+            "500ms",
+            "99999999999999999999d",
+        ] {
             let e = duration(bad).unwrap_err();
             assert!(e.starts_with("expected a duration"), "{bad}: {e}");
         }
+        assert!(duration("1.5s").unwrap_err().contains("whole seconds"));
         assert!(duration("0s").unwrap_err().contains("must be more than 0"));
-        assert!(duration("99999999999999999999d").is_err());
+        assert!(duration("0").unwrap_err().contains("must be more than 0"));
         assert_eq!(human_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(human_duration(Duration::from_secs(600)), "10m");
         assert_eq!(human_duration(Duration::from_secs(86_401)), "1d1s");

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use clap::Subcommand;
 
 use super::Ctx;
-use super::args::{ListArgs, key_value};
+use super::args::{ListArgs, key_value, label};
 use super::catalog::fetch;
 use super::output::{edge_details, edges_table, workloads_table};
 
@@ -47,7 +47,7 @@ pub enum LabelChange {
     Remove(String),
 }
 
-/// `KEY=VALUE` or `KEY-`.
+/// `KEY=VALUE` (a label, [`label`]) or `KEY-`.
 pub fn label_change(s: &str) -> Result<LabelChange, String> {
     if let Some(key) = s.strip_suffix('-')
         && !s.contains('=')
@@ -56,12 +56,18 @@ pub fn label_change(s: &str) -> Result<LabelChange, String> {
         if key.is_empty() {
             return Err(format!("expected KEY=VALUE or KEY-, got {s:?}"));
         }
+        if !canopy_core::kv::label_part_ok(key) {
+            return Err(canopy_core::kv::PairError::LabelKey {
+                key: key.to_owned(),
+            }
+            .to_string());
+        }
         return Ok(LabelChange::Remove(key.to_owned()));
     }
-    match key_value(s) {
-        Ok((k, v)) => Ok(LabelChange::Set(k, v)),
-        Err(_) => Err(format!("expected KEY=VALUE or KEY-, got {s:?}")),
+    if !s.contains('=') {
+        return Err(format!("expected KEY=VALUE or KEY-, got {s:?}"));
     }
+    label(s).map(|(k, v)| LabelChange::Set(k, v))
 }
 
 /// `--label` pairs as one `labels` list filter (`k=v,k2=v2`: every pair must match).
@@ -145,15 +151,22 @@ mod tests {
             label_change("site-"),
             Ok(LabelChange::Remove("site".into()))
         );
-        // A value may end with '-'; then it is a set.
-        assert_eq!(
-            label_change("zone=eu-"),
-            Ok(LabelChange::Set("zone".into(), "eu-".into()))
-        );
-        for bad in ["site", "-", "=x", "site="] {
+        // A label value never ends with '-' (the reference's rule): a set, refused.
+        let e = label_change("zone=eu-").unwrap_err();
+        assert!(e.starts_with("label value \"eu-\" of key \"zone\""), "{e}");
+        for bad in ["site", "-"] {
             let e = label_change(bad).unwrap_err();
             assert!(e.contains("expected KEY=VALUE or KEY-"), "{bad}: {e}");
         }
+        for bad in ["=x", "site="] {
+            let e = label_change(bad).unwrap_err();
+            assert!(e.contains("is not KEY=VALUE"), "{bad}: {e}");
+        }
+        assert!(
+            label_change("Site-")
+                .unwrap_err()
+                .starts_with("label key \"Site\"")
+        );
     }
 
     #[test]

@@ -277,9 +277,13 @@ async fn edges_list_get_label_workloads_remove() {
     let (code, _, err) = canopy(&cp, &["edge", "label", "store-1", "oops"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("expected KEY=VALUE or KEY-"), "{err}");
+    // A label the server would refuse is refused before anything is sent (a usage error).
     let (code, _, err) = canopy(&cp, &["edge", "label", "store-1", "Bad Key=x"]).await;
-    assert_eq!(code, 1);
-    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("label key \"Bad Key\" must be 1-40 characters"),
+        "{err}"
+    );
 
     // Nothing reported yet: an empty table.
     let out = ok(&cp, &["edge", "workloads", "store-1"]).await;
@@ -553,15 +557,27 @@ async fn deployment_input_errors_are_clear() {
     .await;
     assert_eq!(code, 2);
 
-    // The server's own checks come through verbatim.
+    // A label the server would refuse is refused by the CLI, naming the flag.
     let (code, _, err) = canopy(
         &cp,
         &["deployment", "create", "shop:1.0.0", "--label", "Bad Key=x"],
     )
     .await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("'--label <KEY=VALUE>': label key \"Bad Key\""),
+        "{err}"
+    );
+    // The server's own checks come through verbatim.
+    let labels: Vec<String> = (0..11).map(|i| format!("k{i}=v")).collect();
+    let mut args = vec!["deployment", "create", "shop:1.0.0"];
+    for l in &labels {
+        args.extend(["--label", l.as_str()]);
+    }
+    let (code, _, err) = canopy(&cp, &args).await;
     assert_eq!(code, 1);
     assert!(
-        err.starts_with("error: ") && err.contains("Bad Key"),
+        err.starts_with("error: ") && err.contains("at most 10 labels"),
         "{err}"
     );
 

@@ -377,6 +377,7 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
                     err,
                 };
                 let result = catalog::run(args, &mut ctx).await;
+                let result = explain_missing_project(&ctx.client, result).await;
                 let _ = ctx.out.flush();
                 return report(result, ctx.err);
             }
@@ -442,8 +443,90 @@ async fn with_client(
         err,
     };
     let result = command(&mut ctx).await;
+    let result = explain_missing_project(&ctx.client, result).await;
     let _ = ctx.out.flush();
     report(result, ctx.err)
+}
+
+/// Most project names an error lists.
+const PROJECTS_SHOWN: usize = 10;
+
+/// The server answers 404 `project NAME not found` both for a project that does not exist and
+/// for one the caller has no role on (so project names do not leak). When that is the answer
+/// for the project the CLI was told to use (`--project`, `CANOPY_PROJECT`, else `default`), say
+/// what may be missing and which projects the caller can use, from `whoami` and the projects
+/// the caller sees. Any other result is returned as it is.
+async fn explain_missing_project(
+    client: &Client,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let Err(e) = result else { return result };
+    let project = client.project();
+    let expected = format!("project {} not found", project.escape_debug());
+    let is_ours = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ClientError>(),
+            Some(ClientError::Api { status, message, .. })
+                if *status == reqwest::StatusCode::NOT_FOUND && *message == expected
+        )
+    });
+    if !is_ours {
+        return Err(e);
+    }
+    // Best effort: if the server cannot say more, the original error stands.
+    let (Ok(me), Ok(projects)) = (client.whoami().await, client.list_projects().await) else {
+        return Err(e);
+    };
+    Err(anyhow::anyhow!(missing_project_message(
+        project,
+        &me.roles,
+        &projects.iter().map(|p| p.name.as_str()).collect::<Vec<_>>()
+    )))
+}
+
+/// The text of [`explain_missing_project`]: `roles` are the caller's, `visible` the projects
+/// the caller sees.
+fn missing_project_message(project: &str, roles: &[String], visible: &[&str]) -> String {
+    // Administrators and machine-to-machine callers see every project: for them it does not
+    // exist.
+    let sees_all = roles
+        .iter()
+        .any(|r| r == "canopy-admin" || r == "ao-m2m-rw");
+    let mut names: Vec<&str> = visible.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    let use_one = match names.as_slice() {
+        [one] => format!("use -p {one}"),
+        _ => "use -p NAME".to_owned(),
+    };
+    let mut list = names
+        .iter()
+        .take(PROJECTS_SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > PROJECTS_SHOWN {
+        list.push_str(&format!(" and {} more", names.len() - PROJECTS_SHOWN));
+    }
+    if sees_all {
+        if names.is_empty() {
+            format!(
+                "project {project} not found; there are no projects (create one with `canopy project create`)"
+            )
+        } else {
+            format!("project {project} not found; the projects are: {list} ({use_one})")
+        }
+    } else if names.is_empty() {
+        format!(
+            "project {project} not found, or you have no role in it; you have no role in any \
+             project (an administrator grants roles such as {project}_cat-r or {project}_ao-rw)"
+        )
+    } else {
+        format!(
+            "project {project} not found, or you have no role in it; you have roles in: {list} \
+             ({use_one})"
+        )
+    }
 }
 
 /// What a client command works with.
@@ -592,6 +675,12 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
                 }
                 _ => None,
             };
+        }
+        if cause.downcast_ref::<deployment::WatchFailed>().is_some() {
+            return Some(
+                "nothing was changed or undone: fix the cause (the image, the values or the edge), \
+                 then `canopy deployment update` or `upgrade` it (with --watch), or delete it",
+            );
         }
         if let Some(canopy_server::ServerError::Listen { source, .. }) =
             cause.downcast_ref::<canopy_server::ServerError>()

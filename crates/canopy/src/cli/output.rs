@@ -43,15 +43,16 @@ pub fn structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<Str
     Ok(text)
 }
 
-/// A table with a header row; columns are padded to their widest cell.
+/// A table with a header row; columns are padded to their widest cell, measured in terminal
+/// columns (a CJK character or an emoji takes two), laid out by `comfy-table` without borders.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
-/// Space between columns.
-const GAP: &str = "   ";
+/// Spaces between columns.
+const GAP: u16 = 3;
 
 impl Table {
     pub fn new(headers: &[&str]) -> Table {
@@ -61,9 +62,15 @@ impl Table {
         }
     }
 
-    /// Adds a row; cells are flattened to one line.
+    /// Adds a row; cells are flattened to one line, cells beyond the headers dropped.
     pub fn push(&mut self, cells: Vec<String>) {
-        self.rows.push(cells.iter().map(|c| one_line(c)).collect());
+        self.rows.push(
+            cells
+                .iter()
+                .take(self.headers.len())
+                .map(|c| one_line(c))
+                .collect(),
+        );
     }
 
     pub fn is_empty(&self) -> bool {
@@ -72,24 +79,19 @@ impl Table {
 
     /// The table as text, every line prefixed with `indent`, without trailing spaces.
     pub fn render(&self, indent: &str) -> String {
-        let cols = self.headers.len();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
-        for row in &self.rows {
-            for (i, cell) in row.iter().enumerate().take(cols) {
-                widths[i] = widths[i].max(width(cell));
-            }
+        let mut t = comfy_table::Table::new();
+        // No borders, no lines: columns separated by their padding alone.
+        t.load_preset(comfy_table::presets::NOTHING)
+            .set_header(self.headers.clone())
+            .add_rows(self.rows.clone());
+        let last = self.headers.len().saturating_sub(1);
+        for c in t.column_iter_mut() {
+            let right = if c.index == last { 0 } else { GAP };
+            c.set_padding((0, right));
         }
         let mut out = String::new();
-        for row in std::iter::once(&self.headers).chain(&self.rows) {
-            let mut line = String::from(indent);
-            for (i, w) in widths.iter().enumerate() {
-                let cell = row.get(i).map(String::as_str).unwrap_or("");
-                line.push_str(cell);
-                if i + 1 < cols {
-                    line.push_str(&" ".repeat(w - width(cell)));
-                    line.push_str(GAP);
-                }
-            }
+        for line in t.lines() {
+            let line = format!("{indent}{line}");
             out.push_str(line.trim_end());
             out.push('\n');
         }
@@ -142,8 +144,8 @@ impl Details {
             .unwrap_or(0);
         let mut out = String::new();
         for (label, value) in &self.fields {
-            let label = format!("{label}:");
-            let line = format!("{label:<label_width$}  {}", one_line(value));
+            let pad = label_width.saturating_sub(width(label) + 1);
+            let line = format!("{label}:{}  {}", " ".repeat(pad), one_line(value));
             out.push_str(line.trim_end());
             out.push('\n');
         }
@@ -163,8 +165,9 @@ impl Details {
     }
 }
 
+/// Terminal columns `s` takes.
 fn width(s: &str) -> usize {
-    s.chars().count()
+    unicode_width::UnicodeWidthStr::width(s)
 }
 
 /// Control characters (newlines, tabs) would break the columns.
@@ -174,15 +177,24 @@ fn one_line(s: &str) -> String {
         .collect()
 }
 
-/// Shortens long free text for a table cell.
+/// Shortens long free text for a table cell to at most `max` terminal columns.
 fn short(s: &str, max: usize) -> String {
     let s = one_line(s.trim());
     if width(&s) <= max {
-        s
-    } else {
-        let cut: String = s.chars().take(max.saturating_sub(1)).collect();
-        format!("{}…", cut.trim_end())
+        return s;
     }
+    let mut cut = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        // One column is kept for the ellipsis.
+        if used + w > max.saturating_sub(1) {
+            break;
+        }
+        used += w;
+        cut.push(c);
+    }
+    format!("{}…", cut.trim_end())
 }
 
 /// `1234` bytes as `1.2 KiB`.
@@ -948,6 +960,25 @@ mod tests {
              a             HELM   oci://x.example.com\n\
              longer-name\n"
         );
+    }
+
+    #[test]
+    fn wide_characters_line_up() {
+        let mut t = Table::new(&["Name", "Description", "X"]);
+        t.push(vec!["日本語".into(), "🌲 forest".into(), "1".into()]);
+        t.push(vec!["abc".into(), "plain".into(), "2".into()]);
+        t.push(vec!["é".into(), "e\u{301}clair".into(), "3".into()]);
+        // CJK characters and emoji take two terminal columns, a combining accent none.
+        assert_eq!(
+            t.render(""),
+            "Name     Description   X\n\
+             日本語   🌲 forest     1\n\
+             abc      plain         2\n\
+             é        e\u{301}clair        3\n"
+        );
+        assert_eq!(short("日本語日本語", 5), "日本…");
+        assert_eq!(short("abcdef", 5), "abcd…");
+        assert_eq!(short("日本", 4), "日本");
     }
 
     #[test]

@@ -112,7 +112,11 @@ fn package_create_parses_pairs() {
         "a",
     ])
     .unwrap_err();
-    assert!(e.to_string().contains("expected KEY=VALUE"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("'--dependency <APP=APP>': \"a\" is not KEY=VALUE: there is no '='"),
+        "{e}"
+    );
 }
 
 #[test]

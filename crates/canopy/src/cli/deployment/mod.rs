@@ -6,6 +6,7 @@
 //! A deployment is named by its id or, as in the reference CLI, by its name or display name
 //! when that is unambiguous.
 
+mod failures;
 mod values;
 mod watch;
 
@@ -18,7 +19,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use serde::Serialize;
 
 use super::Ctx;
-use super::args::{ListArgs, key_value, name_version};
+use super::args::{ListArgs, key_value, label, name_version};
 use super::catalog::fetch;
 use super::output::{
     deployment_details, deployments_status_details, deployments_table, targets_text,
@@ -26,6 +27,7 @@ use super::output::{
 use values::OverrideArgs;
 use watch::{EdgeRef, WatchArgs, watch_delete, watch_deployment};
 
+pub use failures::WatchFailed;
 pub use watch::detect_terminal;
 
 #[derive(Debug, Subcommand)]
@@ -86,7 +88,7 @@ pub enum DeploymentCommand {
 pub struct TargetArgs {
     /// Run on every edge carrying this label, KEY=VALUE, now and later (auto-scaling).
     /// Repeatable: an edge must carry all.
-    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = key_value, conflicts_with = "edges")]
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = label, conflicts_with = "edges")]
     pub labels: Vec<(String, String)>,
     /// Run on this edge, by id or name (targeted). Repeatable.
     #[arg(long = "edge", value_name = "EDGE")]
@@ -267,7 +269,7 @@ async fn finish(
 ) -> anyhow::Result<()> {
     ctx.done(message)?;
     let d = if watch.watch {
-        watch_deployment(ctx, id, watch.timeout).await?
+        watch_deployment(ctx, id, watch).await?
     } else if ctx.structured() {
         ctx.client.get_deployment(id).await?
     } else {

@@ -5,12 +5,15 @@
 //! `[n]`, `\` escaping a character that is part of a key (`web.labels.app\.kubernetes\.io/name`).
 //! Values are JSON-ish: `true`/`false`, `null` and numbers are typed, a JSON string, list or
 //! mapping (`'"007"'`, `[1,2]`, `{"a":1}`) is taken as JSON, anything else is a string. The
-//! server coerces parameter-template values to their declared types anyway.
+//! server coerces parameter-template values to their declared types anyway. `APP.PATH=VALUE`
+//! itself is split by Canopy's one `key=value` reader (`canopy_core::kv`): at the first `=`,
+//! spaces around both sides dropped, neither side empty.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use canopy_core::kv::PairError;
 use canopy_core::template::{Seg, parse_path, set_path};
 use canopy_deploy::model::OverrideValues;
 use serde_json::{Map, Value};
@@ -31,8 +34,16 @@ pub struct SetValue {
 pub fn set_value(s: &str) -> Result<SetValue, String> {
     let usage =
         |why: &str| format!("expected APP.PATH=VALUE (like web.greeting=hi), got {s:?}: {why}");
-    let (key, value) = s.split_once('=').ok_or_else(|| usage("no '='"))?;
-    let segs = parse_path(key.trim()).map_err(|e| usage(&format!("the path {e}")))?;
+    // The one `key=value` reader (canopy_core::kv), in this flag's words.
+    let (key, value) = canopy_core::kv::parse_pair(s).map_err(|e| match e {
+        PairError::NoEquals { .. } => usage("no '='"),
+        PairError::EmptyKey { .. } => usage("the path is empty"),
+        PairError::EmptyValue { .. } => {
+            usage("the value after '=' is empty (write '\"\"' for an empty string)")
+        }
+        other => usage(&other.to_string()),
+    })?;
+    let segs = parse_path(&key).map_err(|e| usage(&format!("the path {e}")))?;
     let mut segs = segs.into_iter();
     let app = match segs.next() {
         Some(Seg::Key(app)) => app,
@@ -47,7 +58,7 @@ pub fn set_value(s: &str) -> Result<SetValue, String> {
     Ok(SetValue {
         app,
         path,
-        value: scalar(value),
+        value: scalar(&value),
         raw: s.to_owned(),
     })
 }
@@ -103,7 +114,8 @@ fn merge(base: &mut Value, over: Value) {
 pub struct OverrideArgs {
     /// Override one value of an application: APP.PATH=VALUE (`web.greeting=hi`,
     /// `web.ports[0].hostPort=8080`). Numbers, true/false and JSON are typed; the rest are
-    /// strings. Repeatable; applied after --values.
+    /// strings (spaces around them dropped; `'""'` is the empty string). Repeatable; applied
+    /// after --values.
     #[arg(long = "set", value_name = "APP.PATH=VALUE", value_parser = set_value)]
     pub sets: Vec<SetValue>,
     /// Override values of an application from a YAML file: APP=FILE (`-` for standard
@@ -118,8 +130,7 @@ pub struct OverrideArgs {
 
 /// `APP=FILE`.
 fn app_file(s: &str) -> Result<(String, PathBuf), String> {
-    let (app, file) =
-        crate::cli::args::key_value(s).map_err(|_| format!("expected APP=FILE, got {s:?}"))?;
+    let (app, file) = crate::cli::args::key_value(s)?;
     Ok((app, PathBuf::from(file)))
 }
 
@@ -249,11 +260,14 @@ mod tests {
         assert_eq!(s.value, json!("hi there"));
         assert_eq!(set_value("web.port=8080").unwrap().value, json!(8080));
         assert_eq!(set_value("web.x=a=b").unwrap().value, json!("a=b"));
-        assert_eq!(set_value("web.x=").unwrap().value, json!(""));
+        assert_eq!(set_value(r#"web.x="""#).unwrap().value, json!(""));
+        assert_eq!(set_value(" web.x = 1 ").unwrap().value, json!(1));
         for (bad, why) in [
             ("web.greeting", "no '='"),
             ("web=hi", "give a path inside"),
             ("=hi", "the path is empty"),
+            ("web.x=", "the value after '=' is empty"),
+            ("web.x=  ", "write '\"\"' for an empty string"),
             ("[0].x=1", "the path has an index"),
             ("web..x=1", "the path has an empty key"),
         ] {

@@ -23,6 +23,8 @@ use crate::cli::Ctx;
 use crate::cli::args::{duration, human_duration};
 use crate::cli::output::{Table, cluster_apps};
 
+use super::failures::{Failures, WatchFailed};
+
 /// How often the watch polls.
 const POLL: Duration = Duration::from_secs(1);
 /// Most edges a terminal view lists.
@@ -40,16 +42,22 @@ pub fn detect_terminal() {
     STDOUT_IS_TERMINAL.store(io::stdout().is_terminal() && !dumb, Ordering::Relaxed);
 }
 
-/// `--watch` and `--timeout`.
+/// `--watch`, `--timeout` and `--fail-after`.
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    /// Follow the deployment until it runs (exit 0) or fails: DOWN, ERROR, NO_TARGET_CLUSTERS
-    /// (exit 1).
+    /// Follow the deployment until it runs (exit 0) or fails (exit 1): DOWN, ERROR,
+    /// NO_TARGET_CLUSTERS, or an app failing on an edge in a way waiting will not fix (an
+    /// image that cannot be pulled, at once; any other failure the agent reports the same for
+    /// --fail-after). Failures that may pass (timeouts, refused connections) are waited through.
     #[arg(long, short = 'w')]
     pub watch: bool,
     /// Give up watching after this long (exit 1): 90s, 10m, 1h.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10m", requires = "watch")]
     pub timeout: Duration,
+    /// Stop watching (exit 1) when an app has reported the same failure this long (an image
+    /// that cannot be pulled stops it at once; timeouts and refused connections never do).
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "1m", requires = "watch")]
+    pub fail_after: Duration,
 }
 
 /// One line of a view: `key` identifies it across frames, `label` names it, `cells` fill the
@@ -234,22 +242,28 @@ fn progress<'c>(ctx: &'c mut Ctx<'_>) -> &'c mut dyn Write {
     }
 }
 
-/// True for failures worth polling through (the server restarting, a slow answer).
+/// True for failures worth polling through (the server restarting, a slow answer, a rate
+/// limit).
 fn transient(e: &ClientError) -> bool {
-    e.is_unreachable() || e.status().is_some_and(|s| s.is_server_error())
+    e.is_unreachable()
+        || e.status()
+            .is_some_and(|s| s.is_server_error() || s == reqwest::StatusCode::TOO_MANY_REQUESTS)
 }
 
-/// Polls deployment `id` and its edges until it settles or `timeout` passes. Returns the last
-/// deployment seen; fails when it settles in a failed state or time runs out.
+/// Polls deployment `id` and its edges until it settles or `--timeout` passes. Returns the last
+/// deployment seen; fails when it settles in a failed state, an app fails for good (see
+/// [`super::failures`]) or time runs out.
 pub async fn watch_deployment(
     ctx: &mut Ctx<'_>,
     id: &str,
-    timeout: Duration,
+    args: &WatchArgs,
 ) -> anyhow::Result<Deployment> {
+    let timeout = args.timeout;
     let tty = STDOUT_IS_TERMINAL.load(Ordering::Relaxed) && !ctx.structured();
     let mut live = Live::new(tty);
     let deadline = Instant::now() + timeout;
     let mut last: Option<Deployment> = None;
+    let mut failures = Failures::new(args.fail_after);
     loop {
         let polled = async {
             let d = ctx.client.get_deployment(id).await?;
@@ -278,7 +292,27 @@ pub async fn watch_deployment(
                             .unwrap_or_default();
                         bail!("deployment {} is {state}{message}", d.deploy_id);
                     }
-                    None => last = Some(d),
+                    None => {
+                        // Still rolling out: is anything failing for good?
+                        let now = std::time::Instant::now();
+                        for c in failures.pick_edges(&clusters.items) {
+                            // Best effort: an edge that cannot be read now (gone, a
+                            // moment's outage, the rate limit) is looked at another time.
+                            if let Ok(reports) = ctx.client.edge_workloads(&c.id).await {
+                                failures.observe(c, &reports, id, now);
+                            }
+                        }
+                        let failing = failures.verdict(now);
+                        if !failing.is_empty() {
+                            return Err(WatchFailed {
+                                deployment: format!("{} ({})", d.name, d.deploy_id),
+                                failing,
+                                at: now,
+                            }
+                            .into());
+                        }
+                        last = Some(d);
+                    }
                 }
             }
             Err(e) if transient(&e) => {
