@@ -124,6 +124,12 @@ impl App {
         &self.uploads().limits
     }
 
+    /// Bytes the upload spool holds now, and its budget (for operators and tests).
+    pub fn upload_spool_usage(&self) -> (u64, u64) {
+        let spool = &self.uploads().spool;
+        (spool.used(), spool.budget())
+    }
+
     /// Before an upload's body is read: checks that the caller may write the project's catalog
     /// and that the spool has room, and returns the spool to receive into.
     pub fn upload_spool(&self, ctx: &Ctx) -> Result<&Spool, AppError> {
@@ -165,21 +171,24 @@ impl App {
         Ok(spool)
     }
 
-    /// Runs `work` off the async runtime once it is this upload's turn to be processed in
-    /// memory ([`UploadLimits::parallelism`] at once); the turn is held until the returned
-    /// permit is dropped, so keep it while the result (parsed entities) is in use.
+    /// Waits for this upload's turn to be processed ([`UploadLimits::parallelism`] at once):
+    /// held while its content is read back from the store, parsed and applied, so that neither
+    /// memory nor database connections go to more uploads than that.
+    pub async fn upload_turn(&self) -> Result<OwnedSemaphorePermit, AppError> {
+        Arc::clone(&self.uploads().turns)
+            .acquire_owned()
+            .await
+            .map_err(|_| AppError::Internal("the upload queue is closed".into()))
+    }
+
+    /// Runs `work` off the async runtime in this upload's turn; the turn is held until the
+    /// returned permit is dropped, so keep it while the result (parsed entities) is in use.
     pub async fn upload_in_turn<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<(T, OwnedSemaphorePermit), AppError> {
-        let permit = Arc::clone(&self.uploads().turns)
-            .acquire_owned()
-            .await
-            .map_err(|_| AppError::Internal("the upload queue is closed".into()))?;
-        let out = tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| AppError::Internal(format!("upload processing failed: {e}")))?;
-        Ok((out, permit))
+        let permit = self.upload_turn().await?;
+        Ok((blocking(work).await?, permit))
     }
 
     /// Applies a complete set of spooled files in one transaction (the bulk upload).
@@ -296,8 +305,10 @@ impl App {
         id: Uuid,
         last: SpooledUpload,
     ) -> Result<UploadOutcome, AppError> {
-        // Copy the stored files into the spool from a snapshot: no write lock is held while
-        // megabytes move, nor while they are parsed.
+        // In turn from here: reading the files back, parsing and applying. The files are copied
+        // into the spool from a snapshot: no write lock is held while megabytes move, nor while
+        // they are parsed.
+        let _turn = self.upload_turn().await?;
         let mut files = Vec::new();
         let held = {
             let mut tx = self.store().read(ctx.project.id).await?;
@@ -326,8 +337,7 @@ impl App {
         };
         files.push(last);
         let count = held + 1;
-        let (sets, _turn) = self.upload_in_turn(move || parse_spooled(files)).await?;
-        let sets = sets?;
+        let sets = blocking(move || parse_spooled(files)).await??;
         let mut tx = self.store().write(ctx.project.id).await?;
         match tx.upload_session(id).await? {
             Some(now) if now.files == held => {}
@@ -385,6 +395,14 @@ pub async fn reap_upload_sessions(app: App) {
             Err(e) => tracing::warn!(error = %e, "could not expire upload sessions"),
         }
     }
+}
+
+/// Runs blocking work (decompression, YAML, schema validation, JSON decoding) off the async
+/// workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AppError::Internal(format!("upload processing failed: {e}")))
 }
 
 fn session_not_found(id: Uuid) -> AppError {
