@@ -75,7 +75,10 @@ fn assert_quota(label: &str, s: StatusCode, b: &Value, says: &str) {
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "[{label}] {b}");
     assert_eq!(b["code"], 8, "[{label}] ResourceExhausted: {b}");
     let m = b["message"].as_str().unwrap_or_default();
-    assert!(m.contains(says), "[{label}] message {m:?} should say {says:?}");
+    assert!(
+        m.contains(says),
+        "[{label}] message {m:?} should say {says:?}"
+    );
 }
 
 #[tokio::test]
@@ -238,7 +241,10 @@ async fn the_spool_is_bounded_and_emptied_on_every_path() {
     assert!(resp.headers().contains_key("retry-after"));
     let b: Value = resp.json().await.unwrap();
     assert_eq!(b["code"], 14, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("upload spool"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("upload spool"),
+        "{b}"
+    );
     spool_empties(&cp, "after a refused upload").await;
 
     // A good upload, and a bad one: both leave nothing.
@@ -265,8 +271,8 @@ async fn the_spool_is_bounded_and_emptied_on_every_path() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
     tx.send(Ok(vec![b'#'; 300 * 1024])).await.unwrap();
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream))
-        .file_name("slow.yaml");
+    let part =
+        reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name("slow.yaml");
     let request = cp
         .http()
         .post(&upload_url)
@@ -275,7 +281,10 @@ async fn the_spool_is_bounded_and_emptied_on_every_path() {
     let client = tokio::spawn(request);
     let start = Instant::now();
     while cp.app().upload_spool_usage().0 < 300 * 1024 {
-        assert!(start.elapsed() < DEADLINE, "the body never reached the spool");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the body never reached the spool"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(spool_files(&cp).len(), 1);
@@ -285,7 +294,8 @@ async fn the_spool_is_bounded_and_emptied_on_every_path() {
 
     // Files a killed server left behind go at the next start.
     std::fs::write(
-        cp.data_dir().join("upload-spool/.canopy-upload-left-behind"),
+        cp.data_dir()
+            .join("upload-spool/.canopy-upload-left-behind"),
         b"x",
     )
     .unwrap();

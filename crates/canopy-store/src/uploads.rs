@@ -209,12 +209,14 @@ impl CatalogTx {
         let seq = i64::from(before.files) + 1;
         let sid = session.to_string();
         // The file row first: chunks reference it.
-        sqlx::query("INSERT INTO upload_files (session_id, seq, name, size) VALUES ($1, $2, $3, 0)")
-            .bind(sid.clone())
-            .bind(seq)
-            .bind(name.to_string())
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO upload_files (session_id, seq, name, size) VALUES ($1, $2, $3, 0)",
+        )
+        .bind(sid.clone())
+        .bind(seq)
+        .bind(name.to_string())
+        .execute(&mut *self.tx)
+        .await?;
         let mut size: u64 = 0;
         let mut chunk: i64 = 0;
         loop {
@@ -275,7 +277,10 @@ impl CatalogTx {
     }
 
     /// The session's files in upload order, without content.
-    pub async fn upload_files(&mut self, session: Uuid) -> Result<Vec<UploadFileEntry>, StoreError> {
+    pub async fn upload_files(
+        &mut self,
+        session: Uuid,
+    ) -> Result<Vec<UploadFileEntry>, StoreError> {
         self.require_session(session).await?;
         let rows = sqlx::query(
             "SELECT seq, name, size FROM upload_files WHERE session_id = $1 ORDER BY seq",

@@ -149,7 +149,10 @@ fn bundle(registry: &str) -> Vec<u8> {
     add("registry.yaml", doc.as_bytes());
     let blob = UPLOAD_BYTES / 6;
     for i in 0..6 {
-        add(&format!("blobs/blob-{i}.bin"), &noise(blob, 0x9e37_79b9 + i as u64));
+        add(
+            &format!("blobs/blob-{i}.bin"),
+            &noise(blob, 0x9e37_79b9 + i as u64),
+        );
     }
     tar.into_inner().unwrap().finish().unwrap()
 }
@@ -221,12 +224,7 @@ async fn run(database_url: Option<String>) {
             let mut failures = Vec::new();
             while !done.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                match http
-                    .get(&url)
-                    .timeout(Duration::from_secs(60))
-                    .send()
-                    .await
-                {
+                match http.get(&url).timeout(Duration::from_secs(60)).send().await {
                     Ok(r) if r.status().is_success() => latencies.push(t.elapsed()),
                     Ok(r) => failures.push(format!("{}", r.status())),
                     Err(e) => failures.push(e.to_string()),
@@ -278,7 +276,11 @@ async fn run(database_url: Option<String>) {
                 }
                 Ok(r) => {
                     let s = r.status();
-                    return (what, false, format!("{s} {}", r.text().await.unwrap_or_default()));
+                    return (
+                        what,
+                        false,
+                        format!("{s} {}", r.text().await.unwrap_or_default()),
+                    );
                 }
                 Err(e) => return (what, false, e.to_string()),
             };

@@ -182,10 +182,7 @@ impl Spool {
     pub fn create_async(&self) -> Result<AsyncSpoolWriter, SpoolError> {
         let (file, path) = self.create_file()?;
         Ok(AsyncSpoolWriter {
-            out: tokio::io::BufWriter::with_capacity(
-                WRITE_BUFFER,
-                tokio::fs::File::from_std(file),
-            ),
+            out: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file)),
             file: SpoolFile {
                 path,
                 len: 0,

@@ -399,7 +399,9 @@ pub async fn reap_upload_sessions(app: App) {
 
 /// Runs blocking work (decompression, YAML, schema validation, JSON decoding) off the async
 /// workers.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AppError> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| AppError::Internal(format!("upload processing failed: {e}")))
@@ -438,7 +440,11 @@ fn check_limits(files: usize, bytes: u64) -> Result<(), AppError> {
 }
 
 /// Refuses a new session when the project or the server has as many open as allowed.
-fn check_new_session(limits: &UploadLimits, ctx: &Ctx, usage: &UploadUsages) -> Result<(), AppError> {
+fn check_new_session(
+    limits: &UploadLimits,
+    ctx: &Ctx,
+    usage: &UploadUsages,
+) -> Result<(), AppError> {
     let idle = idle_text(limits.session_idle_timeout);
     if usage.project.sessions >= limits.sessions_per_project {
         return Err(AppError::ResourceExhausted(format!(

@@ -63,9 +63,8 @@ pub async fn spool_body(spool: &Spool, body: Body, limit: usize) -> Result<Spool
     let mut out = spool.create_async()?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            AppError::Invalid(format!("the request body could not be read: {e}"))
-        })?;
+        let chunk = chunk
+            .map_err(|e| AppError::Invalid(format!("the request body could not be read: {e}")))?;
         if out.len() + chunk.len() as u64 > limit as u64 {
             return Err(too_large(limit));
         }
@@ -235,14 +234,29 @@ mod tests {
     #[test]
     fn refuses_what_serde_refused() {
         for (body, says) in [
-            (r#"{"fileName": "a", "artifact": "YQ==", "x": 1}"#, "unknown field `x`"),
-            (r#"{"fileName": "a", "fileName": "b", "artifact": "YQ=="}"#, "duplicate field `fileName`"),
+            (
+                r#"{"fileName": "a", "artifact": "YQ==", "x": 1}"#,
+                "unknown field `x`",
+            ),
+            (
+                r#"{"fileName": "a", "fileName": "b", "artifact": "YQ=="}"#,
+                "duplicate field `fileName`",
+            ),
             (r#"{"artifact": "YQ=="}"#, "missing field `fileName`"),
             (r#"{"fileName": "a"}"#, "missing field `artifact`"),
-            (r#"{"fileName": "a", "artifact": "!!!"}"#, "artifact is not valid base64"),
-            (r#"{"fileName": 3, "artifact": "YQ=="}"#, "invalid request body"),
+            (
+                r#"{"fileName": "a", "artifact": "!!!"}"#,
+                "artifact is not valid base64",
+            ),
+            (
+                r#"{"fileName": 3, "artifact": "YQ=="}"#,
+                "invalid request body",
+            ),
             (r#"[1]"#, "expected an object"),
-            (r#"{"fileName": "a", "artifact": "YQ=="} x"#, "not valid JSON"),
+            (
+                r#"{"fileName": "a", "artifact": "YQ=="} x"#,
+                "not valid JSON",
+            ),
             (r#"{"fileName": "a", "artifact": "YQ=="#, "not valid JSON"),
         ] {
             let e = decode(body).unwrap_err();
