@@ -268,10 +268,11 @@ impl Client {
 }
 
 /// Sends `req`; a 429 (the server's rate limit refused the request before doing anything) is
-/// sent again after the server's `Retry-After` (1 s without one, at most
-/// [`RATE_LIMIT_MAX_WAIT`], plus up to a quarter more so that parallel requests spread out),
-/// for up to [`RATE_LIMIT_PATIENCE`]. Requests whose body cannot be sent twice (a streamed
-/// upload) get the 429 as is. A fleet-wide `canopy workload list` makes thousands of calls and
+/// sent again after the server's `Retry-After` (at most [`RATE_LIMIT_MAX_WAIT`], plus up to a
+/// quarter more so that parallel requests spread out), for up to [`RATE_LIMIT_PATIENCE`]. A 429
+/// without `Retry-After` is a used-up quota (upload sessions), which waiting does not cure: it
+/// is returned at once. Requests whose body cannot be sent twice (a streamed upload) get the
+/// 429 as is. A fleet-wide `canopy workload list` makes thousands of calls and
 /// must not fail on a limit meant to slow it down.
 async fn send_patiently(req: RequestBuilder) -> reqwest::Result<reqwest::Response> {
     let started = std::time::Instant::now();
@@ -285,13 +286,15 @@ async fn send_patiently(req: RequestBuilder) -> reqwest::Result<reqwest::Respons
         let Some(next) = again else {
             return Ok(resp);
         };
-        let asked = resp
+        let Some(asked) = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(Duration::from_secs(1), Duration::from_secs)
-            .min(RATE_LIMIT_MAX_WAIT);
+            .map(|s| Duration::from_secs(s).min(RATE_LIMIT_MAX_WAIT))
+        else {
+            return Ok(resp);
+        };
         let jitter = asked.max(Duration::from_millis(200)) / 4;
         let wait = asked + jitter.mul_f64(spread());
         if started.elapsed() + wait > RATE_LIMIT_PATIENCE {

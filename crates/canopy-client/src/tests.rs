@@ -98,8 +98,9 @@ async fn serve_one(
         tokio::time::sleep(Duration::from_secs(30)).await;
         return Ok(());
     }
-    // A 429 says when to come back, as the server's rate limiter does (here: at once).
-    let retry = if status == 429 {
+    // A 429 says when to come back, as the server's rate limiter does (here: at once); a used-up
+    // quota (the test says so in its body) does not.
+    let retry = if status == 429 && !body.contains("quota used up") {
         "retry-after: 0\r\n"
     } else {
         ""
@@ -138,6 +139,24 @@ async fn rate_limited_requests_are_sent_again() {
         .await
         .expect("succeeds once the limit lets it through");
     assert_eq!(fake.requests().len(), 4, "three refusals, then the answer");
+}
+
+#[tokio::test]
+async fn a_used_up_quota_is_not_waited_out() {
+    // The server's upload-session quotas answer 429 without Retry-After: waiting does not help.
+    let fake = Fake::start(|_| {
+        (
+            429,
+            r#"{"code":8,"message":"quota used up: project p has 10 open upload sessions"}"#.into(),
+        )
+    })
+    .await;
+    let c = Client::new(&fake.url, "p").unwrap();
+    let started = std::time::Instant::now();
+    let err = c.healthz().await.unwrap_err();
+    assert_eq!(err.status(), Some(reqwest::StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(fake.requests().len(), 1, "not sent again");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]

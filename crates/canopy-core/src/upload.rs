@@ -8,7 +8,7 @@
 //!
 //! Reading an upload ([`parse_upload`]) goes through these steps, each in its own module:
 //! 1. `archive`: split the upload into file sets (all loose files form one, each tarball is
-//!    extracted in memory into its own), enforcing [`MAX_FILE_BYTES`], [`MAX_TOTAL_BYTES`] and
+//!    extracted in memory into its own, inflated from its stream as it is read), enforcing [`MAX_FILE_BYTES`], [`MAX_TOTAL_BYTES`] and
 //!    [`MAX_TAR_ENTRIES`] and refusing links, devices, absolute paths and `..`.
 //! 2. `tree`: parse every YAML file (every document) through [`crate::yaml`]'s limits into a
 //!    tree that remembers each scalar's source text. Documents with `specSchema` are entities;
@@ -74,20 +74,67 @@ pub struct UploadError {
     pub messages: Vec<String>,
 }
 
+/// One uploaded file read from a stream (typically a file the server spooled to disk), so that
+/// only what the parser keeps is in memory: a tarball is inflated from the stream as it is read
+/// (its compressed bytes are never held), a loose file is read whole (at most
+/// [`MAX_FILE_BYTES`]).
+pub struct UploadReader<'a> {
+    /// The file name as uploaded (`.tar.gz`/`.tgz` = a tarball).
+    pub name: String,
+    /// Its size in bytes (as received: compressed for a tarball); files over the limits are
+    /// refused by it before anything is read.
+    pub len: u64,
+    /// The content.
+    pub reader: Box<dyn std::io::Read + Send + 'a>,
+}
+
+impl std::fmt::Debug for UploadReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadReader")
+            .field("name", &self.name)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Reads an upload into file sets: at most one for the loose files (first), then one per
 /// tarball in upload order. Loose files are all read as YAML; in tarballs, `.yaml`/`.yml`
 /// files are (other files can still be named as values files). Returns every problem found
 /// if there is any.
 pub fn parse_upload(files: &[UploadFile]) -> Result<Vec<FileSet>, UploadError> {
+    parse_upload_from(
+        files
+            .iter()
+            .map(|f| UploadReader {
+                name: f.name.clone(),
+                len: f.content.len() as u64,
+                reader: Box::new(f.content.as_slice()),
+            })
+            .collect(),
+    )
+}
+
+/// [`parse_upload`] over streams. At most [`MAX_TOTAL_BYTES`] of file content (after
+/// decompression) is held at once, plus the YAML trees of the entity files (bounded by
+/// [`crate::yaml`]'s limits).
+pub fn parse_upload_from(files: Vec<UploadReader<'_>>) -> Result<Vec<FileSet>, UploadError> {
     // YAML nesting is capped (crate::yaml::MAX_DEPTH), but deserializing a document that deep
     // takes well over a megabyte of stack in a debug build, more than a caller's thread (an
     // async runtime worker, a test thread: 2 MiB) can be assumed to have left. So the work
     // runs on a thread of its own with a known stack; the caller just waits for it.
+    let files = std::sync::Mutex::new(Some(files));
+    let take = || {
+        files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_default()
+    };
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("canopy-upload".into())
             .stack_size(PARSE_STACK_BYTES)
-            .spawn_scoped(scope, || parse_files(files));
+            .spawn_scoped(scope, || parse_files(take()));
         match worker {
             Ok(handle) => handle.join().unwrap_or_else(|_| {
                 Err(UploadError {
@@ -95,7 +142,7 @@ pub fn parse_upload(files: &[UploadFile]) -> Result<Vec<FileSet>, UploadError> {
                 })
             }),
             // No thread to be had: parse here, on the caller's stack.
-            Err(_) => parse_files(files),
+            Err(_) => parse_files(take()),
         }
     })
 }
@@ -103,7 +150,7 @@ pub fn parse_upload(files: &[UploadFile]) -> Result<Vec<FileSet>, UploadError> {
 /// Stack of the parsing thread (reserved address space; only what is used is committed).
 const PARSE_STACK_BYTES: usize = 32 * 1024 * 1024;
 
-fn parse_files(files: &[UploadFile]) -> Result<Vec<FileSet>, UploadError> {
+fn parse_files(files: Vec<UploadReader<'_>>) -> Result<Vec<FileSet>, UploadError> {
     let mut errors = Vec::new();
     let raw = archive::collect(files, &mut errors);
     let sets: Vec<FileSet> = raw.iter().map(|s| load::load_set(s, &mut errors)).collect();

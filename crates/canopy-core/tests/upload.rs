@@ -7,7 +7,8 @@ use std::path::Path;
 
 use canopy_core::catalog::*;
 use canopy_core::upload::{
-    FileSet, MAX_FILE_BYTES, MAX_TAR_ENTRIES, UploadError, UploadFile, export_package, parse_upload,
+    FileSet, MAX_FILE_BYTES, MAX_TAR_ENTRIES, UploadError, UploadFile, UploadReader,
+    export_package, parse_upload, parse_upload_from,
 };
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -1059,4 +1060,63 @@ mod props {
             let _ = parse_upload(&[file("x.tgz", t)]);
         }
     }
+}
+
+/// A stream that hands out one byte per read, and counts what was read.
+struct Trickle<'a> {
+    data: &'a [u8],
+    read: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.data.is_empty() || buf.is_empty() {
+            return Ok(0);
+        }
+        buf[0] = self.data[0];
+        self.data = &self.data[1..];
+        self.read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(1)
+    }
+}
+
+#[test]
+fn streams_parse_like_bytes() {
+    // The server parses from spool files; the result must not depend on how reads are cut.
+    let mut files = rich_upload();
+    let entries: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|f| (f.name.as_str(), f.content.as_slice()))
+        .collect();
+    let bundle = tgz(&entries);
+    files.push(file("bundle.tar.gz", &bundle));
+    let from_bytes = parse_upload(&files).expect("parses");
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let readers = files
+        .iter()
+        .map(|f| UploadReader {
+            name: f.name.clone(),
+            len: f.content.len() as u64,
+            reader: Box::new(Trickle {
+                data: &f.content,
+                read: read.clone(),
+            }),
+        })
+        .collect();
+    let from_streams = parse_upload_from(readers).expect("parses");
+    assert_eq!(from_streams, from_bytes);
+    // An oversized loose file is refused by its size, before anything of it is read.
+    let before = read.load(std::sync::atomic::Ordering::Relaxed);
+    let big = vec![b'a'; MAX_FILE_BYTES as usize + 1];
+    let e = parse_upload_from(vec![UploadReader {
+        name: "big.yaml".into(),
+        len: big.len() as u64,
+        reader: Box::new(Trickle {
+            data: &big,
+            read: read.clone(),
+        }),
+    }])
+    .unwrap_err();
+    assert!(e.messages[0].contains("big.yaml is too large"), "{e}");
+    assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), before);
 }

@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub tenancy: app::TenancyConfig,
     /// Abuse limits: per-caller rate limits, long-poll caps, slow request bodies.
     pub limits: http::Limits,
+    /// What uploads may cost: spool (default `DATA_DIR/upload-spool`), parallelism, session
+    /// quotas and idle timeout.
+    pub uploads: app::UploadLimits,
     /// How long audit entries are kept.
     pub audit_retention: std::time::Duration,
     /// The URL users reach the server at when it is behind a reverse proxy (`https://host/prefix`,
@@ -150,6 +153,16 @@ impl Server {
                 tenancy: config.tenancy.clone(),
                 tls: config.tls.is_some(),
                 public_url: config.public_url.clone(),
+                uploads: app::UploadLimits {
+                    spool_dir: Some(
+                        config
+                            .uploads
+                            .spool_dir
+                            .clone()
+                            .unwrap_or_else(|| config.data_dir.join("upload-spool")),
+                    ),
+                    ..config.uploads.clone()
+                },
             },
         )
         .await?;
@@ -211,7 +224,7 @@ impl Server {
                     tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
                 ),
         );
-        let reaper = tokio::spawn(reap_upload_sessions(self.app.clone()));
+        let reaper = tokio::spawn(app::reap_upload_sessions(self.app.clone()));
         let flusher = tokio::spawn(flush_fleet(self.app.clone()));
         let housekeeper = tokio::spawn(housekeeping(self.app.clone(), self.audit_retention));
         let app = self.app.clone();
@@ -227,24 +240,6 @@ impl Server {
         self.app.flush_fleet().await;
         self.app.store().close().await;
         Ok(())
-    }
-}
-
-/// How long an unfinished upload session is kept.
-pub const UPLOAD_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Background task: deletes upload sessions abandoned for longer than [`UPLOAD_SESSION_TTL`].
-/// Re-runnable and bounded: one DELETE per pass.
-async fn reap_upload_sessions(app: App) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
-    loop {
-        every.tick().await;
-        let cutoff = time::OffsetDateTime::now_utc() - UPLOAD_SESSION_TTL;
-        match app.store().expire_upload_sessions(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(sessions = n, "expired abandoned upload sessions"),
-            Err(e) => tracing::warn!(error = %e, "could not expire upload sessions"),
-        }
     }
 }
 

@@ -64,6 +64,10 @@ pub enum StoreError {
     NoSuchProject(ProjectId),
     #[error("upload session {0} does not exist in this project")]
     NoSuchUploadSession(Uuid),
+    /// Reading an upload file to store it, or writing one read back, failed (the caller's
+    /// stream: a spool file on disk).
+    #[error("upload file content could not be streamed: {0}")]
+    UploadContent(#[source] std::io::Error),
     #[error("cannot write in a read-only catalog transaction")]
     ReadOnly,
     #[error("{entity} lists cannot filter or order by {field:?}")]
@@ -94,6 +98,7 @@ mod fleet;
 mod sealing;
 mod sql;
 mod tenancy;
+mod uploads;
 
 pub use audit::{
     AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditRecord, NewAuditRecord,
@@ -104,6 +109,9 @@ pub use fleet::{
 pub use sealing::ResealReport;
 pub use sql::{CatalogTx, Store};
 pub use tenancy::{Org, OrgDelete, ProjectPut, ProjectRecord, Put, TokenRow, UserRow};
+pub use uploads::{
+    UPLOAD_CHUNK_BYTES, UploadFileEntry, UploadSessionInfo, UploadUsage, UploadUsages,
+};
 
 /// Test helpers shared by this crate's conformance suite and the in-process harness.
 pub mod testing;

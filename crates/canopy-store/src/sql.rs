@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use crate::sealing::{SealedTable, open_body, seal_body};
-use crate::{Backend, DisplayNameScope, Project, ProjectId, StoreError, StoredUploadFile};
+use crate::{Backend, DisplayNameScope, Project, ProjectId, StoreError};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -74,6 +74,8 @@ pub struct CatalogTx {
     pub(crate) project: ProjectId,
     pub(crate) writable: bool,
     pub(crate) keyring: Option<Arc<canopy_seal::Keyring>>,
+    /// Which backend the transaction runs on (row locks are PostgreSQL's `FOR UPDATE`).
+    pub(crate) backend: Backend,
     _write_guard: Option<OwnedMutexGuard<()>>,
 }
 
@@ -237,6 +239,7 @@ impl Store {
             project,
             writable: true,
             keyring: self.keyring.clone(),
+            backend: self.backend,
             _write_guard: guard,
         };
         let sql = match self.backend {
@@ -269,6 +272,7 @@ impl Store {
             project,
             writable: false,
             keyring: self.keyring.clone(),
+            backend: self.backend,
             _write_guard: None,
         };
         let found = sqlx::query("SELECT id FROM projects WHERE id = $1")
@@ -279,28 +283,6 @@ impl Store {
             return Err(StoreError::NoSuchProject(project));
         }
         Ok(tx)
-    }
-
-    /// Deletes upload sessions (of every project) created before `cutoff`, with their files;
-    /// returns how many sessions were deleted. For a periodic cleanup of abandoned uploads.
-    /// Takes the write lock on SQLite, like [`Store::ensure_project`].
-    pub async fn expire_upload_sessions(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
-        let _guard = match self.backend {
-            Backend::Sqlite => Some(self.write_lock.lock().await),
-            Backend::Postgres => None,
-        };
-        let cutoff = format_time(cutoff);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM upload_files WHERE session_id IN (SELECT id FROM upload_sessions WHERE create_time < $1)")
-            .bind(cutoff.clone())
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query("DELETE FROM upload_sessions WHERE create_time < $1")
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -1160,110 +1142,6 @@ impl CatalogTx {
             .fetch_optional(&mut *self.tx)
             .await?;
         row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
-    }
-
-    // ---- upload sessions (files are held until the last upload, then applied in one tx)
-    pub async fn create_upload_session(&mut self) -> Result<Uuid, StoreError> {
-        self.check_writable()?;
-        let id = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO upload_sessions (id, project_id, create_time) VALUES ($1, $2, $3)",
-        )
-        .bind(id.to_string())
-        .bind(self.pid())
-        .bind(format_time(now()))
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(id)
-    }
-    /// Whether the session exists in this project.
-    pub async fn upload_session_exists(&mut self, session: Uuid) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT id FROM upload_sessions WHERE id = $1 AND project_id = $2")
-            .bind(session.to_string())
-            .bind(self.pid())
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        Ok(row.is_some())
-    }
-
-    async fn require_session(&mut self, session: Uuid) -> Result<(), StoreError> {
-        if self.upload_session_exists(session).await? {
-            Ok(())
-        } else {
-            Err(StoreError::NoSuchUploadSession(session))
-        }
-    }
-
-    /// Appends a file; returns the number of files now in the session.
-    pub async fn add_upload_file(
-        &mut self,
-        session: Uuid,
-        file: &StoredUploadFile,
-    ) -> Result<u32, StoreError> {
-        self.check_writable()?;
-        self.require_session(session).await?;
-        let size = i64::try_from(file.content.len()).unwrap_or(i64::MAX);
-        sqlx::query(
-            "INSERT INTO upload_files (session_id, seq, name, content, size) \
-             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM upload_files WHERE session_id = $1",
-        )
-        .bind(session.to_string())
-        .bind(file.name.clone())
-        .bind(file.content.clone())
-        .bind(size)
-        .execute(&mut *self.tx)
-        .await?;
-        let count: i64 = sqlx::query("SELECT COUNT(*) FROM upload_files WHERE session_id = $1")
-            .bind(session.to_string())
-            .fetch_one(&mut *self.tx)
-            .await?
-            .try_get(0)?;
-        Ok(u32::try_from(count).unwrap_or(u32::MAX))
-    }
-    /// The session's files in upload order, and deletes the session (within this transaction).
-    pub async fn take_upload_files(
-        &mut self,
-        session: Uuid,
-    ) -> Result<Vec<StoredUploadFile>, StoreError> {
-        self.check_writable()?;
-        self.require_session(session).await?;
-        let rows = sqlx::query(
-            "SELECT name, content FROM upload_files WHERE session_id = $1 ORDER BY seq",
-        )
-        .bind(session.to_string())
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let files = rows
-            .iter()
-            .map(|r| {
-                Ok(StoredUploadFile {
-                    name: r.try_get(0)?,
-                    content: r.try_get(1)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        sqlx::query("DELETE FROM upload_files WHERE session_id = $1")
-            .bind(session.to_string())
-            .execute(&mut *self.tx)
-            .await?;
-        sqlx::query("DELETE FROM upload_sessions WHERE id = $1 AND project_id = $2")
-            .bind(session.to_string())
-            .bind(self.pid())
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(files)
-    }
-    /// Total bytes held by the session so far.
-    pub async fn upload_session_bytes(&mut self, session: Uuid) -> Result<u64, StoreError> {
-        self.require_session(session).await?;
-        let total: i64 = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM upload_files WHERE session_id = $1",
-        )
-        .bind(session.to_string())
-        .fetch_one(&mut *self.tx)
-        .await?
-        .try_get(0)?;
-        Ok(u64::try_from(total).unwrap_or(0))
     }
 }
 

@@ -1352,3 +1352,146 @@ async fn lists_stay_fast_at_ten_thousand_applications() {
         assert_eq!(distinct.len(), 10, "{label}");
     });
 }
+
+// ---- upload quotas and chunked session files
+
+#[tokio::test]
+async fn upload_files_are_stored_in_chunks_and_counted() {
+    use canopy_store::{UPLOAD_CHUNK_BYTES, UploadUsage};
+    on_every_backend!(|label, store| {
+        let p = project(store, "p").await;
+        let q = project(store, "q").await;
+        // Two and a half chunks, with a pattern that shows any reordering.
+        let big: Vec<u8> = (0..UPLOAD_CHUNK_BYTES * 5 / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut tx = store.write(p.id).await.unwrap();
+        let session = tx.create_upload_session().await.unwrap();
+        let info = tx
+            .add_upload_file_from(session, "big.bin", big.as_slice())
+            .await
+            .unwrap();
+        assert_eq!((info.files, info.bytes), (1, big.len() as u64), "{label}");
+        let info = tx
+            .add_upload_file_from(session, "empty.yaml", &b""[..])
+            .await
+            .unwrap();
+        assert_eq!((info.files, info.bytes), (2, big.len() as u64), "{label}");
+        tx.commit().await.unwrap();
+        let mut tx = store.write(q.id).await.unwrap();
+        let other = tx.create_upload_session().await.unwrap();
+        tx.add_upload_file_from(other, "a.yaml", &b"a: 1\n"[..])
+            .await
+            .unwrap();
+        // What each project's sessions hold, and the server's.
+        let usage = tx.lock_upload_usage().await.unwrap();
+        assert_eq!(
+            usage.project,
+            UploadUsage {
+                sessions: 1,
+                bytes: 5
+            },
+            "{label}"
+        );
+        assert_eq!(
+            usage.server,
+            UploadUsage {
+                sessions: 2,
+                bytes: big.len() as u64 + 5
+            },
+            "{label}"
+        );
+        tx.commit().await.unwrap();
+
+        // Read back file by file, in upload order.
+        let mut tx = store.read(p.id).await.unwrap();
+        let files = tx.upload_files(session).await.unwrap();
+        let names: Vec<(u32, &str, u64)> = files
+            .iter()
+            .map(|f| (f.seq, f.name.as_str(), f.size))
+            .collect();
+        assert_eq!(
+            names,
+            vec![(1, "big.bin", big.len() as u64), (2, "empty.yaml", 0)],
+            "{label}"
+        );
+        let mut back = Vec::new();
+        assert_eq!(
+            tx.read_upload_file(session, 1, &mut back).await.unwrap(),
+            big.len() as u64,
+            "{label}"
+        );
+        assert!(back == big, "{label}: content differs after the chunks");
+        drop(tx);
+
+        // Deleting a session takes its files and chunks; the other project's stays.
+        let mut tx = store.write(p.id).await.unwrap();
+        assert!(tx.delete_upload_session(session).await.unwrap(), "{label}");
+        assert!(!tx.delete_upload_session(session).await.unwrap(), "{label}");
+        tx.commit().await.unwrap();
+        assert_eq!(
+            store.upload_usage().await.unwrap(),
+            UploadUsage {
+                sessions: 1,
+                bytes: 5
+            },
+            "{label}"
+        );
+        let mut tx = store.read(p.id).await.unwrap();
+        let mut back = Vec::new();
+        assert!(
+            matches!(
+                tx.upload_files(session).await,
+                Err(StoreError::NoSuchUploadSession(_))
+            ),
+            "{label}"
+        );
+        assert_eq!(
+            tx.read_upload_file(session, 1, &mut back).await.unwrap(),
+            0,
+            "{label}: no chunk left behind"
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_quota_is_counted_one_adder_at_a_time() {
+    // Adders of two different projects: the second one's count must wait for the first to
+    // commit, and then include what it added (else both could pass a server-wide cap).
+    on_every_backend!(|label, store| {
+        let p = project(store, "p").await;
+        let q = project(store, "q").await;
+        let mut first = store.write(p.id).await.unwrap();
+        let before = first.lock_upload_usage().await.unwrap();
+        assert_eq!(before.server.sessions, 0, "{label}");
+        let session = first.create_upload_session().await.unwrap();
+        first
+            .add_upload_file_from(session, "a.bin", &[7u8; 1000][..])
+            .await
+            .unwrap();
+        let mut second = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.write(q.id).await.unwrap();
+                let usage = tx.lock_upload_usage().await.unwrap();
+                tx.commit().await.unwrap();
+                usage
+            })
+        };
+        // While the first holds the quota, the second cannot count.
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(500), &mut second).await {
+            panic!("{label}: counted while another adder held the quota: {done:?}");
+        }
+        first.commit().await.unwrap();
+        let after = tokio::time::timeout(Duration::from_secs(30), second)
+            .await
+            .expect("the second adder goes on once the first commits")
+            .unwrap();
+        assert_eq!(
+            (after.server.sessions, after.server.bytes),
+            (1, 1000),
+            "{label}: the second adder sees what the first added"
+        );
+        assert_eq!(after.project.sessions, 0, "{label}");
+    });
+}

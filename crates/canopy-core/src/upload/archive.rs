@@ -1,5 +1,7 @@
 //! Turning the uploaded files into file sets: loose files form one set, each `.tar.gz`/`.tgz`
-//! is extracted (in memory, never to disk) into a set of its own.
+//! is extracted (in memory, never to disk) into a set of its own. Files come as streams: a
+//! tarball is inflated as it is read, so only its extracted entries are held, never its
+//! compressed bytes.
 //!
 //! Everything here assumes the input is hostile. Sizes are checked before anything is read
 //! into memory where the archive says how big an entry is, and counted while reading where it
@@ -17,7 +19,7 @@ use std::rc::Rc;
 
 use flate2::read::GzDecoder;
 
-use super::{MAX_FILE_BYTES, MAX_TAR_ENTRIES, MAX_TOTAL_BYTES, UploadFile};
+use super::{MAX_FILE_BYTES, MAX_TAR_ENTRIES, MAX_TOTAL_BYTES, UploadReader};
 
 /// One file of a file set.
 #[derive(Debug, Clone)]
@@ -51,14 +53,14 @@ fn mib(n: u64) -> String {
 
 /// Splits an upload into file sets (loose files first, then one per tarball in upload order).
 /// Problems are pushed to `errors`; a refused tarball contributes no set.
-pub(crate) fn collect(files: &[UploadFile], errors: &mut Vec<String>) -> Vec<RawSet> {
+pub(crate) fn collect(files: Vec<UploadReader<'_>>, errors: &mut Vec<String>) -> Vec<RawSet> {
     let mut total: u64 = 0;
     let mut loose = RawSet::default();
     let mut tarballs = Vec::new();
     let mut loose_names: BTreeMap<String, usize> = BTreeMap::new();
     let mut over_total = false;
     for f in files {
-        let size = f.content.len() as u64;
+        let size = f.len;
         if is_tarball(&f.name) {
             if size > MAX_TOTAL_BYTES {
                 errors.push(format!(
@@ -69,7 +71,7 @@ pub(crate) fn collect(files: &[UploadFile], errors: &mut Vec<String>) -> Vec<Raw
                 continue;
             }
             let budget = MAX_TOTAL_BYTES.saturating_sub(total);
-            match extract(&f.name, &f.content, budget) {
+            match extract(&f.name, f.reader, budget) {
                 Ok((set, used)) => {
                     total += used;
                     tarballs.push(set);
@@ -98,10 +100,25 @@ pub(crate) fn collect(files: &[UploadFile], errors: &mut Vec<String>) -> Vec<Raw
             over_total = true;
             continue;
         }
+        // Read whole (it is YAML or a values file), never past the per-file limit whatever
+        // the stream turns out to hold.
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        if let Err(e) = f.reader.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
+            errors.push(format!("uploaded file {} cannot be read: {e}", f.name));
+            continue;
+        }
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            errors.push(format!(
+                "uploaded file {} is too large (more than {} per file)",
+                f.name,
+                mib(MAX_FILE_BYTES)
+            ));
+            continue;
+        }
         let path = loose_path(&f.name);
         if let Some(&i) = loose_names.get(&path) {
             let same: &RawFile = &loose.files[i];
-            if same.bytes != f.content {
+            if same.bytes != bytes {
                 errors.push(format!(
                     "uploaded file {} is uploaded twice with different content",
                     f.name
@@ -115,7 +132,7 @@ pub(crate) fn collect(files: &[UploadFile], errors: &mut Vec<String>) -> Vec<Raw
         loose.files.push(RawFile {
             path,
             display: f.name.clone(),
-            bytes: f.content.clone(),
+            bytes,
             yaml,
         });
     }
@@ -201,7 +218,7 @@ fn is_yaml_name(path: &str) -> bool {
 
 /// Extracts a tarball into a file set, within `budget` decompressed bytes. Returns the set and
 /// the decompressed bytes used, or one message naming the tarball (and entry) that was refused.
-fn extract(name: &str, content: &[u8], budget: u64) -> Result<(RawSet, u64), String> {
+fn extract(name: &str, content: impl Read, budget: u64) -> Result<(RawSet, u64), String> {
     let count = Rc::new(Cell::new(0u64));
     let over = |count: &Rc<Cell<u64>>| count.get() > budget;
     let bomb = || {

@@ -50,6 +50,14 @@ pub enum AppError {
     /// The request is too large (HTTP 413).
     #[error("{0}")]
     TooLarge(String),
+    /// A quota is used up (HTTP 429, gRPC ResourceExhausted): e.g. the open upload sessions of
+    /// a project. Retrying helps only once something is released, so no `Retry-After`.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The server is at capacity for this kind of request right now (HTTP 503 with
+    /// `Retry-After`): e.g. its upload spool is full.
+    #[error("{message}")]
+    Busy { message: String, retry_after: u64 },
     /// Storage failed (HTTP 500; details logged, not returned).
     #[error("internal error")]
     Store(StoreError),

@@ -12,6 +12,7 @@ mod edges;
 mod error;
 mod identity;
 mod resources;
+mod spool;
 mod tenancy;
 mod tunnels;
 mod upload;
@@ -35,9 +36,14 @@ pub use identity::{
 pub use resources::{
     AppEndpoint, AppWorkload, DeploymentWorkload, VmAction, WorkloadRef, pod_name, workload_id,
 };
+pub(crate) use spool::spool_io_error;
+pub use spool::{AsyncSpoolWriter, Spool, SpoolError, SpoolFile, SpoolWriter};
 pub use tenancy::{DEFAULT_ORG, TenancyConfig, TenancyObject, TenancyStatus, put_message};
 pub use tunnels::{DEFAULT_LOG_TAIL, MAX_LOG_TAIL, OpenTunnel, TunnelKind};
-pub use upload::{MAX_UPLOAD_FILES, MAX_UPLOAD_TOTAL_BYTES, UploadOutcome};
+pub use upload::{
+    MAX_UPLOAD_FILES, MAX_UPLOAD_TOTAL_BYTES, SpooledUpload, UploadLimits, UploadOutcome,
+    reap_upload_sessions,
+};
 
 use crate::events::EventBus;
 use crate::hub::{Hub, HubConfig};
@@ -81,6 +87,8 @@ pub struct AppConfig {
     pub tls: bool,
     /// The URL users reach the server at, when set (see `ServerConfig::public_url`).
     pub public_url: Option<String>,
+    /// What uploads may cost: spool, parallelism, session quotas.
+    pub uploads: UploadLimits,
 }
 
 struct Inner {
@@ -99,6 +107,8 @@ struct Inner {
     project_names: std::sync::RwLock<std::collections::HashMap<canopy_store::ProjectId, String>>,
     /// Flips to true when the server begins shutting down (long-lived streams end on it).
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Upload limits, spool and processing turns.
+    uploads: upload::Uploads,
 }
 
 impl App {
@@ -125,6 +135,7 @@ impl App {
         store.ensure_project(&default).await?;
         let snapshot = store.load_fleet().await?;
         let hub = Hub::load(config.fleet, snapshot).map_err(AppError::Internal)?;
+        let uploads = upload::Uploads::new(config.uploads)?;
         let app = App {
             inner: Arc::new(Inner {
                 store,
@@ -138,6 +149,7 @@ impl App {
                 tunnels: Default::default(),
                 project_names: Default::default(),
                 shutdown: tokio::sync::watch::channel(false).0,
+                uploads,
             }),
         };
         app.ensure_default_org().await?;

@@ -94,8 +94,8 @@ fn status_of(e: &AppError) -> u16 {
         AppError::TooLarge(_) => 413,
         AppError::Unprocessable(_) => 422,
         AppError::UnsupportedProtocol(_) => 426,
-        AppError::RateLimited(_) => 429,
-        AppError::Unavailable(_) => 503,
+        AppError::RateLimited(_) | AppError::ResourceExhausted(_) => 429,
+        AppError::Unavailable(_) | AppError::Busy { .. } => 503,
         AppError::Store(_) | AppError::Internal(_) => 500,
     }
 }

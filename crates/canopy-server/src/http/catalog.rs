@@ -8,13 +8,12 @@ use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use canopy_core::catalog::{Application, Artifact, DeploymentPackage, Registry};
-use canopy_core::upload::UploadFile;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::Caller;
 use super::error::{ApiJson, ErrorBody};
-use crate::app::{App, AppError, ChangeSummary, MAX_UPLOAD_FILES};
+use crate::app::{App, AppError, ChangeSummary, MAX_UPLOAD_FILES, SpooledUpload};
 
 type ApiResult<T> = Result<T, AppError>;
 
@@ -153,9 +152,14 @@ pub struct ReferenceCountResponse {
     pub reference_count: u32,
 }
 
-/// One file of the session upload API.
+/// One file of the session upload API (documents the body; it is decoded as a stream by
+/// `http::upload_body`, with the same rules).
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "documents the request body; http::upload_body decodes it as a stream"
+)]
 pub struct Upload {
     pub file_name: String,
     /// File content, base64.
@@ -590,10 +594,11 @@ pub async fn delete_artifact(
 #[utoipa::path(post, path = "/v3/projects/{projectName}/catalog/upload", tag = "CatalogService",
     operation_id = "CatalogService_BulkUpload",
     description = "Multipart upload of up to 100 files (field `files`): YAML files (multi-document allowed) and \
-                   tar.gz bundles. Everything is applied in one transaction, or nothing is.",
+                   tar.gz bundles. Everything is applied in one transaction, or nothing is. The body is received \
+                   into the server's upload spool on disk; 503 with `Retry-After` when the spool is full.",
     params(("projectName" = String, Path)),
     request_body(content_type = "multipart/form-data", description = "one or more `files` parts"),
-    responses((status = 200, body = Vec<UploadResponse>), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = Vec<UploadResponse>), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn bulk_upload(
     State(app): State<App>,
     Path(project): Path<String>,
@@ -601,10 +606,11 @@ pub async fn bulk_upload(
     mut form: Multipart,
 ) -> ApiResult<Json<Vec<UploadResponse>>> {
     let c = caller.ctx(&app, &project).await?;
+    let spool = app.upload_spool(&c)?;
     let mut files = Vec::new();
-    let mut total: usize = 0;
+    let mut total: u64 = 0;
     loop {
-        let field = match form.next_field().await {
+        let mut field = match form.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
@@ -637,21 +643,11 @@ pub async fn bulk_upload(
                 "at most {MAX_UPLOAD_FILES} files may be uploaded at once"
             )));
         }
-        let bytes = field.bytes().await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::TooLarge(format!(
-                    "upload is larger than {} bytes",
-                    super::MAX_UPLOAD_BODY
-                ))
-            } else {
-                AppError::Invalid(format!("uploaded file {name}: {}", e.body_text()))
-            }
-        })?;
-        total += bytes.len();
-        files.push(UploadFile {
-            name,
-            content: bytes.to_vec(),
-        });
+        let file =
+            super::upload_body::spool_field(spool, &mut field, &name, super::MAX_UPLOAD_BODY)
+                .await?;
+        total += file.len();
+        files.push(SpooledUpload { name, file });
     }
     if files.is_empty() {
         return Err(AppError::Invalid(
@@ -660,7 +656,7 @@ pub async fn bulk_upload(
     }
     tracing::info!(project = %c.project.name, files = files.len(), bytes = total, "bulk upload");
     let count = files.len();
-    let changes = app.upload_files(&c, files).await?;
+    let changes = app.upload_spooled(&c, files).await?;
     let session_id = uuid::Uuid::new_v4().to_string();
     let mut out: Vec<UploadResponse> = (1..=count as u32)
         .map(|n| UploadResponse {
@@ -678,14 +674,18 @@ pub async fn bulk_upload(
 
 #[utoipa::path(post, path = "/v3/projects/{projectName}/catalog/uploads", tag = "CatalogService",
     operation_id = "CatalogService_UploadCatalogEntities",
+    description = "One file of an upload session; nothing is applied until `lastUpload=true`. Open sessions \
+                   and the bytes they hold are capped per project and per server (429 when a cap is reached); \
+                   a session idle for the configured time is deleted (then 404).",
     params(("projectName" = String, Path), UploadParams), request_body = Upload,
-    responses((status = 200, body = UploadResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = UploadResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn session_upload(
     State(app): State<App>,
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
     caller: Caller,
-    ApiJson(upload): ApiJson<Upload>,
+    headers: axum::http::HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<UploadResponse>> {
     let c = caller.ctx(&app, &project).await?;
     let mut session_id = None;
@@ -706,11 +706,21 @@ pub async fn session_upload(
             }
         }
     }
-    let file = UploadFile {
-        name: upload.file_name,
-        content: upload.artifact,
-    };
-    let outcome = app.upload_session(&c, session_id, last, file).await?;
+    // Refusals that need no body come before it is read.
+    let spool = app.check_session_upload(&c, session_id, last).await?;
+    super::error::require_json(&headers)?;
+    let raw = super::upload_body::spool_body(spool, body, super::MAX_UPLOAD_BODY).await?;
+    // Decoding is quick but a hostile body can make the JSON reader buffer a long field name:
+    // it takes a turn like parsing does, so memory stays bounded however many arrive at once.
+    let decode_spool = spool.clone();
+    let (decoded, turn) = app
+        .upload_in_turn(move || super::upload_body::decode_session_body(&decode_spool, raw))
+        .await?;
+    drop(turn);
+    let (name, file) = decoded?;
+    let outcome = app
+        .upload_session(&c, session_id, last, SpooledUpload { name, file })
+        .await?;
     Ok(Json(UploadResponse {
         session_id: outcome.session_id.to_string(),
         upload_number: outcome.upload_number,

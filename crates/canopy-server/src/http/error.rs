@@ -42,6 +42,8 @@ impl IntoResponse for AppError {
             AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 9),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
             AppError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
+            AppError::ResourceExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
+            AppError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, 14),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
             AppError::UnsupportedProtocol(_) => (StatusCode::UPGRADE_REQUIRED, 12),
             AppError::Store(e) => {
@@ -71,7 +73,10 @@ impl IntoResponse for AppError {
                     axum::http::HeaderValue::from_static("Bearer realm=\"canopy\""),
                 );
             }
-            AppError::RateLimited(secs) => {
+            AppError::RateLimited(secs)
+            | AppError::Busy {
+                retry_after: secs, ..
+            } => {
                 response
                     .headers_mut()
                     .insert(axum::http::header::RETRY_AFTER, (*secs).into());
@@ -79,6 +84,31 @@ impl IntoResponse for AppError {
             _ => {}
         }
         response
+    }
+}
+
+/// Refuses a request body that is not declared JSON, as [`ApiJson`] does (for handlers that
+/// stream their JSON body instead of extracting it).
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), AppError> {
+    let is_json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(AppError::Invalid(
+            "request body must be JSON (Content-Type: application/json)".into(),
+        ))
     }
 }
 

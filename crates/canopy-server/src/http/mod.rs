@@ -17,6 +17,7 @@ mod limits;
 mod resources;
 mod tenancy;
 mod tunnels;
+mod upload_body;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

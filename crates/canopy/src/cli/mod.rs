@@ -21,6 +21,7 @@ mod logs;
 mod output;
 mod server;
 mod server_auth;
+mod server_uploads;
 mod tenancy;
 mod upload;
 mod vm;

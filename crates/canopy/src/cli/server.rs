@@ -29,6 +29,8 @@ pub struct ServerArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub auth: super::server_auth::AuthArgs,
+    #[command(flatten)]
+    pub uploads: super::server_uploads::UploadArgs,
 }
 
 /// How `canopy server` and `canopy up` serve: HTTPS with a self-signed certificate kept in the
@@ -123,6 +125,8 @@ pub struct UpArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub auth: super::server_auth::AuthArgs,
+    #[command(flatten)]
+    pub uploads: super::server_uploads::UploadArgs,
 }
 
 /// Name and labels of the local edge `canopy up` enrolls.
@@ -146,6 +150,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         limits: args.auth.limits(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
         public_url: args.tls.public_url.clone(),
+        uploads: args.uploads.upload_limits(),
     };
     let server = canopy_server::Server::bind(&config).await?;
     let url = server.url()?;
@@ -351,6 +356,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         limits: args.auth.limits(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
         public_url: args.tls.public_url.clone(),
+        uploads: args.uploads.upload_limits(),
     };
     // The server's errors name what failed (address, data directory, database).
     canopy_server::serve(config).await?;
