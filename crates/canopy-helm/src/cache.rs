@@ -166,6 +166,13 @@ impl ChartCache {
         })
     }
 
+    fn ensure_dirs(&self) -> io::Result<()> {
+        for d in ["blobs/sha256", "refs", "tmp"] {
+            mkdir_private(&self.config.dir.join(d))?;
+        }
+        Ok(())
+    }
+
     /// The cache's settings.
     pub fn config(&self) -> &CacheConfig {
         &self.config
@@ -223,6 +230,9 @@ impl ChartCache {
     pub(crate) fn insert(&self, key: &str, bytes: &[u8]) -> io::Result<ChartDigest> {
         let digest = ChartDigest::of(bytes);
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // The directories may have been removed under a running server (a cleanup of /var/tmp):
+        // make them again rather than fail every fetch.
+        self.ensure_dirs()?;
         let blob = self.blob_path(&digest);
         if blob.exists() {
             if let Ok(f) = fs::File::options().write(true).open(&blob) {

@@ -89,6 +89,36 @@ pub struct FetchedChart {
     pub origin: Origin,
 }
 
+impl FetchedChart {
+    /// A chart archive from elsewhere than a registry (an upload, a file): checked against the
+    /// same rules as fetched ones. `chart_name`'s last segment and `chart_version` must be what
+    /// its `Chart.yaml` says.
+    pub fn from_archive(
+        chart_name: &str,
+        chart_version: &str,
+        archive: Vec<u8>,
+        limits: &ArchiveLimits,
+    ) -> Result<FetchedChart, FetchError> {
+        let short = chart_name.rsplit('/').next().unwrap_or(chart_name);
+        let meta = archive::inspect(&archive, limits, short, chart_version).map_err(|v| {
+            FetchError::InvalidArchive {
+                chart: chart_name.to_string(),
+                version: chart_version.to_string(),
+                entry: v.entry,
+                reason: v.reason,
+            }
+        })?;
+        Ok(FetchedChart {
+            chart_name: chart_name.to_string(),
+            chart_version: chart_version.to_string(),
+            digest: ChartDigest::of(&archive),
+            archive: Arc::new(archive),
+            meta,
+            origin: Origin::Registry,
+        })
+    }
+}
+
 /// Counters of a fetcher (for tests and metrics).
 #[derive(Debug, Default)]
 pub struct FetchStats {
@@ -219,9 +249,12 @@ impl Inner {
                 let this = self.clone();
                 let k = key.to_string();
                 let archive = chart.archive.clone();
+                let dir = self.cache.config().dir.display().to_string();
                 Self::blocking(move || this.cache.insert(&k, &archive))
                     .await?
-                    .map_err(Self::cache_error)?;
+                    .map_err(|e| {
+                        FetchError::Cache(format!("cannot store the chart in {dir}: {e}"))
+                    })?;
                 Ok(chart)
             }
             Err(e) if e.is_outage() => match cached {

@@ -6,8 +6,9 @@
 //!   at a closed port) and `--no-hooks --skip-tests`, so it has nothing to fetch and no
 //!   configuration of the host to read;
 //! - values go only through the values file (JSON), never `--set`;
-//! - time is bounded (the process is killed on timeout), memory too (`RLIMIT_AS` set on the
-//!   child with `prlimit` right after it starts, `GOMEMLIMIT` so Go collects before that), the
+//! - time is bounded (the process is killed on timeout), memory too (`RLIMIT_DATA` set on the
+//!   child with `prlimit` right after it starts, `GOMEMLIMIT` so Go collects before that; not
+//!   `RLIMIT_AS`, which Go's up-front address-space reservations exceed below ~600 MiB), the
 //!   size of files it may write (`RLIMIT_FSIZE`), and the output (reading stops and the process
 //!   is killed past the bound); at most [`RenderLimits::max_concurrent`] Helm processes run at
 //!   once;
@@ -39,7 +40,7 @@ pub struct RenderLimits {
     pub timeout: Duration,
     /// Largest rendered output (bytes).
     pub max_output_bytes: usize,
-    /// Address space of the Helm process (bytes).
+    /// Data segment (heap) of the Helm process (bytes): `RLIMIT_DATA`.
     pub max_memory_bytes: u64,
     /// Most Helm processes at once (others wait their turn).
     pub max_concurrent: usize,
@@ -52,7 +53,7 @@ impl Default for RenderLimits {
         RenderLimits {
             timeout: Duration::from_secs(30),
             max_output_bytes: 16 * 1024 * 1024,
-            max_memory_bytes: 2 * 1024 * 1024 * 1024,
+            max_memory_bytes: 1024 * 1024 * 1024,
             max_concurrent: 2,
             max_message_bytes: 4096,
         }
@@ -347,7 +348,7 @@ impl Renderer {
             };
             if let Err(e) = rustix::process::prlimit(
                 Some(pid),
-                rustix::process::Resource::As,
+                rustix::process::Resource::Data,
                 limit(self.limits.max_memory_bytes),
             ) {
                 tracing::warn!(error = %e, "could not bound helm's memory");
@@ -429,6 +430,12 @@ impl Renderer {
                 .redact(message.trim().trim_start_matches("Error: "));
             let message = if message.is_empty() {
                 format!("helm exited with {status}")
+            } else if message.contains("out of memory") {
+                format!(
+                    "helm ran out of memory (limit {} MiB): {}",
+                    self.limits.max_memory_bytes / (1024 * 1024),
+                    message.lines().next().unwrap_or_default()
+                )
             } else {
                 message
             };
@@ -457,20 +464,7 @@ impl Renderer {
                 e => e,
             },
         })?;
-        let mut documents = Vec::with_capacity(all.len());
-        let mut dropped_hooks = Vec::new();
-        for d in all {
-            if let Some(hook) = d.annotation("helm.sh/hook") {
-                dropped_hooks.push(DroppedHook {
-                    kind: d.kind().to_string(),
-                    name: d.name().to_string(),
-                    template: d.source.clone(),
-                    hook: hook.to_string(),
-                });
-            } else {
-                documents.push(d);
-            }
-        }
+        let (documents, dropped_hooks) = drop_hooks(all);
         Ok(RenderedChart {
             key,
             manifest: text,
@@ -480,10 +474,50 @@ impl Renderer {
     }
 }
 
+/// Splits off the documents annotated `helm.sh/hook` (hooks and tests that `--no-hooks` and
+/// `--skip-tests` did not remove).
+pub(crate) fn drop_hooks(all: Vec<Document>) -> (Vec<Document>, Vec<DroppedHook>) {
+    let mut documents = Vec::with_capacity(all.len());
+    let mut dropped = Vec::new();
+    for d in all {
+        if let Some(hook) = d.annotation("helm.sh/hook") {
+            dropped.push(DroppedHook {
+                kind: d.kind().to_string(),
+                name: d.name().to_string(),
+                template: d.source.clone(),
+                hook: hook.to_string(),
+            });
+        } else {
+            documents.push(d);
+        }
+    }
+    (documents, dropped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn hooks_are_dropped() {
+        let docs = manifest::parse(
+            "---\n# Source: c/templates/a.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\n# Source: c/templates/t.yaml\napiVersion: v1\nkind: Pod\nmetadata:\n  name: t\n  annotations:\n    helm.sh/hook: test\n",
+        )
+        .unwrap();
+        let (kept, dropped) = drop_hooks(docs);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].name(), "a");
+        assert_eq!(
+            dropped,
+            vec![DroppedHook {
+                kind: "Pod".into(),
+                name: "t".into(),
+                template: "c/templates/t.yaml".into(),
+                hook: "test".into()
+            }]
+        );
+    }
 
     #[test]
     fn keys_are_canonical_and_cover_every_input() {
