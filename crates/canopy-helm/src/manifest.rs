@@ -1,7 +1,12 @@
 //! Reading `helm template` output: YAML documents separated by `---`, each preceded by
 //! `# Source: <chart>/templates/<file>` naming the template it came from. Each document is read
-//! through the hardened YAML reader (`canopy_core::yaml`) on its own, so errors and the later
-//! analysis can name the template file.
+//! on its own, so errors and the later analysis can name the template file.
+//!
+//! The reader has the limits of the hardened YAML reader (`canopy_core::yaml`: depth, nodes,
+//! aliases, documents) with one difference of meaning: Kubernetes reads manifests as YAML 1.1,
+//! where `defaultMode: 0644` is octal (420). Charts write file modes that way, so numbers with
+//! a leading zero are read as octal here too (core's reader, for Canopy's own YAML 1.2 files,
+//! reads them otherwise). YAML 1.2 booleans are kept (`yes` stays a string), as in core.
 
 use serde_json::Value;
 
@@ -83,6 +88,34 @@ fn show(source: &str) -> &str {
     }
 }
 
+fn read_options() -> serde_saphyr::Options {
+    use canopy_core::yaml::{MAX_ALIASES, MAX_DEPTH, MAX_DOCUMENTS, MAX_NODES};
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.max_documents = MAX_DOCUMENTS;
+    budget.max_nodes = MAX_NODES;
+    budget.max_aliases = MAX_ALIASES;
+    budget.max_anchors = MAX_ALIASES;
+    budget.max_events = 4 * MAX_NODES;
+    budget.max_recorded_anchor_events = 100_000;
+    budget.max_recorded_anchor_bytes = 4 * 1024 * 1024;
+    let mut opts = serde_saphyr::Options::default();
+    opts.budget = Some(budget);
+    opts.alias_limits.max_total_replayed_events = 100_000;
+    opts.alias_limits.max_replay_stack_depth = 16;
+    opts.with_snippet = false;
+    opts.emit_comments = false;
+    opts.strict_booleans = true;
+    opts.legacy_octal_numbers = true;
+    opts
+}
+
+/// Reads one chunk of the output (normally one document).
+fn read_chunk(text: &str) -> Result<Vec<Value>, String> {
+    serde_saphyr::from_multiple_with_options::<Value>(text, read_options())
+        .map_err(|e| e.to_string())
+}
+
 fn is_separator(line: &str) -> bool {
     line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
 }
@@ -98,11 +131,9 @@ pub fn parse(output: &str) -> Result<Vec<Document>, ManifestError> {
         if text.trim().is_empty() {
             return Ok(());
         }
-        let values = canopy_core::yaml::parse_documents(&text).map_err(|message| {
-            ManifestError::InvalidYaml {
-                template: src.clone(),
-                message,
-            }
+        let values = read_chunk(&text).map_err(|message| ManifestError::InvalidYaml {
+            template: src.clone(),
+            message,
         })?;
         for v in values {
             match v {
@@ -165,6 +196,17 @@ mod tests {
         assert_eq!(docs[0].kind(), "ServiceAccount");
         assert_eq!(docs[1].source, "web/templates/cm.yaml");
         assert_eq!(docs[1].object["data"]["x"], "line\n");
+    }
+
+    #[test]
+    fn file_modes_are_octal_as_kubernetes_reads_them() {
+        let docs = parse(
+            "apiVersion: v1\nkind: Pod\nspec:\n  defaultMode: 0644\n  mode: 420\n  flag: yes\n",
+        )
+        .unwrap();
+        assert_eq!(docs[0].object["spec"]["defaultMode"], 420);
+        assert_eq!(docs[0].object["spec"]["mode"], 420);
+        assert_eq!(docs[0].object["spec"]["flag"], "yes");
     }
 
     #[test]
