@@ -861,6 +861,21 @@ impl Analyzer<'_> {
                 kind,
             )?);
         }
+        if replicas > 1
+            && let Some(p) = containers
+                .iter()
+                .flat_map(|c| &c.ports)
+                .find(|p| p.host_port.is_some())
+        {
+            return Err(at.err(
+                sp("containers"),
+                format!(
+                    "hostPort {} with {replicas} replicas: one host port can serve one replica on \
+                     an edge (use a NodePort service, or one replica)",
+                    p.host_port.unwrap_or_default()
+                ),
+            ));
+        }
         let mut names = BTreeSet::new();
         for c in containers.iter().chain(&init_containers) {
             if !names.insert(&c.name) {
@@ -982,7 +997,10 @@ impl Analyzer<'_> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site each; a struct of arguments would only rename them"
+    )]
     fn files(
         &mut self,
         d: &Document,
@@ -1059,7 +1077,10 @@ impl Analyzer<'_> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site each; a struct of arguments would only rename them"
+    )]
     fn container(
         &mut self,
         d: &Document,
@@ -1125,15 +1146,6 @@ impl Analyzer<'_> {
                 .filter(|h| *h != 0)
                 .map(|h| port(h).map_err(|m| at.err(format!("{pp}.hostPort"), m)))
                 .transpose()?;
-            if host_port.is_some()
-                && matches!(
-                    kind,
-                    WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::Job
-                )
-            {
-                // Several replicas on one host cannot share a host port; the agent refuses
-                // replicas > 1 then.
-            }
             ports.push(Port {
                 name: p.name.clone(),
                 container_port,
@@ -1731,6 +1743,227 @@ mod tests {
 
     fn q(s: &str) -> Quantity {
         Quantity(s.into())
+    }
+
+    fn run(yaml: &str) -> Result<AppModel, AnalyzeError> {
+        let docs = crate::manifest::parse(yaml).unwrap();
+        analyze(
+            &docs,
+            &AnalyzeOptions {
+                namespace: "ns",
+                ignored_resources: &[],
+            },
+        )
+    }
+
+    /// A Deployment whose pod spec is `pod` (YAML, indented for `spec.template.spec`) and
+    /// whose container is `container` (YAML, indented for the container's fields).
+    fn deployment(pod: &str, container: &str) -> String {
+        format!(
+            "---\n# Source: c/templates/d.yaml\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector:\n    matchLabels: {{app: d}}\n  template:\n    metadata:\n      labels: {{app: d}}\n    spec:\n{pod}      containers:\n        - name: c\n          image: img:1\n{container}"
+        )
+    }
+
+    fn refused(pod: &str, container: &str, field: &str) {
+        let e = run(&deployment(pod, container)).unwrap_err();
+        assert_eq!(e.template, "c/templates/d.yaml");
+        assert_eq!(e.kind, "Deployment");
+        assert!(e.field.ends_with(field), "{field}: {e}");
+    }
+
+    #[test]
+    fn fields_that_would_change_behaviour_are_refused() {
+        refused(
+            "      hostNetwork: true\n",
+            "",
+            "spec.template.spec.hostNetwork",
+        );
+        refused("      hostPID: true\n", "", "hostPID");
+        refused(
+            "",
+            "          securityContext: {privileged: true}\n",
+            "securityContext.privileged",
+        );
+        refused(
+            "      volumes:\n        - name: h\n          hostPath: {path: /etc}\n",
+            "",
+            "volumes[0].hostPath",
+        );
+        refused(
+            "",
+            "          livenessProbe: {grpc: {port: 9000}}\n",
+            "livenessProbe.grpc",
+        );
+        refused(
+            "",
+            "          restartPolicy: Always\n",
+            "containers[0].restartPolicy",
+        );
+        refused(
+            "",
+            "          env: [{name: X, valueFrom: {configMapKeyRef: {name: missing, key: k}}}]\n",
+            "env[0]",
+        );
+        refused(
+            "",
+            "          readinessProbe: {httpGet: {port: web}}\n",
+            "readinessProbe.httpGet.port",
+        );
+        refused(
+            "",
+            "          volumeMounts: [{name: nowhere, mountPath: /x}]\n",
+            "volumeMounts[0]",
+        );
+        refused(
+            "",
+            "          ports: [{containerPort: 70000}]\n",
+            "ports[0].containerPort",
+        );
+        refused(
+            "      securityContext: {sysctls: [{name: a, value: b}]}\n",
+            "",
+            "securityContext.sysctls",
+        );
+        let e = run(&deployment(
+            "",
+            "          ports: [{containerPort: 80, hostPort: 8080}]\n",
+        )
+        .replace("  selector:", "  replicas: 2\n  selector:"))
+        .unwrap_err();
+        assert!(e.message.contains("hostPort 8080 with 2 replicas"), "{e}");
+        // The harmless value of a refused field is fine.
+        run(&deployment("      hostNetwork: false\n", "")).unwrap();
+    }
+
+    #[test]
+    fn ignored_fields_warn_and_unknown_fields_are_never_silent() {
+        let m = run(&deployment(
+            "      dnsConfig: {nameservers: [1.1.1.1]}\n      nodeSelector: {disk: ssd}\n",
+            "          lifecycle: {preStop: {exec: {command: [x]}}}\n          madeUpField: 1\n",
+        ))
+        .unwrap();
+        let texts: Vec<String> = m.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("spec.template.spec.dnsConfig ignored")),
+            "{texts:?}"
+        );
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("containers[0].lifecycle ignored")),
+            "{texts:?}"
+        );
+        assert!(
+            texts
+                .iter()
+                .any(|t| t
+                    .contains("containers[0].madeUpField ignored: a field Canopy does not know")),
+            "{texts:?}"
+        );
+        // Scheduling hints mean nothing on one host and are documented, not warned about.
+        assert!(
+            !texts.iter().any(|t| t.contains("nodeSelector")),
+            "{texts:?}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_filled_like_kubernetes() {
+        let m = run(&deployment(
+            "",
+            "          readinessProbe: {tcpSocket: {port: 80}}\n",
+        ))
+        .unwrap();
+        let c = &m.workloads[0].containers[0];
+        assert_eq!(c.image_pull_policy, PullPolicy::IfNotPresent);
+        let p = c.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            (
+                p.period_seconds,
+                p.timeout_seconds,
+                p.success_threshold,
+                p.failure_threshold
+            ),
+            (10, 1, 1, 3)
+        );
+        assert_eq!(m.workloads[0].replicas, 1);
+        assert_eq!(m.workloads[0].termination_grace_period_seconds, 30);
+        let latest = run(&deployment("", "").replace("img:1", "img:latest")).unwrap();
+        assert_eq!(
+            latest.workloads[0].containers[0].image_pull_policy,
+            PullPolicy::Always
+        );
+        let untagged = run(&deployment("", "").replace("img:1", "registry:5000/img")).unwrap();
+        assert_eq!(
+            untagged.workloads[0].containers[0].image_pull_policy,
+            PullPolicy::Always
+        );
+    }
+
+    #[test]
+    fn services_and_selectors() {
+        let base = deployment("", "          ports: [{name: web, containerPort: 8080}]\n");
+        let lb = format!(
+            "{base}---\n# Source: c/templates/s.yaml\napiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  type: LoadBalancer\n  selector: {{app: d}}\n  ports: [{{port: 80, targetPort: web}}]\n"
+        );
+        let m = run(&lb).unwrap();
+        assert_eq!(m.services[0].service_type, ServiceType::NodePort);
+        assert_eq!(m.services[0].workloads, vec!["d".to_string()]);
+        assert!(
+            m.warnings
+                .iter()
+                .any(|w| w.message.contains("LoadBalancer"))
+        );
+        let e = run(&lb.replace("LoadBalancer", "ExternalName")).unwrap_err();
+        assert_eq!(e.field, "spec.type");
+        let e = run(&lb.replace("targetPort: web", "targetPort: nope")).unwrap_err();
+        assert!(e.message.contains("targetPort \"nope\""), "{e}");
+        let mismatch = base.replace("matchLabels: {app: d}", "matchLabels: {app: other}");
+        let e = run(&mismatch).unwrap_err();
+        assert_eq!(e.field, "spec.selector.matchLabels");
+    }
+
+    #[test]
+    fn kinds_and_api_versions() {
+        let doc = |api: &str, kind: &str| {
+            format!(
+                "---\n# Source: c/templates/x.yaml\napiVersion: {api}\nkind: {kind}\nmetadata:\n  name: x\n"
+            )
+        };
+        let e = run(&doc("extensions/v1beta1", "Deployment")).unwrap_err();
+        assert_eq!(e.field, "apiVersion");
+        let e = run(&doc("batch/v1", "CronJob")).unwrap_err();
+        assert!(e.message.contains("CronJob is not supported"), "{e}");
+        let e = run(&doc("example.com/v1", "Widget")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("template c/templates/x.yaml: Widget x"),
+            "{e}"
+        );
+        let m = run(&doc("policy/v1", "PodDisruptionBudget")).unwrap();
+        assert_eq!(m.warnings[0].kind, "PodDisruptionBudget");
+        // Dropped through ignoredResources: a webhook configuration has no meaning on an edge.
+        let docs = crate::manifest::parse(&doc(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingWebhookConfiguration",
+        ))
+        .unwrap();
+        let ignored = [ResourceReference {
+            name: "x".into(),
+            kind: "ValidatingWebhookConfiguration".into(),
+            namespace: String::new(),
+        }];
+        let m = analyze(
+            &docs,
+            &AnalyzeOptions {
+                namespace: "ns",
+                ignored_resources: &ignored,
+            },
+        )
+        .unwrap();
+        assert_eq!(m.ignored[0].effect, IgnoredEffect::Dropped);
     }
 
     #[test]

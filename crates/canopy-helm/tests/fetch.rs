@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use canopy_helm::{ChartSource, Credentials, FetchError, Origin};
 use common::*;
@@ -469,5 +468,4 @@ async fn a_digest_mismatch_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(e, FetchError::DigestMismatch { .. }), "{e}");
-    let _ = Arc::new(());
 }
