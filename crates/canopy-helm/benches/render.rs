@@ -68,7 +68,9 @@ fn bench(c: &mut Criterion) {
         std::env::var("CANOPY_TEST_HELM"),
         std::env::var("CANOPY_TEST_CHART_REGISTRY"),
     ) else {
-        eprintln!("CANOPY_TEST_HELM / CANOPY_TEST_CHART_REGISTRY not set (scripts/helm.sh): nothing measured");
+        eprintln!(
+            "CANOPY_TEST_HELM / CANOPY_TEST_CHART_REGISTRY not set (scripts/helm.sh): nothing measured"
+        );
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -162,6 +162,44 @@ pub fn inspect(
     Ok(meta)
 }
 
+/// One file of the chart (`values.yaml`, `README.md`, ... relative to its top directory), read
+/// from an archive that [`inspect`] accepted; `None` when there is no such file.
+pub fn read_file(
+    bytes: &[u8],
+    limits: &ArchiveLimits,
+    path: &str,
+) -> Result<Option<Vec<u8>>, ArchiveViolation> {
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(bytes));
+    let bad = |e: io::Error| ArchiveViolation::new("", format!("is not a readable archive: {e}"));
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw = entry.path_bytes().into_owned();
+        let Ok(name) = std::str::from_utf8(&raw) else {
+            continue;
+        };
+        let rest = name
+            .trim_start_matches("./")
+            .split_once('/')
+            .map(|(_, r)| r);
+        if rest == Some(path) && entry.header().entry_type() == tar::EntryType::Regular {
+            let mut data = Vec::new();
+            entry
+                .by_ref()
+                .take(limits.max_file_bytes + 1)
+                .read_to_end(&mut data)
+                .map_err(bad)?;
+            if data.len() as u64 > limits.max_file_bytes {
+                return Err(ArchiveViolation::new(
+                    name,
+                    "is larger than the limit per file",
+                ));
+            }
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
+}
+
 /// Walks one (possibly nested) archive. Returns the top `Chart.yaml` of the outermost one.
 fn walk(
     bytes: &[u8],
@@ -546,6 +584,20 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert!(e.reason.contains("not a readable"), "{e:?}");
+    }
+
+    #[test]
+    fn reads_one_file() {
+        let bytes = tgz(&[
+            reg("web/Chart.yaml", CHART),
+            reg("web/values.yaml", b"a: 1\n"),
+        ]);
+        let l = ArchiveLimits::default();
+        assert_eq!(
+            read_file(&bytes, &l, "values.yaml").unwrap().unwrap(),
+            b"a: 1\n"
+        );
+        assert!(read_file(&bytes, &l, "README.md").unwrap().is_none());
     }
 
     #[test]

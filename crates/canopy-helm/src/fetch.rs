@@ -210,6 +210,37 @@ impl ChartFetcher {
     }
 }
 
+impl ChartFetcher {
+    /// The versions of `src`'s chart the registry has (its `chart_version` is not used): an
+    /// OCI repository's tags (with `_` written back as `+`), or the entries of a repository's
+    /// `index.yaml`. Not cached: for listings (`catalog/charts`), not for deployments.
+    pub async fn list_versions(&self, src: &ChartSource) -> Result<Vec<String>, FetchError> {
+        let mut src = src.clone();
+        if src.chart_version.is_empty() {
+            src.chart_version = "0".into();
+        }
+        let inner = &self.inner;
+        let client = http::client(&src, &src.credentials, &inner.limits)?;
+        match src.location()? {
+            Location::Oci {
+                host, repository, ..
+            } => {
+                let plain = inner.plain_http.applies(&host);
+                let mut s =
+                    oci::Session::new(&src, &inner.limits, client, &host, &repository, plain);
+                Ok(s.tags()
+                    .await?
+                    .into_iter()
+                    .map(|t| t.replace('_', "+"))
+                    .collect())
+            }
+            Location::Repo { index, base } => {
+                repo::versions(&src, &inner.limits, &client, &index, &base).await
+            }
+        }
+    }
+}
+
 impl Inner {
     fn cache_error(e: impl std::fmt::Display) -> FetchError {
         FetchError::Cache(e.to_string())

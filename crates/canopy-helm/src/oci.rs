@@ -372,6 +372,60 @@ impl<'a> Session<'a> {
     }
 }
 
+impl Session<'_> {
+    /// The repository's tags (a chart's versions, `_` standing for `+`), following the
+    /// registry's pagination for at most 20 pages of 1,000.
+    pub(crate) async fn tags(&mut self) -> Result<Vec<String>, FetchError> {
+        #[derive(Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut out = Vec::new();
+        let mut path = "tags/list?n=1000".to_string();
+        for _ in 0..20 {
+            let resp = self.get(&path, "application/json").await?;
+            match resp.status() {
+                s if s.is_success() => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(self.not_found(format!("no repository {}", self.repository)));
+                }
+                StatusCode::FORBIDDEN => return Err(self.refused()),
+                s if s.is_server_error() => return Err(self.unavailable(s)),
+                s => {
+                    let text = error_text(resp).await;
+                    return Err(self.protocol(format!("tag list request answered {s}: {text}")));
+                }
+            }
+            // `Link: </v2/<repo>/tags/list?n=1000&last=x>; rel="next"`
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split_once('<'))
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map(|(url, _)| url.to_string());
+            let body = read_bounded(
+                self.src,
+                &self.registry,
+                resp,
+                MAX_MANIFEST_BYTES,
+                "tag list",
+            )
+            .await?;
+            let tags: Tags = serde_json::from_slice(&body)
+                .map_err(|_| self.protocol("tag list is not the expected JSON"))?;
+            out.extend(tags.tags.unwrap_or_default());
+            let prefix = format!("/v2/{}/", self.repository);
+            match next.as_deref().and_then(|n| n.strip_prefix(&prefix)) {
+                Some(rest) => path = rest.to_string(),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Only `sha256:<64 lowercase hex>` digests are accepted (what Helm and every registry use).
 fn check_digest_syntax(d: &str) -> Result<(), String> {
     match d.strip_prefix("sha256:") {

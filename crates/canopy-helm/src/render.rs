@@ -18,14 +18,13 @@
 //! Renders are keyed by [`render_key`] (chart digest, values, release, namespace), so callers
 //! can render once per (deployment, application, values) and share the result.
 
-use std::io::Write as _;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 use crate::fetch::FetchedChart;
@@ -297,20 +296,24 @@ impl Renderer {
             .map_err(run_err)?;
         let chart_path = dir.path().join("chart.tgz");
         let values_path = dir.path().join("values.json");
-        std::fs::write(&chart_path, req.chart.archive.as_slice()).map_err(run_err)?;
+        tokio::fs::write(&chart_path, req.chart.archive.as_slice())
+            .await
+            .map_err(run_err)?;
         {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
+            let mut f = tokio::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&values_path)
+                .await
                 .map_err(run_err)?;
             f.write_all(&serde_json::to_vec(req.values.values()).unwrap_or_default())
+                .await
                 .map_err(run_err)?;
+            f.flush().await.map_err(run_err)?;
         }
         let home = dir.path().join("home");
-        std::fs::create_dir(&home).map_err(run_err)?;
+        tokio::fs::create_dir(&home).await.map_err(run_err)?;
         let gomemlimit = (self.limits.max_memory_bytes / 2).max(64 * 1024 * 1024);
         let mut cmd = tokio::process::Command::new(self.helm.path());
         cmd.arg("template")

@@ -26,9 +26,9 @@ struct Index {
 }
 
 #[derive(Deserialize)]
-struct Entry {
+pub(crate) struct Entry {
     #[serde(default)]
-    version: String,
+    pub(crate) version: String,
     #[serde(default)]
     urls: Vec<String>,
     #[serde(default)]
@@ -63,15 +63,72 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// Fetches the chart's archive from a repository: the index, then the archive it names.
-/// Returns the archive bytes.
-pub(crate) async fn fetch(
+/// The versions the repository's index lists for the chart.
+pub(crate) async fn versions(
     src: &ChartSource,
     limits: &FetchLimits,
     client: &reqwest::Client,
     index_url: &Url,
     base: &Url,
-) -> Result<Vec<u8>, FetchError> {
+) -> Result<Vec<String>, FetchError> {
+    let (_, entries) = index_entries(src, limits, client, index_url, base).await?;
+    Ok(entries.into_iter().map(|e| e.version).collect())
+}
+
+/// The error for an unsuccessful answer.
+fn status_error(
+    src: &ChartSource,
+    registry: &str,
+    with_credentials: bool,
+    status: StatusCode,
+    what: &str,
+    text: String,
+) -> FetchError {
+    let (chart, version) = (src.chart_name.clone(), src.chart_version.clone());
+    let registry = registry.to_string();
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if with_credentials => {
+            FetchError::CredentialsRefused {
+                chart,
+                version,
+                registry,
+            }
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => FetchError::AuthRequired {
+            chart,
+            version,
+            registry,
+        },
+        StatusCode::NOT_FOUND => FetchError::NotFound {
+            chart,
+            version,
+            registry,
+            detail: format!("{what} not found"),
+        },
+        s if s.is_server_error() => FetchError::Unreachable {
+            chart,
+            version,
+            registry,
+            message: format!("{what} request answered {s}"),
+        },
+        s => FetchError::Protocol {
+            chart,
+            version,
+            registry,
+            message: format!("{what} request answered {s}: {text}"),
+        },
+    }
+}
+
+/// Reads the repository's index and returns the chart's entries (and the basic-auth header
+/// used, for the archive request).
+async fn index_entries(
+    src: &ChartSource,
+    limits: &FetchLimits,
+    client: &reqwest::Client,
+    index_url: &Url,
+    base: &Url,
+) -> Result<(Option<reqwest::header::HeaderValue>, Vec<Entry>), FetchError> {
     let registry = src.display_root();
     let chart = || (src.chart_name.clone(), src.chart_version.clone());
     let basic = src.credentials.basic().map(|(u, t)| {
@@ -90,40 +147,8 @@ pub(crate) async fn fetch(
         }
         req
     };
-    let status_error = |status: StatusCode, what: &str, text: String| -> FetchError {
-        let (chart, version) = chart();
-        match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if basic.is_some() => {
-                FetchError::CredentialsRefused {
-                    chart,
-                    version,
-                    registry: registry.clone(),
-                }
-            }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => FetchError::AuthRequired {
-                chart,
-                version,
-                registry: registry.clone(),
-            },
-            StatusCode::NOT_FOUND => FetchError::NotFound {
-                chart,
-                version,
-                registry: registry.clone(),
-                detail: format!("{what} not found"),
-            },
-            s if s.is_server_error() => FetchError::Unreachable {
-                chart,
-                version,
-                registry: registry.clone(),
-                message: format!("{what} request answered {s}"),
-            },
-            s => FetchError::Protocol {
-                chart,
-                version,
-                registry: registry.clone(),
-                message: format!("{what} request answered {s}: {text}"),
-            },
-        }
+    let status_error = |status: StatusCode, what: &str, text: String| {
+        status_error(src, &registry, basic.is_some(), status, what, text)
     };
 
     let resp = get(index_url)
@@ -157,7 +182,12 @@ pub(crate) async fn fetch(
                 ),
             }
         })?;
-    let Some(versions) = index.entries.get(&src.chart_name) else {
+    let Some(versions) = index
+        .entries
+        .into_iter()
+        .find(|(k, _)| *k == src.chart_name)
+        .map(|(_, v)| v)
+    else {
         let (chart, version) = chart();
         return Err(FetchError::NotFound {
             chart,
@@ -165,6 +195,33 @@ pub(crate) async fn fetch(
             registry,
             detail: "no such chart in index.yaml".into(),
         });
+    };
+    Ok((basic, versions))
+}
+
+/// Fetches the chart's archive from a repository: the index, then the archive it names.
+/// Returns the archive bytes.
+pub(crate) async fn fetch(
+    src: &ChartSource,
+    limits: &FetchLimits,
+    client: &reqwest::Client,
+    index_url: &Url,
+    base: &Url,
+) -> Result<Vec<u8>, FetchError> {
+    let registry = src.display_root();
+    let chart = || (src.chart_name.clone(), src.chart_version.clone());
+    let (basic, versions) = index_entries(src, limits, client, index_url, base).await?;
+    let get = |url: &Url| {
+        let mut req = client.get(url.clone());
+        if let Some(b) = &basic
+            && same_origin(url, base)
+        {
+            req = req.header(AUTHORIZATION, b.clone());
+        }
+        req
+    };
+    let status_error = |status: StatusCode, what: &str, text: String| {
+        status_error(src, &registry, basic.is_some(), status, what, text)
     };
     let Some(entry) = versions.iter().find(|e| e.version == src.chart_version) else {
         let (chart, version) = chart();

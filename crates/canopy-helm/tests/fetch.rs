@@ -469,3 +469,49 @@ async fn a_digest_mismatch_is_refused() {
         .unwrap_err();
     assert!(matches!(e, FetchError::DigestMismatch { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn versions_of_a_chart_are_listed() {
+    let Some(registry) = env("CANOPY_TEST_CHART_REGISTRY") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(dir.path(), |_, _| {});
+    let versions = f
+        .list_versions(&oci(&registry, "httpbin", ""))
+        .await
+        .unwrap();
+    assert_eq!(versions, vec!["0.1.6".to_string()]);
+    let e = f
+        .list_versions(&oci(&registry, "no-such-chart", ""))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::NotFound { .. }), "{e}");
+
+    let ca = test_ca();
+    let mut index = index_yaml("web", "1.0.0", "web-1.0.0.tgz", None);
+    index.extend_from_slice(b"");
+    let text = String::from_utf8(index).unwrap().replace(
+        "    - name: web\n      version: 1.0.0\n",
+        "    - name: web\n      version: 1.1.0\n      urls: [web-1.1.0.tgz]\n    - name: web\n      version: 1.0.0\n",
+    );
+    let repo = TestRepo::start(
+        &ca,
+        HashMap::from([("/index.yaml".to_string(), text.into_bytes())]),
+        None,
+    )
+    .await;
+    let versions = f
+        .list_versions(&ChartSource {
+            root_url: repo.url.clone(),
+            chart_name: "web".into(),
+            chart_version: String::new(),
+            credentials: Credentials {
+                ca_pem: Some(ca.ca_pem.clone()),
+                ..Default::default()
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(versions, vec!["1.1.0".to_string(), "1.0.0".to_string()]);
+}
