@@ -13,9 +13,9 @@ use tokio::io::AsyncReadExt;
 pub const MIN_HELM3_MINOR: u32 = 8;
 
 /// How to install Helm, for error messages.
-pub const INSTALL_HINT: &str = "install Helm 3 (3.8 or later) or Helm 4 (https://helm.sh/docs/intro/install/, \
-     or scripts/helm.sh in a Canopy checkout) and put `helm` on PATH, or give its path \
-     (--helm-bin)";
+pub const INSTALL_HINT: &str = "install Helm 3 (3.8 or later) or Helm 4 \
+     (https://helm.sh/docs/intro/install/, or scripts/helm.sh in a Canopy checkout) and put \
+     `helm` on PATH, or give Canopy its path";
 
 /// Why the Helm CLI cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
