@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of Canopy, PostgreSQL suite and container driver included, on a fresh machine:
 # installs and starts a throwaway PostgreSQL on loopback (scripts/postgres.sh) and a Podman API
-# service with a local test image (scripts/podman.sh), then `cargo test`. Runs as root (the tests
-# use the rootful Podman service); any failure stops it with a message naming what failed.
+# service with a local test image (scripts/podman.sh), QEMU and a tiny test VM
+# (scripts/vm-image.sh), the Helm CLI and chart registries (scripts/helm.sh), then `cargo test`.
+# Runs as root (the tests use the rootful Podman service); any failure stops it with a message
+# naming what failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 trap 'echo "test.sh: error: failed at line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
@@ -29,6 +31,14 @@ if [ -z "${CANOPY_TEST_VM_KERNEL:-}" ]; then
     case "$vm_line" in CANOPY_TEST_VM_*=*) export "${vm_line?}" ;; esac
   done <<<"$vm_lines"
 fi
+# The Helm CLI (3 and 4) and two local chart registries for canopy-helm (scripts/helm.sh).
+if [ -z "${CANOPY_TEST_HELM:-}" ]; then
+  helm_lines=$(scripts/helm.sh)
+  while IFS= read -r helm_line; do
+    case "$helm_line" in CANOPY_TEST_HELM*=* | CANOPY_TEST_CHART_*=*) export "${helm_line?}" ;; esac
+  done <<<"$helm_lines"
+fi
+echo "Helm for chart tests: ${CANOPY_TEST_HELM} (registries ${CANOPY_TEST_CHART_REGISTRY}, ${CANOPY_TEST_CHART_REGISTRY_AUTH})"
 # KVM is unusable on these machines (guests crawl or abort): software emulation for tests.
 export CANOPY_VM_ACCEL=${CANOPY_VM_ACCEL:-tcg}
 echo "Test VM for QEMU tests: ${CANOPY_TEST_VM_KERNEL}"
