@@ -274,6 +274,7 @@ pub fn render_deployment(
             spec_hash: String::new(),
             containers: workloads.containers,
             vms: workloads.vms,
+            pods: None,
             registry_auth,
         };
         instance.spec_hash = spec_hash(&instance);

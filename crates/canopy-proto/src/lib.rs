@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod pods;
+
 /// The protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -111,6 +113,12 @@ pub struct AppInstance {
     /// Virtual machines of the app, run next to its containers (by the agent's VM driver).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vms: Vec<VmSpec>,
+    /// A Helm-chart application's workloads, translated from the rendered chart by the control
+    /// plane (pods with init containers and probes, services, claims). When present the app's
+    /// `containers` and `vms` are empty; agents that predate it ignore the field, and the app
+    /// then reports no workloads rather than running something else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<pods::PodApp>,
     /// Credentials to pull this app's images (container images, and VM images whose URL starts
     /// with the registry's `server`), when its image registry has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
