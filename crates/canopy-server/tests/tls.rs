@@ -33,6 +33,7 @@ impl Running {
             limits: Default::default(),
             audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
             public_url: None,
+            initialize: false,
         };
         let server = Server::bind(&config).await.expect("server binds");
         let url = server.url().unwrap();
@@ -205,6 +206,7 @@ async fn given_certificate_files_must_be_usable() {
         limits: Default::default(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
         public_url: None,
+        initialize: false,
     };
     let e = Server::bind(&config).await.err().expect("refused");
     let text = e.to_string();

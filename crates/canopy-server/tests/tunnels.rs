@@ -180,6 +180,7 @@ impl Plane {
             limits: Default::default(),
             audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
             public_url: None,
+            initialize: false,
         };
         let server = canopy_server::Server::bind(&config).await.unwrap();
         let url = server.url().unwrap();

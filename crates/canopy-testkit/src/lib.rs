@@ -92,6 +92,7 @@ impl TestControlPlane {
             limits: Default::default(),
             audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
             public_url: None,
+            initialize: false,
         }
     }
 

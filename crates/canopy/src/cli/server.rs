@@ -29,6 +29,11 @@ pub struct ServerArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub auth: super::server_auth::AuthArgs,
+    /// Start a new, empty instance even though the data directory holds the state of one that
+    /// has run (secret.key, admin.token) while its database is missing or empty. Without it,
+    /// that start is refused; the old admin.token is kept beside the new one.
+    #[arg(long)]
+    pub initialize: bool,
 }
 
 /// How `canopy server` and `canopy up` serve: HTTPS with a self-signed certificate kept in the
@@ -123,6 +128,10 @@ pub struct UpArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub auth: super::server_auth::AuthArgs,
+    /// Start a new, empty instance even though the data directory holds the state of one that
+    /// has run (secret.key, admin.token) while its database is missing or empty.
+    #[arg(long)]
+    pub initialize: bool,
 }
 
 /// Name and labels of the local edge `canopy up` enrolls.
@@ -144,6 +153,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         limits: args.auth.limits(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
         public_url: args.tls.public_url.clone(),
+        initialize: args.initialize,
     };
     let server = canopy_server::Server::bind(&config).await?;
     let url = server.url()?;
@@ -331,6 +341,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         limits: args.auth.limits(),
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
         public_url: args.tls.public_url.clone(),
+        initialize: args.initialize,
     };
     // The server's errors name what failed (address, data directory, database).
     canopy_server::serve(config).await?;
