@@ -241,9 +241,7 @@ impl Hasher {
             Some(h) => (h, true),
             None => (self.dummy().await?, false),
         };
-        let ok = self
-            .run(move || verify_password(&password, &phc))
-            .await?;
+        let ok = self.run(move || verify_password(&password, &phc)).await?;
         Ok(ok && real)
     }
 
@@ -353,11 +351,23 @@ mod tests {
         let h = Hasher::new(2, FAST);
         let phc = h.hash("a password for the hasher".into()).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{phc}");
-        assert!(h.verify("a password for the hasher".into(), Some(phc.clone())).await.unwrap());
-        assert!(!h.verify("another password".into(), Some(phc)).await.unwrap());
+        assert!(
+            h.verify("a password for the hasher".into(), Some(phc.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !h.verify("another password".into(), Some(phc))
+                .await
+                .unwrap()
+        );
         // No stored hash: false, after a real check against the dummy hash (which is a hash
         // with the same parameters, so it costs the same).
-        assert!(!h.verify("a password for the hasher".into(), None).await.unwrap());
+        assert!(
+            !h.verify("a password for the hasher".into(), None)
+                .await
+                .unwrap()
+        );
         let dummy = h.dummy.get().expect("the dummy hash was made");
         assert!(dummy.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{dummy}");
     }

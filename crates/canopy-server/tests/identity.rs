@@ -111,8 +111,14 @@ async fn logout_ends_sessions_only() {
     let (s, msg) = logout(&cp, api_token).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{msg}");
     assert!(msg.contains("API token") && msg.contains(api_id), "{msg}");
-    assert!(msg.contains(&format!("canopy token revoke {api_id}")), "{msg}");
-    assert!(!msg.contains(api_token), "the token itself is never echoed: {msg}");
+    assert!(
+        msg.contains(&format!("canopy token revoke {api_id}")),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains(api_token),
+        "the token itself is never echoed: {msg}"
+    );
     assert_eq!(whoami(&cp, api_token).await, StatusCode::OK, "still valid");
 
     // The bootstrap administrator token: refused, the way back named, still valid.
@@ -159,17 +165,34 @@ async fn changing_ones_own_password_needs_the_current_one() {
     // Without the current password (a stolen token alone): refused, nothing changed.
     let (s, b) = change(json!({"password": "taken over by a thief"})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("currentPassword"), "{b}");
-    let (s, b) = change(json!({"password": "taken over by a thief", "currentPassword": "a guess at it"})).await;
+    assert!(
+        b["message"].as_str().unwrap().contains("currentPassword"),
+        "{b}"
+    );
+    let (s, b) =
+        change(json!({"password": "taken over by a thief", "currentPassword": "a guess at it"}))
+            .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
     assert!(!b.to_string().contains("a guess at it"), "{b}");
-    assert_eq!(login(&cp, "alice", "alice's first password").await.status, StatusCode::OK);
+    assert_eq!(
+        login(&cp, "alice", "alice's first password").await.status,
+        StatusCode::OK
+    );
 
     // With it: changed.
-    let (s, b) = change(json!({"password": "alice's second password", "currentPassword": "alice's first password"})).await;
+    let (s, b) = change(
+        json!({"password": "alice's second password", "currentPassword": "alice's first password"}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(login(&cp, "alice", "alice's second password").await.status, StatusCode::OK);
-    assert_eq!(login(&cp, "alice", "alice's first password").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login(&cp, "alice", "alice's second password").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        login(&cp, "alice", "alice's first password").await.status,
+        StatusCode::UNAUTHORIZED
+    );
 
     // An administrator resetting hers needs none.
     let (s, b) = cp
@@ -180,7 +203,10 @@ async fn changing_ones_own_password_needs_the_current_one() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(login(&cp, "alice", "set by the administrator").await.status, StatusCode::OK);
+    assert_eq!(
+        login(&cp, "alice", "set by the administrator").await.status,
+        StatusCode::OK
+    );
 
     // A user without a password yet (the bootstrap administrator) sets a first one with its
     // token; from then on it needs it too.
@@ -249,10 +275,19 @@ async fn logins_are_limited_per_user_name_and_per_source_address() {
             assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{name}: {}", a.body);
         }
         let a = login(&cp, name, "a wrong password").await;
-        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{name}: {}", a.body);
+        assert_eq!(
+            a.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{name}: {}",
+            a.body
+        );
         let secs = a.retry_after.expect("Retry-After");
         assert!((1..=60).contains(&secs), "{secs}");
-        assert!(a.body["message"].as_str().unwrap().contains("retry in"), "{}", a.body);
+        assert!(
+            a.body["message"].as_str().unwrap().contains("retry in"),
+            "{}",
+            a.body
+        );
     }
     // Even the right password waits: the name is limited, not the guess.
     let a = login(&cp, "alice", "alice's long password").await;
@@ -290,7 +325,12 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
     })
     .await;
     let mut got = Vec::new();
-    for client in ["198.51.100.1", "198.51.100.1", "198.51.100.1", "198.51.100.2"] {
+    for client in [
+        "198.51.100.1",
+        "198.51.100.1",
+        "198.51.100.1",
+        "198.51.100.2",
+    ] {
         got.push(
             login_from(&cp, "nobody-here", "a wrong password", Some(client))
                 .await
@@ -329,7 +369,9 @@ async fn the_administrator_is_recovered_offline_and_it_is_audited() {
     assert_eq!(whoami(&cp, &old).await, StatusCode::UNAUTHORIZED);
 
     // Not while the server runs.
-    let e = canopy_server::reset_admin_token(&dir, None).await.unwrap_err();
+    let e = canopy_server::reset_admin_token(&dir, None)
+        .await
+        .unwrap_err();
     assert!(matches!(e, canopy_server::ServerError::InUse { .. }), "{e}");
 
     let stopped = cp.stop_keep_data().await;
@@ -342,7 +384,10 @@ async fn the_administrator_is_recovered_offline_and_it_is_audited() {
     assert_ne!(new, old);
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.join("admin.token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let cp = stopped.start_again().await;
@@ -364,12 +409,22 @@ async fn the_administrator_is_recovered_offline_and_it_is_audited() {
     assert_eq!(s, StatusCode::OK);
     let stopped = cp.stop_keep_data().await;
     let done = canopy_server::reset_admin_token(&dir, None).await.unwrap();
-    assert!(!done.created_user && done.restored_role && done.revoked == 1, "{done:?}");
+    assert!(
+        !done.created_user && done.restored_role && done.revoked == 1,
+        "{done:?}"
+    );
     let cp = stopped.start_again().await;
-    assert_eq!(whoami(&cp, &new).await, StatusCode::UNAUTHORIZED, "the previous one is revoked");
+    assert_eq!(
+        whoami(&cp, &new).await,
+        StatusCode::UNAUTHORIZED,
+        "the previous one is revoked"
+    );
     let (_, me) = cp.get(&cp.at("/canopy/v1/whoami")).await;
     let roles = me["roles"].as_array().unwrap();
-    assert!(roles.contains(&json!("canopy-admin")) && roles.contains(&json!("default_cat-r")), "{me}");
+    assert!(
+        roles.contains(&json!("canopy-admin")) && roles.contains(&json!("default_cat-r")),
+        "{me}"
+    );
     assert_eq!(whoami(&cp, &other).await, StatusCode::OK);
     let (_, audit) = cp
         .get(&cp.at("/canopy/v1/audit?actor=system:admin-reset-token"))
@@ -378,8 +433,14 @@ async fn the_administrator_is_recovered_offline_and_it_is_audited() {
     assert_eq!(entries.len(), 2, "{audit}");
     assert_eq!(entries[0]["action"], "canopy admin reset-token");
     assert!(
-        entries[0]["result"].as_str().unwrap().contains("role restored"),
+        entries[0]["result"]
+            .as_str()
+            .unwrap()
+            .contains("role restored"),
         "{audit}"
     );
-    assert!(!audit.to_string().contains(&new), "no token in the audit log");
+    assert!(
+        !audit.to_string().contains(&new),
+        "no token in the audit log"
+    );
 }

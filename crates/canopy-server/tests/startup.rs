@@ -72,7 +72,11 @@ async fn a_first_start_on_an_empty_directory_needs_no_flag_and_keeps_files_priva
     let dir = base.path().join("canopy-data");
     let config = config(&dir);
     start_and_stop(&config).await;
-    assert_eq!(mode(&dir), 0o700, "a data directory Canopy creates is private");
+    assert_eq!(
+        mode(&dir),
+        0o700,
+        "a data directory Canopy creates is private"
+    );
     assert_eq!(mode(&dir.join("admin.token")), 0o600);
     assert_eq!(mode(&dir.join("secret.key")), 0o600);
     assert_eq!(mode(&dir.join("canopy.db")), 0o600);
@@ -92,7 +96,11 @@ async fn database_files_readable_by_others_are_tightened_at_start() {
     start_and_stop(&config).await;
     let db = dir.path().join("canopy.db");
     // As earlier versions left them.
-    for f in [db.clone(), with_suffix(&db, "-wal"), with_suffix(&db, "-shm")] {
+    for f in [
+        db.clone(),
+        with_suffix(&db, "-wal"),
+        with_suffix(&db, "-shm"),
+    ] {
         if f.exists() {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
@@ -112,14 +120,21 @@ async fn a_missing_or_empty_database_beside_instance_state_is_refused_until_init
     let old_token = std::fs::read_to_string(&token_file).unwrap();
 
     // Missing (journal files and all: as if the file was never restored).
-    for f in [db.clone(), with_suffix(&db, "-wal"), with_suffix(&db, "-shm")] {
+    for f in [
+        db.clone(),
+        with_suffix(&db, "-wal"),
+        with_suffix(&db, "-shm"),
+    ] {
         let _ = std::fs::remove_file(f);
     }
     let e = refused(&config).await;
     assert!(matches!(e, ServerError::DatabaseMissing { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains(&db.display().to_string()), "{msg}");
-    assert!(msg.contains("admin.token") && msg.contains("secret.key"), "{msg}");
+    assert!(
+        msg.contains("admin.token") && msg.contains("secret.key"),
+        "{msg}"
+    );
     assert!(msg.contains("--initialize"), "{msg}");
     assert!(!db.exists(), "no new database was made");
     assert_eq!(std::fs::read_to_string(&token_file).unwrap(), old_token);
@@ -189,7 +204,11 @@ async fn a_corrupt_database_names_the_file_and_sqlites_own_cause() {
     assert!(msg.contains(&db.display().to_string()), "{msg}");
     assert!(msg.contains("file is not a database"), "{msg}");
     assert!(!msg.contains("timed out"), "{msg}");
-    assert_eq!(std::fs::read(&db).unwrap(), vec![0x5a; 64 * 1024], "left as it was");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        vec![0x5a; 64 * 1024],
+        "left as it was"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("admin.token")).unwrap(),
         "cnp_b_kept\n"
@@ -216,7 +235,12 @@ async fn one_process_holds_a_data_directory() {
     assert!(matches!(e, ServerError::InUse { .. }), "{e:?}");
     first.run(async {}).await.unwrap();
     // Once stopped, the directory is free.
-    Server::bind(&config).await.unwrap().run(async {}).await.unwrap();
+    Server::bind(&config)
+        .await
+        .unwrap()
+        .run(async {})
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -228,18 +252,31 @@ async fn a_fresh_postgres_database_beside_an_admin_token_is_refused() {
     let mut config = config(dir.path());
     config.database_url = Some(url.clone());
     // A first start on a new database and an empty directory: fine.
-    Server::bind(&config).await.unwrap().run(async {}).await.unwrap();
+    Server::bind(&config)
+        .await
+        .unwrap()
+        .run(async {})
+        .await
+        .unwrap();
     let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     // The same directory pointed at another, empty database (a wrong --database-url).
     config.database_url = canopy_store::testing::fresh_postgres().await;
     let e = refused(&config).await;
     assert!(matches!(e, ServerError::FreshDatabase { .. }), "{e:?}");
-    assert!(!e.to_string().contains("postgres://"), "no URL (it may carry a password): {e}");
+    assert!(
+        !e.to_string().contains("postgres://"),
+        "no URL (it may carry a password): {e}"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("admin.token")).unwrap(),
         token
     );
     // Back on the right database: starts.
     config.database_url = Some(url);
-    Server::bind(&config).await.unwrap().run(async {}).await.unwrap();
+    Server::bind(&config)
+        .await
+        .unwrap()
+        .run(async {})
+        .await
+        .unwrap();
 }

@@ -110,9 +110,7 @@ pub use fleet::{
 };
 pub use sealing::ResealReport;
 pub use sql::{CatalogTx, Store};
-pub use tenancy::{
-    AdminReset, Org, OrgDelete, ProjectPut, ProjectRecord, Put, TokenRow, UserRow,
-};
+pub use tenancy::{AdminReset, Org, OrgDelete, ProjectPut, ProjectRecord, Put, TokenRow, UserRow};
 
 /// Test helpers shared by this crate's conformance suite and the in-process harness.
 pub mod testing;

@@ -607,11 +607,12 @@ impl Store {
             }
             Some(u) => (u.id, false, false),
         };
-        let revoked = sqlx::query("DELETE FROM api_tokens WHERE user_id = $1 AND kind = 'bootstrap'")
-            .bind(user_id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let revoked =
+            sqlx::query("DELETE FROM api_tokens WHERE user_id = $1 AND kind = 'bootstrap'")
+                .bind(user_id.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         token.user_id = user_id;
         sqlx::query("INSERT INTO api_tokens (id, token_hash, user_id, name, kind, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(token.id.to_string())

@@ -328,7 +328,10 @@ async fn measure_login_flood() {
         Some(b) => {
             let b = PathBuf::from(b);
             // A binary from before the login limits does not know their flags.
-            let help = Command::new(&b).args(["server", "--help"]).output().unwrap();
+            let help = Command::new(&b)
+                .args(["server", "--help"])
+                .output()
+                .unwrap();
             let knows = String::from_utf8_lossy(&help.stdout).contains("--trusted-proxy");
             (b, knows)
         }

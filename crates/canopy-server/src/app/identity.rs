@@ -733,9 +733,7 @@ pub async fn reset_admin_token(
     // a failure leaves either the old state or the new one (run the command again).
     let staged = stage_private(&path, format!("{secret}\n").as_bytes())
         .map_err(|e| AppError::Internal(format!("cannot write {}: {e}", path.display())))?;
-    let done = store
-        .reset_admin(BOOTSTRAP_USER, ADMIN_ROLE, row)
-        .await?;
+    let done = store.reset_admin(BOOTSTRAP_USER, ADMIN_ROLE, row).await?;
     staged
         .persist(&path)
         .map_err(|e| AppError::Internal(format!("cannot write {}: {}", path.display(), e.error)))?;

@@ -257,7 +257,10 @@ mod tests {
             bucket_of(ip("2001:db8:1:2:ffff::1")),
             bucket_of(ip("2001:db8:1:2::9"))
         );
-        assert_ne!(bucket_of(ip("2001:db8:1:3::1")), bucket_of(ip("2001:db8:1:2::1")));
+        assert_ne!(
+            bucket_of(ip("2001:db8:1:3::1")),
+            bucket_of(ip("2001:db8:1:2::1"))
+        );
         assert_eq!(bucket_of(ip("192.0.2.1")), ip("192.0.2.1"));
     }
 

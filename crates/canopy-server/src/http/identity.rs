@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::{Extension, Json};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -98,7 +98,10 @@ pub async fn login(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let forwarded_for = forwarded_for(&headers);
-    let source = app.login_source(peer.map(|Extension(ConnectInfo(a))| a.ip()), forwarded_for.as_deref());
+    let source = app.login_source(
+        peer.map(|Extension(ConnectInfo(a))| a.ip()),
+        forwarded_for.as_deref(),
+    );
     let mut response = match app.login(&req.username, &req.password, source).await {
         Ok(t) => Json(t).into_response(),
         Err(e) => e.into_response(),

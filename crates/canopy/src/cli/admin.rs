@@ -62,7 +62,10 @@ async fn reset_token(args: &AdminArgs, out: &mut (dyn Write + Send)) -> anyhow::
         )?;
     }
     if done.restored_role {
-        writeln!(out, "The user {user} had lost canopy-admin: it has it again.")?;
+        writeln!(
+            out,
+            "The user {user} had lost canopy-admin: it has it again."
+        )?;
     }
     writeln!(
         out,

@@ -206,7 +206,11 @@ mod tests {
         assert_eq!(login.per_address_per_minute, 0);
         assert_eq!((login.per_user_per_minute, login.user_burst), (5, 5));
         assert_eq!(login.hash_concurrency, 3);
-        let proxies: Vec<String> = login.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        let proxies: Vec<String> = login
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
         assert_eq!(proxies, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
         assert!(Wrap::try_parse_from(["x", "--trusted-proxy", "proxy.example"]).is_err());
         assert!(Wrap::try_parse_from(["x", "--password-hash-concurrency", "0"]).is_err());
