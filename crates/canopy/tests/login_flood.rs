@@ -15,8 +15,9 @@
 //! new flags), and prints the numbers instead of asserting them:
 //!
 //! ```text
-//! CANOPY_FLOOD_BIN=target/release/canopy CANOPY_FLOOD_SECS=20 \
-//!   cargo test --release -p canopy --test login_flood -- --ignored --nocapture
+//! CANOPY_FLOOD_BIN=/path/to/canopy CANOPY_FLOOD_SECS=20 CANOPY_FLOOD_CLIENTS=32 \
+//!   CANOPY_FLOOD_SERVER_ARGS="--login-rate 0 --login-user-rate 0" \
+//!   cargo test -p canopy --test login_flood measure -- --ignored --nocapture
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -52,7 +53,7 @@ impl Drop for Server {
 impl Server {
     /// Starts `bin` as `canopy server` on a free port; `new_flags`: the flags of the login limits
     /// (a binary from before them does not know them).
-    fn start(bin: &Path, new_flags: bool) -> Server {
+    fn start(bin: &Path, new_flags: bool, extra: &[String]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -79,6 +80,7 @@ impl Server {
                 .arg("--trusted-proxy")
                 .arg("127.0.0.1");
         }
+        cmd.args(extra);
         Server {
             child: cmd.spawn().expect("canopy server starts"),
             url: format!("http://127.0.0.1:{port}"),
@@ -167,8 +169,8 @@ impl Flood {
 }
 
 /// Runs `clients` flooding clients for `secs` seconds against a fresh server of `bin`.
-async fn flood(bin: &Path, new_flags: bool, clients: usize, secs: u64) -> Flood {
-    let server = Server::start(bin, new_flags);
+async fn flood(bin: &Path, new_flags: bool, extra: &[String], clients: usize, secs: u64) -> Flood {
+    let server = Server::start(bin, new_flags, extra);
     let admin = server.admin().await;
     // A known user with a password, and one API call and login so everything lazily set up is.
     let r = admin
@@ -295,7 +297,7 @@ async fn flood(bin: &Path, new_flags: bool, clients: usize, secs: u64) -> Flood 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_flood_keeps_memory_bounded_and_the_api_answering() {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_canopy"));
-    let f = flood(&bin, true, 32, 10).await;
+    let f = flood(&bin, true, &[], 32, 10).await;
     eprintln!("{}", f.report("login flood (this build)"));
     let bound = f.baseline_rss + (PERMITS * HASH_MIB + SLACK_MIB) * MIB;
     assert!(
@@ -345,9 +347,19 @@ async fn measure_login_flood() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(32);
-    let f = flood(&bin, new_flags, clients, secs).await;
+    // More server flags, e.g. `--login-rate 0 --login-user-rate 0` (the hashing bound alone).
+    let extra: Vec<String> = std::env::var("CANOPY_FLOOD_SERVER_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let f = flood(&bin, new_flags, &extra, clients, secs).await;
     println!(
         "{}",
-        f.report(&format!("{} ({clients} clients, {secs} s)", bin.display()))
+        f.report(&format!(
+            "{} {} ({clients} clients, {secs} s)",
+            bin.display(),
+            extra.join(" ")
+        ))
     );
 }
