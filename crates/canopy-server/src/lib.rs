@@ -370,15 +370,25 @@ pub struct Server {
 impl Server {
     /// Opens storage and binds the listener.
     pub async fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
-        // One process per data directory; then certificate problems: they name the file at
-        // fault before anything else starts.
+        // Given certificate files first: their problems are named before anything is created.
+        // Then the data directory (0700, one process at a time), where a self-signed
+        // certificate is kept.
+        let given = match &config.tls {
+            Some(t @ canopy_tls::ServerTls::Files { .. }) => {
+                Some(canopy_tls::load_server_config(t)?)
+            }
+            _ => None,
+        };
         prepare_data_dir(&config.data_dir)?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
-        let tls = config
-            .tls
-            .as_ref()
-            .map(canopy_tls::load_server_config)
-            .transpose()?;
+        let tls = match given {
+            Some(t) => Some(t),
+            None => config
+                .tls
+                .as_ref()
+                .map(canopy_tls::load_server_config)
+                .transpose()?,
+        };
         let store = open_store(config).await?;
         guard_admin_token(config, &store).await?;
         let app = App::with_options(

@@ -280,3 +280,23 @@ async fn a_fresh_postgres_database_beside_an_admin_token_is_refused() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_self_signed_certificate_goes_into_a_private_data_directory() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("canopy-data");
+    let mut config = config(&dir);
+    config.tls = Some(canopy_tls::ServerTls::SelfSigned { dir: dir.clone() });
+    Server::bind(&config)
+        .await
+        .unwrap()
+        .run(async {})
+        .await
+        .unwrap();
+    assert!(dir.join("tls").is_dir());
+    assert_eq!(
+        mode(&dir),
+        0o700,
+        "created by Canopy before the certificate"
+    );
+}
