@@ -47,6 +47,10 @@ pub enum AuthError {
     /// Hashing a password failed (bad parameters; not the password's fault).
     #[error("password hashing failed: {0}")]
     Hashing(String),
+    /// Every password-hashing slot stayed taken for the whole wait (the server
+    /// is under a login flood): not the caller's fault, map to 503.
+    #[error("too many password checks at once; try again shortly")]
+    Busy,
 }
 
 impl AuthError {

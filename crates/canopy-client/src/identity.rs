@@ -201,6 +201,28 @@ impl Client {
         .await
     }
 
+    /// `GET /canopy/v1/users/{user}` (administrators: anyone; users: themselves).
+    pub async fn get_user(&self, name: &str) -> Result<User, ClientError> {
+        self.call(Method::GET, &["canopy", "v1", "users", name], None)
+            .await
+    }
+
+    /// `PATCH /canopy/v1/users/{user}` with a new password; `current_password` is required when
+    /// users change their own (and have one), not when an administrator sets someone else's.
+    pub async fn set_password(
+        &self,
+        name: &str,
+        password: &str,
+        current_password: Option<&str>,
+    ) -> Result<User, ClientError> {
+        self.call(
+            Method::PATCH,
+            &["canopy", "v1", "users", name],
+            Some(json!({ "password": password, "currentPassword": current_password })),
+        )
+        .await
+    }
+
     /// `DELETE /canopy/v1/users/{user}`.
     pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
         self.call_empty(Method::DELETE, &["canopy", "v1", "users", name], &[], None)

@@ -4,6 +4,13 @@
 //! Dependencies point one way: this crate uses `canopy-core` and `canopy-store`; nothing here is
 //! used by them. HTTP handlers parse, call one app-layer method and map the result; every rule
 //! lives in the app layer (`app`), every SQL statement in the store.
+//!
+//! Start-up guards the data directory: it is created with mode 0700, one process at a time
+//! holds it (`canopy.lock`, an advisory lock the kernel drops when the process ends, so the
+//! offline `canopy admin reset-token` can tell a running server), and a missing or empty
+//! database beside the state of an instance that has run (`secret.key`, `admin.token`) stops
+//! the start instead of silently making a new, empty instance (and a new administrator token
+//! over the old one) unless `--initialize` says so.
 
 pub mod app;
 pub mod events;
@@ -12,7 +19,7 @@ pub mod hub;
 pub mod tunnels;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use canopy_store::Store;
 use tokio::net::TcpListener;
@@ -48,6 +55,11 @@ pub struct ServerConfig {
     /// no trailing `/`); addresses the server hands out (VM console WebSockets) use it. `None`:
     /// the address each request came to.
     pub public_url: Option<String>,
+    /// Start a new, empty instance even though the data directory holds the state of one that
+    /// has run (`secret.key`, `admin.token`) while its database is missing or empty (or, with
+    /// PostgreSQL, has no users yet). Without it that start is refused. An existing
+    /// `admin.token` is then kept as `admin.token.<time>.old`, never overwritten.
+    pub initialize: bool,
 }
 
 /// Default of [`ServerConfig::audit_retention`]: 400 days.
@@ -71,6 +83,47 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] canopy_store::StoreError),
+    /// The embedded database cannot be opened (not a database, damaged, unreadable).
+    #[error("cannot open the database {path}: {source}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: canopy_store::StoreError,
+    },
+    /// The database is missing or empty but the data directory holds an earlier instance's
+    /// state.
+    #[error(
+        "{database} is missing or empty, but {dir} holds the state of a Canopy instance that \
+         has run before ({state}): refusing to start a new, empty instance over it. If the \
+         database was moved, deleted or not restored, put it back at {database} (or give the \
+         --database-url it lives at); to start a new instance in this directory anyway, start \
+         once with --initialize"
+    )]
+    DatabaseMissing {
+        database: PathBuf,
+        dir: PathBuf,
+        state: String,
+    },
+    /// The (PostgreSQL or SQLite) database has no users yet, but an administrator token of an
+    /// earlier instance is in the data directory.
+    #[error(
+        "the database {database} has no users yet (a new, empty database?), but {token} is \
+         there from an instance that has run before: refusing to start a new instance and \
+         replace that token. Check that this is the database you meant; to start a new \
+         instance anyway, start once with --initialize (the old token is kept beside it)"
+    )]
+    FreshDatabase { database: String, token: PathBuf },
+    /// Another process holds the data directory.
+    #[error(
+        "another Canopy process{pid} is using the data directory {dir} (it holds \
+         {lock}): stop it first",
+        pid = .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        lock = .dir.join(LOCK_FILE).display()
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
+    /// There is no instance to act on (offline commands).
+    #[error("no Canopy database at {0}: pass the server's --data-dir (or --database-url)")]
+    NoInstance(PathBuf),
     #[error("cannot load the secret key: {0}")]
     Secrets(String),
     #[error(transparent)]
@@ -88,16 +141,138 @@ impl From<app::AppError> for ServerError {
     }
 }
 
+/// The embedded database's file name in the data directory.
+pub const DATABASE_FILE: &str = "canopy.db";
+/// The lock file a server holds in its data directory while it runs.
+pub const LOCK_FILE: &str = "canopy.lock";
+
+/// Creates the data directory (mode 0700: it holds the database, keys and tokens) when it is
+/// missing; an existing one keeps its mode.
+fn prepare_data_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| ServerError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// The data directory, held by one process at a time (an exclusive `flock` on
+/// `DATA_DIR/canopy.lock`, which also names the holder's pid). The kernel releases it when the
+/// process ends, however it ends.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock, or says which process holds it ([`ServerError::InUse`]).
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, ServerError> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = dir.join(LOCK_FILE);
+        let io = |source| ServerError::DataDir {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(ServerError::InUse {
+                    dir: dir.to_path_buf(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            Err(e) => return Err(io(e.into())),
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// Refuses to start over an earlier instance's state when the embedded database is missing or
+/// empty (see [`ServerError::DatabaseMissing`]).
+fn check_database_present(config: &StoreConfig<'_>) -> Result<(), ServerError> {
+    if config.database_url.is_some() || config.initialize {
+        return Ok(());
+    }
+    let db = config.data_dir.join(DATABASE_FILE);
+    if file_len(&db) > 0 {
+        return Ok(());
+    }
+    let wal = {
+        let mut name = db.as_os_str().to_owned();
+        name.push("-wal");
+        PathBuf::from(name)
+    };
+    let state: Vec<String> = [app::ADMIN_TOKEN_FILE, canopy_seal::KEY_FILE_NAME]
+        .into_iter()
+        .map(|f| config.data_dir.join(f))
+        .chain([wal])
+        .filter(|p| p.exists())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if state.is_empty() {
+        return Ok(());
+    }
+    Err(ServerError::DatabaseMissing {
+        database: db,
+        dir: config.data_dir.to_path_buf(),
+        state: state.join(", "),
+    })
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Opens the configured database, without the keyring: PostgreSQL when a URL is given, else
+/// `DATA_DIR/canopy.db` (created 0600; SQLite's own error and the file's name when it is not a
+/// database).
+async fn open_database(config: &StoreConfig<'_>) -> Result<Store, ServerError> {
+    prepare_data_dir(config.data_dir)?;
+    check_database_present(config)?;
+    Ok(match config.database_url {
+        Some(url) => Store::connect(url).await?,
+        None => {
+            let path = config.data_dir.join(DATABASE_FILE);
+            Store::open_sqlite(&path)
+                .await
+                .map_err(|source| ServerError::Database { path, source })?
+        }
+    })
+}
+
+/// Where the database is (the part of [`ServerConfig`] that says so).
+struct StoreConfig<'a> {
+    data_dir: &'a Path,
+    database_url: Option<&'a str>,
+    initialize: bool,
+}
+
 /// Opens the configured store: PostgreSQL when a URL is given, else `DATA_DIR/canopy.db`.
 pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let store = match &config.database_url {
-        Some(url) => Store::connect(url).await?,
-        None => Store::open_sqlite(&config.data_dir.join("canopy.db")).await?,
-    };
+    let store = open_database(&StoreConfig {
+        data_dir: &config.data_dir,
+        database_url: config.database_url.as_deref(),
+        initialize: config.initialize,
+    })
+    .await?;
     // Stored credentials are encrypted with a key from CANOPY_SECRET_KEY, else DATA_DIR/secret.key
     // (generated on a first start). Rows under an older key or from before encryption are
     // re-encrypted with the current key here, so rotating is: add a key, restart.
@@ -123,9 +298,69 @@ pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
     Ok(store)
 }
 
+/// A database with no users yet beside an `admin.token`: refused, or with `--initialize` the
+/// old token is set aside (renamed, never overwritten) so the first start can write a new one.
+async fn guard_admin_token(config: &ServerConfig, store: &Store) -> Result<(), ServerError> {
+    let token = config.data_dir.join(app::ADMIN_TOKEN_FILE);
+    if !token.exists() || !store.list_users().await?.is_empty() {
+        return Ok(());
+    }
+    if !config.initialize {
+        return Err(ServerError::FreshDatabase {
+            database: match &config.database_url {
+                Some(_) => "given by --database-url".into(),
+                None => config.data_dir.join(DATABASE_FILE).display().to_string(),
+            },
+            token,
+        });
+    }
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let kept = config
+        .data_dir
+        .join(format!("{}.{stamp}.old", app::ADMIN_TOKEN_FILE));
+    std::fs::rename(&token, &kept).map_err(|source| ServerError::DataDir {
+        path: token.clone(),
+        source,
+    })?;
+    tracing::warn!(
+        kept = %kept.display(),
+        "--initialize: starting a new instance; the earlier administrator token is kept as {}",
+        kept.display()
+    );
+    Ok(())
+}
+
+/// `canopy admin reset-token`: with the server stopped, makes the administrator usable again
+/// (see [`app::reset_admin_token`]) in the instance of `data_dir` (its database: `database_url`,
+/// else `DATA_DIR/canopy.db`). Refuses while a process holds the data directory, and never
+/// creates a database.
+pub async fn reset_admin_token(
+    data_dir: &Path,
+    database_url: Option<&str>,
+) -> Result<app::AdminTokenReset, ServerError> {
+    if !data_dir.is_dir() {
+        return Err(ServerError::NoInstance(data_dir.join(DATABASE_FILE)));
+    }
+    let _lock = DataDirLock::acquire(data_dir)?;
+    if database_url.is_none() && file_len(&data_dir.join(DATABASE_FILE)) == 0 {
+        return Err(ServerError::NoInstance(data_dir.join(DATABASE_FILE)));
+    }
+    let store = open_database(&StoreConfig {
+        data_dir,
+        database_url,
+        initialize: false,
+    })
+    .await?;
+    let done = app::reset_admin_token(&store, data_dir).await;
+    store.close().await;
+    Ok(done?)
+}
+
 /// A control plane bound to its port, ready to serve (tests use this to learn the address).
 pub struct Server {
     listener: TcpListener,
+    /// Held until the server stops.
+    lock: DataDirLock,
     app: App,
     tls: Option<(
         std::sync::Arc<canopy_tls::rustls::ServerConfig>,
@@ -138,13 +373,27 @@ pub struct Server {
 impl Server {
     /// Opens storage and binds the listener.
     pub async fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
-        // Certificate problems first: they name the file at fault before anything else starts.
-        let tls = config
-            .tls
-            .as_ref()
-            .map(canopy_tls::load_server_config)
-            .transpose()?;
+        // Given certificate files first: their problems are named before anything is created.
+        // Then the data directory (0700, one process at a time), where a self-signed
+        // certificate is kept.
+        let given = match &config.tls {
+            Some(t @ canopy_tls::ServerTls::Files { .. }) => {
+                Some(canopy_tls::load_server_config(t)?)
+            }
+            _ => None,
+        };
+        prepare_data_dir(&config.data_dir)?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let tls = match given {
+            Some(t) => Some(t),
+            None => config
+                .tls
+                .as_ref()
+                .map(canopy_tls::load_server_config)
+                .transpose()?,
+        };
         let store = open_store(config).await?;
+        guard_admin_token(config, &store).await?;
         let app = App::with_options(
             store,
             app::AppConfig {
@@ -182,6 +431,7 @@ impl Server {
                 })?;
         Ok(Server {
             listener,
+            lock,
             app,
             tls,
             limits: config.limits.clone(),
@@ -239,6 +489,7 @@ impl Server {
         housekeeper.abort();
         self.app.flush_fleet().await;
         self.app.store().close().await;
+        drop(self.lock);
         Ok(())
     }
 }
@@ -303,7 +554,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         Some(_) => "PostgreSQL".to_string(),
         None => format!(
             "embedded SQLite at {}",
-            config.data_dir.join("canopy.db").display()
+            config.data_dir.join(DATABASE_FILE).display()
         ),
     };
     let url = server.url()?;

@@ -68,7 +68,8 @@ enum Need {
     OrgVisible,
     /// Another user's API token: administrators only, 404 for everybody else.
     OwnerOrAdmin,
-    /// Ends a built-in session (200); OIDC callers have none to end (400).
+    /// Ends a built-in login session (200); the matrix's callers have none (API tokens, OIDC
+    /// tokens): 400, and nothing is revoked.
     Logout,
 }
 
@@ -133,6 +134,8 @@ fn entries() -> Vec<Entry> {
         e("delete", "/v1/projects/{projectName}/appdeployment/deployments/{deplId}", FleetWrite, NoBody),
         // Fleet.
         e("post", "/canopy/v1/projects/{projectName}/enrollment-tokens", FleetWrite, Json(r#"{"description":"authz"}"#)),
+        // Listing them too: enrollment tokens are for those who may enroll edges (not `ao-r`).
+        e("get", "/canopy/v1/projects/{projectName}/enrollment-tokens", FleetWrite, NoBody),
         e("delete", "/canopy/v1/projects/{projectName}/enrollment-tokens/{tokenId}", FleetWrite, NoBody),
         e("delete", "/canopy/v1/projects/{projectName}/edges/{edge}", FleetWrite, NoBody),
         e("patch", "/canopy/v1/projects/{projectName}/edges/{edge}/labels", FleetWrite, Json(r#"{"set":{"tier":"gold"}}"#)),
@@ -544,10 +547,8 @@ impl Model {
             Need::OrgVisible => Expect::Status(404),
             Need::OwnerOrAdmin if admin => Expect::Allowed,
             Need::OwnerOrAdmin => Expect::Status(404),
-            Need::Logout => match row.who {
-                Who::Oidc(_) => Expect::Status(400),
-                _ => Expect::Status(200),
-            },
+            // Logout ends sessions only: an API token or an OIDC token is not one.
+            Need::Logout => Expect::Status(400),
         }
     }
 }
@@ -1090,7 +1091,8 @@ impl Matrix<'_> {
         let expect = self.model.expect(&row, &case);
         let target = url(&self.f.cp, &case, &self.params).expect("url");
         let body = fill_body(case.body, &self.params);
-        // Ending a session ends the credential: use a throwaway one of the same user.
+        // Should logout end the credential anyway (it must not), only a throwaway one of the
+        // same user is lost.
         let auth = match (&row.who, case.need) {
             (Who::BuiltIn { user, .. }, Need::Logout) => Some(format!(
                 "Bearer {}",

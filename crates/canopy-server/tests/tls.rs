@@ -34,6 +34,7 @@ impl Running {
             audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
             public_url: None,
             uploads: Default::default(),
+            initialize: false,
         };
         let server = Server::bind(&config).await.expect("server binds");
         let url = server.url().unwrap();
@@ -207,6 +208,7 @@ async fn given_certificate_files_must_be_usable() {
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
         public_url: None,
         uploads: Default::default(),
+        initialize: false,
     };
     let e = Server::bind(&config).await.err().expect("refused");
     let text = e.to_string();

@@ -181,6 +181,7 @@ impl Plane {
             audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
             public_url: None,
             uploads: Default::default(),
+            initialize: false,
         };
         let server = canopy_server::Server::bind(&config).await.unwrap();
         let url = server.url().unwrap();

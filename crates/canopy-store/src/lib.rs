@@ -58,6 +58,13 @@ pub enum StoreError {
     },
     #[error("this store has no secret key configured, so it cannot encrypt")]
     NoKeyring,
+    /// The embedded database's file (or its journal) could not be created or given its mode.
+    #[error("cannot use the database file {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     #[error("project {0} does not exist")]
@@ -108,7 +115,7 @@ pub use fleet::{
 };
 pub use sealing::ResealReport;
 pub use sql::{CatalogTx, Store};
-pub use tenancy::{Org, OrgDelete, ProjectPut, ProjectRecord, Put, TokenRow, UserRow};
+pub use tenancy::{AdminReset, Org, OrgDelete, ProjectPut, ProjectRecord, Put, TokenRow, UserRow};
 pub use uploads::{
     UPLOAD_CHUNK_BYTES, UploadFileEntry, UploadSessionInfo, UploadUsage, UploadUsages,
 };

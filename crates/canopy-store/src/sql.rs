@@ -24,7 +24,7 @@ use canopy_core::names::ProjectName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyPool, Connection as _, Executor, Row, Transaction};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -41,6 +41,16 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/p
 const SQLITE_MAX_CONNECTIONS: u32 = 4;
 const POSTGRES_MAX_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Set on every SQLite connection. The first one reads the file: it is where a file that is not
+/// a database fails.
+const SQLITE_PRAGMAS: [&str; 5] = [
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA synchronous = NORMAL",
+    // Reads the schema: a damaged first page or schema fails here too.
+    "SELECT count(*) FROM sqlite_schema",
+];
 
 /// The columns of a name-keyed entity row (see [`CatalogTx::upsert_named`]).
 struct NamedRow<'a> {
@@ -79,6 +89,56 @@ pub struct CatalogTx {
     _write_guard: Option<OwnedMutexGuard<()>>,
 }
 
+/// The journal files SQLite keeps beside a database in WAL mode.
+pub const SQLITE_JOURNAL_SUFFIXES: [&str; 2] = ["-wal", "-shm"];
+
+/// Creates the database file with mode 0600 when it is missing, and takes the group's and
+/// others' permissions away from an existing one and its journal files (see
+/// [`Store::open_sqlite`]).
+fn private_database_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::File { path, source }
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(path)(e)),
+    }
+    let mut files = vec![path.to_path_buf()];
+    for suffix in SQLITE_JOURNAL_SUFFIXES {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    for file in files {
+        let mode = match std::fs::metadata(&file) {
+            Ok(m) => m.permissions().mode(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(failed(&file)(e)),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o7700))
+                .map_err(failed(&file))?;
+            tracing::warn!(
+                file = %file.display(),
+                "{} was readable by other users (mode {:o}): it holds password hashes and the \
+                 audit log; its mode is now {:o}",
+                file.display(),
+                mode & 0o7777,
+                mode & 0o7700
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Connects to `sqlite://PATH` (file created if missing; WAL, foreign keys, busy timeout) or
     /// `postgres://...`, and runs pending migrations.
@@ -101,17 +161,20 @@ impl Store {
 
         let pool = match backend {
             Backend::Sqlite => {
+                // One connection first, alone: a file that is not a database (or is damaged)
+                // fails here with SQLite's own message. In the pool, a failing connection setup
+                // is retried until the acquire timeout and reported only as "pool timed out".
+                let mut probe = sqlx::AnyConnection::connect(&url).await?;
+                for pragma in SQLITE_PRAGMAS {
+                    probe.execute(pragma).await?;
+                }
+                probe.close().await?;
                 AnyPoolOptions::new()
                     .max_connections(SQLITE_MAX_CONNECTIONS)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
-                            for pragma in [
-                                "PRAGMA journal_mode = WAL",
-                                "PRAGMA foreign_keys = ON",
-                                "PRAGMA busy_timeout = 5000",
-                                "PRAGMA synchronous = NORMAL",
-                            ] {
+                            for pragma in SQLITE_PRAGMAS {
                                 conn.execute(pragma).await?;
                             }
                             Ok(())
@@ -154,7 +217,12 @@ impl Store {
     }
 
     /// Opens (creating if needed) the embedded database file at `path`.
+    ///
+    /// The file holds password hashes and the audit log: it is created with mode 0600, and an
+    /// existing one (or its `-wal`/`-shm` journal) readable by others is tightened to 0600
+    /// with a warning. SQLite creates the journal files with the database file's mode.
     pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        private_database_files(path)?;
         let Some(p) = path.to_str() else {
             return Err(StoreError::UnsupportedUrl(path.display().to_string()));
         };

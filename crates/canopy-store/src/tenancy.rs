@@ -64,6 +64,18 @@ pub struct TokenRow {
     pub expire_time: Option<OffsetDateTime>,
 }
 
+/// What [`Store::reset_admin`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminReset {
+    pub user_id: Uuid,
+    /// The user did not exist and was created.
+    pub created: bool,
+    /// The user existed without the administrator role and was given it back.
+    pub role_restored: bool,
+    /// Bootstrap tokens revoked.
+    pub revoked: u64,
+}
+
 /// What a put (create-or-update) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Put {
@@ -546,6 +558,79 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Makes the built-in user `name` a working administrator again, in one transaction: the
+    /// user is created when missing, given `admin_role` when it lacks it, its tokens of kind
+    /// `bootstrap` are revoked and `token` (a new bootstrap token; its `user_id` is filled in
+    /// here) is stored. For the offline recovery `canopy admin reset-token`.
+    pub async fn reset_admin(
+        &self,
+        name: &str,
+        admin_role: &str,
+        mut token: TokenRow,
+    ) -> Result<AdminReset, StoreError> {
+        let _guard = self.admin_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let t = format_time(now());
+        let sql = format!("{USER_COLUMNS} WHERE name = $1");
+        let existing = sqlx::query(&sql)
+            .bind(name.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()?;
+        let (user_id, created, role_restored) = match existing {
+            None => {
+                let id = Uuid::new_v4();
+                sqlx::query("INSERT INTO users (id, name, password_hash, roles, create_time, update_time) VALUES ($1, $2, NULL, $3, $4, $4)")
+                    .bind(id.to_string())
+                    .bind(name.to_string())
+                    .bind(roles_json(&[admin_role.to_string()])?)
+                    .bind(t.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                (id, true, false)
+            }
+            Some(u) if !u.roles.iter().any(|r| r == admin_role) => {
+                let mut roles = u.roles.clone();
+                roles.push(admin_role.to_string());
+                roles.sort();
+                sqlx::query("UPDATE users SET roles = $2, update_time = $3 WHERE id = $1")
+                    .bind(u.id.to_string())
+                    .bind(roles_json(&roles)?)
+                    .bind(t.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                (u.id, false, true)
+            }
+            Some(u) => (u.id, false, false),
+        };
+        let revoked =
+            sqlx::query("DELETE FROM api_tokens WHERE user_id = $1 AND kind = 'bootstrap'")
+                .bind(user_id.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        token.user_id = user_id;
+        sqlx::query("INSERT INTO api_tokens (id, token_hash, user_id, name, kind, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(token.id.to_string())
+            .bind(token.token_hash.clone())
+            .bind(token.user_id.to_string())
+            .bind(token.name.clone())
+            .bind(token.kind.clone())
+            .bind(format_time(token.create_time))
+            .bind(token.expire_time.map(format_time))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(AdminReset {
+            user_id,
+            created,
+            role_restored,
+            revoked,
+        })
     }
 
     /// Deletes tokens that expired before `cutoff`; returns how many.

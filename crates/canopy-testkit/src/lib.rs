@@ -93,6 +93,7 @@ impl TestControlPlane {
             audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
             public_url: None,
             uploads: Default::default(),
+            initialize: false,
         }
     }
 

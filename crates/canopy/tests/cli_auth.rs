@@ -192,3 +192,77 @@ async fn a_new_user_sets_up_projects_users_and_tokens() {
         "no secrets in the audit log"
     );
 }
+
+// Changing one's own password asks for the current one; an administrator setting someone
+// else's does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_ones_own_password_asks_for_the_current_one() {
+    let cp = TestControlPlane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        cp: &cp,
+        credentials: dir.path().join("credentials.json"),
+    };
+    let token_file = cp.data_dir().join("admin.token");
+    cli.ok(&["login", "--token-file", token_file.to_str().unwrap()]);
+    let (ok, out, err) = cli.run_with_stdin(
+        &[
+            "user",
+            "create",
+            "bob",
+            "--role",
+            "default_cat-r",
+            "--password",
+            "--password-stdin",
+        ],
+        "bob's first password\n",
+    );
+    assert!(ok, "{out}{err}");
+    // The administrator sets bob's password: one line, no current password.
+    let (ok, out, err) = cli.run_with_stdin(
+        &["user", "passwd", "bob", "--password-stdin"],
+        "set by the admin\n",
+    );
+    assert!(ok, "{out}{err}");
+
+    // Bob changes his own: the current one first, then the new one.
+    let (ok, out, err) = cli.run_with_stdin(
+        &["login", "-u", "bob", "--password-stdin"],
+        "set by the admin\n",
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli.run_with_stdin(
+        &["user", "passwd", "bob", "--password-stdin"],
+        "not the current one\nbob's new password\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("current password"), "{err}");
+    let (ok, out, err) = cli.run_with_stdin(
+        &["user", "passwd", "bob", "--password-stdin"],
+        "set by the admin\nbob's new password\n",
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("password of bob changed"), "{out}");
+    let (ok, out, err) = cli.run_with_stdin(
+        &["login", "-u", "bob", "--password-stdin"],
+        "bob's new password\n",
+    );
+    assert!(ok, "{out}{err}");
+
+    // Logging out with a saved API token forgets it and says it stays valid.
+    let token = cli.ok(&["token", "create", "ci"]);
+    let api = token
+        .split_whitespace()
+        .find(|w| w.starts_with("cnp_a_"))
+        .unwrap()
+        .to_string();
+    let api_file = dir.path().join("api.token");
+    std::fs::write(&api_file, &api).unwrap();
+    cli.ok(&["login", "--token-file", api_file.to_str().unwrap()]);
+    let out = cli.ok(&["logout"]);
+    assert!(
+        out.contains("stays valid") && out.contains("canopy token revoke"),
+        "{out}"
+    );
+    assert!(cli.ok(&["--token", &api, "whoami"]).contains("bob"));
+}

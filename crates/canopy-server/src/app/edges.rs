@@ -271,7 +271,9 @@ impl App {
         &self,
         ctx: &Ctx,
     ) -> Result<Vec<EnrollmentToken>, AppError> {
-        ctx.require(Access::FleetRead)?;
+        // Enrollment tokens are how edges join: seeing them is for those who may make them
+        // (ao-rw), not for read-only site support staff (ao-r).
+        ctx.require(Access::FleetWrite)?;
         let mut tx = self.store().read(ctx.project.id).await?;
         let now = OffsetDateTime::now_utc();
         Ok(tx

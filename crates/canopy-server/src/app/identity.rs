@@ -42,6 +42,8 @@ pub struct AuthConfig {
     pub oidc: Option<canopy_auth::oidc::OidcVerifier>,
     /// Lifetime of a `login` session token (default one hour).
     pub session_ttl: Option<Duration>,
+    /// Bounds on password checks: concurrent hashes, attempts per source address and user.
+    pub login: super::LoginLimits,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -52,6 +54,7 @@ impl std::fmt::Debug for AuthConfig {
                 &self.oidc.as_ref().map(|o| o.config().issuer.clone()),
             )
             .field("session_ttl", &self.session_ttl)
+            .field("login", &self.login)
             .finish()
     }
 }
@@ -215,16 +218,40 @@ fn dedup(mut roles: Vec<String>) -> Vec<String> {
     roles
 }
 
-async fn hash_password(password: String) -> Result<String, AppError> {
-    canopy_auth::password::check_password_policy(&password)
-        .map_err(|e| AppError::Invalid(e.to_string()))?;
-    tokio::task::spawn_blocking(move || canopy_auth::password::hash_password(&password))
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?
-        .map_err(|e| AppError::Internal(e.to_string()))
+/// A hashing failure as the API answers it: a flood that keeps every hashing slot busy is the
+/// server's condition (503), anything else an internal error.
+fn hashing_failed(e: canopy_auth::AuthError) -> AppError {
+    match e {
+        canopy_auth::AuthError::Busy => AppError::Unavailable(
+            "too many password checks at once; try again in a few seconds".into(),
+        ),
+        other => AppError::Internal(other.to_string()),
+    }
 }
 
 impl App {
+    /// Hashes a new password (after checking the policy), within the process's hashing bound.
+    async fn hash_password(&self, password: String) -> Result<String, AppError> {
+        canopy_auth::password::check_password_policy(&password)
+            .map_err(|e| AppError::Invalid(e.to_string()))?;
+        self.inner
+            .login
+            .hasher()
+            .hash(password)
+            .await
+            .map_err(hashing_failed)
+    }
+
+    /// The address a login comes from: the connection's peer, or the client a trusted reverse
+    /// proxy names in `X-Forwarded-For` (`forwarded_for`: the header's values joined by `,`).
+    pub fn login_source(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        forwarded_for: Option<&str>,
+    ) -> Option<std::net::IpAddr> {
+        self.inner.login.client_address(peer, forwarded_for)
+    }
+
     /// Authenticates the value of an `Authorization` header.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Arc<Principal>, AppError> {
         let header = header.ok_or_else(|| {
@@ -285,25 +312,29 @@ impl App {
     }
 
     /// Logs a built-in user in with a password and issues a session token. Unknown users and
-    /// wrong passwords get the same answer after the same work.
-    pub async fn login(&self, user: &str, password: &str) -> Result<IssuedToken, AppError> {
+    /// wrong passwords get the same answer after the same work. Attempts are limited per source
+    /// address (`source`, when known) and per user name (429), and the password check waits
+    /// for one of the process's few hashing slots (see `login_guard`).
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<IssuedToken, AppError> {
         let refused = || unauthenticated("wrong user name or password");
         if password.len() > 1024 || user.len() > 63 {
             return Err(refused());
         }
+        self.inner.login.admit(source, user)?;
         let row = self.store().user_by_name(user).await?;
         let hash = row.as_ref().and_then(|u| u.password_hash.clone());
-        let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || match hash {
-            Some(h) => canopy_auth::password::verify_password(&password, &h),
-            None => {
-                // Same cost as a real check, so timing does not reveal which users exist.
-                let _ = canopy_auth::password::verify_password(&password, dummy_hash());
-                false
-            }
-        })
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+        let ok = self
+            .inner
+            .login
+            .hasher()
+            .verify(password.to_string(), hash)
+            .await
+            .map_err(hashing_failed)?;
         let Some(row) = row.filter(|_| ok) else {
             return Err(refused());
         };
@@ -344,10 +375,18 @@ impl App {
 
     /// On a first start (no built-in user yet), creates the administrator and writes a
     /// non-expiring administrator token to `DATA_DIR/admin.token` (mode 0600). Returns the file
-    /// written, if any. The token itself is never logged.
+    /// written, if any. The token itself is never logged. An existing `admin.token` is never
+    /// overwritten: the start-up checks (`Server::bind`) refuse or set it aside first.
     pub async fn bootstrap_admin(&self, data_dir: &Path) -> Result<Option<PathBuf>, AppError> {
         if !self.store().list_users().await?.is_empty() {
             return Ok(None);
+        }
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        if path.exists() {
+            return Err(AppError::FailedPrecondition(format!(
+                "{} exists but the database has no users: refusing to overwrite it",
+                path.display()
+            )));
         }
         let Some(user) = self
             .store()
@@ -359,9 +398,12 @@ impl App {
         let issued = self
             .issue(&user, TokenKind::Bootstrap, "bootstrap", None)
             .await?;
-        let path = data_dir.join(ADMIN_TOKEN_FILE);
-        write_private(&path, format!("{}\n", issued.token).as_bytes())
-            .map_err(|e| AppError::Internal(format!("cannot write {}: {e}", path.display())))?;
+        write_private(&path, format!("{}\n", issued.token).as_bytes(), false).map_err(|e| {
+            AppError::Internal(format!(
+                "cannot write {}: {e} (once that is fixed, `canopy admin reset-token` makes a new one)",
+                path.display()
+            ))
+        })?;
         Ok(Some(path))
     }
 
@@ -393,7 +435,7 @@ impl App {
         check_user_name(name)?;
         check_roles(&roles)?;
         let hash = match password {
-            Some(pw) => Some(hash_password(pw).await?),
+            Some(pw) => Some(self.hash_password(pw).await?),
             None => None,
         };
         let row = self
@@ -429,13 +471,16 @@ impl App {
             .ok_or_else(|| AppError::NotFound(format!("user {name} not found")))
     }
 
-    /// Changes a user's roles (administrators) or password (administrators, or users their own).
+    /// Changes a user's roles (administrators) or password (administrators, or users their
+    /// own). Users changing their own password must give the current one (`current_password`),
+    /// when they have one; an administrator setting someone else's password need not.
     pub async fn update_user(
         &self,
         p: &Principal,
         name: &str,
         roles: Option<Vec<String>>,
         password: Option<String>,
+        current_password: Option<String>,
     ) -> Result<User, AppError> {
         if roles.is_some() || !is_self(p, name) {
             p.require_admin()?;
@@ -443,8 +488,11 @@ impl App {
         if let Some(r) = &roles {
             check_roles(r)?;
         }
+        if password.is_some() && is_self(p, name) {
+            self.check_current_password(name, current_password).await?;
+        }
         let hash = match password {
-            Some(pw) => Some(hash_password(pw).await?),
+            Some(pw) => Some(self.hash_password(pw).await?),
             None => None,
         };
         let roles = roles.map(dedup);
@@ -456,6 +504,48 @@ impl App {
         self.inner.tokens.clear();
         tracing::info!(user = %name, by = %p.actor, roles_changed = roles.is_some(), password_changed = hash.is_some(), "user updated");
         Ok(row.into())
+    }
+
+    /// A user changing their own password proves they know the current one (a stolen token
+    /// alone must not be enough to take the account over). Counted like a login attempt for
+    /// that user name.
+    async fn check_current_password(
+        &self,
+        name: &str,
+        current: Option<String>,
+    ) -> Result<(), AppError> {
+        let row = self
+            .store()
+            .user_by_name(name)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("user {name} not found")))?;
+        // A user without a password yet (token-only, like the bootstrap administrator) sets
+        // their first one with their token alone.
+        let Some(hash) = row.password_hash else {
+            return Ok(());
+        };
+        let Some(current) = current.filter(|c| !c.is_empty()) else {
+            return Err(AppError::Invalid(format!(
+                "changing your own password needs your current one: send it as currentPassword \
+                 (`canopy user passwd {name}` asks for it)"
+            )));
+        };
+        if current.len() > 1024 {
+            return Err(wrong_current_password());
+        }
+        self.inner.login.admit(None, name)?;
+        let ok = self
+            .inner
+            .login
+            .hasher()
+            .verify(current, Some(hash))
+            .await
+            .map_err(hashing_failed)?;
+        if ok {
+            Ok(())
+        } else {
+            Err(wrong_current_password())
+        }
     }
 
     /// Deletes a user and all their tokens.
@@ -557,43 +647,145 @@ impl App {
         Ok(())
     }
 
-    /// Ends the caller's own session (revokes the token used).
+    /// Ends the caller's own login session (revokes the session token used). Logout ends
+    /// sessions only: called with an API token or the bootstrap administrator token it revokes
+    /// nothing and says how to revoke that token instead (a logout that revoked the bootstrap
+    /// token could leave an instance with no administrator).
     pub async fn logout(&self, p: &Principal) -> Result<(), AppError> {
-        match &p.kind {
-            PrincipalKind::User { token_id, .. } => {
+        let PrincipalKind::User { token_id, .. } = &p.kind else {
+            return Err(AppError::Invalid(
+                "only Canopy login sessions can be logged out; OIDC tokens expire at the provider"
+                    .into(),
+            ));
+        };
+        let token = self
+            .store()
+            .token_by_id(*token_id)
+            .await?
+            .ok_or_else(|| unauthenticated("invalid or revoked token"))?;
+        match token.kind.as_str() {
+            "session" => {
                 self.store().delete_token(*token_id).await?;
                 self.inner.tokens.clear();
                 Ok(())
             }
-            _ => Err(AppError::Invalid(
-                "only Canopy-issued tokens can be logged out; OIDC tokens expire at the provider"
-                    .into(),
-            )),
+            "bootstrap" => Err(AppError::FailedPrecondition(format!(
+                "this is the bootstrap administrator token (id {token_id}), not a login \
+                 session: logout ends sessions only, so nothing was revoked. To retire it, \
+                 revoke it with `canopy token revoke {token_id}` once another administrator \
+                 credential exists; to replace it, run `canopy admin reset-token --data-dir \
+                 DIR` on the server's machine with the server stopped"
+            ))),
+            _ => Err(AppError::FailedPrecondition(format!(
+                "this is an API token ({:?}, id {token_id}), not a login session: logout ends \
+                 sessions only, so nothing was revoked. Revoke an API token with \
+                 `canopy token revoke {token_id}` (DELETE /canopy/v1/tokens/{token_id})",
+                token.name
+            ))),
         }
     }
+}
+
+fn wrong_current_password() -> AppError {
+    AppError::Forbidden("the current password given (currentPassword) is wrong".into())
 }
 
 fn is_self(p: &Principal, name: &str) -> bool {
     matches!(&p.kind, PrincipalKind::User { user, .. } if user == name)
 }
 
-/// An argon2id hash of a random password, to spend the same time on unknown users.
-fn dummy_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| {
-        canopy_auth::password::hash_password(&token::generate(TokenKind::Session))
-            .unwrap_or_default()
+/// What [`reset_admin_token`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenReset {
+    /// The file the new token was written to (mode 0600).
+    pub token_file: PathBuf,
+    /// The administrator user did not exist and was created.
+    pub created_user: bool,
+    /// The administrator user had lost the `canopy-admin` role and has it again.
+    pub restored_role: bool,
+    /// Earlier bootstrap tokens revoked.
+    pub revoked: u64,
+}
+
+/// The offline recovery of the administrator (`canopy admin reset-token`): makes the built-in
+/// user `admin` exist with `canopy-admin`, revokes its bootstrap tokens, issues a new one and
+/// writes it to `DATA_DIR/admin.token` (mode 0600), and records it in the audit log. Works on
+/// the store directly: the server must not be running (the caller holds the data directory's
+/// lock), so no token cache can keep the old token alive.
+pub async fn reset_admin_token(
+    store: &canopy_store::Store,
+    data_dir: &Path,
+) -> Result<AdminTokenReset, AppError> {
+    let secret = token::generate(TokenKind::Bootstrap);
+    let now = OffsetDateTime::now_utc();
+    let row = TokenRow {
+        id: Uuid::new_v4(),
+        token_hash: token::hash(&secret),
+        user_id: Uuid::nil(),
+        name: "bootstrap".into(),
+        kind: "bootstrap".into(),
+        create_time: now,
+        expire_time: None,
+    };
+    let token_id = row.id;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    // The file is prepared before the database changes and put in place after they commit, so
+    // a failure leaves either the old state or the new one (run the command again).
+    let staged = stage_private(&path, format!("{secret}\n").as_bytes())
+        .map_err(|e| AppError::Internal(format!("cannot write {}: {e}", path.display())))?;
+    let done = store.reset_admin(BOOTSTRAP_USER, ADMIN_ROLE, row).await?;
+    staged
+        .persist(&path)
+        .map_err(|e| AppError::Internal(format!("cannot write {}: {}", path.display(), e.error)))?;
+    let what = match (done.created, done.role_restored) {
+        (true, _) => "user created",
+        (_, true) => "canopy-admin role restored",
+        _ => "token replaced",
+    };
+    store
+        .append_audit(&canopy_store::NewAuditRecord {
+            at: now,
+            actor: "system:admin-reset-token".into(),
+            project: String::new(),
+            action: "canopy admin reset-token".into(),
+            target: format!("/canopy/v1/users/{BOOTSTRAP_USER}"),
+            result: format!(
+                "ok: {what}; {} bootstrap token(s) revoked; new token {token_id}",
+                done.revoked
+            ),
+            status: 200,
+            request_id: Uuid::new_v4().to_string(),
+        })
+        .await?;
+    tracing::info!(user = BOOTSTRAP_USER, token = %token_id, revoked = done.revoked, "administrator token reset");
+    Ok(AdminTokenReset {
+        token_file: path,
+        created_user: done.created,
+        restored_role: done.role_restored,
+        revoked: done.revoked,
     })
 }
 
-/// Writes a file only its owner can read, atomically: `tempfile` creates the temporary file
-/// with mode 0600 and a fresh name, so no leftover can lend it another mode.
-pub(crate) fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+/// A temporary file beside `path`, readable by its owner only (`tempfile` creates it with mode
+/// 0600 and a fresh name, so no leftover can lend it another mode), written and synced.
+fn stage_private(path: &Path, content: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
     use std::io::Write;
     let mut tmp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))?;
     tmp.write_all(content)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map(drop).map_err(|e| e.error)
+    Ok(tmp)
+}
+
+/// Writes a file only its owner can read, atomically (see [`stage_private`]); with `replace`
+/// false, an existing file is an error and stays as it is.
+pub(crate) fn write_private(path: &Path, content: &[u8], replace: bool) -> std::io::Result<()> {
+    let tmp = stage_private(path, content)?;
+    let done = if replace {
+        tmp.persist(path)
+    } else {
+        tmp.persist_noclobber(path)
+    };
+    done.map(drop).map_err(|e| e.error)
 }
 
 #[cfg(test)]

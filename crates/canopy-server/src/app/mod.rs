@@ -11,6 +11,7 @@ mod deployments;
 mod edges;
 mod error;
 mod identity;
+mod login_guard;
 mod resources;
 mod spool;
 mod tenancy;
@@ -31,8 +32,10 @@ pub use edges::{
 };
 pub use error::AppError;
 pub use identity::{
-    ADMIN_TOKEN_FILE, ApiToken, AuthConfig, BOOTSTRAP_USER, IssuedToken, User, WhoAmI,
+    ADMIN_TOKEN_FILE, AdminTokenReset, ApiToken, AuthConfig, BOOTSTRAP_USER, IssuedToken, User,
+    WhoAmI, reset_admin_token,
 };
+pub use login_guard::LoginLimits;
 pub use resources::{
     AppEndpoint, AppWorkload, DeploymentWorkload, VmAction, WorkloadRef, pod_name, workload_id,
 };
@@ -99,6 +102,8 @@ struct Inner {
     public_url: Option<String>,
     /// Recent token lookups (cleared whenever access may have been taken away).
     tokens: identity::TokenCache,
+    /// Bounds on password checks: concurrent hashes, login attempts per address and user.
+    login: login_guard::LoginGuard,
     events: EventBus,
     hub: Hub,
     /// Tunnels from users to edge workloads, opened by the agents (consoles, logs).
@@ -136,9 +141,11 @@ impl App {
         let snapshot = store.load_fleet().await?;
         let hub = Hub::load(config.fleet, snapshot).map_err(AppError::Internal)?;
         let uploads = upload::Uploads::new(config.uploads)?;
+        let login = login_guard::LoginGuard::new(&config.auth.login);
         let app = App {
             inner: Arc::new(Inner {
                 store,
+                login,
                 auth: config.auth,
                 tenancy: config.tenancy,
                 tls: config.tls,

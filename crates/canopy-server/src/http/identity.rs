@@ -1,11 +1,12 @@
 //! Canopy's own identity paths for the embedded mode (no external identity provider):
 //! `login`/`logout`, `whoami`, built-in users and API tokens, under `/canopy/v1/`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -48,6 +49,9 @@ pub struct CreateUserRequest {
 pub struct UpdateUserRequest {
     pub roles: Option<Vec<String>>,
     pub password: Option<String>,
+    /// The current password: required when users change their own password (and have one);
+    /// not needed by an administrator setting someone else's.
+    pub current_password: Option<String>,
 }
 
 /// A new API token.
@@ -82,13 +86,23 @@ pub struct ListTokensParams {
 }
 
 #[utoipa::path(post, path = "/canopy/v1/login", tag = "Identity", request_body = LoginRequest,
-    responses((status = 200, body = IssuedToken, description = "a session token"), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = IssuedToken, description = "a session token"), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many attempts from this address or for this user name (Retry-After)"),
+        (status = 503, body = ErrorBody, description = "every password-checking slot stayed busy; try again shortly")))]
 pub async fn login(
     State(app): State<App>,
+    // The connection loop (canopy-tls) puts the peer's address on every request.
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let mut response = match app.login(&req.username, &req.password).await {
+    let forwarded_for = forwarded_for(&headers);
+    let source = app.login_source(
+        peer.map(|Extension(ConnectInfo(a))| a.ip()),
+        forwarded_for.as_deref(),
+    );
+    let mut response = match app.login(&req.username, &req.password, source).await {
         Ok(t) => Json(t).into_response(),
         Err(e) => e.into_response(),
     };
@@ -105,8 +119,19 @@ pub async fn login(
     response
 }
 
+/// Every `X-Forwarded-For` value of the request, joined by `,` (proxies may send several).
+fn forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
 #[utoipa::path(post, path = "/canopy/v1/logout", tag = "Identity",
-    responses((status = 200, description = "the session token used is revoked"), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "the session token used is revoked"), (status = 401, body = ErrorBody),
+        (status = 400, body = ErrorBody, description = "the token used is not a login session (an API token, the bootstrap administrator token, an OIDC token): nothing is revoked; the message says how to revoke it")))]
 pub async fn logout(State(app): State<App>, caller: Caller) -> ApiResult<()> {
     app.logout(&caller.principal).await
 }
@@ -154,7 +179,9 @@ pub async fn get_user(
 
 #[utoipa::path(patch, path = "/canopy/v1/users/{user}", tag = "Identity",
     params(("user" = String, Path)), request_body = UpdateUserRequest,
-    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = User), (status = 400, body = ErrorBody, description = "bad roles or password, or currentPassword missing when changing one's own"),
+        (status = 403, body = ErrorBody, description = "not allowed, or currentPassword wrong"), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many current-password checks for this user (Retry-After)")))]
 pub async fn update_user(
     State(app): State<App>,
     Path(name): Path<String>,
@@ -162,8 +189,14 @@ pub async fn update_user(
     ApiJson(req): ApiJson<UpdateUserRequest>,
 ) -> ApiResult<Json<User>> {
     Ok(Json(
-        app.update_user(&caller.principal, &name, req.roles, req.password)
-            .await?,
+        app.update_user(
+            &caller.principal,
+            &name,
+            req.roles,
+            req.password,
+            req.current_password,
+        )
+        .await?,
     ))
 }
 

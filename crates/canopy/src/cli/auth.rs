@@ -207,12 +207,22 @@ pub async fn logout(client: Client, out: &mut (dyn Write + Send)) -> anyhow::Res
         writeln!(out, "not logged in to {server}")?;
         return Ok(());
     };
-    if saved.token.starts_with("cnp_s_") {
-        // A session ends at the server too; API tokens stay valid (revoke with `token revoke`).
+    let session = saved.token.starts_with("cnp_s_");
+    if session {
+        // A session ends at the server too; other tokens stay valid (the server's logout ends
+        // sessions only).
         let _ = client.with_token(saved.token).logout().await;
     }
     creds.save(&path)?;
-    writeln!(out, "logged out of {server}")?;
+    if session {
+        writeln!(out, "logged out of {server}")?;
+    } else {
+        writeln!(
+            out,
+            "logged out of {server}: forgot the saved token, which was not a login session and \
+             stays valid (revoke an API token with `canopy token revoke ID`)"
+        )?;
+    }
     Ok(())
 }
 
@@ -241,9 +251,12 @@ pub enum UserCommand {
         #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
     },
-    /// Set a user's password (your own, or anyone's as an administrator).
+    /// Set a user's password (your own, or anyone's as an administrator). Changing your own
+    /// asks for your current password first.
     Passwd {
         name: String,
+        /// Read the password from standard input: the new one on the first line, or, when you
+        /// change your own, the current one on the first line and the new one on the second.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -300,8 +313,22 @@ pub async fn user(cmd: UserCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             name,
             password_stdin,
         } => {
+            // Your own password (when you have one) needs the current one: a token alone must
+            // not be enough to take an account over.
+            let me = ctx.client.whoami().await?;
+            let own = me.kind == "user" && me.actor == name;
+            let current = if own && ctx.client.get_user(&name).await?.has_password {
+                Some(read_secret(
+                    &format!("current password for {name}: "),
+                    password_stdin,
+                )?)
+            } else {
+                None
+            };
             let pw = read_secret(&format!("new password for {name}: "), password_stdin)?;
-            ctx.client.update_user(&name, None, Some(&pw)).await?;
+            ctx.client
+                .set_password(&name, &pw, current.as_deref())
+                .await?;
             writeln!(ctx.out, "password of {name} changed")?;
             Ok(())
         }

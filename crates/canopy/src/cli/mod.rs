@@ -8,6 +8,7 @@
 //! Exit codes: 0 success, 1 a failed command (the server refused, unreachable, bad file), 2 a
 //! usage error (clap's default).
 
+mod admin;
 mod agent;
 mod args;
 mod audit;
@@ -185,6 +186,9 @@ pub enum Command {
     /// The secret key that encrypts stored credentials: rotate it, re-encrypt with it.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Offline recovery on the server's machine: a new administrator token.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Log in to a server as a built-in user (or save an existing token for it).
     Login(auth::LoginArgs),
     /// Log out of a server (ends the session and forgets the saved token).
@@ -260,7 +264,8 @@ where
         | Command::Workload(_)
         | Command::Vm(_)
         | Command::Logs(_)
-        | Command::Key(_) => tokio::runtime::Builder::new_current_thread()
+        | Command::Key(_)
+        | Command::Admin(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
     };
@@ -324,6 +329,7 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + 
         Command::Up(args) => server::up(args, out).await,
         Command::Agent(args) => agent::run(&cli.global.server, cli.global.trust(), args).await,
         Command::Key(c) => key::run(c, out).await,
+        Command::Admin(c) => admin::run(c, out).await,
         Command::Login(args) => match cli.global.anonymous_client() {
             Ok(client) => auth::login(args, client, cli.global.pinned_fingerprint(), out).await,
             Err(e) => Err(e.into()),

@@ -31,6 +31,11 @@ pub struct ServerArgs {
     pub auth: super::server_auth::AuthArgs,
     #[command(flatten)]
     pub uploads: super::server_uploads::UploadArgs,
+    /// Start a new, empty instance even though the data directory holds the state of one that
+    /// has run (secret.key, admin.token) while its database is missing or empty. Without it,
+    /// that start is refused; the old admin.token is kept beside the new one.
+    #[arg(long)]
+    pub initialize: bool,
 }
 
 /// How `canopy server` and `canopy up` serve: HTTPS with a self-signed certificate kept in the
@@ -127,6 +132,10 @@ pub struct UpArgs {
     pub auth: super::server_auth::AuthArgs,
     #[command(flatten)]
     pub uploads: super::server_uploads::UploadArgs,
+    /// Start a new, empty instance even though the data directory holds the state of one that
+    /// has run (secret.key, admin.token) while its database is missing or empty.
+    #[arg(long)]
+    pub initialize: bool,
 }
 
 /// Name and labels of the local edge `canopy up` enrolls.
@@ -151,6 +160,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
         public_url: args.tls.public_url.clone(),
         uploads: args.uploads.upload_limits(),
+        initialize: args.initialize,
     };
     let server = canopy_server::Server::bind(&config).await?;
     let url = server.url()?;
@@ -357,6 +367,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
         public_url: args.tls.public_url.clone(),
         uploads: args.uploads.upload_limits(),
+        initialize: args.initialize,
     };
     // The server's errors name what failed (address, data directory, database).
     canopy_server::serve(config).await?;

@@ -1,12 +1,13 @@
 //! Flags of `canopy server` / `canopy up` about identity, tenancy and abuse limits: an external
-//! OIDC identity provider, session lifetime, the registries every new project gets, and the
-//! per-caller rate limit.
+//! OIDC identity provider, session lifetime, the registries every new project gets, the
+//! per-caller rate limit, and the login limits (attempts per address and user name, concurrent
+//! password hashes, trusted reverse proxies).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use canopy_server::app::{AuthConfig, TenancyConfig};
+use canopy_server::app::{AuthConfig, LoginLimits, TenancyConfig};
 
 use super::args::duration;
 
@@ -49,6 +50,31 @@ pub struct AuthArgs {
     /// Requests a caller may send at once after being idle.
     #[arg(long, env = "CANOPY_RATE_BURST", value_name = "N", default_value_t = canopy_server::http::Limits::default().burst)]
     pub rate_burst: u32,
+    /// Login attempts per minute from one source address (an IPv4 address or IPv6 /64), in
+    /// bursts of up to as many (0: no limit).
+    #[arg(long, env = "CANOPY_LOGIN_RATE", value_name = "N", default_value_t = LoginLimits::default().per_address_per_minute)]
+    pub login_rate: u32,
+    /// Login attempts per minute for one user name, from anywhere, in bursts of up to as many
+    /// (0: no limit).
+    #[arg(long, env = "CANOPY_LOGIN_USER_RATE", value_name = "N", default_value_t = LoginLimits::default().per_user_per_minute)]
+    pub login_user_rate: u32,
+    /// Password hashes (argon2id, 19 MiB each) computed at once; more wait. Default: half the
+    /// cores, 1 to 4.
+    #[arg(long, env = "CANOPY_PASSWORD_HASH_CONCURRENCY", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub password_hash_concurrency: Option<u16>,
+    /// A reverse proxy (address or CIDR range; repeatable) whose X-Forwarded-For header names
+    /// the client for the login limits. Without one the header is ignored: the limits count
+    /// the connection's peer.
+    #[arg(long = "trusted-proxy", env = "CANOPY_TRUSTED_PROXIES", value_name = "ADDR|CIDR", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// An address (a /32 or /128 range) or a CIDR range.
+fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"))
 }
 
 impl AuthArgs {
@@ -71,9 +97,21 @@ impl AuthArgs {
                 Some(canopy_auth::oidc::OidcVerifier::new(cfg, http))
             }
         };
+        let defaults = LoginLimits::default();
         Ok(AuthConfig {
             oidc,
             session_ttl: Some(self.session_ttl),
+            login: LoginLimits {
+                per_address_per_minute: self.login_rate,
+                address_burst: self.login_rate,
+                per_user_per_minute: self.login_user_rate,
+                user_burst: self.login_user_rate,
+                hash_concurrency: self
+                    .password_hash_concurrency
+                    .map_or(defaults.hash_concurrency, usize::from),
+                trusted_proxies: self.trusted_proxies.clone(),
+                ..defaults
+            },
         })
     }
 
@@ -145,6 +183,37 @@ mod tests {
         let w = Wrap::parse_from(["x", "--default-registries", bad.to_str().unwrap()]);
         let e = w.auth.tenancy_config().unwrap_err().to_string();
         assert!(e.contains("bad.yaml") && e.contains("Bad Name"), "{e}");
+    }
+
+    #[test]
+    fn login_limits_come_from_the_flags() {
+        let w = Wrap::parse_from(["x"]);
+        assert_eq!(w.auth.auth_config().unwrap().login, LoginLimits::default());
+        let w = Wrap::parse_from([
+            "x",
+            "--login-rate",
+            "0",
+            "--login-user-rate",
+            "5",
+            "--password-hash-concurrency",
+            "3",
+            "--trusted-proxy",
+            "10.0.0.0/8,::1",
+            "--trusted-proxy",
+            "192.0.2.7",
+        ]);
+        let login = w.auth.auth_config().unwrap().login;
+        assert_eq!(login.per_address_per_minute, 0);
+        assert_eq!((login.per_user_per_minute, login.user_burst), (5, 5));
+        assert_eq!(login.hash_concurrency, 3);
+        let proxies: Vec<String> = login
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+        assert!(Wrap::try_parse_from(["x", "--trusted-proxy", "proxy.example"]).is_err());
+        assert!(Wrap::try_parse_from(["x", "--password-hash-concurrency", "0"]).is_err());
     }
 
     #[test]
