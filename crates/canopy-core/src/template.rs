@@ -30,6 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use minijinja::value::ValueKind;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
@@ -37,6 +38,7 @@ use serde_json::Value;
 
 use crate::catalog::{Application, Profile};
 
+mod data;
 mod format;
 mod values;
 
@@ -206,8 +208,8 @@ pub fn render(
     })
 }
 
-/// Like [`render`], but returns the rendered text as it is (before it is read and checked):
-/// for previews and for checking documents against [`SCHEMA_JSON`].
+/// Like [`render`], but returns the rendered document as YAML text, before it is checked (the
+/// values in it as data): for previews and for checking documents against [`SCHEMA_JSON`].
 pub fn render_to_text(
     app: &Application,
     profile: &str,
@@ -216,7 +218,15 @@ pub fn render_to_text(
 ) -> Result<String, TemplateError> {
     let (p, profile_name) = select_profile(app, profile)?;
     on_big_stack(|| {
-        render_template(app, p, overrides, ctx).map_err(|e| e.in_app(app, profile_name))
+        let doc =
+            render_document(app, p, overrides, ctx).map_err(|e| e.in_app(app, profile_name))?;
+        serde_saphyr::to_string(&doc).map_err(|e| {
+            TemplateError::new(
+                TEMPLATE_NAME,
+                format!("cannot write the document as YAML: {e}"),
+            )
+            .in_app(app, profile_name)
+        })
     })
 }
 
@@ -266,9 +276,9 @@ fn render_inner(
     ctx: &RenderContext,
     placeholders: &[Value],
 ) -> Result<Workloads, TemplateError> {
-    let text = render_template(app, profile, overrides, ctx)?;
-    format::workloads_from_text(
-        &text,
+    let doc = render_document(app, profile, overrides, ctx)?;
+    format::workloads_from_value(
+        doc,
         format::ReadOptions {
             image_registry_url: ctx.image_registry_url.as_deref(),
             placeholders,
@@ -276,13 +286,14 @@ fn render_inner(
     )
 }
 
-/// Values (parameters applied, merged, defaults filled) → context → rendered text.
-fn render_template(
+/// Values (parameters applied, merged, defaults filled) → context → rendered document, the
+/// values in it as data (see [`data`]).
+fn render_document(
     app: &Application,
     profile: Option<&Profile>,
     overrides: &Value,
     ctx: &RenderContext,
-) -> Result<String, TemplateError> {
+) -> Result<Value, TemplateError> {
     let templates = profile.map_or(&[][..], |p| &p.parameter_templates[..]);
     let base = values::profile_values(profile)?;
     let mut overrides = overrides.clone();
@@ -323,7 +334,8 @@ fn render_template(
         minijinja::Value::from(ctx.project.as_str()),
     );
 
-    run_engine(&app.workload_template, minijinja::Value::from(root))
+    let (text, printer) = run_engine(&app.workload_template, minijinja::Value::from(root))?;
+    data::read_document(&text, &printer)
 }
 
 fn object<const N: usize>(fields: [(&str, &str); N]) -> minijinja::Value {
@@ -336,35 +348,34 @@ fn object<const N: usize>(fields: [(&str, &str); N]) -> minijinja::Value {
 }
 
 /// The engine: strict undefined, no auto-escaping, no loader (so `include`, `import` and
-/// `extends` find nothing), bounded work, and block tags that do not leave blank lines.
-fn environment() -> Environment<'static> {
+/// `extends` find nothing), bounded work, and block tags that do not leave blank lines. What
+/// `{{ }}` prints goes to `printer`, which puts a token in the text instead (see [`data`]).
+fn environment(printer: Arc<Mutex<data::Printer>>) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_debug(true);
     env.set_fuel(Some(RENDER_FUEL));
-    // The output is YAML: booleans print as `true`/`false` and none as `null` (Jinja's
-    // `True`, `False` and `None` would read back as strings).
-    env.set_formatter(|out, state, value| match value.kind() {
-        ValueKind::Bool => {
-            out.write_str(if value.is_true() { "true" } else { "false" })?;
-            Ok(())
-        }
-        ValueKind::None => {
-            out.write_str("null")?;
-            Ok(())
-        }
+    env.add_filter("tojson", data::tojson);
+    env.set_formatter(move |out, state, value| {
         // Printing a collection visits all of it before any fuel is charged: bound it (a
         // lazily repeated list can claim a hundred million items).
-        ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
-            if value.len().is_none_or(|n| n > MAX_PRINTED_ITEMS) =>
+        if matches!(
+            value.kind(),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+        ) && value.len().is_none_or(|n| n > MAX_PRINTED_ITEMS)
         {
-            Err(minijinja::Error::new(
+            return Err(minijinja::Error::new(
                 ErrorKind::InvalidOperation,
                 format!("cannot print a collection of more than {MAX_PRINTED_ITEMS} items"),
-            ))
+            ));
         }
-        _ => minijinja::escape_formatter(out, state, value),
+        let token = printer
+            .lock()
+            .map_err(|_| minijinja::Error::new(ErrorKind::InvalidOperation, "printer poisoned"))?
+            .print(state, value)?;
+        out.write_str(&token)?;
+        Ok(())
     });
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
@@ -377,19 +388,31 @@ fn environment() -> Environment<'static> {
 }
 
 fn compile_check(source: &str) -> Result<(), TemplateError> {
-    let env = environment();
+    let env = environment(Arc::new(Mutex::new(data::Printer::new())));
     env.template_from_named_str(TEMPLATE_NAME, source)
         .map(|_| ())
         .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))
 }
 
-fn run_engine(source: &str, ctx: minijinja::Value) -> Result<String, TemplateError> {
-    let env = environment();
-    let tmpl = env
-        .template_from_named_str(TEMPLATE_NAME, source)
-        .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))?;
-    tmpl.render(ctx)
-        .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))
+/// Renders `source`: the text (tokens where values were printed) and the values printed.
+fn run_engine(
+    source: &str,
+    ctx: minijinja::Value,
+) -> Result<(String, data::Printer), TemplateError> {
+    let printer = Arc::new(Mutex::new(data::Printer::new()));
+    let text = {
+        let env = environment(Arc::clone(&printer));
+        let tmpl = env
+            .template_from_named_str(TEMPLATE_NAME, source)
+            .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))?;
+        tmpl.render(ctx)
+            .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))?
+    };
+    let printer = Arc::try_unwrap(printer)
+        .ok()
+        .and_then(|m| m.into_inner().ok())
+        .ok_or_else(|| TemplateError::new(TEMPLATE_NAME, "internal error: printer still shared"))?;
+    Ok((text, printer))
 }
 
 /// A minijinja error as one line: what, the failing expression where known, and the line.

@@ -30,7 +30,7 @@ mod export;
 mod format;
 mod load;
 mod schema;
-mod tree;
+pub(crate) mod tree;
 
 pub use export::{export_package, export_packages};
 

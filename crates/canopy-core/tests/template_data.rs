@@ -100,8 +100,8 @@ fn benign() -> Vec<(&'static str, &'static str, Value)> {
 fn benign_templates_render_as_before() {
     for (i, (what, template, overrides)) in benign().into_iter().enumerate() {
         let a = app(template, "", vec![]);
-        let w = template::render(&a, "", &overrides, &ctx())
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let w =
+            template::render(&a, "", &overrides, &ctx()).unwrap_or_else(|e| panic!("{what}: {e}"));
         insta::assert_yaml_snapshot!(format!("benign_{i:02}"), w, what);
     }
 }
@@ -151,6 +151,239 @@ fn examples_render_as_before() {
                     insta::assert_yaml_snapshot!(format!("example_{dir}_{}_{}", a.name, p.name), w);
                 }
             }
+        }
+    }
+}
+
+// ---- hostile values
+
+/// Strings that would make YAML structure if pasted into the text.
+const HOSTILE: &[&str] = &[
+    "x\n  - name: evil\n    image: evil",
+    "x\n    privileged: true",
+    "a: b",
+    "- item",
+    "# not a comment",
+    "\"quoted\"",
+    "'single'",
+    "{k: v}",
+    "[1, 2]",
+    "&anchor x",
+    "*alias",
+    "!!binary aGk=",
+    "---\nb: 2",
+    "...",
+    "| block",
+    "> folded",
+    "%YAML 1.2",
+    "@reserved `tick`",
+    "key: \"a\nb\"\n---\n",
+    "  leading and trailing  ",
+    "x\u{E000}0000000000000000000\u{E001}y",
+    "héllo wörld ✓ 日本",
+    "",
+];
+
+/// A document printing one value everywhere an author may print it.
+const EVERYWHERE: &str = r#"plain: {{ values.v }}
+dq: "{{ values.v }}"
+sq: 'a-{{ values.v }}'
+cat: pre {{ values.v }} post
+json: {{ values.v | tojson }}
+literal: |
+  line {{ values.v }}
+folded: >-
+  {{ values.v }}
+flow: [{{ values.v }}, "{{ values.v }}", x]
+map: {k: {{ values.v }}, "q": '{{ values.v }}'}
+"key-{{ values.v }}": key
+list:
+  - {{ values.v }}
+  - a{{ values.v }}
+# a comment {{ values.v }}
+end: {{ values.n }}
+"#;
+
+/// What [`EVERYWHERE`] renders to: the YAML of the document (values as data), read back.
+fn everywhere(v: &str) -> Result<Value, template::TemplateError> {
+    let a = app(EVERYWHERE, "n: 7\n", vec![]);
+    let text = template::render_to_text(&a, "", &json!({"v": v}), &ctx())?;
+    Ok(canopy_core::yaml::parse_one(&text).unwrap_or_else(|e| panic!("{e}\n{text}")))
+}
+
+/// True when YAML could read `v` as anything but this very string in a plain scalar.
+fn could_be_structure(v: &str) -> bool {
+    !v.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '.' | '_'))
+}
+
+#[track_caller]
+fn assert_data_everywhere(v: &str) {
+    let doc = everywhere(v).unwrap_or_else(|e| panic!("{v:?}: {e}"));
+    let m = doc.as_object().expect("a mapping");
+    let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    let mut expected = vec![
+        "plain", "dq", "sq", "cat", "json", "literal", "folded", "flow", "map", "list", "end",
+    ];
+    let key = format!("key-{v}");
+    expected.push(&key);
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "{v:?}");
+    let s = |x: &str| Value::String(x.to_string());
+    assert!(!m["plain"].is_array() && !m["plain"].is_object(), "{v:?}");
+    if could_be_structure(v) && !v.is_empty() {
+        assert_eq!(m["plain"], s(v));
+    }
+    assert_eq!(m["dq"], s(v));
+    assert_eq!(m["sq"], s(&format!("a-{v}")));
+    assert_eq!(m["cat"], s(&format!("pre {v} post")));
+    assert_eq!(m["json"], s(v));
+    assert_eq!(m["literal"], s(&format!("line {v}\n")));
+    assert_eq!(m["folded"], s(v));
+    let flow = m["flow"].as_array().unwrap();
+    assert_eq!(flow.len(), 3);
+    assert_eq!((&flow[1], &flow[2]), (&s(v), &s("x")));
+    assert_eq!(m["map"]["q"], s(v));
+    assert_eq!(m["map"].as_object().unwrap().len(), 2);
+    assert_eq!(m["list"].as_array().unwrap().len(), 2);
+    assert_eq!(m["list"][1], s(&format!("a{v}")));
+    assert_eq!(m[&key], s("key"));
+    assert_eq!(m["end"], json!(7));
+}
+
+#[test]
+fn hostile_values_are_data_everywhere() {
+    for v in HOSTILE {
+        assert_data_everywhere(v);
+    }
+}
+
+#[test]
+fn hostile_values_snapshot() {
+    let shown: Vec<(String, Value)> = HOSTILE
+        .iter()
+        .map(|v| (v.to_string(), everywhere(v).unwrap()))
+        .collect();
+    insta::assert_yaml_snapshot!("hostile_everywhere", shown);
+}
+
+/// The attack of issue 14: a label with newlines added a second container.
+const LABELLED: &str = "containers:\n  - name: web\n    image: busybox\n    env:\n      X: {{ values.label }}\n      Y: \"{{ values.label }}\"\n    command: [sh, -c, 'echo {{ values.label }}']\n    args:\n      - {{ values.label }}\n";
+
+#[test]
+fn a_value_cannot_add_a_container() {
+    let a = app(LABELLED, "", vec![]);
+    let label = "x\n  - name: evil\n    image: evil.example.com/miner\n    ports: [{containerPort: 22, hostPort: 22}]";
+    let w = template::render(&a, "", &json!({"label": label}), &ctx()).unwrap();
+    assert_eq!(w.containers.len(), 1);
+    assert_eq!(w.containers[0].env["X"], label);
+    assert_eq!(w.containers[0].env["Y"], label);
+    assert_eq!(w.containers[0].command[2], format!("echo {label}"));
+    assert_eq!(w.containers[0].args, [label]);
+    assert!(w.containers[0].ports.is_empty());
+    insta::assert_yaml_snapshot!("labelled", w);
+}
+
+#[test]
+fn control_flow_sees_the_values_and_macros_print_values() {
+    let t = "{% macro m(x) %}\n  - name: {{ x }}\n{% endmacro %}\ncontainers:\n{% for l in values.labels %}\n{% if l == \"a\\nb\" %}\n  - name: c{{ loop.index }}\n    image: busybox\n    env: {L: {{ l }}, M: {{ m(l) }}}\n{% endif %}\n{% endfor %}\n";
+    let a = app(t, "", vec![]);
+    let w = template::render(&a, "", &json!({"labels": ["a\nb", "c", "a\nb"]}), &ctx()).unwrap();
+    let names: Vec<&str> = w.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["c1", "c3"]);
+    assert_eq!(w.containers[0].env["L"], "a\nb");
+    // A macro's output printed with {{ }} is one value (its own values put in as text).
+    assert_eq!(w.containers[0].env["M"], "  - name: a\nb\n");
+}
+
+#[test]
+fn values_typed_by_parameters_keep_their_type() {
+    let t = "containers:\n  - name: a\n    image: x\n    ports: [{containerPort: 80, hostPort: {{ values.port }}}]\n    env: {V: {{ values.version }}}\n";
+    let params = vec![
+        ParameterTemplate {
+            name: "port".into(),
+            param_type: "number".into(),
+            ..Default::default()
+        },
+        ParameterTemplate {
+            name: "version".into(),
+            param_type: "string".into(),
+            ..Default::default()
+        },
+    ];
+    let a = app(t, "version: v1\n", params);
+    let w = template::render(&a, "", &json!({"port": "9090", "version": "1.10"}), &ctx()).unwrap();
+    assert_eq!(w.containers[0].ports[0].host_port, Some(9090));
+    // A string printed plain is typed as YAML types a plain scalar (as when values were
+    // pasted into the text): quote it or use tojson to keep "1.10".
+    assert_eq!(w.containers[0].env["V"], "1.1");
+}
+
+#[test]
+fn a_filter_cutting_a_captured_value_is_an_error() {
+    let t = "{% set x %}{{ values.v }}{% endset %}containers:\n  - {name: a, image: \"{{ x[:-1] }}\"}\n";
+    let e = template::render(&app(t, "", vec![]), "", &json!({"v": "abcdef"}), &ctx()).unwrap_err();
+    assert_eq!(e.field, "workloadTemplate", "{e}");
+    assert!(e.message.contains("cut or changed"), "{e}");
+}
+
+fn hostile_string() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        "\\PC{0,4}",
+        Just("\n".to_string()),
+        Just("\r\n".to_string()),
+        Just("\t".to_string()),
+        Just(": ".to_string()),
+        Just("- ".to_string()),
+        Just(" #".to_string()),
+        Just("\"".to_string()),
+        Just("'".to_string()),
+        Just("\\".to_string()),
+        Just("{".to_string()),
+        Just("}".to_string()),
+        Just("[".to_string()),
+        Just("]".to_string()),
+        Just(",".to_string()),
+        Just("&a ".to_string()),
+        Just("*a".to_string()),
+        Just("!!str ".to_string()),
+        Just("---".to_string()),
+        Just("...".to_string()),
+        Just("|".to_string()),
+        Just(">".to_string()),
+        Just("%".to_string()),
+        Just("\u{E000}".to_string()),
+        Just("\u{E001}".to_string()),
+        "[0-9]{1,3}",
+        Just("日本".to_string()),
+    ];
+    proptest::collection::vec(piece, 0..10).prop_map(|v| v.concat())
+}
+
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_value_is_data_everywhere(v in hostile_string()) {
+        assert_data_everywhere(&v);
+    }
+
+    #[test]
+    fn any_label_leaves_one_container(label in hostile_string()) {
+        // Printed plain, these are null (as YAML reads them), and args cannot hold null.
+        prop_assume!(!matches!(label.as_str(), "" | "~" | "null" | "Null" | "NULL"));
+        let a = app(LABELLED, "", vec![]);
+        let w = template::render(&a, "", &json!({"label": label}), &ctx()).unwrap();
+        prop_assert_eq!(w.containers.len(), 1);
+        prop_assert_eq!(w.containers[0].env.len(), 2);
+        prop_assert_eq!(&w.containers[0].env["Y"], &label);
+        prop_assert_eq!(&w.containers[0].command[2], &format!("echo {label}"));
+        prop_assert_eq!(w.containers[0].args.len(), 1);
+        if could_be_structure(&label) && !label.is_empty() {
+            prop_assert_eq!(&w.containers[0].env["X"], &label);
+            prop_assert_eq!(&w.containers[0].args[0], &label);
         }
     }
 }

@@ -17,7 +17,7 @@ use jsonschema::{Draft, Validator};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{RENDERED_MAX_BYTES, SCHEMA_JSON, TemplateError};
+use super::{SCHEMA_JSON, TemplateError};
 use crate::catalog::Registry;
 
 /// Smallest memory limit container engines accept (Docker and Podman: 6 MiB).
@@ -208,41 +208,6 @@ pub(crate) struct ReadOptions<'a> {
     /// stand-in before the document is checked (everything else, and every real value, is
     /// checked as usual). Empty when rendering for a deployment.
     pub placeholders: &'a [Value],
-}
-
-/// Reads rendered template output into container and VM specs.
-pub(crate) fn workloads_from_text(
-    text: &str,
-    opts: ReadOptions<'_>,
-) -> Result<Workloads, TemplateError> {
-    let field = "workloadTemplate";
-    if text.len() > RENDERED_MAX_BYTES {
-        return Err(TemplateError::new(
-            field,
-            format!(
-                "renders to {} bytes, more than {RENDERED_MAX_BYTES}",
-                text.len()
-            ),
-        ));
-    }
-    let mut docs = crate::yaml::parse_documents(text)
-        .map_err(|e| TemplateError::new(field, format!("does not render to valid YAML: {e}")))?;
-    let doc = match docs.len() {
-        0 => {
-            return Err(TemplateError::new(
-                field,
-                "renders to an empty document (it must define containers or vms)",
-            ));
-        }
-        1 => docs.remove(0),
-        n => {
-            return Err(TemplateError::new(
-                field,
-                format!("renders to {n} YAML documents; it must be one"),
-            ));
-        }
-    };
-    workloads_from_value(doc, opts)
 }
 
 /// Checks a rendered document (already parsed) and converts its containers and VMs.
