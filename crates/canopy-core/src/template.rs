@@ -114,6 +114,37 @@ impl TemplateError {
         }
     }
 
+    /// Replaces every appearance of a secret in the field and message with [`SECRET_MASK`]:
+    /// as it is, and as `{:?}` and JSON quote it (without the quotes). A secret shorter than
+    /// [`SHORT_SECRET`] characters is masked only where it stands alone (not inside a word),
+    /// so that a one-letter secret does not mask every word of the message. Errors about secret
+    /// parameters never format the value; this also covers errors about the rendered document
+    /// and the project policy, which show the offending value, when that value came from a
+    /// secret.
+    pub fn redact(mut self, secrets: &[String]) -> TemplateError {
+        let mut forms: Vec<String> = Vec::new();
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            let debug = format!("{s:?}");
+            let json = serde_json::Value::String(s.clone()).to_string();
+            for form in [
+                s.as_str(),
+                &debug[1..debug.len() - 1],
+                &json[1..json.len() - 1],
+            ] {
+                if !form.is_empty() && !forms.iter().any(|f| f == form) {
+                    forms.push(form.to_string());
+                }
+            }
+        }
+        // Longest first, so a secret containing another is masked whole.
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        for form in &forms {
+            self.message = mask(&self.message, form);
+            self.field = mask(&self.field, form);
+        }
+        self
+    }
+
     /// Fills in the application and profile where they are not set yet.
     pub fn in_app(mut self, app: &Application, profile: &str) -> TemplateError {
         if self.application.is_empty() {
@@ -124,6 +155,34 @@ impl TemplateError {
         }
         self
     }
+}
+
+/// Secrets shorter than this (in characters) are masked only where they stand alone.
+const SHORT_SECRET: usize = 4;
+
+/// `text` with `secret` replaced by [`SECRET_MASK`] (see [`TemplateError::redact`]).
+fn mask(text: &str, secret: &str) -> String {
+    if !text.contains(secret) {
+        return text.to_string();
+    }
+    if secret.chars().count() >= SHORT_SECRET {
+        return text.replace(secret, SECRET_MASK);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut before: Option<char> = None;
+    while let Some(at) = rest.find(secret) {
+        let prev = rest[..at].chars().next_back().or(before);
+        let next = rest[at + secret.len()..].chars().next();
+        let alone =
+            !prev.is_some_and(char::is_alphanumeric) && !next.is_some_and(char::is_alphanumeric);
+        out.push_str(&rest[..at]);
+        out.push_str(if alone { SECRET_MASK } else { secret });
+        before = secret.chars().next_back();
+        rest = &rest[at + secret.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Who a template is rendered for: the deployment and where it runs.
@@ -203,9 +262,18 @@ pub fn render(
     ctx: &RenderContext,
 ) -> Result<Workloads, TemplateError> {
     let (p, profile_name) = select_profile(app, profile)?;
+    let secrets = secrets_of(p, overrides);
     on_big_stack(|| {
-        render_inner(app, p, overrides, ctx, &[]).map_err(|e| e.in_app(app, profile_name))
+        render_inner(app, p, overrides, ctx, &[])
+            .map_err(|e| e.in_app(app, profile_name).redact(&secrets))
     })
+}
+
+/// The secret parameters' values given to a rendering (override and profile values).
+fn secrets_of(profile: Option<&Profile>, overrides: &Value) -> Vec<String> {
+    let templates = profile.map_or(&[][..], |p| &p.parameter_templates[..]);
+    let base = values::profile_values(profile).unwrap_or(Value::Null);
+    values::secret_texts(templates, &[overrides, &base])
 }
 
 /// Like [`render`], but returns the rendered document as YAML text, before it is checked (the
@@ -217,9 +285,10 @@ pub fn render_to_text(
     ctx: &RenderContext,
 ) -> Result<String, TemplateError> {
     let (p, profile_name) = select_profile(app, profile)?;
+    let secrets = secrets_of(p, overrides);
     on_big_stack(|| {
-        let doc =
-            render_document(app, p, overrides, ctx).map_err(|e| e.in_app(app, profile_name))?;
+        let doc = render_document(app, p, overrides, ctx)
+            .map_err(|e| e.in_app(app, profile_name).redact(&secrets))?;
         serde_saphyr::to_string(&doc).map_err(|e| {
             TemplateError::new(
                 TEMPLATE_NAME,
