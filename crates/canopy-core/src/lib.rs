@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod error;
 pub mod list;
 pub mod names;
+pub mod policy;
 pub mod template;
 pub mod upload;
 pub mod validate;

@@ -37,11 +37,13 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
 
 use crate::catalog::{Application, Profile};
+use crate::policy::ProjectPolicy;
 
 mod data;
 mod format;
 mod values;
 
+pub(crate) use format::registry_prefix;
 pub use format::{
     CLOUD_INIT_MAX_BYTES, Container, HealthCheckTemplate, PortTemplate, Resources,
     VM_MAX_MEMORY_MIB, VM_MIN_MEMORY_MIB, VmCloudInitTemplate, VmDiskTemplate, VmPortTemplate,
@@ -199,6 +201,9 @@ pub struct RenderContext {
     /// `rootUrl` of the app's image registry, when it has one: images without a registry host
     /// are prefixed with its host and path.
     pub image_registry_url: Option<String>,
+    /// The project's policy, when the rendering is for edges: containers without limits get
+    /// its defaults, and every image, host port, limit and VM file must be allowed by it.
+    pub policy: Option<ProjectPolicy>,
 }
 
 /// Checks a native application's template at upload (or create/update): its syntax, and, for
@@ -233,6 +238,7 @@ pub fn check_template(app: &Application) -> Result<(), TemplateError> {
             project: "default".into(),
             image_registry_url: (!app.image_registry_name.is_empty())
                 .then(|| UPLOAD_REGISTRY_STAND_IN.to_string()),
+            policy: None,
         };
         let profiles: Vec<Option<&Profile>> = if app.profiles.is_empty() {
             vec![None]
@@ -346,13 +352,17 @@ fn render_inner(
     placeholders: &[Value],
 ) -> Result<Workloads, TemplateError> {
     let doc = render_document(app, profile, overrides, ctx)?;
-    format::workloads_from_value(
+    let mut workloads = format::workloads_from_value(
         doc,
         format::ReadOptions {
             image_registry_url: ctx.image_registry_url.as_deref(),
             placeholders,
         },
-    )
+    )?;
+    if let Some(policy) = &ctx.policy {
+        policy.enforce(&mut workloads, ctx.image_registry_url.as_deref())?;
+    }
+    Ok(workloads)
 }
 
 /// Values (parameters applied, merged, defaults filled) → context → rendered document, the

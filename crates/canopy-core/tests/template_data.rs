@@ -21,6 +21,7 @@ fn ctx() -> RenderContext {
         namespace: "shop".into(),
         project: "default".into(),
         image_registry_url: None,
+        policy: None,
     }
 }
 

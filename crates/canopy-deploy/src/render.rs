@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use canopy_core::catalog::{Application, DeploymentPackage, Profile, Registry};
+use canopy_core::policy::ProjectPolicy;
 use canopy_core::template::{self, RenderContext};
 use canopy_proto::{AppInstance, DeploymentInstance};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,8 @@ pub struct PackageInput<'a> {
     pub registries: &'a BTreeMap<String, Registry>,
     /// The project's name.
     pub project: &'a str,
+    /// The project's policy, enforced on every app rendered (see [`ProjectPolicy::enforce`]).
+    pub policy: &'a ProjectPolicy,
 }
 
 /// A deployment package that must be deployed for this one (from the selected application
@@ -103,7 +106,10 @@ impl Rendered {
 ///    mandatory ones → InvalidArgument naming application, profile and parameters);
 /// 5. the workload template rendered (errors → InvalidArgument naming application, profile
 ///    and field), with `deployment_id`, `deployment_name`, the app's namespace, the project and
-///    the app's image registry.
+///    the app's image registry;
+/// 6. the project policy applied to each app's workloads (default limits filled in; an image,
+///    host port, limit or VM file it does not allow → InvalidArgument naming application,
+///    profile, field, value and rule).
 pub fn render_deployment(
     input: &PackageInput<'_>,
     d: &Deployment,
@@ -250,6 +256,7 @@ pub fn render_deployment(
             namespace: namespace.clone(),
             project: input.project.to_string(),
             image_registry_url: registry.map(|r| r.root_url.clone()),
+            policy: Some(input.policy.clone()),
         };
         let workloads = template::render(app, &app_profile_name, &values, &ctx)
             .map_err(|e| DeployError::invalid(e.to_string()))?;
@@ -570,6 +577,7 @@ mod tests {
                 apps: vec![&self.web, &self.api],
                 registries: &self.registries,
                 project: "default",
+                policy: &ProjectPolicy::default(),
             };
             render_deployment(&input, d, "d-1", "deployment-abcde", previous)
         }
@@ -862,6 +870,7 @@ mod tests {
                 apps: vec![&f.web, &f.api],
                 registries: &f.registries,
                 project: "default",
+                policy: &ProjectPolicy::default(),
             },
             "d-1",
             1,
@@ -968,6 +977,7 @@ mod tests {
             apps: vec![&f.web, &f.api],
             registries: &f.registries,
             project: "default",
+            policy: &ProjectPolicy::default(),
         };
         let i = r.instance(&input, "d-1", 3, &["api".to_string()]);
         assert_eq!(i.package, "shop");

@@ -91,6 +91,7 @@ pub struct StoredUploadFile {
 
 mod audit;
 mod fleet;
+mod policy;
 mod sealing;
 mod sql;
 mod tenancy;

@@ -882,7 +882,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 }
 
 /// `host[:port]/path` of a registry root URL: the scheme, query and trailing `/` removed.
-fn registry_prefix(root_url: &str) -> String {
+pub(crate) fn registry_prefix(root_url: &str) -> String {
     let rest = root_url
         .split_once("://")
         .map_or(root_url, |(_, rest)| rest);

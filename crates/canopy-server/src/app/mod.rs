@@ -11,6 +11,7 @@ mod deployments;
 mod edges;
 mod error;
 mod identity;
+mod policy;
 mod resources;
 mod tenancy;
 mod tunnels;
