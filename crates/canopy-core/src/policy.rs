@@ -226,16 +226,11 @@ impl RegistryPattern {
         if p.contains("://") {
             return Err("must be host[:port][/path], without a scheme".into());
         }
-        let (host, path) = match p.split_once('/') {
-            Some((h, rest)) => (h, rest),
-            None => (p, ""),
+        let (host, path): (&str, Vec<String>) = match p.split_once('/') {
+            Some((h, rest)) => (h, rest.split('/').map(str::to_string).collect()),
+            None => (p, Vec::new()),
         };
         let host = HostPattern::parse(host)?;
-        let path: Vec<String> = if path.is_empty() {
-            Vec::new()
-        } else {
-            path.split('/').map(str::to_string).collect()
-        };
         if host.any && !path.is_empty() {
             return Err("* allows every registry: give no path after it".into());
         }

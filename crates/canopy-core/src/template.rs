@@ -268,14 +268,16 @@ pub fn render(
     ctx: &RenderContext,
 ) -> Result<Workloads, TemplateError> {
     let (p, profile_name) = select_profile(app, profile)?;
-    let secrets = secrets_of(p, overrides);
     on_big_stack(|| {
-        render_inner(app, p, overrides, ctx, &[])
-            .map_err(|e| e.in_app(app, profile_name).redact(&secrets))
+        render_inner(app, p, overrides, ctx, &[]).map_err(|e| {
+            e.in_app(app, profile_name)
+                .redact(&secrets_of(p, overrides))
+        })
     })
 }
 
-/// The secret parameters' values given to a rendering (override and profile values).
+/// The secret parameters' values given to a rendering (override and profile values); only
+/// looked up when there is an error to mask them in.
 fn secrets_of(profile: Option<&Profile>, overrides: &Value) -> Vec<String> {
     let templates = profile.map_or(&[][..], |p| &p.parameter_templates[..]);
     let base = values::profile_values(profile).unwrap_or(Value::Null);
@@ -291,10 +293,11 @@ pub fn render_to_text(
     ctx: &RenderContext,
 ) -> Result<String, TemplateError> {
     let (p, profile_name) = select_profile(app, profile)?;
-    let secrets = secrets_of(p, overrides);
     on_big_stack(|| {
-        let doc = render_document(app, p, overrides, ctx)
-            .map_err(|e| e.in_app(app, profile_name).redact(&secrets))?;
+        let doc = render_document(app, p, overrides, ctx).map_err(|e| {
+            e.in_app(app, profile_name)
+                .redact(&secrets_of(p, overrides))
+        })?;
         serde_saphyr::to_string(&doc).map_err(|e| {
             TemplateError::new(
                 TEMPLATE_NAME,

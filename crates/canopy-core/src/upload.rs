@@ -30,7 +30,7 @@ mod export;
 mod format;
 mod load;
 mod schema;
-pub(crate) mod tree;
+mod tree;
 
 pub use export::{export_package, export_packages};
 

@@ -202,6 +202,11 @@ list:
   - {{ values.v }}
   - a{{ values.v }}
 # a comment {{ values.v }}
+pline:
+  {{ values.v }}
+qline:
+  "{{ values.v }}"
+tagged: !!str {{ values.v }}
 end: {{ values.n }}
 "#;
 
@@ -224,7 +229,8 @@ fn assert_data_everywhere(v: &str) {
     let m = doc.as_object().expect("a mapping");
     let keys: Vec<&str> = m.keys().map(String::as_str).collect();
     let mut expected = vec![
-        "plain", "dq", "sq", "cat", "json", "literal", "folded", "flow", "map", "list", "end",
+        "plain", "dq", "sq", "cat", "json", "literal", "folded", "flow", "map", "list", "pline",
+        "qline", "tagged", "end",
     ];
     let key = format!("key-{v}");
     expected.push(&key);
@@ -232,9 +238,14 @@ fn assert_data_everywhere(v: &str) {
     assert_eq!(keys, expected, "{v:?}");
     let s = |x: &str| Value::String(x.to_string());
     assert!(!m["plain"].is_array() && !m["plain"].is_object(), "{v:?}");
-    if could_be_structure(v) && !v.is_empty() {
-        assert_eq!(m["plain"], s(v));
+    for plain in ["plain", "pline"] {
+        assert!(!m[plain].is_array() && !m[plain].is_object(), "{v:?}");
+        if could_be_structure(v) && !v.is_empty() {
+            assert_eq!(m[plain], s(v));
+        }
     }
+    assert_eq!(m["qline"], s(v));
+    assert_eq!(m["tagged"], s(v));
     assert_eq!(m["dq"], s(v));
     assert_eq!(m["sq"], s(&format!("a-{v}")));
     assert_eq!(m["cat"], s(&format!("pre {v} post")));

@@ -198,6 +198,25 @@ async fn who_reads_and_sets_the_policy_and_what_a_bad_one_gets() {
     // Unknown project: 404 for the administrator.
     let (s, _) = cp.put(&policy_url(&cp, "nope"), &json!({})).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // Documented in the OpenAPI document, with the policy's schema.
+    let (s, doc) = cp.get(&cp.at("/openapi.json")).await;
+    assert_eq!(s, StatusCode::OK);
+    let path = &doc["paths"]["/canopy/v1/projects/{projectName}/policy"];
+    assert!(path["get"].is_object() && path["put"].is_object(), "{path}");
+    let schema = &doc["components"]["schemas"]["ProjectPolicy"]["properties"];
+    for field in [
+        "allowedImageRegistries",
+        "allowedHostPorts",
+        "defaultResources",
+        "maxResources",
+        "allowedVmImageHosts",
+        "allowFileUrls",
+    ] {
+        assert!(
+            schema[field].is_object(),
+            "{field} missing from the schema: {schema}"
+        );
+    }
 }
 
 #[tokio::test]

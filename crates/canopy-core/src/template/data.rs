@@ -34,14 +34,13 @@ use minijinja::{Error, ErrorKind, State};
 use serde_json::{Map, Value};
 
 use super::{RENDERED_MAX_BYTES, TemplateError};
-use crate::upload::tree::{self, Node, NodeValue};
 
 /// Opens a token (Unicode private use: YAML text, unchanged by case filters, never a number).
 const START: char = '\u{E000}';
 /// Closes a token.
 const END: char = '\u{E001}';
 /// Digits of the per-rendering nonce: a value cannot forge a token it would have to guess.
-const NONCE_DIGITS: usize = 16;
+const NONCE_DIGITS: usize = 12;
 /// How many bytes of values one rendering may resolve in all, nested captures included (each
 /// printed value once, plus what macros and blocks repeat of them).
 const RESOLVED_MAX_BYTES: usize = 4 * RENDERED_MAX_BYTES;
@@ -55,8 +54,8 @@ enum Printed {
         value: minijinja::Value,
         text: String,
     },
-    /// The result of `tojson`: the value it encodes and its JSON text.
-    Json { value: Value, text: String },
+    /// The result of `tojson`: its JSON text (read back when the value itself is needed).
+    Json { text: String },
 }
 
 impl Printed {
@@ -93,7 +92,6 @@ impl Printer {
     ) -> Result<String, Error> {
         let printed = match value.downcast_object_ref::<Json>() {
             Some(json) => Printed::Json {
-                value: json.value.clone(),
                 text: json.text.clone(),
             },
             None => Printed::Value {
@@ -195,6 +193,24 @@ impl Printer {
         .unwrap_or_else(|_| text.to_string())
     }
 
+    /// How each token of the rendered text is written, by index (tokens not in the text:
+    /// [`Style::Unsure`]).
+    fn styles(&self, text: &str) -> Vec<Style> {
+        let mut styles = vec![Style::Unsure; self.printed.len()];
+        let mut at = 0;
+        while let Some(found) = text[at..].find(START) {
+            let pos = at + found;
+            match self.token_at(&text[pos..]) {
+                Ok(Some((i, len))) => {
+                    styles[i] = style_before(&text[..pos]);
+                    at = pos + len;
+                }
+                _ => at = pos + START.len_utf8(),
+            }
+        }
+        styles
+    }
+
     /// The rendered text with token `i` replaced by the number `1` followed by `i` in nine
     /// digits: the same YAML structure (a token and a number are both plain characters), but a
     /// plain scalar that is exactly a token now reads as a number.
@@ -207,11 +223,58 @@ impl Printer {
     }
 }
 
+/// How a token is written in the rendered text, as far as a scalar that is exactly that token
+/// goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Plain,
+    Quoted,
+    /// At the start of a line or after a tag: ask the numbered text.
+    Unsure,
+}
+
+/// Whether a scalar value (not a key: a key is text either way) is exactly a token whose
+/// style the text does not tell.
+fn unsure_value(doc: &Doc, printer: &Printer, styles: &[Style]) -> bool {
+    match doc {
+        Doc::String(s) => printer
+            .single_token(s)
+            .is_some_and(|i| styles[i] == Style::Unsure),
+        Doc::Seq(items) => items.iter().any(|d| unsure_value(d, printer, styles)),
+        Doc::Map(entries) => entries
+            .iter()
+            .any(|(_, d)| unsure_value(d, printer, styles)),
+        _ => false,
+    }
+}
+
+/// The style of a scalar that is exactly a token written right after `before`.
+fn style_before(before: &str) -> Style {
+    let trimmed = before.trim_end_matches([' ', '\t']);
+    match trimmed.chars().next_back() {
+        None => Style::Plain,
+        Some('"' | '\'') if trimmed.len() == before.len() => Style::Quoted,
+        Some('\n' | '\r') => Style::Unsure,
+        Some(_) if trimmed.len() == before.len() => Style::Plain,
+        // After spaces: a plain scalar, unless the word before is a tag (`!!str`).
+        Some(_) => {
+            let word = trimmed
+                .rsplit([' ', '\t', '\n', '\r', '[', '{', ','])
+                .next()
+                .unwrap_or("");
+            if word.starts_with('!') {
+                Style::Unsure
+            } else {
+                Style::Plain
+            }
+        }
+    }
+}
+
 /// The result of the `tojson` filter: prints as its JSON text, and a plain scalar that is
 /// exactly it takes the value it encodes.
 #[derive(Debug)]
 struct Json {
-    value: Value,
     text: String,
 }
 
@@ -235,13 +298,7 @@ pub(crate) fn tojson(
     let encoded = minijinja::filters::tojson(&value, indent, kwargs)?;
     let text = encoded.as_str().unwrap_or_default().to_string();
     state.consume_fuel(text.len() as u64 / 4)?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidOperation,
-            format!("tojson gave text that is not JSON: {e}"),
-        )
-    })?;
-    Ok(minijinja::Value::from_object(Json { value, text }))
+    Ok(minijinja::Value::from_object(Json { text }))
 }
 
 /// Reads the rendered text (tokens in it) into the document, the values put in as data.
@@ -256,7 +313,7 @@ pub(crate) fn read_document(text: &str, printer: &Printer) -> Result<Value, Temp
             ),
         ));
     }
-    let mut docs = tree::parse(text).map_err(|e| {
+    let mut docs = crate::yaml::parse_documents_as::<Doc>(text).map_err(|e| {
         TemplateError::new(
             field,
             format!("does not render to valid YAML: {}", printer.describe(&e)),
@@ -277,20 +334,31 @@ pub(crate) fn read_document(text: &str, printer: &Printer) -> Result<Value, Temp
             ));
         }
     };
-    // The same text with numbers for tokens: tells plain scalars from quoted ones.
-    let numbered = printer
-        .numbered(text)
-        .and_then(|t| tree::parse(&t).ok().map(|docs| (t, docs)));
-    let shape = numbered
+    // Plain or quoted: the characters before a token tell, except at the start of a line (a
+    // block scalar's content, or a plain scalar continued on the next line) and after a tag;
+    // then the same text with numbers for tokens is parsed, where a plain scalar reads as a
+    // number and a quoted or block one as a string.
+    let styles = printer.styles(text);
+    let ambiguous = unsure_value(&doc, printer, &styles);
+    let shapes = if ambiguous {
+        printer
+            .numbered(text)
+            .and_then(|t| crate::yaml::parse_documents_as::<Shape>(&t).ok())
+    } else {
+        None
+    };
+    let shape = shapes
         .as_ref()
-        .and_then(|(_, docs)| (docs.len() == 1).then(|| &docs[0]));
-    let mut reader = Reader::new(printer)?;
-    reader.node(&doc, shape, text, "")
+        .and_then(|docs| (docs.len() == 1).then(|| &docs[0]));
+    let mut reader = Reader::new(printer, styles)?;
+    reader.node(&doc, shape, "")
 }
 
 /// Puts values into the parsed document.
 struct Reader<'p> {
     printer: &'p Printer,
+    /// How each token is written in the text (see [`Printer::styles`]).
+    styles: Vec<Style>,
     /// Each printed value's text with the tokens of earlier prints in it resolved.
     texts: Vec<String>,
     /// Bytes of values put into the document so far.
@@ -298,7 +366,7 @@ struct Reader<'p> {
 }
 
 impl<'p> Reader<'p> {
-    fn new(printer: &'p Printer) -> Result<Reader<'p>, TemplateError> {
+    fn new(printer: &'p Printer, styles: Vec<Style>) -> Result<Reader<'p>, TemplateError> {
         // In print order, so a token in a printed text (always of an earlier print) is
         // resolved already; a token of a later print cannot be there and is left as text.
         let mut texts: Vec<String> = Vec::with_capacity(printer.printed.len());
@@ -319,6 +387,7 @@ impl<'p> Reader<'p> {
         }
         Ok(Reader {
             printer,
+            styles,
             texts,
             bytes: 0,
         })
@@ -360,14 +429,16 @@ impl<'p> Reader<'p> {
         self.count(self.texts[i].len())?;
         let printer = self.printer;
         Ok(match &printer.printed[i] {
-            Printed::Json { value, .. } => self.strings(value.clone())?,
+            Printed::Json { text } => match serde_json::from_str(text) {
+                Ok(value) => self.strings(value)?,
+                Err(_) => Value::String(self.texts[i].clone()),
+            },
             Printed::Value { value, .. } => match value.kind() {
                 ValueKind::Bool => Value::Bool(value.is_true()),
                 ValueKind::None | ValueKind::Undefined => Value::Null,
                 ValueKind::String => typed(&self.texts[i]),
-                ValueKind::Number => json_of(value)
-                    .filter(Value::is_number)
-                    .unwrap_or_else(|| typed(&self.texts[i])),
+                // What YAML made of the printed number when it was pasted (`1.0` stays a float).
+                ValueKind::Number => typed(&self.texts[i]),
                 ValueKind::Seq | ValueKind::Map => match json_of(value) {
                     Some(v) => self.strings(v)?,
                     None => Value::String(self.texts[i].clone()),
@@ -375,6 +446,39 @@ impl<'p> Reader<'p> {
                 _ => Value::String(self.texts[i].clone()),
             },
         })
+    }
+
+    /// Whether the scalar that is exactly token `i` was written plain: as the text before it
+    /// tells, else as its counterpart in the numbered text (`shape`) tells (a number: plain);
+    /// with neither, plain.
+    fn is_plain(&self, i: usize, shape: Option<&Shape>) -> bool {
+        match (self.styles[i], shape) {
+            (Style::Plain, _) => true,
+            (Style::Quoted, _) => false,
+            (Style::Unsure, Some(s)) => matches!(s, Shape::Number),
+            (Style::Unsure, None) => true,
+        }
+    }
+
+    /// A mapping key that is exactly the value printed as token `i`: a string as it is (keys
+    /// are text: `"1.10"` stays `1.10`), `tojson` of a string that string, anything else its
+    /// text.
+    fn whole_key(&mut self, i: usize) -> Result<String, TemplateError> {
+        match &self.printer.printed[i] {
+            Printed::Json { text } if text.starts_with('"') => {
+                match serde_json::from_str::<String>(text) {
+                    Ok(s) => self.text(&s),
+                    Err(_) => Ok(self.texts[i].clone()),
+                }
+            }
+            Printed::Value { value, .. }
+                if !matches!(value.kind(), ValueKind::Seq | ValueKind::Map) =>
+            {
+                self.count(self.texts[i].len())?;
+                Ok(self.texts[i].clone())
+            }
+            _ => Ok(key_text(self.whole(i)?)),
+        }
     }
 
     /// Resolves tokens in the strings (and keys) of a value printed whole.
@@ -398,47 +502,37 @@ impl<'p> Reader<'p> {
         })
     }
 
-    fn node(
-        &mut self,
-        n: &Node,
-        shape: Option<&Node>,
-        src: &str,
-        path: &str,
-    ) -> Result<Value, TemplateError> {
-        match &n.value {
-            NodeValue::String(s) => match self.printer.single_token(s) {
-                Some(i) if is_plain(shape) => self.whole(i),
+    fn node(&mut self, n: &Doc, shape: Option<&Shape>, path: &str) -> Result<Value, TemplateError> {
+        match n {
+            Doc::String(s) => match self.printer.single_token(s) {
+                Some(i) if self.is_plain(i, shape) => self.whole(i),
                 _ => self.text(s).map(Value::String),
             },
-            NodeValue::Seq(items) => {
-                let shapes = match shape.map(|s| &s.value) {
-                    Some(NodeValue::Seq(s)) if s.len() == items.len() => Some(s),
+            Doc::Seq(items) => {
+                let shapes = match shape {
+                    Some(Shape::Seq(s)) if s.len() == items.len() => Some(s),
                     _ => None,
                 };
                 let mut out = Vec::with_capacity(items.len());
                 for (j, item) in items.iter().enumerate() {
                     let here = format!("{path}[{j}]");
-                    out.push(self.node(item, shapes.map(|s| &s[j]), src, &here)?);
+                    out.push(self.node(item, shapes.map(|s| &s[j]), &here)?);
                 }
                 Ok(Value::Array(out))
             }
-            NodeValue::Map(entries) => {
-                let shapes = match shape.map(|s| &s.value) {
-                    Some(NodeValue::Map(s)) if s.len() == entries.len() => Some(s),
+            Doc::Map(entries) => {
+                let shapes = match shape {
+                    Some(Shape::Map(s)) if s.len() == entries.len() => Some(s),
                     _ => None,
                 };
                 let mut out = Map::new();
                 for (j, (k, v)) in entries.iter().enumerate() {
-                    let (k_shape, v_shape) = match shapes {
-                        Some(s) => (Some(&s[j].0), Some(&s[j].1)),
-                        None => (None, None),
-                    };
-                    let key = match &k.value {
-                        NodeValue::String(s) => match self.printer.single_token(s) {
-                            Some(i) if is_plain(k_shape) => key_text(self.whole(i)?),
-                            _ => self.text(s)?,
-                        },
-                        _ => k.key_string(src),
+                    let v_shape = shapes.map(|s| &s[j].1);
+                    // A key is text: quoted or not, a value printed as the whole key gives
+                    // the same key (see `whole_key`).
+                    let key = match self.printer.single_token(k) {
+                        Some(i) => self.whole_key(i)?,
+                        None => self.text(k)?,
                     };
                     let here = if path.is_empty() {
                         key.clone()
@@ -451,12 +545,14 @@ impl<'p> Reader<'p> {
                             "is given twice (once the values are put in, two keys of one mapping are the same)",
                         ));
                     }
-                    let value = self.node(v, v_shape, src, &here)?;
+                    let value = self.node(v, v_shape, &here)?;
                     out.insert(key, value);
                 }
                 Ok(Value::Object(out))
             }
-            _ => Ok(n.to_json(src)),
+            Doc::Null => Ok(Value::Null),
+            Doc::Bool(b) => Ok(Value::Bool(*b)),
+            Doc::Number(n) => Ok(Value::Number(n.clone())),
         }
     }
 }
@@ -479,10 +575,164 @@ fn too_big() -> TemplateError {
     )
 }
 
-/// Whether a scalar was written plain: its counterpart in the numbered text is a number (with
-/// no numbered text to tell, plain is assumed).
-fn is_plain(shape: Option<&Node>) -> bool {
-    shape.is_none_or(|s| matches!(s.value, NodeValue::Number(_)))
+/// The rendered document as YAML reads it, in its order, read the way `serde_json::Value`
+/// reads YAML (keys as their text: `1.10:` is the key `"1.10"`; a float YAML cannot write as
+/// JSON is null).
+#[derive(Debug)]
+enum Doc {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+    Seq(Vec<Doc>),
+    Map(Vec<(String, Doc)>),
+}
+
+impl<'de> serde::Deserialize<'de> for Doc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Doc, D::Error> {
+        d.deserialize_any(DocVisitor)
+    }
+}
+
+struct DocVisitor;
+
+impl<'de> serde::de::Visitor<'de> for DocVisitor {
+    type Value = Doc;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Doc, E> {
+        Ok(Doc::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Doc, E> {
+        Ok(Doc::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Doc, E> {
+        Ok(Doc::Number(v.into()))
+    }
+    fn visit_i128<E>(self, v: i128) -> Result<Doc, E> {
+        Ok(i64::try_from(v).map_or_else(|_| Doc::String(v.to_string()), |v| Doc::Number(v.into())))
+    }
+    fn visit_u128<E>(self, v: u128) -> Result<Doc, E> {
+        Ok(u64::try_from(v).map_or_else(|_| Doc::String(v.to_string()), |v| Doc::Number(v.into())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Doc, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Doc::Null, Doc::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Doc, E> {
+        Ok(Doc::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Doc, E> {
+        Ok(Doc::String(v))
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Doc, E> {
+        Ok(Doc::String(String::from_utf8_lossy(v).into_owned()))
+    }
+    fn visit_unit<E>(self) -> Result<Doc, E> {
+        Ok(Doc::Null)
+    }
+    fn visit_none<E>(self) -> Result<Doc, E> {
+        Ok(Doc::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Doc, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Doc, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Doc, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Doc::Seq(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Doc, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry::<String, Doc>()? {
+            entries.push(entry);
+        }
+        Ok(Doc::Map(entries))
+    }
+}
+
+/// The numbered text's document, as far as [`read_document`] needs it: its structure, and
+/// which scalars YAML read as numbers.
+#[derive(Debug)]
+enum Shape {
+    Number,
+    Other,
+    Seq(Vec<Shape>),
+    Map(Vec<(Shape, Shape)>),
+}
+
+impl<'de> serde::Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+struct ShapeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+        Ok(Shape::Number)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+        Ok(Shape::Number)
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<Shape, E> {
+        Ok(Shape::Number)
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<Shape, E> {
+        Ok(Shape::Number)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+        Ok(Shape::Number)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_none<E>(self) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Shape::Seq(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(Shape::Map(entries))
+    }
 }
 
 /// A mapping key from a value printed whole.
@@ -502,10 +752,24 @@ pub(crate) fn typed(s: &str) -> Value {
     if matches!(s, "" | "~" | "null" | "Null" | "NULL") {
         return Value::Null;
     }
+    // Plain decimal integers, the common case, without the parser.
+    if let Some(digits) = s.strip_prefix('-').or(Some(s))
+        && !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = s.parse::<i64>()
+    {
+        return Value::from(i);
+    }
     let simple = s
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '.' | '_'));
+    // Only numbers (digits, a sign, a point first) and booleans are typed; other words are
+    // strings, and need no parser.
+    let maybe = s.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '-' | '+' | '.'))
+        || matches!(s, "true" | "True" | "TRUE" | "false" | "False" | "FALSE");
     if simple
+        && maybe
         && let Ok(Value::Object(mut m)) = crate::yaml::parse_one::<Value>(&format!("v: {s}"))
         && let Some(v @ (Value::Bool(_) | Value::Number(_))) = m.remove("v")
     {
