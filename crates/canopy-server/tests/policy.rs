@@ -559,3 +559,36 @@ async fn secret_values_appear_in_no_error() {
     assert!(message(&b).contains("pin"), "{b}");
     assert_eq!(deployment_count(&cp).await, 0);
 }
+
+/// The policy is stored and read in the deployment's transaction on both backends.
+#[tokio::test]
+async fn policy_is_stored_and_enforced_on_every_backend() {
+    for cp in TestControlPlane::all().await {
+        let (s, b) = cp.upload_dir(P, &example("web-demo")).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        set_policy(
+            &cp,
+            json!({"allowedHostPorts": {"min": 20000, "max": 20100}}),
+        )
+        .await;
+        let (s, b) = cp.get(&policy_url(&cp, P)).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["allowedHostPorts"], json!({"min": 20000, "max": 20100}));
+        let (s, b) = cp.post(&deployments_url(&cp, ""), &web_demo("1.0.0")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+        assert!(
+            message(&b).contains("allowedHostPorts is 20000-20100"),
+            "{b}"
+        );
+        assert_eq!(deployment_count(&cp).await, 0);
+        assert!(!is_deployed(&cp, "1.0.0").await);
+        let mut body = web_demo("1.0.0");
+        body["overrideValues"] = json!([
+            {"appName": "web", "values": {"port": 20080}},
+            {"appName": "status", "values": {"port": 20081}}
+        ]);
+        let (s, b) = cp.post(&deployments_url(&cp, ""), &body).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(deployment_count(&cp).await, 1);
+    }
+}

@@ -16,12 +16,16 @@
 //!    number, boolean, null, list or mapping stays what it is, the result of `tojson` is the
 //!    value it encodes, and a string is typed the way YAML types a plain scalar (`"8080"` is a
 //!    number, `"true"` a boolean, `""` null) but is never parsed as anything else. Everywhere
-//!    else (quoted, block scalars, keys, text around the token) each token becomes the value's
-//!    text, inside the string the author wrote.
+//!    else (quoted, block scalars, text around the token) each token becomes the value's text,
+//!    inside the string the author wrote; a key that is exactly one token is the value's text
+//!    (`tojson` of a string: that string).
 //!
-//! Whether a scalar was written plain is read from a second parse of the same text with each
-//! token replaced by a distinct number: a plain scalar then reads as a number, a quoted or block
-//! one as a string. Control flow (`{% if %}`, `{% for %}`) is untouched: it sees the real
+//! Whether a scalar was written plain is read from the characters before its token (a quote:
+//! quoted; `: `, `- `, `[`, `,`...: plain). Where they cannot tell — a value alone at the start
+//! of a line (a block scalar's content, or a plain scalar continued there) or after a tag — the
+//! same text is parsed a second time with each token replaced by a distinct number: a plain
+//! scalar then reads as a number, a quoted or block one as a string. Either way only the type of
+//! one value depends on it, never the structure. Control flow (`{% if %}`, `{% for %}`) is untouched: it sees the real
 //! values. Output captured by a macro, `{% set %}` block or `{% filter %}` block holds the
 //! tokens of the values printed in it; printed with `{{ }}`, it is itself one value (its tokens
 //! replaced by their text), so a macro cannot emit structure either.
