@@ -147,6 +147,17 @@ impl TemplateError {
         self
     }
 
+    /// The message cut to [`MESSAGE_MAX_CHARS`] (messages that quote an offending value whole,
+    /// such as a list of a thousand items, stay readable). Done after [`TemplateError::redact`]
+    /// so that a secret is never cut in half and left unmasked.
+    fn shortened(mut self) -> TemplateError {
+        if let Some((at, _)) = self.message.char_indices().nth(MESSAGE_MAX_CHARS) {
+            self.message.truncate(at);
+            self.message.push('…');
+        }
+        self
+    }
+
     /// Fills in the application and profile where they are not set yet.
     pub fn in_app(mut self, app: &Application, profile: &str) -> TemplateError {
         if self.application.is_empty() {
@@ -158,6 +169,9 @@ impl TemplateError {
         self
     }
 }
+
+/// Longest error message (characters), see [`TemplateError::shortened`].
+const MESSAGE_MAX_CHARS: usize = 1000;
 
 /// Secrets shorter than this (in characters) are masked only where they stand alone.
 const SHORT_SECRET: usize = 4;
@@ -250,7 +264,7 @@ pub fn check_template(app: &Application) -> Result<(), TemplateError> {
             let (overrides, placeholders) =
                 values::check_overrides(p).map_err(|e| e.in_app(app, name))?;
             render_inner(app, p, &overrides, &ctx, &placeholders)
-                .map_err(|e| e.in_app(app, name))?;
+                .map_err(|e| e.in_app(app, name).shortened())?;
         }
         Ok(())
     })
@@ -272,6 +286,7 @@ pub fn render(
         render_inner(app, p, overrides, ctx, &[]).map_err(|e| {
             e.in_app(app, profile_name)
                 .redact(&secrets_of(p, overrides))
+                .shortened()
         })
     })
 }
@@ -297,6 +312,7 @@ pub fn render_to_text(
         let doc = render_document(app, p, overrides, ctx).map_err(|e| {
             e.in_app(app, profile_name)
                 .redact(&secrets_of(p, overrides))
+                .shortened()
         })?;
         serde_saphyr::to_string(&doc).map_err(|e| {
             TemplateError::new(

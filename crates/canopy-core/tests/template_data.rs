@@ -339,6 +339,36 @@ fn a_filter_cutting_a_captured_value_is_an_error() {
     assert!(e.message.contains("cut or changed"), "{e}");
 }
 
+#[test]
+fn values_count_toward_the_output_limit() {
+    let t = "containers:\n  - {name: a, image: x, env: {A: \"{{ values.big }}\", B: \"{{ values.big }}\"}}\n";
+    let a = app(t, "", vec![]);
+    let big = "x".repeat(400_000);
+    template::render(&a, "", &json!({"big": big}), &ctx()).unwrap();
+    let big = "x".repeat(600_000);
+    let e = template::render(&a, "", &json!({"big": big}), &ctx()).unwrap_err();
+    assert_eq!(e.field, "workloadTemplate", "{e}");
+    assert!(e.message.contains("more than 1000000"), "{e}");
+    // Many small values: the tokens make the text longer than the document, which is allowed.
+    let many = "containers:\n{% for c in range(40) %}\n  - name: c{{ c }}\n    image: x\n    args:\n{% for i in range(1000) %}\n      - {{ i % 10 }}\n{% endfor %}\n{% endfor %}\n";
+    let w = template::render(&app(many, "", vec![]), "", &Value::Null, &ctx()).unwrap();
+    assert_eq!(w.containers.len(), 40);
+    assert_eq!(w.containers[39].args.len(), 1000);
+    // Too many: the schema's message quotes the list, shortened.
+    let e = template::render(
+        &app(&many.replace("1000", "1001"), "", vec![]),
+        "",
+        &Value::Null,
+        &ctx(),
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "containers[0].args", "{e}");
+    assert!(
+        e.message.chars().count() <= 1001 && e.message.ends_with('…'),
+        "{e}"
+    );
+}
+
 fn hostile_string() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
         "\\PC{0,4}",

@@ -198,21 +198,23 @@ impl Printer {
     }
 
     /// How each token of the rendered text is written, by index (tokens not in the text:
-    /// [`Style::Unsure`]).
-    fn styles(&self, text: &str) -> Vec<Style> {
+    /// [`Style::Unsure`]), and how many bytes of the text are tokens.
+    fn styles(&self, text: &str) -> (Vec<Style>, usize) {
         let mut styles = vec![Style::Unsure; self.printed.len()];
+        let mut token_bytes = 0;
         let mut at = 0;
         while let Some(found) = text[at..].find(START) {
             let pos = at + found;
             match self.token_at(&text[pos..]) {
                 Ok(Some((i, len))) => {
                     styles[i] = style_before(&text[..pos]);
+                    token_bytes += len;
                     at = pos + len;
                 }
                 _ => at = pos + START.len_utf8(),
             }
         }
-        styles
+        (styles, token_bytes)
     }
 
     /// The rendered text with token `i` replaced by the number `1` followed by `i` in nine
@@ -308,14 +310,21 @@ pub(crate) fn tojson(
 /// Reads the rendered text (tokens in it) into the document, the values put in as data.
 pub(crate) fn read_document(text: &str, printer: &Printer) -> Result<Value, TemplateError> {
     let field = "workloadTemplate";
-    if text.len() > RENDERED_MAX_BYTES {
-        return Err(TemplateError::new(
+    let too_long = |n: usize| {
+        TemplateError::new(
             field,
-            format!(
-                "renders to {} bytes, more than {RENDERED_MAX_BYTES}",
-                text.len()
-            ),
-        ));
+            format!("renders to {n} bytes, more than {RENDERED_MAX_BYTES}"),
+        )
+    };
+    // The template's own text and the values put into it count (tokens are longer than most
+    // values: the text with them may be longer, within bounds).
+    let (styles, token_bytes) = printer.styles(text);
+    let own = text.len() - token_bytes;
+    if own > RENDERED_MAX_BYTES {
+        return Err(too_long(own));
+    }
+    if text.len() > 4 * RENDERED_MAX_BYTES {
+        return Err(too_long(text.len()));
     }
     let mut docs = crate::yaml::parse_documents_as::<Doc>(text).map_err(|e| {
         TemplateError::new(
@@ -342,7 +351,6 @@ pub(crate) fn read_document(text: &str, printer: &Printer) -> Result<Value, Temp
     // block scalar's content, or a plain scalar continued on the next line) and after a tag;
     // then the same text with numbers for tokens is parsed, where a plain scalar reads as a
     // number and a quoted or block one as a string.
-    let styles = printer.styles(text);
     let ambiguous = unsure_value(&doc, printer, &styles);
     let shapes = if ambiguous {
         printer
@@ -355,7 +363,11 @@ pub(crate) fn read_document(text: &str, printer: &Printer) -> Result<Value, Temp
         .as_ref()
         .and_then(|docs| (docs.len() == 1).then(|| &docs[0]));
     let mut reader = Reader::new(printer, styles)?;
-    reader.node(&doc, shape, "")
+    let value = reader.node(&doc, shape, "")?;
+    if own + reader.bytes > RENDERED_MAX_BYTES {
+        return Err(too_long(own + reader.bytes));
+    }
+    Ok(value)
 }
 
 /// Puts values into the parsed document.

@@ -413,6 +413,8 @@ fn schema_error(e: &jsonschema::ValidationError<'_>) -> (String, String) {
             path,
             format!("{} is not supported: VM ports are TCP only", e.instance()),
         ),
+        // The schema's own words quote the offending value whole (a list of a thousand
+        // items...): the message is shortened once secrets are masked in it.
         _ => (path, e.to_string()),
     }
 }
