@@ -22,6 +22,7 @@ mod error;
 pub mod fleet;
 pub mod identity;
 mod list;
+pub mod policy;
 pub mod resources;
 mod upload;
 
@@ -37,6 +38,7 @@ pub use canopy_deploy::model::DeleteType;
 pub use error::ClientError;
 pub use fleet::{CreatedEnrollmentToken, Edge, EnrollmentToken, NewEnrollmentToken};
 pub use list::{ListParams, MAX_PAGE_SIZE, Page, collect_all};
+pub use policy::ProjectPolicy;
 pub use reqwest::StatusCode;
 pub use resources::{
     AppEndpoint, AppWorkload, DeploymentWorkload, EdgeWorkload, LogOptions, LogStream, VmAction,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod kv;
 pub mod list;
 pub mod names;
+pub mod policy;
 pub mod template;
 pub mod upload;
 pub mod validate;

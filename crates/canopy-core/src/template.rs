@@ -30,16 +30,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use minijinja::value::ValueKind;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
 
 use crate::catalog::{Application, Profile};
+use crate::policy::ProjectPolicy;
 
+mod data;
 mod format;
 mod values;
 
+pub(crate) use format::registry_prefix;
 pub use format::{
     CLOUD_INIT_MAX_BYTES, Container, HealthCheckTemplate, PortTemplate, Resources,
     VM_MAX_MEMORY_MIB, VM_MIN_MEMORY_MIB, VmCloudInitTemplate, VmDiskTemplate, VmPortTemplate,
@@ -112,6 +116,48 @@ impl TemplateError {
         }
     }
 
+    /// Replaces every appearance of a secret in the field and message with [`SECRET_MASK`]:
+    /// as it is, and as `{:?}` and JSON quote it (without the quotes). A secret shorter than
+    /// [`SHORT_SECRET`] characters is masked only where it stands alone (not inside a word),
+    /// so that a one-letter secret does not mask every word of the message. Errors about secret
+    /// parameters never format the value; this also covers errors about the rendered document
+    /// and the project policy, which show the offending value, when that value came from a
+    /// secret.
+    pub fn redact(mut self, secrets: &[String]) -> TemplateError {
+        let mut forms: Vec<String> = Vec::new();
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            let debug = format!("{s:?}");
+            let json = serde_json::Value::String(s.clone()).to_string();
+            for form in [
+                s.as_str(),
+                &debug[1..debug.len() - 1],
+                &json[1..json.len() - 1],
+            ] {
+                if !form.is_empty() && !forms.iter().any(|f| f == form) {
+                    forms.push(form.to_string());
+                }
+            }
+        }
+        // Longest first, so a secret containing another is masked whole.
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        for form in &forms {
+            self.message = mask(&self.message, form);
+            self.field = mask(&self.field, form);
+        }
+        self
+    }
+
+    /// The message cut to [`MESSAGE_MAX_CHARS`] (messages that quote an offending value whole,
+    /// such as a list of a thousand items, stay readable). Done after [`TemplateError::redact`]
+    /// so that a secret is never cut in half and left unmasked.
+    fn shortened(mut self) -> TemplateError {
+        if let Some((at, _)) = self.message.char_indices().nth(MESSAGE_MAX_CHARS) {
+            self.message.truncate(at);
+            self.message.push('…');
+        }
+        self
+    }
+
     /// Fills in the application and profile where they are not set yet.
     pub fn in_app(mut self, app: &Application, profile: &str) -> TemplateError {
         if self.application.is_empty() {
@@ -122,6 +168,37 @@ impl TemplateError {
         }
         self
     }
+}
+
+/// Longest error message (characters), see [`TemplateError::shortened`].
+const MESSAGE_MAX_CHARS: usize = 1000;
+
+/// Secrets shorter than this (in characters) are masked only where they stand alone.
+const SHORT_SECRET: usize = 4;
+
+/// `text` with `secret` replaced by [`SECRET_MASK`] (see [`TemplateError::redact`]).
+fn mask(text: &str, secret: &str) -> String {
+    if !text.contains(secret) {
+        return text.to_string();
+    }
+    if secret.chars().count() >= SHORT_SECRET {
+        return text.replace(secret, SECRET_MASK);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut before: Option<char> = None;
+    while let Some(at) = rest.find(secret) {
+        let prev = rest[..at].chars().next_back().or(before);
+        let next = rest[at + secret.len()..].chars().next();
+        let alone =
+            !prev.is_some_and(char::is_alphanumeric) && !next.is_some_and(char::is_alphanumeric);
+        out.push_str(&rest[..at]);
+        out.push_str(if alone { SECRET_MASK } else { secret });
+        before = secret.chars().next_back();
+        rest = &rest[at + secret.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Who a template is rendered for: the deployment and where it runs.
@@ -138,6 +215,9 @@ pub struct RenderContext {
     /// `rootUrl` of the app's image registry, when it has one: images without a registry host
     /// are prefixed with its host and path.
     pub image_registry_url: Option<String>,
+    /// The project's policy, when the rendering is for edges: containers without limits get
+    /// its defaults, and every image, host port, limit and VM file must be allowed by it.
+    pub policy: Option<ProjectPolicy>,
 }
 
 /// Checks a native application's template at upload (or create/update): its syntax, and, for
@@ -172,6 +252,7 @@ pub fn check_template(app: &Application) -> Result<(), TemplateError> {
             project: "default".into(),
             image_registry_url: (!app.image_registry_name.is_empty())
                 .then(|| UPLOAD_REGISTRY_STAND_IN.to_string()),
+            policy: None,
         };
         let profiles: Vec<Option<&Profile>> = if app.profiles.is_empty() {
             vec![None]
@@ -183,7 +264,7 @@ pub fn check_template(app: &Application) -> Result<(), TemplateError> {
             let (overrides, placeholders) =
                 values::check_overrides(p).map_err(|e| e.in_app(app, name))?;
             render_inner(app, p, &overrides, &ctx, &placeholders)
-                .map_err(|e| e.in_app(app, name))?;
+                .map_err(|e| e.in_app(app, name).shortened())?;
         }
         Ok(())
     })
@@ -202,12 +283,24 @@ pub fn render(
 ) -> Result<Workloads, TemplateError> {
     let (p, profile_name) = select_profile(app, profile)?;
     on_big_stack(|| {
-        render_inner(app, p, overrides, ctx, &[]).map_err(|e| e.in_app(app, profile_name))
+        render_inner(app, p, overrides, ctx, &[]).map_err(|e| {
+            e.in_app(app, profile_name)
+                .redact(&secrets_of(p, overrides))
+                .shortened()
+        })
     })
 }
 
-/// Like [`render`], but returns the rendered text as it is (before it is read and checked):
-/// for previews and for checking documents against [`SCHEMA_JSON`].
+/// The secret parameters' values given to a rendering (override and profile values); only
+/// looked up when there is an error to mask them in.
+fn secrets_of(profile: Option<&Profile>, overrides: &Value) -> Vec<String> {
+    let templates = profile.map_or(&[][..], |p| &p.parameter_templates[..]);
+    let base = values::profile_values(profile).unwrap_or(Value::Null);
+    values::secret_texts(templates, &[overrides, &base])
+}
+
+/// Like [`render`], but returns the rendered document as YAML text, before it is checked (the
+/// values in it as data): for previews and for checking documents against [`SCHEMA_JSON`].
 pub fn render_to_text(
     app: &Application,
     profile: &str,
@@ -216,7 +309,18 @@ pub fn render_to_text(
 ) -> Result<String, TemplateError> {
     let (p, profile_name) = select_profile(app, profile)?;
     on_big_stack(|| {
-        render_template(app, p, overrides, ctx).map_err(|e| e.in_app(app, profile_name))
+        let doc = render_document(app, p, overrides, ctx).map_err(|e| {
+            e.in_app(app, profile_name)
+                .redact(&secrets_of(p, overrides))
+                .shortened()
+        })?;
+        serde_saphyr::to_string(&doc).map_err(|e| {
+            TemplateError::new(
+                TEMPLATE_NAME,
+                format!("cannot write the document as YAML: {e}"),
+            )
+            .in_app(app, profile_name)
+        })
     })
 }
 
@@ -266,23 +370,28 @@ fn render_inner(
     ctx: &RenderContext,
     placeholders: &[Value],
 ) -> Result<Workloads, TemplateError> {
-    let text = render_template(app, profile, overrides, ctx)?;
-    format::workloads_from_text(
-        &text,
+    let doc = render_document(app, profile, overrides, ctx)?;
+    let mut workloads = format::workloads_from_value(
+        doc,
         format::ReadOptions {
             image_registry_url: ctx.image_registry_url.as_deref(),
             placeholders,
         },
-    )
+    )?;
+    if let Some(policy) = &ctx.policy {
+        policy.enforce(&mut workloads, ctx.image_registry_url.as_deref())?;
+    }
+    Ok(workloads)
 }
 
-/// Values (parameters applied, merged, defaults filled) → context → rendered text.
-fn render_template(
+/// Values (parameters applied, merged, defaults filled) → context → rendered document, the
+/// values in it as data (see [`data`]).
+fn render_document(
     app: &Application,
     profile: Option<&Profile>,
     overrides: &Value,
     ctx: &RenderContext,
-) -> Result<String, TemplateError> {
+) -> Result<Value, TemplateError> {
     let templates = profile.map_or(&[][..], |p| &p.parameter_templates[..]);
     let base = values::profile_values(profile)?;
     let mut overrides = overrides.clone();
@@ -323,7 +432,8 @@ fn render_template(
         minijinja::Value::from(ctx.project.as_str()),
     );
 
-    run_engine(&app.workload_template, minijinja::Value::from(root))
+    let (text, printer) = run_engine(&app.workload_template, minijinja::Value::from(root))?;
+    data::read_document(&text, &printer)
 }
 
 fn object<const N: usize>(fields: [(&str, &str); N]) -> minijinja::Value {
@@ -336,35 +446,34 @@ fn object<const N: usize>(fields: [(&str, &str); N]) -> minijinja::Value {
 }
 
 /// The engine: strict undefined, no auto-escaping, no loader (so `include`, `import` and
-/// `extends` find nothing), bounded work, and block tags that do not leave blank lines.
-fn environment() -> Environment<'static> {
+/// `extends` find nothing), bounded work, and block tags that do not leave blank lines. What
+/// `{{ }}` prints goes to `printer`, which puts a token in the text instead (see [`data`]).
+fn environment(printer: Arc<Mutex<data::Printer>>) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_debug(true);
     env.set_fuel(Some(RENDER_FUEL));
-    // The output is YAML: booleans print as `true`/`false` and none as `null` (Jinja's
-    // `True`, `False` and `None` would read back as strings).
-    env.set_formatter(|out, state, value| match value.kind() {
-        ValueKind::Bool => {
-            out.write_str(if value.is_true() { "true" } else { "false" })?;
-            Ok(())
-        }
-        ValueKind::None => {
-            out.write_str("null")?;
-            Ok(())
-        }
+    env.add_filter("tojson", data::tojson);
+    env.set_formatter(move |out, state, value| {
         // Printing a collection visits all of it before any fuel is charged: bound it (a
         // lazily repeated list can claim a hundred million items).
-        ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
-            if value.len().is_none_or(|n| n > MAX_PRINTED_ITEMS) =>
+        if matches!(
+            value.kind(),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+        ) && value.len().is_none_or(|n| n > MAX_PRINTED_ITEMS)
         {
-            Err(minijinja::Error::new(
+            return Err(minijinja::Error::new(
                 ErrorKind::InvalidOperation,
                 format!("cannot print a collection of more than {MAX_PRINTED_ITEMS} items"),
-            ))
+            ));
         }
-        _ => minijinja::escape_formatter(out, state, value),
+        let token = printer
+            .lock()
+            .map_err(|_| minijinja::Error::new(ErrorKind::InvalidOperation, "printer poisoned"))?
+            .print(state, value)?;
+        out.write_str(&token)?;
+        Ok(())
     });
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
@@ -377,19 +486,31 @@ fn environment() -> Environment<'static> {
 }
 
 fn compile_check(source: &str) -> Result<(), TemplateError> {
-    let env = environment();
+    let env = environment(Arc::new(Mutex::new(data::Printer::new())));
     env.template_from_named_str(TEMPLATE_NAME, source)
         .map(|_| ())
         .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))
 }
 
-fn run_engine(source: &str, ctx: minijinja::Value) -> Result<String, TemplateError> {
-    let env = environment();
-    let tmpl = env
-        .template_from_named_str(TEMPLATE_NAME, source)
-        .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))?;
-    tmpl.render(ctx)
-        .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))
+/// Renders `source`: the text (tokens where values were printed) and the values printed.
+fn run_engine(
+    source: &str,
+    ctx: minijinja::Value,
+) -> Result<(String, data::Printer), TemplateError> {
+    let printer = Arc::new(Mutex::new(data::Printer::new()));
+    let text = {
+        let env = environment(Arc::clone(&printer));
+        let tmpl = env
+            .template_from_named_str(TEMPLATE_NAME, source)
+            .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))?;
+        tmpl.render(ctx)
+            .map_err(|e| TemplateError::new(TEMPLATE_NAME, describe(&e, source)))?
+    };
+    let printer = Arc::try_unwrap(printer)
+        .ok()
+        .and_then(|m| m.into_inner().ok())
+        .ok_or_else(|| TemplateError::new(TEMPLATE_NAME, "internal error: printer still shared"))?;
+    Ok((text, printer))
 }
 
 /// A minijinja error as one line: what, the failing expression where known, and the line.

@@ -107,6 +107,7 @@ fn ctx() -> RenderContext {
         namespace: "web-stack".into(),
         project: "default".into(),
         image_registry_url: None,
+        policy: None,
     }
 }
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use canopy_core::catalog::{Application, DeploymentPackage, Profile, Registry};
+use canopy_core::policy::ProjectPolicy;
 use canopy_core::template::{self, RenderContext};
 use canopy_proto::{AppInstance, DeploymentInstance};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,8 @@ pub struct PackageInput<'a> {
     pub registries: &'a BTreeMap<String, Registry>,
     /// The project's name.
     pub project: &'a str,
+    /// The project's policy, enforced on every app rendered (see [`ProjectPolicy::enforce`]).
+    pub policy: &'a ProjectPolicy,
 }
 
 /// A deployment package that must be deployed for this one (from the selected application
@@ -103,7 +106,10 @@ impl Rendered {
 ///    mandatory ones → InvalidArgument naming application, profile and parameters);
 /// 5. the workload template rendered (errors → InvalidArgument naming application, profile
 ///    and field), with `deployment_id`, `deployment_name`, the app's namespace, the project and
-///    the app's image registry.
+///    the app's image registry;
+/// 6. the project policy applied to each app's workloads (default limits filled in; an image,
+///    host port, limit or VM file it does not allow → InvalidArgument naming application,
+///    profile, field, value and rule).
 pub fn render_deployment(
     input: &PackageInput<'_>,
     d: &Deployment,
@@ -250,6 +256,7 @@ pub fn render_deployment(
             namespace: namespace.clone(),
             project: input.project.to_string(),
             image_registry_url: registry.map(|r| r.root_url.clone()),
+            policy: Some(input.policy.clone()),
         };
         let workloads = template::render(app, &app_profile_name, &values, &ctx)
             .map_err(|e| DeployError::invalid(e.to_string()))?;
@@ -566,11 +573,29 @@ mod tests {
             d: &Deployment,
             previous: Option<&[OverrideValues]>,
         ) -> Result<Rendered, DeployError> {
+            self.run_previous(&ProjectPolicy::default(), d, previous)
+        }
+
+        fn run_with(
+            &self,
+            policy: &ProjectPolicy,
+            d: &Deployment,
+        ) -> Result<Rendered, DeployError> {
+            self.run_previous(policy, d, None)
+        }
+
+        fn run_previous(
+            &self,
+            policy: &ProjectPolicy,
+            d: &Deployment,
+            previous: Option<&[OverrideValues]>,
+        ) -> Result<Rendered, DeployError> {
             let input = PackageInput {
                 package: &self.package,
                 apps: vec![&self.web, &self.api],
                 registries: &self.registries,
                 project: "default",
+                policy,
             };
             render_deployment(&input, d, "d-1", "deployment-abcde", previous)
         }
@@ -710,6 +735,66 @@ mod tests {
             "{e}"
         );
         assert!(e.message.contains("not a number"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_parameters_value_is_not_in_its_coercion_error() {
+        let mut f = Fixture::new();
+        f.web.profiles[0].parameter_templates[0].secret = true;
+        let e = f
+            .run(&deployment(overrides(json!("SECRET-80"), "x")), None)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(!e.message.contains("SECRET-80"), "{e}");
+        assert!(
+            e.message
+                .starts_with("application web:1.0.0 profile default values.port: secret parameter \"port\" must be a number"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_project_policy_applies_to_every_app() {
+        let f = Fixture::new();
+        let policy: ProjectPolicy = serde_json::from_value(json!({
+            "allowedImageRegistries": ["registry.example.com/team-space"],
+            "allowedHostPorts": {"min": 8000, "max": 8999},
+            "defaultResources": {"cpus": 0.5, "memory": "128Mi"}
+        }))
+        .unwrap();
+        let r = f
+            .run_with(&policy, &deployment(overrides(json!(8081), "pw")))
+            .unwrap();
+        for a in &r.apps {
+            assert_eq!(a.containers[0].cpus, Some(0.5), "{}", a.name);
+            assert_eq!(a.containers[0].memory_bytes, Some(128 << 20), "{}", a.name);
+            assert_eq!(spec_hash(a), a.spec_hash, "the hash covers the defaults");
+        }
+        let unlimited = f
+            .run(&deployment(overrides(json!(8081), "pw")), None)
+            .unwrap();
+        assert_ne!(unlimited.apps[0].spec_hash, r.apps[0].spec_hash);
+        // The second app breaks it: named, with its field, value and the rule.
+        let mut ov = overrides(json!(8081), "pw");
+        ov[1].values = Some(json!({"port": 9091, "db": {"password": "pw"}}));
+        let e = f.run_with(&policy, &deployment(ov)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert_eq!(
+            e.message,
+            "application api:1.0.0 profile default containers[0].ports[0].hostPort: host port \
+             9091 is not allowed by the project policy: allowedHostPorts is 8000-8999"
+        );
+        let strict: ProjectPolicy = serde_json::from_value(
+            json!({"allowedImageRegistries": ["registry.example.com/other"]}),
+        )
+        .unwrap();
+        let e = f
+            .run_with(&strict, &deployment(overrides(json!(8081), "pw")))
+            .unwrap_err();
+        assert!(
+            e.message.contains("containers[0].image: \"registry.example.com/team-space/team/web:1.0\" is not allowed by the project policy: allowedImageRegistries is registry.example.com/other"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -863,6 +948,7 @@ mod tests {
                 apps: vec![&f.web, &f.api],
                 registries: &f.registries,
                 project: "default",
+                policy: &ProjectPolicy::default(),
             },
             "d-1",
             1,
@@ -969,6 +1055,7 @@ mod tests {
             apps: vec![&f.web, &f.api],
             registries: &f.registries,
             project: "default",
+            policy: &ProjectPolicy::default(),
         };
         let i = r.instance(&input, "d-1", 3, &["api".to_string()]);
         assert_eq!(i.package, "shop");

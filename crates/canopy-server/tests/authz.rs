@@ -167,6 +167,10 @@ fn entries() -> Vec<Entry> {
         e("get", "/v1/projects", AnyUser, NoBody),
         e("put", "/v1/projects/{projectName}", Admin, Json(r#"{"description":"authz"}"#)),
         e("delete", "/v1/projects/{projectName}", Admin, NoBody),
+        // The project policy: read by any role on the project (it says why a deployment is
+        // refused), set by administrators only (it restricts catalog writers and deployers).
+        e("get", "/canopy/v1/projects/{projectName}/policy", See, NoBody),
+        e("put", "/canopy/v1/projects/{projectName}/policy", Admin, Json(r#"{"allowedImageRegistries":["*"],"allowedHostPorts":{"min":1,"max":65535}}"#)),
         // Identity.
         e("post", "/canopy/v1/logout", Logout, NoBody),
         e("get", "/canopy/v1/whoami", AnyUser, NoBody),

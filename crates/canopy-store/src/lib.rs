@@ -102,6 +102,7 @@ pub struct StoredUploadFile {
 
 mod audit;
 mod fleet;
+mod policy;
 mod sealing;
 mod sql;
 mod tenancy;

@@ -17,7 +17,7 @@ use jsonschema::{Draft, Validator};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{RENDERED_MAX_BYTES, SCHEMA_JSON, TemplateError};
+use super::{SCHEMA_JSON, TemplateError};
 use crate::catalog::Registry;
 
 /// Smallest memory limit container engines accept (Docker and Podman: 6 MiB).
@@ -208,41 +208,6 @@ pub(crate) struct ReadOptions<'a> {
     /// stand-in before the document is checked (everything else, and every real value, is
     /// checked as usual). Empty when rendering for a deployment.
     pub placeholders: &'a [Value],
-}
-
-/// Reads rendered template output into container and VM specs.
-pub(crate) fn workloads_from_text(
-    text: &str,
-    opts: ReadOptions<'_>,
-) -> Result<Workloads, TemplateError> {
-    let field = "workloadTemplate";
-    if text.len() > RENDERED_MAX_BYTES {
-        return Err(TemplateError::new(
-            field,
-            format!(
-                "renders to {} bytes, more than {RENDERED_MAX_BYTES}",
-                text.len()
-            ),
-        ));
-    }
-    let mut docs = crate::yaml::parse_documents(text)
-        .map_err(|e| TemplateError::new(field, format!("does not render to valid YAML: {e}")))?;
-    let doc = match docs.len() {
-        0 => {
-            return Err(TemplateError::new(
-                field,
-                "renders to an empty document (it must define containers or vms)",
-            ));
-        }
-        1 => docs.remove(0),
-        n => {
-            return Err(TemplateError::new(
-                field,
-                format!("renders to {n} YAML documents; it must be one"),
-            ));
-        }
-    };
-    workloads_from_value(doc, opts)
 }
 
 /// Checks a rendered document (already parsed) and converts its containers and VMs.
@@ -448,6 +413,8 @@ fn schema_error(e: &jsonschema::ValidationError<'_>) -> (String, String) {
             path,
             format!("{} is not supported: VM ports are TCP only", e.instance()),
         ),
+        // The schema's own words quote the offending value whole (a list of a thousand
+        // items...): the message is shortened once secrets are masked in it.
         _ => (path, e.to_string()),
     }
 }
@@ -917,7 +884,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 }
 
 /// `host[:port]/path` of a registry root URL: the scheme, query and trailing `/` removed.
-fn registry_prefix(root_url: &str) -> String {
+pub(crate) fn registry_prefix(root_url: &str) -> String {
     let rest = root_url
         .split_once("://")
         .map_or(root_url, |(_, rest)| rest);

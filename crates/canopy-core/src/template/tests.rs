@@ -44,6 +44,7 @@ pub(super) fn ctx() -> RenderContext {
         namespace: "shop".into(),
         project: "default".into(),
         image_registry_url: None,
+        policy: None,
     }
 }
 

@@ -265,8 +265,20 @@ pub fn apply_parameter_templates(
             // The masked copy was passed instead of the real values: restore them first.
             continue;
         }
-        *slot = coerce_parameter(&t.param_type, &text)
-            .map_err(|e| param_error(t, format!("parameter {:?}: {e}", t.name)))?;
+        *slot = coerce_parameter(&t.param_type, &text).map_err(|e| {
+            if t.secret {
+                // Never the value of a secret: only what was expected.
+                param_error(
+                    t,
+                    format!(
+                        "secret parameter {:?} must be a {} (its value is not shown)",
+                        t.name, t.param_type
+                    ),
+                )
+            } else {
+                param_error(t, format!("parameter {:?}: {e}", t.name))
+            }
+        })?;
     }
     Ok(())
 }
@@ -305,6 +317,34 @@ pub fn unmask_secrets(templates: &[ParameterTemplate], new: &mut Value, previous
             _ => remove(new, &path),
         }
     }
+}
+
+/// The texts of the secret parameters' values in `sources` (override values, profile values),
+/// as given and as coerced, for [`super::TemplateError::redact`].
+pub(crate) fn secret_texts(templates: &[ParameterTemplate], sources: &[&Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in templates.iter().filter(|t| t.secret) {
+        let Ok(path) = parse_path(&t.name) else {
+            continue;
+        };
+        for source in sources {
+            let text = match get(source, &path) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => continue,
+            };
+            if let Ok(coerced) = coerce_parameter(&t.param_type, &text) {
+                match coerced {
+                    Value::String(s) => out.push(s),
+                    Value::Number(n) => out.push(n.to_string()),
+                    _ => {}
+                }
+            }
+            out.push(text);
+        }
+    }
+    out.retain(|s| !s.is_empty() && s != SECRET_MASK);
+    out
 }
 
 /// Parameters that are still unset after the merge take their `default` (coerced).

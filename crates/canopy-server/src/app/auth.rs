@@ -36,6 +36,8 @@ pub enum Access {
     FleetWrite,
     /// Organizations, projects, users, every token, the audit log.
     Admin,
+    /// Any role on the project (what the project allows, e.g. its policy).
+    ProjectRead,
 }
 
 impl Access {
@@ -46,6 +48,7 @@ impl Access {
             Access::FleetRead => "deployment read access (role <project>_ao-rw or _ao-r)",
             Access::FleetWrite => "deployment write access (role <project>_ao-rw)",
             Access::Admin => "administrator access (role canopy-admin)",
+            Access::ProjectRead => "a role on the project",
         }
     }
 }
@@ -159,6 +162,7 @@ impl Principal {
             Access::FleetRead => matches!(s, "ao-rw" | "ao-r"),
             Access::FleetWrite => s == "ao-rw",
             Access::Admin => false,
+            Access::ProjectRead => matches!(s, "cat-r" | "cat-rw" | "ao-rw" | "ao-r"),
         })
     }
 

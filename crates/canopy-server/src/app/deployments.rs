@@ -5,12 +5,15 @@
 //! deployment rows, the catalog packages' `isDeployed` flags and the fleet revision change
 //! together), and reaches the hub only after commit. The rules themselves (request checks,
 //! targeting, rendering, status folding) are in `canopy-deploy`; this module orchestrates them.
+//! Apps are rendered under the project policy read in the same transaction (`app/policy.rs`):
+//! a violation refuses the whole change.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use canopy_core::catalog::{Application, DeploymentPackage, Registry};
 use canopy_core::list::{Entity, Field};
+use canopy_core::policy::ProjectPolicy;
 use canopy_deploy::model::{
     App as ApiApp, Cluster, ClusterInfo, DeleteType, Deployment, DeploymentInstancesCluster,
     DeploymentStatus, DeploymentsStatus, State, TargetClusters,
@@ -79,6 +82,16 @@ async fn load_package(
         apps,
         registries,
     })
+}
+
+/// The project's policy as it is in this transaction (the default when none was set): apps
+/// are rendered for edges under it.
+async fn project_policy(tx: &mut CatalogTx) -> Result<ProjectPolicy, AppError> {
+    Ok(tx
+        .get_project_policy()
+        .await?
+        .map(|(p, _)| p)
+        .unwrap_or_default())
 }
 
 async fn set_deployed(
@@ -183,11 +196,13 @@ impl App {
         let name = new_name(names);
         names.insert(name.clone());
         let project = ctx.project.name.as_str();
+        let policy = project_policy(tx).await?;
         let input = PackageInput {
             package: &parts.package,
             apps: parts.apps.iter().collect(),
             registries: &parts.registries,
             project,
+            policy: &policy,
         };
         let rendered = render_deployment(&input, &norm, &id, &name, None)?;
         let mut spec = norm;
@@ -421,11 +436,13 @@ impl App {
                 }
             }
         }
+        let policy = project_policy(&mut tx).await?;
         let input = PackageInput {
             package: &parts.package,
             apps: parts.apps.iter().collect(),
             registries: &parts.registries,
             project: ctx.project.name.as_str(),
+            policy: &policy,
         };
         let rendered = render_deployment(
             &input,

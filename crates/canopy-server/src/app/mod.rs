@@ -12,6 +12,7 @@ mod edges;
 mod error;
 mod identity;
 mod login_guard;
+mod policy;
 mod resources;
 mod spool;
 mod tenancy;

@@ -14,6 +14,7 @@ mod events;
 mod fleet;
 mod identity;
 mod limits;
+mod policy;
 mod resources;
 mod tenancy;
 mod tunnels;
@@ -211,6 +212,7 @@ pub fn api_router() -> OpenApiRouter<App> {
             tenancy::delete_project
         ))
         .routes(routes!(tenancy::project_status))
+        .routes(routes!(policy::get_policy, policy::put_policy))
         .routes(routes!(identity::login))
         .routes(routes!(identity::logout))
         .routes(routes!(identity::whoami))

@@ -20,6 +20,7 @@ mod enroll_token;
 mod key;
 mod logs;
 mod output;
+mod policy;
 mod server;
 mod server_auth;
 mod server_uploads;

@@ -47,6 +47,10 @@ pub enum ProjectCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// The project policy (of `--project`): allowed image registries, host ports, resource
+    /// limits, VM file hosts.
+    #[command(subcommand)]
+    Policy(super::policy::PolicyCommand),
 }
 
 fn tenants_table(items: &[canopy_client::identity::Tenant], with_org: bool) -> Table {
@@ -123,6 +127,7 @@ pub async fn project(cmd: ProjectCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<(
             ctx.client.delete_project(&name).await?;
             writeln!(ctx.out, "deleted project {name} and everything in it")?;
         }
+        ProjectCommand::Policy(c) => super::policy::run(c, ctx).await?,
     }
     Ok(())
 }
