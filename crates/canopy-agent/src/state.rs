@@ -14,9 +14,9 @@
 //! directory itself is created with mode 0700. These are blocking calls, meant for
 //! `spawn_blocking` in async code.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use canopy_proto::{DesiredState, EnrollResponse, Generation};
@@ -197,28 +197,14 @@ impl DataDir {
         self.write_atomic(name, &bytes)
     }
 
-    /// Temporary file (0600 from its creation), write, fsync, rename, fsync the directory.
+    /// Owner-only, atomically and durably (`canopy-fs`: temporary file with mode 0600 from its
+    /// creation, write, fsync, rename, fsync of the directory).
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), AgentError> {
         let path = self.root.join(name);
-        let tmp = self.root.join(format!(".{name}.tmp"));
-        // A leftover of a crash: start afresh so the new file gets our mode.
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error("remove", &tmp, e)),
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
+        canopy_fs::AtomicFile::new(&path)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io_error("create", &tmp, e))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io_error("write", &tmp, e))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(|e| io_error("write", &path, e))?;
-        self.sync_dir()
+            .write(bytes)
+            .map_err(|e| io_error("write", &path, e))
     }
 
     fn remove(&self, name: &str) -> Result<(), AgentError> {

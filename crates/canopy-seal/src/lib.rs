@@ -49,7 +49,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -458,75 +458,26 @@ fn push_key_line(out: &mut String, id: &str, key: &[u8; KEY_LEN]) {
     out.push('\n');
 }
 
-/// Writes `content` to a new temp file (mode 0600) next to `path`, then moves it into place:
-/// replacing `path` when `replace` (keeping its owner, so a rotation run as root does not lock
-/// the server's user out), else failing with [`SealError::AlreadyExists`] if it exists.
+/// Writes `content` (mode 0600) atomically and durably through `canopy-fs`: replacing `path`
+/// when `replace` (keeping its owner, so a rotation run as root does not lock the server's user
+/// out), else failing with [`SealError::AlreadyExists`] if it exists.
 fn write_new_file(path: &Path, content: &[u8], replace: bool) -> Result<(), SealError> {
-    let io_err = |action| {
-        move |source| SealError::Io {
+    let file = canopy_fs::AtomicFile::new(path)
+        .mode(0o600)
+        .keep_owner(replace);
+    let (action, done) = if replace {
+        ("replace", file.write(content))
+    } else {
+        ("create", file.create(content))
+    };
+    done.map_err(|source| match source.kind() {
+        io::ErrorKind::AlreadyExists if !replace => SealError::AlreadyExists(path.to_path_buf()),
+        _ => SealError::Io {
             action,
             path: path.to_path_buf(),
             source,
-        }
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| KEY_FILE_NAME.to_string());
-    let (tmp, mut file) = loop {
-        let [a, b, c] = <[u8; 3]>::try_generate().map_err(|_| SealError::Random)?;
-        let tmp = dir.join(format!(".{name}.tmp-{a:02x}{b:02x}{c:02x}"));
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(&tmp) {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_err("create")(e)),
-        }
-    };
-    #[cfg(unix)]
-    let owned = if replace {
-        use std::os::unix::fs::MetadataExt as _;
-        fs::metadata(path)
-            .and_then(|m| std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid())))
-            .map_err(io_err("keep the owner of"))
-    } else {
-        Ok(())
-    };
-    #[cfg(not(unix))]
-    let owned = Ok(());
-    let written = owned
-        .and_then(|()| file.write_all(content).map_err(io_err("write")))
-        .and_then(|()| file.sync_all().map_err(io_err("write")));
-    drop(file);
-    let placed = written.and_then(|()| {
-        if replace {
-            fs::rename(&tmp, path).map_err(io_err("replace"))
-        } else {
-            // A hard link never replaces an existing file.
-            match fs::hard_link(&tmp, path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    Err(SealError::AlreadyExists(path.to_path_buf()))
-                }
-                Err(e) => Err(io_err("create")(e)),
-            }
-        }
-    });
-    // After a rename the temp name is gone; after a link (or a failure) it is removed here.
-    let _ = fs::remove_file(&tmp);
-    placed?;
-    // Make the new directory entry durable.
-    if let Ok(d) = fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+        },
+    })
 }
 
 #[cfg(test)]

@@ -260,25 +260,14 @@ fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsErro
     Ok(())
 }
 
-/// Writes `path` through a temporary file and a rename, created with `mode` (on Unix).
+/// Writes `path` atomically and durably (`canopy-fs`), with `mode` from the first byte.
 fn write_file(path: &Path, bytes: &[u8], mode: u32, what: &'static str) -> Result<(), TlsError> {
-    use std::io::Write as _;
-    let err = |source| TlsError::Write {
-        what,
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension("pem.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(&tmp).map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(err)
+    canopy_fs::AtomicFile::new(path)
+        .mode(mode)
+        .write(bytes)
+        .map_err(|source| TlsError::Write {
+            what,
+            path: path.to_owned(),
+            source,
+        })
 }

@@ -817,14 +817,13 @@ fn mem_available_kib() -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The VM's spec (its cloud-init data may hold secrets: owner only), atomically and durably.
 async fn write_spec(dir: &Path, spec: &VmSpec) -> Result<(), VmError> {
     let path = dir.join("spec.json");
-    let tmp = dir.join("spec.json.tmp");
     let json = serde_json::to_vec_pretty(spec).expect("spec serializes");
-    tokio::fs::write(&tmp, json)
-        .await
-        .map_err(VmError::io("cannot write", &tmp))?;
-    tokio::fs::rename(&tmp, &path)
+    canopy_fs::AtomicFile::new(&path)
+        .mode(0o600)
+        .write_async(json)
         .await
         .map_err(VmError::io("cannot write", &path))
 }

@@ -1708,12 +1708,10 @@ async fn read_owner(dir: &Path) -> Option<Owner> {
 
 async fn write_owner(dir: &Path, owner: &Owner) -> Result<(), String> {
     let path = dir.join(OWNER_FILE);
-    let tmp = dir.join(format!("{OWNER_FILE}.tmp"));
     let json = serde_json::to_vec_pretty(owner).expect("owner record serializes");
-    tokio::fs::write(&tmp, json)
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    tokio::fs::rename(&tmp, &path)
+    canopy_fs::AtomicFile::new(&path)
+        .mode(0o600)
+        .write_async(json)
         .await
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

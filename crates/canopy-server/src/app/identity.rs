@@ -735,8 +735,8 @@ pub async fn reset_admin_token(
         .map_err(|e| AppError::Internal(format!("cannot write {}: {e}", path.display())))?;
     let done = store.reset_admin(BOOTSTRAP_USER, ADMIN_ROLE, row).await?;
     staged
-        .persist(&path)
-        .map_err(|e| AppError::Internal(format!("cannot write {}: {}", path.display(), e.error)))?;
+        .commit()
+        .map_err(|e| AppError::Internal(format!("cannot write {}: {e}", path.display())))?;
     let what = match (done.created, done.role_restored) {
         (true, _) => "user created",
         (_, true) => "canopy-admin role restored",
@@ -766,26 +766,20 @@ pub async fn reset_admin_token(
     })
 }
 
-/// A temporary file beside `path`, readable by its owner only (`tempfile` creates it with mode
-/// 0600 and a fresh name, so no leftover can lend it another mode), written and synced.
-fn stage_private(path: &Path, content: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
-    use std::io::Write;
-    let mut tmp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))?;
-    tmp.write_all(content)?;
-    tmp.as_file().sync_all()?;
-    Ok(tmp)
+/// A file only its owner can read, prepared beside `path` (written and synced, not in place).
+fn stage_private(path: &Path, content: &[u8]) -> std::io::Result<canopy_fs::Staged> {
+    canopy_fs::AtomicFile::new(path).mode(0o600).stage(content)
 }
 
-/// Writes a file only its owner can read, atomically (see [`stage_private`]); with `replace`
+/// Writes a file only its owner can read, atomically and durably (`canopy-fs`); with `replace`
 /// false, an existing file is an error and stays as it is.
 pub(crate) fn write_private(path: &Path, content: &[u8], replace: bool) -> std::io::Result<()> {
-    let tmp = stage_private(path, content)?;
-    let done = if replace {
-        tmp.persist(path)
+    let file = canopy_fs::AtomicFile::new(path).mode(0o600);
+    if replace {
+        file.write(content)
     } else {
-        tmp.persist_noclobber(path)
-    };
-    done.map(drop).map_err(|e| e.error)
+        file.create(content)
+    }
 }
 
 #[cfg(test)]

@@ -67,18 +67,14 @@ impl Credentials {
         }
     }
 
-    /// Writes the file, readable by its owner only (`tempfile` creates it with mode 0600), and
-    /// atomically.
+    /// Writes the file, readable by its owner only, atomically and durably (`canopy-fs`).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let write = || -> std::io::Result<()> {
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-            tmp.write_all(&serde_json::to_vec_pretty(self)?)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(path).map(drop).map_err(|e| e.error)
-        };
-        write().with_context(|| format!("cannot write {}", path.display()))
+        canopy_fs::AtomicFile::new(path)
+            .mode(0o600)
+            .write(&serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// The token saved for `server`.

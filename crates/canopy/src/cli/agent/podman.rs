@@ -91,7 +91,9 @@ impl PodmanService {
         }
 
         if let Some(conf) = &settings.written {
-            std::fs::write(&conf.path, &conf.text)
+            canopy_fs::AtomicFile::new(&conf.path)
+                .mode(0o644)
+                .write(conf.text.as_bytes())
                 .with_context(|| format!("cannot write {}", conf.path.display()))?;
             warn!(
                 file = %conf.path.display(),
@@ -122,10 +124,15 @@ impl PodmanService {
             .spawn()
             .context("cannot start `podman system service` (is podman installed?)")?;
         let pid = child.id().context("podman system service exited at once")?;
-        std::fs::write(dir.join(PID_FILE), format!("{pid}\n"))
-            .with_context(|| format!("cannot write {}", dir.join(PID_FILE).display()))?;
-        std::fs::write(dir.join(SETTINGS_FILE), &stamp)
-            .with_context(|| format!("cannot write {}", dir.join(SETTINGS_FILE).display()))?;
+        for (name, content) in [
+            (PID_FILE, format!("{pid}\n")),
+            (SETTINGS_FILE, stamp.clone()),
+        ] {
+            let path = dir.join(name);
+            canopy_fs::AtomicFile::new(&path)
+                .write(content.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         let mut svc = PodmanService {
             child: Some(child),
             pid,
