@@ -977,6 +977,11 @@ fn check(
             if r.status != s {
                 problems.push(format!("got {} expected {s}: {:.300}", r.status, r.text));
             }
+            // A refusal names the role to grant with the project's own name (`p1_ao-rw`),
+            // never a placeholder.
+            if s == 403 && r.text.contains("<project>") {
+                problems.push(format!("403 names a placeholder role: {:.300}", r.text));
+            }
             if s == 401 {
                 if r.body["code"] != 16 {
                     problems.push(format!("401 body code is not 16: {:.200}", r.text));

@@ -41,14 +41,20 @@ pub enum Access {
 }
 
 impl Access {
-    fn describe(self) -> &'static str {
+    /// What the caller lacks, with the role names of `project` spelled out (`shop_ao-rw`), so
+    /// the message says exactly which role to grant.
+    fn describe(self, project: &str) -> String {
         match self {
-            Access::CatalogRead => "catalog read access (role <project>_cat-r or _cat-rw)",
-            Access::CatalogWrite => "catalog write access (role <project>_cat-rw)",
-            Access::FleetRead => "deployment read access (role <project>_ao-rw or _ao-r)",
-            Access::FleetWrite => "deployment write access (role <project>_ao-rw)",
-            Access::Admin => "administrator access (role canopy-admin)",
-            Access::ProjectRead => "a role on the project",
+            Access::CatalogRead => {
+                format!("catalog read access (role {project}_cat-r or {project}_cat-rw)")
+            }
+            Access::CatalogWrite => format!("catalog write access (role {project}_cat-rw)"),
+            Access::FleetRead => {
+                format!("deployment read access (role {project}_ao-rw or {project}_ao-r)")
+            }
+            Access::FleetWrite => format!("deployment write access (role {project}_ao-rw)"),
+            Access::Admin => "administrator access (role canopy-admin)".to_string(),
+            Access::ProjectRead => "a role on the project".to_string(),
         }
     }
 }
@@ -175,7 +181,7 @@ impl Principal {
                 "{} may not do this in project {}: it needs {}",
                 self.actor,
                 project.name,
-                access.describe()
+                access.describe(project.name.as_str())
             )))
         }
     }
@@ -188,7 +194,7 @@ impl Principal {
             Err(AppError::Forbidden(format!(
                 "{} may not do this: it needs {}",
                 self.actor,
-                Access::Admin.describe()
+                Access::Admin.describe("")
             )))
         }
     }
