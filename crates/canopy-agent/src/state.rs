@@ -79,6 +79,8 @@ impl DataDir {
                 .map_err(|e| io_error("create", &root, e))?,
             Err(e) => return Err(io_error("read", &root, e)),
         }
+        // Temporary files of a write a crash interrupted: the agent owns this directory.
+        canopy_fs::remove_leftovers(&root).map_err(|e| io_error("clean", &root, e))?;
         Ok(DataDir { root })
     }
 
@@ -290,8 +292,9 @@ mod tests {
     fn desired_state_round_trips_atomically_and_privately() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
-        // A temporary file left by a crash (with a lax mode) does not matter.
+        // A temporary file left by a crash (with a lax mode) is removed when the agent starts.
         fs::write(tmp.path().join(".desired.json.tmp"), "torn").unwrap();
+        let dir = DataDir::open(dir.path()).unwrap();
         dir.save_desired(&sample(4)).unwrap();
         assert_eq!(dir.desired().unwrap(), Some(sample(4)));
         dir.save_desired(&sample(5)).unwrap();

@@ -155,11 +155,43 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Removes the temporary files a crash left in `dir` (hidden names ending in `.tmp`, as
+/// [`AtomicFile`] and earlier versions of Canopy name them) and returns how many. Only for a
+/// directory one process owns (behind a lock): another writer's temporary file would be
+/// taken from under it.
+pub fn remove_leftovers(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") && entry.file_type()?.is_file() {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     #[cfg(unix)]
     use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn leftovers_of_a_crash_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [".a.json.tmp", ".a.json.x1Yz.tmp", "a.json", ".hidden", "b.tmp"] {
+            std::fs::write(dir.path().join(n), "x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(".d.tmp")).unwrap();
+        assert_eq!(remove_leftovers(dir.path()).unwrap(), 2);
+        assert_eq!(names(dir.path()), [".d.tmp", ".hidden", "a.json", "b.tmp"]);
+    }
 
     fn names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
