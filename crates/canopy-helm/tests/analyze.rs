@@ -131,7 +131,9 @@ async fn the_pair_talks_by_service_name() {
         .iter()
         .find(|e| e.name == "BACKEND_URL")
         .unwrap();
-    assert_eq!(url.value.as_deref(), Some("pair-backend:8080"));
+    // The Service's port (80), which the edge remaps to the container's (8080).
+    assert_eq!(url.value.as_deref(), Some("pair-backend:80"));
+    assert_eq!(backend.ports[0].port, 80);
     let token = fetcher.env.iter().find(|e| e.name == "API_TOKEN").unwrap();
     assert!(token.secret);
     let nodeport = m
