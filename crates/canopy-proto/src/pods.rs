@@ -198,7 +198,7 @@ pub struct EnvVar {
 }
 
 /// `fieldRef` values known only where the pod runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PodField {
     /// `metadata.name`: the pod's (container's) name on the edge.
     PodName,

@@ -302,6 +302,19 @@ impl DockerDriver {
         &self,
         extra: &[(&str, &str)],
     ) -> Result<Vec<String>, DriverError> {
+        Ok(self
+            .list_volumes_labelled(extra)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Canopy volumes (of this scope) with the extra labels, with all their labels.
+    pub(super) async fn list_volumes_labelled(
+        &self,
+        extra: &[(&str, &str)],
+    ) -> Result<Vec<(String, HashMap<String, String>)>, DriverError> {
         let options = ListVolumesOptions {
             filters: Some(names::filters(self.scope(), extra)),
         };
@@ -323,7 +336,7 @@ impl DockerDriver {
                     .iter()
                     .all(|(k, val)| label_is(Some(&v.labels), k, val))
             })
-            .map(|v| v.name)
+            .map(|v| (v.name, v.labels))
             .collect())
     }
 
