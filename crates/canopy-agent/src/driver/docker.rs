@@ -461,7 +461,15 @@ impl DockerDriver {
                 garbage.push(c);
             }
         }
-        self.failures.retain(&wanted);
+        // Containers of desired Helm apps may not exist (their create failed): remembered by
+        // their app's name prefix.
+        let pod_prefixes: Vec<String> = pod_apps
+            .iter()
+            .map(|(d, a)| format!("{}_", names::pod_app_prefix(self.scope(), d, a)))
+            .collect();
+        self.failures.retain_where(|name| {
+            wanted.contains(name) || pod_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        });
         if mode == Mode::Apply {
             // Before converging, so that names and host ports of old containers are free.
             if self.scope.is_some() {

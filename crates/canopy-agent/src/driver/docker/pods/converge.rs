@@ -378,10 +378,10 @@ impl DockerDriver {
                 self.pods.arch
             )
         })?;
+        // The tag in `repo`: Podman ignores `tag` on imports.
         let options = CreateImageOptions {
             from_src: Some("-".into()),
-            repo: Some(pause::REPOSITORY.into()),
-            tag: Some(pause::TAG.into()),
+            repo: Some(pause::IMAGE.into()),
             ..Default::default()
         };
         let import = self
@@ -391,6 +391,19 @@ impl DockerDriver {
         self.call("import", &target, IMPORT_TIMEOUT, import)
             .await
             .map_err(|e| e.chain())?;
+        self.call(
+            "inspect",
+            &target,
+            API_TIMEOUT,
+            self.docker.inspect_image(pause::IMAGE),
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "the engine imported the pause image under another name: {}",
+                e.chain()
+            )
+        })?;
         info!(image = pause::IMAGE, arch = %self.pods.arch, "imported the pause image of pods");
         *ready = true;
         Ok(())

@@ -15,11 +15,8 @@
 
 use std::io::Write;
 
-/// The image the agent imports and runs as every pod's infra container.
-pub const REPOSITORY: &str = "localhost/canopy-pause";
-/// Its tag: bumped whenever the executable changes.
-pub const TAG: &str = "1";
-/// `REPOSITORY:TAG`.
+/// The image the agent imports and runs as every pod's infra container (its tag is bumped
+/// whenever the executable changes).
 pub const IMAGE: &str = "localhost/canopy-pause:1";
 /// The executable's path in the image.
 pub const ENTRYPOINT: &str = "/pause";

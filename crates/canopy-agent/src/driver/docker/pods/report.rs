@@ -306,7 +306,14 @@ pub fn judge(p: &PodView) -> Verdict {
 
 fn container_report(m: &MemberView) -> WorkloadStatus {
     let exited = matches!(m.state.as_str(), "exited" | "stopped" | "dead");
+    let reason = match (exited, m.exit_code) {
+        (true, _) if m.oom_killed => "OOMKilled",
+        (true, Some(0)) => "Completed",
+        (true, _) => "Error",
+        _ => "",
+    };
     WorkloadStatus {
+        reason: reason.into(),
         kind: "container".into(),
         name: m.name.clone(),
         image: m.image.clone(),
