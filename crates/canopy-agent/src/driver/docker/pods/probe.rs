@@ -247,7 +247,8 @@ impl Prober {
 
     /// The containers to probe from now on (every running container with a probe, of every
     /// Helm app): state is kept for those that run on as they were, reset for a container that
-    /// started again, dropped for the others.
+    /// started again (but not its restart count), dropped for the others unless the prober is
+    /// restarting them.
     pub fn set(&self, specs: Vec<Spec>) {
         let any = !specs.is_empty();
         {
@@ -265,6 +266,9 @@ impl Prober {
                 };
                 targets.insert(target.spec.id.clone(), target);
             }
+            // A container the prober is restarting is not running for a while: keep its
+            // restart count (reported, and the backoff of its next restart).
+            targets.extend(old.into_iter().filter(|(_, t)| t.restarting));
         }
         if any {
             self.ensure_running();
@@ -684,6 +688,9 @@ mod tests {
         let s = prober.status("id").unwrap();
         assert_eq!(s.restarts, 1);
         assert_eq!(s.last_restart, "liveness probe failed 2 times: x");
+        // Not running while it restarts: not forgotten.
+        prober.set(Vec::new());
+        assert_eq!(prober.status("id").map(|s| s.restarts), Some(1));
         // Failing again at once: backing off, no second restart yet.
         settle(inner, Done::Restart("id".into(), Ok(())));
         settle(
