@@ -266,6 +266,38 @@ impl World {
             .collect()
     }
 
+    /// This scope's volumes labelled `io.canopy.keep=true`: `(volume, claim)`, sorted.
+    async fn kept_volumes(&self) -> Vec<(String, String)> {
+        let list = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![
+                        format!("io.canopy.scope={}", self.scope),
+                        "io.canopy.keep=true".to_string(),
+                    ],
+                )])),
+            }))
+            .await
+            .unwrap();
+        let mut out: Vec<(String, String)> = list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| {
+                let claim = v
+                    .labels
+                    .get("io.canopy.volume")
+                    .cloned()
+                    .unwrap_or_default();
+                (v.name, claim)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     async fn networks(&self) -> Vec<String> {
         let list = self
             .docker
@@ -321,6 +353,14 @@ impl World {
 
     /// Deletes the app (an empty desired state) and checks nothing of it is left.
     async fn delete_and_check_nothing_left(&self) {
+        let kept = self.delete_and_check_only_kept().await;
+        assert!(kept.is_empty(), "kept volumes: {kept:?}");
+    }
+
+    /// Deletes the app (an empty desired state) and checks nothing of it is left but the
+    /// volumes labelled as kept: `(volume, claim)` of those (still there after a few more
+    /// passes).
+    async fn delete_and_check_only_kept(&self) -> Vec<(String, String)> {
         let empty = DesiredState {
             generation: Generation(1000),
             ..Default::default()
@@ -333,8 +373,17 @@ impl World {
                 self.volumes().await,
                 self.networks().await,
             );
+            let kept = self.kept_volumes().await;
+            let v: Vec<String> = v
+                .into_iter()
+                .filter(|v| !kept.iter().any(|(k, _)| k == v))
+                .collect();
             if c.is_empty() && v.is_empty() && n.is_empty() {
-                return;
+                for _ in 0..2 {
+                    self.driver.apply(&empty).await.unwrap();
+                }
+                assert_eq!(self.kept_volumes().await, kept, "a kept volume was removed");
+                return kept;
             }
             assert!(
                 start.elapsed() < DEADLINE,
@@ -358,6 +407,29 @@ impl Drop for Cleanup {
             tokio::runtime::Handle::current().block_on(async {
                 let d = connect(&host, &scope).await;
                 let _ = d.apply(&DesiredState::default()).await;
+                // Kept claims too: the scope is this test's alone.
+                let Ok(docker) = Docker::connect_with_host(&host) else {
+                    return;
+                };
+                let filters = HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("io.canopy.scope={scope}")],
+                )]);
+                if let Ok(list) = docker
+                    .list_volumes(Some(ListVolumesOptions {
+                        filters: Some(filters),
+                    }))
+                    .await
+                {
+                    for v in list.volumes.unwrap_or_default() {
+                        let _ = docker
+                            .remove_volume(
+                                &v.name,
+                                None::<bollard::query_parameters::RemoveVolumeOptions>,
+                            )
+                            .await;
+                    }
+                }
             })
         });
     }
@@ -556,7 +628,10 @@ async fn stateful_set_job_daemon_set_and_claims_survive_upgrades() {
         scope: w.scope.clone(),
     };
     let app_of = |pods| w.desired(1, "st", pods);
-    let v1 = app_of(w.pods("canopy-stateful", "st", json!({})).await);
+    let v1 = app_of(
+        w.pods("canopy-stateful", "st", json!({"keepShared": true}))
+            .await,
+    );
     let app = w
         .apply_until(&v1, "the stateful app running, its Pod done", |a| {
             running(a)
@@ -609,8 +684,12 @@ async fn stateful_set_job_daemon_set_and_claims_survive_upgrades() {
     let v2 = w.desired(
         2,
         "st",
-        w.pods("canopy-stateful", "st", json!({"seed": "second line"}))
-            .await,
+        w.pods(
+            "canopy-stateful",
+            "st",
+            json!({"seed": "second line", "keepShared": true}),
+        )
+        .await,
     );
     w.apply_until(&v2, "the changed Job done", |a| {
         running(a)
@@ -641,7 +720,7 @@ async fn stateful_set_job_daemon_set_and_claims_survive_upgrades() {
         w.pods(
             "canopy-stateful",
             "st",
-            json!({"seed": "second line", "storage": "32Mi"}),
+            json!({"seed": "second line", "storage": "32Mi", "keepShared": true}),
         )
         .await,
     );
@@ -670,7 +749,7 @@ async fn stateful_set_job_daemon_set_and_claims_survive_upgrades() {
         w.pods(
             "canopy-stateful",
             "st",
-            json!({"seed": "third line", "storage": "32Mi", "seedExit": 3, "seedBackoffLimit": 0}),
+            json!({"seed": "third line", "storage": "32Mi", "seedExit": 3, "seedBackoffLimit": 0, "keepShared": true}),
         )
         .await,
     );
@@ -702,6 +781,24 @@ async fn stateful_set_job_daemon_set_and_claims_survive_upgrades() {
         .count();
     assert_eq!(attempts, 1, "backoffLimit 0: one attempt");
 
+    // Deleted: everything goes but the claim that asked to be kept (`keepShared`, Helm's
+    // `helm.sh/resource-policy: keep`), with its data; the StatefulSet's own claims go.
+    let kept = w.delete_and_check_only_kept().await;
+    assert_eq!(
+        kept.iter()
+            .map(|(_, claim)| claim.as_str())
+            .collect::<Vec<_>>(),
+        vec!["st-canopy-stateful-shared"]
+    );
+    for (volume, _) in &kept {
+        w.docker
+            .remove_volume(
+                volume,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+            .unwrap();
+    }
     w.delete_and_check_nothing_left().await;
 }
 

@@ -181,6 +181,18 @@ async fn statefulset_claims_job_and_skipped_kinds() {
         .unwrap();
     assert_eq!(job.job.as_ref().unwrap().backoff_limit, 2);
     assert_eq!(m.claims[0].name, "st-canopy-stateful-shared");
+    assert!(!m.claims[0].keep);
+    let kept = model_of(
+        &helm,
+        "canopy-stateful",
+        "st",
+        "demo",
+        json!({"keepShared": true}),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(kept.claims[0].keep, "helm.sh/resource-policy: keep");
     assert!(
         !m.workloads.iter().any(|w| w.name.ends_with("post-install")),
         "hooks are not run"

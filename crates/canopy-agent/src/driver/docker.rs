@@ -941,10 +941,14 @@ impl DockerDriver {
         }
         match self.list_volumes_labelled(&[]).await {
             Ok(list) => {
-                // A Helm app's volumes are its pass's to keep or remove while it is desired.
+                // A Helm app's volumes are its pass's to keep or remove while it is desired;
+                // a claim that asked to outlive it is never removed.
                 let unwanted = list.into_iter().filter(|(v, labels)| {
                     let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
                     if label(names::POD_APP) == "true" {
+                        if label(names::KEEP) == "true" {
+                            return false;
+                        }
                         !pod_apps.contains(&(label(names::DEPLOYMENT), label(names::APP)))
                     } else {
                         !volumes.contains(v)

@@ -57,6 +57,9 @@ pub const JOB_START: &str = "io.canopy.job-start";
 pub const SERVICE: &str = "io.canopy.service";
 /// `claim`, `empty-dir` or `files` (volumes of pod apps).
 pub const VOLUME_KIND: &str = "io.canopy.volume-kind";
+/// `true` on the volume of a claim that outlives its app (`Claim::keep`): garbage collection
+/// leaves it alone.
+pub const KEEP: &str = "io.canopy.keep";
 
 /// Maps `s` onto the characters engines accept in object names (`[a-z0-9_.-]`), lowercased.
 /// Canopy's own identifiers already qualify; this only guards against surprises.

@@ -331,16 +331,16 @@ impl DockerDriver {
                 })
                 .map(|w| w.name.as_str())
                 .unwrap_or_default();
-            let labels = names::pod_app_labels(
-                self.scope(),
-                cx.dep,
-                cx.app,
-                &[
-                    (names::VOLUME, claim),
-                    (names::VOLUME_KIND, VolumeKind::Claim.label()),
-                    (names::WORKLOAD, workload),
-                ],
-            );
+            let keep = cx.pods.claims.iter().any(|c| c.name == *claim && c.keep);
+            let mut extra = vec![
+                (names::VOLUME, claim.as_str()),
+                (names::VOLUME_KIND, VolumeKind::Claim.label()),
+                (names::WORKLOAD, workload),
+            ];
+            if keep {
+                extra.push((names::KEEP, "true"));
+            }
+            let labels = names::pod_app_labels(self.scope(), cx.dep, cx.app, &extra);
             self.ensure_volume(volume, labels)
                 .await
                 .map_err(|e| e.chain())?;
