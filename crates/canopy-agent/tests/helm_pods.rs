@@ -273,18 +273,21 @@ impl World {
             .list_volumes(Some(ListVolumesOptions {
                 filters: Some(HashMap::from([(
                     "label".to_string(),
-                    vec![
-                        format!("io.canopy.scope={}", self.scope),
-                        "io.canopy.keep=true".to_string(),
-                    ],
+                    vec![format!("io.canopy.scope={}", self.scope)],
                 )])),
             }))
             .await
             .unwrap();
+        // Checked here: Podman ORs several label filters of a volume list.
+        let label = |v: &bollard::models::Volume, k: &str| v.labels.get(k).cloned();
         let mut out: Vec<(String, String)> = list
             .volumes
             .unwrap_or_default()
             .into_iter()
+            .filter(|v| {
+                label(v, "io.canopy.scope").as_deref() == Some(self.scope.as_str())
+                    && label(v, "io.canopy.keep").as_deref() == Some("true")
+            })
             .map(|v| {
                 let claim = v
                     .labels
@@ -421,7 +424,10 @@ impl Drop for Cleanup {
                     }))
                     .await
                 {
-                    for v in list.volumes.unwrap_or_default() {
+                    let ours = |v: &bollard::models::Volume| {
+                        v.labels.get("io.canopy.scope") == Some(&scope)
+                    };
+                    for v in list.volumes.unwrap_or_default().into_iter().filter(ours) {
                         let _ = docker
                             .remove_volume(
                                 &v.name,
