@@ -1303,11 +1303,11 @@ impl DockerDriver {
                     if stale {
                         let _ = self.stop_and_remove(container).await;
                     }
-                    if stale || !existing.contains_key(container) {
-                        if let Err(why) = self.create_service_container(cx, s, container).await {
-                            problems.push(format!("service {}: {why}", s.name));
-                            continue;
-                        }
+                    if (stale || !existing.contains_key(container))
+                        && let Err(why) = self.create_service_container(cx, s, container).await
+                    {
+                        problems.push(format!("service {}: {why}", s.name));
+                        continue;
                     }
                 }
                 let i = self.inspect(container).await.ok().flatten();

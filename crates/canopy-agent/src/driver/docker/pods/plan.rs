@@ -358,6 +358,10 @@ pub fn dns_forms(name: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
+/// A Service port as planned: `(port, UDP, node port, (workload, target port) for each selected
+/// workload)`.
+type PortTargets = (u16, bool, Option<u16>, Vec<(usize, u16)>);
+
 /// Works out how Service `s` is reached (see the module doc).
 fn service(
     cx: &Context<'_>,
@@ -388,7 +392,7 @@ fn service(
         })
         .sum();
     // Each port's target port per selected workload (a name is resolved in each workload).
-    let mut ports: Vec<(u16, bool, Option<u16>, Vec<(usize, u16)>)> = Vec::new();
+    let mut ports: Vec<PortTargets> = Vec::new();
     let mut remapped = false;
     for p in &s.ports {
         let mut targets = Vec::new();

@@ -384,12 +384,8 @@ fn settle(inner: &Inner, done: Done) -> Option<Spec> {
                 }
             }
             Done::Probe(id, kind, r) => {
-                let Some(t) = targets.get_mut(&id) else {
-                    return None;
-                };
-                let Some(p) = t.spec.probe(kind).cloned() else {
-                    return None;
-                };
+                let t = targets.get_mut(&id)?;
+                let p = t.spec.probe(kind).cloned()?;
                 let tr = &mut t.tracks[kind.index()];
                 tr.in_flight = false;
                 tr.next = Some(
