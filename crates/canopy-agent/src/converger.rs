@@ -38,6 +38,13 @@ pub trait Converger: Send + Sync {
         String::new()
     }
 
+    /// Completes when the driver learnt, between passes, something a report would show (a
+    /// Helm pod's readiness changed, a probe restarted a container): the loop then runs a pass
+    /// at once. Never, by default.
+    fn changed(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
     /// Opens the local end of a tunnel to one of `desired`'s workloads. Unlike `apply` and
     /// `observe`, calls may overlap each other and a pass (tunnels live for minutes). A target
     /// that is not in `desired`, or that this driver does not run, is an error naming it.
@@ -67,6 +74,10 @@ impl Converger for DockerDriver {
 
     fn engine(&self) -> String {
         DockerDriver::engine(self).to_string()
+    }
+
+    async fn changed(&self) {
+        DockerDriver::changed(self).await
     }
 }
 

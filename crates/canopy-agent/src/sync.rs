@@ -11,7 +11,8 @@
 //!   never applied);
 //! - the **converger** owns the driver, so passes never overlap: it applies a new desired state
 //!   at once, applies again every `converge_interval` while some app is not `RUNNING`, and
-//!   otherwise only observes, every heartbeat; each pass publishes the apps' statuses;
+//!   otherwise only observes, every heartbeat, or at once when the driver says something
+//!   changed between passes (a Helm pod's probes); each pass publishes the apps' statuses;
 //! - the **reporter** sends a status report when those statuses change and at least every
 //!   heartbeat, with a sequence number that grows across restarts;
 //! - the **tunnel loop** ([`crate::tunnel`]) long-polls tunnel requests and opens consoles and
@@ -726,6 +727,8 @@ async fn converge_loop<C: Converger>(
                 }
             }
             () = sleep_or_forever(wait) => {}
+            // A Helm pod's readiness changed, or a probe restarted a container: say so now.
+            () = converger.changed(), if current.is_some() => {}
         }
     }
 }

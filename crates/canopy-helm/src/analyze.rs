@@ -484,6 +484,12 @@ impl Analyzer<'_> {
             template: d.source.clone(),
             size_bytes: size,
             access_modes: spec.access_modes.unwrap_or_default(),
+            keep: pvc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("helm.sh/resource-policy"))
+                .is_some_and(|p| p.trim() == "keep"),
         })
     }
 

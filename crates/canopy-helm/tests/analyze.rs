@@ -131,7 +131,9 @@ async fn the_pair_talks_by_service_name() {
         .iter()
         .find(|e| e.name == "BACKEND_URL")
         .unwrap();
-    assert_eq!(url.value.as_deref(), Some("pair-backend:8080"));
+    // The Service's port (80), which the edge remaps to the container's (8080).
+    assert_eq!(url.value.as_deref(), Some("pair-backend:80"));
+    assert_eq!(backend.ports[0].port, 80);
     let token = fetcher.env.iter().find(|e| e.name == "API_TOKEN").unwrap();
     assert!(token.secret);
     let nodeport = m
@@ -179,6 +181,18 @@ async fn statefulset_claims_job_and_skipped_kinds() {
         .unwrap();
     assert_eq!(job.job.as_ref().unwrap().backoff_limit, 2);
     assert_eq!(m.claims[0].name, "st-canopy-stateful-shared");
+    assert!(!m.claims[0].keep);
+    let kept = model_of(
+        &helm,
+        "canopy-stateful",
+        "st",
+        "demo",
+        json!({"keepShared": true}),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(kept.claims[0].keep, "helm.sh/resource-policy: keep");
     assert!(
         !m.workloads.iter().any(|w| w.name.ends_with("post-install")),
         "hooks are not run"

@@ -554,14 +554,16 @@ pub struct AppStatus {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadStatus {
-    /// `container` or `vm`.
+    /// `container`, `vm`, or `pod` (a pod of a Helm app, with its `containers`).
     pub kind: String,
-    /// The container's or VM's name as in the template.
+    /// The container's or VM's name as in the template; a pod's name (unique on the edge within
+    /// the app, stable while its workload's spec does not change).
     pub name: String,
     /// Container image, or the VM's boot image URL.
     pub image: String,
     /// Containers: the engine's state (created, running, exited, ...). VMs: the reference's
-    /// `VirtualMachine` state (`RUNNING`, `STOPPED`, `STARTING`, `ERROR_IMAGE_PULL`, ...).
+    /// `VirtualMachine` state (`RUNNING`, `STOPPED`, `STARTING`, `ERROR_IMAGE_PULL`, ...). Pods:
+    /// Kubernetes' phase (`Pending`, `Running`, `Succeeded`, `Failed`).
     pub state: String,
     /// Why the workload is not running, when known (pull error, exit reason, QEMU error).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -588,6 +590,28 @@ pub struct WorkloadStatus {
     pub restarts: u32,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// Pods of Helm apps (`kind: "pod"`): the pod's containers, init containers first (each
+    /// `kind: "container"`). Empty for every other kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<WorkloadStatus>,
+    /// Pods and their containers: ready (running, and its readiness probe passes). `None` for
+    /// native containers and VMs (their `health` says it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// Pods' containers: Kubernetes' reason for the state (`ContainerCreating`,
+    /// `PodInitializing`, `CrashLoopBackOff`, `ErrImagePull`, `Completed`, `Error`, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Pods' containers: an init container (ran to completion before the others).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
+    /// Pods: the kind of the chart's workload that made the pod (`Deployment`, `StatefulSet`,
+    /// `DaemonSet`, `Pod`, `Job`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner_kind: String,
+    /// Pods: the name of that workload.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 #[cfg(test)]

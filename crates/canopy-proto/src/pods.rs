@@ -198,7 +198,7 @@ pub struct EnvVar {
 }
 
 /// `fieldRef` values known only where the pod runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PodField {
     /// `metadata.name`: the pod's (container's) name on the edge.
     PodName,
@@ -397,6 +397,10 @@ pub struct Claim {
     pub size_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_modes: Vec<String>,
+    /// The claim asks to outlive its release (Helm's annotation
+    /// `helm.sh/resource-policy: keep`): its volume is not removed with the app.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
 }
 
 /// How a service is reached.

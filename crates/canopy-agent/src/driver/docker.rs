@@ -40,6 +40,7 @@ use super::status::{self, Seen};
 mod engine;
 mod failures;
 mod hints;
+mod pods;
 mod report;
 
 use failures::Failures;
@@ -76,6 +77,8 @@ pub struct DockerDriver {
     failures: Arc<Failures>,
     /// Objects of an earlier release already mentioned in the log.
     noted: Arc<Mutex<HashSet<String>>>,
+    /// Helm apps' probes, service proxy and pause image (see `pods`).
+    pods: Arc<pods::PodRuntime>,
 }
 
 /// Whether a pass may change anything.
@@ -85,11 +88,16 @@ enum Mode {
     Observe,
 }
 
-/// What one pass learnt once and reuses (networks and images are shared between apps).
+/// What one pass learnt once and reuses (networks and images are shared between apps), and
+/// what it gathers for after the apps (Helm apps' probes and proxy owners).
 #[derive(Default)]
 struct PassCache {
     networks: HashMap<String, Result<(), String>>,
     images: HashMap<String, Result<(), String>>,
+    /// Running containers of Helm pods with probes.
+    probes: Vec<pods::probe::Spec>,
+    /// Helm apps converged (`<deployment>/<app>`): the proxy's listeners of others end.
+    pod_owners: HashSet<String>,
 }
 
 impl DockerDriver {
@@ -155,6 +163,7 @@ impl DockerDriver {
             .await
             .map_err(|_| unreachable(Some("no answer to /version".into())))?
             .map_err(|e| unreachable(Some(Box::new(e))))?;
+        let arch = version.arch.clone().unwrap_or_default();
         let components = version.components.unwrap_or_default();
         let podman = components.iter().any(|c| c.name.contains("Podman"));
         let engine = components
@@ -162,7 +171,9 @@ impl DockerDriver {
             .map(|c| format!("{} {}", c.name, c.version))
             .unwrap_or_else(|| format!("engine {}", version.version.unwrap_or_default()));
         info!(address = %address, engine = %engine, "connected to container engine");
+        let pods = Arc::new(pods::PodRuntime::new(docker.clone(), arch));
         Ok(DockerDriver {
+            pods,
             docker,
             endpoint,
             address,
@@ -217,6 +228,24 @@ impl DockerDriver {
     /// The address the driver is connected to.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Completes when something a report would show changed between passes (a Helm pod's
+    /// readiness, a restart by its liveness probe), so the agent reports it without waiting for
+    /// its next pass.
+    pub async fn changed(&self) {
+        self.pods.changed.notified().await;
+    }
+
+    /// The engine name of container `container` of pod `pod` of Helm app `app`.
+    pub fn pod_container_name(
+        &self,
+        deployment_id: &str,
+        app: &str,
+        pod: &str,
+        container: &str,
+    ) -> String {
+        names::pod_container_name(self.scope(), deployment_id, app, pod, Some(container))
     }
 
     /// One convergence pass: removes Canopy containers that are no longer desired, then for each
@@ -326,6 +355,60 @@ impl DockerDriver {
         Ok(Box::pin(stream))
     }
 
+    /// The engine name of the container a log request names in Helm app `app`: `pod/container`,
+    /// a pod (its first container, init containers aside), or a container name (in the first
+    /// pod, by name, that has it), as `kubectl logs` takes them.
+    pub async fn find_pod_container(
+        &self,
+        deployment_id: &str,
+        app: &str,
+        workload: &str,
+    ) -> Result<String, DriverError> {
+        let list = self
+            .list_containers(&[
+                (names::DEPLOYMENT, deployment_id),
+                (names::APP, app),
+                (names::POD_APP, "true"),
+            ])
+            .await?;
+        let mut candidates: Vec<(String, String, String, String)> = list
+            .iter()
+            .map(|c| {
+                let label = |k: &str| {
+                    c.labels
+                        .as_ref()
+                        .and_then(|l| l.get(k))
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                (
+                    label(names::POD),
+                    label(names::ROLE),
+                    label(names::CONTAINER),
+                    summary_name(c),
+                )
+            })
+            .filter(|(_, role, _, _)| role == "container" || role == "init")
+            .collect();
+        candidates.sort_by(|a, b| {
+            (&a.0, a.1 != "container", &a.2).cmp(&(&b.0, b.1 != "container", &b.2))
+        });
+        let found = match workload.split_once('/') {
+            Some((pod, container)) => candidates
+                .iter()
+                .find(|(p, _, c, _)| p == pod && c == container),
+            None => candidates
+                .iter()
+                .find(|(p, role, _, _)| p == workload && role == "container")
+                .or_else(|| candidates.iter().find(|(_, _, c, _)| c == workload)),
+        };
+        found
+            .map(|(_, _, _, name)| name.clone())
+            .ok_or_else(|| DriverError::NoSuchWorkload {
+                what: format!("container {workload} of app {app} (deployment {deployment_id})"),
+            })
+    }
+
     async fn pass(
         &self,
         desired: &DesiredState,
@@ -334,21 +417,59 @@ impl DockerDriver {
     ) -> Result<Vec<AppStatus>, DriverError> {
         let desired = &with_pod_restarts(desired);
         let existing = self.list_containers(&[]).await?;
-        let wanted: HashSet<String> = desired
+        let native = |a: &AppInstance| a.pods.is_none();
+        let mut wanted: HashSet<String> = desired
             .deployments
             .iter()
             .flat_map(|d| {
-                d.apps.iter().flat_map(move |a| {
+                d.apps.iter().filter(|a| native(a)).flat_map(move |a| {
                     a.containers
                         .iter()
                         .map(move |c| self.container_name(&d.deployment_id, &a.name, &c.name))
                 })
             })
             .collect();
-        self.failures.retain(&wanted);
-        let (keep, garbage): (Vec<_>, Vec<_>) = existing
-            .into_iter()
-            .partition(|c| wanted.contains(&summary_name(c)));
+        // Helm apps' containers go to their app's pass (which removes the pods it no longer
+        // wants); those of Helm apps no longer desired are garbage.
+        let pod_apps: HashSet<(&str, &str)> = desired
+            .deployments
+            .iter()
+            .flat_map(|d| {
+                d.apps
+                    .iter()
+                    .filter(|a| !native(a))
+                    .map(move |a| (d.deployment_id.as_str(), a.name.as_str()))
+            })
+            .collect();
+        let mut pod_objects: HashMap<(String, String), Vec<ContainerSummary>> = HashMap::new();
+        let mut keep = Vec::new();
+        let mut garbage = Vec::new();
+        for c in existing {
+            let labels = c.labels.as_ref();
+            let label = |k: &str| labels.and_then(|l| l.get(k)).cloned().unwrap_or_default();
+            if label(names::POD_APP) == "true" {
+                let key = (label(names::DEPLOYMENT), label(names::APP));
+                if pod_apps.contains(&(key.0.as_str(), key.1.as_str())) {
+                    wanted.insert(summary_name(&c));
+                    pod_objects.entry(key).or_default().push(c);
+                } else {
+                    garbage.push(c);
+                }
+            } else if wanted.contains(&summary_name(&c)) {
+                keep.push(c);
+            } else {
+                garbage.push(c);
+            }
+        }
+        // Containers of desired Helm apps may not exist (their create failed): remembered by
+        // their app's name prefix.
+        let pod_prefixes: Vec<String> = pod_apps
+            .iter()
+            .map(|(d, a)| format!("{}_", names::pod_app_prefix(self.scope(), d, a)))
+            .collect();
+        self.failures.retain_where(|name| {
+            wanted.contains(name) || pod_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        });
         if mode == Mode::Apply {
             // Before converging, so that names and host ports of old containers are free.
             if self.scope.is_some() {
@@ -377,16 +498,38 @@ impl DockerDriver {
                     app = %app.name
                 );
                 let waiting = deps::waiting_on(dep, app, &states, reported, |a| !a.vms.is_empty());
-                let status = self
-                    .converge_app(dep, app, problem, waiting, &by_name, &mut cache, mode)
-                    .instrument(span)
-                    .await;
+                let status = match &app.pods {
+                    Some(pods) => {
+                        let key = (dep.deployment_id.clone(), app.name.clone());
+                        let found = pod_objects.get(&key).map(Vec::as_slice).unwrap_or_default();
+                        self.converge_pod_app(
+                            dep,
+                            app,
+                            pods,
+                            &desired.controls,
+                            problem,
+                            waiting,
+                            found,
+                            &mut cache,
+                            mode,
+                        )
+                        .instrument(span)
+                        .await
+                    }
+                    None => {
+                        self.converge_app(dep, app, problem, waiting, &by_name, &mut cache, mode)
+                            .instrument(span)
+                            .await
+                    }
+                };
                 states.insert(&app.name, status.state);
                 statuses[i] = Some(status);
             }
             out.extend(statuses.into_iter().flatten());
         }
 
+        self.pods.prober.set(std::mem::take(&mut cache.probes));
+        self.pods.proxy.retain(&cache.pod_owners);
         if mode == Mode::Apply {
             self.collect_volumes_and_networks(desired).await;
         }
@@ -782,9 +925,13 @@ impl DockerDriver {
     async fn collect_volumes_and_networks(&self, desired: &DesiredState) {
         let mut volumes = HashSet::new();
         let mut networks = HashSet::new();
+        let mut pod_apps: HashSet<(String, String)> = HashSet::new();
         for d in &desired.deployments {
             for a in &d.apps {
                 networks.insert(self.network_name(&d.project, &a.namespace));
+                if a.pods.is_some() {
+                    pod_apps.insert((d.deployment_id.clone(), a.name.clone()));
+                }
                 for c in &a.containers {
                     for v in &c.volumes {
                         volumes.insert(self.volume_name(&d.deployment_id, &a.name, &v.name));
@@ -792,9 +939,22 @@ impl DockerDriver {
                 }
             }
         }
-        match self.list_volumes(&[]).await {
+        match self.list_volumes_labelled(&[]).await {
             Ok(list) => {
-                for v in list.into_iter().filter(|v| !volumes.contains(v)) {
+                // A Helm app's volumes are its pass's to keep or remove while it is desired;
+                // a claim that asked to outlive it is never removed.
+                let unwanted = list.into_iter().filter(|(v, labels)| {
+                    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+                    if label(names::POD_APP) == "true" {
+                        if label(names::KEEP) == "true" {
+                            return false;
+                        }
+                        !pod_apps.contains(&(label(names::DEPLOYMENT), label(names::APP)))
+                    } else {
+                        !volumes.contains(v)
+                    }
+                });
+                for (v, _) in unwanted {
                     if let Err(e) = self.remove_volume(&v).await {
                         warn!(volume = %v, error = %e.chain(), "cannot remove unused volume yet");
                     }

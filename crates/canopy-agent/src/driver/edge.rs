@@ -208,6 +208,13 @@ impl Converger for EdgeDriver {
         self.vms.accelerator().to_string()
     }
 
+    async fn changed(&self) {
+        match self.containers() {
+            Some(d) => d.changed().await,
+            None => std::future::pending().await,
+        }
+    }
+
     async fn open_tunnel(
         &self,
         desired: &DesiredState,
@@ -244,12 +251,31 @@ impl Converger for EdgeDriver {
                 follow,
                 tail,
             } => {
-                let desired_container = desired
+                let desired_app = desired
                     .deployments
                     .iter()
                     .filter(|d| &d.deployment_id == deployment_id)
                     .flat_map(|d| d.apps.iter().filter(|a| &a.name == app))
-                    .any(|a| a.containers.iter().any(|c| &c.name == workload));
+                    .next();
+                // A Helm app: `pod/container`, a pod or a container name (see
+                // `DockerDriver::find_pod_container`).
+                if let Some(a) = desired_app
+                    && a.pods.is_some()
+                {
+                    let containers =
+                        self.container_driver()
+                            .await
+                            .map_err(|why| DriverError::Unsupported {
+                                what: format!("log stream of {workload}: {why}"),
+                            })?;
+                    let name = containers
+                        .find_pod_container(deployment_id, app, workload)
+                        .await?;
+                    let stream = containers.logs(&name, *follow, *tail).await?;
+                    return Ok(TunnelIo::Source(stream));
+                }
+                let desired_container =
+                    desired_app.is_some_and(|a| a.containers.iter().any(|c| &c.name == workload));
                 if !desired_container {
                     return Err(DriverError::NoSuchWorkload {
                         what: format!(
@@ -315,14 +341,14 @@ impl EdgeDriver {
 }
 
 /// The container half of every app on an edge without a container engine: `DOWN` saying why
-/// for apps with containers, nothing to say for the others.
+/// for apps with containers (or a Helm app's pods), nothing to say for the others.
 fn without_containers(desired: &DesiredState, why: &str) -> Vec<AppStatus> {
     desired
         .deployments
         .iter()
         .flat_map(|d| {
             d.apps.iter().map(move |a| {
-                let (state, message) = if a.containers.is_empty() {
+                let (state, message) = if a.containers.is_empty() && a.pods.is_none() {
                     (AppState::Running, String::new())
                 } else {
                     (

@@ -38,6 +38,29 @@ pub const VOLUME: &str = "io.canopy.volume";
 /// before ownership have none.
 pub const SCOPE: &str = "io.canopy.scope";
 
+// Objects of Helm apps' pods (driver/pods): every one carries `POD_APP`; containers also their
+// pod, role, workload and slot; per-pod volumes their pod. `GENERATION` holds the pod's hash.
+
+/// `true` on every container and volume of a Helm app's pods, services and claims.
+pub const POD_APP: &str = "io.canopy.pods";
+/// The pod's name (containers, per-pod volumes).
+pub const POD: &str = "io.canopy.pod";
+/// `infra`, `init`, `container` or `service`.
+pub const ROLE: &str = "io.canopy.role";
+/// The chart workload's name.
+pub const WORKLOAD: &str = "io.canopy.workload";
+/// The pod's ordinal (replica index, a Job's attempt).
+pub const SLOT: &str = "io.canopy.slot";
+/// A Job's start (RFC 3339), the same on each of its attempts.
+pub const JOB_START: &str = "io.canopy.job-start";
+/// The Service of a service container.
+pub const SERVICE: &str = "io.canopy.service";
+/// `claim`, `empty-dir` or `files` (volumes of pod apps).
+pub const VOLUME_KIND: &str = "io.canopy.volume-kind";
+/// `true` on the volume of a claim that outlives its app (`Claim::keep`): garbage collection
+/// leaves it alone.
+pub const KEEP: &str = "io.canopy.keep";
+
 /// Maps `s` onto the characters engines accept in object names (`[a-z0-9_.-]`), lowercased.
 /// Canopy's own identifiers already qualify; this only guards against surprises.
 pub fn slug(s: &str) -> String {
@@ -115,6 +138,102 @@ pub fn container_name(
         slug(app),
         slug(container)
     )
+}
+
+/// `<prefix>-<short deployment id>-<app>`: the start of the names of a Helm app's objects.
+/// Pod names are DNS labels (no `_`), so `_` separates the parts that follow.
+pub fn pod_app_prefix(scope: Option<&str>, deployment_id: &str, app: &str) -> String {
+    format!(
+        "{}-{}-{}",
+        owner_tag(scope),
+        short_id(deployment_id),
+        slug(app)
+    )
+}
+
+/// A pod's infra container (`container` none: `<app prefix>_<pod>`) or one of its
+/// containers, init containers included (`<app prefix>_<pod>_<container>`).
+pub fn pod_container_name(
+    scope: Option<&str>,
+    deployment_id: &str,
+    app: &str,
+    pod: &str,
+    container: Option<&str>,
+) -> String {
+    let prefix = pod_app_prefix(scope, deployment_id, app);
+    match container {
+        Some(c) => format!("{prefix}_{}_{}", slug(pod), slug(c)),
+        None => format!("{prefix}_{}", slug(pod)),
+    }
+}
+
+/// A proxied Service's container: `<app prefix>__svc_<service>`.
+pub fn service_container_name(
+    scope: Option<&str>,
+    deployment_id: &str,
+    app: &str,
+    service: &str,
+) -> String {
+    format!(
+        "{}__svc_{}",
+        pod_app_prefix(scope, deployment_id, app),
+        slug(service)
+    )
+}
+
+/// A claim's volume (PersistentVolumeClaim, or a StatefulSet replica's claim-template volume):
+/// `<prefix>-<deployment id>-<app>__pvc_<claim>`, no version or pod in it, so its data survives
+/// upgrades and pod replacements.
+pub fn claim_volume_name(
+    scope: Option<&str>,
+    deployment_id: &str,
+    app: &str,
+    claim: &str,
+) -> String {
+    format!(
+        "{}-{}-{}__pvc_{}",
+        owner_tag(scope),
+        slug(deployment_id),
+        slug(app),
+        slug(claim)
+    )
+}
+
+/// A pod's own volume (emptyDir, files): `<prefix>-<deployment id>-<app>_<pod>_<volume>`.
+pub fn pod_volume_name(
+    scope: Option<&str>,
+    deployment_id: &str,
+    app: &str,
+    pod: &str,
+    volume: &str,
+) -> String {
+    format!(
+        "{}-{}-{}_{}_{}",
+        owner_tag(scope),
+        slug(deployment_id),
+        slug(app),
+        slug(pod),
+        slug(volume)
+    )
+}
+
+/// Labels of an object of a Helm app (container or volume): the app's labels and
+/// [`POD_APP`], plus `extra`.
+pub fn pod_app_labels(
+    scope: Option<&str>,
+    dep: &DeploymentInstance,
+    app: &AppInstance,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let mut l = base(scope);
+    l.insert(PROJECT.into(), dep.project.clone());
+    l.insert(DEPLOYMENT.into(), dep.deployment_id.clone());
+    l.insert(APP.into(), app.name.clone());
+    l.insert(POD_APP.into(), "true".into());
+    for (k, v) in extra {
+        l.insert((*k).to_string(), (*v).to_string());
+    }
+    l
 }
 
 /// Network aliases of a container: its spec name and `<app>-<container>`.
@@ -234,6 +353,37 @@ mod tests {
         );
         assert_eq!(short_id("d1"), "d1");
         assert_eq!(aliases("web", "httpd"), vec!["httpd", "web-httpd"]);
+    }
+
+    #[test]
+    fn pod_objects_never_collide_with_native_ones_or_each_other() {
+        let s = Some("edge");
+        let tag = owner_tag(s);
+        assert_eq!(
+            pod_container_name(s, "3f2a9c1e-7b6d", "web", "web-0", None),
+            format!("{tag}-3f2a9c1e7b6d-web_web-0")
+        );
+        assert_eq!(
+            pod_container_name(s, "3f2a9c1e-7b6d", "web", "web-0", Some("db")),
+            format!("{tag}-3f2a9c1e7b6d-web_web-0_db")
+        );
+        assert_eq!(
+            service_container_name(s, "d1", "web", "api"),
+            format!("{tag}-d1-web__svc_api")
+        );
+        // A pod named like a native container's suffix still differs by the separator.
+        assert_ne!(
+            pod_container_name(s, "d1", "web", "x", None),
+            container_name(s, "d1", "web", "x")
+        );
+        assert_eq!(
+            claim_volume_name(s, "d1", "web", "data-db-0"),
+            format!("{tag}-d1-web__pvc_data-db-0")
+        );
+        assert_ne!(
+            pod_volume_name(s, "d1", "web", "pvc", "x"),
+            claim_volume_name(s, "d1", "web", "x")
+        );
     }
 
     #[test]

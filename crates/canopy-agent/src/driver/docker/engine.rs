@@ -302,6 +302,19 @@ impl DockerDriver {
         &self,
         extra: &[(&str, &str)],
     ) -> Result<Vec<String>, DriverError> {
+        Ok(self
+            .list_volumes_labelled(extra)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Canopy volumes (of this scope) with the extra labels, with all their labels.
+    pub(super) async fn list_volumes_labelled(
+        &self,
+        extra: &[(&str, &str)],
+    ) -> Result<Vec<(String, HashMap<String, String>)>, DriverError> {
         let options = ListVolumesOptions {
             filters: Some(names::filters(self.scope(), extra)),
         };
@@ -323,7 +336,7 @@ impl DockerDriver {
                     .iter()
                     .all(|(k, val)| label_is(Some(&v.labels), k, val))
             })
-            .map(|v| v.name)
+            .map(|v| (v.name, v.labels))
             .collect())
     }
 
@@ -478,11 +491,22 @@ impl DockerDriver {
         Ok(())
     }
 
-    /// Stops and removes Canopy containers, a few at a time; returns the first error.
+    /// Stops and removes Canopy containers, a few at a time; returns the first error. Helm
+    /// pods' infra containers go last: the engine refuses to remove one while containers that
+    /// joined its network namespace exist.
     pub(super) async fn remove_containers(
         &self,
         containers: Vec<ContainerSummary>,
     ) -> Result<(), DriverError> {
+        let (infra, members): (Vec<_>, Vec<_>) = containers
+            .into_iter()
+            .partition(|c| label_is(c.labels.as_ref(), names::ROLE, "infra"));
+        let first = self.remove_wave(members).await;
+        let second = self.remove_wave(infra).await;
+        first.and(second)
+    }
+
+    async fn remove_wave(&self, containers: Vec<ContainerSummary>) -> Result<(), DriverError> {
         let results: Vec<Result<(), DriverError>> = futures::stream::iter(containers)
             .filter(|c| futures::future::ready(names::is_ours(c.labels.as_ref(), self.scope())))
             .map(|c| async move {

@@ -10,7 +10,7 @@
 //!
 //! In memory only: an agent restart tries again at once, which is what a restart is for.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -80,9 +80,10 @@ impl Failures {
         self.lock().remove(name);
     }
 
-    /// Forgets containers that are no longer desired (bounds the memory).
-    pub(super) fn retain(&self, wanted: &HashSet<String>) {
-        self.lock().retain(|name, _| wanted.contains(name));
+    /// Forgets the containers for which `keep` is false: those no longer desired (bounds the
+    /// memory).
+    pub(super) fn retain_where(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|name, _| keep(name));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failure>> {
@@ -123,7 +124,7 @@ mod tests {
         assert_eq!(f.last("c", "g2"), None);
         f.record("a", "g", "x");
         f.record("b", "g", "x");
-        f.retain(&HashSet::from(["a".to_string()]));
+        f.retain_where(|name| name == "a");
         assert!(f.last("a", "g").is_some() && f.last("b", "g").is_none());
     }
 }
