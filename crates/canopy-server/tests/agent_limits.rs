@@ -178,6 +178,63 @@ async fn reports_over_their_bounds_are_refused_whole_and_long_messages_are_cut()
     assert!(message_of(&b).contains(&MAX_STATUS_BODY.to_string()), "{b}");
 }
 
+/// Statuses kept before the protocol had bounds (an 11 MB `last_status` was seen) are bounded
+/// when a restarted server loads them: messages cut, an agent description over its bounds
+/// dropped until the agent reports again.
+#[tokio::test]
+async fn statuses_stored_before_the_bounds_are_bounded_at_load() {
+    let cp = TestControlPlane::start().await;
+    let t = enrollment_token(&cp).await;
+    let mut agent = SimAgent::enroll(&cp, &t, "old", &[("site", "bounds")]).await;
+    deploy_to(&cp, &mut agent).await;
+    let dep = &agent.held.deployments[0];
+    let old = StatusReport {
+        protocol_version: 1,
+        seq: 7,
+        generation: agent.held.generation,
+        apps: vec![AppStatus {
+            deployment_id: dep.deployment_id.clone(),
+            app: dep.apps[0].name.clone(),
+            state: AppState::Down,
+            message: "x".repeat(1_000_000),
+            deployment_generation: dep.generation,
+            ..Default::default()
+        }],
+        agent: None,
+    };
+    let huge_agent = AgentInfo {
+        version: "0.0.1".into(),
+        hostname: "h".repeat(100 * 1024),
+        ..Default::default()
+    };
+    cp.app()
+        .store()
+        .record_edges_seen(&[canopy_store::EdgeSeen {
+            edge_id: agent.id.clone(),
+            last_seen: time::OffsetDateTime::now_utc(),
+            agent: Some(serde_json::to_string(&huge_agent).unwrap()),
+            last_status: Some(serde_json::to_string(&old).unwrap()),
+        }])
+        .await
+        .unwrap();
+    let cp = cp.restart().await;
+    let (s, b) = cp
+        .get(&cp.at(&format!("/canopy/v1/projects/{P}/edges/old/workloads")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let kept = b["apps"][0]["message"].as_str().unwrap();
+    assert!(
+        kept.len() <= MAX_MESSAGE && kept.ends_with('…'),
+        "{}",
+        kept.len()
+    );
+    let e = edge(&cp, "old").await;
+    assert_eq!(
+        e["agentVersion"], "",
+        "the oversized description is not loaded: {e}"
+    );
+}
+
 #[tokio::test]
 async fn enrollments_and_tunnel_errors_are_bounded_too() {
     let cp = TestControlPlane::start().await;

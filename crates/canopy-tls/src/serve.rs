@@ -442,7 +442,9 @@ struct EarlyAnswers {
     /// Set when such a body was left unread (too large, too slow, or the answer closes the
     /// connection): the connection then ends with a lingering close.
     abandoned: Arc<AtomicBool>,
-    /// To the connection's task, which reads them (see `drive!`).
+    /// To the connection's task, which reads them (see `drive!`). As many at once as the
+    /// connection has streams (HTTP/2 counts a stream whose body is still arriving; 200 at most),
+    /// each for `timeout` at most.
     drains: mpsc::UnboundedSender<Drain>,
 }
 

@@ -295,7 +295,8 @@ impl<C: Clock + Clone> KeyedLimit<C> {
         let at = now.duration_since(self.start).as_u64();
         let last = self.pruned_at.load(Ordering::Relaxed);
         let since = Duration::from_nanos(at.saturating_sub(last));
-        let due = since >= PRUNE_EVERY
+        let periodic = since >= PRUNE_EVERY;
+        let due = periodic
             || (since >= Duration::from_secs(1)
                 && self
                     .checks
@@ -309,7 +310,10 @@ impl<C: Clock + Clone> KeyedLimit<C> {
                 .is_ok()
         {
             limiter.retain_recent();
-            limiter.shrink_to_fit();
+            // Giving memory back rehashes what is left: once a minute, not every second.
+            if periodic {
+                limiter.shrink_to_fit();
+            }
         }
     }
 

@@ -110,8 +110,7 @@ pub fn router_with(app: App, limits: Limits) -> Router {
 pub fn api_router() -> OpenApiRouter<App> {
     let uploads = OpenApiRouter::new()
         .routes(routes!(catalog::bulk_upload))
-        .routes(routes!(catalog::session_upload))
-        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY));
+        .routes(routes!(catalog::session_upload));
     let rest = OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(catalog::list_registries, catalog::create_registry))
@@ -224,7 +223,7 @@ pub fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(tunnels::agent_claim_tunnel))
         .routes(routes!(tunnels::agent_tunnel_error));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(uploads)
+        .merge(body_limit(uploads, MAX_UPLOAD_BODY))
         .merge(body_limit(rest, MAX_JSON_BODY))
         .merge(body_limit(
             agent_status,
