@@ -569,27 +569,40 @@ async fn the_real_agent_waits_out_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let stop = run_agent(&server, "slowed-1", dir.path()).await;
     server.wait_applied("slowed-1", 0).await;
-    // Let the loops run into the limit a few more times.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // 429s the same loop (same path) retried after: (path, waited, Retry-After).
+    let retried = |answers: &[(String, StatusCode, Instant, Option<u64>)]| {
+        answers
+            .iter()
+            .filter(|(_, s, ..)| *s == StatusCode::TOO_MANY_REQUESTS)
+            .filter_map(|(path, _, at, retry)| {
+                let retry = Duration::from_secs(retry.expect("429 carries Retry-After"));
+                answers
+                    .iter()
+                    .find(|(p, _, t, _)| p == path && t > at)
+                    .map(|(_, _, next, _)| (path.clone(), next.duration_since(*at), retry))
+            })
+            .collect::<Vec<_>>()
+    };
+    // Let the loops run into the limit, and retry, a few times.
+    let started = Instant::now();
+    while retried(&server.agent_answers()).len() < 3 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the agent was not limited and retried 3 times: {:?}",
+            server.agent_answers()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(stop);
 
-    let answers = server.agent_answers();
-    let refused: Vec<_> = answers
-        .iter()
-        .filter(|(_, s, ..)| *s == StatusCode::TOO_MANY_REQUESTS)
-        .collect();
-    assert!(!refused.is_empty(), "the limit was never reached");
-    for (path, _, at, retry) in &refused {
-        let retry = Duration::from_secs(retry.expect("429 carries Retry-After"));
-        // The same loop's next request (same path) comes no sooner than Retry-After (the
-        // recorder's clock is read after the answer was built: allow it 50 ms).
-        if let Some((_, _, next, _)) = answers.iter().find(|(p, _, t, _)| p == path && t > at) {
-            let waited = next.duration_since(*at);
-            assert!(
-                waited + Duration::from_millis(50) >= retry,
-                "{path}: retried after {waited:?}, Retry-After was {retry:?}"
-            );
-        }
+    for (path, waited, retry) in retried(&server.agent_answers()) {
+        // The same loop's next request comes no sooner than Retry-After (the recorder's clock
+        // is read after the answer was built: allow it 50 ms).
+        assert!(
+            waited + Duration::from_millis(50) >= retry,
+            "{path}: retried after {waited:?}, Retry-After was {retry:?}"
+        );
     }
 }
 
