@@ -53,6 +53,13 @@ impl Backoff {
         Duration::from_nanos(rng.random_range(0..=nanos))
     }
 
+    /// The delay before retrying after `error`: [`next_delay`](Self::next_delay), but never
+    /// shorter than the control plane's `Retry-After`.
+    pub fn delay_for(&mut self, error: &crate::error::AgentError) -> Duration {
+        let delay = self.next_delay();
+        error.retry_after().map_or(delay, |wait| delay.max(wait))
+    }
+
     /// Back to the initial ceiling, after a success.
     pub fn reset(&mut self) {
         self.ceiling = self.initial;
@@ -125,5 +132,24 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(5), Duration::from_secs(1));
         b.next_delay();
         assert_eq!(b.ceiling(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_of_the_delay() {
+        use crate::error::AgentError;
+        let throttled = AgentError::Throttled {
+            request: "status report",
+            reason: "the control plane answered 429".into(),
+            retry_after: Duration::from_secs(7),
+        };
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        for _ in 0..5 {
+            assert!(b.delay_for(&throttled) >= Duration::from_secs(7));
+        }
+        let transient = AgentError::Transient {
+            request: "status report",
+            reason: "connection refused".into(),
+        };
+        assert!(b.delay_for(&transient) <= Duration::from_secs(1));
     }
 }

@@ -282,7 +282,8 @@ pub(crate) fn normalize_server(server: &str) -> Result<String, AgentError> {
 }
 
 /// Sends a request; network failures are transient, and so are answers no retry can avoid
-/// seeing again only by luck (`5xx`, `408`, `429`). `401` and `426` are classified here.
+/// seeing again only by luck (`5xx`, `408`, `429`; with `Retry-After`, [`AgentError::Throttled`]
+/// says how long to wait). `401` and `426` are classified here.
 async fn send(req: reqwest::RequestBuilder, request: &'static str) -> Result<Response, AgentError> {
     let response = req.send().await.map_err(|e| AgentError::Transient {
         request,
@@ -314,8 +315,15 @@ async fn classify(response: Response, request: &'static str) -> Result<Response,
     let transient = status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS;
+    let retry_after = retry_after(response.headers());
     let message = error_message(response).await;
-    if transient {
+    if let (true, Some(retry_after)) = (transient, retry_after) {
+        Err(AgentError::Throttled {
+            request,
+            reason: format!("the control plane answered {status}: {message}"),
+            retry_after,
+        })
+    } else if transient {
         Err(AgentError::Transient {
             request,
             reason: format!("the control plane answered {status}: {message}"),
@@ -327,6 +335,21 @@ async fn classify(response: Response, request: &'static str) -> Result<Response,
             message,
         })
     }
+}
+
+/// Longest `Retry-After` honoured (a proxy's absurd value must not park the agent for days).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// A `Retry-After` in seconds (the form Canopy sends; an HTTP date is ignored), capped.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 async fn decode<T: DeserializeOwned>(
@@ -443,6 +466,21 @@ mod tests {
             message_of(StatusCode::BAD_GATEWAY, &"é".repeat(400)).len(),
             300
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(reqwest::header::RETRY_AFTER, "99999999".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2026 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
     }
 
     #[test]

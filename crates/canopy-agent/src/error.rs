@@ -52,6 +52,18 @@ pub enum AgentError {
         reason: String,
     },
 
+    /// The control plane asked the agent to wait (`429` or `503` with `Retry-After`): retried
+    /// like a transient failure, but not before `retry_after`.
+    #[error("{request} failed: {reason} (retrying after {} s)", retry_after.as_secs())]
+    Throttled {
+        /// What was asked.
+        request: &'static str,
+        /// The server's status and message.
+        reason: String,
+        /// How long the server asked to wait (its `Retry-After`, at most 10 minutes).
+        retry_after: std::time::Duration,
+    },
+
     /// The configured control-plane address is not a usable URL.
     #[error("invalid control-plane address {server:?}: {reason}")]
     InvalidServer { server: String, reason: String },
@@ -92,9 +104,20 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    /// Whether retrying later may succeed (network errors, timeouts, `5xx`).
+    /// Whether retrying later may succeed (network errors, timeouts, `5xx`, `429`).
     pub fn is_transient(&self) -> bool {
-        matches!(self, AgentError::Transient { .. })
+        matches!(
+            self,
+            AgentError::Transient { .. } | AgentError::Throttled { .. }
+        )
+    }
+
+    /// How long the control plane asked to wait before the next try, when it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            AgentError::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// Whether the sync loop must stop: the credential is refused (`401`) or the protocol is

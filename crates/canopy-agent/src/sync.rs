@@ -351,7 +351,7 @@ async fn enroll(
                     warn!(error = %e.chain(), "cannot enroll yet; retrying with backoff");
                     warned = true;
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(backoff.delay_for(&e)).await;
             }
             Err(e) => return Err(e),
         }
@@ -555,7 +555,7 @@ fn retry_after(
             *last_rejection = Some(text);
         }
     }
-    Ok(backoff.next_delay())
+    Ok(backoff.delay_for(&e))
 }
 
 /// Long-polls the desired state forever; returns only a fatal error.

@@ -111,7 +111,7 @@ pub(crate) async fn tunnel_loop<C: Converger>(
                             warn!(error = %text, "cannot fetch tunnel requests; retrying with backoff");
                             last_error = Some(text);
                         }
-                        Some(backoff.next_delay())
+                        Some(backoff.delay_for(&e))
                     }
                 };
                 poll.set(poll_once(&client, wait, delay));
@@ -233,7 +233,7 @@ async fn connect(client: &AgentClient, id: &str, mut backoff: Backoff) -> Option
         match client.open_tunnel(id).await {
             Ok(remote) => return Some(remote),
             Err(e) if e.is_transient() => {
-                let delay = backoff.next_delay();
+                let delay = backoff.delay_for(&e);
                 if tokio::time::Instant::now() + delay >= deadline {
                     warn!(error = %e.chain(), "cannot connect the tunnel to the control plane; giving up");
                     return None;
@@ -258,7 +258,7 @@ async fn report(client: &AgentClient, id: String, why: String, mut backoff: Back
         match client.tunnel_error(&id, &why).await {
             Ok(()) => return,
             Err(e) if e.is_transient() => {
-                let delay = backoff.next_delay();
+                let delay = backoff.delay_for(&e);
                 if tokio::time::Instant::now() + delay >= deadline {
                     warn!(tunnel = %short(&id), error = %e.chain(), "cannot report a tunnel error; giving up");
                     return;

@@ -416,10 +416,12 @@ async fn a_failing_control_plane_is_retried_against_fake_server() {
 
     cp.with(|i| i.fail_with = Some(503));
     driver.failing.store(true, Ordering::SeqCst);
-    let observed = driver.observed.load(Ordering::SeqCst);
-    // The converger goes on (it is not blocked by the failing control plane).
+    // The converger goes on (it is not blocked by the failing control plane). Its retries of a
+    // failed pass are applies of the same generation, so count passes, not observations (an
+    // observation that failed just before this snapshot was the last one).
+    let passes = driver.passes.load(Ordering::SeqCst);
     wait_for("passes while the control plane fails", || {
-        driver.observed.load(Ordering::SeqCst) > observed || driver.applied().len() > 1
+        driver.passes.load(Ordering::SeqCst) >= passes + 2
     })
     .await;
     // Reports and polls meet the failure (and back off) before it ends.

@@ -43,6 +43,9 @@ pub struct Counters {
     pub reports: u64,
     /// Failed requests of the simulated agents (poll or report).
     pub errors: u64,
+    /// Of those, the ones the server refused with `Retry-After` (429 over an edge's rate or
+    /// long-poll cap, 503 at capacity): a well-behaved fleet sees none.
+    pub throttled: u64,
 }
 
 struct Phase {
@@ -222,6 +225,9 @@ impl Tracker {
     fn error(&self, e: &AgentError) {
         let mut st = self.lock();
         st.counters.errors += 1;
+        if e.retry_after().is_some() {
+            st.counters.throttled += 1;
+        }
         let msg = e.to_string();
         if st.errors.len() < MAX_ERROR_SAMPLES && !st.errors.contains(&msg) {
             tracing::warn!(error = %msg, "simulated agent request failed");
@@ -327,9 +333,10 @@ impl Fleet {
                         attempts += 1;
                         match client.enroll(&req).await {
                             Ok(r) => break r,
-                            // Transient failures (a busy server) are retried a few times.
-                            Err(AgentError::Transient { .. }) if attempts < 5 => {
-                                tokio::time::sleep(backoff.next_delay()).await;
+                            // Transient failures (a busy server) are retried a few times,
+                            // not before the server's Retry-After.
+                            Err(e) if e.is_transient() && attempts < 5 => {
+                                tokio::time::sleep(backoff.delay_for(&e)).await;
                             }
                             Err(source) => {
                                 return Err(SimError::Enroll {
@@ -437,7 +444,7 @@ async fn poller(
                 ) {
                     return;
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(backoff.delay_for(&e)).await;
             }
         }
     }
@@ -485,7 +492,7 @@ async fn reporter(
                     return;
                 }
                 // Sent again soon (with a new sequence number), as the real agent retries.
-                next = tokio::time::Instant::now() + retry.next_delay();
+                next = tokio::time::Instant::now() + retry.delay_for(&e);
             }
         }
     }

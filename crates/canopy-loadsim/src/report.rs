@@ -162,6 +162,9 @@ pub struct Report {
     pub sim_end: Footprint,
     /// Failed requests of the simulated agents over the whole run.
     pub agent_errors: u64,
+    /// Of those, refused with `Retry-After` (an edge over its rate or long-poll cap, or the
+    /// server at capacity).
+    pub agent_throttled: u64,
     pub agent_error_samples: Vec<String>,
     /// WARN/ERROR lines of the server's log (server child only).
     pub server_log_problems: Vec<String>,
@@ -259,8 +262,9 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "Simulated agent request errors: {}.{}",
+            "Simulated agent request errors: {} ({} refused with Retry-After).{}",
             self.agent_errors,
+            self.agent_throttled,
             if self.agent_error_samples.is_empty() {
                 String::new()
             } else {

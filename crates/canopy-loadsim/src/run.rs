@@ -309,6 +309,7 @@ async fn phases(
     report.server_end = server.and_then(|p| p.footprint().ok());
     let counters = tracker.counters();
     report.agent_errors = counters.errors;
+    report.agent_throttled = counters.throttled;
     report.agent_error_samples = tracker.error_samples();
     let edges: Vec<String> = fleet.edges.iter().map(|e| e.name.clone()).collect();
     fleet.stop().await;

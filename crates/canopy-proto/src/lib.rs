@@ -614,6 +614,167 @@ pub struct WorkloadStatus {
     pub owner: String,
 }
 
+/// Bounds of what an agent sends (`docs/AGENT-PROTOCOL.md`, "Bounds"), so agents can know them.
+/// Lengths are in bytes of UTF-8. The control plane refuses a request over a bound with `400`
+/// naming the field and the bound, and keeps nothing of it; free-text messages are cut instead
+/// (a long error is better shown in part than the whole report refused), and so is a host's list
+/// of addresses.
+pub mod bounds {
+    /// Largest status report body.
+    pub const MAX_STATUS_BODY: usize = 4 * 1024 * 1024;
+    /// Largest body of the other agent requests (enrollment, tunnel errors).
+    pub const MAX_AGENT_BODY: usize = 64 * 1024;
+    /// Apps in one status report.
+    pub const MAX_APPS: usize = 1_000;
+    /// Workloads of one app in a status report.
+    pub const MAX_WORKLOADS_PER_APP: usize = 100;
+    /// Workloads in one status report, all apps together.
+    pub const MAX_WORKLOADS: usize = 5_000;
+    /// Messages (an app's, a workload's): longer ones are cut to this, ending with `…`.
+    pub const MAX_MESSAGE: usize = 4_096;
+    /// Deployment ids.
+    pub const MAX_ID: usize = 64;
+    /// App and workload names, and the host name (a DNS name is at most 253).
+    pub const MAX_NAME: usize = 253;
+    /// A workload's image (container image reference or VM image URL).
+    pub const MAX_IMAGE: usize = 2_048;
+    /// Short words: a workload's kind, state, health, admin state, accelerator, creation time;
+    /// the agent's version and accelerator; each capability; each address.
+    pub const MAX_WORD: usize = 64;
+    /// The container engine's description (`podman 5.4.2`).
+    pub const MAX_ENGINE: usize = 256;
+    /// Capabilities of an agent.
+    pub const MAX_CAPABILITIES: usize = 16;
+    /// Addresses of the edge host: more are dropped (the first ones are kept).
+    pub const MAX_ADDRESSES: usize = 64;
+    /// Published ports of one workload.
+    pub const MAX_PORTS: usize = 256;
+    /// Longest tunnel error message kept (characters; control characters become spaces).
+    pub const MAX_TUNNEL_ERROR: usize = 1_000;
+}
+
+/// A field of an agent's request over its bound: which (`apps[3].workloads[0].name`) and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for BoundError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for BoundError {}
+
+fn too_long(field: impl Into<String>, value: &str, max: usize) -> Result<(), BoundError> {
+    if value.len() > max {
+        return Err(BoundError {
+            field: field.into(),
+            problem: format!("is {} bytes long; at most {max} are allowed", value.len()),
+        });
+    }
+    Ok(())
+}
+
+fn too_many(field: impl Into<String>, count: usize, max: usize) -> Result<(), BoundError> {
+    if count > max {
+        return Err(BoundError {
+            field: field.into(),
+            problem: format!("has {count} entries; at most {max} are allowed"),
+        });
+    }
+    Ok(())
+}
+
+/// Cuts `text` to at most `max` bytes (at a character boundary), ending with `…` when cut.
+pub fn cut_message(text: &mut String, max: usize) {
+    const MARK: &str = "…";
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MARK);
+}
+
+impl StatusReport {
+    /// Applies [`bounds`]: cuts messages and the host's addresses, refuses anything else over
+    /// its bound (the first field found).
+    pub fn bound(&mut self) -> Result<(), BoundError> {
+        use bounds::*;
+        too_many("apps", self.apps.len(), MAX_APPS)?;
+        let workloads: usize = self.apps.iter().map(|a| a.workloads.len()).sum();
+        if workloads > MAX_WORKLOADS {
+            return Err(BoundError {
+                field: "apps[].workloads".into(),
+                problem: format!(
+                    "has {workloads} entries in all; at most {MAX_WORKLOADS} are allowed"
+                ),
+            });
+        }
+        for (i, a) in self.apps.iter_mut().enumerate() {
+            let at = |f: &str| format!("apps[{i}].{f}");
+            too_long(at("deploymentId"), &a.deployment_id, MAX_ID)?;
+            too_long(at("app"), &a.app, MAX_NAME)?;
+            cut_message(&mut a.message, MAX_MESSAGE);
+            too_many(at("workloads"), a.workloads.len(), MAX_WORKLOADS_PER_APP)?;
+            for (j, w) in a.workloads.iter_mut().enumerate() {
+                let at = |f: &str| format!("apps[{i}].workloads[{j}].{f}");
+                too_long(at("kind"), &w.kind, MAX_WORD)?;
+                too_long(at("name"), &w.name, MAX_NAME)?;
+                too_long(at("image"), &w.image, MAX_IMAGE)?;
+                too_long(at("state"), &w.state, MAX_WORD)?;
+                cut_message(&mut w.message, MAX_MESSAGE);
+                too_long(at("adminState"), &w.admin_state, MAX_WORD)?;
+                too_long(at("accelerator"), &w.accelerator, MAX_WORD)?;
+                too_long(at("createdAt"), &w.created_at, MAX_WORD)?;
+                too_long(at("health"), &w.health, MAX_WORD)?;
+                too_many(at("ports"), w.ports.len(), MAX_PORTS)?;
+                for (k, p) in w.ports.iter().enumerate() {
+                    if let Some(ip) = &p.host_ip {
+                        too_long(at(&format!("ports[{k}].hostIp")), ip, MAX_WORD)?;
+                    }
+                }
+            }
+        }
+        if let Some(agent) = &mut self.agent {
+            agent.bound("agent")?;
+        }
+        Ok(())
+    }
+}
+
+impl AgentInfo {
+    /// Applies [`bounds`] to the fields under `at` (`agent`): keeps the first
+    /// [`bounds::MAX_ADDRESSES`] addresses, refuses anything else over its bound.
+    pub fn bound(&mut self, at: &str) -> Result<(), BoundError> {
+        use bounds::*;
+        let at = |f: &str| format!("{at}.{f}");
+        too_long(at("version"), &self.version, MAX_WORD)?;
+        too_many(
+            at("capabilities"),
+            self.capabilities.len(),
+            MAX_CAPABILITIES,
+        )?;
+        for (i, c) in self.capabilities.iter().enumerate() {
+            too_long(at(&format!("capabilities[{i}]")), c, MAX_WORD)?;
+        }
+        too_long(at("engine"), &self.engine, MAX_ENGINE)?;
+        too_long(at("accelerator"), &self.accelerator, MAX_WORD)?;
+        too_long(at("hostname"), &self.hostname, MAX_NAME)?;
+        self.addresses.truncate(MAX_ADDRESSES);
+        for (i, a) in self.addresses.iter().enumerate() {
+            too_long(at(&format!("addresses[{i}]")), a, MAX_WORD)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,5 +820,96 @@ mod tests {
             !format!("{d:?}").contains("\"p\""),
             "password in Debug output"
         );
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            protocol_version: PROTOCOL_VERSION,
+            seq: 1,
+            apps: vec![AppStatus {
+                deployment_id: "d".into(),
+                app: "a".into(),
+                workloads: vec![WorkloadStatus {
+                    kind: "container".into(),
+                    name: "w".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            agent: Some(AgentInfo::default()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn messages_are_cut_at_a_character_boundary() {
+        let mut r = report();
+        r.apps[0].message = "é".repeat(5_000);
+        r.apps[0].workloads[0].message = "x".repeat(bounds::MAX_MESSAGE);
+        r.bound().unwrap();
+        let m = &r.apps[0].message;
+        assert!(m.len() <= bounds::MAX_MESSAGE && m.len() > bounds::MAX_MESSAGE - 8);
+        assert!(m.ends_with('…'));
+        assert_eq!(r.apps[0].workloads[0].message.len(), bounds::MAX_MESSAGE);
+    }
+
+    #[test]
+    fn fields_over_their_bounds_are_named() {
+        type Change = Box<dyn Fn(&mut StatusReport)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|r| r.agent.as_mut().unwrap().hostname = "h".repeat(100_000)),
+                "agent.hostname is 100000 bytes long; at most 253",
+            ),
+            (
+                Box::new(|r| r.apps[0].workloads[0].name = "n".repeat(254)),
+                "apps[0].workloads[0].name is 254 bytes long",
+            ),
+            (
+                Box::new(|r| {
+                    r.apps[0].workloads = vec![WorkloadStatus::default(); 101];
+                }),
+                "apps[0].workloads has 101 entries; at most 100",
+            ),
+            (
+                Box::new(|r| r.apps = vec![AppStatus::default(); 1_001]),
+                "apps has 1001 entries; at most 1000",
+            ),
+            (
+                Box::new(|r| {
+                    let app = AppStatus {
+                        workloads: vec![WorkloadStatus::default(); 100],
+                        ..Default::default()
+                    };
+                    r.apps = vec![app; 51];
+                }),
+                "apps[].workloads has 5100 entries in all",
+            ),
+            (
+                Box::new(|r| {
+                    r.agent.as_mut().unwrap().capabilities = vec!["c".into(); 17];
+                }),
+                "agent.capabilities has 17 entries",
+            ),
+        ];
+        for (change, want) in cases {
+            let mut r = report();
+            change(&mut r);
+            let e = r.bound().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn extra_addresses_are_dropped() {
+        let mut r = report();
+        r.agent.as_mut().unwrap().addresses = (0..100).map(|i| format!("10.0.0.{i}")).collect();
+        r.bound().unwrap();
+        assert_eq!(r.agent.unwrap().addresses.len(), bounds::MAX_ADDRESSES);
     }
 }

@@ -258,8 +258,12 @@ impl Hub {
             let mut st = hub.lock();
             for row in snap.edges {
                 let mut entry = new_edge_entry(row, snap.revision);
+                // Kept before the agent protocol had bounds, a status or agent description may
+                // be over them: messages are cut; anything else over a bound is not loaded
+                // (the edge's next report replaces it).
                 if let Some(text) = &entry.row.last_status
-                    && let Ok(report) = serde_json::from_str::<StatusReport>(text)
+                    && let Ok(mut report) = serde_json::from_str::<StatusReport>(text)
+                    && report.bound().is_ok()
                 {
                     entry.last_seq = report.seq;
                     entry.applied_generation = report.generation.0;
@@ -271,7 +275,10 @@ impl Hub {
                             .insert(a.app.clone(), a);
                     }
                 }
-                entry.agent = serde_json::from_str(&entry.row.agent).unwrap_or_default();
+                entry.agent = serde_json::from_str::<AgentInfo>(&entry.row.agent)
+                    .ok()
+                    .and_then(|mut a| a.bound("agent").is_ok().then_some(a))
+                    .unwrap_or_default();
                 st.insert_edge(entry);
             }
             for row in snap.deployments {

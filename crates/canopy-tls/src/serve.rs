@@ -12,26 +12,46 @@
 //!   ones are closed at once (with a warning logged at most every 10 s), which keeps the server
 //!   below its file-descriptor limit with headroom for its database and engine sockets.
 //!
+//! **Every answer reaches the client, however early it is decided.** An application may answer
+//! before it has read the request body (401 without a token, 413 over a body limit, 429): the
+//! client is then still sending. Dropping the unread body there loses the answer: over HTTP/2
+//! the stream is reset (hyper sends the answer then `RST_STREAM(NO_ERROR)`, which the RFC allows
+//! but curl 7.88 and other clients treat as a failed request), and over HTTP/1.1 hyper closes
+//! the connection, so the client's next bytes reach a closed socket, the kernel answers with a
+//! TCP reset, and the reset destroys the answer the client had not read yet (seen as a "TLS
+//! EOF"). So the unread body is kept until the answer has been sent, then read and thrown away
+//! ([`ServeOptions::drain_max_bytes`] at most, within [`ServeOptions::drain_timeout`]): the client
+//! finishes sending and reads its answer; the HTTP/2 stream ends cleanly and an HTTP/1.1
+//! connection stays usable. A body beyond those bounds is dropped (HTTP/2: `RST_STREAM(NO_ERROR)`
+//! after the answer); an HTTP/1.1 connection then closed gets a **lingering close**: the server
+//! shuts its side and reads and discards what still arrives, until the client closes or
+//! [`ServeOptions::lingering_timeout`] passes without data ([`ServeOptions::lingering_time`] at
+//! most), so the client is not reset before it read the answer.
+//!
 //! Every request carries the peer's address as axum's `ConnectInfo<SocketAddr>` extension.
 //! On shutdown the listener is closed, each connection finishes its in-flight requests (HTTP/1
 //! closes after the current response, HTTP/2 sends GOAWAY), and whatever is still open after
 //! [`ServeOptions::shutdown_grace`] is dropped.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
+use axum::http::{HeaderMap, Request, Response, header};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
@@ -54,6 +74,19 @@ pub struct ServeOptions {
     /// How long shutdown waits for in-flight requests before dropping connections. Default
     /// 30 s.
     pub shutdown_grace: Duration,
+    /// Most bytes of a request body the application answered without reading that are read
+    /// (and thrown away) after the answer, so the client finishes sending and reads it. A body
+    /// declared larger is not read at all. Default 128 MiB (above every Canopy route's body
+    /// limit, so even a 413 reaches the client).
+    pub drain_max_bytes: u64,
+    /// Longest time spent reading such a body after the answer. Default 30 s.
+    pub drain_timeout: Duration,
+    /// Lingering close of an HTTP/1.1 connection closed while the client may still be sending:
+    /// the longest wait for more data (or the client's close) before the connection is dropped.
+    /// Default 5 s.
+    pub lingering_timeout: Duration,
+    /// Lingering close: the longest it lasts in all. Default 30 s.
+    pub lingering_time: Duration,
 }
 
 impl Default for ServeOptions {
@@ -65,6 +98,10 @@ impl Default for ServeOptions {
             http2_keep_alive_interval: Duration::from_secs(20),
             http2_keep_alive_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(30),
+            drain_max_bytes: 128 * 1024 * 1024,
+            drain_timeout: Duration::from_secs(30),
+            lingering_timeout: Duration::from_secs(5),
+            lingering_time: Duration::from_secs(30),
         }
     }
 }
@@ -246,15 +283,25 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Drives a connection future, starting its graceful shutdown when `stop` turns true.
+/// Drives a connection future, starting its graceful shutdown when `stop` turns true, and
+/// drains the request bodies its answers left unread (see the module doc) alongside it: they
+/// arrive on `drains` and are read in tasks that end with the connection.
 macro_rules! drive {
-    ($conn:expr, $stop:expr) => {{
+    ($conn:expr, $stop:expr, $drains:expr) => {{
         let mut conn = std::pin::pin!($conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            () = stopped(&mut $stop) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let mut draining = JoinSet::new();
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                () = stopped(&mut $stop), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                Some(drain) = $drains.recv() => {
+                    draining.spawn(drain.run());
+                }
+                Some(_) = draining.join_next(), if !draining.is_empty() => {}
             }
         }
     }};
@@ -295,14 +342,34 @@ async fn serve_io<IO>(
             }
         }
     };
-    let io = TokioIo::new(Rewind {
-        head,
-        pos: 0,
-        inner: io,
+    // The stream comes back here when hyper is done with it (see `Reclaim`), for a lingering
+    // close when an answer left a request body unread.
+    let (back_tx, mut back_rx) = oneshot::channel();
+    let io = TokioIo::new(Reclaim {
+        io: Some(Rewind {
+            head,
+            pos: 0,
+            inner: io,
+        }),
+        back: Some(back_tx),
     });
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+    let (drain_tx, mut drains) = mpsc::unbounded_channel();
+    let early = Arc::new(EarlyAnswers {
+        max_bytes: options.drain_max_bytes,
+        timeout: options.drain_timeout,
+        abandoned: Arc::new(AtomicBool::new(false)),
+        drains: drain_tx,
+    });
+    let abandoned = early.abandoned.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        router.clone().oneshot(req)
+        let (req, unread) = keep_unread(req);
+        let answered = router.clone().oneshot(req);
+        let early = early.clone();
+        async move {
+            let response = answered.await?;
+            Ok::<_, Infallible>(early.respond(response, unread))
+        }
     });
     let result = match proto {
         Proto::Http1 => {
@@ -311,7 +378,11 @@ async fn serve_io<IO>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(options.header_read_timeout)
                 .keep_alive(true);
-            drive!(builder.serve_connection(io, service).with_upgrades(), stop)
+            drive!(
+                builder.serve_connection(io, service).with_upgrades(),
+                stop,
+                drains
+            )
         }
         Proto::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -321,11 +392,275 @@ async fn serve_io<IO>(
                 .keep_alive_timeout(options.http2_keep_alive_timeout)
                 // As axum does: the CONNECT protocol, for WebSockets over HTTP/2.
                 .enable_connect_protocol();
-            drive!(builder.serve_connection(io, service), stop)
+            drive!(builder.serve_connection(io, service), stop, drains)
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    match result {
+        Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        Ok(()) if abandoned.load(Ordering::Relaxed) => {
+            // Empty when the connection was upgraded (the stream lives on in the upgrade).
+            if let Ok(io) = back_rx.try_recv() {
+                tokio::select! {
+                    () = lingering_close(io, options) => {}
+                    () = stopped(&mut stop) => {}
+                }
+            }
+        }
+        Ok(()) => {}
+    }
+}
+
+/// Closes a connection whose client may still be sending: shuts the server's side (TLS
+/// close_notify, TCP FIN), then reads and discards until the client closes too, nothing arrives
+/// for `lingering_timeout`, or `lingering_time` has passed. Closing a socket with unread data
+/// makes the kernel send a TCP reset, which would destroy the answer the client has not read.
+async fn lingering_close<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, options: &ServeOptions) {
+    let end = tokio::time::Instant::now() + options.lingering_time;
+    let linger = async {
+        // hyper has shut its side already when it closed an HTTP/1.1 connection; this only
+        // makes sure (a second shutdown does nothing).
+        let _ = io.shutdown().await;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let idle = tokio::time::Instant::now() + options.lingering_timeout;
+            match tokio::time::timeout_at(idle.min(end), io.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(end, linger).await;
+}
+
+// ------------------------------------------------------------------ early answers
+
+/// What the connection does with request bodies its application answered without reading to
+/// their end (see the module doc).
+struct EarlyAnswers {
+    max_bytes: u64,
+    timeout: Duration,
+    /// Set when such a body was left unread (too large, too slow, or the answer closes the
+    /// connection): the connection then ends with a lingering close.
+    abandoned: Arc<AtomicBool>,
+    /// To the connection's task, which reads them (see `drive!`). As many at once as the
+    /// connection has streams (HTTP/2 counts a stream whose body is still arriving; 200 at most),
+    /// each for `timeout` at most.
+    drains: mpsc::UnboundedSender<Drain>,
+}
+
+/// Hands the request to the application with a body that, dropped unfinished, goes to the
+/// returned receiver instead of being dropped.
+fn keep_unread(req: Request<Incoming>) -> (Request<RequestBody>, oneshot::Receiver<Incoming>) {
+    let (tx, rx) = oneshot::channel();
+    let expects_continue = expects_continue(req.headers());
+    let req = req.map(|body| RequestBody {
+        ended: body.is_end_stream(),
+        inner: Some(body),
+        polled: false,
+        expects_continue,
+        unread: Some(tx),
+    });
+    (req, rx)
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+}
+
+impl EarlyAnswers {
+    /// The application's response, carrying the request body it left unread (if any) until
+    /// the response has been sent; then that body is drained.
+    fn respond(
+        self: &Arc<Self>,
+        response: Response<axum::body::Body>,
+        mut unread: oneshot::Receiver<Incoming>,
+    ) -> Response<ResponseBody> {
+        // Closed: the application read the body to its end (or there was none). Empty: it
+        // still holds the body; it may drop it while the response streams.
+        let pending = match unread.try_recv() {
+            Ok(body) => Some(Unread::Dropped(body)),
+            Err(oneshot::error::TryRecvError::Empty) => Some(Unread::Held(unread)),
+            Err(oneshot::error::TryRecvError::Closed) => None,
+        };
+        let closes = response
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+        response.map(|inner| ResponseBody {
+            inner,
+            pending,
+            closes,
+            early: self.clone(),
+        })
+    }
+
+    /// Has `body` drained by the connection, or gives it up (too large, or the answer closes
+    /// the connection anyway).
+    fn drain(&self, body: Incoming, closes: bool) {
+        if closes || body.size_hint().lower() > self.max_bytes {
+            self.abandoned.store(true, Ordering::Relaxed);
+            return;
+        }
+        let drain = Drain {
+            body,
+            left: self.max_bytes,
+            timeout: self.timeout,
+            abandoned: self.abandoned.clone(),
+        };
+        if let Err(refused) = self.drains.send(drain) {
+            // The connection is ending: nothing to wait for.
+            drop(refused);
+            self.abandoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The request body as the application sees it (see [`keep_unread`]).
+struct RequestBody {
+    inner: Option<Incoming>,
+    /// Nothing is left to read.
+    ended: bool,
+    /// The application asked for data (an HTTP/1.1 client waiting for `100 Continue` was told to
+    /// send its body).
+    polled: bool,
+    expects_continue: bool,
+    unread: Option<oneshot::Sender<Incoming>>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        this.polled = true;
+        let Some(body) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(body).poll_frame(cx));
+        if frame.is_none() {
+            this.ended = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // A client waiting for `100 Continue` that was never asked for its body sends nothing.
+        let unasked = self.expects_continue && !self.polled;
+        if self.is_end_stream() || unasked {
+            return;
+        }
+        if let (Some(body), Some(tx)) = (self.inner.take(), self.unread.take()) {
+            let _ = tx.send(body);
+        }
+    }
+}
+
+/// A request body the application did not read to its end, as the response sees it.
+enum Unread {
+    /// Dropped by the application.
+    Dropped(Incoming),
+    /// Still held by the application when it answered; it may come later.
+    Held(oneshot::Receiver<Incoming>),
+}
+
+/// A response body that, once the response is sent (hyper then drops it), has the request body
+/// the application left unread drained.
+struct ResponseBody {
+    inner: axum::body::Body,
+    pending: Option<Unread>,
+    /// The response closes the connection (`Connection: close`): nothing is drained.
+    closes: bool,
+    early: Arc<EarlyAnswers>,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        let body = match self.pending.take() {
+            Some(Unread::Dropped(body)) => body,
+            Some(Unread::Held(mut rx)) => match rx.try_recv() {
+                Ok(body) => body,
+                Err(_) => return,
+            },
+            None => return,
+        };
+        self.early.drain(body, self.closes);
+    }
+}
+
+/// Reads a request body to its end and throws it away, within bounds.
+struct Drain {
+    body: Incoming,
+    /// Bytes that may still be read.
+    left: u64,
+    timeout: Duration,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl Drain {
+    async fn run(mut self) {
+        let finished = tokio::time::timeout(self.timeout, std::future::poll_fn(|cx| self.poll(cx)))
+            .await
+            .unwrap_or(false);
+        if !finished {
+            self.abandoned.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// `true` once the body ended (or failed: the client is gone), `false` when it exceeded
+    /// its bytes.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    match self.left.checked_sub(n) {
+                        Some(left) => self.left = left,
+                        None => return Poll::Ready(false),
+                    }
+                }
+                Some(Err(_)) | None => return Poll::Ready(true),
+            }
+        }
     }
 }
 
@@ -402,6 +737,75 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream that, when hyper drops it, goes back to the connection's task (for a lingering
+/// close) instead of being closed.
+struct Reclaim<IO> {
+    /// Present until dropped.
+    io: Option<IO>,
+    back: Option<oneshot::Sender<IO>>,
+}
+
+impl<IO> Reclaim<IO> {
+    fn io(&mut self) -> Pin<&mut IO>
+    where
+        IO: Unpin,
+    {
+        Pin::new(
+            self.io
+                .as_mut()
+                .expect("the stream is present until dropped"),
+        )
+    }
+}
+
+impl<IO> Drop for Reclaim<IO> {
+    fn drop(&mut self) {
+        if let (Some(io), Some(back)) = (self.io.take(), self.back.take()) {
+            let _ = back.send(io);
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Reclaim<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().io().poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Reclaim<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().io().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().io().poll_shutdown(cx)
     }
 }
 

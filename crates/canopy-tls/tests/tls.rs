@@ -1,6 +1,7 @@
 //! canopy-tls end to end on loopback: certificates (self-signed, CA-signed, broken files), the
 //! three kinds of client trust, HTTP/1.1 and HTTP/2 over TLS and plain, and the accept loop's
-//! defences (header timeout, handshake timeout, connection cap, bounded graceful shutdown).
+//! defences (header timeout, handshake timeout, connection cap, bounded graceful shutdown), and
+//! answers given before the request body was read (drained, or a lingering close).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,6 +29,11 @@ fn router() -> Router {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 "slow"
             }),
+        )
+        // Answers without reading the request body (as an authentication check does).
+        .route(
+            "/refuse",
+            axum::routing::post(|| async { (axum::http::StatusCode::UNAUTHORIZED, "refused") }),
         )
         .route(
             "/forever",
@@ -554,4 +560,135 @@ async fn shutdown_finishes_in_flight_requests_within_the_grace_period() {
     let took = server.stop().await;
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert!(stuck.await.unwrap().is_err(), "the stuck request was cut");
+}
+
+/// Reads one HTTP/1.1 response (head and `Content-Length` body).
+async fn read_response(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Ok(text);
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Writes a POST to `/refuse` with a `size`-byte body, whole, before reading anything.
+async fn post_whole(stream: &mut TcpStream, size: usize, extra: &str) -> std::io::Result<()> {
+    let head = format!("POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n{extra}\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&vec![b'x'; size]).await?;
+    stream.flush().await
+}
+
+#[tokio::test]
+async fn an_unread_body_is_drained_after_the_answer_and_the_connection_kept() {
+    let server = Running::start(None, ServeOptions::default()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    for _ in 0..3 {
+        post_whole(&mut stream, 4 * 1024 * 1024, "").await.unwrap();
+        let answer = read_response(&mut stream).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.ends_with("refused"), "{answer}");
+    }
+    // The same connection serves the next request: the bodies were read to their end.
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut stream).await.unwrap().ends_with("hi"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_the_drain_bound_a_lingering_close_still_delivers_the_answer() {
+    let server = Running::start(
+        None,
+        ServeOptions {
+            drain_max_bytes: 64 * 1024,
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    for declared in [true, false] {
+        // Declared larger than the bound (not read at all), or chunked (given up after 64 KiB):
+        // either way the server closes the connection, yet the client that writes its whole
+        // body first still reads the 401.
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let size = 16 * 1024 * 1024;
+        let sent = if declared {
+            post_whole(&mut stream, size, "").await
+        } else {
+            let head = "POST /refuse HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+            async {
+                stream.write_all(head.as_bytes()).await?;
+                let piece = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                for _ in 0..size / (64 * 1024) {
+                    stream.write_all(piece.as_bytes()).await?;
+                }
+                stream.write_all(b"0\r\n\r\n").await?;
+                stream.flush().await
+            }
+            .await
+        };
+        sent.unwrap_or_else(|e| panic!("declared {declared}: the body could not be sent: {e}"));
+        let answer = read_response(&mut stream).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+            .await
+            .expect("the server closes the connection");
+        assert!(end.is_ok(), "closed cleanly, not reset: {end:?}");
+    }
+
+    // HTTP/2: the answer, then the stream is reset with NO_ERROR, which reqwest accepts.
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2c
+        .post(server.url("http", "/refuse"))
+        .body(vec![b'x'; 4 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.text().await.unwrap(), "refused");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_waiting_for_100_continue_gets_the_answer_without_sending_its_body() {
+    let server = Running::start(None, ServeOptions::default()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    // Nothing is waited for: the server closes the connection (the body will never come).
+    let took = closed_after(&mut stream).await;
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    server.stop().await;
 }

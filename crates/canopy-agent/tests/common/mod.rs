@@ -331,6 +331,8 @@ async fn status(
 pub struct FakeDriver {
     pub applied: Arc<Mutex<Vec<Generation>>>,
     pub observed: Arc<AtomicUsize>,
+    /// Every pass the loop ran (apply or observe, failed or not).
+    pub passes: Arc<AtomicUsize>,
     pub failing: Arc<AtomicBool>,
     /// The engine it claims (empty: `fake engine 1.0`); may change while the agent runs.
     pub engine: Arc<Mutex<String>>,
@@ -367,6 +369,7 @@ impl FakeDriver {
 
 impl Converger for FakeDriver {
     async fn apply(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
         // Recorded even when failing: the loop asked for it.
         let mut applied = self.applied.lock().unwrap();
         if applied.last() != Some(&desired.generation) {
@@ -377,6 +380,7 @@ impl Converger for FakeDriver {
     }
 
     async fn observe(&self, desired: &DesiredState) -> Result<Vec<AppStatus>, DriverError> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
         self.observed.fetch_add(1, Ordering::SeqCst);
         self.statuses(desired)
     }

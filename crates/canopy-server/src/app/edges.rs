@@ -311,10 +311,13 @@ impl App {
 
     /// Enrolls an edge with an enrollment token: a new edge in the token's project, with its
     /// own credential.
-    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, AppError> {
+    pub async fn enroll(&self, mut req: EnrollRequest) -> Result<EnrollResponse, AppError> {
         if req.protocol_version != PROTOCOL_VERSION {
             check_protocol(Some(&req.protocol_version.to_string()))?;
         }
+        req.agent
+            .bound("agent")
+            .map_err(|e| AppError::Invalid(format!("enrollment refused: {e}")))?;
         let invalid = || AppError::Unauthenticated("invalid enrollment token".into());
         if !req.token.starts_with("cnt_") || req.token.len() > 200 {
             return Err(invalid());
@@ -440,20 +443,22 @@ impl App {
         }
     }
 
-    /// A status report from an agent.
+    /// A status report from an agent: bounded first (`canopy_proto::bounds`: messages cut,
+    /// anything else over a bound refused with 400 naming the field), then taken by the hub.
     pub fn agent_status(
         &self,
         agent: &AgentCtx,
-        report: StatusReport,
+        mut report: StatusReport,
     ) -> Result<StatusAck, AppError> {
         if report.protocol_version != PROTOCOL_VERSION {
             check_protocol(Some(&report.protocol_version.to_string()))?;
         }
-        if report.apps.len() > 10_000 {
-            return Err(AppError::Invalid(
-                "status report lists more than 10000 apps".into(),
-            ));
-        }
+        // Bounds first: a refused report changes nothing, not even "last seen".
+        report.bound().map_err(|e| {
+            AppError::Invalid(format!(
+                "status report refused (nothing of it was applied): {e}"
+            ))
+        })?;
         Ok(self.hub().report(&agent.edge_id, report)?)
     }
 

@@ -22,7 +22,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
@@ -60,11 +59,14 @@ pub const REFUSED_BURST: u32 = 500;
 
 /// Whether one more record of a refused call may be written now (see the module doc).
 fn refused_record_allowed() -> bool {
-    static LIMIT: OnceLock<super::limits::RateLimiter> = OnceLock::new();
+    static LIMIT: OnceLock<governor::DefaultDirectRateLimiter> = OnceLock::new();
     static LEFT_OUT: AtomicU64 = AtomicU64::new(0);
-    let limit =
-        LIMIT.get_or_init(|| super::limits::RateLimiter::new(REFUSED_PER_SECOND, REFUSED_BURST));
-    if limit.check("refused", Instant::now()).is_err() {
+    let limit = LIMIT.get_or_init(|| {
+        let rate = std::num::NonZeroU32::new(REFUSED_PER_SECOND).expect("not zero");
+        let burst = std::num::NonZeroU32::new(REFUSED_BURST).expect("not zero");
+        governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+    });
+    if limit.check().is_err() {
         LEFT_OUT.fetch_add(1, Ordering::Relaxed);
         return false;
     }

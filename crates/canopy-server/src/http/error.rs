@@ -124,6 +124,10 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<super::BodyLimit>()
+            .map_or(super::MAX_JSON_BODY, |l| l.0);
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::JsonDataError(e)) => Err(AppError::Invalid(format!(
@@ -141,8 +145,7 @@ where
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
             {
                 Err(AppError::TooLarge(format!(
-                    "request body is larger than {} bytes",
-                    super::MAX_JSON_BODY
+                    "request body is larger than {limit} bytes"
                 )))
             }
             Err(e) => Err(AppError::Invalid(e.body_text())),

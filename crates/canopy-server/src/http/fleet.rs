@@ -200,19 +200,37 @@ pub async fn edge_workloads(
 
 // ------------------------------------------------------------------ agent protocol
 
-fn agent(app: &App, h: &HeaderMap) -> Result<AgentCtx, AppError> {
-    check_protocol(h.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()))?;
-    let bearer = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    app.agent_ctx(bearer)
+/// An authenticated agent request: the protocol version checked, the edge's credential
+/// verified, and the edge's rate limit applied (`429` with `Retry-After` beyond it; see
+/// `http::limits`). Every agent handler but enrollment takes one.
+pub struct Agent(pub AgentCtx);
+
+impl axum::extract::FromRequestParts<App> for Agent {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &App,
+    ) -> Result<Agent, AppError> {
+        let h = &parts.headers;
+        check_protocol(h.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()))?;
+        let bearer = h
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let agent = app.agent_ctx(bearer)?;
+        if let Some(limit) = parts.extensions.get::<super::limits::EdgeRateLimit>() {
+            limit.check(&agent.edge_id)?;
+        }
+        Ok(Agent(agent))
+    }
 }
 
 #[utoipa::path(post, path = "/canopy/v1/agent/enroll", tag = "Agent",
     request_body(content = Object, description = "EnrollRequest (docs/AGENT-PROTOCOL.md)"),
-    responses((status = 201, body = Object, description = "EnrollResponse"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 426, body = ErrorBody)))]
+    responses((status = 201, body = Object, description = "EnrollResponse"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody, description = "the body is over 64 KiB"), (status = 426, body = ErrorBody)))]
 pub async fn enroll(
     State(app): State<App>,
     h: HeaderMap,
@@ -240,15 +258,14 @@ fn default_wait() -> u32 {
 #[utoipa::path(get, path = "/canopy/v1/agent/desired-state", tag = "Agent",
     params(("after" = Option<u64>, Query), ("waitSeconds" = Option<u32>, Query)),
     responses((status = 200, body = Object, description = "DesiredState"), (status = 204, description = "nothing newer within waitSeconds"), (status = 401, body = ErrorBody), (status = 426, body = ErrorBody),
-        (status = 429, body = ErrorBody, description = "this edge already has its maximum of long-polls waiting (Retry-After)"),
+        (status = 429, body = ErrorBody, description = "this edge already has its maximum of long-polls waiting, or is over its request rate (Retry-After)"),
         (status = 503, body = ErrorBody, description = "the server holds its maximum of long-polls (Retry-After)")))]
 pub async fn desired_state(
     State(app): State<App>,
+    Agent(a): Agent,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
     gate: Option<axum::Extension<std::sync::Arc<super::limits::LongPollGate>>>,
 ) -> ApiResult<Response> {
-    let a = agent(&app, &h)?;
     let q: DesiredQuery = parse_desired_query(q.as_deref().unwrap_or(""))?;
     // Held while the poll waits; refused at once beyond the caps (see `http::limits`).
     let _permit = match gate.map(|g| g.enter(&a.edge_id)).transpose() {
@@ -266,13 +283,16 @@ pub async fn desired_state(
 
 #[utoipa::path(post, path = "/canopy/v1/agent/status", tag = "Agent",
     request_body(content = Object, description = "StatusReport"),
-    responses((status = 200, body = Object, description = "StatusAck"), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 426, body = ErrorBody)))]
+    responses((status = 200, body = Object, description = "StatusAck"),
+        (status = 400, body = ErrorBody, description = "a field over its bound (docs/AGENT-PROTOCOL.md, Bounds); nothing of the report was applied"),
+        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody, description = "the body is over 4 MiB"),
+        (status = 422, body = ErrorBody), (status = 426, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "this edge is over its request rate (Retry-After)")))]
 pub async fn status(
     State(app): State<App>,
-    h: HeaderMap,
+    Agent(a): Agent,
     ApiJson(report): ApiJson<StatusReport>,
 ) -> ApiResult<Json<StatusAck>> {
-    let a = agent(&app, &h)?;
     Ok(Json(app.agent_status(&a, report)?))
 }
 

@@ -1,14 +1,26 @@
-//! Abuse resistance: per-caller rate limits, caps on concurrent agent long-polls, and a deadline
-//! on reading request bodies. (Body *sizes* are capped per route in `http::api_router`;
-//! header read timeouts and connection caps live in the connection loop.)
+//! Abuse resistance: per-caller and per-edge rate limits, caps on concurrent agent long-polls,
+//! and a deadline on reading request bodies. (Body *sizes* are capped per route in
+//! `http::api_router`; header read timeouts, connection caps and early answers live in the
+//! connection loop, `canopy_tls::serve`.)
 //!
-//! - **Rate limit**: a token bucket per authenticated caller ([`Principal::rate_key`]: one per
-//!   API token, session or OIDC identity), refilled at [`Limits::requests_per_second`] up to
-//!   [`Limits::burst`]. Over it: `429 Too Many Requests` with `Retry-After` (whole seconds until
-//!   a request would pass). Requests without a caller (the agent protocol, the public paths) are
-//!   not counted here: agents are bounded by the long-poll caps and their own schedule. Buckets
-//!   that have refilled completely are forgotten (they are the same as a new one), so memory
-//!   follows the callers active in the last minute.
+//! - **Rate limits**: GCRA per key (governor's keyed limiter, the same as a token bucket of
+//!   `burst` tokens refilled at `requests_per_second`). Over it: `429 Too Many Requests` with
+//!   `Retry-After` (whole seconds until a request would pass).
+//!   - per authenticated caller ([`Principal::rate_key`]: one per API token, session or OIDC
+//!     identity): [`Limits::requests_per_second`], [`Limits::burst`], applied here;
+//!   - per edge, on the agent protocol (status reports, long-poll entries, tunnel polls,
+//!     connections and errors): [`Limits::agent_requests_per_second`], [`Limits::agent_burst`].
+//!     The agent handlers apply it once the edge's credential is known (`http::fleet::Agent`),
+//!     through the [`EdgeRateLimit`] this middleware puts into the request. A well-behaved
+//!     agent sends about one request every ten seconds, and about two per change of its
+//!     desired state (a long-poll answer and re-entry, a report): the default (20/s, bursts of
+//!     200) lets an edge's desired state change ten times a second indefinitely, and a
+//!     hundred times at once, before its agent is asked to wait.
+//!
+//!   Requests without a caller (enrollment, the public paths) are not counted. Keys whose
+//!   state has recovered completely are the same as new ones and are pruned (every minute, or
+//!   every second while more than 4096 keys are held), so memory follows the callers and edges
+//!   active in the last minute.
 //! - **Long-polls**: at most [`Limits::max_long_polls`] desired-state long-polls wait at once in
 //!   the process, and at most [`Limits::max_long_polls_per_edge`] per edge. A long-poll beyond
 //!   the process cap is answered at once with `503 Service Unavailable` (the server is at
@@ -25,12 +37,12 @@
 //!   `body=60,MinRate=1024`.)
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes, HttpBody};
@@ -38,6 +50,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+use governor::clock::{Clock, DefaultClock, Reference as _};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
 
 use super::ErrorBody;
 use crate::app::{AppError, Principal};
@@ -49,6 +66,10 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Requests a caller may send at once after being idle (the bucket's size; at least 1).
     pub burst: u32,
+    /// Sustained agent-protocol requests per second per edge; 0 turns the limit off.
+    pub agent_requests_per_second: u32,
+    /// Agent-protocol requests an edge may send at once after being idle (at least 1).
+    pub agent_burst: u32,
     /// Desired-state long-polls waiting at once, in the whole process.
     pub max_long_polls: usize,
     /// Desired-state long-polls waiting at once per edge.
@@ -70,6 +91,8 @@ impl Default for Limits {
         Limits {
             requests_per_second: 100,
             burst: 400,
+            agent_requests_per_second: 20,
+            agent_burst: 200,
             max_long_polls: 15_000,
             max_long_polls_per_edge: 2,
             max_tunnel_polls: 15_000,
@@ -84,7 +107,8 @@ impl Default for Limits {
 #[derive(Clone)]
 pub(crate) struct Limiter {
     limits: Arc<Limits>,
-    rate: Arc<RateLimiter>,
+    rate: Arc<KeyedLimit>,
+    edges: EdgeRateLimit,
     long_polls: Arc<LongPollGate>,
     tunnel_polls: TunnelPollGate,
 }
@@ -96,7 +120,11 @@ pub struct TunnelPollGate(pub Arc<LongPollGate>);
 impl Limiter {
     pub(crate) fn new(limits: Limits) -> Limiter {
         Limiter {
-            rate: Arc::new(RateLimiter::new(limits.requests_per_second, limits.burst)),
+            rate: Arc::new(KeyedLimit::new(limits.requests_per_second, limits.burst)),
+            edges: EdgeRateLimit(Arc::new(KeyedLimit::new(
+                limits.agent_requests_per_second,
+                limits.agent_burst,
+            ))),
             long_polls: Arc::new(LongPollGate::new(
                 limits.max_long_polls,
                 limits.max_long_polls_per_edge,
@@ -113,10 +141,11 @@ impl Limiter {
 /// Applies the limits to one request (inner of authentication, so the caller is known).
 pub(crate) async fn enforce(State(l): State<Limiter>, mut req: Request, next: Next) -> Response {
     if let Some(p) = req.extensions().get::<Arc<Principal>>()
-        && let Err(retry) = l.rate.check(&p.rate_key(), Instant::now())
+        && let Err(retry) = l.rate.check(&p.rate_key())
     {
         return AppError::RateLimited(retry).into_response();
     }
+    req.extensions_mut().insert(l.edges.clone());
     req.extensions_mut().insert(l.long_polls.clone());
     req.extensions_mut().insert(l.tunnel_polls.clone());
     if req.body().size_hint().exact() == Some(0) {
@@ -202,98 +231,107 @@ pub(crate) fn page_params(raw: &str, default: u32) -> Result<(usize, usize), App
     Ok((size as usize, offset))
 }
 
-// ------------------------------------------------------------------ rate limit
+// ------------------------------------------------------------------ rate limits
 
-const SHARDS: usize = 16;
-/// How often a shard forgets refilled buckets, and how large it may grow before it does so
-/// sooner (at most once a second).
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-const SWEEP_AT_LEN: usize = 4096;
+/// How often a keyed limit forgets keys whose state has recovered completely.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Keys held beyond which a limit prunes sooner (at most once a second).
+const PRUNE_AT_LEN: usize = 4096;
+/// Every how many checks the number of keys is looked at (it takes every shard's lock).
+const LEN_CHECK_EVERY: u64 = 256;
 
-/// Token buckets by key, in shards so concurrent callers rarely share a lock.
-pub(crate) struct RateLimiter {
-    /// Tokens per second; 0 = no limit.
-    rate: f64,
-    burst: f64,
-    hasher: std::collections::hash_map::RandomState,
-    shards: Vec<Mutex<Shard>>,
+/// governor's keyed limiter over `clock`.
+type Keyed<C> =
+    RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// A rate limit per key (see the module doc): governor's keyed GCRA limiter, pruned of idle
+/// keys so memory follows the keys active recently.
+pub(crate) struct KeyedLimit<C: Clock = DefaultClock> {
+    /// `None`: no limit.
+    limiter: Option<Keyed<C>>,
+    clock: C,
+    start: C::Instant,
+    /// When keys were last pruned (nanoseconds after `start`).
+    pruned_at: AtomicU64,
+    checks: AtomicU64,
 }
 
-struct Shard {
-    buckets: HashMap<String, Bucket>,
-    last_sweep: Instant,
+impl KeyedLimit {
+    /// `per_second` sustained (0: no limit), bursts of `burst` (at least 1).
+    pub(crate) fn new(per_second: u32, burst: u32) -> KeyedLimit {
+        KeyedLimit::with_clock(per_second, burst, DefaultClock::default())
+    }
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl RateLimiter {
-    pub(crate) fn new(per_second: u32, burst: u32) -> RateLimiter {
-        let now = Instant::now();
-        RateLimiter {
-            rate: f64::from(per_second),
-            burst: f64::from(burst.max(1)),
-            hasher: Default::default(),
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        buckets: HashMap::new(),
-                        last_sweep: now,
-                    })
-                })
-                .collect(),
+impl<C: Clock + Clone> KeyedLimit<C> {
+    fn with_clock(per_second: u32, burst: u32, clock: C) -> KeyedLimit<C> {
+        let quota = NonZeroU32::new(per_second).map(|rate| {
+            Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+        });
+        KeyedLimit {
+            limiter: quota.map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
+            start: clock.now(),
+            clock,
+            pruned_at: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
         }
     }
 
-    /// Takes a token of `key`'s bucket, or says in how many whole seconds one will be there.
-    pub(crate) fn check(&self, key: &str, now: Instant) -> Result<(), u64> {
-        if self.rate <= 0.0 {
+    /// Lets one request of `key` pass, or says in how many whole seconds one would.
+    pub(crate) fn check(&self, key: &str) -> Result<(), u64> {
+        let Some(limiter) = &self.limiter else {
             return Ok(());
-        }
-        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let since_sweep = now.saturating_duration_since(shard.last_sweep);
-        if since_sweep >= SWEEP_EVERY
-            || (shard.buckets.len() >= SWEEP_AT_LEN && since_sweep >= Duration::from_secs(1))
-        {
-            let (rate, burst) = (self.rate, self.burst);
-            shard
-                .buckets
-                .retain(|_, b| b.refilled(now, rate, burst) < burst);
-            shard.last_sweep = now;
-        }
-        let bucket = match shard.buckets.get_mut(key) {
-            Some(b) => b,
-            None => shard.buckets.entry(key.to_string()).or_insert(Bucket {
-                tokens: self.burst,
-                at: now,
-            }),
         };
-        bucket.tokens = bucket.refilled(now, self.rate, self.burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err((((1.0 - bucket.tokens) / self.rate).ceil() as u64).max(1))
+        let now = self.clock.now();
+        self.prune(limiter, now);
+        limiter.check_key(&key.to_string()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(now);
+            (wait.as_secs_f64().ceil() as u64).max(1)
+        })
+    }
+
+    /// Forgets the keys whose state has recovered completely, when it is time.
+    fn prune(&self, limiter: &Keyed<C>, now: C::Instant) {
+        let at = now.duration_since(self.start).as_u64();
+        let last = self.pruned_at.load(Ordering::Relaxed);
+        let since = Duration::from_nanos(at.saturating_sub(last));
+        let periodic = since >= PRUNE_EVERY;
+        let due = periodic
+            || (since >= Duration::from_secs(1)
+                && self
+                    .checks
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(LEN_CHECK_EVERY)
+                && limiter.len() >= PRUNE_AT_LEN);
+        if due
+            && self
+                .pruned_at
+                .compare_exchange(last, at, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            limiter.retain_recent();
+            // Giving memory back rehashes what is left: once a minute, not every second.
+            if periodic {
+                limiter.shrink_to_fit();
+            }
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap().buckets.len())
-            .sum()
+        self.limiter.as_ref().map_or(0, RateLimiter::len)
     }
 }
 
-impl Bucket {
-    fn refilled(&self, now: Instant, rate: f64, burst: f64) -> f64 {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        (self.tokens + elapsed * rate).min(burst)
+/// The per-edge rate limit of the agent protocol, in every request's extensions (applied by
+/// the agent handlers once they know the edge; see the module doc).
+#[derive(Clone)]
+pub struct EdgeRateLimit(Arc<KeyedLimit>);
+
+impl EdgeRateLimit {
+    /// Lets one request of edge `edge_id` pass, or refuses it (429 with `Retry-After`).
+    pub fn check(&self, edge_id: &str) -> Result<(), AppError> {
+        self.0.check(edge_id).map_err(AppError::RateLimited)
     }
 }
 
@@ -529,59 +567,82 @@ mod tests {
         }
     }
 
-    #[test]
-    fn buckets_allow_the_burst_then_the_rate() {
-        let r = RateLimiter::new(10, 5);
-        let t0 = Instant::now();
-        for _ in 0..5 {
-            assert_eq!(r.check("a", t0), Ok(()));
-        }
-        assert_eq!(r.check("a", t0), Err(1));
-        // Another key has its own bucket.
-        assert_eq!(r.check("b", t0), Ok(()));
-        // 0.25 s refills two tokens at 10/s.
-        let t1 = t0 + Duration::from_millis(250);
-        assert_eq!(r.check("a", t1), Ok(()));
-        assert_eq!(r.check("a", t1), Ok(()));
-        assert!(r.check("a", t1).is_err());
+    use governor::clock::FakeRelativeClock;
+
+    fn limit(per_second: u32, burst: u32) -> (KeyedLimit<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (
+            KeyedLimit::with_clock(per_second, burst, clock.clone()),
+            clock,
+        )
     }
 
     #[test]
-    fn retry_after_says_when_a_token_is_back() {
-        let r = RateLimiter::new(1, 1);
-        let t0 = Instant::now();
-        assert_eq!(r.check("a", t0), Ok(()));
-        assert_eq!(r.check("a", t0), Err(1));
-        let slow = RateLimiter::new(1, 3);
-        for _ in 0..3 {
-            slow.check("a", t0).unwrap();
+    fn keys_get_the_burst_then_the_rate() {
+        let (r, clock) = limit(10, 5);
+        for _ in 0..5 {
+            assert_eq!(r.check("a"), Ok(()));
         }
-        assert_eq!(slow.check("a", t0 + Duration::from_millis(100)), Err(1));
+        assert_eq!(r.check("a"), Err(1));
+        // Another key has its own state.
+        assert_eq!(r.check("b"), Ok(()));
+        // 0.25 s brings two requests back at 10/s.
+        clock.advance(Duration::from_millis(250));
+        assert_eq!(r.check("a"), Ok(()));
+        assert_eq!(r.check("a"), Ok(()));
+        assert!(r.check("a").is_err());
+    }
+
+    #[test]
+    fn retry_after_says_when_a_request_would_pass() {
+        let (r, _) = limit(1, 1);
+        assert_eq!(r.check("a"), Ok(()));
+        assert_eq!(r.check("a"), Err(1));
+        let (slow, clock) = limit(1, 3);
+        for _ in 0..3 {
+            slow.check("a").unwrap();
+        }
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(slow.check("a"), Err(1));
     }
 
     #[test]
     fn zero_rate_is_no_limit() {
-        let r = RateLimiter::new(0, 0);
-        let t0 = Instant::now();
+        let (r, _) = limit(0, 0);
         for _ in 0..10_000 {
-            assert_eq!(r.check("a", t0), Ok(()));
+            assert_eq!(r.check("a"), Ok(()));
         }
+        assert_eq!(r.len(), 0, "nothing is kept");
     }
 
     #[test]
-    fn refilled_buckets_are_forgotten() {
-        let r = RateLimiter::new(100, 10);
-        let t0 = Instant::now();
+    fn recovered_keys_are_forgotten() {
+        let (r, clock) = limit(100, 10);
         for i in 0..1000 {
-            r.check(&format!("k{i}"), t0).unwrap();
+            r.check(&format!("k{i}")).unwrap();
         }
         assert_eq!(r.len(), 1000);
-        // A minute later every bucket has refilled; touching each shard sweeps it.
-        let later = t0 + SWEEP_EVERY;
+        // A minute later every key has recovered; the next check prunes them.
+        clock.advance(PRUNE_EVERY);
         for i in 0..200 {
-            r.check(&format!("fresh{i}"), later).unwrap();
+            r.check(&format!("fresh{i}")).unwrap();
         }
         assert!(r.len() <= 200, "{}", r.len());
+    }
+
+    #[test]
+    fn many_keys_are_pruned_sooner() {
+        let (r, clock) = limit(100, 1);
+        for i in 0..PRUNE_AT_LEN + 100 {
+            r.check(&format!("k{i}")).unwrap();
+        }
+        // One request each at 100/s and a burst of 1: recovered after 10 ms. A second on
+        // (not a minute), the map is over its size and the next checks prune it.
+        clock.advance(Duration::from_secs(1));
+        for i in 0..LEN_CHECK_EVERY as usize {
+            r.check(&format!("again{i}")).unwrap();
+        }
+        assert!(r.len() <= LEN_CHECK_EVERY as usize, "{}", r.len());
     }
 
     #[test]

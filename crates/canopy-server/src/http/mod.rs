@@ -112,8 +112,7 @@ pub fn router_with(app: App, limits: Limits) -> Router {
 pub fn api_router() -> OpenApiRouter<App> {
     let uploads = OpenApiRouter::new()
         .routes(routes!(catalog::bulk_upload))
-        .routes(routes!(catalog::session_upload))
-        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY));
+        .routes(routes!(catalog::session_upload));
     let rest = OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(catalog::list_registries, catalog::create_registry))
@@ -178,12 +177,6 @@ pub fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(fleet::get_edge, fleet::remove_edge))
         .routes(routes!(fleet::label_edge))
         .routes(routes!(fleet::edge_workloads))
-        .routes(routes!(fleet::enroll))
-        .routes(routes!(fleet::desired_state))
-        .routes(routes!(fleet::status))
-        .routes(routes!(tunnels::agent_tunnels))
-        .routes(routes!(tunnels::agent_claim_tunnel))
-        .routes(routes!(tunnels::agent_tunnel_error))
         .routes(routes!(tunnels::vnc))
         .routes(routes!(tunnels::vm_serial))
         .routes(routes!(tunnels::vm_logs))
@@ -223,11 +216,34 @@ pub fn api_router() -> OpenApiRouter<App> {
             identity::delete_user
         ))
         .routes(routes!(identity::list_tokens, identity::create_token))
-        .routes(routes!(identity::revoke_token))
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+        .routes(routes!(identity::revoke_token));
+    // The agent protocol, with its own body limits (docs/AGENT-PROTOCOL.md, "Bounds").
+    let agent_status = OpenApiRouter::new().routes(routes!(fleet::status));
+    let agent = OpenApiRouter::new()
+        .routes(routes!(fleet::enroll))
+        .routes(routes!(fleet::desired_state))
+        .routes(routes!(tunnels::agent_tunnels))
+        .routes(routes!(tunnels::agent_claim_tunnel))
+        .routes(routes!(tunnels::agent_tunnel_error));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(uploads)
-        .merge(rest)
+        .merge(body_limit(uploads, MAX_UPLOAD_BODY))
+        .merge(body_limit(rest, MAX_JSON_BODY))
+        .merge(body_limit(
+            agent_status,
+            canopy_proto::bounds::MAX_STATUS_BODY,
+        ))
+        .merge(body_limit(agent, canopy_proto::bounds::MAX_AGENT_BODY))
+}
+
+/// The body limit of a route, as JSON bodies see it (for the 413's message).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimit(pub usize);
+
+/// `routes` with request bodies limited to `max` bytes (413 beyond, naming the limit).
+fn body_limit(routes: OpenApiRouter<App>, max: usize) -> OpenApiRouter<App> {
+    routes
+        .layer(DefaultBodyLimit::max(max))
+        .layer(axum::Extension(BodyLimit(max)))
 }
 
 /// Liveness and readiness: answers 200 when the database answers.

@@ -15,18 +15,17 @@ use axum::body::{Body, Bytes};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use canopy_proto::{MAX_WAIT_SECONDS, PROTOCOL_HEADER, TUNNEL_UPGRADE, TunnelRequests};
+use canopy_proto::{MAX_WAIT_SECONDS, TUNNEL_UPGRADE, TunnelRequests};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::ToSchema;
 
 use super::Caller;
 use super::error::{ApiJson, ErrorBody};
-use crate::app::{
-    AgentCtx, App, AppError, DEFAULT_LOG_TAIL, MAX_LOG_TAIL, OpenTunnel, TunnelKind, check_protocol,
-};
+use super::fleet::Agent;
+use crate::app::{App, AppError, DEFAULT_LOG_TAIL, MAX_LOG_TAIL, OpenTunnel, TunnelKind};
 use crate::tunnels::TunnelStream;
 
 type ApiResult<T> = Result<T, AppError>;
@@ -39,19 +38,9 @@ pub const CONSOLE_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Bytes read from a tunnel at once (one WebSocket message or body chunk at most).
 const CHUNK: usize = 64 * 1024;
 /// Longest error message an agent may report.
-const MAX_AGENT_MESSAGE: usize = 1000;
+const MAX_AGENT_MESSAGE: usize = canopy_proto::bounds::MAX_TUNNEL_ERROR;
 
 // ------------------------------------------------------------------ agent side
-
-fn agent(app: &App, h: &HeaderMap) -> Result<AgentCtx, AppError> {
-    check_protocol(h.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()))?;
-    let bearer = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    app.agent_ctx(bearer)
-}
 
 /// Parses `waitSeconds` (default 25, at most [`MAX_WAIT_SECONDS`]); other parameters refused.
 fn parse_wait(raw: &str) -> Result<Duration, AppError> {
@@ -79,15 +68,14 @@ fn parse_wait(raw: &str) -> Result<Duration, AppError> {
     responses((status = 200, body = Object, description = "TunnelRequests: tunnels to open now"),
         (status = 204, description = "none asked for within waitSeconds"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 426, body = ErrorBody),
-        (status = 429, body = ErrorBody, description = "this edge already has its maximum of tunnel long-polls waiting (Retry-After)"),
+        (status = 429, body = ErrorBody, description = "this edge already has its maximum of tunnel long-polls waiting, or is over its request rate (Retry-After)"),
         (status = 503, body = ErrorBody, description = "the server holds its maximum of tunnel long-polls (Retry-After)")))]
 pub async fn agent_tunnels(
     State(app): State<App>,
+    Agent(a): Agent,
     RawQuery(q): RawQuery,
-    h: HeaderMap,
     gate: Option<axum::Extension<super::limits::TunnelPollGate>>,
 ) -> ApiResult<Response> {
-    let a = agent(&app, &h)?;
     let wait = parse_wait(q.as_deref().unwrap_or(""))?;
     let _permit = match gate.map(|g| g.0.0.enter(&a.edge_id)).transpose() {
         Ok(permit) => permit,
@@ -110,13 +98,14 @@ pub async fn agent_tunnels(
     responses((status = 101, description = "the connection now carries the tunnel's bytes"),
         (status = 400, body = ErrorBody, description = "not an HTTP/1.1 upgrade to canopy-tunnel"),
         (status = 401, body = ErrorBody), (status = 426, body = ErrorBody),
-        (status = 404, body = ErrorBody, description = "no such tunnel waits for this edge (unknown, already connected, withdrawn or another edge's)")))]
+        (status = 404, body = ErrorBody, description = "no such tunnel waits for this edge (unknown, already connected, withdrawn or another edge's)"),
+        (status = 429, body = ErrorBody, description = "this edge is over its request rate (Retry-After)")))]
 pub async fn agent_claim_tunnel(
     State(app): State<App>,
+    Agent(a): Agent,
     Path(id): Path<String>,
     mut req: Request,
 ) -> ApiResult<Response> {
-    let a = agent(&app, req.headers())?;
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -169,14 +158,15 @@ pub struct TunnelErrorReport {
     params(("tunnelId" = String, Path)), request_body = TunnelErrorReport,
     responses((status = 204, description = "the user was told"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 426, body = ErrorBody),
-        (status = 404, body = ErrorBody, description = "no such tunnel waits for this edge")))]
+        (status = 404, body = ErrorBody, description = "no such tunnel waits for this edge"),
+        (status = 413, body = ErrorBody, description = "the body is over 64 KiB"),
+        (status = 429, body = ErrorBody, description = "this edge is over its request rate (Retry-After)")))]
 pub async fn agent_tunnel_error(
     State(app): State<App>,
+    Agent(a): Agent,
     Path(id): Path<String>,
-    h: HeaderMap,
     ApiJson(report): ApiJson<TunnelErrorReport>,
 ) -> ApiResult<Response> {
-    let a = agent(&app, &h)?;
     let message: String = report
         .message
         .chars()

@@ -67,6 +67,12 @@ pub struct AuthArgs {
     /// the connection's peer.
     #[arg(long = "trusted-proxy", env = "CANOPY_TRUSTED_PROXIES", value_name = "ADDR|CIDR", value_delimiter = ',', value_parser = parse_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Sustained agent-protocol requests per second per edge (0: no limit).
+    #[arg(long, env = "CANOPY_AGENT_RATE_LIMIT", value_name = "N", default_value_t = canopy_server::http::Limits::default().agent_requests_per_second)]
+    pub agent_rate_limit: u32,
+    /// Agent-protocol requests an edge may send at once after being idle.
+    #[arg(long, env = "CANOPY_AGENT_RATE_BURST", value_name = "N", default_value_t = canopy_server::http::Limits::default().agent_burst)]
+    pub agent_rate_burst: u32,
 }
 
 /// An address (a /32 or /128 range) or a CIDR range.
@@ -120,6 +126,8 @@ impl AuthArgs {
         canopy_server::http::Limits {
             requests_per_second: self.rate_limit,
             burst: self.rate_burst.max(1),
+            agent_requests_per_second: self.agent_rate_limit,
+            agent_burst: self.agent_rate_burst.max(1),
             ..Default::default()
         }
     }
