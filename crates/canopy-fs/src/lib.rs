@@ -185,7 +185,13 @@ mod tests {
     #[test]
     fn leftovers_of_a_crash_are_removed_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        for n in [".a.json.tmp", ".a.json.x1Yz.tmp", "a.json", ".hidden", "b.tmp"] {
+        for n in [
+            ".a.json.tmp",
+            ".a.json.x1Yz.tmp",
+            "a.json",
+            ".hidden",
+            "b.tmp",
+        ] {
             std::fs::write(dir.path().join(n), "x").unwrap();
         }
         std::fs::create_dir(dir.path().join(".d.tmp")).unwrap();
