@@ -96,6 +96,15 @@ pub struct DeploymentRecord {
     pub create_time: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub update_time: OffsetDateTime,
+    /// What the Helm applications' charts hold that edges do not run as Kubernetes would
+    /// (shown on the deployment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<canopy_deploy::model::AppWarning>,
+    /// Helm's output per Helm application, as rendered for this generation (served at
+    /// `.../deployments/{id}/apps/{app}/manifest`). The record is sealed at rest, so Secret
+    /// values in manifests are too.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub manifests: BTreeMap<String, String>,
 }
 
 impl DeploymentRecord {
