@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub mod helm;
 pub mod sim_agent;
 
 use canopy_server::{Server, ServerConfig};

@@ -133,6 +133,30 @@ struct Plan {
     pending: Vec<HelmRequest>,
     /// The project's organization (`%OrgName%`).
     org: String,
+    /// Ids and names of the deployments created, in order of creation, kept across passes:
+    /// a Helm application's release name and default namespace come from them, so a second
+    /// pass must create the same deployments under the same ids to find its renders.
+    ids: Vec<(String, String)>,
+    /// How many of `ids` this pass has used.
+    ids_used: usize,
+}
+
+impl Plan {
+    /// The id and name of the next deployment created in this pass: the previous pass's, or
+    /// new ones.
+    fn next_id(&mut self, taken: &BTreeSet<String>) -> (String, String) {
+        let i = self.ids_used;
+        self.ids_used += 1;
+        if let Some((id, name)) = self.ids.get_mut(i) {
+            if taken.contains(name.as_str()) {
+                *name = new_name(taken);
+            }
+            return (id.clone(), name.clone());
+        }
+        let fresh = (uuid::Uuid::new_v4().to_string(), new_name(taken));
+        self.ids.push(fresh.clone());
+        fresh
+    }
 }
 
 /// How many times a change is rendered again because Helm applications had to be rendered
@@ -153,8 +177,12 @@ impl App {
         let norm = normalize_request(&req)?;
         let org = self.project_org(ctx).await?;
         let mut renders = self.helm().snapshot();
+        let mut ids = Vec::new();
         for _ in 0..MAX_RENDER_PASSES {
-            match self.create_once(ctx, &norm, &org, renders.clone()).await? {
+            match self
+                .create_once(ctx, &norm, &org, renders.clone(), &mut ids)
+                .await?
+            {
                 Ok(id) => return Ok(id),
                 Err(pending) => renders.extend(self.helm().render_all(pending).await?),
             }
@@ -180,6 +208,7 @@ impl App {
         norm: &Deployment,
         org: &str,
         renders: HelmRenders,
+        ids: &mut Vec<(String, String)>,
     ) -> Result<Result<String, Vec<HelmRequest>>, AppError> {
         let hub = self.hub();
         let _writes = hub.lock_writes().await;
@@ -188,6 +217,7 @@ impl App {
         let mut plan = Plan {
             renders,
             org: org.to_string(),
+            ids: std::mem::take(ids),
             ..Plan::default()
         };
         let mut names: BTreeSet<String> = existing.iter().map(|d| d.name.clone()).collect();
@@ -205,6 +235,7 @@ impl App {
         if !plan.pending.is_empty() {
             // Dropped without commit: rolled back.
             drop(tx);
+            *ids = plan.ids;
             return Ok(Err(plan.pending));
         }
         let revision = tx.bump_fleet_revision().await?;
@@ -258,8 +289,7 @@ impl App {
                 }
             }
         }
-        let id = uuid::Uuid::new_v4().to_string();
-        let name = new_name(names);
+        let (id, name) = plan.next_id(names);
         names.insert(name.clone());
         let project = ctx.project.name.as_str();
         let policy = project_policy(tx).await?;
