@@ -155,9 +155,10 @@ pub struct Holder {
 }
 
 /// How many workloads the resource manager lists for one app on one edge: its pod (when it has
-/// containers) and its VMs, at most 100 (the reference's `maxItems`).
+/// containers), its VMs and a Helm app's pods (replicas as desired), at most 100 (the reference's `maxItems`).
 pub fn app_workload_count(app: &AppInstance) -> usize {
-    (usize::from(!app.containers.is_empty()) + app.vms.len()).min(100)
+    let pods = app.pods.as_ref().map_or(0, canopy_deploy::helm::pod_slots);
+    (usize::from(!app.containers.is_empty()) + app.vms.len() + pods).min(100)
 }
 
 /// One edge as the hub holds it.

@@ -6,6 +6,7 @@
 //! bad input refused with nothing applied. Both backends.
 
 use canopy_proto::pods::WorkloadKind;
+use canopy_proto::{AppState, WorkloadStatus};
 use canopy_testkit::TestControlPlane;
 use canopy_testkit::helm::{HelmPackage, HelmTestEnv};
 use canopy_testkit::sim_agent::SimAgent;
@@ -108,6 +109,70 @@ async fn a_helm_package_deploys_by_label_upgrades_and_is_deleted() {
         );
         let first_hash = app.spec_hash.clone();
         let first_generation = d.generation;
+
+        // The resource manager lists the pods: as desired until the agent reports them, then
+        // as reported (the chart's workload containers beside each).
+        let app_id = canopy_deploy::status::app_id(&id, "web");
+        let pods_url = cp.at(&format!(
+            "/v1/projects/{P}/resource/workloads/applications/{app_id}/clusters/{}",
+            edge.id
+        ));
+        let (s, b) = cp.get(&pods_url).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let listed = b["appWorkloads"].as_array().expect("appWorkloads");
+        assert_eq!(listed.len(), 3, "{backend}: three replicas pending: {b}");
+        assert!(
+            listed
+                .iter()
+                .all(|w| w["type"] == "TYPE_POD" && w["pod"]["status"]["state"] == "STATE_PENDING")
+        );
+        let pod_name = format!("{}-5d8f7c-abcde", web.name);
+        let (s, b) = edge
+            .report_with(|_, _| {
+                (
+                    AppState::Running,
+                    vec![WorkloadStatus {
+                        kind: "pod".into(),
+                        name: pod_name.clone(),
+                        state: "Running".into(),
+                        ..Default::default()
+                    }],
+                )
+            })
+            .await;
+        assert!(s.is_success(), "{b}");
+        let (_, b) = cp.get(&pods_url).await;
+        let listed = b["appWorkloads"].as_array().unwrap();
+        assert_eq!(listed.len(), 3, "{b}");
+        let running = listed
+            .iter()
+            .find(|w| w["name"] == pod_name.as_str())
+            .expect("the reported pod");
+        assert_eq!(running["pod"]["status"]["state"], "STATE_RUNNING");
+        assert_eq!(running["workloadReady"], true);
+        assert_eq!(
+            running["pod"]["containers"][0]["imageName"],
+            "localhost/busybox:canopy-test"
+        );
+
+        // Pod delete (reference operation): a standing control naming that pod.
+        let delete = cp.at(&format!(
+            "/v1/projects/{P}/resource/workloads/pods/clusters/{}/namespaces/web-ns/pods/{pod_name}/delete",
+            edge.id
+        ));
+        let (s, b) = cp.put(&delete, &json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{backend}: {b}");
+        let d = edge.poll(10).await.expect("the pod delete");
+        let c = d
+            .controls
+            .iter()
+            .find(|c| c.kind == canopy_proto::WorkloadKind::Pod)
+            .expect("a pod control");
+        assert_eq!((c.workload.as_str(), c.restarts), (pod_name.as_str(), 1));
+        let first_generation = d.generation;
+        let missing = delete.replace(&pod_name, "web-nope");
+        let (s, _) = cp.put(&missing, &json!({})).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
 
         // The deployment shows what was skipped (the chart's ServiceAccount).
         let (s, b) = cp.get(&deployments_url(&cp, &format!("/{id}"))).await;
