@@ -108,7 +108,6 @@ async fn a_helm_package_deploys_by_label_upgrades_and_is_deleted() {
                 .any(|s| s.workloads.contains(&web.name))
         );
         let first_hash = app.spec_hash.clone();
-        let first_generation = d.generation;
 
         // The resource manager lists the pods: as desired until the agent reports them, then
         // as reported (the chart's workload containers beside each).
