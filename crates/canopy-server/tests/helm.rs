@@ -501,3 +501,60 @@ async fn without_helm_the_server_starts_and_refuses_helm_apps_clearly() {
     .await;
     cp.stop().await;
 }
+
+/// Render cost per deployment, measured (docs/BENCHMARKS.md, "Helm applications: cost per
+/// deployment"): `cargo test -p canopy-server --test helm render_cost -- --ignored --nocapture`.
+/// Create (fetch from the chart cache + `helm template` + translation), an update that changes
+/// nothing of the application (no render: the result is reused), an update of its values (one
+/// render), each timed over HTTP against a SQLite control plane.
+#[tokio::test]
+#[ignore = "a measurement, not a test: run it by name"]
+async fn render_cost_per_deployment() {
+    let Some(env) = HelmTestEnv::from_env() else {
+        return;
+    };
+    let root = env.push_chart("canopy-pair", None, false);
+    let cp = TestControlPlane::start().await;
+    let mut pkg = HelmPackage::new("pair", &root, "canopy-pair", "0.1.0");
+    pkg.parameter_templates = vec![json!({"name": "greeting", "type": "string"})];
+    pkg.create(&cp, P).await;
+    let median = |mut v: Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut create, mut same, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..15 {
+        let t = std::time::Instant::now();
+        let (s, b) = cp
+            .post(
+                &deployments_url(&cp, ""),
+                &deployment("pair", "1.0.0", json!({"greeting": format!("hi {i}")})),
+            )
+            .await;
+        create.push(t.elapsed());
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let id = b["deploymentId"].as_str().unwrap().to_string();
+        let mut body = deployment("pair", "1.0.0", json!({"greeting": format!("hi {i}")}));
+        body["displayName"] = json!(format!("renamed {i}"));
+        let t = std::time::Instant::now();
+        let (s, b) = cp
+            .put(&deployments_url(&cp, &format!("/{id}")), &body)
+            .await;
+        same.push(t.elapsed());
+        assert_eq!(s, StatusCode::OK, "{b}");
+        body["overrideValues"][0]["values"]["greeting"] = json!(format!("bye {i}"));
+        let t = std::time::Instant::now();
+        let (s, b) = cp
+            .put(&deployments_url(&cp, &format!("/{id}")), &body)
+            .await;
+        values.push(t.elapsed());
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    println!(
+        "create (render): median {:?}\nupdate, application unchanged (no render): median {:?}\nupdate of values (render): median {:?}",
+        median(create),
+        median(same),
+        median(values)
+    );
+    cp.stop().await;
+}
