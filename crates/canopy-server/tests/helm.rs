@@ -558,3 +558,79 @@ async fn render_cost_per_deployment() {
     );
     cp.stop().await;
 }
+
+/// Whether the control plane runs a `helm template` with the test Helm binary (a release name
+/// `b-...`, as Canopy names releases). Only gates the start of the check below: another
+/// test's render would at worst make it start early, never pass wrongly.
+fn helm_template_running(helm: &std::path::Path) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        cmd.starts_with(&*helm.to_string_lossy()) && cmd.contains("template") && cmd.contains("b-")
+    })
+}
+
+#[tokio::test]
+async fn renders_hold_no_lock_and_are_bounded_in_time() {
+    let Some(env) = HelmTestEnv::from_env() else {
+        return;
+    };
+    let slow_root = env.push_chart("refused/slow", None, false);
+    let web_root = env.push_chart("canopy-web", None, false);
+    let cp = TestControlPlane::start_configured(|c| {
+        c.helm.render.timeout = std::time::Duration::from_secs(4);
+    })
+    .await;
+    HelmPackage::new("slow", &slow_root, "slow", "0.1.0")
+        .create(&cp, P)
+        .await;
+    web_package(&web_root, "1.0.0", "0.1.0")
+        .create(&cp, P)
+        .await;
+
+    // A chart that renders for longer than the bound...
+    let http = cp.http().clone();
+    let url = deployments_url(&cp, "");
+    let slow = tokio::spawn(async move {
+        http.post(url)
+            .json(&deployment("slow", "1.0.0", json!({})))
+            .send()
+            .await
+            .unwrap()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !helm_template_running(&env.helm) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "helm template never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // ...does not hold up other deployments while it renders.
+    let (s, b) = cp
+        .post(
+            &deployments_url(&cp, ""),
+            &deployment("web", "1.0.0", json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(
+        !slow.is_finished(),
+        "the web deployment did not wait for the slow render"
+    );
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let b: Value = resp.json().await.unwrap();
+    for part in [
+        "application slow:1.0.0",
+        "slow:0.1.0",
+        "did not render within 4 s",
+    ] {
+        assert!(message(&b).contains(part), "{part:?} missing: {b}");
+    }
+    assert_eq!(deployment_count(&cp).await, 1, "only the web deployment");
+    cp.stop().await;
+}
