@@ -561,7 +561,8 @@ async fn render_cost_per_deployment() {
 
 /// Whether the control plane runs a `helm template` with the test Helm binary (a release name
 /// `b-...`, as Canopy names releases). Only gates the start of the check below: another
-/// test's render would at worst make it start early, never pass wrongly.
+/// test's render at that moment could make it start early, which would weaken the check (the
+/// web deployment could then commit before the slow render began), not fail it.
 fn helm_template_running(helm: &std::path::Path) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return false;

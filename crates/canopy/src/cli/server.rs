@@ -332,10 +332,17 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         Some(svc) => format!("  Podman      {}\n", svc.summary),
         None => String::new(),
     };
+    let helm_line = match app.helm_cli() {
+        Ok((path, version)) => format!("  Helm        {} ({version})\n", path.display()),
+        Err(why) => format!(
+            "  Helm        none: Helm-chart applications will be refused ({why}; install Helm \
+             3.8+ or 4, or pass --helm-bin)\n"
+        ),
+    };
     writeln!(
         out,
         "Canopy is up on embedded storage ({db}).\n\
-         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n{podman_line}  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
+         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n{podman_line}{helm_line}  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
          {tls_note}\
          \nNext, in another terminal (from the Canopy source tree; the CLI here already trusts\
          \nthis server and acts as its administrator):\n\
