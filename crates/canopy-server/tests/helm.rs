@@ -270,6 +270,11 @@ async fn manifests_mask_secrets_for_readers_and_registry_credentials_are_used() 
             json!({"name": "apiToken", "type": "string", "secret": true, "mandatory": true}),
             json!({"name": "greeting", "type": "string", "secret": true}),
         ];
+        pkg.image_registry = Some((
+            "http://127.0.0.1:55000/edge".into(),
+            "puller".into(),
+            "pull-secret-1".into(),
+        ));
         pkg.create(&cp, P).await;
         let mut edge = enroll(&cp).await;
         let values = json!({"apiToken": "s3cr3t-token-value", "greeting": "hidden-greeting-42"});
@@ -282,8 +287,24 @@ async fn manifests_mask_secrets_for_readers_and_registry_credentials_are_used() 
         assert_eq!(s, StatusCode::OK, "{}: {b}", cp.backend);
         let id = b["deploymentId"].as_str().unwrap().to_string();
         let d = edge.poll(10).await.expect("a desired state");
-        let pods = d.deployments[0].apps[0].pods.as_ref().unwrap();
+        let app = &d.deployments[0].apps[0];
+        let pods = app.pods.as_ref().unwrap();
         assert!(pods.workloads.len() >= 2, "backend and frontend");
+        // The image registry's credentials and the chart's pull policy reach the edge.
+        let auth = app.registry_auth.as_ref().expect("pull credentials");
+        assert_eq!(
+            (
+                auth.server.as_str(),
+                auth.username.as_str(),
+                auth.password.as_str()
+            ),
+            ("127.0.0.1:55000", "puller", "pull-secret-1")
+        );
+        assert!(pods.workloads.iter().all(|w| {
+            w.containers
+                .iter()
+                .all(|c| c.image_pull_policy == canopy_proto::pods::PullPolicy::IfNotPresent)
+        }));
 
         let token_b64 = "czNjcjN0LXRva2VuLXZhbHVl"; // base64("s3cr3t-token-value")
         let writer = cp
@@ -317,6 +338,25 @@ async fn manifests_mask_secrets_for_readers_and_registry_credentials_are_used() 
             "{shown}"
         );
         assert!(shown.contains("kind: ConfigMap"), "{shown}");
+
+        // Kept with the deployment: the same after a restart (read back from the store).
+        let cp = cp.restart().await;
+        let again = cp
+            .http()
+            .get(manifest_url(&cp, &id, "pair"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            again, writer,
+            "{}: the manifest survives a restart",
+            cp.backend
+        );
+        let (s, b) = cp.get(&deployments_url(&cp, &format!("/{id}"))).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
 
         // Catalog readers without deployment access: 403.
         let outsider = cp.user_token("catalog-only", &["default_cat-r"]).await;

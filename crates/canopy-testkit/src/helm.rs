@@ -179,6 +179,9 @@ pub struct HelmPackage {
     pub ignored_resources: Vec<Value>,
     /// The package's `defaultNamespaces` entry for the application.
     pub namespace: Option<String>,
+    /// An IMAGE registry for the application (`rootUrl`, `username`, `authToken`): its
+    /// credentials are what edges pull the chart's images with.
+    pub image_registry: Option<(String, String, String)>,
 }
 
 impl HelmPackage {
@@ -195,6 +198,7 @@ impl HelmPackage {
             parameter_templates: Vec::new(),
             ignored_resources: Vec::new(),
             namespace: None,
+            image_registry: None,
         }
     }
 
@@ -231,7 +235,21 @@ impl HelmPackage {
         } else {
             assert!(s.is_success(), "create registry: {s} {b}");
         }
-        let app = json!({
+        if let Some((root, user, token)) = &self.image_registry {
+            let images = json!({
+                "name": format!("{}-images", self.name),
+                "rootUrl": root,
+                "type": "IMAGE",
+                "username": user,
+                "authToken": token,
+            });
+            let (s, b) = cp.post(&cp.catalog(project, "/registries"), &images).await;
+            assert!(
+                s.is_success() || s == StatusCode::CONFLICT,
+                "create image registry: {s} {b}"
+            );
+        }
+        let mut app = json!({
             "name": self.name,
             "version": self.version,
             "helmRegistryName": self.registry_name(),
@@ -245,6 +263,9 @@ impl HelmPackage {
             }],
             "ignoredResources": self.ignored_resources,
         });
+        if self.image_registry.is_some() {
+            app["imageRegistryName"] = json!(format!("{}-images", self.name));
+        }
         let (s, b) = cp.post(&cp.catalog(project, "/applications"), &app).await;
         assert!(s.is_success(), "create application: {s} {b}");
         let mut pkg = json!({
