@@ -855,6 +855,11 @@ async fn deployment_manifest_prints_what_helm_rendered() {
         .as_str()
         .unwrap()
         .to_string();
+    let shown = ok(&cp, &["deployment", "get", &id]).await;
+    assert!(
+        shown.contains("Warnings") && shown.contains("ServiceAccount"),
+        "{shown}"
+    );
     let manifest = ok(&cp, &["deployment", "manifest", &id, "web"]).await;
     assert!(manifest.contains("kind: Deployment"), "{manifest}");
     assert!(
