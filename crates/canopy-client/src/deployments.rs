@@ -57,6 +57,17 @@ impl Client {
         Ok(created.deployment_id)
     }
 
+    /// `GET /canopy/v1/projects/{project}/deployments/{id}/apps/{app}/manifest`: the manifest
+    /// Helm rendered for a Helm-chart application of the deployment (YAML; Secret values
+    /// masked unless the caller may change the deployment).
+    pub async fn deployment_manifest(&self, id: &str, app: &str) -> Result<String, ClientError> {
+        let url = self.canopy_url(&["deployments", id, "apps", app, "manifest"]);
+        let body = self
+            .execute_bytes(self.request(Method::GET, &url), self.transfer_timeout)
+            .await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// `GET /appdeployment/deployments/{id}`: with its status and the apps of every edge.
     pub async fn get_deployment(&self, id: &str) -> Result<Deployment, ClientError> {
         let url = self.deploy_url(&["appdeployment", "deployments", id]);

@@ -13,10 +13,13 @@
 //! - [`target`]: label-set targeting (AND within a set, OR across sets) and per-edge matching.
 //! - [`render`]: a deployment package + profile + overrides → the rendered apps every targeted
 //!   edge runs ([`canopy_proto::DeploymentInstance`]).
+//! - [`helm`]: what a Helm application's render depends on ([`helm::HelmRequest`]), its
+//!   result, the project policy on translated workloads.
 //! - [`status`]: per-app edge statuses → per-cluster status → deployment state (section 6 of the
 //!   reference: the state machine, UNKNOWN and NO_TARGET_CLUSTERS timing, summaries).
 
 pub mod error;
+pub mod helm;
 pub mod model;
 pub mod render;
 pub mod status;

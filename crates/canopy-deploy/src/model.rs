@@ -64,6 +64,26 @@ pub struct Deployment {
     pub status: Option<DeploymentStatus>,
     #[serde(default)]
     pub target_clusters: Vec<TargetClusters>,
+    /// Canopy extension (output): what the charts of Helm applications hold that edges do not
+    /// run as Kubernetes would (kinds skipped, fields ignored, hooks dropped), per application,
+    /// as of the last create or update. Accepted and ignored on input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(read_only)]
+    pub warnings: Vec<AppWarning>,
+}
+
+/// Canopy extension: one thing of a Helm application's chart that edges do not run as
+/// Kubernetes would, named by kind, object and template file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppWarning {
+    /// The application of the package.
+    pub app_name: String,
+    /// The Kubernetes kind and name of the object, and the chart's template file.
+    pub kind: String,
+    pub name: String,
+    pub template: String,
+    pub message: String,
 }
 
 /// Deploy-time values for one application of the package.

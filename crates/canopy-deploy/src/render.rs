@@ -6,11 +6,14 @@
 //! This is where section 6's create steps 5–6 happen for Canopy: the deployment profile picks
 //! each application's profile, masked secrets sent back on update are restored, parameter
 //! templates coerce and require values, and the reference's deploy-time rules pick the
-//! namespace (`targetNamespace` › package `defaultNamespaces` › deployment name). Reference Helm
-//! charts cannot run on Canopy edges and are refused with a clear reason.
+//! namespace (`targetNamespace` › package `defaultNamespaces` › deployment name). Helm-chart
+//! applications go through the same steps up to the values, then become a
+//! [`crate::helm::HelmRequest`]: the control plane renders those outside its writers' lock and
+//! renders the deployment again with the results ([`PackageInput::helm`]), see [`crate::helm`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use canopy_core::catalog::{Application, DeploymentPackage, Profile, Registry};
 use canopy_core::policy::ProjectPolicy;
@@ -21,7 +24,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::DeployError;
-use crate::model::{Deployment, OverrideValues};
+use crate::helm::{HelmRenders, HelmRequest};
+use crate::model::{AppWarning, Deployment, OverrideValues};
 
 /// What rendering needs from the catalog, already looked up by the server.
 #[derive(Debug, Clone)]
@@ -35,6 +39,11 @@ pub struct PackageInput<'a> {
     pub project: &'a str,
     /// The project's policy, enforced on every app rendered (see [`ProjectPolicy::enforce`]).
     pub policy: &'a ProjectPolicy,
+    /// The organization owning the project (`%OrgName%` of Helm chart values).
+    pub org: &'a str,
+    /// Helm applications already rendered, by [`HelmRequest::fingerprint`]; a Helm application
+    /// without a result here is listed in [`Rendered::helm_pending`].
+    pub helm: Option<&'a HelmRenders>,
 }
 
 /// A deployment package that must be deployed for this one (from the selected application
@@ -64,6 +73,13 @@ pub struct Rendered {
     pub masked_override_values: Vec<OverrideValues>,
     /// Packages that must be deployed first (distinct by package, version and profile).
     pub requirements: Vec<Requirement>,
+    /// Helm applications with no result in [`PackageInput::helm`]: render them and render the
+    /// deployment again. While this is not empty, `apps` must not be handed to edges.
+    pub helm_pending: Vec<HelmRequest>,
+    /// What the Helm applications' charts hold that edges do not run as Kubernetes would.
+    pub warnings: Vec<AppWarning>,
+    /// The rendered manifests of the Helm applications, by application name.
+    pub manifests: BTreeMap<String, Arc<str>>,
 }
 
 impl Rendered {
@@ -99,14 +115,14 @@ impl Rendered {
 ///    have → NotFound;
 /// 2. each application's profile: the deployment profile's `applicationProfiles`
 ///    (`name:version` or `name` key), else the application's default profile;
-/// 3. an override for an application not in the package → InvalidArgument; a Helm chart
-///    application → FailedPrecondition (edges run native applications only);
+/// 3. an override for an application not in the package → InvalidArgument;
 /// 4. override values: masked secrets restored from `previous_overrides` (the real values of
 ///    the version being updated), parameter templates applied (types coerced; missing
 ///    mandatory ones → InvalidArgument naming application, profile and parameters);
 /// 5. the workload template rendered (errors → InvalidArgument naming application, profile
 ///    and field), with `deployment_id`, `deployment_name`, the app's namespace, the project and
-///    the app's image registry;
+///    the app's image registry; a Helm application's result taken from `input.helm` (its
+///    pods, warnings and manifest), or its request listed in `helm_pending`;
 /// 6. the project policy applied to each app's workloads (default limits filled in; an image,
 ///    host port, limit or VM file it does not allow → InvalidArgument naming application,
 ///    profile, field, value and rule).
@@ -163,18 +179,14 @@ pub fn render_deployment(
             )));
         }
     }
-    if let Some(helm) = apps.iter().find(|a| !a.is_native()) {
-        return Err(DeployError::failed_precondition(format!(
-            "application {}:{} is a Helm chart application; Canopy edges run native \
-             applications (workloadTemplate) only",
-            helm.name, helm.version
-        )));
-    }
 
     let mut rendered_apps = Vec::with_capacity(apps.len());
     let mut stored = Vec::with_capacity(d.override_values.len());
     let mut masked = Vec::with_capacity(d.override_values.len());
     let mut requirements: Vec<Requirement> = Vec::new();
+    let mut helm_pending = Vec::new();
+    let mut warnings = Vec::new();
+    let mut manifests = BTreeMap::new();
 
     for app in &apps {
         let app_key = format!("{}:{}", app.name, app.version);
@@ -250,16 +262,55 @@ pub fn render_deployment(
                     })?,
             )
         };
-        let ctx = RenderContext {
-            deployment_id: deployment_id.to_string(),
-            deployment_name: deployment_name.to_string(),
-            namespace: namespace.clone(),
-            project: input.project.to_string(),
-            image_registry_url: registry.map(|r| r.root_url.clone()),
-            policy: Some(input.policy.clone()),
+        let mut pods = None;
+        let workloads = if app.is_native() {
+            let ctx = RenderContext {
+                deployment_id: deployment_id.to_string(),
+                deployment_name: deployment_name.to_string(),
+                namespace: namespace.clone(),
+                project: input.project.to_string(),
+                image_registry_url: registry.map(|r| r.root_url.clone()),
+                policy: Some(input.policy.clone()),
+            };
+            template::render(app, &app_profile_name, &values, &ctx)
+                .map_err(|e| DeployError::invalid(e.to_string()))?
+        } else {
+            let helm_registry = input
+                .registries
+                .get(&app.helm_registry_name)
+                .ok_or_else(|| {
+                    DeployError::not_found(format!(
+                        "helm registry {:?} of application {app_key} not found",
+                        app.helm_registry_name
+                    ))
+                })?;
+            let req = HelmRequest {
+                app: app.name.clone(),
+                app_version: app.version.clone(),
+                profile_name: app_profile_name.clone(),
+                profile: profile.cloned(),
+                overrides: values.clone(),
+                namespace: namespace.clone(),
+                release: crate::status::app_id(deployment_id, &app.name),
+                org: input.org.to_string(),
+                project: input.project.to_string(),
+                helm_registry: helm_registry.clone(),
+                image_registry: registry.cloned(),
+                chart_name: app.chart_name.clone(),
+                chart_version: app.chart_version.clone(),
+                ignored_resources: app.ignored_resources.clone(),
+                policy: input.policy.clone(),
+            };
+            match input.helm.and_then(|h| h.get(&req.fingerprint())) {
+                Some(done) => {
+                    pods = Some(done.pods.clone());
+                    warnings.extend(done.warnings.iter().cloned());
+                    manifests.insert(app.name.clone(), Arc::clone(&done.manifest));
+                }
+                None => helm_pending.push(req),
+            }
+            template::Workloads::default()
         };
-        let workloads = template::render(app, &app_profile_name, &values, &ctx)
-            .map_err(|e| DeployError::invalid(e.to_string()))?;
 
         let mut depends_on: Vec<String> = Vec::new();
         for dep in pkg
@@ -281,7 +332,7 @@ pub fn render_deployment(
             spec_hash: String::new(),
             containers: workloads.containers,
             vms: workloads.vms,
-            pods: None,
+            pods,
             registry_auth,
         };
         instance.spec_hash = spec_hash(&instance);
@@ -310,6 +361,9 @@ pub fn render_deployment(
         override_values: stored,
         masked_override_values: masked,
         requirements,
+        helm_pending,
+        warnings,
+        manifests,
     })
 }
 
@@ -367,6 +421,10 @@ pub fn spec_hash(app: &AppInstance) -> String {
     if !app.vms.is_empty() {
         doc["vms"] = serde_json::json!(app.vms);
     }
+    // Likewise pods only for Helm applications.
+    if let Some(pods) = &app.pods {
+        doc["pods"] = serde_json::json!(pods);
+    }
     let mut text = String::new();
     canonical_json(&doc, &mut text);
     hex(&Sha256::digest(text.as_bytes()))
@@ -381,7 +439,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// JSON text with object keys in sorted order at every level.
-fn canonical_json(v: &Value, out: &mut String) {
+pub(crate) fn canonical_json(v: &Value, out: &mut String) {
     match v {
         Value::Object(map) => {
             let keys: BTreeSet<&String> = map.keys().collect();
@@ -596,6 +654,8 @@ mod tests {
                 registries: &self.registries,
                 project: "default",
                 policy,
+                org: "default",
+                helm: None,
             };
             render_deployment(&input, d, "d-1", "deployment-abcde", previous)
         }
@@ -838,7 +898,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_override_app_and_helm_refused() {
+    fn unknown_override_app_refused() {
         let f = Fixture::new();
         let mut ov = overrides(json!(1), "x");
         ov.push(OverrideValues {
@@ -854,19 +914,83 @@ mod tests {
             ),
             "{e}"
         );
+    }
 
+    #[test]
+    fn helm_apps_are_rendered_in_two_passes() {
+        use crate::helm::{HelmRendered, HelmRenders};
         let mut f = Fixture::new();
         f.api.workload_template.clear();
         f.api.chart_name = "api".into();
-        let e = f
-            .run(&deployment(overrides(json!(1), "x")), None)
-            .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::FailedPrecondition);
-        assert_eq!(
-            e.message,
-            "application api:1.0.0 is a Helm chart application; Canopy edges run native \
-             applications (workloadTemplate) only"
+        f.api.chart_version = "0.1.0".into();
+        f.api.helm_registry_name = "charts".into();
+        f.registries.insert(
+            "charts".into(),
+            Registry {
+                name: "charts".into(),
+                root_url: "oci://127.0.0.1:5000/charts".into(),
+                registry_type: "HELM".into(),
+                ..Default::default()
+            },
         );
+        let d = deployment(overrides(json!("8080"), "pw"));
+        // Pass 1: the Helm application is listed, with coerced values and the real secret.
+        let first = f.run(&d, None).unwrap();
+        assert_eq!(first.helm_pending.len(), 1);
+        let req = &first.helm_pending[0];
+        assert_eq!(req.app_key(), "api:1.0.0");
+        assert_eq!(req.namespace, "backend");
+        assert_eq!(req.release, crate::status::app_id("d-1", "api"));
+        assert_eq!(req.overrides["port"], json!(8080));
+        assert_eq!(req.overrides["db"]["password"], json!("pw"));
+        assert!(first.apps[1].pods.is_none());
+
+        // Pass 2 with the result: pods, warnings and manifest taken from it.
+        let pods = canopy_proto::pods::PodApp::default();
+        let done = HelmRendered {
+            fingerprint: req.fingerprint(),
+            pods: pods.clone(),
+            warnings: vec![AppWarning {
+                app_name: "api".into(),
+                kind: "Ingress".into(),
+                name: "api".into(),
+                template: "templates/ingress.yaml".into(),
+                message: "skipped".into(),
+            }],
+            manifest: Arc::from("kind: Pod\n"),
+            chart_digest: "sha256:00".into(),
+            render_key: "k".into(),
+        };
+        let renders: HelmRenders = [(done.fingerprint.clone(), Arc::new(done))].into();
+        let policy = ProjectPolicy::default();
+        let input = PackageInput {
+            package: &f.package,
+            apps: vec![&f.web, &f.api],
+            registries: &f.registries,
+            project: "default",
+            policy: &policy,
+            org: "default",
+            helm: Some(&renders),
+        };
+        let second = render_deployment(&input, &d, "d-1", "deployment-abcde", None).unwrap();
+        assert!(second.helm_pending.is_empty());
+        assert_eq!(second.apps[1].pods, Some(pods));
+        assert!(second.apps[1].containers.is_empty());
+        assert_eq!(second.warnings.len(), 1);
+        assert_eq!(&*second.manifests["api"], "kind: Pod\n");
+        assert_ne!(first.apps[1].spec_hash, second.apps[1].spec_hash);
+
+        // Other values: another request, so the old result is not used for them.
+        let other = deployment(overrides(json!(9090), "pw"));
+        let third = render_deployment(&input, &other, "d-1", "deployment-abcde", None).unwrap();
+        assert_eq!(third.helm_pending.len(), 1);
+
+        // A wrong override type is refused before anything is rendered.
+        let e = f
+            .run(&deployment(overrides(json!("eighty"), "pw")), None)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(e.message.contains("values.port"), "{e}");
     }
 
     #[test]
@@ -949,6 +1073,8 @@ mod tests {
                 registries: &f.registries,
                 project: "default",
                 policy: &ProjectPolicy::default(),
+                org: "default",
+                helm: None,
             },
             "d-1",
             1,
@@ -1056,6 +1182,8 @@ mod tests {
             registries: &f.registries,
             project: "default",
             policy: &ProjectPolicy::default(),
+            org: "default",
+            helm: None,
         };
         let i = r.instance(&input, "d-1", 3, &["api".to_string()]);
         assert_eq!(i.package, "shop");

@@ -143,6 +143,7 @@ pub fn normalize_request(d: &Deployment) -> Result<Deployment, DeployError> {
     out.name.clear();
     out.deploy_id.clear();
     out.default_profile_name.clear();
+    out.warnings.clear();
 
     out.app_name = out.app_name.trim().to_string();
     out.app_version = out.app_version.trim().to_string();

@@ -58,6 +58,9 @@ pub struct ChartMeta {
     pub version: String,
     #[serde(default)]
     pub app_version: String,
+    /// One sentence about the chart (what an import makes the application's description).
+    #[serde(default)]
+    pub description: String,
     /// `application` (default) or `library`.
     #[serde(default, rename = "type")]
     pub chart_type: String,

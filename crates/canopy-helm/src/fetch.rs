@@ -239,6 +239,36 @@ impl ChartFetcher {
             }
         }
     }
+
+    /// The names of the charts a registry holds (`src`'s chart name and version are not used):
+    /// for an OCI registry, the repositories under its root path in the distribution API's
+    /// `_catalog` (which some registries do not offer: [`FetchError::NotFound`] then says so);
+    /// for a repository, the entries of its `index.yaml`. Not cached: for listings.
+    pub async fn list_charts(&self, src: &ChartSource) -> Result<Vec<String>, FetchError> {
+        let mut src = src.clone();
+        // Placeholders that pass the source's checks; messages name the registry.
+        src.chart_name = "chart".into();
+        src.chart_version = "0".into();
+        let inner = &self.inner;
+        let client = http::client(&src, &src.credentials, &inner.limits)?;
+        match src.location()? {
+            Location::Oci {
+                host, repository, ..
+            } => {
+                let plain = inner.plain_http.applies(&host);
+                let root = repository
+                    .strip_suffix(&src.chart_name)
+                    .unwrap_or("")
+                    .to_string();
+                let s = oci::Session::new(&src, &inner.limits, client, &host, &repository, plain);
+                let mut s = s.registry_wide();
+                s.catalog(&root).await
+            }
+            Location::Repo { index, base } => {
+                repo::names(&src, &inner.limits, &client, &index, &base).await
+            }
+        }
+    }
 }
 
 impl Inner {

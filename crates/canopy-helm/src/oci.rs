@@ -72,6 +72,8 @@ pub(crate) struct Session<'a> {
     /// For messages: `oci://host[:port]`.
     registry: String,
     repository: String,
+    /// The token scope asked for at a `Bearer` realm.
+    scope: String,
     auth: Option<HeaderValue>,
 }
 
@@ -98,8 +100,15 @@ impl<'a> Session<'a> {
             base: format!("{scheme}://{host}"),
             registry: format!("oci://{host}"),
             repository: repository.to_string(),
+            scope: format!("repository:{repository}:pull"),
             auth: None,
         }
+    }
+
+    /// A session for the registry as a whole (its `_catalog`), not one repository.
+    pub(crate) fn registry_wide(mut self) -> Self {
+        self.scope = "registry:catalog:*".to_string();
+        self
     }
 
     fn chart(&self) -> (String, String) {
@@ -143,7 +152,13 @@ impl<'a> Session<'a> {
 
     /// GET `path` (relative to `/v2/<repository>/`), answering the registry's challenge once.
     async fn get(&mut self, path: &str, accept: &str) -> Result<reqwest::Response, FetchError> {
-        let url = format!("{}/v2/{}/{path}", self.base, self.repository);
+        let full = format!("{}/{path}", self.repository);
+        self.get_v2(&full, accept).await
+    }
+
+    /// GET `path` (relative to `/v2/`), answering the registry's challenge once.
+    async fn get_v2(&mut self, path: &str, accept: &str) -> Result<reqwest::Response, FetchError> {
+        let url = format!("{}/v2/{path}", self.base);
         for attempt in 0..2 {
             let mut req = self.client.get(&url).header(ACCEPT, accept);
             if let Some(a) = &self.auth {
@@ -210,7 +225,7 @@ impl<'a> Session<'a> {
             if let Some(s) = service {
                 q.append_pair("service", &s);
             }
-            q.append_pair("scope", &format!("repository:{}:pull", self.repository));
+            q.append_pair("scope", &self.scope);
         }
         let mut req = self.client.get(url);
         if let Some(basic) = self.basic_header() {
@@ -418,6 +433,69 @@ impl Session<'_> {
             out.extend(tags.tags.unwrap_or_default());
             let prefix = format!("/v2/{}/", self.repository);
             match next.as_deref().and_then(|n| n.strip_prefix(&prefix)) {
+                Some(rest) => path = rest.to_string(),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Session<'_> {
+    /// The repositories of the registry under `prefix` (`charts/` for a root URL
+    /// `oci://host/charts`; empty for the whole registry), with the prefix removed, from the
+    /// distribution API's `_catalog`, following its pagination for at most 20 pages of 1,000.
+    /// A registry that does not offer `_catalog` (404, or 401/403 with credentials that work for
+    /// pulls) answers [`FetchError::NotFound`] with a detail saying so.
+    pub(crate) async fn catalog(&mut self, prefix: &str) -> Result<Vec<String>, FetchError> {
+        #[derive(Deserialize)]
+        struct Catalog {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        let mut out = Vec::new();
+        let mut path = "_catalog?n=1000".to_string();
+        for _ in 0..20 {
+            let resp = self.get_v2(&path, "application/json").await?;
+            match resp.status() {
+                s if s.is_success() => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(self.not_found(
+                        "the registry does not list its repositories (no _catalog)".into(),
+                    ));
+                }
+                StatusCode::FORBIDDEN => return Err(self.refused()),
+                s if s.is_server_error() => return Err(self.unavailable(s)),
+                s => {
+                    let text = error_text(resp).await;
+                    return Err(self.protocol(format!("catalog request answered {s}: {text}")));
+                }
+            }
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split_once('<'))
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map(|(url, _)| url.to_string());
+            let body = read_bounded(
+                self.src,
+                &self.registry,
+                resp,
+                MAX_MANIFEST_BYTES,
+                "repository catalog",
+            )
+            .await?;
+            let page: Catalog = serde_json::from_slice(&body)
+                .map_err(|_| self.protocol("repository catalog is not the expected JSON"))?;
+            out.extend(
+                page.repositories
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|r| r.strip_prefix(prefix).map(str::to_string))
+                    .filter(|r| !r.is_empty()),
+            );
+            match next.as_deref().and_then(|n| n.strip_prefix("/v2/")) {
                 Some(rest) => path = rest.to_string(),
                 None => break,
             }

@@ -120,6 +120,18 @@ fn status_error(
     }
 }
 
+/// The names of the charts the repository's index lists.
+pub(crate) async fn names(
+    src: &ChartSource,
+    limits: &FetchLimits,
+    client: &reqwest::Client,
+    index_url: &Url,
+    base: &Url,
+) -> Result<Vec<String>, FetchError> {
+    let (_, index) = read_index(src, limits, client, index_url, base).await?;
+    Ok(index.entries.into_keys().collect())
+}
+
 /// Reads the repository's index and returns the chart's entries (and the basic-auth header
 /// used, for the archive request).
 async fn index_entries(
@@ -129,6 +141,31 @@ async fn index_entries(
     index_url: &Url,
     base: &Url,
 ) -> Result<(Option<reqwest::header::HeaderValue>, Vec<Entry>), FetchError> {
+    let (basic, index) = read_index(src, limits, client, index_url, base).await?;
+    let Some(versions) = index
+        .entries
+        .into_iter()
+        .find(|(k, _)| *k == src.chart_name)
+        .map(|(_, v)| v)
+    else {
+        return Err(FetchError::NotFound {
+            chart: src.chart_name.clone(),
+            version: src.chart_version.clone(),
+            registry: src.display_root(),
+            detail: "no such chart in index.yaml".into(),
+        });
+    };
+    Ok((basic, versions))
+}
+
+/// Reads the repository's index (and returns the basic-auth header used).
+async fn read_index(
+    src: &ChartSource,
+    limits: &FetchLimits,
+    client: &reqwest::Client,
+    index_url: &Url,
+    base: &Url,
+) -> Result<(Option<reqwest::header::HeaderValue>, Index), FetchError> {
     let registry = src.display_root();
     let chart = || (src.chart_name.clone(), src.chart_version.clone());
     let basic = src.credentials.basic().map(|(u, t)| {
@@ -182,21 +219,7 @@ async fn index_entries(
                 ),
             }
         })?;
-    let Some(versions) = index
-        .entries
-        .into_iter()
-        .find(|(k, _)| *k == src.chart_name)
-        .map(|(_, v)| v)
-    else {
-        let (chart, version) = chart();
-        return Err(FetchError::NotFound {
-            chart,
-            version,
-            registry,
-            detail: "no such chart in index.yaml".into(),
-        });
-    };
-    Ok((basic, versions))
+    Ok((basic, index))
 }
 
 /// Fetches the chart's archive from a repository: the index, then the archive it names.

@@ -86,6 +86,12 @@ impl ChartValues {
         &self.secrets
     }
 
+    /// Replaces the reference's deploy-time placeholders (`%ImageRegistryURL%`, `%OrgName%`, ...)
+    /// in every string of the values ([`substitute_placeholders`]).
+    pub fn substitute_placeholders(&mut self, p: &Placeholders) -> Result<(), ValuesError> {
+        substitute_placeholders(&mut self.values, p)
+    }
+
     /// Replaces every secret value in `text` with the mask.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();

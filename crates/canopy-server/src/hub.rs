@@ -96,6 +96,15 @@ pub struct DeploymentRecord {
     pub create_time: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub update_time: OffsetDateTime,
+    /// What the Helm applications' charts hold that edges do not run as Kubernetes would
+    /// (shown on the deployment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<canopy_deploy::model::AppWarning>,
+    /// Helm's output per Helm application, as rendered for this generation (served at
+    /// `.../deployments/{id}/apps/{app}/manifest`). The record is sealed at rest, so Secret
+    /// values in manifests are too.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub manifests: BTreeMap<String, String>,
 }
 
 impl DeploymentRecord {
@@ -146,9 +155,10 @@ pub struct Holder {
 }
 
 /// How many workloads the resource manager lists for one app on one edge: its pod (when it has
-/// containers) and its VMs, at most 100 (the reference's `maxItems`).
+/// containers), its VMs and a Helm app's pods (replicas as desired), at most 100 (the reference's `maxItems`).
 pub fn app_workload_count(app: &AppInstance) -> usize {
-    (usize::from(!app.containers.is_empty()) + app.vms.len()).min(100)
+    let pods = app.pods.as_ref().map_or(0, canopy_deploy::helm::pod_slots);
+    (usize::from(!app.containers.is_empty()) + app.vms.len() + pods).min(100)
 }
 
 /// One edge as the hub holds it.

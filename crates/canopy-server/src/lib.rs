@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// PostgreSQL, has no users yet). Without it that start is refused. An existing
     /// `admin.token` is then kept as `admin.token.<time>.old`, never overwritten.
     pub initialize: bool,
+    /// How Helm-chart applications are rendered: the Helm CLI (`--helm-bin`, default `helm` on
+    /// PATH, checked at start), the chart cache (default `DATA_DIR/charts`), limits.
+    pub helm: app::HelmConfig,
 }
 
 /// Default of [`ServerConfig::audit_retention`]: 400 days.
@@ -411,6 +414,16 @@ impl Server {
                             .unwrap_or_else(|| config.data_dir.join("upload-spool")),
                     ),
                     ..config.uploads.clone()
+                },
+                helm: app::HelmConfig {
+                    cache_dir: Some(
+                        config
+                            .helm
+                            .cache_dir
+                            .clone()
+                            .unwrap_or_else(|| config.data_dir.join("charts")),
+                    ),
+                    ..config.helm.clone()
                 },
             },
         )

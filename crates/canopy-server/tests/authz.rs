@@ -147,6 +147,9 @@ fn entries() -> Vec<Entry> {
         e("get", "/v1/projects/{projectName}/resource/workloads/applications/{appId}/clusters/{clusterId}/virtual-machines/{virtualMachineId}/vnc", FleetWrite, NoBody),
         e("put", "/v1/projects/{projectName}/resource/workloads/pods/clusters/{clusterId}/namespaces/{namespace}/pods/{podName}/delete", FleetWrite, Json("{}")),
         e("get", "/canopy/v1/projects/{projectName}/resource/workloads/deployments/{deplId}", FleetRead, NoBody),
+        // A Helm application's rendered manifest: the fixture's deployment has no Helm
+        // application, so a permitted caller gets 404 naming it (tests/helm.rs covers 200).
+        Entry { ok: Some(404), ..e("get", "/canopy/v1/projects/{projectName}/deployments/{deplId}/apps/{appName}/manifest", FleetRead, NoBody) },
         // Consoles and logs (tunnels). Without `Upgrade: websocket` a permitted caller gets 400
         // (after the project and access checks); the fixture's edge has no agent, so a permitted
         // log read waits for the (shortened) claim timeout and gets 503; the fixture's `appId`
@@ -931,6 +934,7 @@ impl Fixture {
         p.insert("containerName", "httpd".to_string());
         p.insert("namespace", t.pod_namespace.clone());
         p.insert("podName", t.pod_name.clone());
+        p.insert("appName", "web".to_string());
         p.insert("edge", t.edge_id.clone());
         p.insert("tokenId", t.enrollment_token_id.clone());
         p.insert("org", "default".to_string());

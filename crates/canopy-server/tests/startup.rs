@@ -22,6 +22,7 @@ fn config(data_dir: &Path) -> ServerConfig {
         audit_retention: canopy_server::DEFAULT_AUDIT_RETENTION,
         public_url: None,
         initialize: false,
+        helm: Default::default(),
         uploads: Default::default(),
     }
 }

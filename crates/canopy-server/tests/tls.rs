@@ -35,6 +35,7 @@ impl Running {
             public_url: None,
             uploads: Default::default(),
             initialize: false,
+            helm: Default::default(),
         };
         let server = Server::bind(&config).await.expect("server binds");
         let url = server.url().unwrap();
@@ -209,6 +210,7 @@ async fn given_certificate_files_must_be_usable() {
         public_url: None,
         uploads: Default::default(),
         initialize: false,
+        helm: Default::default(),
     };
     let e = Server::bind(&config).await.err().expect("refused");
     let text = e.to_string();

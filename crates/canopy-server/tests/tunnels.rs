@@ -182,6 +182,7 @@ impl Plane {
             public_url: None,
             uploads: Default::default(),
             initialize: false,
+            helm: Default::default(),
         };
         let server = canopy_server::Server::bind(&config).await.unwrap();
         let url = server.url().unwrap();

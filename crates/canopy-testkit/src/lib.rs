@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub mod helm;
 pub mod sim_agent;
 
 use canopy_server::{Server, ServerConfig};
@@ -94,6 +95,11 @@ impl TestControlPlane {
             public_url: None,
             uploads: Default::default(),
             initialize: false,
+            // The test Helm CLI when the test environment has one (scripts/helm.sh).
+            helm: canopy_server::app::HelmConfig {
+                helm_bin: std::env::var_os("CANOPY_TEST_HELM").map(Into::into),
+                ..Default::default()
+            },
         }
     }
 

@@ -329,6 +329,8 @@ async fn up_without_agent_says_so() {
         ])
         .arg(&data)
         .env("CANOPY_CREDENTIALS", dir.path().join("credentials.json"))
+        // No Helm: `canopy up` starts all the same and says what that means.
+        .env("CANOPY_HELM_BIN", "/nonexistent/helm")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -355,6 +357,11 @@ async fn up_without_agent_says_so() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(banner.contains("no local agent (--no-agent)"), "{banner}");
+    assert!(
+        banner.contains("Helm        none: Helm-chart applications will be refused")
+            && banner.contains("/nonexistent/helm"),
+        "{banner}"
+    );
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
     assert!(
         !banner.contains(token.trim()),

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use canopy_core::catalog::{Application, DeploymentPackage, Registry};
 use canopy_core::list::{Entity, Field};
 use canopy_core::policy::ProjectPolicy;
+use canopy_deploy::helm::{HelmRenders, HelmRequest};
 use canopy_deploy::model::{
     App as ApiApp, Cluster, ClusterInfo, DeleteType, Deployment, DeploymentInstancesCluster,
     DeploymentStatus, DeploymentsStatus, State, TargetClusters,
 };
-use canopy_deploy::render::{PackageInput, Requirement, render_deployment};
+use canopy_deploy::render::{PackageInput, Rendered, Requirement, render_deployment};
 use canopy_deploy::target::{labels_filter_matches, targeting, update_targets};
 use canopy_deploy::validate::normalize_request;
 use canopy_store::CatalogTx;
@@ -125,22 +126,118 @@ fn new_name(taken: &BTreeSet<String>) -> String {
 struct Plan {
     put: Vec<DeploymentRecord>,
     remove: Vec<String>,
+    /// Helm applications rendered so far (first pass: the results in memory).
+    renders: HelmRenders,
+    /// Helm applications without a result: the transaction must roll back, these be rendered
+    /// and the transaction run again.
+    pending: Vec<HelmRequest>,
+    /// The project's organization (`%OrgName%`).
+    org: String,
+    /// Ids and names of the deployments created, in order of creation, kept across passes:
+    /// a Helm application's release name and default namespace come from them, so a second
+    /// pass must create the same deployments under the same ids to find its renders.
+    ids: Vec<(String, String)>,
+    /// How many of `ids` this pass has used.
+    ids_used: usize,
+}
+
+impl Plan {
+    /// The id and name of the next deployment created in this pass: the previous pass's, or
+    /// new ones.
+    fn next_id(&mut self, taken: &BTreeSet<String>) -> (String, String) {
+        let i = self.ids_used;
+        self.ids_used += 1;
+        if let Some((id, name)) = self.ids.get_mut(i) {
+            if taken.contains(name.as_str()) {
+                *name = new_name(taken);
+            }
+            return (id.clone(), name.clone());
+        }
+        let fresh = (uuid::Uuid::new_v4().to_string(), new_name(taken));
+        self.ids.push(fresh.clone());
+        fresh
+    }
+}
+
+/// How many times a change is rendered again because Helm applications had to be rendered
+/// first (twice suffices unless the catalog changes in between).
+const MAX_RENDER_PASSES: usize = 3;
+
+fn render_passes_exhausted() -> AppError {
+    AppError::Unavailable(
+        "the catalog kept changing while Helm applications were rendered: try again".into(),
+    )
 }
 
 impl App {
     /// Creates a deployment (and the child deployments its requirements need); returns its id.
+    /// Helm applications are rendered first, with no lock held (see `app/helm.rs`).
     pub async fn create_deployment(&self, ctx: &Ctx, req: Deployment) -> Result<String, AppError> {
         ctx.require(Access::FleetWrite)?;
         let norm = normalize_request(&req)?;
+        let org = self.project_org(ctx).await?;
+        let mut renders = self.helm().snapshot();
+        let mut ids = Vec::new();
+        for _ in 0..MAX_RENDER_PASSES {
+            match self
+                .create_once(ctx, &norm, &org, renders.clone(), &mut ids)
+                .await?
+            {
+                Ok(id) => return Ok(id),
+                Err(pending) => renders.extend(self.helm().render_all(pending).await?),
+            }
+        }
+        Err(render_passes_exhausted())
+    }
+
+    /// The organization owning the project (empty for a project from before organizations).
+    async fn project_org(&self, ctx: &Ctx) -> Result<String, AppError> {
+        Ok(self
+            .store()
+            .project_record(ctx.project.name.as_str())
+            .await?
+            .and_then(|r| r.org)
+            .unwrap_or_default())
+    }
+
+    /// One pass of [`App::create_deployment`]: `Ok(Err(requests))` when Helm applications
+    /// must be rendered first (nothing was written).
+    async fn create_once(
+        &self,
+        ctx: &Ctx,
+        norm: &Deployment,
+        org: &str,
+        renders: HelmRenders,
+        ids: &mut Vec<(String, String)>,
+    ) -> Result<Result<String, Vec<HelmRequest>>, AppError> {
         let hub = self.hub();
         let _writes = hub.lock_writes().await;
         let existing = hub.deployments(ctx.project.id);
         let mut tx = self.store().write(ctx.project.id).await?;
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            renders,
+            org: org.to_string(),
+            ids: std::mem::take(ids),
+            ..Plan::default()
+        };
         let mut names: BTreeSet<String> = existing.iter().map(|d| d.name.clone()).collect();
         let rec = self
-            .create_in_tx(ctx, &mut tx, norm, &existing, &mut names, &mut plan, 0)
+            .create_in_tx(
+                ctx,
+                &mut tx,
+                norm.clone(),
+                &existing,
+                &mut names,
+                &mut plan,
+                0,
+            )
             .await?;
+        if !plan.pending.is_empty() {
+            // Dropped without commit: rolled back.
+            drop(tx);
+            *ids = plan.ids;
+            return Ok(Err(plan.pending));
+        }
         let revision = tx.bump_fleet_revision().await?;
         for r in &plan.put {
             if existing.iter().any(|e| e.id == r.id) {
@@ -156,7 +253,7 @@ impl App {
             tracing::info!(project = %ctx.project.name, deployment = %r.id, package = %format!("{}:{}", r.spec.app_name, r.spec.app_version), "deployment created");
             hub.put_deployment(Arc::new(r), revision);
         }
-        Ok(id)
+        Ok(Ok(id))
     }
 
     #[expect(
@@ -192,8 +289,7 @@ impl App {
                 }
             }
         }
-        let id = uuid::Uuid::new_v4().to_string();
-        let name = new_name(names);
+        let (id, name) = plan.next_id(names);
         names.insert(name.clone());
         let project = ctx.project.name.as_str();
         let policy = project_policy(tx).await?;
@@ -203,8 +299,11 @@ impl App {
             registries: &parts.registries,
             project,
             policy: &policy,
+            org: &plan.org,
+            helm: Some(&plan.renders),
         };
         let rendered = render_deployment(&input, &norm, &id, &name, None)?;
+        plan.pending.extend(rendered.helm_pending.iter().cloned());
         let mut spec = norm;
         if spec.display_name.is_empty() {
             spec.display_name = name.clone();
@@ -231,6 +330,8 @@ impl App {
             create_time: now,
             update_time: now,
             spec,
+            warnings: rendered.warnings.clone(),
+            manifests: manifests_of(&rendered),
         };
         set_deployed(tx, &rec.spec.app_name, &rec.spec.app_version, true).await?;
 
@@ -337,6 +438,44 @@ impl App {
         Ok(id)
     }
 
+    /// The manifest Helm rendered for a Helm application of a deployment (what a Kubernetes
+    /// edge would apply). Deployment read access; Secret values and secret parameter values
+    /// are masked unless the caller also has deployment write access (who could set them).
+    pub fn deployment_manifest(&self, ctx: &Ctx, id: &str, app: &str) -> Result<String, AppError> {
+        ctx.require(Access::FleetRead)?;
+        let rec = self
+            .hub()
+            .deployment(ctx.project.id, id)
+            .ok_or_else(|| deployment_not_found(id))?;
+        let Some(manifest) = rec.manifests.get(app) else {
+            return Err(AppError::NotFound(
+                if rec.apps.iter().any(|a| a.name == app) {
+                    format!(
+                        "application {app} of deployment {id} is not a Helm chart application: \
+                         it has no manifest"
+                    )
+                } else {
+                    format!("deployment {id} has no application {app}")
+                },
+            ));
+        };
+        if ctx.require(Access::FleetWrite).is_ok() {
+            return Ok(manifest.clone());
+        }
+        let mut secrets = Vec::new();
+        for real in &rec.spec.override_values {
+            if let Some(masked) = rec
+                .masked_overrides
+                .iter()
+                .find(|m| m.app_name == real.app_name)
+                && let (Some(r), Some(m)) = (&real.values, &masked.values)
+            {
+                secret_values(r, m, &mut secrets);
+            }
+        }
+        redact_manifest(manifest, &secrets)
+    }
+
     /// One deployment with its status and the apps of every edge.
     pub fn get_deployment(&self, ctx: &Ctx, id: &str) -> Result<Deployment, AppError> {
         ctx.require(Access::FleetRead)?;
@@ -387,7 +526,8 @@ impl App {
     }
 
     /// Updates a deployment: display name, profile, override values, targets, or another
-    /// version of the same package (upgrade or downgrade).
+    /// version of the same package (upgrade or downgrade). Helm applications are rendered
+    /// first, with no lock held (see `app/helm.rs`).
     pub async fn update_deployment(
         &self,
         ctx: &Ctx,
@@ -396,6 +536,28 @@ impl App {
     ) -> Result<Deployment, AppError> {
         ctx.require(Access::FleetWrite)?;
         let norm = normalize_request(&req)?;
+        let org = self.project_org(ctx).await?;
+        let mut renders = self.helm().snapshot();
+        for _ in 0..MAX_RENDER_PASSES {
+            match self.update_once(ctx, id, &norm, &org, &renders).await? {
+                Ok(()) => return self.get_deployment(ctx, id),
+                Err(pending) => renders.extend(self.helm().render_all(pending).await?),
+            }
+        }
+        Err(render_passes_exhausted())
+    }
+
+    /// One pass of [`App::update_deployment`]: `Ok(Err(requests))` when Helm applications
+    /// must be rendered first (nothing was written).
+    async fn update_once(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        norm: &Deployment,
+        org: &str,
+        renders: &HelmRenders,
+    ) -> Result<Result<(), Vec<HelmRequest>>, AppError> {
+        let norm = norm.clone();
         let hub = self.hub();
         let _writes = hub.lock_writes().await;
         let old = hub
@@ -443,6 +605,8 @@ impl App {
             registries: &parts.registries,
             project: ctx.project.name.as_str(),
             policy: &policy,
+            org,
+            helm: Some(renders),
         };
         let rendered = render_deployment(
             &input,
@@ -451,6 +615,11 @@ impl App {
             &old.name,
             Some(&old.spec.override_values),
         )?;
+        if !rendered.helm_pending.is_empty() {
+            // Dropped without commit: rolled back.
+            drop(tx);
+            return Ok(Err(rendered.helm_pending));
+        }
         let key = |rs: &[Requirement]| -> BTreeSet<(String, String, String)> {
             rs.iter()
                 .map(|r| (r.package.clone(), r.version.clone(), r.profile.clone()))
@@ -472,6 +641,8 @@ impl App {
 
         let mut rec = (*old).clone();
         let version_changed = spec.app_version != old.spec.app_version;
+        rec.manifests = manifests_of(&rendered);
+        rec.warnings = rendered.warnings;
         rec.masked_overrides = rendered.masked_override_values;
         rec.profile_name = rendered.profile_name;
         rec.default_profile_name = parts.package.default_profile_name.clone();
@@ -500,8 +671,7 @@ impl App {
         tracing::info!(project = %ctx.project.name, deployment = %rec.id, generation = rec.generation, version = %rec.spec.app_version, "deployment updated");
         let rec = Arc::new(rec);
         hub.put_deployment(Arc::clone(&rec), revision);
-        drop(_writes);
-        self.get_deployment(ctx, id)
+        Ok(Ok(()))
     }
 
     /// Deletes a deployment (`PARENT_ONLY`) or it and the deployments it required (`ALL`).
@@ -823,5 +993,81 @@ fn to_api(rec: &DeploymentRecord, status: DeploymentStatus) -> Deployment {
         d.deployment_type = canopy_deploy::model::AUTO_SCALING.into();
     }
     d.status = Some(status);
+    d.warnings = rec.warnings.clone();
     d
+}
+
+/// Secret values of a deployment's override values: where the masked copy shows the mask, the
+/// real value (strings, numbers, booleans).
+fn secret_values(real: &serde_json::Value, masked: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (real, masked) {
+        (Value::Object(r), Value::Object(m)) => {
+            for (k, rv) in r {
+                if let Some(mv) = m.get(k) {
+                    secret_values(rv, mv, out);
+                }
+            }
+        }
+        (Value::Array(r), Value::Array(m)) => {
+            for (rv, mv) in r.iter().zip(m) {
+                secret_values(rv, mv, out);
+            }
+        }
+        (rv, Value::String(m)) if m == canopy_core::template::SECRET_MASK && rv != masked => {
+            match rv {
+                Value::String(s) if !s.is_empty() => out.push(s.clone()),
+                Value::Number(_) | Value::Bool(_) => out.push(rv.to_string()),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A manifest as readers without write access see it: every Secret's `data` and `stringData`
+/// values replaced by the mask, and every secret parameter value of the deployment's override
+/// values too, wherever the chart put it. The documents are written out again (YAML, each
+/// after its `# Source:` line).
+fn redact_manifest(manifest: &str, secrets: &[String]) -> Result<String, AppError> {
+    let mask = canopy_core::template::SECRET_MASK;
+    let docs = canopy_helm::manifest::parse(manifest)
+        .map_err(|e| AppError::Internal(format!("stored manifest unreadable: {e}")))?;
+    let mut out = String::new();
+    for mut doc in docs {
+        if doc.kind() == "Secret" {
+            for field in ["data", "stringData"] {
+                if let Some(serde_json::Value::Object(m)) = doc.object.get_mut(field) {
+                    for v in m.values_mut() {
+                        *v = serde_json::Value::String(mask.into());
+                    }
+                }
+            }
+        }
+        out.push_str("---\n");
+        if !doc.source.is_empty() {
+            out.push_str(&format!("# Source: {}\n", doc.source));
+        }
+        let text = serde_saphyr::to_string(&doc.object)
+            .map_err(|e| AppError::Internal(format!("manifest: {e}")))?;
+        out.push_str(&text);
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    let mut secrets: Vec<&String> = secrets.iter().collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for s in secrets {
+        out = out.replace(s.as_str(), mask);
+    }
+    Ok(out)
+}
+
+/// The rendered manifests of a deployment's Helm applications, as the record keeps them.
+fn manifests_of(rendered: &Rendered) -> BTreeMap<String, String> {
+    rendered
+        .manifests
+        .iter()
+        .map(|(app, m)| (app.clone(), m.to_string()))
+        .collect()
 }

@@ -10,6 +10,7 @@ mod catalog;
 mod deployments;
 mod edges;
 mod error;
+mod helm;
 mod identity;
 mod login_guard;
 mod policy;
@@ -32,6 +33,7 @@ pub use edges::{
     AgentCtx, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken, check_protocol,
 };
 pub use error::AppError;
+pub use helm::HelmConfig;
 pub use identity::{
     ADMIN_TOKEN_FILE, AdminTokenReset, ApiToken, AuthConfig, BOOTSTRAP_USER, IssuedToken, User,
     WhoAmI, reset_admin_token,
@@ -93,6 +95,8 @@ pub struct AppConfig {
     pub public_url: Option<String>,
     /// What uploads may cost: spool, parallelism, session quotas.
     pub uploads: UploadLimits,
+    /// How Helm-chart applications are fetched and rendered.
+    pub helm: HelmConfig,
 }
 
 struct Inner {
@@ -115,6 +119,8 @@ struct Inner {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Upload limits, spool and processing turns.
     uploads: upload::Uploads,
+    /// The Helm CLI, the chart cache and rendered Helm applications.
+    helm: helm::HelmService,
 }
 
 impl App {
@@ -143,6 +149,7 @@ impl App {
         let hub = Hub::load(config.fleet, snapshot).map_err(AppError::Internal)?;
         let uploads = upload::Uploads::new(config.uploads)?;
         let login = login_guard::LoginGuard::new(&config.auth.login);
+        let helm = helm::HelmService::start(&config.helm).await;
         let app = App {
             inner: Arc::new(Inner {
                 store,
@@ -158,6 +165,7 @@ impl App {
                 project_names: Default::default(),
                 shutdown: tokio::sync::watch::channel(false).0,
                 uploads,
+                helm,
             }),
         };
         app.ensure_default_org().await?;
@@ -171,6 +179,20 @@ impl App {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+    }
+
+    /// The Helm side: CLI, chart cache, rendered applications.
+    pub(crate) fn helm(&self) -> &helm::HelmService {
+        &self.inner.helm
+    }
+
+    /// The Helm CLI the server renders charts with (`Err`: why it has none).
+    pub fn helm_cli(&self) -> Result<(std::path::PathBuf, String), String> {
+        self.inner
+            .helm
+            .status()
+            .map(|h| (h.path().to_path_buf(), h.version().to_string()))
+            .map_err(str::to_string)
     }
 
     /// The store underneath (for lifecycle management, not for handlers).

@@ -14,6 +14,12 @@
 //! edge's desired state, so they survive a lost connection or an agent restart and applying one
 //! twice is harmless. Consoles and logs travel through agent-opened tunnels (see `tunnels`).
 //!
+//! Helm-chart applications (`AppInstance.pods`) run several pods: each pod the agent reports
+//! (`kind: "pod"`, named `<workload>-...` as Kubernetes names them) is listed with the
+//! containers of the chart workload its name starts with, and a workload none of whose pods
+//! has been reported yet is listed as `STATE_PENDING` pods (one per replica not reported,
+//! named `<workload>` or `<workload>-<i>`), so the count matches what the app should run.
+//!
 //! Ids are stable and need no storage: UUIDv5 of edge, deployment, app and workload, so the same
 //! VM keeps its id across restarts of both sides and differs between edges.
 
@@ -293,6 +299,9 @@ impl App {
         let mut out = Vec::new();
         if !app.containers.is_empty() {
             out.push(self.pod_workload(l));
+        }
+        if let Some(pods) = &app.pods {
+            out.extend(helm_pods(l, pods));
         }
         for vm in &app.vms {
             let reported = l.reported("vm", &vm.name);
@@ -620,8 +629,10 @@ impl App {
         Ok(())
     }
 
-    /// `DeletePod`: the pod `pod` (an app's containers, named by [`pod_name`]) in `namespace`
-    /// on the edge is recreated, as Kubernetes recreates a deleted pod.
+    /// `DeletePod`: the pod `pod` (an app's containers, named by [`pod_name`]; or a pod of a
+    /// Helm app, by the name its agent reported) in `namespace` on the edge is recreated, as
+    /// Kubernetes recreates a deleted pod. For a Helm pod the standing control names the pod
+    /// (`workload`), so the agent recreates that pod alone.
     pub async fn delete_pod(
         &self,
         ctx: &Ctx,
@@ -636,32 +647,43 @@ impl App {
             .edge(ctx.project.id, cluster_id)
             .ok_or_else(|| super::edges::edge_not_found(cluster_id))?;
         let mut target = None;
+        let statuses = hub.edge_statuses(ctx.project.id, &edge.id);
         for rec in hub.deployments(ctx.project.id) {
             for app in &rec.apps {
-                if app.namespace == namespace
-                    && pod_name(&rec.id, &app.name) == pod
-                    && hub.edge_holds(&edge.id, &rec.id, &app.name)
+                if app.namespace != namespace || !hub.edge_holds(&edge.id, &rec.id, &app.name) {
+                    continue;
+                }
+                // A Helm app's pod, by the name the agent reported: that pod alone.
+                if app.pods.is_some()
+                    && statuses.iter().any(|s| {
+                        s.deployment_id == rec.id
+                            && s.app == app.name
+                            && s.workloads.iter().any(|w| w.kind == "pod" && w.name == pod)
+                    })
                 {
+                    target = Some((rec.id.clone(), app.name.clone(), pod.to_string()));
+                }
+                if pod_name(&rec.id, &app.name) == pod {
                     if app.containers.is_empty() {
                         break;
                     }
-                    target = Some((rec.id.clone(), app.name.clone()));
+                    target = Some((rec.id.clone(), app.name.clone(), String::new()));
                 }
             }
         }
-        let Some((deployment_id, app)) = target else {
+        let Some((deployment_id, app, workload)) = target else {
             return Err(AppError::NotFound(format!(
                 "pod {pod} not found in namespace {namespace} on edge {}",
                 edge.name
             )));
         };
         let mut control = hub
-            .control(&edge.id, &deployment_id, &app, WorkloadKind::Pod, "")
+            .control(&edge.id, &deployment_id, &app, WorkloadKind::Pod, &workload)
             .unwrap_or(WorkloadControl {
                 deployment_id: deployment_id.clone(),
                 app: app.clone(),
                 kind: WorkloadKind::Pod,
-                workload: String::new(),
+                workload: workload.clone(),
                 running: true,
                 restarts: 0,
             });
@@ -805,6 +827,140 @@ fn ready_state(ready: bool) -> StateOnly {
             "STATE_NOT_READY"
         }
         .into(),
+    }
+}
+
+/// The chart workload a reported pod belongs to: the one whose name, followed by `-`, starts
+/// the pod's name (the longest such name, so `web-db-0` belongs to `web-db`, not `web`).
+fn owner_of<'p>(
+    pods: &'p canopy_proto::pods::PodApp,
+    pod: &str,
+) -> Option<&'p canopy_proto::pods::Workload> {
+    pods.workloads
+        .iter()
+        .filter(|w| {
+            pod.strip_prefix(w.name.as_str())
+                .is_some_and(|rest| rest.starts_with('-') || rest.is_empty())
+        })
+        .max_by_key(|w| w.name.len())
+}
+
+/// The pods of a Helm application on one edge (see the module doc).
+fn helm_pods(l: &Located, pods: &canopy_proto::pods::PodApp) -> Vec<AppWorkload> {
+    let app = l.app();
+    let reported: Vec<&WorkloadStatus> = l
+        .status
+        .as_ref()
+        .map(|s| s.workloads.iter().filter(|w| w.kind == "pod").collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let workload = |name: &str, state: &str, ready: bool, create_time, containers| AppWorkload {
+        kind: "TYPE_POD".into(),
+        id: workload_id(&l.edge_id, &l.rec.id, &app.name, &format!("pod/{name}")),
+        name: name.to_string(),
+        namespace: app.namespace.clone(),
+        create_time,
+        workload_ready: ready,
+        virtual_machine: None,
+        pod: Some(Pod {
+            containers,
+            status: StateOnly {
+                state: state.into(),
+            },
+        }),
+    };
+    for w in &reported {
+        // Kubernetes' phase: Pending, Running, Succeeded, Failed (anything else: Unknown).
+        let phase = match w.state.as_str() {
+            "Pending" | "pending" => "STATE_PENDING",
+            "Running" | "running" => "STATE_RUNNING",
+            "Succeeded" | "succeeded" => "STATE_SUCCEEDED",
+            "Failed" | "failed" => "STATE_FAILED",
+            _ => "STATE_UNKNOWN",
+        };
+        let ready = phase == "STATE_RUNNING" && w.health != "unhealthy";
+        let containers = owner_of(pods, &w.name)
+            .map(|o| {
+                o.containers
+                    .iter()
+                    .map(|c| Container {
+                        name: c.name.clone(),
+                        image_name: c.image.clone(),
+                        restart_count: w.restarts,
+                        status: pod_container_status(phase, &w.message),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let created = Some(w.created_at.clone()).filter(|t| !t.is_empty());
+        out.push(workload(&w.name, phase, ready, created, containers));
+    }
+    for wl in &pods.workloads {
+        let seen = reported
+            .iter()
+            .filter(|r| owner_of(pods, &r.name).is_some_and(|o| o.name == wl.name))
+            .count();
+        let expected = canopy_deploy::helm::pod_slots(&canopy_proto::pods::PodApp {
+            workloads: vec![wl.clone()],
+            ..Default::default()
+        });
+        for i in seen..expected {
+            let name = if expected == 1 {
+                wl.name.clone()
+            } else {
+                format!("{}-{i}", wl.name)
+            };
+            let containers = wl
+                .containers
+                .iter()
+                .map(|c| Container {
+                    name: c.name.clone(),
+                    image_name: c.image.clone(),
+                    restart_count: 0,
+                    status: ContainerStatus {
+                        container_state_waiting: Some(ContainerStateWaiting {
+                            reason: "ContainerCreating".into(),
+                            message: String::new(),
+                        }),
+                        ..Default::default()
+                    },
+                })
+                .collect();
+            out.push(workload(&name, "STATE_PENDING", false, None, containers));
+        }
+    }
+    out.truncate(MAX_ITEMS);
+    out
+}
+
+/// A pod's container as its pod's phase says (the agent's per-container detail, when it
+/// reports it, is finer).
+fn pod_container_status(phase: &str, message: &str) -> ContainerStatus {
+    match phase {
+        "STATE_RUNNING" => ContainerStatus {
+            container_state_running: Some(serde_json::Map::new()),
+            ..Default::default()
+        },
+        "STATE_SUCCEEDED" | "STATE_FAILED" => ContainerStatus {
+            container_state_terminated: Some(ContainerStateTerminated {
+                exit_code: i64::from(phase == "STATE_FAILED"),
+                message: message.to_string(),
+                reason: if phase == "STATE_FAILED" {
+                    "Error"
+                } else {
+                    "Completed"
+                }
+                .into(),
+            }),
+            ..Default::default()
+        },
+        _ => ContainerStatus {
+            container_state_waiting: Some(ContainerStateWaiting {
+                reason: "ContainerCreating".into(),
+                message: message.to_string(),
+            }),
+            ..Default::default()
+        },
     }
 }
 

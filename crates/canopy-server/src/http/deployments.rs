@@ -116,6 +116,23 @@ pub async fn get_deployment(
     }))
 }
 
+#[utoipa::path(get, path = "/canopy/v1/projects/{projectName}/deployments/{deplId}/apps/{appName}/manifest", tag = "Canopy",
+    description = "The Kubernetes manifest Helm rendered for a Helm-chart application of the deployment (its current generation, hooks and tests left out): what a Kubernetes edge would apply. Deployment read access. Secret objects' data and the deployment's secret parameter values are shown as ******** unless the caller also has deployment write access.",
+    params(("projectName" = String, Path), ("deplId" = String, Path), ("appName" = String, Path)),
+    responses((status = 200, body = String, content_type = "application/yaml"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn deployment_manifest(
+    State(app): State<App>,
+    Path((project, id, app_name)): Path<(String, String, String)>,
+    caller: Caller,
+) -> ApiResult<([(axum::http::header::HeaderName, &'static str); 1], String)> {
+    let c = caller.ctx(&app, &project).await?;
+    let manifest = app.deployment_manifest(&c, &id, &app_name)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        manifest,
+    ))
+}
+
 #[utoipa::path(put, path = "/v1/projects/{projectName}/appdeployment/deployments/{deplId}", tag = "DeploymentService",
     operation_id = "DeploymentService_UpdateDeployment",
     params(("projectName" = String, Path), ("deplId" = String, Path)), request_body = Deployment,

@@ -157,6 +157,7 @@ pub fn api_router() -> OpenApiRouter<App> {
             deployments::delete_deployment
         ))
         .routes(routes!(deployments::deployment_clusters))
+        .routes(routes!(deployments::deployment_manifest))
         .routes(routes!(deployments::deployments_per_cluster))
         .routes(routes!(deployments::deployments_status))
         .routes(routes!(deployments::list_clusters))

@@ -832,3 +832,42 @@ fn watch_flags_parse() {
     assert!(Cli::try_parse_from(["canopy", "deployment", "delete", "d1", "--all", "-w"]).is_ok());
     assert!(Cli::try_parse_from(["canopy", "deployment", "status", "-l", "a=b"]).is_ok());
 }
+
+#[tokio::test]
+async fn deployment_manifest_prints_what_helm_rendered() {
+    let Some(env) = canopy_testkit::helm::HelmTestEnv::from_env() else {
+        return;
+    };
+    let root = env.push_chart("canopy-web", None, false);
+    let cp = TestControlPlane::start().await;
+    canopy_testkit::helm::HelmPackage::new("web", &root, "canopy-web", "0.1.0")
+        .create(&cp, "default")
+        .await;
+    ok(
+        &cp,
+        &["deployment", "create", "web:1.0.0", "--label", "site=x"],
+    )
+    .await;
+    let (_, b) = cp
+        .get(&cp.at("/v1/projects/default/appdeployment/deployments"))
+        .await;
+    let id = b["deployments"][0]["deployId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = ok(&cp, &["deployment", "get", &id]).await;
+    assert!(
+        shown.contains("Warnings") && shown.contains("ServiceAccount"),
+        "{shown}"
+    );
+    let manifest = ok(&cp, &["deployment", "manifest", &id, "web"]).await;
+    assert!(manifest.contains("kind: Deployment"), "{manifest}");
+    assert!(
+        manifest.contains("# Source: canopy-web/templates/"),
+        "{manifest}"
+    );
+    let (code, _, err) = canopy(&cp, &["deployment", "manifest", &id, "ghost"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("has no application ghost"), "{err}");
+    cp.stop().await;
+}

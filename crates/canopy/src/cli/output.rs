@@ -798,6 +798,20 @@ pub fn deployment_details(d: &Deployment, clusters: &[Cluster]) -> Details {
     if !overrides.is_empty() {
         details = details.table("OverrideValues", overrides);
     }
+    if !d.warnings.is_empty() {
+        // What Helm charts hold that edges do not run as Kubernetes would.
+        let mut warnings = Table::new(&["App", "Kind", "Name", "Template", "Warning"]);
+        for w in &d.warnings {
+            warnings.push(vec![
+                w.app_name.clone(),
+                w.kind.clone(),
+                w.name.clone(),
+                w.template.clone(),
+                w.message.clone(),
+            ]);
+        }
+        details = details.table("Warnings", warnings);
+    }
     details.table("Edges", deployment_clusters_table(clusters))
 }
 

@@ -31,6 +31,11 @@ pub struct ServerArgs {
     pub auth: super::server_auth::AuthArgs,
     #[command(flatten)]
     pub uploads: super::server_uploads::UploadArgs,
+    /// The Helm CLI used to render Helm-chart applications (Helm 3.8+ or 4). Default: `helm`
+    /// on PATH. Checked at start; without one, Helm-chart applications are refused with the
+    /// reason (native applications are not affected).
+    #[arg(long, env = "CANOPY_HELM_BIN", value_name = "PATH")]
+    pub helm_bin: Option<PathBuf>,
     /// Start a new, empty instance even though the data directory holds the state of one that
     /// has run (secret.key, admin.token) while its database is missing or empty. Without it,
     /// that start is refused; the old admin.token is kept beside the new one.
@@ -132,6 +137,11 @@ pub struct UpArgs {
     pub auth: super::server_auth::AuthArgs,
     #[command(flatten)]
     pub uploads: super::server_uploads::UploadArgs,
+    /// The Helm CLI used to render Helm-chart applications (Helm 3.8+ or 4). Default: `helm`
+    /// on PATH. Checked at start; without one, Helm-chart applications are refused with the
+    /// reason (native applications are not affected).
+    #[arg(long, env = "CANOPY_HELM_BIN", value_name = "PATH")]
+    pub helm_bin: Option<PathBuf>,
     /// Start a new, empty instance even though the data directory holds the state of one that
     /// has run (secret.key, admin.token) while its database is missing or empty.
     #[arg(long)]
@@ -161,6 +171,10 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         public_url: args.tls.public_url.clone(),
         uploads: args.uploads.upload_limits(),
         initialize: args.initialize,
+        helm: canopy_server::app::HelmConfig {
+            helm_bin: args.helm_bin.clone(),
+            ..Default::default()
+        },
     };
     let server = canopy_server::Server::bind(&config).await?;
     let url = server.url()?;
@@ -318,10 +332,17 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
         Some(svc) => format!("  Podman      {}\n", svc.summary),
         None => String::new(),
     };
+    let helm_line = match app.helm_cli() {
+        Ok((path, version)) => format!("  Helm        {} ({version})\n", path.display()),
+        Err(why) => format!(
+            "  Helm        none: Helm-chart applications will be refused ({why}; install Helm \
+             3.8+ or 4, or pass --helm-bin)\n"
+        ),
+    };
     writeln!(
         out,
         "Canopy is up on embedded storage ({db}).\n\
-         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n{podman_line}  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
+         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n{podman_line}{helm_line}  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
          {tls_note}\
          \nNext, in another terminal (from the Canopy source tree; the CLI here already trusts\
          \nthis server and acts as its administrator):\n\
@@ -368,6 +389,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         public_url: args.tls.public_url.clone(),
         uploads: args.uploads.upload_limits(),
         initialize: args.initialize,
+        helm: canopy_server::app::HelmConfig {
+            helm_bin: args.helm_bin.clone(),
+            ..Default::default()
+        },
     };
     // The server's errors name what failed (address, data directory, database).
     canopy_server::serve(config).await?;

@@ -75,6 +75,14 @@ pub enum DeploymentCommand {
         #[arg(long, value_name = "DURATION", value_parser = super::args::duration, default_value = "10m", requires = "watch")]
         timeout: std::time::Duration,
     },
+    /// Print the Kubernetes manifest Helm rendered for a Helm-chart application of the
+    /// deployment (YAML). Secret values are masked unless you may change the deployment.
+    Manifest {
+        /// Id, name or display name.
+        deployment: String,
+        /// The application (of the deployment's package).
+        app: String,
+    },
     /// Edges counted by state over the deployments (all, or those targeting --label).
     Status {
         /// Only deployments targeting this label, KEY=VALUE. Repeatable: any matches.
@@ -334,6 +342,12 @@ pub async fn run(cmd: DeploymentCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()
             watch,
             timeout,
         } => delete(ctx, &deployment, all, watch, timeout).await,
+        DeploymentCommand::Manifest { deployment, app } => {
+            let d = resolve(ctx, &deployment).await?;
+            let text = ctx.client.deployment_manifest(&d.deploy_id, &app).await?;
+            ctx.out.write_all(text.as_bytes())?;
+            Ok(())
+        }
         DeploymentCommand::Status { labels } => {
             let s = ctx
                 .client
