@@ -7,6 +7,7 @@
 mod audit;
 mod auth;
 mod catalog;
+mod charts;
 mod deployments;
 mod edges;
 mod error;
@@ -27,6 +28,7 @@ use canopy_store::{Project, Store};
 pub use audit::{AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditRecord};
 pub use auth::{ADMIN_ROLE, Access, M2M_ROLE, Principal, PrincipalKind};
 pub use catalog::{ChangeSummary, PackageExport};
+pub use charts::{ChartImport, ChartLimits, ChartList, ChartQuery, ImportOutcome, MAX_CHART_PAGE};
 pub use deployments::DeploymentClusters;
 pub use edges::{
     AgentCtx, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken, check_protocol,
@@ -93,6 +95,8 @@ pub struct AppConfig {
     pub public_url: Option<String>,
     /// What uploads may cost: spool, parallelism, session quotas.
     pub uploads: UploadLimits,
+    /// What chart imports and listings may cost: cache, parallelism, time.
+    pub charts: ChartLimits,
 }
 
 struct Inner {
@@ -115,6 +119,8 @@ struct Inner {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Upload limits, spool and processing turns.
     uploads: upload::Uploads,
+    /// The chart fetcher and turns of chart imports and listings.
+    charts: charts::Charts,
 }
 
 impl App {
@@ -142,6 +148,7 @@ impl App {
         let snapshot = store.load_fleet().await?;
         let hub = Hub::load(config.fleet, snapshot).map_err(AppError::Internal)?;
         let uploads = upload::Uploads::new(config.uploads)?;
+        let charts = charts::Charts::new(config.charts)?;
         let login = login_guard::LoginGuard::new(&config.auth.login);
         let app = App {
             inner: Arc::new(Inner {
@@ -158,6 +165,7 @@ impl App {
                 project_names: Default::default(),
                 shutdown: tokio::sync::watch::channel(false).0,
                 uploads,
+                charts,
             }),
         };
         app.ensure_default_org().await?;
