@@ -515,3 +515,81 @@ async fn system_registries_are_not_overwritten() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
 }
+
+/// What 32 callers importing from a registry that never answers cost: one registry operation
+/// at a time here (`parallelism` 1), the others wait at most `queue_wait` and are refused with
+/// 503 (`Busy`, a `Retry-After`), and the one running ends at `operation_timeout`. No registry
+/// connection, memory or time beyond those bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_imports_are_bounded() {
+    use canopy_server::app::{AppConfig, AppError, ChartLimits, Principal};
+    use std::time::{Duration, Instant};
+
+    // A "registry" that accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let (store, _dir) = canopy_store::testing::fresh_sqlite().await;
+    let app = canopy_server::App::with_options(
+        store,
+        AppConfig {
+            charts: ChartLimits {
+                parallelism: 1,
+                queue_wait: Duration::from_millis(300),
+                operation_timeout: Duration::from_secs(3),
+                ..ChartLimits::default()
+            },
+            ..AppConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ctx = app
+        .context(Principal::system(), P, "hostile".into())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let (app, ctx) = (app.clone(), ctx.clone());
+        let q = format!("url=oci%3A%2F%2F{addr}%2Fcharts%2Fhuge-{i}%3A1.0.0");
+        tasks.push(tokio::spawn(async move {
+            app.import_chart(&ctx, Some(&q)).await
+        }));
+        if i == 0 {
+            // Let the first one take the only turn.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (mut busy, mut timed_out) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(AppError::Busy { retry_after, .. }) => {
+                assert!(retry_after > 0);
+                busy += 1;
+            }
+            Err(AppError::Unavailable(m)) => {
+                assert!(
+                    m.contains("took longer than 3 s") && m.contains("huge-0"),
+                    "{m}"
+                );
+                timed_out += 1;
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!((busy, timed_out), (31, 1));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded by the operation timeout: {:?}",
+        started.elapsed()
+    );
+    let (_, registries) = app.list_registries(&ctx, None).await.unwrap();
+    assert_eq!(registries, 0, "nothing written");
+    held.abort();
+}
