@@ -312,6 +312,8 @@ impl Client {
 
     /// `POST /import`: imports a Helm chart (the registry, application and package the
     /// server generates). The server fetches the chart, so this waits as long as a transfer.
+    /// `chart_values` go in the request body (a Canopy server's extension), so values files
+    /// larger than a query string holds work.
     pub async fn import_helm_chart(
         &self,
         req: &ChartImportRequest,
@@ -323,9 +325,6 @@ impl Client {
         }
         if let Some(t) = &req.auth_token {
             query.push(("authToken", t.clone()));
-        }
-        if let Some(v) = &req.chart_values {
-            query.push(("chartValues", v.clone()));
         }
         for (k, on) in [
             ("includeAuth", req.include_auth),
@@ -339,8 +338,14 @@ impl Client {
         if let Some(ns) = &req.namespace {
             query.push(("namespace", ns.clone()));
         }
-        let req = self.request(Method::POST, &url).query(&query);
-        let body = self.execute_bytes(req, self.transfer_timeout).await?;
+        let mut http = self.request(Method::POST, &url).query(&query);
+        if let Some(v) = &req.chart_values {
+            // In the body (Canopy extension): a query string holds at most about 64 KiB.
+            http = http
+                .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+                .body(v.clone());
+        }
+        let body = self.execute_bytes(http, self.transfer_timeout).await?;
         crate::parse_json(&url, &body)
     }
 

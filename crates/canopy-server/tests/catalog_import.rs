@@ -559,7 +559,7 @@ async fn hostile_imports_are_bounded() {
         let (app, ctx) = (app.clone(), ctx.clone());
         let q = format!("url=oci%3A%2F%2F{addr}%2Fcharts%2Fhuge-{i}%3A1.0.0");
         tasks.push(tokio::spawn(async move {
-            app.import_chart(&ctx, Some(&q)).await
+            app.import_chart(&ctx, Some(&q), &[]).await
         }));
         if i == 0 {
             // Let the first one take the only turn.
@@ -592,4 +592,38 @@ async fn hostile_imports_are_bounded() {
     let (_, registries) = app.list_registries(&ctx, None).await.unwrap();
     assert_eq!(registries, 0, "nothing written");
     held.abort();
+}
+
+/// Values larger than a query string holds (about 64 KiB) go in the request body (Canopy
+/// extension); the query's `chartValues` and a body together are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_in_the_body() {
+    let Some(r) = registries() else { return };
+    for cp in TestControlPlane::all().await {
+        let url = format!("oci://{}/charts/canopy-web:0.1.0", r.plain);
+        let values = format!("big: \"{}\"\n", "x".repeat(300 * 1024));
+        let req = cp
+            .http()
+            .post(cp.catalog(P, "/import"))
+            .query(&[("url", url.as_str())])
+            .header("content-type", "application/yaml")
+            .body(values.clone());
+        let (s, b) = cp.send(req).await;
+        assert_eq!(s, StatusCode::OK, "{}: {b}", cp.backend);
+        let (_, app) = cp
+            .get(&cp.catalog(P, "/applications/canopy-web/versions/0.1.0"))
+            .await;
+        assert_eq!(
+            app["application"]["profiles"][0]["chartValues"],
+            values.as_str()
+        );
+        let req = cp
+            .http()
+            .post(cp.catalog(P, "/import"))
+            .query(&[("url", url.as_str()), ("chartValues", "a: 1")])
+            .body("b: 2\n");
+        let (s, b) = cp.send(req).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+        assert!(msg(&b).contains("chartValues given twice"), "{b}");
+    }
 }

@@ -383,14 +383,27 @@ impl App {
     /// `POST /catalog/import`: fetches the chart and upserts its registry, application and
     /// deployment package in one transaction (see the module doc).
     /// `query` is the request's query string (the reference's parameters), read only once the
-    /// caller is known to be allowed.
+    /// caller is known to be allowed. `body`, when not empty, is `chartValues` (Canopy
+    /// extension: a query string holds at most about 64 KiB).
     pub async fn import_chart(
         &self,
         ctx: &Ctx,
         query: Option<&str>,
+        body: &[u8],
     ) -> Result<ImportOutcome, AppError> {
         ctx.require(Access::CatalogWrite)?;
-        let req = ChartImport::from_query(query)?;
+        let mut req = ChartImport::from_query(query)?;
+        if !body.is_empty() {
+            if req.chart_values.is_some() {
+                return Err(AppError::Invalid(
+                    "chartValues given twice: in the query string and as the request body".into(),
+                ));
+            }
+            let text = std::str::from_utf8(body).map_err(|_| {
+                AppError::Invalid("the request body (chartValues) is not UTF-8 text".into())
+            })?;
+            req.chart_values = Some(text.to_string());
+        }
         req.check()?;
         let url = ChartUrl::parse(req.url.trim()).map_err(import_rule)?;
         let values_source =

@@ -775,8 +775,11 @@ pub struct ImportResponse {
     description = "Imports a Helm chart from an OCI registry: fetches it, then creates or updates the HELM registry \
                    `<name>-registry`, the application `<name>` (profile `default`) and the deployment package `<name>` \
                    in one transaction. Fetch failures (chart or version not found, credentials refused) are 400 and \
-                   name the URL, chart and version; 503 with `Retry-After` when the server's chart operations are all busy.",
+                   name the URL, chart and version; 503 with `Retry-After` when the server's chart operations are all busy. \
+                   Canopy extension: a non-empty request body (raw YAML) is `chartValues`, for values larger than a query \
+                   string holds (about 64 KiB).",
     params(("projectName" = String, Path), ImportParams),
+    request_body(content_type = "application/yaml", description = "optional: chartValues (raw YAML)"),
     responses((status = 200, body = ImportResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn import_chart(
@@ -784,9 +787,10 @@ pub async fn import_chart(
     Path(project): Path<String>,
     RawQuery(q): RawQuery,
     caller: Caller,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<ImportResponse>> {
     let c = caller.ctx(&app, &project).await?;
-    let outcome = app.import_chart(&c, q.as_deref()).await?;
+    let outcome = app.import_chart(&c, q.as_deref(), &body).await?;
     Ok(Json(ImportResponse {
         error_messages: Vec::new(),
         changes: outcome.changes,
