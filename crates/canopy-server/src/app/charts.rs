@@ -414,7 +414,7 @@ impl App {
             auth_token: req.auth_token.clone().filter(|t| !t.is_empty()),
             ca_pem: None,
         };
-        let _turn = self.chart_turn().await?;
+        let turn = self.chart_turn().await?;
         let shown = canopy_helm::import::ChartUrl {
             version: None,
             ..url.clone()
@@ -501,7 +501,7 @@ impl App {
             &opts,
         )
         .map_err(import_rule)?;
-        drop(_turn);
+        drop(turn);
         let changes = self.write_import(ctx, entities).await?;
         tracing::info!(
             project = %ctx.project.name,
@@ -568,7 +568,7 @@ impl App {
                 .ok_or_else(|| AppError::NotFound(format!("registry {} not found", q.registry)))?
         };
         let src = chart_source(&registry, q.chart.as_deref())?;
-        let _turn = self.chart_turn().await?;
+        let turn = self.chart_turn().await?;
         let what = || match &q.chart {
             Some(c) => format!(
                 "listing the versions of chart {c} in registry {}",
@@ -592,7 +592,7 @@ impl App {
                 }
             })
             .await?;
-        drop(_turn);
+        drop(turn);
         if q.chart.is_some() {
             sort_versions(&mut items);
         } else {
