@@ -308,6 +308,83 @@ impl Client {
             .await
     }
 
+    // ---- Helm charts ----------------------------------------------------------------------
+
+    /// `POST /import`: imports a Helm chart (the registry, application and package the
+    /// server generates). The server fetches the chart, so this waits as long as a transfer.
+    /// `chart_values` go in the request body (a Canopy server's extension), so values files
+    /// larger than a query string holds work.
+    pub async fn import_helm_chart(
+        &self,
+        req: &ChartImportRequest,
+    ) -> Result<ChartImportResponse, ClientError> {
+        let url = self.catalog_url(&["import"]);
+        let mut query: Vec<(&str, String)> = vec![("url", req.url.clone())];
+        if let Some(u) = &req.username {
+            query.push(("username", u.clone()));
+        }
+        if let Some(t) = &req.auth_token {
+            query.push(("authToken", t.clone()));
+        }
+        for (k, on) in [
+            ("includeAuth", req.include_auth),
+            ("generateDefaultValues", req.generate_default_values),
+            ("generateDefaultParameters", req.generate_default_parameters),
+        ] {
+            if on {
+                query.push((k, "true".into()));
+            }
+        }
+        if let Some(ns) = &req.namespace {
+            query.push(("namespace", ns.clone()));
+        }
+        let mut http = self.request(Method::POST, &url).query(&query);
+        if let Some(v) = &req.chart_values {
+            // In the body (Canopy extension): a query string holds at most about 64 KiB.
+            http = http
+                .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+                .body(v.clone());
+        }
+        let body = self.execute_bytes(http, self.transfer_timeout).await?;
+        crate::parse_json(&url, &body)
+    }
+
+    /// `GET /charts`: the chart names of a HELM registry, or the versions of `chart` (newest
+    /// first), one page (`page_size` at most 100), with the total count.
+    pub async fn registry_charts(
+        &self,
+        registry: &str,
+        chart: Option<&str>,
+        page_size: Option<u32>,
+        offset: Option<u32>,
+    ) -> Result<Page<String>, ClientError> {
+        let url = self.catalog_url(&["charts"]);
+        let mut query: Vec<(&str, String)> = vec![("registry", registry.to_string())];
+        if let Some(c) = chart {
+            query.push(("chart", c.to_string()));
+        }
+        if let Some(n) = page_size {
+            query.push(("pageSize", n.to_string()));
+        }
+        if let Some(o) = offset {
+            query.push(("offset", o.to_string()));
+        }
+        let req = self.request(Method::GET, &url).query(&query);
+        let resp = self.execute(req, self.transfer_timeout).await?;
+        let total = resp
+            .headers()
+            .get("x-total-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::from_transport(self.base_url(), self.transfer_timeout, e))?;
+        let items: Vec<String> = crate::parse_json(&url, &body)?;
+        let total = total.unwrap_or(u64::from(offset.unwrap_or(0)) + items.len() as u64);
+        Ok(Page { items, total })
+    }
+
     // ---- artifacts ------------------------------------------------------------------------
 
     /// `POST /artifacts`.
@@ -354,4 +431,39 @@ fn sensitive(show: bool) -> Vec<(&'static str, String)> {
     } else {
         Vec::new()
     }
+}
+
+/// What `POST /import` takes (the reference's query parameters).
+#[derive(Clone, Default)]
+pub struct ChartImportRequest {
+    /// `oci://host[:port]/path/chart[:version]`.
+    pub url: String,
+    pub username: Option<String>,
+    /// Sent in the query string (the reference's contract); never printed.
+    pub auth_token: Option<String>,
+    pub chart_values: Option<String>,
+    pub include_auth: bool,
+    pub generate_default_values: bool,
+    pub generate_default_parameters: bool,
+    pub namespace: Option<String>,
+}
+
+impl std::fmt::Debug for ChartImportRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChartImportRequest")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
+            .field("include_auth", &self.include_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to `POST /import`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ChartImportResponse {
+    pub error_messages: Vec<String>,
+    /// What Canopy created, updated or left unchanged (empty from the reference).
+    pub changes: Vec<crate::UploadChange>,
 }

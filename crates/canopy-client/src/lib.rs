@@ -35,6 +35,7 @@ use serde_json::Value;
 pub use audit::{AuditEntry, AuditFilter, MAX_AUDIT_PAGE_SIZE};
 pub use canopy_core::upload::UploadFile;
 pub use canopy_deploy::model::DeleteType;
+pub use catalog::{ChartImportRequest, ChartImportResponse};
 pub use error::ClientError;
 pub use fleet::{CreatedEnrollmentToken, Edge, EnrollmentToken, NewEnrollmentToken};
 pub use list::{ListParams, MAX_PAGE_SIZE, Page, collect_all};

@@ -18,6 +18,8 @@
 //! - [`fetch`] (with [`oci`], [`repo`], [`cache`], [`archive`]): OCI registries and
 //!   `index.yaml` repositories, timeouts and byte bounds on every call, a content-addressed
 //!   cache with LRU collection, outage fallback and coalescing, hostile-archive checks.
+//! - [`import`]: the reference's chart import (URL, version choice, the generated registry,
+//!   application and package).
 //! - [`helm`]: finding the Helm CLI and checking its version (call at start).
 //! - [`values`]: profile values, overrides and parameter templates (the same rules as native
 //!   templates).
@@ -35,6 +37,7 @@ mod error;
 pub mod fetch;
 pub mod helm;
 mod http;
+pub mod import;
 pub mod manifest;
 pub mod model;
 pub mod oci;

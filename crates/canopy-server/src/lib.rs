@@ -425,6 +425,7 @@ impl Server {
                     ),
                     ..config.helm.clone()
                 },
+                charts: app::ChartLimits::default(),
             },
         )
         .await?;
@@ -480,9 +481,7 @@ impl Server {
     ) -> Result<(), ServerError> {
         let router = http::router_with(self.app.clone(), self.limits.clone()).layer(
             tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(
-                    tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO),
-                )
+                .make_span_with(request_span)
                 .on_response(
                     tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
                 ),
@@ -505,6 +504,17 @@ impl Server {
         drop(self.lock);
         Ok(())
     }
+}
+
+/// The span of one request: method and path, never the query string (the reference puts
+/// secrets there: `catalog/import?authToken=...`).
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        version = ?req.version()
+    )
 }
 
 /// Background task: deletes expired session and API tokens, and audit entries older than the

@@ -128,6 +128,10 @@ fn entries() -> Vec<Entry> {
         e("delete", cat("/artifacts/{artifactName}"), CatWrite, NoBody),
         e("post", cat("/upload"), CatWrite, Tpl::Multipart),
         Entry { query: "lastUpload=true", ..e("post", cat("/uploads"), CatWrite, Json(r#"{"fileName":"up.yaml","artifact":"{registryYaml}"}"#)) },
+        // Helm charts: a permitted caller gets as far as the registry (none listens on port 9:
+        // 400 naming it) or the missing `registry` parameter (400).
+        Entry { query: "url=oci%3A%2F%2F127.0.0.1%3A9%2Fcharts%2Fweb%3A1.0.0", ok: Some(400), ..e("post", cat("/import"), CatWrite, NoBody) },
+        Entry { query: "chart=web", ok: Some(400), ..e("get", cat("/charts"), CatRead, NoBody) },
         // Deployments.
         e("post", "/v1/projects/{projectName}/appdeployment/deployments", FleetWrite, Json(r#"{"appName":"web-demo","appVersion":"1.0.0","displayName":"authz-new","allAppTargetClusters":{"labels":{"site":"nowhere"}}}"#)),
         e("put", "/v1/projects/{projectName}/appdeployment/deployments/{deplId}", FleetWrite, Json(r#"{"appName":"web-demo","appVersion":"1.0.0","displayName":"authz-changed","allAppTargetClusters":{"labels":{"site":"{projectName}"}}}"#)),

@@ -142,6 +142,11 @@ impl HelmService {
         }
     }
 
+    /// The chart fetcher (and its cache), or why there is none.
+    pub(crate) fn fetcher(&self) -> Result<&ChartFetcher, &str> {
+        self.fetcher.as_ref().map_err(String::as_str)
+    }
+
     /// The Helm CLI in use (path and version), or why there is none.
     pub(crate) fn status(&self) -> Result<&HelmBinary, &str> {
         self.renderer

@@ -7,6 +7,7 @@
 mod audit;
 mod auth;
 mod catalog;
+mod charts;
 mod deployments;
 mod edges;
 mod error;
@@ -28,6 +29,7 @@ use canopy_store::{Project, Store};
 pub use audit::{AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditRecord};
 pub use auth::{ADMIN_ROLE, Access, M2M_ROLE, Principal, PrincipalKind};
 pub use catalog::{ChangeSummary, PackageExport};
+pub use charts::{ChartImport, ChartLimits, ChartList, ChartQuery, ImportOutcome, MAX_CHART_PAGE};
 pub use deployments::DeploymentClusters;
 pub use edges::{
     AgentCtx, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken, check_protocol,
@@ -97,6 +99,8 @@ pub struct AppConfig {
     pub uploads: UploadLimits,
     /// How Helm-chart applications are fetched and rendered.
     pub helm: HelmConfig,
+    /// What chart imports and listings may cost: cache, parallelism, time.
+    pub charts: ChartLimits,
 }
 
 struct Inner {
@@ -121,6 +125,8 @@ struct Inner {
     uploads: upload::Uploads,
     /// The Helm CLI, the chart cache and rendered Helm applications.
     helm: helm::HelmService,
+    /// The chart fetcher and turns of chart imports and listings.
+    charts: charts::Charts,
 }
 
 impl App {
@@ -150,6 +156,8 @@ impl App {
         let uploads = upload::Uploads::new(config.uploads)?;
         let login = login_guard::LoginGuard::new(&config.auth.login);
         let helm = helm::HelmService::start(&config.helm).await;
+        // One chart cache for deployments and catalog imports (one budget, one fetch).
+        let charts = charts::Charts::new(config.charts, &helm, &config.helm);
         let app = App {
             inner: Arc::new(Inner {
                 store,
@@ -166,6 +174,7 @@ impl App {
                 shutdown: tokio::sync::watch::channel(false).0,
                 uploads,
                 helm,
+                charts,
             }),
         };
         app.ensure_default_org().await?;

@@ -728,3 +728,116 @@ pub async fn session_upload(
         changes: outcome.changes,
     }))
 }
+
+// ------------------------------------------------------------------ Helm charts
+
+/// Import query parameters (the reference's `CatalogService_Import`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[expect(
+    dead_code,
+    reason = "documents the query string; parsed by the app layer"
+)]
+pub struct ImportParams {
+    /// Required: the chart, `oci://host[:port]/path/chart[:version]` (no version: the highest
+    /// semantic version the registry has).
+    url: String,
+    /// Username for the registry (stored in the generated registry only with `includeAuth`).
+    username: Option<String>,
+    /// Password or token for the registry (never logged or echoed).
+    auth_token: Option<String>,
+    /// Raw YAML values of the generated `default` profile.
+    chart_values: Option<String>,
+    /// Store `username`/`authToken` in the generated registry.
+    include_auth: Option<bool>,
+    /// Use the chart's `values.yaml` as the profile's values (not with `chartValues`).
+    generate_default_values: Option<bool>,
+    /// Generate parameter templates from the values' string leaves.
+    generate_default_parameters: Option<bool>,
+    /// Default namespace of the application in the generated package.
+    namespace: Option<String>,
+}
+
+/// The answer to an import.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportResponse {
+    /// Always empty: a failed import answers an error status (nothing is written).
+    pub error_messages: Vec<String>,
+    /// Canopy extension: the registry, application and package created, updated or left
+    /// unchanged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<ChangeSummary>,
+}
+
+#[utoipa::path(post, path = "/v3/projects/{projectName}/catalog/import", tag = "CatalogService",
+    operation_id = "CatalogService_Import",
+    description = "Imports a Helm chart from an OCI registry: fetches it, then creates or updates the HELM registry \
+                   `<name>-registry`, the application `<name>` (profile `default`) and the deployment package `<name>` \
+                   in one transaction. Fetch failures (chart or version not found, credentials refused) are 400 and \
+                   name the URL, chart and version; 503 with `Retry-After` when the server's chart operations are all busy. \
+                   Canopy extension: a non-empty request body (raw YAML) is `chartValues`, for values larger than a query \
+                   string holds (about 64 KiB).",
+    params(("projectName" = String, Path), ImportParams),
+    request_body(content_type = "application/yaml", description = "optional: chartValues (raw YAML)"),
+    responses((status = 200, body = ImportResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn import_chart(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<ImportResponse>> {
+    let c = caller.ctx(&app, &project).await?;
+    let outcome = app.import_chart(&c, q.as_deref(), &body).await?;
+    Ok(Json(ImportResponse {
+        error_messages: Vec::new(),
+        changes: outcome.changes,
+    }))
+}
+
+/// Chart listing query parameters (the reference's `CatalogService_GetRegistryCharts`, plus
+/// Canopy's paging).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[expect(
+    dead_code,
+    reason = "documents the query string; parsed by the app layer"
+)]
+pub struct ChartsParams {
+    /// Required: the HELM registry to list.
+    registry: String,
+    /// A chart name: list its versions (newest first) instead of the chart names.
+    chart: Option<String>,
+    /// Canopy extension: most items to return (default and maximum 100).
+    page_size: Option<i32>,
+    /// Canopy extension: index of the first item to return.
+    offset: Option<i32>,
+}
+
+#[utoipa::path(get, path = "/v3/projects/{projectName}/catalog/charts", tag = "CatalogService",
+    operation_id = "CatalogService_GetRegistryCharts",
+    description = "The chart names of a HELM registry (OCI `_catalog` under its root URL, or a repository's \
+                   `index.yaml`), or the versions of `chart`, using the registry's username, authToken and cacerts. \
+                   At most 100 items; the `X-Total-Count` header says how many there are in all.",
+    params(("projectName" = String, Path), ChartsParams),
+    responses((status = 200, body = Vec<String>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn registry_charts(
+    State(app): State<App>,
+    Path(project): Path<String>,
+    RawQuery(q): RawQuery,
+    caller: Caller,
+) -> ApiResult<Response> {
+    let c = caller.ctx(&app, &project).await?;
+    let list = app.registry_charts(&c, q.as_deref()).await?;
+    Ok((
+        [(
+            header::HeaderName::from_static("x-total-count"),
+            HeaderValue::from(list.total),
+        )],
+        Json(list.items),
+    )
+        .into_response())
+}

@@ -140,6 +140,8 @@ pub fn api_router() -> OpenApiRouter<App> {
             catalog::delete_package
         ))
         .routes(routes!(catalog::download_package))
+        .routes(routes!(catalog::import_chart))
+        .routes(routes!(catalog::registry_charts))
         .routes(routes!(catalog::list_artifacts, catalog::create_artifact))
         .routes(routes!(
             catalog::get_artifact,

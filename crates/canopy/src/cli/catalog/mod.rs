@@ -4,6 +4,7 @@
 
 mod application;
 mod artifact;
+mod chart;
 mod deployment_profile;
 mod package;
 mod profile;
@@ -34,6 +35,12 @@ pub enum CatalogCommand {
     /// Download a deployment package (with its applications) as a .tar.gz that uploads
     /// unchanged.
     Export(transfer::ExportArgs),
+    /// Import from elsewhere: a Helm chart from an OCI registry.
+    #[command(subcommand)]
+    Import(chart::ImportCommand),
+    /// The charts and chart versions of a HELM registry.
+    #[command(subcommand, visible_alias = "charts")]
+    Chart(chart::ChartCommand),
     /// Helm chart and container image registries.
     #[command(subcommand, visible_alias = "registries")]
     Registry(registry::RegistryCommand),
@@ -58,6 +65,8 @@ pub async fn run(args: CatalogArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     match args.command {
         CatalogCommand::Upload(a) => transfer::upload(a, ctx).await,
         CatalogCommand::Export(a) => transfer::export(a, ctx).await,
+        CatalogCommand::Import(c) => chart::import(c, ctx).await,
+        CatalogCommand::Chart(c) => chart::run(c, ctx).await,
         CatalogCommand::Registry(c) => registry::run(c, ctx).await,
         CatalogCommand::Application(c) => application::run(c, ctx).await,
         CatalogCommand::Profile(c) => profile::run(c, ctx).await,
