@@ -542,7 +542,6 @@ async fn hostile_imports_are_bounded() {
                 parallelism: 1,
                 queue_wait: Duration::from_millis(300),
                 operation_timeout: Duration::from_secs(3),
-                ..ChartLimits::default()
             },
             ..AppConfig::default()
         },
