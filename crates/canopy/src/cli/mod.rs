@@ -686,8 +686,10 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         }
         if cause.downcast_ref::<deployment::WatchFailed>().is_some() {
             return Some(
-                "nothing was changed or undone: fix the cause (the image, the values or the edge), \
-                 then `canopy deployment update` or `upgrade` it (with --watch), or delete it",
+                "nothing was changed or undone, and the agent keeps retrying: fix the cause on the \
+                 edge (an image it cannot pull, the engine) and it recovers by itself; for the \
+                 package or its values, `canopy deployment update` or `upgrade` it (with \
+                 --watch); or delete it",
             );
         }
         if let Some(canopy_server::ServerError::Listen { source, .. }) =
