@@ -301,7 +301,9 @@ where
     T: Into<OsString> + Clone,
 {
     match parse(args, out, err) {
-        Ok(cli) => execute(cli, out, err).await,
+        // Boxed: the command futures are large in debug builds, and a test's own future holds
+        // every one it awaits; on a 2 MiB test thread that once overflowed the stack.
+        Ok(cli) => Box::pin(execute(cli, out, err)).await,
         Err(code) => code,
     }
 }
@@ -326,9 +328,13 @@ where
 
 async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> i32 {
     let result = match cli.command {
-        Command::Server(args) => server::run(args).await,
-        Command::Up(args) => server::up(args, out).await,
-        Command::Agent(args) => agent::run(&cli.global.server, cli.global.trust(), args).await,
+        // The long-running commands hold a whole server or agent: boxed so that every other
+        // command's future stays small.
+        Command::Server(args) => Box::pin(server::run(args)).await,
+        Command::Up(args) => Box::pin(server::up(args, out)).await,
+        Command::Agent(args) => {
+            Box::pin(agent::run(&cli.global.server, cli.global.trust(), args)).await
+        }
         Command::Key(c) => key::run(c, out).await,
         Command::Admin(c) => admin::run(c, out).await,
         Command::Login(args) => match cli.global.anonymous_client() {
