@@ -516,6 +516,7 @@ async fn helm_package_on_a_real_edge() {
     let after_values = identities(&engine, &id).await;
     let gone = replaced(&all_before, &after_values);
     eprintln!("replaced by the values change: {gone:?}");
+    assert_eq!(after_values.len(), all_before.len(), "{after_values:?}");
     assert!(
         !gone.is_empty() && gone.iter().all(|n| n.contains("frontend")),
         "only the frontend pod is replaced by a change of its values: {gone:?}"
@@ -557,6 +558,7 @@ async fn helm_package_on_a_real_edge() {
     let after_chart = identities(&engine, &id).await;
     let gone = replaced(&after_values, &after_chart);
     eprintln!("replaced by the new chart version: {gone:?}");
+    assert_eq!(after_chart.len(), after_values.len(), "{after_chart:?}");
     assert!(
         !gone.is_empty() && gone.iter().all(|n| n.contains("canopy-web")),
         "only web's pod is replaced by its new chart version: {gone:?}"
@@ -598,4 +600,258 @@ async fn helm_package_on_a_real_edge() {
     );
     agent.kill().await;
     cp.stop().await;
+}
+
+// ------------------------------------------------------------------ 2. the reference's packages
+
+/// Image names made in the engine's local store by the test, removed (untagged) when dropped:
+/// the image itself (the test image) stays.
+struct ImageTags {
+    engine: Engine,
+    names: Vec<String>,
+    /// Images an edge pulled from repositories of the test's own: removed by name.
+    pulled: Vec<String>,
+}
+
+impl ImageTags {
+    /// Names the test image `name` in the engine's local store; remembered for removal unless
+    /// the name existed already (then it is someone else's, and left alone).
+    async fn tag(&mut self, name: &str) {
+        if self.engine.podman(&["image", "exists", name]).await.is_ok() {
+            eprintln!("{name} exists already: used as it is and left alone");
+            return;
+        }
+        self.engine
+            .podman(&["tag", IMAGE, name])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.names.push(name.to_string());
+    }
+
+    /// Pushes the test image to the image registry as `name` (with credentials), then removes
+    /// the local name, so that an edge has to pull it.
+    async fn push(&mut self, name: &str, user: &str, password: &str) {
+        self.tag(name).await;
+        let creds = format!("{user}:{password}");
+        self.engine
+            .podman(&["push", "--tls-verify=false", "--creds", &creds, name])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.engine
+            .podman(&["untag", IMAGE, name])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Drop for ImageTags {
+    fn drop(&mut self) {
+        for name in &self.names {
+            // Only the name: `untag` never removes the image or another name of it.
+            let _ = self.engine.podman_blocking(&["untag", IMAGE, name]);
+        }
+        for name in &self.pulled {
+            let _ = self.engine.podman_blocking(&["rmi", name]);
+        }
+    }
+}
+
+/// The image registry of `scripts/podman.sh` (`registry.env` next to the engine's socket):
+/// `(host:port, user, password)`.
+fn image_registry(engine: &str) -> (String, String, String) {
+    let socket = engine.strip_prefix("unix://").unwrap_or(engine);
+    let file = Path::new(socket).with_file_name("registry.env");
+    let text = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/podman.sh)", file.display()));
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{key} missing in {}", file.display()))
+    };
+    (
+        get("CANOPY_TEST_REGISTRY"),
+        get("CANOPY_TEST_REGISTRY_USER"),
+        get("CANOPY_TEST_REGISTRY_PASSWORD"),
+    )
+}
+
+/// `GET path HTTP/1.0` to `host:port` from inside container `container` (busybox `nc`).
+async fn get_inside(
+    engine: &Engine,
+    container: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<String, String> {
+    let script = format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}");
+    exec(engine, container, &["sh", "-c", &script]).await
+}
+
+/// The reference's sample packages deploy unchanged: their YAML files are uploaded byte for
+/// byte (`tests/fixtures/reference-packages/`, copies of the reference's), the registries they
+/// name (`harbor-helm-oci`, `harbor-docker-oci`) are created pointing at the local chart and
+/// image registries, equivalent charts of the names and versions they reference are pushed
+/// there, and their images are served under the repository paths they use.
+///
+/// - `developer-guide-tutorial` (profile `default-profile`): its values name the image
+///   `registry-oci.<CLUSTER_FQDN>/catalog-apps-<ORG>-<PROJECT>/tutorial-*-image` and say to
+///   replace the host; the deployment does, in its `overrideValues` (`image.repository`), with
+///   the local registry, which holds the images under `catalog-apps-<project>/` and asks for
+///   the credentials of `harbor-docker-oci`: the edge pulls them with those.
+/// - `httpbin` (default profile: with Envoy): the chart's images `mccutchen/go-httpbin:v2.15.0`
+///   and `envoyproxy/envoy:v1.31-latest` are Docker Hub names (the application names no image
+///   registry, so no credentials) and Docker Hub is unreachable here: the test image is named
+///   `docker.io/...` in the engine's local store (`IfNotPresent`: no pull), no override at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_packages_deploy_unchanged() {
+    let Some(host) = engine_host("reference_packages_deploy_unchanged") else {
+        return;
+    };
+    let Some(env) = HelmTestEnv::from_env() else {
+        return;
+    };
+    let (registry, user, password) = image_registry(&host);
+    let run = unique();
+    let project = format!("ref-{run}");
+    let scope = format!("ref-{run}");
+    let engine = Engine::new(&host);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let logs = tmp.path().join("logs");
+    let _cleanup = Cleanup {
+        engine: engine.clone(),
+        scopes: vec![scope.clone()],
+        run: run.clone(),
+        logs: logs.clone(),
+    };
+    let mut tags = ImageTags {
+        engine: engine.clone(),
+        names: Vec::new(),
+        pulled: Vec::new(),
+    };
+
+    // The reference's files are the ones uploaded, unchanged.
+    for name in ["developer-guide-tutorial", "httpbin"] {
+        let shared = Path::new("/work/shared/reference/packages").join(name);
+        if shared.is_dir() {
+            assert_eq!(
+                read_dir_files(&reference_package(name)),
+                read_dir_files(&shared),
+                "tests/fixtures/reference-packages/{name} is the reference's package, byte for byte"
+            );
+        }
+    }
+
+    // Charts under the names and versions the packages reference, in one repository.
+    let charts = env.push_chart("tutorial-server", None, false);
+    env.push_chart_at("tutorial-web-ui", None, &charts, false);
+    env.push_chart_at("httpbin", None, &charts, false);
+    // Images under the packages' repository paths.
+    let images = format!("{registry}/catalog-apps-{project}");
+    for app in ["tutorial-server", "tutorial-web-ui"] {
+        tags.push(&format!("{images}/{app}-image:0.1.0"), &user, &password)
+            .await;
+    }
+    for name in [
+        "docker.io/mccutchen/go-httpbin:v2.15.0",
+        "docker.io/envoyproxy/envoy:v1.31-latest",
+    ] {
+        tags.tag(name).await;
+    }
+
+    let cp = TestControlPlane::start_fleet(fast()).await;
+    cp.create_project(&project).await;
+    for registry in [
+        json!({"name": "harbor-helm-oci", "type": "HELM", "rootUrl": charts}),
+        json!({"name": "harbor-docker-oci", "type": "IMAGE",
+               "rootUrl": format!("oci://{registry}"), "username": user, "authToken": password}),
+    ] {
+        let (s, b) = cp.post(&cp.catalog(&project, "/registries"), &registry).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    for name in ["developer-guide-tutorial", "httpbin"] {
+        let (s, b) = cp.upload_dir(&project, &reference_package(name)).await;
+        assert_eq!(s, StatusCode::OK, "upload {name}: {b}");
+    }
+    let mut agent = start_agent(
+        &cp,
+        &project,
+        &host,
+        &scope,
+        &[("site", "lab")],
+        tmp.path(),
+        &logs,
+    )
+    .await;
+
+    let deploy = async |body: Value| -> String {
+        let (s, b) = cp.post(&deployments_url(&cp, &project, ""), &body).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["deploymentId"].as_str().expect("id").to_string()
+    };
+    let tutorial = deploy(json!({
+        "appName": "app-orch-tutorial-dp", "appVersion": "0.1.0", "profileName": "default-profile",
+        "displayName": "tutorial",
+        "allAppTargetClusters": {"labels": {"site": "lab"}},
+        "overrideValues": [
+            {"appName": "tutorial-server",
+             "values": {"image": {"repository": format!("{images}/tutorial-server-image")}}},
+            {"appName": "tutorial-web-ui",
+             "values": {"image": {"repository": format!("{images}/tutorial-web-ui-image")}}},
+        ],
+    }))
+    .await;
+    let httpbin = deploy(json!({
+        "appName": "httpbin", "appVersion": "2.3.3", "displayName": "httpbin",
+        "allAppTargetClusters": {"labels": {"site": "lab"}},
+    }))
+    .await;
+    deployment_reaches(&cp, &project, &tutorial, "RUNNING").await;
+    deployment_reaches(&cp, &project, &httpbin, "RUNNING").await;
+
+    // The tutorial: the server got the default profile's values; the web UI reaches it by its
+    // Service name.
+    let server = member(&engine, &tutorial, "tutorial-server", "tutorial-server").await;
+    assert_eq!(
+        exec(
+            &engine,
+            &server,
+            &["sh", "-c", "echo \"$TUTORIAL_GREETING\"; echo \"$INITIAL_COUNT\""]
+        )
+        .await,
+        Ok("Deployed by Application Orchestration (default)\n10\n".into())
+    );
+    let ui = member(&engine, &tutorial, "tutorial-web-ui", "tutorial-web-ui").await;
+    let page = get_inside(&engine, &ui, "tutorial-server", 8000, "/index.html").await;
+    assert!(
+        page.as_deref().is_ok_and(|p| p.contains("canopy test")),
+        "{page:?}"
+    );
+    // httpbin behind its Envoy sidecar: Envoy's port relays to httpbin, and the Service
+    // (port 8080, target port `envoy`) answers by name.
+    let bin = member(&engine, &httpbin, "httpbin", "httpbin").await;
+    for (host, port) in [("127.0.0.1", 5199), ("httpbin", 8080)] {
+        let answer = get_inside(&engine, &bin, host, port, "/status/200").await;
+        assert!(
+            answer.as_deref().is_ok_and(|a| a.contains("200 OK")),
+            "{host}:{port}: {answer:?}"
+        );
+    }
+
+    for id in [&tutorial, &httpbin] {
+        let (s, del) = cp
+            .delete(&deployments_url(&cp, &project, &format!("/{id}")))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{del}");
+    }
+    scope_is_empty(&engine, &scope).await;
+    agent.kill().await;
+    cp.stop().await;
+    // The images the edge pulled (names of this run's repositories) go with the tags above.
+    for app in ["tutorial-server", "tutorial-web-ui"] {
+        let name = format!("{images}/{app}-image:0.1.0");
+        if engine.podman(&["image", "exists", &name]).await.is_ok() {
+            tags.pulled.push(name);
+        }
+    }
 }
