@@ -142,6 +142,19 @@ fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<String> {
         .context("cannot read a password from the terminal (use --password-stdin)")
 }
 
+/// Reads a new password: from standard input as [`read_secret`], or prompted twice on the
+/// terminal, so a typo is caught before it becomes the password.
+fn read_new_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<String> {
+    let first = read_secret(prompt, from_stdin)?;
+    if !from_stdin {
+        let again = read_secret("repeat it: ", false)?;
+        if again != first {
+            anyhow::bail!("the two passwords differ: nothing was changed");
+        }
+    }
+    Ok(first)
+}
+
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
     /// Built-in user to log in as.
@@ -235,6 +248,7 @@ pub enum UserCommand {
         /// one the user works with API tokens only.
         #[arg(long)]
         password: bool,
+        /// Read the password from the first line of standard input instead of prompting.
         #[arg(long, requires = "password")]
         password_stdin: bool,
     },
@@ -270,7 +284,7 @@ pub async fn user(cmd: UserCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let pw = if password {
-                Some(read_secret(
+                Some(read_new_secret(
                     &format!("password for {name}: "),
                     password_stdin,
                 )?)
@@ -321,7 +335,7 @@ pub async fn user(cmd: UserCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let pw = read_secret(&format!("new password for {name}: "), password_stdin)?;
+            let pw = read_new_secret(&format!("new password for {name}: "), password_stdin)?;
             ctx.client
                 .set_password(&name, &pw, current.as_deref())
                 .await?;

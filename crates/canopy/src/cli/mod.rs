@@ -301,7 +301,9 @@ where
     T: Into<OsString> + Clone,
 {
     match parse(args, out, err) {
-        Ok(cli) => execute(cli, out, err).await,
+        // Boxed: the command futures are large in debug builds, and a test's own future holds
+        // every one it awaits; on a 2 MiB test thread that once overflowed the stack.
+        Ok(cli) => Box::pin(execute(cli, out, err)).await,
         Err(code) => code,
     }
 }
@@ -326,9 +328,13 @@ where
 
 async fn execute(cli: Cli, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> i32 {
     let result = match cli.command {
-        Command::Server(args) => server::run(args).await,
-        Command::Up(args) => server::up(args, out).await,
-        Command::Agent(args) => agent::run(&cli.global.server, cli.global.trust(), args).await,
+        // The long-running commands hold a whole server or agent: boxed so that every other
+        // command's future stays small.
+        Command::Server(args) => Box::pin(server::run(args)).await,
+        Command::Up(args) => Box::pin(server::up(args, out)).await,
+        Command::Agent(args) => {
+            Box::pin(agent::run(&cli.global.server, cli.global.trust(), args)).await
+        }
         Command::Key(c) => key::run(c, out).await,
         Command::Admin(c) => admin::run(c, out).await,
         Command::Login(args) => match cli.global.anonymous_client() {
@@ -686,8 +692,10 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         }
         if cause.downcast_ref::<deployment::WatchFailed>().is_some() {
             return Some(
-                "nothing was changed or undone: fix the cause (the image, the values or the edge), \
-                 then `canopy deployment update` or `upgrade` it (with --watch), or delete it",
+                "nothing was changed or undone, and the agent keeps retrying: fix the cause on the \
+                 edge (an image it cannot pull, the engine) and it recovers by itself; for the \
+                 package or its values, `canopy deployment update` or `upgrade` it (with \
+                 --watch); or delete it",
             );
         }
         if let Some(canopy_server::ServerError::Listen { source, .. }) =
