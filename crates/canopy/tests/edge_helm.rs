@@ -290,7 +290,9 @@ profiles:
         ),
         (
             "web-values.yaml",
-            format!("replicaCount: 1\nserviceAccount:\n  create: false\nimage:\n  repository: localhost/busybox\n  tag: canopy-test\n"),
+            format!(
+                "replicaCount: 1\nserviceAccount:\n  create: false\nimage:\n  repository: localhost/busybox\n  tag: canopy-test\n"
+            ),
         ),
         (
             "pair.yaml",
@@ -569,15 +571,19 @@ async fn helm_package_on_a_real_edge() {
     //    restarted (same ids, start times and restart counts).
     agent.kill().await;
     agent.start(None);
-    slowly("the restarted agent applied its desired state", async || {
-        let log = agent.log();
-        if log.contains("applied desired state") && log.contains("connected to the control plane")
-        {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    })
+    slowly(
+        "the restarted agent applied its desired state",
+        async || {
+            let log = agent.log();
+            if log.contains("applied desired state")
+                && log.contains("connected to the control plane")
+            {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
     .await;
     deployment_reaches(&cp, &project, &id, "RUNNING").await;
     assert_eq!(
@@ -732,7 +738,10 @@ async fn reference_packages_deploy_unchanged() {
 
     // The reference's files are the ones uploaded, unchanged.
     for name in ["developer-guide-tutorial", "httpbin"] {
-        let shared = Path::new("/work/shared/reference/packages").join(name);
+        // The reference's own copy, where a development checkout has it beside the repository.
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/reference/packages")
+            .join(name);
         if shared.is_dir() {
             assert_eq!(
                 read_dir_files(&reference_package(name)),
@@ -766,7 +775,9 @@ async fn reference_packages_deploy_unchanged() {
         json!({"name": "harbor-docker-oci", "type": "IMAGE",
                "rootUrl": format!("oci://{registry}"), "username": user, "authToken": password}),
     ] {
-        let (s, b) = cp.post(&cp.catalog(&project, "/registries"), &registry).await;
+        let (s, b) = cp
+            .post(&cp.catalog(&project, "/registries"), &registry)
+            .await;
         assert_eq!(s, StatusCode::OK, "{b}");
     }
     for name in ["developer-guide-tutorial", "httpbin"] {
@@ -816,7 +827,11 @@ async fn reference_packages_deploy_unchanged() {
         exec(
             &engine,
             &server,
-            &["sh", "-c", "echo \"$TUTORIAL_GREETING\"; echo \"$INITIAL_COUNT\""]
+            &[
+                "sh",
+                "-c",
+                "echo \"$TUTORIAL_GREETING\"; echo \"$INITIAL_COUNT\""
+            ]
         )
         .await,
         Ok("Deployed by Application Orchestration (default)\n10\n".into())
