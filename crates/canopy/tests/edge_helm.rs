@@ -290,9 +290,8 @@ profiles:
         ),
         (
             "web-values.yaml",
-            format!(
-                "replicaCount: 1\nserviceAccount:\n  create: false\nimage:\n  repository: localhost/busybox\n  tag: canopy-test\n"
-            ),
+            "replicaCount: 1\nserviceAccount:\n  create: false\nimage:\n  repository: localhost/busybox\n  tag: canopy-test\n"
+                .to_string(),
         ),
         (
             "pair.yaml",
