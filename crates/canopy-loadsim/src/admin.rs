@@ -175,12 +175,23 @@ impl Admin {
     /// Uploads every file under `dir` (one bulk upload). A package already in the catalog
     /// (a reused `--server`) is not an error.
     pub async fn upload_dir(&self, dir: &Path) -> Result<(), SimError> {
-        let what = format!("uploading {}", dir.display());
-        let mut form = reqwest::multipart::Form::new();
-        for (name, content) in read_dir_files(dir).map_err(|source| SimError::Io {
+        let files = read_dir_files(dir).map_err(|source| SimError::Io {
             what: format!("reading {}", dir.display()),
             source,
-        })? {
+        })?;
+        self.upload_files(&dir.display().to_string(), files).await
+    }
+
+    /// Uploads `files` (name, content) in one bulk upload; `what` names them in errors. A
+    /// package already in the catalog (a reused `--server`) is not an error.
+    pub async fn upload_files(
+        &self,
+        what: &str,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), SimError> {
+        let what = format!("uploading {what}");
+        let mut form = reqwest::multipart::Form::new();
+        for (name, content) in files {
             form = form.part(
                 "files",
                 reqwest::multipart::Part::bytes(content).file_name(name),
@@ -201,6 +212,28 @@ impl Admin {
             what,
             status: status.as_u16(),
             body: body.text(),
+        })
+    }
+
+    /// Creates a catalog registry (`body` as the API takes it). One of that name already there
+    /// (a reused `--server`) is not an error.
+    pub async fn create_registry(&self, body: &Value) -> Result<(), SimError> {
+        let what = format!("creating registry {}", body["name"]);
+        let (status, answer) = self
+            .call(
+                &what,
+                self.http
+                    .post(self.at(&format!("/v3/projects/{}/catalog/registries", self.project)))
+                    .json(body),
+            )
+            .await?;
+        if status.is_success() || status == StatusCode::CONFLICT {
+            return Ok(());
+        }
+        Err(SimError::Http {
+            what,
+            status: status.as_u16(),
+            body: answer.text(),
         })
     }
 

@@ -29,6 +29,21 @@ pub enum Transport {
     Http1,
 }
 
+/// What the run deploys to every edge (see [`crate::package`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    /// The native `web-demo` example package and its `1.1.0` upgrade (`examples/`).
+    Native,
+    /// A Helm-chart package the simulator writes around `chart` at `chart_version`, served by
+    /// the HELM registry at `registry` (`oci://host[:port]/path` or `https://...`); the server
+    /// needs the Helm CLI (on its `PATH`, or `--helm-bin`).
+    Helm {
+        registry: String,
+        chart: String,
+        chart_version: String,
+    },
+}
+
 /// One simulation run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -60,6 +75,8 @@ pub struct SimConfig {
     pub examples: PathBuf,
     /// How many `group=<i % groups>` label values to spread the edges over.
     pub groups: usize,
+    /// What is deployed.
+    pub workload: Workload,
 }
 
 impl Default for SimConfig {
@@ -78,6 +95,7 @@ impl Default for SimConfig {
             project: "default".into(),
             examples: default_examples(),
             groups: 10,
+            workload: Workload::Native,
         }
     }
 }
@@ -130,12 +148,32 @@ impl SimConfig {
         if self.status_poll < Duration::from_millis(10) {
             return bad("--status-poll-ms must be at least 10".into());
         }
-        for dir in ["web-demo", "web-demo-1.1.0"] {
-            if !self.examples.join(dir).is_dir() {
-                return bad(format!(
-                    "{} is not a directory: pass --examples pointing at the repository's examples",
-                    self.examples.join(dir).display()
-                ));
+        match &self.workload {
+            Workload::Native => {
+                for dir in ["web-demo", "web-demo-1.1.0"] {
+                    if !self.examples.join(dir).is_dir() {
+                        return bad(format!(
+                            "{} is not a directory: pass --examples pointing at the repository's examples",
+                            self.examples.join(dir).display()
+                        ));
+                    }
+                }
+            }
+            Workload::Helm {
+                registry,
+                chart,
+                chart_version,
+            } => {
+                if !(registry.starts_with("oci://") || registry.starts_with("https://")) {
+                    return bad(format!(
+                        "--helm-registry {registry:?}: give the HELM registry as oci://host[:port]/path or https://..."
+                    ));
+                }
+                if chart.is_empty() || chart_version.is_empty() {
+                    return bad(format!(
+                        "--helm-chart {chart}:{chart_version}: give it as NAME:VERSION"
+                    ));
+                }
             }
         }
         Ok(())
@@ -223,6 +261,14 @@ mod tests {
             },
             SimConfig {
                 wait_seconds: 61,
+                ..ok.clone()
+            },
+            SimConfig {
+                workload: Workload::Helm {
+                    registry: "http://127.0.0.1:55010/charts".into(),
+                    chart: "canopy-web".into(),
+                    chart_version: "0.1.0".into(),
+                },
                 ..ok.clone()
             },
         ] {

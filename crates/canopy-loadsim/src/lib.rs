@@ -13,6 +13,9 @@
 //! knowledge) a bounded number of connections each multiplexes [`config::SimConfig`]'s
 //! `edges_per_connection` edges, so sockets grow with N / that number.
 //!
+//! What is deployed is the native `web-demo` example, or a Helm-chart package around a chart
+//! of the caller's registry ([`package`]).
+//!
 //! Everything is bounded: the number of edges, every phase (a timeout each), and the addresses
 //! (loopback only, checked by [`config::check_loopback`]). Nothing here runs a container.
 //!
@@ -24,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod lists;
+pub mod package;
 pub mod procfs;
 pub mod report;
 pub mod run;

@@ -4,7 +4,8 @@
 //! 1. Canopy's deployment-wide list (`GET /canopy/v1/.../resource/workloads/deployments/{id}`),
 //!    walked page by page at the largest page size, [`WALKS`] times: the time of a whole walk
 //!    and of each page. Every walk must return exactly the workloads the deployment has
-//!    ([`WORKLOADS_PER_EDGE`] per edge, each (edge, app) once), or the run fails.
+//!    (one per app on each edge: the simulated edges report apps, not their containers), or
+//!    the run fails.
 //! 2. The reference per app and edge calls (`GET /v1/.../resource/workloads/applications/
 //!    {appId}/clusters/{edge}` and `.../resource/endpoints/...`), for [`SAMPLE`] (app, edge)
 //!    pairs drawn from the list: one pair after the other, then [`CONCURRENCY`] pairs at a time
@@ -21,9 +22,6 @@ use crate::error::SimError;
 use crate::procfs::{CpuSample, Proc};
 use crate::report::{Latency, ListsReport, ms};
 
-/// Workloads per edge of the deployed package: `examples/web-demo` has two apps (`web` and
-/// `status`), each one pod (containers, no VM).
-pub const WORKLOADS_PER_EDGE: usize = 2;
 /// Page size of the deployment-wide list: the server's maximum (what the CLI asks for).
 pub const PAGE_SIZE: usize = 500;
 /// Whole walks of the deployment-wide list.
@@ -85,8 +83,9 @@ async fn walk(admin: &Admin, deployment: &str) -> Result<Walk, SimError> {
 }
 
 /// Checks a walk returned every workload of the deployment once: `expected` in all, on `edges`
-/// edges, each (edge, app) with [`WORKLOADS_PER_EDGE`] / apps workloads.
+/// edges, each (edge, app) once.
 fn check(w: &Walk, expected: usize, edges: usize) -> Result<(), SimError> {
+    let per_edge = expected / edges.max(1);
     let fail = |detail: String| {
         Err(SimError::Check {
             phase: "resource lists".into(),
@@ -95,7 +94,7 @@ fn check(w: &Walk, expected: usize, edges: usize) -> Result<(), SimError> {
     };
     if w.total != expected as u64 || w.items.len() != expected {
         return fail(format!(
-            "the deployment-wide list has totalElements {} and returned {} workloads over {} pages; expected {expected} ({WORKLOADS_PER_EDGE} on each of {edges} edges)",
+            "the deployment-wide list has totalElements {} and returned {} workloads over {} pages; expected {expected} ({per_edge} on each of {edges} edges)",
             w.total,
             w.items.len(),
             w.pages.len()
@@ -188,14 +187,16 @@ fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
     v
 }
 
-/// Measures both ways of listing the workloads of `deployment`, RUNNING on `edges` edges.
+/// Measures both ways of listing the workloads of `deployment`, RUNNING on `edges` edges with
+/// `apps` apps each (`examples/web-demo` has two, `web` and `status`).
 pub async fn measure(
     admin: &Admin,
     deployment: &str,
     edges: usize,
+    apps: usize,
     server: Option<Proc>,
 ) -> Result<ListsReport, SimError> {
-    let expected = WORKLOADS_PER_EDGE * edges;
+    let expected = apps * edges;
 
     // 1. The deployment-wide list.
     let mut walks = Vec::new();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use canopy_loadsim::config::{SimConfig, Transport, default_examples};
+use canopy_loadsim::config::{SimConfig, Transport, Workload, default_examples};
 use canopy_loadsim::run::Target;
 use canopy_loadsim::server::default_canopy_bin;
 use clap::Parser;
@@ -71,6 +71,18 @@ struct Args {
     /// Also write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Deploy a Helm-chart package instead of `web-demo`: the HELM registry holding the chart
+    /// (`oci://host[:port]/path` or `https://...`). The server needs the Helm CLI.
+    #[arg(long, value_name = "URL")]
+    helm_registry: Option<String>,
+    /// The chart of the Helm package, as NAME:VERSION (with --helm-registry).
+    #[arg(
+        long,
+        value_name = "NAME:VERSION",
+        default_value = "canopy-web:0.1.0",
+        requires = "helm_registry"
+    )]
+    helm_chart: String,
     /// Worker threads of the simulator's runtime (the server has its own process).
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
@@ -108,6 +120,20 @@ fn main() -> anyhow::Result<()> {
         project: args.project,
         examples: args.examples.unwrap_or_else(default_examples),
         groups: 10,
+        workload: match args.helm_registry {
+            None => Workload::Native,
+            Some(registry) => {
+                let (chart, version) = args
+                    .helm_chart
+                    .split_once(':')
+                    .unwrap_or((&args.helm_chart, ""));
+                Workload::Helm {
+                    registry,
+                    chart: chart.to_string(),
+                    chart_version: version.to_string(),
+                }
+            }
+        },
     };
     cfg.validate()?;
     let target = match args.server {

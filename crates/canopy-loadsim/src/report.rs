@@ -145,6 +145,8 @@ pub struct ListsReport {
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub edges: usize,
+    /// The deployment package deployed (`web-demo`, or the Helm package and its chart).
+    pub package: String,
     /// `http2` or `http1`.
     pub transport: String,
     /// HTTP clients (with HTTP/2: connections) the edges share.
@@ -184,6 +186,7 @@ impl Report {
             "## {} edges over {} ({} client connections), server {}\n",
             self.edges, self.transport, self.clients, self.server_url
         );
+        let _ = writeln!(s, "Package: {}\n", self.package);
         let e = &self.enrollment;
         let _ = writeln!(
             s,

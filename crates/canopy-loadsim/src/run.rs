@@ -4,7 +4,8 @@
 //! 2. enrollment of every edge (their loops start as each enrolls), until each holds its
 //!    first desired state and has reported once;
 //! 3. an idle window: server CPU and memory with every long-poll parked;
-//! 4. a deployment of `web-demo:1.0.0` targeting every simulated edge by label: per-edge
+//! 4. a deployment of the package's `1.0.0` (`web-demo`, or the Helm package of
+//!    [`crate::package`]) targeting every simulated edge by label: per-edge
 //!    delivery time and the time until the deployment is RUNNING on all of them;
 //! 5. the resource manager's workload lists over that deployment ([`crate::lists`]): the
 //!    deployment-wide list, and the reference per app and edge calls for a sample;
@@ -22,17 +23,14 @@ use canopy_proto::DesiredState;
 use serde_json::json;
 
 use crate::admin::Admin;
-use crate::config::{SimConfig, Transport, check_loopback};
+use crate::config::{SimConfig, Transport, Workload, check_loopback};
 use crate::error::SimError;
 use crate::fleet::{Fleet, PhaseResult, Tracker, Want};
+use crate::package::Package;
 use crate::procfs::{CpuSample, Proc};
 use crate::report::{EnrollReport, IdleReport, Latency, PhaseReport, Report, ms};
 use crate::server::ServerChild;
 
-/// Package the run deploys (from `examples/`), and its upgrade.
-const PACKAGE: &str = "web-demo";
-const VERSION: &str = "1.0.0";
-const UPGRADE: &str = "1.1.0";
 /// Time for the edges' next long-polls to be parked before the idle window starts.
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -135,9 +133,17 @@ async fn phases(
     let token = admin
         .create_token(&format!("canopy-loadsim run {run}"))
         .await?;
-    for dir in [PACKAGE.to_string(), format!("{PACKAGE}-{UPGRADE}")] {
-        admin.upload_dir(&cfg.examples.join(dir)).await?;
-    }
+    let package = Package::of(&cfg.workload);
+    package.prepare(cfg, &admin).await?;
+    let (name, version, upgrade) = (package.name.as_str(), package.version, package.upgrade);
+    report.package = match &cfg.workload {
+        Workload::Native => name.to_string(),
+        Workload::Helm {
+            registry,
+            chart,
+            chart_version,
+        } => format!("{name} (Helm chart {chart}:{chart_version} from {registry})"),
+    };
 
     // --- enrollment -----------------------------------------------------------------------
     tracing::info!(edges = cfg.edges, run = %run, "enrolling");
@@ -197,9 +203,10 @@ async fn phases(
     let display = format!("loadsim-{run}");
     let targets = json!({"labels": {"sim": "yes", "run": run}});
     let create = json!({
-        "appName": PACKAGE, "appVersion": VERSION, "displayName": display,
+        "appName": name, "appVersion": version, "displayName": display,
         "allAppTargetClusters": targets,
-        "overrideValues": [{"appName": "web", "values": {"greeting": format!("loadsim {run}")}}],
+        "overrideValues": [{"appName": package.app,
+                            "values": package.override_values(&cfg.workload, &run)}],
     });
     let probe = Probe {
         admin: &admin,
@@ -207,12 +214,12 @@ async fn phases(
         server,
         cfg,
     };
-    tracing::info!("deploying {PACKAGE}:{VERSION} to every edge");
+    tracing::info!("deploying {name}:{version} to every edge");
     let (phase, dep) = probe
         .change(
             "create deployment (1.0.0)",
             n,
-            holds(VERSION),
+            package.holds(version),
             n,
             None,
             || {
@@ -231,7 +238,7 @@ async fn phases(
     let lists = bounded(
         "resource lists",
         cfg.phase_timeout,
-        crate::lists::measure(&admin, &dep, n, server),
+        crate::lists::measure(&admin, &dep, n, package.apps, server),
     )
     .await??;
     tracing::info!(
@@ -243,16 +250,16 @@ async fn phases(
     );
     report.resource_lists = Some(lists);
 
-    tracing::info!("upgrading to {UPGRADE}");
+    tracing::info!("upgrading to {upgrade}");
     let update = json!({
-        "appName": PACKAGE, "appVersion": UPGRADE, "displayName": display,
+        "appName": name, "appVersion": upgrade, "displayName": display,
         "allAppTargetClusters": targets,
     });
     let (phase, _) = probe
         .change(
             "update deployment (1.0.0 → 1.1.0)",
             n,
-            holds(UPGRADE),
+            package.holds(upgrade),
             n,
             Some(&dep),
             || {
@@ -292,7 +299,7 @@ async fn phases(
         .await?;
     report.phases.push(phase);
     let back: Want = Box::new(move |i, d: &DesiredState| {
-        i == k && d.deployments.iter().any(|x| x.package_version == UPGRADE)
+        i == k && d.deployments.iter().any(|x| x.package_version == upgrade)
     });
     let (phase, _) = probe
         .change("relabel 1 edge (gains it)", 1, back, n, Some(&dep), || {
@@ -330,15 +337,6 @@ async fn phases(
         }
     }
     Ok(report)
-}
-
-/// States holding a deployment of the package at `version`.
-fn holds(version: &'static str) -> Want {
-    Box::new(move |_, d: &DesiredState| {
-        d.deployments
-            .iter()
-            .any(|x| x.package == PACKAGE && x.package_version == version)
-    })
 }
 
 async fn bounded<T>(

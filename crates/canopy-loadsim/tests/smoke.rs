@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use canopy_loadsim::config::{SimConfig, Transport};
+use canopy_loadsim::config::{SimConfig, Transport, Workload};
 use canopy_loadsim::run::{Target, run};
 use canopy_server::hub::HubConfig;
 use canopy_testkit::TestControlPlane;
@@ -138,4 +138,56 @@ async fn refuses_non_loopback_and_oversized_runs() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("12000"), "{err}");
+}
+
+/// The Helm variant end to end, small: the simulator creates the HELM registry, uploads its
+/// Helm package (the fixture chart `canopy-web`, pushed to the local chart registry of
+/// `scripts/helm.sh`), and the in-process test server (with the real Helm CLI) renders it for
+/// 20 simulated edges, then again for the upgrade (other profile values).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_edges_with_a_helm_package() {
+    let Some(env) = canopy_testkit::helm::HelmTestEnv::from_env() else {
+        return;
+    };
+    let registry = env.push_chart("canopy-web", None, false);
+    let cp = TestControlPlane::start_fleet(HubConfig {
+        heartbeat: Duration::from_secs(1),
+        ..HubConfig::default()
+    })
+    .await;
+    let cfg = SimConfig {
+        workload: Workload::Helm {
+            registry: registry.clone(),
+            chart: "canopy-web".into(),
+            chart_version: "0.1.0".into(),
+        },
+        // Rendering takes a few hundred ms per change on a busy debug build.
+        phase_timeout: Duration::from_secs(60),
+        ..small(Transport::Http2)
+    };
+    let report = run(
+        &cfg,
+        Target::Running {
+            url: cp.url.clone(),
+            pid: Some(std::process::id()),
+            token: Some(cp.admin_token().to_string()),
+        },
+    )
+    .await
+    .expect("the simulation runs");
+    assert!(
+        report
+            .package
+            .starts_with("loadsim-helm (Helm chart canopy-web:0.1.0 from oci://"),
+        "{}",
+        report.package
+    );
+    for p in &report.phases[..2] {
+        assert_eq!(p.delivery.count, 20, "every edge got it: {p:?}");
+        assert!(p.running_ms.is_some(), "{p:?}");
+    }
+    assert_eq!(report.agent_errors, 0, "{:?}", report.agent_error_samples);
+
+    // Delivery counts an edge only once its desired state holds the app's pods rendered at
+    // the profile's replica count (1, then 2 after the upgrade): the chart was rendered.
 }
