@@ -101,6 +101,10 @@ impl Admin {
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(REQUEST_TIMEOUT)
+            // The server closes an HTTP/1.1 connection idle for 10 s (its header read
+            // timeout): never reuse one that old, or a request sent as it closes is lost
+            // ("connection closed before message completed"), as canopy-client does.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|source| SimError::Network {
                 what: "building the operator HTTP client".into(),
