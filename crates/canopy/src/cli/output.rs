@@ -920,7 +920,11 @@ pub fn workload_list_table(items: &[canopy_client::EdgeWorkload]) -> Table {
                 .flat_map(|e| e.addresses())
                 .collect();
             t.push(row(
-                "container",
+                if c.init_container {
+                    "init container"
+                } else {
+                    "container"
+                },
                 &c.name,
                 state,
                 ready(is_ready),

@@ -193,8 +193,10 @@ pub fn judge(p: &PodView) -> Verdict {
                         None => {}
                     }
                     report.health = if ready { "healthy" } else { "starting" }.into();
-                    if m.probe.as_ref().is_some_and(|s| s.not_ready.is_some()) {
+                    if let Some(why) = m.probe.as_ref().and_then(|s| s.not_ready.as_ref()) {
                         report.health = "unhealthy".into();
+                        // The container's own line says why (the resource manager shows it).
+                        report.message = why.clone();
                     }
                 }
                 "created" | "configured" | "initialized" => {
@@ -439,6 +441,10 @@ mod tests {
         );
         assert!(v.message.unwrap().contains("statuscode: 404"));
         assert_eq!(v.report.containers[0].health, "unhealthy");
+        assert_eq!(
+            v.report.containers[0].message,
+            "readiness probe failed: HTTP probe failed with statuscode: 404"
+        );
         m.probe = None;
         let v = judge(&pod(vec![m], RestartPolicy::Always));
         assert_eq!(v.state, AppState::Deploying, "not probed yet");
