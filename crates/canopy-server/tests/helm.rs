@@ -6,7 +6,7 @@
 //! bad input refused with nothing applied. Both backends.
 
 use canopy_proto::pods::WorkloadKind;
-use canopy_proto::{AppState, WorkloadStatus};
+use canopy_proto::{AppState, Health, StatusKind, WorkloadStatus};
 use canopy_testkit::TestControlPlane;
 use canopy_testkit::helm::{HelmPackage, HelmTestEnv};
 use canopy_testkit::sim_agent::SimAgent;
@@ -131,7 +131,7 @@ async fn a_helm_package_deploys_by_label_upgrades_and_is_deleted() {
                 (
                     AppState::Running,
                     vec![WorkloadStatus {
-                        kind: "pod".into(),
+                        kind: StatusKind::Pod,
                         name: pod_name.clone(),
                         state: "Running".into(),
                         ..Default::default()
@@ -258,7 +258,7 @@ async fn a_helm_package_deploys_by_label_upgrades_and_is_deleted() {
 /// One (init) container of a pod as the agent's pod report (`pods::report`) shapes it.
 fn reported_container(name: &str, init: bool, state: &str) -> WorkloadStatus {
     WorkloadStatus {
-        kind: "container".into(),
+        kind: StatusKind::Container,
         name: name.into(),
         image: "localhost/busybox:canopy-test".into(),
         state: state.into(),
@@ -279,13 +279,17 @@ fn reported_pod(
     containers: Vec<WorkloadStatus>,
 ) -> WorkloadStatus {
     WorkloadStatus {
-        kind: "pod".into(),
+        kind: StatusKind::Pod,
         name: name.into(),
         image: "localhost/busybox:canopy-test".into(),
         state: phase.into(),
         message: message.into(),
         created_at: "2026-12-07T07:00:00Z".into(),
-        health: if ready { "healthy" } else { "unhealthy" }.into(),
+        health: if ready {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        },
         restarts: containers.iter().map(|c| c.restarts).sum(),
         ready: Some(ready),
         owner_kind: owner.0.into(),
@@ -354,7 +358,7 @@ async fn helm_pods_show_each_container_as_the_agent_reports_it() {
                 init_done.exit_code = Some(0);
                 init_done.reason = "Completed".into();
                 let mut unready = reported_container("db", false, "running");
-                unready.health = "unhealthy".into();
+                unready.health = Health::Unhealthy;
                 unready.message = not_ready.into();
                 // db-1: its init container waits (the pod is being made).
                 let mut init_waiting = reported_container("init", true, "waiting");

@@ -30,7 +30,8 @@
 use std::sync::Arc;
 
 use canopy_proto::{
-    AppInstance, AppStatus, Protocol, WorkloadControl, WorkloadKind, WorkloadStatus,
+    AppInstance, AppStatus, Health, PodPhase, Protocol, StatusKind, WorkloadControl, WorkloadKind,
+    WorkloadStatus,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -249,7 +250,7 @@ impl Located {
         &self.rec.apps[self.app_index]
     }
 
-    fn reported(&self, kind: &str, name: &str) -> Option<&WorkloadStatus> {
+    fn reported(&self, kind: StatusKind, name: &str) -> Option<&WorkloadStatus> {
         self.status
             .as_ref()?
             .workloads
@@ -312,7 +313,7 @@ impl App {
             out.extend(helm_pods(l, pods));
         }
         for vm in &app.vms {
-            let reported = l.reported("vm", &vm.name);
+            let reported = l.reported(StatusKind::Vm, &vm.name);
             let control =
                 self.hub()
                     .control(&l.edge_id, &l.rec.id, &app.name, WorkloadKind::Vm, &vm.name);
@@ -338,7 +339,10 @@ impl App {
                         state: format!("STATE_{state}"),
                         message: reported.map(|w| w.message.clone()).unwrap_or_default(),
                     },
-                    accelerator: reported.map(|w| w.accelerator.clone()).unwrap_or_default(),
+                    accelerator: reported
+                        .and_then(|w| w.accelerator.as_ref())
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                     vnc: vm.vnc,
                     restart_count: reported.map_or(0, |w| w.restarts),
                 }),
@@ -357,7 +361,7 @@ impl App {
         let mut all_succeeded = true;
         let mut create_time: Option<String> = None;
         for c in &app.containers {
-            let reported = l.reported("container", &c.name);
+            let reported = l.reported(StatusKind::Container, &c.name);
             let status = match reported {
                 None => {
                     all_running = false;
@@ -667,7 +671,9 @@ impl App {
                     && statuses.iter().any(|s| {
                         s.deployment_id == rec.id
                             && s.app == app.name
-                            && s.workloads.iter().any(|w| w.kind == "pod" && w.name == pod)
+                            && s.workloads
+                                .iter()
+                                .any(|w| w.kind == StatusKind::Pod && w.name == pod)
                     })
                 {
                     target = Some((rec.id.clone(), app.name.clone(), pod.to_string()));
@@ -765,7 +771,7 @@ fn endpoints_at(l: &Located, agent: &canopy_proto::AgentInfo) -> Vec<AppEndpoint
             continue;
         }
         let ready = l
-            .reported("container", &c.name)
+            .reported(StatusKind::Container, &c.name)
             .is_some_and(|w| w.state == "running");
         out.push(AppEndpoint {
             id: workload_id(
@@ -800,7 +806,7 @@ fn endpoints_at(l: &Located, agent: &canopy_proto::AgentInfo) -> Vec<AppEndpoint
             continue;
         }
         let ready = l
-            .reported("vm", &vm.name)
+            .reported(StatusKind::Vm, &vm.name)
             .is_some_and(|w| w.state == "RUNNING");
         out.push(AppEndpoint {
             id: workload_id(
@@ -860,7 +866,12 @@ fn helm_pods(l: &Located, pods: &canopy_proto::pods::PodApp) -> Vec<AppWorkload>
     let reported: Vec<&WorkloadStatus> = l
         .status
         .as_ref()
-        .map(|s| s.workloads.iter().filter(|w| w.kind == "pod").collect())
+        .map(|s| {
+            s.workloads
+                .iter()
+                .filter(|w| w.kind == StatusKind::Pod)
+                .collect()
+        })
         .unwrap_or_default();
     let mut out = Vec::new();
     let workload = |name: &str, state: &str, ready: bool, create_time, containers| AppWorkload {
@@ -880,14 +891,14 @@ fn helm_pods(l: &Located, pods: &canopy_proto::pods::PodApp) -> Vec<AppWorkload>
     };
     for w in &reported {
         // Kubernetes' phase: Pending, Running, Succeeded, Failed (anything else: Unknown).
-        let phase = match w.state.as_str() {
-            "Pending" | "pending" => "STATE_PENDING",
-            "Running" | "running" => "STATE_RUNNING",
-            "Succeeded" | "succeeded" => "STATE_SUCCEEDED",
-            "Failed" | "failed" => "STATE_FAILED",
+        let phase = match w.pod_phase() {
+            Some(PodPhase::Pending) => "STATE_PENDING",
+            Some(PodPhase::Running) => "STATE_RUNNING",
+            Some(PodPhase::Succeeded) => "STATE_SUCCEEDED",
+            Some(PodPhase::Failed) => "STATE_FAILED",
             _ => "STATE_UNKNOWN",
         };
-        let ready = w.ready.unwrap_or(w.health != "unhealthy") && phase == "STATE_RUNNING";
+        let ready = w.ready.unwrap_or(w.health != Health::Unhealthy) && phase == "STATE_RUNNING";
         // The agent reports each (init) container; an agent that predates that reports the
         // pod alone, and its containers are then those of the chart workload, in its phase.
         let containers = if w.containers.is_empty() {
@@ -1053,7 +1064,7 @@ fn reported_container_status(c: &WorkloadStatus, pod_message: &str) -> Container
         };
     }
     if c.state == "running" {
-        if c.health == "unhealthy" {
+        if c.health == Health::Unhealthy {
             return waiting("Unhealthy", own_or_pod());
         }
         return ContainerStatus {
@@ -1080,7 +1091,7 @@ fn container_status(
     all_succeeded: &mut bool,
 ) -> ContainerStatus {
     match w.state.as_str() {
-        "running" if w.health != "unhealthy" => {
+        "running" if w.health != Health::Unhealthy => {
             *all_succeeded = false;
             ContainerStatus {
                 container_state_running: Some(serde_json::Map::new()),
@@ -1148,7 +1159,7 @@ mod tests {
     #[test]
     fn exited_containers_are_terminated_with_their_code() {
         let w = WorkloadStatus {
-            kind: "container".into(),
+            kind: StatusKind::Container,
             state: "exited".into(),
             exit_code: Some(3),
             ..Default::default()

@@ -645,7 +645,7 @@ pub fn workloads_table(apps: &[AppStatus]) -> Table {
                 w.map(|w| w.name.clone()).unwrap_or_default(),
                 w.map(|w| w.image.clone()).unwrap_or_default(),
                 w.map(|w| w.state.clone()).unwrap_or_default(),
-                w.map(|w| w.health.clone()).unwrap_or_default(),
+                w.map(|w| w.health.to_string()).unwrap_or_default(),
                 w.map(|w| w.restarts.to_string()).unwrap_or_default(),
                 short(&a.message, 60),
             ]
