@@ -718,6 +718,9 @@ pub mod bounds {
     pub const MAX_APPS: usize = 1_000;
     /// Workloads of one app in a status report.
     pub const MAX_WORKLOADS_PER_APP: usize = 100;
+    /// (Init) containers of one pod in a status report (a pod's containers report nothing
+    /// nested).
+    pub const MAX_CONTAINERS_PER_POD: usize = 100;
     /// Workloads in one status report, all apps together.
     pub const MAX_WORKLOADS: usize = 5_000;
     /// Messages (an app's, a workload's): longer ones are cut to this, ending with `…`.
@@ -728,7 +731,8 @@ pub mod bounds {
     pub const MAX_NAME: usize = 253;
     /// A workload's image (container image reference or VM image URL).
     pub const MAX_IMAGE: usize = 2_048;
-    /// Short words: a workload's kind, state, health, admin state, accelerator, creation time;
+    /// Short words: a workload's kind, state, health, admin state, accelerator, creation time,
+    /// Kubernetes reason and owner kind;
     /// the agent's version and accelerator; each capability; each address.
     pub const MAX_WORD: usize = 64;
     /// The container engine's description (`podman 5.4.2`).
@@ -816,6 +820,19 @@ impl StatusReport {
             for (j, w) in a.workloads.iter_mut().enumerate() {
                 let at = format!("apps[{i}].workloads[{j}]");
                 w.bound(&at)?;
+                too_many(
+                    format!("{at}.containers"),
+                    w.containers.len(),
+                    MAX_CONTAINERS_PER_POD,
+                )?;
+                for (k, c) in w.containers.iter_mut().enumerate() {
+                    c.bound(&format!("{at}.containers[{k}]"))?;
+                    too_many(
+                        format!("{at}.containers[{k}].containers"),
+                        c.containers.len(),
+                        0,
+                    )?;
+                }
             }
         }
         if let Some(agent) = &mut self.agent {
@@ -826,7 +843,7 @@ impl StatusReport {
 }
 
 impl WorkloadStatus {
-    /// Applies [`bounds`] to this workload's fields, under `at`.
+    /// Applies [`bounds`] to this workload's own fields (not its `containers`), under `at`.
     fn bound(&mut self, at: &str) -> Result<(), BoundError> {
         use bounds::*;
         let at = |f: &str| format!("{at}.{f}");
@@ -847,6 +864,9 @@ impl WorkloadStatus {
         )?;
         too_long(at("createdAt"), &self.created_at, MAX_WORD)?;
         too_long(at("health"), self.health.as_str(), MAX_WORD)?;
+        too_long(at("reason"), &self.reason, MAX_WORD)?;
+        too_long(at("ownerKind"), &self.owner_kind, MAX_WORD)?;
+        too_long(at("owner"), &self.owner, MAX_NAME)?;
         too_many(at("ports"), self.ports.len(), MAX_PORTS)?;
         for (k, p) in self.ports.iter().enumerate() {
             if let Some(ip) = &p.host_ip {
@@ -1007,6 +1027,32 @@ mod bound_tests {
                     r.agent.as_mut().unwrap().capabilities = vec!["c".into(); 17];
                 }),
                 "agent.capabilities has 17 entries",
+            ),
+            (
+                Box::new(|r| {
+                    r.apps[0].workloads[0].containers = vec![WorkloadStatus::default(); 101];
+                }),
+                "apps[0].workloads[0].containers has 101 entries; at most 100",
+            ),
+            (
+                Box::new(|r| {
+                    let c = WorkloadStatus {
+                        reason: "r".repeat(65),
+                        ..Default::default()
+                    };
+                    r.apps[0].workloads[0].containers = vec![WorkloadStatus::default(), c];
+                }),
+                "apps[0].workloads[0].containers[1].reason is 65 bytes long",
+            ),
+            (
+                Box::new(|r| {
+                    let c = WorkloadStatus {
+                        containers: vec![WorkloadStatus::default()],
+                        ..Default::default()
+                    };
+                    r.apps[0].workloads[0].containers = vec![c];
+                }),
+                "apps[0].workloads[0].containers[0].containers has 1 entries; at most 0",
             ),
             (
                 Box::new(|r| {
