@@ -104,7 +104,7 @@ impl Converger for VmDriver {
     }
 
     fn accelerator(&self) -> Option<canopy_proto::Accelerator> {
-        canopy_proto::Accelerator::non_empty(VmDriver::accelerator(self))
+        self.wire_accelerator()
     }
 
     async fn open_tunnel(

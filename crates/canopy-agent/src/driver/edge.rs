@@ -205,7 +205,7 @@ impl Converger for EdgeDriver {
     }
 
     fn accelerator(&self) -> Option<canopy_proto::Accelerator> {
-        canopy_proto::Accelerator::non_empty(self.vms.accelerator())
+        self.vms.wire_accelerator()
     }
 
     async fn changed(&self) {

@@ -341,6 +341,14 @@ impl VmDriver {
         self.accel.as_ref().map_or("", |c| c.accelerator.as_str())
     }
 
+    /// The same in the protocol's type, for the agent's reports.
+    pub fn wire_accelerator(&self) -> Option<WireAccelerator> {
+        self.accel.as_ref().map(|c| match c.accelerator {
+            canopy_vm::Accelerator::Kvm => WireAccelerator::Kvm,
+            canopy_vm::Accelerator::Tcg => WireAccelerator::Tcg,
+        })
+    }
+
     /// Why VMs here run under TCG although KVM was allowed (no `/dev/kvm`, or KVM failed its
     /// probe); `None` when they run under KVM, TCG was forced, or there is no QEMU.
     pub fn accelerator_fallback(&self) -> Option<&str> {
@@ -1176,10 +1184,10 @@ impl VmDriver {
         let fallback = self
             .accelerator_fallback()
             .filter(|_| w.accelerator == Some(WireAccelerator::Tcg));
-        let accel = match (w.accelerator.as_ref().map_or("", |a| a.as_str()), fallback) {
-            ("", _) => "accelerator unknown".to_string(),
-            (a, None) => format!("accelerator {a}"),
-            (a, Some(why)) => format!("accelerator {a}, software emulation: {why}"),
+        let accel = match (&w.accelerator, fallback) {
+            (None, _) => "accelerator unknown".to_string(),
+            (Some(a), None) => format!("accelerator {a}"),
+            (Some(a), Some(why)) => format!("accelerator {a}, software emulation: {why}"),
         };
         let ports = match vm.ports.as_slice() {
             [] => None,
