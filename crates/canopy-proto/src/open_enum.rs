@@ -19,9 +19,10 @@
 //!   "did not match any variant" instead of "expected a string".
 //! - `strum` (`EnumString` + `Display` with `#[strum(default)] Other(String)`) gives the string
 //!   side from one list of spellings, but not the serde side: that takes `serde_with`
-//!   (`SerializeDisplay`, `DeserializeFromStr`) or hand-written impls, i.e. two more
-//!   dependencies (one of them two proc-macro crates) for the crate every agent and server
-//!   links, to replace the sixty lines below.
+//!   (`SerializeDisplay`, `DeserializeFromStr`) or hand-written impls. strum is already in the
+//!   lock file through other crates, serde_with is not: two more direct dependencies, each with
+//!   its proc-macro crate, for the crate every agent and server links, to replace the seventy
+//!   lines below.
 //!
 //! The macro is small, has one list of spellings per enum, and its behaviour is pinned by the
 //! tests in `tests/open_enums.rs`.
