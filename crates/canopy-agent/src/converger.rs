@@ -33,9 +33,9 @@ pub trait Converger: Send + Sync {
         vec!["containers".to_string()]
     }
 
-    /// The VM accelerator (`kvm`, `tcg`), empty when the driver runs no VMs.
-    fn accelerator(&self) -> String {
-        String::new()
+    /// The VM accelerator (`kvm`, `tcg`), `None` when the driver runs no VMs.
+    fn accelerator(&self) -> Option<canopy_proto::Accelerator> {
+        None
     }
 
     /// Completes when the driver learnt, between passes, something a report would show (a
@@ -103,8 +103,8 @@ impl Converger for VmDriver {
         }
     }
 
-    fn accelerator(&self) -> String {
-        VmDriver::accelerator(self).to_string()
+    fn accelerator(&self) -> Option<canopy_proto::Accelerator> {
+        self.wire_accelerator()
     }
 
     async fn open_tunnel(

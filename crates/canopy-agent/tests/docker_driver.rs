@@ -25,7 +25,7 @@ use bollard::query_parameters::{
 use canopy_agent::DockerDriver;
 use canopy_proto::{
     AppInstance, AppState, AppStatus, ContainerSpec, DeploymentInstance, DesiredState, Generation,
-    HealthCheck, PortSpec, RegistryAuth, RestartPolicy, VolumeMount,
+    Health, HealthCheck, PortSpec, RegistryAuth, RestartPolicy, StatusKind, VolumeMount,
 };
 use futures::StreamExt;
 
@@ -471,11 +471,11 @@ async fn dependent_app_waits_for_healthy_web_then_both_run_and_resolve_each_othe
     let web = status(&statuses, "web");
     assert_eq!(web.workloads.len(), 1);
     let w = &web.workloads[0];
-    assert_eq!(w.kind, "container");
+    assert_eq!(w.kind, StatusKind::Container);
     assert_eq!(w.name, "httpd", "reported by its name in the template");
     assert_eq!(w.image, IMAGE);
     assert_eq!(w.state, "running");
-    assert_eq!(w.health, "healthy");
+    assert_eq!(w.health, Health::Healthy);
     assert_eq!(
         w.ports,
         vec![PortSpec {
@@ -485,7 +485,10 @@ async fn dependent_app_waits_for_healthy_web_then_both_run_and_resolve_each_othe
             ..Default::default()
         }]
     );
-    assert_eq!(status(&statuses, "client").workloads[0].health, "healthy");
+    assert_eq!(
+        status(&statuses, "client").workloads[0].health,
+        Health::Healthy
+    );
 
     // Limits, restart policy and labels as asked.
     let inspect = e

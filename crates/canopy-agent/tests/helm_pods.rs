@@ -28,7 +28,7 @@ use canopy_helm::{
 };
 use canopy_proto::pods::PodApp;
 use canopy_proto::{
-    AppInstance, AppState, AppStatus, DeploymentInstance, DesiredState, Generation,
+    AppInstance, AppState, AppStatus, DeploymentInstance, DesiredState, Generation, StatusKind,
     WorkloadControl, WorkloadKind, WorkloadStatus,
 };
 use futures::StreamExt;
@@ -477,7 +477,7 @@ async fn apply_until(
 fn pods_of<'a>(app: &'a AppStatus, owner: &str) -> Vec<&'a WorkloadStatus> {
     app.workloads
         .iter()
-        .filter(|w| w.kind == "pod" && w.owner == owner)
+        .filter(|w| w.kind == StatusKind::Pod && w.owner == owner)
         .collect()
 }
 
@@ -1188,7 +1188,10 @@ async fn the_agent_killed_with_sigkill_adopts_its_pods() {
     }
     let last = cp.reports().last().unwrap().apps[0].clone();
     assert_eq!(
-        last.workloads.iter().filter(|p| p.kind == "pod").count(),
+        last.workloads
+            .iter()
+            .filter(|p| p.kind == StatusKind::Pod)
+            .count(),
         3,
         "{last:#?}"
     );

@@ -15,9 +15,9 @@ use canopy_agent::Converger;
 use canopy_agent::driver::{DockerDriver, EdgeDriver, VmDriver};
 use canopy_agent::{DriverError, TunnelIo};
 use canopy_proto::{
-    AppInstance, AppState, AppStatus, ContainerSpec, DeploymentInstance, DesiredState,
-    RestartPolicy, TunnelTarget, VmBoot, VmImage, VmPort, VmSpec, WorkloadControl, WorkloadKind,
-    WorkloadStatus,
+    AdminState, AppInstance, AppState, AppStatus, ContainerSpec, DeploymentInstance, DesiredState,
+    Health, RestartPolicy, StatusKind, TunnelTarget, VmBoot, VmImage, VmPort, VmSpec,
+    WorkloadControl, WorkloadKind, WorkloadStatus,
 };
 use canopy_vm::{Accel, Accelerator, VmHost};
 use futures::StreamExt;
@@ -201,7 +201,7 @@ fn vm_status<'a>(statuses: &'a [AppStatus], app: &str) -> (&'a AppStatus, &'a Wo
     let w = a
         .workloads
         .iter()
-        .find(|w| w.kind == "vm")
+        .find(|w| w.kind == StatusKind::Vm)
         .unwrap_or_else(|| panic!("no vm workload in {a:#?}"));
     (a, w)
 }
@@ -321,8 +321,8 @@ async fn a_vm_runs_is_controlled_supervised_adopted_and_removed() {
     let s = apply_until(&vms, &d, "VM running", |s| s[0].state == AppState::Running).await;
     let (_, w) = vm_status(&s, "web");
     assert_eq!(w.state, "RUNNING");
-    assert_eq!(w.admin_state, "UP");
-    assert_eq!(w.accelerator, "tcg");
+    assert_eq!(w.admin_state, Some(AdminState::Up));
+    assert_eq!(w.accelerator, Some(canopy_proto::Accelerator::Tcg));
     assert!(w.vnc);
     assert_eq!(w.name, "vm1");
     assert_eq!(w.image, t.kernel.url);
@@ -387,8 +387,8 @@ async fn a_vm_runs_is_controlled_supervised_adopted_and_removed() {
     let s = vms.apply(&off).await.unwrap();
     let (a, w) = vm_status(&s, "web");
     assert_eq!(
-        (w.state.as_str(), w.admin_state.as_str()),
-        ("STOPPED", "DOWN"),
+        (w.state.as_str(), &w.admin_state),
+        ("STOPPED", &Some(AdminState::Down)),
         "{s:#?}"
     );
     assert_eq!(a.state, AppState::Running);
@@ -407,7 +407,7 @@ async fn a_vm_runs_is_controlled_supervised_adopted_and_removed() {
         s[0].state == AppState::Running
     })
     .await;
-    assert_eq!(vm_status(&s, "web").1.admin_state, "UP");
+    assert_eq!(vm_status(&s, "web").1.admin_state, Some(AdminState::Up));
     wait_for("third boot marker", async || markers(&vms, &name) == 3).await;
 
     // Killed behind the agent's back: restarted (policy always), counted.
@@ -725,7 +725,7 @@ async fn the_edge_driver_runs_containers_without_qemu_restarts_pods_and_tunnels_
     let edge = EdgeDriver::new(docker, vms).scoped(&scope);
     assert_eq!(edge.capabilities(), vec!["containers".to_string()]);
     assert!(!edge.engine().contains("QEMU"), "{}", edge.engine());
-    assert_eq!(edge.accelerator(), "");
+    assert_eq!(edge.accelerator(), None);
 
     let dep = unique("d");
     let mut app = vm_app("mixed", vec![]);
@@ -767,7 +767,7 @@ async fn the_edge_driver_runs_containers_without_qemu_restarts_pods_and_tunnels_
     let container = s[0]
         .workloads
         .iter()
-        .find(|w| w.kind == "container")
+        .find(|w| w.kind == StatusKind::Container)
         .unwrap();
     assert_eq!(container.state, "running");
     let created = container.created_at.clone();
@@ -1090,8 +1090,8 @@ async fn restart_policies_never_and_on_failure_decide_on_stopped_vms() {
         let s = vms.apply(&d).await.unwrap();
         let (a, w) = vm_status(&s, "never");
         assert_eq!(
-            (w.state.as_str(), w.admin_state.as_str()),
-            ("STOPPED", "UP"),
+            (w.state.as_str(), &w.admin_state),
+            ("STOPPED", &Some(AdminState::Up)),
             "{a:#?}"
         );
         assert_eq!(a.state, AppState::Down, "{a:#?}");
@@ -1362,8 +1362,8 @@ async fn on_auto_the_accelerator_is_probed_and_a_vm_is_ready_only_once_its_guest
     match booting.first() {
         None => assert_eq!(expected, "kvm", "never seen STARTING under TCG"),
         Some(w) => {
-            assert_eq!(w.health, "starting", "{w:#?}");
-            assert_eq!(w.accelerator, expected, "{w:#?}");
+            assert_eq!(w.health, Health::Starting, "{w:#?}");
+            assert_eq!(w.accelerator, Some(expected.into()), "{w:#?}");
             assert!(
                 w.message
                     .contains("waiting for the guest to show it came up")
@@ -1380,8 +1380,8 @@ async fn on_auto_the_accelerator_is_probed_and_a_vm_is_ready_only_once_its_guest
     }
     // Up: the accelerator it got, and the warning when that is a fallback.
     assert_eq!(app.state, AppState::Running);
-    assert_eq!(running.accelerator, expected, "{running:#?}");
-    assert_eq!(running.health, "healthy");
+    assert_eq!(running.accelerator, Some(expected.into()), "{running:#?}");
+    assert_eq!(running.health, Health::Healthy);
     match &fallback {
         Some(why) => assert!(
             running.message.contains("runs under TCG") && running.message.contains(why.as_str()),
@@ -1447,8 +1447,8 @@ async fn a_guest_that_never_shows_it_came_up_is_never_ready_and_an_error_after_t
     let (a, w) = vm_status(&s, "mute");
     assert_eq!(a.state, AppState::Deploying, "{a:#?}");
     assert_eq!(
-        (w.health.as_str(), w.accelerator.as_str()),
-        ("starting", "tcg")
+        (&w.health, &w.accelerator),
+        (&Health::Starting, &Some(canopy_proto::Accelerator::Tcg))
     );
     assert!(
         w.message
@@ -1473,8 +1473,8 @@ async fn a_guest_that_never_shows_it_came_up_is_never_ready_and_an_error_after_t
     let (a, w) = vm_status(&s, "mute");
     assert_eq!(a.state, AppState::Down, "{a:#?}");
     assert_eq!(
-        (w.state.as_str(), w.health.as_str()),
-        ("STARTING", "unhealthy")
+        (w.state.as_str(), &w.health),
+        ("STARTING", &Health::Unhealthy)
     );
     for words in [
         "virtual machine mute of app mute did not come up within 20 s",

@@ -111,6 +111,9 @@ pub struct Container {
     pub image_name: String,
     pub restart_count: u32,
     pub status: ContainerStatus,
+    /// An init container of a Helm app's pod (Canopy extension).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub init_container: bool,
 }
 
 /// One of the three is set.

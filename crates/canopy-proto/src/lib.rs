@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod open_enum;
 pub mod pods;
+
+use open_enum::open_enum;
 
 /// The protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -362,8 +365,12 @@ pub struct AgentInfo {
     #[serde(default)]
     pub engine: String,
     /// The VM accelerator available (`kvm` or `tcg`), when the agent runs VMs.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub accelerator: String,
+    #[serde(
+        default,
+        deserialize_with = "open_enum::empty_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub accelerator: Option<Accelerator>,
     /// The edge host's name and non-loopback addresses: where published ports are reached.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
@@ -550,12 +557,79 @@ pub struct AppStatus {
     pub workloads: Vec<WorkloadStatus>,
 }
 
+open_enum! {
+    /// What a [`WorkloadStatus`] reports on. Required on the wire; the default (a container)
+    /// is only for building values in code.
+    #[derive(Default)]
+    pub enum StatusKind {
+        /// A container (of a native app, or of a pod).
+        #[default]
+        Container = "container",
+        /// A virtual machine.
+        Vm = "vm",
+        /// A pod of a Helm app, with its `containers`.
+        Pod = "pod",
+    }
+}
+
+open_enum! {
+    /// A workload's health: its health check's (containers), its readiness (pods), whether the
+    /// guest came up (VMs). Always written, as `""` when there is none (older control planes
+    /// read the field as a string).
+    #[derive(Default)]
+    pub enum Health {
+        /// No health check: `""`. (The container engine's own `none` is the agent's to
+        /// translate; on the wire it would be an [`Health::Other`], kept as it came.)
+        #[default]
+        None = "",
+        /// Checked, not passed yet (VMs: the guest has not shown it is up).
+        Starting = "starting",
+        Healthy = "healthy",
+        /// Failing (VMs: past the boot timeout).
+        Unhealthy = "unhealthy",
+    }
+}
+
+open_enum! {
+    /// A VM's administrative state: whether it is meant to run.
+    pub enum AdminState {
+        Up = "UP",
+        /// An operator stopped it.
+        Down = "DOWN",
+    }
+}
+
+open_enum! {
+    /// The accelerator QEMU runs a guest with.
+    pub enum Accelerator {
+        Kvm = "kvm",
+        Tcg = "tcg",
+    }
+}
+
+open_enum! {
+    /// Kubernetes' pod phase: a pod's [`WorkloadStatus::state`] (see
+    /// [`WorkloadStatus::pod_phase`]). Lower-case spellings are read too (the control plane
+    /// always accepted them); `state` itself stays the string the agent sent.
+    pub enum PodPhase {
+        Pending = "Pending" | "pending",
+        Running = "Running" | "running",
+        Succeeded = "Succeeded" | "succeeded",
+        Failed = "Failed" | "failed",
+        Unknown = "Unknown" | "unknown",
+    }
+}
+
 /// One running (or failed) workload of an app.
+///
+/// The short words (`kind`, `health`, `adminState`, `accelerator`) are open enums: a word an
+/// older build does not know is kept as `Other` rather than failing the report. `state` stays a
+/// string: it carries the container engine's states, the reference's VM states and pods'
+/// phases (typed by [`WorkloadStatus::pod_phase`]), three vocabularies the `kind` selects.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadStatus {
-    /// `container`, `vm`, or `pod` (a pod of a Helm app, with its `containers`).
-    pub kind: String,
+    pub kind: StatusKind,
     /// The container's or VM's name as in the template; a pod's name (unique on the edge within
     /// the app, stable while its workload's spec does not change).
     pub name: String,
@@ -571,12 +645,21 @@ pub struct WorkloadStatus {
     /// Containers that exited: the exit code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
-    /// VMs: `UP` when the VM is meant to run, `DOWN` when an operator stopped it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub admin_state: String,
+    /// VMs: `UP` when the VM is meant to run, `DOWN` when an operator stopped it. Absent
+    /// (and an empty string read as absent) for other kinds.
+    #[serde(
+        default,
+        deserialize_with = "open_enum::empty_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub admin_state: Option<AdminState>,
     /// VMs: the accelerator QEMU uses (`kvm` or `tcg`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub accelerator: String,
+    #[serde(
+        default,
+        deserialize_with = "open_enum::empty_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub accelerator: Option<Accelerator>,
     /// VMs: a VNC console can be opened through a tunnel.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vnc: bool,
@@ -586,7 +669,7 @@ pub struct WorkloadStatus {
     /// `healthy`, `unhealthy`, `starting` or empty when there is no health check. VMs: whether
     /// the guest came up (`starting` until it shows it, `unhealthy` past the boot timeout).
     #[serde(default)]
-    pub health: String,
+    pub health: Health,
     pub restarts: u32,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
@@ -614,6 +697,13 @@ pub struct WorkloadStatus {
     pub owner: String,
 }
 
+impl WorkloadStatus {
+    /// A pod's phase (its `state`), when this reports a pod.
+    pub fn pod_phase(&self) -> Option<PodPhase> {
+        (self.kind == StatusKind::Pod).then(|| PodPhase::from(self.state.as_str()))
+    }
+}
+
 /// Bounds of what an agent sends (`docs/AGENT-PROTOCOL.md`, "Bounds"), so agents can know them.
 /// Lengths are in bytes of UTF-8. The control plane refuses a request over a bound with `400`
 /// naming the field and the bound, and keeps nothing of it; free-text messages are cut instead
@@ -628,6 +718,9 @@ pub mod bounds {
     pub const MAX_APPS: usize = 1_000;
     /// Workloads of one app in a status report.
     pub const MAX_WORKLOADS_PER_APP: usize = 100;
+    /// (Init) containers of one pod in a status report (a pod's containers report nothing
+    /// nested).
+    pub const MAX_CONTAINERS_PER_POD: usize = 100;
     /// Workloads in one status report, all apps together.
     pub const MAX_WORKLOADS: usize = 5_000;
     /// Messages (an app's, a workload's): longer ones are cut to this, ending with `…`.
@@ -638,7 +731,8 @@ pub mod bounds {
     pub const MAX_NAME: usize = 253;
     /// A workload's image (container image reference or VM image URL).
     pub const MAX_IMAGE: usize = 2_048;
-    /// Short words: a workload's kind, state, health, admin state, accelerator, creation time;
+    /// Short words: a workload's kind, state, health, admin state, accelerator, creation time,
+    /// Kubernetes reason and owner kind;
     /// the agent's version and accelerator; each capability; each address.
     pub const MAX_WORD: usize = 64;
     /// The container engine's description (`podman 5.4.2`).
@@ -724,26 +818,60 @@ impl StatusReport {
             cut_message(&mut a.message, MAX_MESSAGE);
             too_many(at("workloads"), a.workloads.len(), MAX_WORKLOADS_PER_APP)?;
             for (j, w) in a.workloads.iter_mut().enumerate() {
-                let at = |f: &str| format!("apps[{i}].workloads[{j}].{f}");
-                too_long(at("kind"), &w.kind, MAX_WORD)?;
-                too_long(at("name"), &w.name, MAX_NAME)?;
-                too_long(at("image"), &w.image, MAX_IMAGE)?;
-                too_long(at("state"), &w.state, MAX_WORD)?;
-                cut_message(&mut w.message, MAX_MESSAGE);
-                too_long(at("adminState"), &w.admin_state, MAX_WORD)?;
-                too_long(at("accelerator"), &w.accelerator, MAX_WORD)?;
-                too_long(at("createdAt"), &w.created_at, MAX_WORD)?;
-                too_long(at("health"), &w.health, MAX_WORD)?;
-                too_many(at("ports"), w.ports.len(), MAX_PORTS)?;
-                for (k, p) in w.ports.iter().enumerate() {
-                    if let Some(ip) = &p.host_ip {
-                        too_long(at(&format!("ports[{k}].hostIp")), ip, MAX_WORD)?;
-                    }
+                let at = format!("apps[{i}].workloads[{j}]");
+                w.bound(&at)?;
+                too_many(
+                    format!("{at}.containers"),
+                    w.containers.len(),
+                    MAX_CONTAINERS_PER_POD,
+                )?;
+                for (k, c) in w.containers.iter_mut().enumerate() {
+                    c.bound(&format!("{at}.containers[{k}]"))?;
+                    too_many(
+                        format!("{at}.containers[{k}].containers"),
+                        c.containers.len(),
+                        0,
+                    )?;
                 }
             }
         }
         if let Some(agent) = &mut self.agent {
             agent.bound("agent")?;
+        }
+        Ok(())
+    }
+}
+
+impl WorkloadStatus {
+    /// Applies [`bounds`] to this workload's own fields (not its `containers`), under `at`.
+    fn bound(&mut self, at: &str) -> Result<(), BoundError> {
+        use bounds::*;
+        let at = |f: &str| format!("{at}.{f}");
+        too_long(at("kind"), self.kind.as_str(), MAX_WORD)?;
+        too_long(at("name"), &self.name, MAX_NAME)?;
+        too_long(at("image"), &self.image, MAX_IMAGE)?;
+        too_long(at("state"), &self.state, MAX_WORD)?;
+        cut_message(&mut self.message, MAX_MESSAGE);
+        too_long(
+            at("adminState"),
+            self.admin_state.as_ref().map_or("", AdminState::as_str),
+            MAX_WORD,
+        )?;
+        too_long(
+            at("accelerator"),
+            self.accelerator.as_ref().map_or("", Accelerator::as_str),
+            MAX_WORD,
+        )?;
+        too_long(at("createdAt"), &self.created_at, MAX_WORD)?;
+        too_long(at("health"), self.health.as_str(), MAX_WORD)?;
+        too_long(at("reason"), &self.reason, MAX_WORD)?;
+        too_long(at("ownerKind"), &self.owner_kind, MAX_WORD)?;
+        too_long(at("owner"), &self.owner, MAX_NAME)?;
+        too_many(at("ports"), self.ports.len(), MAX_PORTS)?;
+        for (k, p) in self.ports.iter().enumerate() {
+            if let Some(ip) = &p.host_ip {
+                too_long(at(&format!("ports[{k}].hostIp")), ip, MAX_WORD)?;
+            }
         }
         Ok(())
     }
@@ -765,7 +893,11 @@ impl AgentInfo {
             too_long(at(&format!("capabilities[{i}]")), c, MAX_WORD)?;
         }
         too_long(at("engine"), &self.engine, MAX_ENGINE)?;
-        too_long(at("accelerator"), &self.accelerator, MAX_WORD)?;
+        too_long(
+            at("accelerator"),
+            self.accelerator.as_ref().map_or("", Accelerator::as_str),
+            MAX_WORD,
+        )?;
         too_long(at("hostname"), &self.hostname, MAX_NAME)?;
         self.addresses.truncate(MAX_ADDRESSES);
         for (i, a) in self.addresses.iter().enumerate() {
@@ -835,7 +967,7 @@ mod bound_tests {
                 deployment_id: "d".into(),
                 app: "a".into(),
                 workloads: vec![WorkloadStatus {
-                    kind: "container".into(),
+                    kind: StatusKind::Container,
                     name: "w".into(),
                     ..Default::default()
                 }],
@@ -895,6 +1027,38 @@ mod bound_tests {
                     r.agent.as_mut().unwrap().capabilities = vec!["c".into(); 17];
                 }),
                 "agent.capabilities has 17 entries",
+            ),
+            (
+                Box::new(|r| {
+                    r.apps[0].workloads[0].containers = vec![WorkloadStatus::default(); 101];
+                }),
+                "apps[0].workloads[0].containers has 101 entries; at most 100",
+            ),
+            (
+                Box::new(|r| {
+                    let c = WorkloadStatus {
+                        reason: "r".repeat(65),
+                        ..Default::default()
+                    };
+                    r.apps[0].workloads[0].containers = vec![WorkloadStatus::default(), c];
+                }),
+                "apps[0].workloads[0].containers[1].reason is 65 bytes long",
+            ),
+            (
+                Box::new(|r| {
+                    let c = WorkloadStatus {
+                        containers: vec![WorkloadStatus::default()],
+                        ..Default::default()
+                    };
+                    r.apps[0].workloads[0].containers = vec![c];
+                }),
+                "apps[0].workloads[0].containers[0].containers has 1 entries; at most 0",
+            ),
+            (
+                Box::new(|r| {
+                    r.apps[0].workloads[0].health = Health::Other("h".repeat(65));
+                }),
+                "apps[0].workloads[0].health is 65 bytes long",
             ),
         ];
         for (change, want) in cases {

@@ -21,8 +21,8 @@ use axum::response::Response;
 use canopy_agent::{AgentConfig, Backoff, Converger, DriverError, TunnelIo};
 use canopy_proto::bounds::{MAX_AGENT_BODY, MAX_MESSAGE, MAX_STATUS_BODY};
 use canopy_proto::{
-    AgentInfo, AppState, AppStatus, DesiredState, PROTOCOL_HEADER, StatusReport, TunnelTarget,
-    WorkloadStatus,
+    AgentInfo, AppState, AppStatus, DesiredState, PROTOCOL_HEADER, StatusKind, StatusReport,
+    TunnelTarget, WorkloadStatus,
 };
 use canopy_server::App;
 use canopy_server::http::Limits;
@@ -113,7 +113,7 @@ async fn reports_over_their_bounds_are_refused_whole_and_long_messages_are_cut()
         deployment_generation: dep.generation,
         workloads: vec![
             WorkloadStatus {
-                kind: "container".into(),
+                kind: StatusKind::Container,
                 name: "w".into(),
                 ..Default::default()
             };

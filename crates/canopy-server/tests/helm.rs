@@ -6,7 +6,7 @@
 //! bad input refused with nothing applied. Both backends.
 
 use canopy_proto::pods::WorkloadKind;
-use canopy_proto::{AppState, WorkloadStatus};
+use canopy_proto::{AppState, Health, StatusKind, WorkloadStatus};
 use canopy_testkit::TestControlPlane;
 use canopy_testkit::helm::{HelmPackage, HelmTestEnv};
 use canopy_testkit::sim_agent::SimAgent;
@@ -131,7 +131,7 @@ async fn a_helm_package_deploys_by_label_upgrades_and_is_deleted() {
                 (
                     AppState::Running,
                     vec![WorkloadStatus {
-                        kind: "pod".into(),
+                        kind: StatusKind::Pod,
                         name: pod_name.clone(),
                         state: "Running".into(),
                         ..Default::default()
@@ -251,6 +251,257 @@ async fn a_helm_package_deploys_by_label_upgrades_and_is_deleted() {
         assert_eq!(s, StatusCode::OK, "{b}");
         let d = edge.poll(10).await.expect("the deletion");
         assert!(d.deployments.is_empty(), "{backend}");
+        cp.stop().await;
+    }
+}
+
+/// One (init) container of a pod as the agent's pod report (`pods::report`) shapes it.
+fn reported_container(name: &str, init: bool, state: &str) -> WorkloadStatus {
+    WorkloadStatus {
+        kind: StatusKind::Container,
+        name: name.into(),
+        image: "localhost/busybox:canopy-test".into(),
+        state: state.into(),
+        created_at: "2026-12-07T07:00:00Z".into(),
+        init,
+        ready: Some(false),
+        ..Default::default()
+    }
+}
+
+/// A pod as the agent reports it: its phase, readiness, owner and containers.
+fn reported_pod(
+    name: &str,
+    owner: (&str, &str),
+    phase: &str,
+    ready: bool,
+    message: &str,
+    containers: Vec<WorkloadStatus>,
+) -> WorkloadStatus {
+    WorkloadStatus {
+        kind: StatusKind::Pod,
+        name: name.into(),
+        image: "localhost/busybox:canopy-test".into(),
+        state: phase.into(),
+        message: message.into(),
+        created_at: "2026-12-07T07:00:00Z".into(),
+        health: if ready {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        },
+        restarts: containers.iter().map(|c| c.restarts).sum(),
+        ready: Some(ready),
+        owner_kind: owner.0.into(),
+        owner: owner.1.into(),
+        containers,
+        ..Default::default()
+    }
+}
+
+/// The resource manager shows a Helm pod's containers as the agent reports them, one by one:
+/// an init container that completed, a container failing its readiness probe, a crash loop
+/// with its exit code, a failed Job attempt, an image that cannot be pulled, a waiting init.
+#[tokio::test]
+async fn helm_pods_show_each_container_as_the_agent_reports_it() {
+    let Some(env) = HelmTestEnv::from_env() else {
+        return;
+    };
+    let root = env.push_chart("canopy-stateful", None, false);
+    for cp in TestControlPlane::all().await {
+        let backend = cp.backend;
+        let mut pkg = HelmPackage::new("stateful", &root, "canopy-stateful", "0.1.0");
+        pkg.namespace = Some("stateful-ns".into());
+        pkg.create(&cp, P).await;
+        let mut edge = enroll(&cp).await;
+        let (s, b) = cp
+            .post(
+                &deployments_url(&cp, ""),
+                &deployment("stateful", "1.0.0", json!({"replicas": 2})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{backend}: {b}");
+        let id = b["deploymentId"].as_str().unwrap().to_string();
+        let d = edge.poll(10).await.expect("a desired state");
+        let pods = d.deployments[0].apps[0].pods.clone().expect("pods");
+        let named = |kind: WorkloadKind| {
+            pods.workloads
+                .iter()
+                .find(|w| w.kind == kind)
+                .unwrap_or_else(|| panic!("{backend}: a {kind:?} in the chart"))
+                .name
+                .clone()
+        };
+        let (db, seed, agent, probe) = (
+            named(WorkloadKind::StatefulSet),
+            named(WorkloadKind::Job),
+            named(WorkloadKind::DaemonSet),
+            named(WorkloadKind::Pod),
+        );
+        let (db0, db1) = (format!("{db}-0"), format!("{db}-1"));
+        let seed_pod = format!("{seed}-x7k2q");
+        let agent_pod = format!("{agent}-m4p9z");
+        let not_ready =
+            "readiness probe failed: command [test -f /data/initialized] exited with code 1";
+
+        let reports = {
+            let (db0, db1, seed_pod, agent_pod) = (
+                db0.clone(),
+                db1.clone(),
+                seed_pod.clone(),
+                agent_pod.clone(),
+            );
+            let (db, seed, agent, probe) = (db.clone(), seed.clone(), agent.clone(), probe.clone());
+            move || {
+                // db-0: the init container completed; db runs, its readiness probe fails.
+                let mut init_done = reported_container("init", true, "exited");
+                init_done.exit_code = Some(0);
+                init_done.reason = "Completed".into();
+                let mut unready = reported_container("db", false, "running");
+                unready.health = Health::Unhealthy;
+                unready.message = not_ready.into();
+                // db-1: its init container waits (the pod is being made).
+                let mut init_waiting = reported_container("init", true, "waiting");
+                init_waiting.reason = "PodInitializing".into();
+                let mut db_waiting = reported_container("db", false, "waiting");
+                db_waiting.reason = "PodInitializing".into();
+                // The seed Job's attempt exited with code 3 (restartPolicy OnFailure).
+                let mut seed_failed = reported_container("seed", false, "exited");
+                seed_failed.exit_code = Some(3);
+                seed_failed.reason = "Error".into();
+                seed_failed.restarts = 1;
+                // The DaemonSet's container crash-loops (exited, restarted by the engine).
+                let mut crashing = reported_container("agent", false, "exited");
+                crashing.exit_code = Some(137);
+                crashing.reason = "CrashLoopBackOff".into();
+                crashing.restarts = 4;
+                // The bare Pod's image cannot be pulled.
+                let mut unpulled = reported_container("probe", false, "");
+                unpulled.reason = "ErrImagePull".into();
+                unpulled.message = "cannot pull image localhost/nope:1: not found".into();
+                vec![
+                    reported_pod(
+                        &db0,
+                        ("StatefulSet", &db),
+                        "Running",
+                        false,
+                        &format!("container db of pod {db0} is not ready: {not_ready}"),
+                        vec![init_done, unready],
+                    ),
+                    reported_pod(
+                        &db1,
+                        ("StatefulSet", &db),
+                        "Pending",
+                        false,
+                        "",
+                        vec![init_waiting, db_waiting],
+                    ),
+                    reported_pod(
+                        &seed_pod,
+                        ("Job", &seed),
+                        "Pending",
+                        false,
+                        &format!(
+                            "container seed of pod {seed_pod} exited with code 3 after 1 restarts"
+                        ),
+                        vec![seed_failed],
+                    ),
+                    reported_pod(
+                        &agent_pod,
+                        ("DaemonSet", &agent),
+                        "Pending",
+                        false,
+                        &format!(
+                            "container agent of pod {agent_pod} exited with code 137 after 4 restarts"
+                        ),
+                        vec![crashing],
+                    ),
+                    reported_pod(
+                        &probe,
+                        ("Pod", &probe),
+                        "Pending",
+                        false,
+                        &format!(
+                            "container probe of pod {probe}: cannot pull image localhost/nope:1: not found"
+                        ),
+                        vec![unpulled],
+                    ),
+                ]
+            }
+        };
+        let (s, b) = edge.report_with(|_, _| (AppState::Down, reports())).await;
+        assert!(s.is_success(), "{backend}: {b}");
+
+        let app_id = canopy_deploy::status::app_id(&id, "stateful");
+        let (s, b) = cp
+            .get(&cp.at(&format!(
+                "/v1/projects/{P}/resource/workloads/applications/{app_id}/clusters/{}",
+                edge.id
+            )))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{backend}: {b}");
+        let listed = b["appWorkloads"].as_array().expect("appWorkloads");
+        let pod = |name: &str| -> &Value {
+            listed
+                .iter()
+                .find(|w| w["name"] == name)
+                .unwrap_or_else(|| panic!("{backend}: pod {name} in {b}"))
+        };
+        let containers = |name: &str| pod(name)["pod"]["containers"].clone();
+
+        // The StatefulSet's first pod: init completed (marked), db waiting as Unhealthy with
+        // the probe's message; the pod runs but is not ready.
+        assert_eq!(pod(&db0)["pod"]["status"]["state"], "STATE_RUNNING");
+        assert_eq!(pod(&db0)["workloadReady"], false, "{backend}: not ready");
+        assert_eq!(
+            containers(&db0),
+            json!([
+                {"name": "init", "imageName": "localhost/busybox:canopy-test", "restartCount": 0,
+                 "initContainer": true,
+                 "status": {"containerStateTerminated":
+                     {"exitCode": 0, "message": "", "reason": "Completed"}}},
+                {"name": "db", "imageName": "localhost/busybox:canopy-test", "restartCount": 0,
+                 "status": {"containerStateWaiting":
+                     {"reason": "Unhealthy", "message": not_ready}}},
+            ]),
+            "{backend}"
+        );
+        // The second: initializing.
+        assert_eq!(
+            containers(&db1),
+            json!([
+                {"name": "init", "imageName": "localhost/busybox:canopy-test", "restartCount": 0,
+                 "initContainer": true,
+                 "status": {"containerStateWaiting": {"reason": "PodInitializing", "message": ""}}},
+                {"name": "db", "imageName": "localhost/busybox:canopy-test", "restartCount": 0,
+                 "status": {"containerStateWaiting": {"reason": "PodInitializing", "message": ""}}},
+            ]),
+            "{backend}"
+        );
+        // The Job's attempt: terminated with its exit code.
+        assert_eq!(
+            containers(&seed_pod)[0]["status"],
+            json!({"containerStateTerminated":
+                {"exitCode": 3, "reason": "Error", "message": "exited with code 3"}}),
+            "{backend}"
+        );
+        assert_eq!(containers(&seed_pod)[0]["restartCount"], 1);
+        // The crash loop: waiting in CrashLoopBackOff, its last exit code and restarts said.
+        assert_eq!(
+            containers(&agent_pod)[0],
+            json!({"name": "agent", "imageName": "localhost/busybox:canopy-test",
+                   "restartCount": 4,
+                   "status": {"containerStateWaiting": {"reason": "CrashLoopBackOff",
+                       "message": "exited with code 137 after 4 restarts; restarted with backoff"}}}),
+            "{backend}"
+        );
+        // The image that cannot be pulled.
+        assert_eq!(
+            containers(&probe)[0]["status"],
+            json!({"containerStateWaiting": {"reason": "ErrImagePull",
+                "message": "cannot pull image localhost/nope:1: not found"}}),
+            "{backend}"
+        );
         cp.stop().await;
     }
 }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use canopy_proto::{
-    AgentInfo, AppState, AppStatus, PortSpec, StatusReport, WorkloadControl, WorkloadKind,
-    WorkloadStatus,
+    Accelerator, AgentInfo, AppState, AppStatus, PortSpec, StatusKind, StatusReport,
+    WorkloadControl, WorkloadKind, WorkloadStatus,
 };
 use canopy_server::hub::HubConfig;
 use canopy_testkit::sim_agent::SimAgent;
@@ -113,7 +113,7 @@ fn running_report(agent: &mut SimAgent, vm_state: &str) -> StatusReport {
                 .containers
                 .iter()
                 .map(|c| WorkloadStatus {
-                    kind: "container".into(),
+                    kind: StatusKind::Container,
                     name: c.name.clone(),
                     image: c.image.clone(),
                     state: "running".into(),
@@ -125,10 +125,10 @@ fn running_report(agent: &mut SimAgent, vm_state: &str) -> StatusReport {
                 .collect();
             workloads.extend(a.vms.iter().map(|v| {
                 WorkloadStatus {
-                    kind: "vm".into(),
+                    kind: StatusKind::Vm,
                     name: v.name.clone(),
                     state: vm_state.into(),
-                    accelerator: "tcg".into(),
+                    accelerator: Some(Accelerator::Tcg),
                     message: if vm_state == "ERROR_IMAGE_PULL" {
                         "sha256 mismatch".into()
                     } else {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use canopy_agent::{AgentConfig, Backoff, Converger, DriverError, TunnelIo};
 use canopy_proto::{
-    AppState, AppStatus, DesiredState, PROTOCOL_HEADER, TUNNEL_UPGRADE, TunnelRequests,
+    AppState, AppStatus, DesiredState, PROTOCOL_HEADER, StatusKind, TUNNEL_UPGRADE, TunnelRequests,
     TunnelTarget, WorkloadKind, WorkloadStatus,
 };
 use canopy_server::tunnels::TunnelLimits;
@@ -109,7 +109,7 @@ fn running(desired: &DesiredState) -> Vec<AppStatus> {
                     .vms
                     .iter()
                     .map(|vm| WorkloadStatus {
-                        kind: "vm".into(),
+                        kind: StatusKind::Vm,
                         name: vm.name.clone(),
                         state: "RUNNING".into(),
                         vnc: vm.vnc,

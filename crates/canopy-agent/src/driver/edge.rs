@@ -204,8 +204,8 @@ impl Converger for EdgeDriver {
         c
     }
 
-    fn accelerator(&self) -> String {
-        self.vms.accelerator().to_string()
+    fn accelerator(&self) -> Option<canopy_proto::Accelerator> {
+        self.vms.wire_accelerator()
     }
 
     async fn changed(&self) {

@@ -1,7 +1,7 @@
 //! Folding what the engine says about an app's containers into one [`AppState`] and a message a
 //! user can act on. Pure: the engine-facing code gathers [`Seen`] values, this decides.
 
-use canopy_proto::AppState;
+use canopy_proto::{AppState, Health};
 
 /// What the driver knows about one container of an app.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,8 +21,8 @@ pub struct Observed {
     pub current: bool,
     /// Engine state: `running`, `created`, `exited`, `restarting`, ...
     pub state: String,
-    /// `healthy`, `unhealthy`, `starting` or empty without a health check.
-    pub health: String,
+    /// The health check's verdict ([`Health::None`] without one).
+    pub health: Health,
     pub exit_code: i64,
     /// The engine's error for the last start, if any.
     pub error: String,
@@ -62,22 +62,22 @@ pub fn container_state(name: &str, seen: &Seen) -> (AppState, Option<String>) {
         m
     };
     match o.state.as_str() {
-        "running" => match o.health.as_str() {
-            "" | "none" | "healthy" => (AppState::Running, None),
-            "starting" => (
+        "running" => match &o.health {
+            Health::None | Health::Healthy => (AppState::Running, None),
+            Health::Starting => (
                 AppState::Deploying,
                 Some(format!(
                     "container {name} is running; health check starting"
                 )),
             ),
-            "unhealthy" => {
+            Health::Unhealthy => {
                 let mut m = format!("container {name} is unhealthy");
                 if !o.health_output.is_empty() {
                     m.push_str(&format!(": {}", o.health_output));
                 }
                 (AppState::Down, Some(m))
             }
-            other => (
+            Health::Other(other) => (
                 AppState::Deploying,
                 Some(format!("container {name} is running; health {other}")),
             ),
@@ -146,7 +146,7 @@ mod tests {
         Seen::Present(Observed {
             current: true,
             state: state.into(),
-            health: health.into(),
+            health: Health::from(health),
             ..Default::default()
         })
     }
@@ -187,7 +187,7 @@ mod tests {
         let sick = Seen::Present(Observed {
             current: true,
             state: "running".into(),
-            health: "unhealthy".into(),
+            health: Health::Unhealthy,
             health_output: "connection refused".into(),
             ..Default::default()
         });
@@ -228,7 +228,7 @@ mod tests {
                 Seen::Present(Observed {
                     current,
                     state: s.into(),
-                    health: h.into(),
+                    health: Health::from(h),
                     restarts: u32::from(r),
                     ..Default::default()
                 })

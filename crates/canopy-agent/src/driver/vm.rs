@@ -44,12 +44,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use canopy_proto::{
-    AppInstance, AppState, AppStatus, DeploymentInstance, DesiredState, PortSpec, Protocol,
-    RestartPolicy, VmBoot, VmImage, VmSpec, WorkloadControl, WorkloadKind, WorkloadStatus,
+    Accelerator as WireAccelerator, AdminState, AppInstance, AppState, AppStatus,
+    DeploymentInstance, DesiredState, Health, PortSpec, Protocol, RestartPolicy, StatusKind,
+    VmBoot, VmImage, VmSpec, WorkloadControl, WorkloadKind, WorkloadStatus,
 };
-use canopy_vm::{
-    AccelChoice, Accelerator, BasicAuth, ImageSource, SerialMark, VmError, VmHost, VmState,
-};
+use canopy_vm::{AccelChoice, BasicAuth, ImageSource, SerialMark, VmError, VmHost, VmState};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -340,6 +339,14 @@ impl VmDriver {
     /// The accelerator VMs get here (`kvm` or `tcg`), empty without QEMU.
     pub fn accelerator(&self) -> &'static str {
         self.accel.as_ref().map_or("", |c| c.accelerator.as_str())
+    }
+
+    /// The same in the protocol's type, for the agent's reports.
+    pub fn wire_accelerator(&self) -> Option<WireAccelerator> {
+        self.accel.as_ref().map(|c| match c.accelerator {
+            canopy_vm::Accelerator::Kvm => WireAccelerator::Kvm,
+            canopy_vm::Accelerator::Tcg => WireAccelerator::Tcg,
+        })
     }
 
     /// Why VMs here run under TCG although KVM was allowed (no `/dev/kvm`, or KVM failed its
@@ -944,10 +951,14 @@ impl VmDriver {
         let dir = self.host.vm_dir(name);
         let owner = read_owner(&dir).await;
         let mut w = WorkloadStatus {
-            kind: "vm".into(),
+            kind: StatusKind::Vm,
             name: vm.name.clone(),
             image: boot_url(vm).to_string(),
-            admin_state: if admin_up { "UP" } else { "DOWN" }.into(),
+            admin_state: Some(if admin_up {
+                AdminState::Up
+            } else {
+                AdminState::Down
+            }),
             created_at: owner
                 .as_ref()
                 .map(|o| o.created_at.clone())
@@ -972,7 +983,7 @@ impl VmDriver {
             None => match self.host.status(name).await {
                 Ok(s) if s.pid.is_some() => {
                     if let Ok(Some(info)) = self.host.running_info(name).await {
-                        w.accelerator = info.accelerator;
+                        w.accelerator = WireAccelerator::non_empty(&info.accelerator);
                         w.vnc = info.vnc.is_some();
                     }
                     if s.state == VmState::Unspecified
@@ -1172,11 +1183,11 @@ impl VmDriver {
         // been started under KVM by an earlier agent).
         let fallback = self
             .accelerator_fallback()
-            .filter(|_| w.accelerator == Accelerator::Tcg.as_str());
-        let accel = match (w.accelerator.as_str(), fallback) {
-            ("", _) => "accelerator unknown".to_string(),
-            (a, None) => format!("accelerator {a}"),
-            (a, Some(why)) => format!("accelerator {a}, software emulation: {why}"),
+            .filter(|_| w.accelerator == Some(WireAccelerator::Tcg));
+        let accel = match (&w.accelerator, fallback) {
+            (None, _) => "accelerator unknown".to_string(),
+            (Some(a), None) => format!("accelerator {a}"),
+            (Some(a), Some(why)) => format!("accelerator {a}, software emulation: {why}"),
         };
         let ports = match vm.ports.as_slice() {
             [] => None,
@@ -1202,7 +1213,7 @@ impl VmDriver {
         let limit = self.boot_timeout.as_secs();
         match readiness {
             Readiness::Up => {
-                w.health = "healthy".into();
+                w.health = Health::Healthy;
                 if let Some(why) = fallback {
                     w.message = format!(
                         "{target} runs under TCG (software emulation, much slower than KVM): {why}"
@@ -1211,7 +1222,7 @@ impl VmDriver {
                 VmState::Running
             }
             Readiness::Waiting(booting) => {
-                w.health = "starting".into();
+                w.health = Health::Starting;
                 w.message = format!(
                     "{target} is booting ({accel}): waiting for the guest to show it came up \
                      ({wanted}), {} s of {limit} s",
@@ -1220,7 +1231,7 @@ impl VmDriver {
                 VmState::Starting
             }
             Readiness::TimedOut(booting) => {
-                w.health = "unhealthy".into();
+                w.health = Health::Unhealthy;
                 w.message = format!(
                     "{target} did not come up within {limit} s ({accel}): {missing} since it \
                      started {} s ago; QEMU keeps running it (see its serial log with `canopy \
@@ -1510,9 +1521,9 @@ fn parse_boot_timeout(value: Option<&str>) -> Result<Duration, String> {
 fn vm_app_state(w: &WorkloadStatus) -> AppState {
     match w.state.as_str() {
         "RUNNING" => AppState::Running,
-        "STOPPED" if w.admin_state == "DOWN" => AppState::Running,
+        "STOPPED" if w.admin_state == Some(AdminState::Down) => AppState::Running,
         // Booting past the boot timeout without a sign of the guest: an error.
-        "STARTING" if w.health == "unhealthy" => AppState::Down,
+        "STARTING" if w.health == Health::Unhealthy => AppState::Down,
         "STARTING" | "PROVISIONING" | "STOPPING" | "MIGRATING" => AppState::Deploying,
         _ => AppState::Down,
     }
@@ -1782,7 +1793,7 @@ mod tests {
     fn operator_stopped_vms_count_as_running_apps() {
         let w = |state: &str, admin: &str| WorkloadStatus {
             state: state.into(),
-            admin_state: admin.into(),
+            admin_state: AdminState::non_empty(admin),
             ..WorkloadStatus::default()
         };
         assert_eq!(vm_app_state(&w("RUNNING", "UP")), AppState::Running);
@@ -1792,9 +1803,9 @@ mod tests {
         assert_eq!(vm_app_state(&w("ERROR_IMAGE_PULL", "UP")), AppState::Down);
         // Booting past the boot timeout without a sign of the guest is an error.
         let mut mute = w("STARTING", "UP");
-        mute.health = "unhealthy".into();
+        mute.health = Health::Unhealthy;
         assert_eq!(vm_app_state(&mute), AppState::Down);
-        mute.health = "starting".into();
+        mute.health = Health::Starting;
         assert_eq!(vm_app_state(&mute), AppState::Deploying);
         assert_eq!(state_word(VmState::CrashLoopBackoff), "CRASH_LOOP_BACKOFF");
     }

@@ -16,9 +16,13 @@
 //!
 //! Helm-chart applications (`AppInstance.pods`) run several pods: each pod the agent reports
 //! (`kind: "pod"`, named `<workload>-...` as Kubernetes names them) is listed with the
-//! containers of the chart workload its name starts with, and a workload none of whose pods
-//! has been reported yet is listed as `STATE_PENDING` pods (one per replica not reported,
-//! named `<workload>` or `<workload>-<i>`), so the count matches what the app should run.
+//! containers the agent reports in it (init containers first, marked `initContainer`; each with
+//! its own state, reason, exit code and restarts: a crash loop, a failed Job, a failing
+//! readiness probe show on the container concerned), or, from an agent that reports the pod
+//! alone, with the containers of the chart workload its name starts with. A workload none of
+//! whose pods has been reported yet is listed as `STATE_PENDING` pods (one per replica not
+//! reported, named `<workload>` or `<workload>-<i>`), so the count matches what the app should
+//! run.
 //!
 //! Ids are stable and need no storage: UUIDv5 of edge, deployment, app and workload, so the same
 //! VM keeps its id across restarts of both sides and differs between edges.
@@ -26,7 +30,8 @@
 use std::sync::Arc;
 
 use canopy_proto::{
-    AppInstance, AppStatus, Protocol, WorkloadControl, WorkloadKind, WorkloadStatus,
+    AppInstance, AppStatus, Health, PodPhase, Protocol, StatusKind, WorkloadControl, WorkloadKind,
+    WorkloadStatus,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -105,6 +110,10 @@ pub struct Container {
     pub image_name: String,
     pub restart_count: u32,
     pub status: ContainerStatus,
+    /// Canopy extension: an init container of a Helm app's pod (listed before the others, in
+    /// the order they run). The reference's `Pod` has no separate list for them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_container: bool,
 }
 
 /// One of the three is set.
@@ -241,7 +250,7 @@ impl Located {
         &self.rec.apps[self.app_index]
     }
 
-    fn reported(&self, kind: &str, name: &str) -> Option<&WorkloadStatus> {
+    fn reported(&self, kind: StatusKind, name: &str) -> Option<&WorkloadStatus> {
         self.status
             .as_ref()?
             .workloads
@@ -304,7 +313,7 @@ impl App {
             out.extend(helm_pods(l, pods));
         }
         for vm in &app.vms {
-            let reported = l.reported("vm", &vm.name);
+            let reported = l.reported(StatusKind::Vm, &vm.name);
             let control =
                 self.hub()
                     .control(&l.edge_id, &l.rec.id, &app.name, WorkloadKind::Vm, &vm.name);
@@ -330,7 +339,10 @@ impl App {
                         state: format!("STATE_{state}"),
                         message: reported.map(|w| w.message.clone()).unwrap_or_default(),
                     },
-                    accelerator: reported.map(|w| w.accelerator.clone()).unwrap_or_default(),
+                    accelerator: reported
+                        .and_then(|w| w.accelerator.as_ref())
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                     vnc: vm.vnc,
                     restart_count: reported.map_or(0, |w| w.restarts),
                 }),
@@ -349,7 +361,7 @@ impl App {
         let mut all_succeeded = true;
         let mut create_time: Option<String> = None;
         for c in &app.containers {
-            let reported = l.reported("container", &c.name);
+            let reported = l.reported(StatusKind::Container, &c.name);
             let status = match reported {
                 None => {
                     all_running = false;
@@ -378,6 +390,7 @@ impl App {
                     .unwrap_or_else(|| c.image.clone()),
                 restart_count: reported.map_or(0, |w| w.restarts),
                 status,
+                init_container: false,
             });
         }
         let state = if all_running {
@@ -658,7 +671,9 @@ impl App {
                     && statuses.iter().any(|s| {
                         s.deployment_id == rec.id
                             && s.app == app.name
-                            && s.workloads.iter().any(|w| w.kind == "pod" && w.name == pod)
+                            && s.workloads
+                                .iter()
+                                .any(|w| w.kind == StatusKind::Pod && w.name == pod)
                     })
                 {
                     target = Some((rec.id.clone(), app.name.clone(), pod.to_string()));
@@ -756,7 +771,7 @@ fn endpoints_at(l: &Located, agent: &canopy_proto::AgentInfo) -> Vec<AppEndpoint
             continue;
         }
         let ready = l
-            .reported("container", &c.name)
+            .reported(StatusKind::Container, &c.name)
             .is_some_and(|w| w.state == "running");
         out.push(AppEndpoint {
             id: workload_id(
@@ -791,7 +806,7 @@ fn endpoints_at(l: &Located, agent: &canopy_proto::AgentInfo) -> Vec<AppEndpoint
             continue;
         }
         let ready = l
-            .reported("vm", &vm.name)
+            .reported(StatusKind::Vm, &vm.name)
             .is_some_and(|w| w.state == "RUNNING");
         out.push(AppEndpoint {
             id: workload_id(
@@ -851,7 +866,12 @@ fn helm_pods(l: &Located, pods: &canopy_proto::pods::PodApp) -> Vec<AppWorkload>
     let reported: Vec<&WorkloadStatus> = l
         .status
         .as_ref()
-        .map(|s| s.workloads.iter().filter(|w| w.kind == "pod").collect())
+        .map(|s| {
+            s.workloads
+                .iter()
+                .filter(|w| w.kind == StatusKind::Pod)
+                .collect()
+        })
         .unwrap_or_default();
     let mut out = Vec::new();
     let workload = |name: &str, state: &str, ready: bool, create_time, containers| AppWorkload {
@@ -871,27 +891,44 @@ fn helm_pods(l: &Located, pods: &canopy_proto::pods::PodApp) -> Vec<AppWorkload>
     };
     for w in &reported {
         // Kubernetes' phase: Pending, Running, Succeeded, Failed (anything else: Unknown).
-        let phase = match w.state.as_str() {
-            "Pending" | "pending" => "STATE_PENDING",
-            "Running" | "running" => "STATE_RUNNING",
-            "Succeeded" | "succeeded" => "STATE_SUCCEEDED",
-            "Failed" | "failed" => "STATE_FAILED",
+        let phase = match w.pod_phase() {
+            Some(PodPhase::Pending) => "STATE_PENDING",
+            Some(PodPhase::Running) => "STATE_RUNNING",
+            Some(PodPhase::Succeeded) => "STATE_SUCCEEDED",
+            Some(PodPhase::Failed) => "STATE_FAILED",
             _ => "STATE_UNKNOWN",
         };
-        let ready = phase == "STATE_RUNNING" && w.health != "unhealthy";
-        let containers = owner_of(pods, &w.name)
-            .map(|o| {
-                o.containers
-                    .iter()
-                    .map(|c| Container {
-                        name: c.name.clone(),
-                        image_name: c.image.clone(),
-                        restart_count: w.restarts,
-                        status: pod_container_status(phase, &w.message),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let ready = w.ready.unwrap_or(w.health != Health::Unhealthy) && phase == "STATE_RUNNING";
+        // The agent reports each (init) container; an agent that predates that reports the
+        // pod alone, and its containers are then those of the chart workload, in its phase.
+        let containers = if w.containers.is_empty() {
+            owner_of(pods, &w.name)
+                .map(|o| {
+                    o.containers
+                        .iter()
+                        .map(|c| Container {
+                            name: c.name.clone(),
+                            image_name: c.image.clone(),
+                            restart_count: w.restarts,
+                            status: pod_container_status(phase, &w.message),
+                            init_container: false,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            w.containers
+                .iter()
+                .take(MAX_ITEMS)
+                .map(|c| Container {
+                    name: c.name.clone(),
+                    image_name: c.image.clone(),
+                    restart_count: c.restarts,
+                    status: reported_container_status(c, &w.message),
+                    init_container: c.init,
+                })
+                .collect()
+        };
         let created = Some(w.created_at.clone()).filter(|t| !t.is_empty());
         out.push(workload(&w.name, phase, ready, created, containers));
     }
@@ -917,13 +954,8 @@ fn helm_pods(l: &Located, pods: &canopy_proto::pods::PodApp) -> Vec<AppWorkload>
                     name: c.name.clone(),
                     image_name: c.image.clone(),
                     restart_count: 0,
-                    status: ContainerStatus {
-                        container_state_waiting: Some(ContainerStateWaiting {
-                            reason: "ContainerCreating".into(),
-                            message: String::new(),
-                        }),
-                        ..Default::default()
-                    },
+                    status: waiting("ContainerCreating", String::new()),
+                    init_container: false,
                 })
                 .collect();
             out.push(workload(&name, "STATE_PENDING", false, None, containers));
@@ -964,6 +996,93 @@ fn pod_container_status(phase: &str, message: &str) -> ContainerStatus {
     }
 }
 
+fn waiting(reason: &str, message: String) -> ContainerStatus {
+    ContainerStatus {
+        container_state_waiting: Some(ContainerStateWaiting {
+            reason: reason.into(),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Helm pod's container as its agent reports it (engine state, Kubernetes' reason, exit
+/// code, restarts, health) onto the reference's running / terminated / waiting, as Kubernetes
+/// would show it: a container restarted after exiting is waiting in `CrashLoopBackOff` (with
+/// its last exit code in the message, since the reference has no `lastState`); one that exited
+/// for good is terminated with its code; one that runs but fails its readiness probe is
+/// waiting, reason `Unhealthy`, with the probe's message (as native containers whose health
+/// check fails); one not made yet is waiting with the agent's reason (`ContainerCreating`,
+/// `PodInitializing`, `ErrImagePull`, ...). `pod_message` stands in for the container's own
+/// message when an older agent sent none.
+fn reported_container_status(c: &WorkloadStatus, pod_message: &str) -> ContainerStatus {
+    let own_or_pod = || {
+        if c.message.is_empty() {
+            pod_message.to_string()
+        } else {
+            c.message.clone()
+        }
+    };
+    let exited = matches!(c.state.as_str(), "exited" | "stopped" | "dead");
+    if c.reason == "CrashLoopBackOff" || c.state == "restarting" {
+        let mut message = c.message.clone();
+        if message.is_empty() {
+            message = match c.exit_code {
+                Some(code) => format!("exited with code {code}"),
+                None => "exited".into(),
+            };
+            if c.restarts > 0 {
+                message.push_str(&format!(" after {} restarts", c.restarts));
+            }
+            message.push_str("; restarted with backoff");
+        }
+        let reason = if c.reason.is_empty() {
+            "CrashLoopBackOff"
+        } else {
+            &c.reason
+        };
+        return waiting(reason, message);
+    }
+    if exited {
+        let code = c.exit_code.unwrap_or(0);
+        let reason = match c.reason.as_str() {
+            "" if code == 0 => "Completed",
+            "" => "Error",
+            r => r,
+        };
+        let message = match c.message.as_str() {
+            "" if code != 0 => format!("exited with code {code}"),
+            m => m.to_string(),
+        };
+        return ContainerStatus {
+            container_state_terminated: Some(ContainerStateTerminated {
+                exit_code: code,
+                message,
+                reason: reason.into(),
+            }),
+            ..Default::default()
+        };
+    }
+    if c.state == "running" {
+        if c.health == Health::Unhealthy {
+            return waiting("Unhealthy", own_or_pod());
+        }
+        return ContainerStatus {
+            container_state_running: Some(serde_json::Map::new()),
+            ..Default::default()
+        };
+    }
+    let reason = match (c.reason.as_str(), c.state.as_str()) {
+        ("", "paused") => "Paused",
+        ("", "") | ("", "waiting" | "created" | "configured" | "initialized") => {
+            "ContainerCreating"
+        }
+        ("", other) => other,
+        (r, _) => r,
+    };
+    waiting(reason, c.message.clone())
+}
+
 /// Maps a container's engine state onto the reference's running / terminated / waiting.
 fn container_status(
     w: &WorkloadStatus,
@@ -972,7 +1091,7 @@ fn container_status(
     all_succeeded: &mut bool,
 ) -> ContainerStatus {
     match w.state.as_str() {
-        "running" if w.health != "unhealthy" => {
+        "running" if w.health != Health::Unhealthy => {
             *all_succeeded = false;
             ContainerStatus {
                 container_state_running: Some(serde_json::Map::new()),
@@ -1040,7 +1159,7 @@ mod tests {
     #[test]
     fn exited_containers_are_terminated_with_their_code() {
         let w = WorkloadStatus {
-            kind: "container".into(),
+            kind: StatusKind::Container,
             state: "exited".into(),
             exit_code: Some(3),
             ..Default::default()

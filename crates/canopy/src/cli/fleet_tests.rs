@@ -688,11 +688,11 @@ async fn simulated_agent(url: String, credential: String) {
                     message: String::new(),
                     deployment_generation: d.generation,
                     workloads: vec![WorkloadStatus {
-                        kind: "container".into(),
+                        kind: canopy_proto::StatusKind::Container,
                         name: a.name.clone(),
                         image: "docker.io/library/busybox:1.36".into(),
                         state: "running".into(),
-                        health: String::new(),
+                        health: canopy_proto::Health::None,
                         restarts: 0,
                         ports: Vec::new(),
                         ..Default::default()

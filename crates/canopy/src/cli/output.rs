@@ -645,7 +645,7 @@ pub fn workloads_table(apps: &[AppStatus]) -> Table {
                 w.map(|w| w.name.clone()).unwrap_or_default(),
                 w.map(|w| w.image.clone()).unwrap_or_default(),
                 w.map(|w| w.state.clone()).unwrap_or_default(),
-                w.map(|w| w.health.clone()).unwrap_or_default(),
+                w.map(|w| w.health.to_string()).unwrap_or_default(),
                 w.map(|w| w.restarts.to_string()).unwrap_or_default(),
                 short(&a.message, 60),
             ]
@@ -920,7 +920,11 @@ pub fn workload_list_table(items: &[canopy_client::EdgeWorkload]) -> Table {
                 .flat_map(|e| e.addresses())
                 .collect();
             t.push(row(
-                "container",
+                if c.init_container {
+                    "init container"
+                } else {
+                    "container"
+                },
                 &c.name,
                 state,
                 ready(is_ready),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use canopy_agent::{AgentConfig, Backoff, Converger, DriverError, TunnelIo};
 use canopy_proto::{
-    AgentInfo, AppState, AppStatus, DesiredState, PortSpec, StatusReport, TunnelTarget,
+    AgentInfo, AppState, AppStatus, DesiredState, PortSpec, StatusKind, StatusReport, TunnelTarget,
     WorkloadControl, WorkloadKind, WorkloadStatus,
 };
 use canopy_testkit::sim_agent::SimAgent;
@@ -74,7 +74,7 @@ async fn report(agent: &mut SimAgent, vm_state: &str) {
                 .containers
                 .iter()
                 .map(|c| WorkloadStatus {
-                    kind: "container".into(),
+                    kind: StatusKind::Container,
                     name: c.name.clone(),
                     image: c.image.clone(),
                     state: "running".into(),
@@ -85,7 +85,7 @@ async fn report(agent: &mut SimAgent, vm_state: &str) {
                 .collect();
             workloads.extend(a.vms.iter().map(|v| {
                 WorkloadStatus {
-                    kind: "vm".into(),
+                    kind: StatusKind::Vm,
                     name: v.name.clone(),
                     state: vm_state.into(),
                     message: if vm_state.starts_with("ERROR") {
@@ -546,7 +546,7 @@ fn running(desired: &DesiredState) -> Vec<AppStatus> {
                     .vms
                     .iter()
                     .map(|vm| WorkloadStatus {
-                        kind: "vm".into(),
+                        kind: StatusKind::Vm,
                         name: vm.name.clone(),
                         state: "RUNNING".into(),
                         vnc: vm.vnc,

@@ -1,8 +1,8 @@
 //! What an engine inspect says, in the terms of the status fold ([`Seen`]) and of the report to
 //! the control plane ([`WorkloadStatus`]).
 
-use bollard::models::ContainerInspectResponse;
-use canopy_proto::{AppInstance, PortSpec, Protocol, WorkloadStatus};
+use bollard::models::{ContainerInspectResponse, HealthStatusEnum};
+use canopy_proto::{AppInstance, Health, PortSpec, Protocol, StatusKind, WorkloadStatus};
 
 use crate::driver::names;
 use crate::driver::status::{Observed, Seen};
@@ -35,12 +35,23 @@ pub(super) fn observed(i: &ContainerInspectResponse, app: &AppInstance) -> Seen 
     Seen::Present(Observed {
         current: label_of(i, names::GENERATION) == Some(app.spec_hash.as_str()),
         state: state.status.map(|s| s.to_string()).unwrap_or_default(),
-        health: health.status.map(|s| s.to_string()).unwrap_or_default(),
+        health: health.status.map(health_of).unwrap_or_default(),
         exit_code: state.exit_code.unwrap_or_default(),
         error: state.error.unwrap_or_default(),
         restarts: restarts(i),
         health_output: health_output.trim().chars().take(200).collect(),
     })
+}
+
+/// The engine's health check verdict in the protocol's words: the engine says `none` (or
+/// nothing) without a health check, and both are [`Health::None`] (written `""`).
+fn health_of(s: HealthStatusEnum) -> Health {
+    match s {
+        HealthStatusEnum::EMPTY | HealthStatusEnum::NONE => Health::None,
+        HealthStatusEnum::STARTING => Health::Starting,
+        HealthStatusEnum::HEALTHY => Health::Healthy,
+        HealthStatusEnum::UNHEALTHY => Health::Unhealthy,
+    }
 }
 
 /// The engine's restart count of the container.
@@ -79,7 +90,7 @@ pub(super) fn workload(i: &ContainerInspectResponse, name: &str, image: &str) ->
         .exit_code
         .filter(|_| status == "exited" || status == "dead");
     WorkloadStatus {
-        kind: "container".into(),
+        kind: StatusKind::Container,
         name: name.to_string(),
         image: i
             .config
@@ -93,11 +104,50 @@ pub(super) fn workload(i: &ContainerInspectResponse, name: &str, image: &str) ->
         health: state
             .health
             .and_then(|h| h.status)
-            .map(|s| s.to_string())
-            .filter(|s| s != "none")
+            .map(health_of)
             .unwrap_or_default(),
         restarts: restarts(i),
         ports,
         ..WorkloadStatus::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{ContainerState, Health as EngineHealth};
+
+    use super::*;
+
+    fn inspect(health: Option<HealthStatusEnum>) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            state: Some(ContainerState {
+                status: Some(bollard::models::ContainerStateStatusEnum::RUNNING),
+                health: health.map(|status| EngineHealth {
+                    status: Some(status),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The engine's `none` (no health check) is reported as the protocol's `""`, as it always
+    /// was; the engine's other verdicts as the same words.
+    #[test]
+    fn the_engines_health_is_reported_in_the_protocols_words() {
+        for (engine, wire) in [
+            (None, ""),
+            (Some(HealthStatusEnum::EMPTY), ""),
+            (Some(HealthStatusEnum::NONE), ""),
+            (Some(HealthStatusEnum::STARTING), "starting"),
+            (Some(HealthStatusEnum::HEALTHY), "healthy"),
+            (Some(HealthStatusEnum::UNHEALTHY), "unhealthy"),
+        ] {
+            let w = workload(&inspect(engine), "web", "img");
+            let json = serde_json::to_value(&w).unwrap();
+            assert_eq!(json["health"], wire, "{engine:?}");
+            assert_eq!(json["kind"], "container");
+        }
     }
 }

@@ -321,7 +321,7 @@ impl std::error::Error for WatchFailed {}
 #[cfg(test)]
 mod tests {
     use canopy_deploy::model::{App, DeploymentStatus};
-    use canopy_proto::WorkloadStatus;
+    use canopy_proto::{StatusKind, WorkloadStatus};
 
     use super::*;
 
@@ -338,7 +338,7 @@ mod tests {
 
     fn vm(state: &str, message: &str) -> WorkloadStatus {
         WorkloadStatus {
-            kind: "vm".into(),
+            kind: StatusKind::Vm,
             name: "tiny".into(),
             state: state.into(),
             message: message.into(),

@@ -19,7 +19,9 @@ use bollard::query_parameters::{
 use canopy_proto::pods::{
     Container, PodApp, PodField, PullPolicy, RestartPolicy, VolumeSource, Workload, WorkloadKind,
 };
-use canopy_proto::{AppInstance, AppState, AppStatus, DeploymentInstance, WorkloadControl};
+use canopy_proto::{
+    AppInstance, AppState, AppStatus, DeploymentInstance, PodPhase, WorkloadControl,
+};
 use futures::{StreamExt, TryStreamExt};
 use tracing::{debug, info, warn};
 
@@ -1188,8 +1190,8 @@ impl DockerDriver {
                 .filter(|m| m.exit_code.is_some_and(|c| c != 0))
                 .find_map(|m| m.exit_code);
             let state = match v.phase {
-                "Succeeded" => job::AttemptState::Succeeded,
-                "Failed" => job::AttemptState::Failed,
+                PodPhase::Succeeded => job::AttemptState::Succeeded,
+                PodPhase::Failed => job::AttemptState::Failed,
                 _ => job::AttemptState::Active,
             };
             observed.push(job::Attempt {
@@ -1241,7 +1243,7 @@ impl DockerDriver {
                 // An attempt that cannot even be created says why.
                 if verdicts
                     .iter()
-                    .any(|v| v.state == AppState::Down && v.phase == "Pending")
+                    .any(|v| v.state == AppState::Down && v.phase == PodPhase::Pending)
                 {
                     AppState::Down
                 } else {

@@ -3,7 +3,7 @@
 //! engine-facing code gathers [`PodView`]s, this decides.
 
 use canopy_proto::pods::RestartPolicy;
-use canopy_proto::{AppState, PortSpec, Protocol, WorkloadStatus};
+use canopy_proto::{AppState, Health, PodPhase, PortSpec, Protocol, StatusKind, WorkloadStatus};
 
 use super::probe;
 
@@ -50,8 +50,8 @@ pub struct PodView {
 /// The verdict on a pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
-    /// `Pending`, `Running`, `Succeeded`, `Failed`.
-    pub phase: &'static str,
+    /// `Pending`, `Running`, `Succeeded` or `Failed`.
+    pub phase: PodPhase,
     pub ready: bool,
     /// What it means for its app (`Running` when all is well).
     pub state: AppState,
@@ -192,9 +192,15 @@ pub fn judge(p: &PodView) -> Verdict {
                         }
                         None => {}
                     }
-                    report.health = if ready { "healthy" } else { "starting" }.into();
-                    if m.probe.as_ref().is_some_and(|s| s.not_ready.is_some()) {
-                        report.health = "unhealthy".into();
+                    report.health = if ready {
+                        Health::Healthy
+                    } else {
+                        Health::Starting
+                    };
+                    if let Some(why) = m.probe.as_ref().and_then(|s| s.not_ready.as_ref()) {
+                        report.health = Health::Unhealthy;
+                        // The container's own line says why (the resource manager shows it).
+                        report.message = why.clone();
                     }
                 }
                 "created" | "configured" | "initialized" => {
@@ -251,18 +257,18 @@ pub fn judge(p: &PodView) -> Verdict {
     }
 
     let phase = if failed {
-        "Failed"
+        PodPhase::Failed
     } else if !apps.is_empty() && succeeded == apps.len() {
-        "Succeeded"
+        PodPhase::Succeeded
     } else if p.infra_running && initialized && running > 0 {
-        "Running"
+        PodPhase::Running
     } else {
-        "Pending"
+        PodPhase::Pending
     };
-    let ready = phase == "Running" && all_ready;
+    let ready = phase == PodPhase::Running && all_ready;
     let (state, message) = if !down.is_empty() {
         (AppState::Down, Some(down.join("; ")))
-    } else if phase == "Succeeded" {
+    } else if phase == PodPhase::Succeeded {
         (AppState::Running, None)
     } else if !ready {
         let m = if pending.is_empty() {
@@ -275,18 +281,17 @@ pub fn judge(p: &PodView) -> Verdict {
         (AppState::Running, None)
     };
     let report = WorkloadStatus {
-        kind: "pod".into(),
+        kind: StatusKind::Pod,
         name: p.name.clone(),
         image: apps.first().map(|m| m.image.clone()).unwrap_or_default(),
-        state: phase.into(),
+        state: phase.to_string(),
         message: message.clone().unwrap_or_default(),
         created_at: p.created_at.clone(),
         health: match state {
-            AppState::Running => "healthy",
-            AppState::Down => "unhealthy",
-            _ => "starting",
-        }
-        .into(),
+            AppState::Running => Health::Healthy,
+            AppState::Down => Health::Unhealthy,
+            _ => Health::Starting,
+        },
         restarts: containers.iter().map(|c| c.restarts).sum(),
         ports: p.ports.clone(),
         ready: Some(ready),
@@ -314,7 +319,7 @@ fn container_report(m: &MemberView) -> WorkloadStatus {
     };
     WorkloadStatus {
         reason: reason.into(),
-        kind: "container".into(),
+        kind: StatusKind::Container,
         name: m.name.clone(),
         image: m.image.clone(),
         state: m.state.clone(),
@@ -392,10 +397,11 @@ mod tests {
             RestartPolicy::Always,
         ));
         assert_eq!(
-            (v.phase, v.ready, v.state),
-            ("Running", true, AppState::Running)
+            (&v.phase, v.ready, v.state),
+            (&PodPhase::Running, true, AppState::Running)
         );
-        assert_eq!(v.report.kind, "pod");
+        assert_eq!(v.report.kind, StatusKind::Pod);
+        assert_eq!(v.report.pod_phase(), Some(PodPhase::Running));
         assert_eq!(v.report.containers.len(), 2);
         assert!(v.report.containers[0].init);
         assert_eq!(v.report.owner_kind, "StatefulSet");
@@ -409,7 +415,7 @@ mod tests {
         ));
         assert_eq!(
             (initializing.phase, initializing.state),
-            ("Pending", AppState::Deploying)
+            (PodPhase::Pending, AppState::Deploying)
         );
         assert!(
             initializing
@@ -435,10 +441,14 @@ mod tests {
         let v = judge(&pod(vec![m.clone()], RestartPolicy::Always));
         assert_eq!(
             (v.phase, v.ready, v.state),
-            ("Running", false, AppState::Down)
+            (PodPhase::Running, false, AppState::Down)
         );
         assert!(v.message.unwrap().contains("statuscode: 404"));
-        assert_eq!(v.report.containers[0].health, "unhealthy");
+        assert_eq!(v.report.containers[0].health, Health::Unhealthy);
+        assert_eq!(
+            v.report.containers[0].message,
+            "readiness probe failed: HTTP probe failed with statuscode: 404"
+        );
         m.probe = None;
         let v = judge(&pod(vec![m], RestartPolicy::Always));
         assert_eq!(v.state, AppState::Deploying, "not probed yet");
@@ -450,13 +460,19 @@ mod tests {
             vec![member("job", false, "exited", Some(0))],
             RestartPolicy::Never,
         ));
-        assert_eq!((done.phase, done.state), ("Succeeded", AppState::Running));
+        assert_eq!(
+            (done.phase, done.state),
+            (PodPhase::Succeeded, AppState::Running)
+        );
         assert_eq!(done.report.containers[0].reason, "Completed");
         let failed = judge(&pod(
             vec![member("job", false, "exited", Some(3))],
             RestartPolicy::Never,
         ));
-        assert_eq!((failed.phase, failed.state), ("Failed", AppState::Down));
+        assert_eq!(
+            (failed.phase, failed.state),
+            (PodPhase::Failed, AppState::Down)
+        );
         assert!(failed.message.unwrap().contains("exited with code 3"));
         let mut crashing = member("web", false, "exited", Some(1));
         crashing.restarts = 4;
@@ -471,7 +487,7 @@ mod tests {
             ],
             RestartPolicy::Never,
         ));
-        assert_eq!(init_failed.phase, "Failed");
+        assert_eq!(init_failed.phase, PodPhase::Failed);
     }
 
     #[test]
