@@ -21,8 +21,20 @@ use crate::error::AgentError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of opening a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pooled connection is kept after its last request started. The client's pool
+/// drops an HTTP/2 connection this long after it was last *checked out*, even with a long-poll
+/// still parked on it, and the next request then opens a new TCP + TLS connection: with 5 s
+/// here a real agent opened 11 connections in 120 s (issue 13). Longer than the agent's quietest
+/// gap between requests (a long-poll every `waitSeconds` ≤ 60 s, a report per heartbeat), so
+/// one connection carries everything while the server's pings keep it alive. Over plain
+/// HTTP/1.1 (`http://` servers) the server still closes connections idle for 10 s; the pool
+/// sees the close and opens a new one.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// HTTP/2 pings from the agent: often enough to keep NAT and mobile-network mappings open
+/// (many drop idle TCP flows after 30 to 120 s) and to notice a dead path within a minute.
+const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(25);
+/// How long an unanswered HTTP/2 ping may wait before the connection is given up.
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How much longer than its `waitSeconds` a long-poll may take before it is given up.
 const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
 
@@ -99,9 +111,11 @@ impl AgentClient {
     pub fn http_builder() -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            // Below the server's 10 s idle cut-off of HTTP/1 connections, so a request never
-            // goes out on a connection the server is closing.
+            // One long-lived connection (see POOL_IDLE_TIMEOUT), pinged while it is quiet.
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+            .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
+            .http2_keep_alive_while_idle(true)
             .user_agent(concat!("canopy-agent/", env!("CARGO_PKG_VERSION")))
     }
 
