@@ -176,7 +176,9 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
             ..Default::default()
         },
     };
-    let server = canopy_server::Server::bind(&config).await?;
+    let server = canopy_server::Server::bind(&config)
+        .await?
+        .with_console(canopy_web::router());
     let url = server.url()?;
     // The CLI on this machine acts as the administrator of the server it just started.
     let admin_token =
@@ -395,7 +397,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
     };
     // The server's errors name what failed (address, data directory, database).
-    canopy_server::serve(config).await?;
+    canopy_server::serve(config, Some(canopy_web::router())).await?;
     Ok(())
 }
 
