@@ -8,7 +8,10 @@
 //! Origins: a POST whose `Sec-Fetch-Site` is present and not `same-origin`, or whose `Origin`
 //! is present and not this server's (the request's `Host`, or the configured public URL), is
 //! refused with 403 before anything else happens. Browsers send at least one of the two on a
-//! cross-site POST; the CSRF token (`session.rs`) covers the rest.
+//! cross-site POST; the CSRF token (`session.rs`) covers the rest. One exception: under
+//! `Referrer-Policy: no-referrer` browsers send `Origin: null` even on their own site's form
+//! posts, so `null` passes when `Sec-Fetch-Site: same-origin` (which a page cannot forge) says
+//! where the form came from.
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
@@ -74,10 +77,14 @@ pub fn same_origin(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
+    let fetch_same_origin = headers
+        .get("sec-fetch-site")
+        .is_some_and(|s| s.as_bytes() == b"same-origin");
     let ours = |o: &str| {
-        o.strip_prefix("https://")
-            .or_else(|| o.strip_prefix("http://"))
-            .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host))
+        (o == "null" && fetch_same_origin)
+            || o.strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"))
+                .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host))
             || public_url.is_some_and(|p| origin_of(p).eq_ignore_ascii_case(o))
     };
     if ours(origin) {
@@ -133,6 +140,23 @@ mod tests {
             .is_err()
         );
         assert!(post(&[("host", "127.0.0.1:7070"), ("origin", "null")]).is_err());
+        // What Chromium sends for a form post under `Referrer-Policy: no-referrer`.
+        assert!(
+            post(&[
+                ("host", "h:1"),
+                ("origin", "null"),
+                ("sec-fetch-site", "same-origin")
+            ])
+            .is_ok()
+        );
+        assert!(
+            post(&[
+                ("host", "h:1"),
+                ("origin", "https://evil.example"),
+                ("sec-fetch-site", "same-origin")
+            ])
+            .is_err()
+        );
         assert!(post(&[("host", "127.0.0.1:7070"), ("sec-fetch-site", "cross-site")]).is_err());
         assert!(post(&[("host", "127.0.0.1:7070"), ("sec-fetch-site", "same-site")]).is_err());
         assert!(

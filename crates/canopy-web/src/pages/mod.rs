@@ -168,13 +168,12 @@ pub fn age(t: Option<OffsetDateTime>, now: OffsetDateTime) -> String {
     }
 }
 
-/// A time as RFC 3339 (for `title` attributes and tables).
+/// A time in UTC to the second (`2026-12-07 12:22:20 UTC`), for `title` attributes and facts.
 pub fn when(t: Option<OffsetDateTime>) -> String {
-    t.and_then(|t| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
-    .unwrap_or_default()
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    t.and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&format).ok())
+        .unwrap_or_default()
 }
 
 /// Previous/next links of a paged list; `more` says whether a next page exists.
@@ -279,6 +278,13 @@ mod tests {
         let page = state("<script>alert(1)</script>").into_string();
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&lt;script&gt;"), "{page}");
+    }
+
+    #[test]
+    fn times_read_well() {
+        let t = time::macros::datetime!(2026-12-07 12:22:20.644134089 UTC);
+        assert_eq!(when(Some(t)), "2026-12-07 12:22:20 UTC");
+        assert_eq!(when(None), "");
     }
 
     #[test]
