@@ -587,6 +587,7 @@ pub async fn serve(
     console: Option<axum::Router<App>>,
 ) -> Result<(), ServerError> {
     let mut server = Server::bind(&config).await?;
+    let console_given = console.is_some();
     if let Some(console) = console {
         server = server.with_console(console);
     }
@@ -599,7 +600,7 @@ pub async fn serve(
         ),
     };
     let url = server.url()?;
-    tracing::info!(%addr, %storage, "Canopy control plane listening on {url} (API document at /openapi.json)");
+    tracing::info!(%addr, %storage, "Canopy control plane listening on {url} (API document at /openapi.json{})", if console_given { ", web console at /" } else { "" });
     match server.tls_certificate() {
         Some(cert) => tracing::info!(
             "TLS certificate fingerprint: {fp} (certificate {file}, subject {subject}, valid \

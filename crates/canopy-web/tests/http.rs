@@ -464,3 +464,29 @@ async fn page_sources_and_urls_never_hold_the_session_secret() {
         }
     }
 }
+
+#[tokio::test]
+async fn sign_in_is_the_apis_login_with_its_limits() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    // The app layer allows 10 attempts per user name at once (LoginLimits::default); the
+    // console's form is that same login, so the next wrong one is refused with its message.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (status, page) = loop {
+        let (status, _, page) = try_sign_in(&cp, "ops", "not the password at all").await;
+        if status != StatusCode::UNAUTHORIZED {
+            break (status, page);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never limited");
+    };
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{page}");
+    assert!(page.contains("too many"), "the server's message: {page}");
+    // The API's login is limited by the same counter.
+    let r = client()
+        .post(cp.at("/canopy/v1/login"))
+        .json(&serde_json::json!({"username": "ops", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}

@@ -7,8 +7,10 @@
 //! *is* recorded). Reads are not recorded.
 //!
 //! A record holds the time the call started, the actor (the authenticated caller, the actor a
-//! handler named with [`AuditActor`], else `anonymous`), the project named in the path, the
-//! action (`METHOD <route template>`), the target (the request path) and the outcome. Never the
+//! handler named with [`AuditActor`], else `anonymous`), the project named in the path (the web
+//! console's `/ui/projects/P/...` included), the
+//! action (`METHOD <route template>`), the target (the request path) and the outcome (`ok` for
+//! a success, or a redirect: the web console answers a change that succeeded with one). Never the
 //! query string or the body: they can carry secrets (registry credentials, passwords, tokens).
 //!
 //! The record is written before the response is returned, so a client that saw its call answer

@@ -48,12 +48,13 @@ pub async fn list(
     Query(params): Query<ListParams>,
 ) -> Result<Markup, WebError> {
     let ctx = session.ctx(&app, &project).await?;
-    let summary = app.deployments_status(&ctx, None)?;
     let raw = params.list_query(&["name", "displayName"]);
-    let (items, total) = app.list_deployments(&ctx, Some(&raw))?;
+    let overview = app.deployments_overview(&ctx, Some(&raw))?;
+    let (summary, items, total) = (overview.summary, overview.page, overview.total);
     let frame = Frame::load(&app, &session, &project, Section::Deployments).await?;
     let base = project_path(&project, "deployments");
-    let more = items.len() == PAGE_SIZE as usize;
+    let shown = params.page.saturating_mul(u64::from(PAGE_SIZE)) + items.len() as u64;
+    let more = shown < overview.matched;
     let counts = [
         ("Running", summary.running),
         ("Down", summary.down),
@@ -80,7 +81,11 @@ pub async fn list(
                     placeholder="Filter by name" aria-label="filter by name";
                 button type="submit" { "Filter" }
             }
-            p.muted { (total) " deployments in project " (project) "." }
+            p.muted {
+                (total) " deployments in project " (project)
+                @if !params.name.is_empty() { ", " (overview.matched) " match" }
+                "."
+            }
             @if items.is_empty() {
                 p #empty { "No deployments" @if !params.name.is_empty() { " match this filter" } "." }
             } @else {
@@ -127,10 +132,9 @@ pub async fn show(
     Query(q): Query<EdgePage>,
 ) -> Result<Markup, WebError> {
     let ctx = session.ctx(&app, &project).await?;
-    let d = app.get_deployment(&ctx, &id)?;
     let offset = q.page.saturating_mul(u64::from(EDGES_PER_PAGE));
     let raw = format!("pageSize={EDGES_PER_PAGE}&offset={offset}&orderBy=name");
-    let clusters = app.deployment_clusters(&ctx, &id, Some(&raw))?;
+    let (d, clusters) = app.deployment_with_clusters(&ctx, &id, Some(&raw))?;
     let now = OffsetDateTime::now_utc();
     // The age of each edge's last report (the hub's view of the edge).
     let last_seen: Vec<Option<OffsetDateTime>> = clusters
