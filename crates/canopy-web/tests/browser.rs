@@ -175,7 +175,7 @@ async fn sign_in_browse_and_delete_in_chromium() {
     let shop = deployment(&cp, "shop-front", "paris").await;
     let depot = deployment(&cp, "depot", "paris").await;
     let _edge = running_edge(&cp, "paris-1", "paris").await;
-    user(&cp, "ops", &["default_ao-rw"]).await;
+    user(&cp, "alice", &["canopy-admin"]).await;
     user(&cp, "support", &["default_ao-r"]).await;
 
     // Not signed in: the console sends the browser to the sign-in page.
@@ -185,12 +185,12 @@ async fn sign_in_browse_and_delete_in_chromium() {
     screenshot(&c, "sign-in").await;
 
     // A wrong password: the server's own error, in place.
-    sign_in_as(&c, &cp, "ops", "not the password at all").await;
+    sign_in_as(&c, &cp, "alice", "not the password at all").await;
     let error = element(&c, "#login-error").await;
     assert_eq!(error.text().await.unwrap(), "wrong user name or password");
 
     // The right one lands on the deployments, which list what the API created.
-    sign_in_as(&c, &cp, "ops", PASSWORD).await;
+    sign_in_as(&c, &cp, "alice", PASSWORD).await;
     let table = element(&c, "table#deployments").await;
     assert_eq!(
         c.current_url().await.unwrap().path(),
@@ -219,7 +219,7 @@ async fn sign_in_browse_and_delete_in_chromium() {
     assert!(text.contains("s ago"), "{text}");
     screenshot(&c, "deployment").await;
 
-    // Delete it through the confirmation page.
+    // An administrator deletes it through the confirmation page.
     element(&c, "#delete").await.click().await.unwrap();
     element(&c, "#confirm-delete").await.click().await.unwrap();
     let notice = element(&c, "p.notice").await;

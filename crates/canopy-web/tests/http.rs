@@ -423,8 +423,10 @@ async fn deployment_and_edge_pages_show_the_fleet() {
         .get(&cp, &format!("/ui/projects/default/edges/{}", _edge.id))
         .await;
     assert!(
-        page.contains(&id),
-        "the edge's workloads name the deployment: {page}"
+        page.contains(&format!(
+            "/ui/projects/default/deployments/{id}\">shop-front<"
+        )),
+        "the edge's workloads name and link the deployment: {page}"
     );
     assert!(page.contains("web"), "{page}");
 }
@@ -489,4 +491,48 @@ async fn sign_in_is_the_apis_login_with_its_limits() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn deployments_list_pages_filters_and_counts_as_the_api() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    for i in 0..52 {
+        deployment(&cp, &format!("d-{i:02}"), "paris").await;
+    }
+    let _edge = running_edge(&cp, "paris-1", "paris").await;
+    user(&cp, "support", &["default_ao-r"]).await;
+    let s = sign_in(&cp, "support").await;
+    let rows = |page: &str| page.matches("<tr><td><a href=").count();
+
+    let (_, _, page) = s.get(&cp, "/ui/projects/default/deployments").await;
+    assert_eq!(rows(&page), 50, "pages of 50");
+    assert!(
+        page.contains("?page=1\" rel=\"next\""),
+        "a next page: {page}"
+    );
+    assert!(!page.contains("rel=\"prev\""));
+    assert!(page.contains("52 deployments in project default"), "{page}");
+    // The summary counts are the API's deployments_status.
+    let (_, summary) = cp
+        .get(&cp.at("/v1/projects/default/appdeployment/summary/deployments_status"))
+        .await;
+    assert_eq!(summary["total"], 52, "{summary}");
+    assert_eq!(summary["running"], 52, "{summary}");
+    for (label, key) in [("Total", "total"), ("Running", "running"), ("Down", "down")] {
+        let shown = format!("<span class=\"n\">{}</span>{label}<", summary[key]);
+        assert!(page.contains(&shown), "{shown} in {page}");
+    }
+
+    let (_, _, page) = s.get(&cp, "/ui/projects/default/deployments?page=1").await;
+    assert_eq!(rows(&page), 2);
+    assert!(page.contains("?page=0\" rel=\"prev\""), "{page}");
+    assert!(!page.contains("rel=\"next\""));
+
+    let (_, _, page) = s
+        .get(&cp, "/ui/projects/default/deployments?name=d-0")
+        .await;
+    assert_eq!(rows(&page), 10, "d-00 to d-09");
+    assert!(page.contains(", 10 match"), "{page}");
+    assert!(!page.contains("rel=\"next\""), "{page}");
 }

@@ -71,6 +71,19 @@ pub async fn show(
     let ctx = session.ctx(&app, &project).await?;
     let e = app.get_edge(&ctx, &id)?;
     let apps = app.edge_workloads(&ctx, &e.id)?;
+    // Deployment names by id (this edge's view of each: no fold over other edges).
+    let (on_edge, _) = app.deployments_on_cluster(&ctx, &e.id, Some("pageSize=500"))?;
+    let names: std::collections::HashMap<&str, &str> = on_edge
+        .iter()
+        .map(|d| {
+            let shown = if d.deployment_display_name.is_empty() {
+                &d.deployment_name
+            } else {
+                &d.deployment_display_name
+            };
+            (d.deployment_uid.as_str(), shown.as_str())
+        })
+        .collect();
     let frame = Frame::load(&app, &session, &project, Section::Edges).await?;
     let now = OffsetDateTime::now_utc();
     Ok(frame.page(
@@ -99,7 +112,7 @@ pub async fn show(
                         @for a in &apps {
                             tr {
                                 td {
-                                    a href=(project_path(&project, &format!("deployments/{}", segment(&a.deployment_id)))) { (a.deployment_id) }
+                                    a href=(project_path(&project, &format!("deployments/{}", segment(&a.deployment_id)))) { (names.get(a.deployment_id.as_str()).copied().unwrap_or(&a.deployment_id)) }
                                 }
                                 td { (a.app) }
                                 td {
