@@ -536,3 +536,25 @@ async fn deployments_list_pages_filters_and_counts_as_the_api() {
     assert!(page.contains(", 10 match"), "{page}");
     assert!(!page.contains("rel=\"next\""), "{page}");
 }
+
+#[tokio::test]
+async fn console_pages_count_against_the_sessions_rate_limit() {
+    let cp = TestControlPlane::start_configured(|c| {
+        c.limits.requests_per_second = 1;
+        c.limits.burst = 3;
+    })
+    .await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let s = sign_in(&cp, "ops").await;
+    // A signed-in user's pages are counted under the session like its API calls: a burst of
+    // 3, then 429 until the bucket refills.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(s.get(&cp, "/ui/projects/default/edges").await.0);
+    }
+    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "the console is rate-limited per session: {statuses:?}"
+    );
+}
