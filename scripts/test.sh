@@ -2,7 +2,8 @@
 # Runs every test of Canopy, PostgreSQL suite and container driver included, on a fresh machine:
 # installs and starts a throwaway PostgreSQL on loopback (scripts/postgres.sh) and a Podman API
 # service with a local test image (scripts/podman.sh), QEMU and a tiny test VM
-# (scripts/vm-image.sh), the Helm CLI and chart registries (scripts/helm.sh), then `cargo test`.
+# (scripts/vm-image.sh), the Helm CLI and chart registries (scripts/helm.sh), headless Chromium
+# and chromedriver for the web console's browser tests (scripts/chromium.sh), then `cargo test`.
 # Runs as root (the tests use the rootful Podman service); any failure stops it with a message
 # naming what failed.
 set -euo pipefail
@@ -39,6 +40,14 @@ if [ -z "${CANOPY_TEST_HELM:-}" ]; then
   done <<<"$helm_lines"
 fi
 echo "Helm for chart tests: ${CANOPY_TEST_HELM} (registries ${CANOPY_TEST_CHART_REGISTRY}, ${CANOPY_TEST_CHART_REGISTRY_AUTH})"
+# Headless Chromium and chromedriver (Debian packages) for canopy-web's browser tests.
+if [ -z "${CANOPY_TEST_CHROMEDRIVER:-}" ]; then
+  chromium_lines=$(scripts/chromium.sh)
+  while IFS= read -r chromium_line; do
+    case "$chromium_line" in CANOPY_TEST_CHROM*=*) export "${chromium_line?}" ;; esac
+  done <<<"$chromium_lines"
+fi
+echo "Browser for console tests: ${CANOPY_TEST_CHROMIUM} (driver ${CANOPY_TEST_CHROMEDRIVER})"
 # KVM is unusable on these machines (guests crawl or abort): software emulation for tests.
 export CANOPY_VM_ACCEL=${CANOPY_VM_ACCEL:-tcg}
 echo "Test VM for QEMU tests: ${CANOPY_TEST_VM_KERNEL}"

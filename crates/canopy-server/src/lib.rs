@@ -371,6 +371,8 @@ pub struct Server {
     )>,
     limits: http::Limits,
     audit_retention: std::time::Duration,
+    /// The web console's routes, when one is served (see [`Server::with_console`]).
+    console: Option<axum::Router<App>>,
 }
 
 impl Server {
@@ -450,7 +452,15 @@ impl Server {
             tls,
             limits: config.limits.clone(),
             audit_retention: config.audit_retention,
+            console: None,
         })
+    }
+
+    /// Serves the web console's routes (the `canopy-web` crate's router, which depends on this
+    /// crate, so the binary and the test harness hand it over here) beside the API.
+    pub fn with_console(mut self, console: axum::Router<App>) -> Server {
+        self.console = Some(console);
+        self
     }
 
     /// The certificate served over HTTPS, or `None` for plain HTTP.
@@ -479,13 +489,14 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let router = http::router_with(self.app.clone(), self.limits.clone()).layer(
-            tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_response(
-                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
-                ),
-        );
+        let router = http::router_with_console(self.app.clone(), self.limits.clone(), self.console)
+            .layer(
+                tower_http::trace::TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_response(
+                        tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
+                    ),
+            );
         let reaper = tokio::spawn(app::reap_upload_sessions(self.app.clone()));
         let flusher = tokio::spawn(flush_fleet(self.app.clone()));
         let housekeeper = tokio::spawn(housekeeping(self.app.clone(), self.audit_retention));
@@ -569,9 +580,17 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
-/// Runs the control plane until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
-    let server = Server::bind(&config).await?;
+/// Runs the control plane (with the web console's routes, when given: see
+/// [`Server::with_console`]) until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn serve(
+    config: ServerConfig,
+    console: Option<axum::Router<App>>,
+) -> Result<(), ServerError> {
+    let mut server = Server::bind(&config).await?;
+    let console_given = console.is_some();
+    if let Some(console) = console {
+        server = server.with_console(console);
+    }
     let addr = server.local_addr()?;
     let storage = match &config.database_url {
         Some(_) => "PostgreSQL".to_string(),
@@ -581,7 +600,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         ),
     };
     let url = server.url()?;
-    tracing::info!(%addr, %storage, "Canopy control plane listening on {url} (API document at /openapi.json)");
+    tracing::info!(%addr, %storage, "Canopy control plane listening on {url} (API document at /openapi.json{})", if console_given { ", web console at /" } else { "" });
     match server.tls_certificate() {
         Some(cert) => tracing::info!(
             "TLS certificate fingerprint: {fp} (certificate {file}, subject {subject}, valid \

@@ -1,7 +1,8 @@
 //! The in-process test harness: [`TestControlPlane::start`] runs a real Canopy server (the same
 //! router, app layer and store as production) on an ephemeral loopback port over a fresh
 //! database — a temp SQLite file, or a new PostgreSQL database when `CANOPY_TEST_DATABASE_URL`
-//! is set — and offers small helpers to talk to it over real HTTP.
+//! is set — and offers small helpers to talk to it over real HTTP. The web console
+//! (`canopy-web`) is served too, as `canopy server` serves it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -164,7 +165,9 @@ impl TestControlPlane {
                 Err(e) => panic!("server starts: {e}"),
             }
         }
-        let server = server.expect("server binds its port");
+        let server = server
+            .expect("server binds its port")
+            .with_console(canopy_web::router());
         let addr = server.local_addr().expect("bound address");
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel::<()>();

@@ -38,6 +38,20 @@ pub struct DeploymentClusters {
     pub total: u64,
 }
 
+/// The deployments of a project as the web console's list shows them
+/// ([`App::deployments_overview`]).
+#[derive(Debug, Clone)]
+pub struct DeploymentsOverview {
+    /// Every deployment's edges counted by state (`deployments_status`).
+    pub summary: DeploymentsStatus,
+    /// The page asked for.
+    pub page: Vec<Deployment>,
+    /// Deployments after the `labels` filter, before `filter` and paging (`totalElements`).
+    pub total: u64,
+    /// Deployments that matched `filter` (for paging).
+    pub matched: u64,
+}
+
 /// A package with its applications and the registries they name (with credentials).
 struct PackageParts {
     package: DeploymentPackage,
@@ -497,18 +511,49 @@ impl App {
         ctx: &Ctx,
         raw: Option<&str>,
     ) -> Result<(Vec<Deployment>, u64), AppError> {
+        let o = self.overview(ctx, raw, false)?;
+        Ok((o.page, o.total))
+    }
+
+    /// What the web console's deployments page shows, folding each deployment's status once:
+    /// the summary of every deployment's edges (as [`App::deployments_status`] without
+    /// `labels`, whatever `raw`'s `labels` say) and a page of the list (as
+    /// [`App::list_deployments`]), with the number that matched the filter.
+    pub fn deployments_overview(
+        &self,
+        ctx: &Ctx,
+        raw: Option<&str>,
+    ) -> Result<DeploymentsOverview, AppError> {
+        self.overview(ctx, raw, true)
+    }
+
+    /// [`App::deployments_overview`]; without `summary`, deployments the `labels` filter leaves
+    /// out are not folded (and the summary is empty).
+    fn overview(
+        &self,
+        ctx: &Ctx,
+        raw: Option<&str>,
+        summary: bool,
+    ) -> Result<DeploymentsOverview, AppError> {
         ctx.require(Access::FleetRead)?;
         let q = list_query(Entity::Deployment, raw)?;
         let mut all = Vec::new();
+        let mut statuses = Vec::new();
         for rec in self.hub().deployments(ctx.project.id) {
-            if !q.labels.is_empty() && !labels_filter_matches(&rec.targeting, &q.labels)? {
+            let listed = q.labels.is_empty() || labels_filter_matches(&rec.targeting, &q.labels)?;
+            if !listed && !summary {
                 continue;
             }
-            let (status, _) = self.hub().deployment_status(&rec.id).unwrap_or_default();
-            all.push(to_api(&rec, status));
+            let status = self.hub().deployment_status(&rec.id).map(|(s, _)| s);
+            if summary && let Some(s) = &status {
+                statuses.push(s.clone());
+            }
+            if listed {
+                all.push(to_api(&rec, status.unwrap_or_default()));
+            }
         }
         let total = all.len() as u64;
-        let (page, _) = q.page_in_memory(all, |d, f| match f {
+        let (page, matched) = q.page_in_memory(all, |d, f| match f {
             Field::Name => d.name.clone(),
             Field::DisplayName => d.display_name.clone(),
             Field::AppName => d.app_name.clone(),
@@ -522,7 +567,12 @@ impl App {
             Field::CreateTime => super::edges::fmt_time(d.create_time),
             _ => String::new(),
         });
-        Ok((page, total))
+        Ok(DeploymentsOverview {
+            summary: canopy_deploy::status::summarize(&statuses),
+            page,
+            total,
+            matched,
+        })
     }
 
     /// Updates a deployment: display name, profile, override values, targets, or another
@@ -770,13 +820,25 @@ impl App {
         id: &str,
         raw: Option<&str>,
     ) -> Result<DeploymentClusters, AppError> {
+        Ok(self.deployment_with_clusters(ctx, id, raw)?.1)
+    }
+
+    /// One deployment (without `apps`: they are in the clusters) and a page of its edges with
+    /// their per-app status (as [`App::deployment_clusters`]), folding its status once: the web
+    /// console's deployment page.
+    pub fn deployment_with_clusters(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        raw: Option<&str>,
+    ) -> Result<(Deployment, DeploymentClusters), AppError> {
         ctx.require(Access::FleetRead)?;
         let q = list_query(Entity::DeploymentCluster, raw)?;
         let rec = self
             .hub()
             .deployment(ctx.project.id, id)
             .ok_or_else(|| deployment_not_found(id))?;
-        let (_, clusters) = self.hub().deployment_status(&rec.id).unwrap_or_default();
+        let (status, clusters) = self.hub().deployment_status(&rec.id).unwrap_or_default();
         let total = clusters.len() as u64;
         let (clusters, _) = q.page_in_memory(clusters, |c, f| match f {
             Field::Name => c.name.clone(),
@@ -784,7 +846,7 @@ impl App {
             Field::Status => c.status.state.as_str().to_string(),
             _ => String::new(),
         });
-        Ok(DeploymentClusters { clusters, total })
+        Ok((to_api(&rec, status), DeploymentClusters { clusters, total }))
     }
 
     /// The deployments running on one edge.

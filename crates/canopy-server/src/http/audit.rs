@@ -7,8 +7,10 @@
 //! *is* recorded). Reads are not recorded.
 //!
 //! A record holds the time the call started, the actor (the authenticated caller, the actor a
-//! handler named with [`AuditActor`], else `anonymous`), the project named in the path, the
-//! action (`METHOD <route template>`), the target (the request path) and the outcome. Never the
+//! handler named with [`AuditActor`], else `anonymous`), the project named in the path (the web
+//! console's `/ui/projects/P/...` included), the
+//! action (`METHOD <route template>`), the target (the request path) and the outcome (`ok` for
+//! a success, or a redirect: the web console answers a change that succeeded with one). Never the
 //! query string or the body: they can carry secrets (registry credentials, passwords, tokens).
 //!
 //! The record is written before the response is returned, so a client that saw its call answer
@@ -46,7 +48,12 @@ pub struct AuditActor(pub String);
 const UNRECORDED: &[&str] = &["/canopy/v1/agent/status", "/canopy/v1/agent/desired-state"];
 
 /// Prefixes of paths whose next segment is the project name.
-const PROJECT_PREFIXES: &[&str] = &["/v3/projects/", "/v1/projects/", "/canopy/v1/projects/"];
+const PROJECT_PREFIXES: &[&str] = &[
+    "/v3/projects/",
+    "/v1/projects/",
+    "/canopy/v1/projects/",
+    "/ui/projects/",
+];
 
 /// Longest actor, project and target kept (longer values are cut, on a character boundary).
 const MAX_ACTOR: usize = 256;
@@ -122,7 +129,8 @@ pub async fn record(State(app): State<App>, mut req: Request, next: Next) -> Res
         project: cut(project_of(&path), MAX_PROJECT).to_string(),
         action,
         target: cut(&path, MAX_TARGET).to_string(),
-        result: if status.is_success() {
+        // The web console answers a change that succeeded with a redirect (post/redirect/get).
+        result: if status.is_success() || status.is_redirection() {
             "ok".to_string()
         } else {
             status.canonical_reason().unwrap_or("error").to_string()

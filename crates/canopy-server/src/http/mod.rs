@@ -30,6 +30,8 @@ use utoipa_axum::routes;
 
 use crate::app::{App, AppError, Ctx};
 
+pub use audit::AuditActor;
+pub use auth::{CONSOLE_PREFIX, SESSION_COOKIE, is_console, session_cookie};
 pub use error::ErrorBody;
 pub use limits::Limits;
 
@@ -71,7 +73,19 @@ pub fn router(app: App) -> Router {
 
 /// [`router`] with the given abuse limits (rate limits, long-poll caps, body read timeout).
 pub fn router_with(app: App, limits: Limits) -> Router {
+    router_with_console(app, limits, None)
+}
+
+/// [`router_with`], plus the web console's routes when given (the `canopy-web` crate, which
+/// depends on this one: the binary and the test harness compose the two). The console's routes
+/// must lie under `/` and [`CONSOLE_PREFIX`]; they pass through the same audit, authentication
+/// (by session cookie, see `auth.rs`) and rate-limit layers as the API.
+pub fn router_with_console(app: App, limits: Limits, console: Option<Router<App>>) -> Router {
     let (router, api) = api_router().split_for_parts();
+    let router = match console {
+        Some(console) => router.merge(console),
+        None => router,
+    };
     // Serialized once and shared: axum clones every route's handler for each accepted
     // connection, so a handler holding the document as a `Value` copied it per connection.
     let doc = axum::body::Bytes::from(serde_json::to_vec(&api).unwrap_or_default());

@@ -176,7 +176,9 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
             ..Default::default()
         },
     };
-    let server = canopy_server::Server::bind(&config).await?;
+    let server = canopy_server::Server::bind(&config)
+        .await?
+        .with_console(canopy_web::router());
     let url = server.url()?;
     // The CLI on this machine acts as the administrator of the server it just started.
     let admin_token =
@@ -342,7 +344,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
     writeln!(
         out,
         "Canopy is up on embedded storage ({db}).\n\
-         \n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n{podman_line}{helm_line}  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
+         \n  Console     {url}/ (sign in with a user's password; `canopy user passwd admin` sets the administrator's)\n  API         {url}\n  OpenAPI     {url}/openapi.json\n  TLS         {tls_line}\n  Local edge  {agent_note}\n{podman_line}{helm_line}  Admin       token in {token_file} (this machine's CLI is logged in with it: {creds})\n\
          {tls_note}\
          \nNext, in another terminal (from the Canopy source tree; the CLI here already trusts\
          \nthis server and acts as its administrator):\n\
@@ -395,7 +397,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
     };
     // The server's errors name what failed (address, data directory, database).
-    canopy_server::serve(config).await?;
+    canopy_server::serve(config, Some(canopy_web::router())).await?;
     Ok(())
 }
 

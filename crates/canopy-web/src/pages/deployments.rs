@@ -1,0 +1,283 @@
+//! Deployments: the list (with the project's summary counts, a name filter and paging), one
+//! deployment with each edge's apps, their states and messages and the age of the edge's last
+//! report, and deletion behind a confirmation page.
+//!
+//! Write controls are shown only to users with deployment write access on the project
+//! (`Principal::may(.., Access::FleetWrite)`), and the delete itself is the app layer's
+//! `App::delete_deployment`, which checks that access again: a forged POST is refused (403).
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Redirect, Response};
+use canopy_deploy::model::{DeleteType, Deployment};
+use canopy_server::App;
+use canopy_server::app::Access;
+use maud::{Markup, html};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::{
+    Frame, ListParams, PAGE_SIZE, Section, age, pager, project_path, query, segment, state, when,
+};
+use crate::CSRF_FIELD;
+use crate::error::WebError;
+use crate::security::same_origin;
+use crate::session::Session;
+
+/// Edges shown on one deployment page.
+pub const EDGES_PER_PAGE: u32 = 100;
+
+fn deployment_path(project: &str, id: &str) -> String {
+    project_path(project, &format!("deployments/{}", segment(id)))
+}
+
+fn title_of(d: &Deployment) -> &str {
+    if d.display_name.is_empty() {
+        &d.name
+    } else {
+        &d.display_name
+    }
+}
+
+/// `GET /ui/projects/{project}/deployments`.
+pub async fn list(
+    State(app): State<App>,
+    session: Session,
+    Path(project): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<Markup, WebError> {
+    let ctx = session.ctx(&app, &project).await?;
+    let raw = params.list_query(&["name", "displayName"]);
+    let overview = app.deployments_overview(&ctx, Some(&raw))?;
+    let (summary, items, total) = (overview.summary, overview.page, overview.total);
+    let frame = Frame::load(&app, &session, &project, Section::Deployments).await?;
+    let base = project_path(&project, "deployments");
+    let shown = params.page.saturating_mul(u64::from(PAGE_SIZE)) + items.len() as u64;
+    let more = shown < overview.matched;
+    let counts = [
+        ("Running", summary.running),
+        ("Down", summary.down),
+        ("Deploying", summary.deploying),
+        ("Updating", summary.updating),
+        ("Unknown", summary.unknown),
+        ("Error", summary.error),
+    ];
+    Ok(frame.page(
+        "Deployments",
+        html! {
+            h1 { "Deployments" }
+            @if !params.deleted.is_empty() {
+                p.notice role="status" { "Deleted deployment " strong { (params.deleted) } "." }
+            }
+            ul.counts #summary aria-label="edges of the deployments by state" {
+                li { span.n { (summary.total) } "Total" }
+                @for (label, n) in counts {
+                    li data-state=(label) { span.n { (n) } (label) }
+                }
+            }
+            form.filter method="get" action=(base) role="search" {
+                input type="search" name="name" value=(params.name)
+                    placeholder="Filter by name" aria-label="filter by name";
+                button type="submit" { "Filter" }
+            }
+            p.muted {
+                (total) " deployments in project " (project)
+                @if !params.name.is_empty() { ", " (overview.matched) " match" }
+                "."
+            }
+            @if items.is_empty() {
+                p #empty { "No deployments" @if !params.name.is_empty() { " match this filter" } "." }
+            } @else {
+                table #deployments {
+                    thead { tr { th { "Name" } th { "State" } th { "Edges running" } th { "Package" } th { "Created" } } }
+                    tbody {
+                        @for d in &items {
+                            @let st = d.status.as_ref();
+                            tr {
+                                td {
+                                    a href=(deployment_path(&project, &d.deploy_id)) { (title_of(d)) }
+                                    br; span.muted { (d.name) }
+                                }
+                                td { (state(st.map_or("UNKNOWN", |s| s.state.as_str()))) }
+                                td {
+                                    @if let Some(sum) = st.and_then(|s| s.summary.as_ref()) {
+                                        (sum.running) " / " (sum.total)
+                                    }
+                                }
+                                td { (d.app_name) " " (d.app_version) }
+                                td title=(when(d.create_time)) { (age(d.create_time, OffsetDateTime::now_utc())) }
+                            }
+                        }
+                    }
+                }
+            }
+            (pager(&base, &params.name, params.page, more))
+        },
+    ))
+}
+
+/// A page number of a deployment's edges.
+#[derive(Debug, Default, Deserialize)]
+pub struct EdgePage {
+    #[serde(default)]
+    page: u64,
+}
+
+/// `GET /ui/projects/{project}/deployments/{id}`.
+pub async fn show(
+    State(app): State<App>,
+    session: Session,
+    Path((project, id)): Path<(String, String)>,
+    Query(q): Query<EdgePage>,
+) -> Result<Markup, WebError> {
+    let ctx = session.ctx(&app, &project).await?;
+    let offset = q.page.saturating_mul(u64::from(EDGES_PER_PAGE));
+    let raw = format!("pageSize={EDGES_PER_PAGE}&offset={offset}&orderBy=name");
+    let (d, clusters) = app.deployment_with_clusters(&ctx, &id, Some(&raw))?;
+    let now = OffsetDateTime::now_utc();
+    // The age of each edge's last report (the hub's view of the edge).
+    let last_seen: Vec<Option<OffsetDateTime>> = clusters
+        .clusters
+        .iter()
+        .map(|c| app.get_edge(&ctx, &c.id).ok().and_then(|e| e.last_seen))
+        .collect();
+    let may_write = ctx.principal.may(&ctx.project, Access::FleetWrite);
+    let frame = Frame::load(&app, &session, &project, Section::Deployments).await?;
+    let st = d.status.clone().unwrap_or_default();
+    let more = offset + (clusters.clusters.len() as u64) < clusters.total;
+    let page_link = |p: u64| {
+        let p = p.to_string();
+        format!(
+            "{}{}",
+            deployment_path(&project, &id),
+            query(&[("page", &p)])
+        )
+    };
+    Ok(frame.page(
+        title_of(&d),
+        html! {
+            p { a href=(project_path(&project, "deployments")) { "← Deployments" } }
+            h1 #deployment-title { (title_of(&d)) }
+            dl.facts.card {
+                dt { "State" } dd #deployment-state { (state(st.state.as_str())) }
+                @if !st.message.is_empty() { dt { "Message" } dd { (st.message) } }
+                dt { "Name" } dd { (d.name) }
+                dt { "Id" } dd { (d.deploy_id) }
+                dt { "Package" } dd { (d.app_name) " " (d.app_version) }
+                dt { "Profile" } dd { (if d.profile_name.is_empty() { &d.default_profile_name } else { &d.profile_name }) }
+                @if let Some(sum) = &st.summary {
+                    dt { "Edges" } dd { (sum.running) " running, " (sum.down) " down, " (sum.unknown) " unknown, of " (sum.total) }
+                }
+                dt { "Created" } dd { (when(d.create_time)) }
+            }
+            @if may_write {
+                div.actions {
+                    a.button.danger #delete href=(format!("{}/delete", deployment_path(&project, &id))) { "Delete…" }
+                }
+            }
+            h2 { "Edges (" (clusters.total) ")" }
+            @if clusters.clusters.is_empty() {
+                p.muted { "No edge runs this deployment." }
+            } @else {
+                table #edges {
+                    thead { tr { th { "Edge" } th { "State" } th { "Last report" } th { "Apps" } } }
+                    tbody {
+                        @for (c, seen) in clusters.clusters.iter().zip(&last_seen) {
+                            tr {
+                                td { a href=(project_path(&project, &format!("edges/{}", segment(&c.id)))) { (c.name) } }
+                                td {
+                                    (state(c.status.state.as_str()))
+                                    @if !c.status.message.is_empty() { br; span.muted { (c.status.message) } }
+                                }
+                                td title=(when(*seen)) { (age(*seen, now)) }
+                                td {
+                                    @for a in &c.apps {
+                                        @let ast = a.status.clone().unwrap_or_default();
+                                        div {
+                                            strong { (a.name) } " " (state(ast.state.as_str()))
+                                            @if !ast.message.is_empty() { " " span.muted { (ast.message) } }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                nav.pager aria-label="pages" {
+                    @if q.page > 0 { a href=(page_link(q.page - 1)) rel="prev" { "← Previous" } }
+                    span.muted { "Page " (q.page + 1) }
+                    @if more { a href=(page_link(q.page + 1)) rel="next" { "Next →" } }
+                }
+            }
+        },
+    ))
+}
+
+/// `GET /ui/projects/{project}/deployments/{id}/delete`: what will be deleted, and the form.
+pub async fn confirm_delete(
+    State(app): State<App>,
+    session: Session,
+    Path((project, id)): Path<(String, String)>,
+) -> Result<Markup, WebError> {
+    let ctx = session.ctx(&app, &project).await?;
+    let d = app.get_deployment(&ctx, &id)?;
+    // Say so now rather than after the form is sent (the delete checks again).
+    ctx.require(Access::FleetWrite)?;
+    let frame = Frame::load(&app, &session, &project, Section::Deployments).await?;
+    let edges = d
+        .status
+        .as_ref()
+        .and_then(|s| s.summary.as_ref())
+        .map_or(0, |s| s.total);
+    Ok(frame.page(
+        "Delete deployment",
+        html! {
+            h1 { "Delete deployment " (title_of(&d)) "?" }
+            div.card {
+                p {
+                    "Deployment " strong { (title_of(&d)) } " (" (d.name) ", package "
+                    (d.app_name) " " (d.app_version) ") runs on " (edges) " edge(s). "
+                    "Its edges are told at once and their agents remove its workloads."
+                }
+                form method="post" action=(format!("{}/delete", deployment_path(&project, &id))) {
+                    input type="hidden" name=(CSRF_FIELD) value=(session.csrf);
+                    div.actions {
+                        button.danger #confirm-delete type="submit" { "Delete deployment" }
+                        a.button.secondary href=(deployment_path(&project, &id)) { "Cancel" }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// The delete confirmation form.
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /ui/projects/{project}/deployments/{id}/delete`.
+pub async fn delete(
+    State(app): State<App>,
+    headers: HeaderMap,
+    session: Session,
+    Path((project, id)): Path<(String, String)>,
+    Form(form): Form<DeleteForm>,
+) -> Result<Response, WebError> {
+    same_origin(&Method::POST, &headers, app.public_url())?;
+    session.check_csrf(&form.csrf)?;
+    let ctx = session.ctx(&app, &project).await?;
+    let d = app.get_deployment(&ctx, &id)?;
+    app.delete_deployment(&ctx, &id, DeleteType::ParentOnly)
+        .await?;
+    let shown = title_of(&d).to_string();
+    Ok(Redirect::to(&format!(
+        "{}{}",
+        project_path(&project, "deployments"),
+        query(&[("deleted", &shown)])
+    ))
+    .into_response())
+}

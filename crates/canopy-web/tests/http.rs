@@ -1,0 +1,560 @@
+//! The console over plain HTTP (no browser), against a real control plane: sessions and their
+//! cookie, CSRF and origin checks, security headers, authorization exactly as the API's, and
+//! the session secret kept out of pages and URLs.
+
+mod common;
+
+use std::time::Duration;
+
+use canopy_testkit::TestControlPlane;
+use common::*;
+use reqwest::StatusCode;
+use reqwest::header::{CACHE_CONTROL, LOCATION};
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_expiring_session_cookie() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let s = sign_in(&cp, "ops").await;
+    assert!(s.token.starts_with("cnp_s_"), "a login session token");
+    let flags: Vec<&str> = s.set_cookie.split(';').map(str::trim).collect();
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(flags.contains(&flag), "{} lacks {flag}", s.set_cookie);
+    }
+    let max_age: u64 = flags
+        .iter()
+        .find_map(|f| f.strip_prefix("Max-Age="))
+        .expect("the cookie expires")
+        .parse()
+        .unwrap();
+    // The session lifetime of the app layer (one hour by default).
+    assert!((3500..=3600).contains(&max_age), "Max-Age={max_age}");
+
+    let (status, _, page) = s.get(&cp, "/ui/projects/default/deployments").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains(">ops<"), "the page names the user: {page}");
+    // `/` goes to the deployments of the user's project.
+    let (status, h, _) = s.get(&cp, "/").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/ui/projects/default/deployments");
+}
+
+#[tokio::test]
+async fn wrong_password_shows_the_servers_error_and_sets_no_session() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let (status, h, page) = try_sign_in(&cp, "ops", "not the password at all").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("wrong user name or password"), "{page}");
+    assert!(set_cookie(&h, "canopy_session").is_none());
+    // The user name typed is kept, escaped.
+    let (_, _, page) = try_sign_in(&cp, "<b>x</b>", "not the password at all").await;
+    assert!(
+        !page.contains("<b>x</b>") && page.contains("&lt;b&gt;x&lt;/b&gt;"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn sign_in_form_without_its_csrf_cookie_is_refused() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let r = client()
+        .post(cp.at("/ui/login"))
+        .form(&[
+            ("username", "ops"),
+            ("password", PASSWORD),
+            ("csrf", "guess"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookie(r.headers(), "canopy_session").is_none());
+    // From another site, even with a matching pair.
+    let r = client()
+        .post(cp.at("/ui/login"))
+        .header("cookie", "canopy_login_csrf=abc")
+        .header("origin", "https://evil.example")
+        .form(&[("username", "ops"), ("password", PASSWORD), ("csrf", "abc")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookie(r.headers(), "canopy_session").is_none());
+}
+
+#[tokio::test]
+async fn pages_carry_a_strict_csp_and_refuse_framing() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let s = sign_in(&cp, "ops").await;
+    let anonymous = client().get(cp.at("/ui/login")).send().await.unwrap();
+    let (_, signed, page) = s.get(&cp, "/ui/projects/default/deployments").await;
+    for h in [anonymous.headers(), &signed] {
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h[CACHE_CONTROL], "no-store");
+    }
+    assert!(!page.contains("<script"), "no script at all");
+    assert!(
+        !page.contains("style=\""),
+        "no inline style (the CSP would block it)"
+    );
+
+    // The style sheet: content-hashed name, cached for a year; any other name is 404.
+    let css = canopy_web::stylesheet_path();
+    assert!(page.contains(css), "the page links {css}");
+    let r = client().get(cp.at(css)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()[CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("max-age=31536000")
+    );
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let r = client()
+        .get(cp.at("/ui/static/canopy.000000000000.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn pages_without_a_session_go_to_sign_in_and_the_api_ignores_the_cookie() {
+    let cp = TestControlPlane::start().await;
+    for path in [
+        "/",
+        "/ui/projects/default/deployments",
+        "/ui/projects/default/edges",
+    ] {
+        let r = client().get(cp.at(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(r.headers()[LOCATION], "/ui/login", "{path}");
+    }
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let s = sign_in(&cp, "ops").await;
+    // A cookie is sent by browsers on their own: the API never takes it as a credential.
+    let r = client()
+        .get(cp.at("/v1/projects/default/appdeployment/deployments"))
+        .header("cookie", s.cookie())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn forged_expired_and_signed_out_sessions_go_back_to_sign_in() {
+    let cp = TestControlPlane::start_configured(|c| {
+        c.auth.session_ttl = Some(Duration::from_secs(2));
+    })
+    .await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let path = "/ui/projects/default/deployments";
+    let back_to_sign_in = |(status, h, body): (StatusCode, reqwest::header::HeaderMap, String)| {
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        assert_eq!(h[LOCATION], "/ui/login");
+        let (value, _) = set_cookie(&h, "canopy_session").expect("the dead cookie is cleared");
+        assert_eq!(value, "");
+    };
+
+    // Forged: a well-formed session token the server never issued.
+    let forged = Signed {
+        token: format!("cnp_s_{}", "A".repeat(43)),
+        set_cookie: String::new(),
+    };
+    back_to_sign_in(forged.get(&cp, path).await);
+    // An API token is not a session, even a valid one.
+    let api = Signed {
+        token: cp.user_token("robot", &["default_ao-rw"]).await,
+        set_cookie: String::new(),
+    };
+    back_to_sign_in(api.get(&cp, path).await);
+
+    // Expired: works at first, then (the lifetime being 2 s) sends the user to sign in.
+    let s = sign_in(&cp, "ops").await;
+    assert!(
+        s.set_cookie.contains("Max-Age=1") || s.set_cookie.contains("Max-Age=2"),
+        "{}",
+        s.set_cookie
+    );
+    let (status, _, _) = s.get(&cp, path).await;
+    assert_eq!(status, StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = s.get(&cp, path).await;
+        if got.0 != StatusCode::OK {
+            back_to_sign_in(got);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Signed out: the token is revoked, not just forgotten by the browser.
+    let cp = TestControlPlane::start().await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let s = sign_in(&cp, "ops").await;
+    let csrf = s.csrf(&cp).await;
+    let (status, h, _) = s.post(&cp, "/ui/logout", &[("csrf", &csrf)], &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/ui/login");
+    back_to_sign_in(s.get(&cp, path).await);
+}
+
+#[tokio::test]
+async fn posts_need_the_sessions_csrf_token_and_this_origin() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    let id = deployment(&cp, "shop", "paris").await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    user(&cp, "other", &["default_ao-rw"]).await;
+    let s = sign_in(&cp, "ops").await;
+    let csrf = s.csrf(&cp).await;
+    let other_csrf = sign_in(&cp, "other").await.csrf(&cp).await;
+    assert_ne!(csrf, other_csrf);
+    let delete = format!("/ui/projects/default/deployments/{id}/delete");
+
+    // No token, another session's token, a foreign Origin, a cross-site fetch: 403, kept.
+    let (status, _, page) = s.post(&cp, &delete, &[], &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("reload the page"), "{page}");
+    let (status, _, _) = s.post(&cp, &delete, &[("csrf", &other_csrf)], &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, page) = s
+        .post(
+            &cp,
+            &delete,
+            &[("csrf", &csrf)],
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("another site"), "{page}");
+    let (status, _, _) = s
+        .post(
+            &cp,
+            &delete,
+            &[("csrf", &csrf)],
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        deployment_exists(&cp, &id).await,
+        "nothing refused was done"
+    );
+
+    // The same form from this origin with this session's token deletes.
+    let origin = cp.url.clone();
+    let (status, h, page) = s
+        .post(
+            &cp,
+            &delete,
+            &[("csrf", &csrf)],
+            &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    assert!(
+        h[LOCATION]
+            .to_str()
+            .unwrap()
+            .starts_with("/ui/projects/default/deployments?deleted=shop")
+    );
+    assert!(!deployment_exists(&cp, &id).await);
+
+    // The audit log names the user and the project of the console's change.
+    let (_, log) = cp.get(&cp.at("/canopy/v1/audit?pageSize=100")).await;
+    let entries = log["entries"].as_array().expect("entries");
+    let done = entries
+        .iter()
+        .find(|e| e["target"] == delete.as_str() && e["result"] == "ok")
+        .unwrap_or_else(|| panic!("the delete is in the audit log: {log}"));
+    assert_eq!(done["actor"], "ops");
+    assert_eq!(done["project"], "default");
+}
+
+#[tokio::test]
+async fn read_only_users_get_no_write_controls_and_their_forged_delete_is_refused() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    let id = deployment(&cp, "shop", "paris").await;
+    user(&cp, "support", &["default_ao-r"]).await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let page_path = format!("/ui/projects/default/deployments/{id}");
+    let delete = format!("{page_path}/delete");
+
+    let ops = sign_in(&cp, "ops").await;
+    let (_, _, page) = ops.get(&cp, &page_path).await;
+    assert!(page.contains(&delete), "a writer sees the delete control");
+
+    let ro = sign_in(&cp, "support").await;
+    let (status, _, page) = ro.get(&cp, &page_path).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("shop"));
+    assert!(
+        !page.contains(&delete),
+        "no delete control for a read-only user: {page}"
+    );
+    let (status, _, page) = ro.get(&cp, &delete).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        page.contains("deployment write access"),
+        "the server's message: {page}"
+    );
+
+    // A forged POST with the user's own valid CSRF token: the app layer refuses it.
+    let csrf = ro.csrf(&cp).await;
+    let (status, _, page) = ro.post(&cp, &delete, &[("csrf", &csrf)], &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("deployment write access"), "{page}");
+    assert!(
+        deployment_exists(&cp, &id).await,
+        "the deployment is still there"
+    );
+}
+
+#[tokio::test]
+async fn projects_without_a_role_are_not_shown() {
+    let cp = TestControlPlane::start().await;
+    cp.create_project("shop").await;
+    cp.create_project("lab").await;
+    user(&cp, "shopper", &["shop_ao-r"]).await;
+    user(&cp, "both", &["shop_ao-r", "lab_ao-r"]).await;
+
+    let s = sign_in(&cp, "shopper").await;
+    let (status, h, _) = s.get(&cp, "/").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/ui/projects/shop/deployments");
+    let (status, _, page) = s.get(&cp, "/ui/projects/default/deployments").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "as the API: {page}");
+    let (_, _, page) = s.get(&cp, "/ui/projects/shop/deployments").await;
+    assert!(!page.contains("project-switch"), "one project: no switcher");
+    assert!(
+        !page.contains("/ui/projects/lab") && !page.contains(">lab<"),
+        "{page}"
+    );
+
+    let s = sign_in(&cp, "both").await;
+    let (_, _, page) = s.get(&cp, "/ui/projects/shop/edges").await;
+    assert!(
+        page.contains("project-switch"),
+        "several projects: a switcher"
+    );
+    assert!(page.contains("<option value=\"lab\">"), "{page}");
+    assert!(!page.contains("<option value=\"default\""), "{page}");
+    let (status, h, _) = s.get(&cp, "/ui/switch?project=lab").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/ui/projects/lab/deployments");
+}
+
+#[tokio::test]
+async fn deployment_and_edge_pages_show_the_fleet() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    let id = deployment(&cp, "shop-front", "paris").await;
+    let other = deployment(&cp, "warehouse", "lyon").await;
+    let _edge = running_edge(&cp, "paris-1", "paris").await;
+    user(&cp, "support", &["default_ao-r"]).await;
+    let s = sign_in(&cp, "support").await;
+
+    let (_, _, page) = s.get(&cp, "/ui/projects/default/deployments").await;
+    assert!(
+        page.contains("shop-front") && page.contains("warehouse"),
+        "{page}"
+    );
+    let (_, _, page) = s
+        .get(&cp, "/ui/projects/default/deployments?name=wareh")
+        .await;
+    assert!(
+        page.contains("warehouse") && !page.contains("shop-"),
+        "filtered: {page}"
+    );
+    assert!(page.contains(&other));
+    // What the user typed comes back as data.
+    let (_, _, page) = s
+        .get(&cp, "/ui/projects/default/deployments?name=%3Cb%3Ex")
+        .await;
+    assert!(
+        page.contains("value=\"&lt;b&gt;x\"") && !page.contains("<b>x"),
+        "escaped: {page}"
+    );
+
+    let (_, _, page) = s
+        .get(&cp, &format!("/ui/projects/default/deployments/{id}"))
+        .await;
+    assert!(page.contains("paris-1"), "{page}");
+    assert!(page.contains("state-RUNNING"), "{page}");
+    assert!(
+        page.contains(" s ago"),
+        "the age of the edge's last report: {page}"
+    );
+
+    let (_, _, page) = s.get(&cp, "/ui/projects/default/edges").await;
+    assert!(
+        page.contains("paris-1") && page.contains("site=paris"),
+        "{page}"
+    );
+    assert!(
+        page.contains("state-CONNECTED") || page.contains("state-DISCONNECTED"),
+        "{page}"
+    );
+    let (_, _, page) = s
+        .get(&cp, &format!("/ui/projects/default/edges/{}", _edge.id))
+        .await;
+    assert!(
+        page.contains(&format!(
+            "/ui/projects/default/deployments/{id}\">shop-front<"
+        )),
+        "the edge's workloads name and link the deployment: {page}"
+    );
+    assert!(page.contains("web"), "{page}");
+}
+
+#[tokio::test]
+async fn page_sources_and_urls_never_hold_the_session_secret() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    let id = deployment(&cp, "shop", "paris").await;
+    let edge = running_edge(&cp, "paris-1", "paris").await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let s = sign_in(&cp, "ops").await;
+    let secret_part = &s.token["cnp_s_".len()..];
+    for path in [
+        "/".to_string(),
+        "/ui/login".to_string(),
+        "/ui/projects/default/deployments".to_string(),
+        format!("/ui/projects/default/deployments/{id}"),
+        format!("/ui/projects/default/deployments/{id}/delete"),
+        "/ui/projects/default/edges".to_string(),
+        format!("/ui/projects/default/edges/{}", edge.id),
+    ] {
+        let (status, h, page) = s.get(&cp, &path).await;
+        assert!(
+            status.is_success() || status.is_redirection(),
+            "{path}: {status}"
+        );
+        assert!(
+            !page.contains(secret_part),
+            "{path} holds the session secret"
+        );
+        if let Some(to) = h.get(LOCATION) {
+            assert!(
+                !to.to_str().unwrap().contains(secret_part),
+                "{path} redirects with it"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn sign_in_is_the_apis_login_with_its_limits() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    // The app layer allows 10 attempts per user name at once (LoginLimits::default); the
+    // console's form is that same login, so the next wrong one is refused with its message.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (status, page) = loop {
+        let (status, _, page) = try_sign_in(&cp, "ops", "not the password at all").await;
+        if status != StatusCode::UNAUTHORIZED {
+            break (status, page);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never limited");
+    };
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{page}");
+    assert!(page.contains("too many"), "the server's message: {page}");
+    // The API's login is limited by the same counter.
+    let r = client()
+        .post(cp.at("/canopy/v1/login"))
+        .json(&serde_json::json!({"username": "ops", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn deployments_list_pages_filters_and_counts_as_the_api() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    for i in 0..52 {
+        deployment(&cp, &format!("d-{i:02}"), "paris").await;
+    }
+    let _edge = running_edge(&cp, "paris-1", "paris").await;
+    user(&cp, "support", &["default_ao-r"]).await;
+    let s = sign_in(&cp, "support").await;
+    let rows = |page: &str| page.matches("<tr><td><a href=").count();
+
+    let (_, _, page) = s.get(&cp, "/ui/projects/default/deployments").await;
+    assert_eq!(rows(&page), 50, "pages of 50");
+    assert!(
+        page.contains("?page=1\" rel=\"next\""),
+        "a next page: {page}"
+    );
+    assert!(!page.contains("rel=\"prev\""));
+    assert!(page.contains("52 deployments in project default"), "{page}");
+    // The summary counts are the API's deployments_status.
+    let (_, summary) = cp
+        .get(&cp.at("/v1/projects/default/appdeployment/summary/deployments_status"))
+        .await;
+    assert_eq!(summary["total"], 52, "{summary}");
+    assert_eq!(summary["running"], 52, "{summary}");
+    for (label, key) in [("Total", "total"), ("Running", "running"), ("Down", "down")] {
+        let shown = format!("<span class=\"n\">{}</span>{label}<", summary[key]);
+        assert!(page.contains(&shown), "{shown} in {page}");
+    }
+
+    let (_, _, page) = s.get(&cp, "/ui/projects/default/deployments?page=1").await;
+    assert_eq!(rows(&page), 2);
+    assert!(page.contains("?page=0\" rel=\"prev\""), "{page}");
+    assert!(!page.contains("rel=\"next\""));
+
+    let (_, _, page) = s
+        .get(&cp, "/ui/projects/default/deployments?name=d-0")
+        .await;
+    assert_eq!(rows(&page), 10, "d-00 to d-09");
+    assert!(page.contains(", 10 match"), "{page}");
+    assert!(!page.contains("rel=\"next\""), "{page}");
+}
+
+#[tokio::test]
+async fn console_pages_count_against_the_sessions_rate_limit() {
+    let cp = TestControlPlane::start_configured(|c| {
+        c.limits.requests_per_second = 1;
+        c.limits.burst = 3;
+    })
+    .await;
+    user(&cp, "ops", &["default_ao-rw"]).await;
+    let s = sign_in(&cp, "ops").await;
+    // A signed-in user's pages are counted under the session like its API calls: a burst of
+    // 3, then 429 until the bucket refills.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(s.get(&cp, "/ui/projects/default/edges").await.0);
+    }
+    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "the console is rate-limited per session: {statuses:?}"
+    );
+}
