@@ -30,6 +30,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/1.1 (`http://` servers) the server still closes connections idle for 10 s; the pool
 /// sees the close and opens a new one.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+// A long-poll's whole cycle (its longest wait plus margin) must fit well inside the pool's
+// idle time, or the connection is dropped between two long-polls again.
+const _: () = assert!(
+    POOL_IDLE_TIMEOUT.as_secs()
+        > 2 * (canopy_proto::MAX_WAIT_SECONDS as u64 + LONG_POLL_MARGIN.as_secs())
+);
 /// HTTP/2 pings from the agent: often enough to keep NAT and mobile-network mappings open
 /// (many drop idle TCP flows after 30 to 120 s) and to notice a dead path within a minute.
 const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(25);

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Measures what one idle edge costs on the wire: runs `canopy up` (control plane and its local
+# agent, which talks to it over HTTPS like a remote agent) on a loopback port of its own, lets it
+# settle, then counts over SECONDS the new TCP connections to that port (SYNs) and the bytes
+# both ways (TCP/IP headers included, as a metered link bills them) with an nftables table of
+# its own, removed at the end. Nothing else on the machine is touched.
+#
+# Usage (as root): scripts/agent-traffic.sh [CANOPY_BIN] [SECONDS] [PORT]
+#   defaults: target/debug/canopy, 300, 7171
+# Prints one line: new connections, bytes to and from the server, and the bytes per day.
+set -euo pipefail
+bin=${1:-target/debug/canopy}
+secs=${2:-300}
+port=${3:-7171}
+table=canopy_agent_traffic_$$
+die() { echo "agent-traffic.sh: error: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run it as root (it adds an nftables table of its own)"
+command -v nft >/dev/null || die "nft is not installed (apt-get install -y nftables)"
+[ -x "$bin" ] || die "$bin is not an executable canopy binary (cargo build -p canopy)"
+bin=$(realpath "$bin")
+dir=$(mktemp -d /tmp/canopy-traffic-XXXX)
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  nft delete table inet "$table" 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+nft add table inet "$table"
+nft add chain inet "$table" out "{ type filter hook output priority 0; policy accept; }"
+nft add rule inet "$table" out tcp dport "$port" counter comment '"to"'
+nft add rule inet "$table" out tcp sport "$port" counter comment '"from"'
+nft add rule inet "$table" out tcp dport "$port" 'tcp flags & (syn|ack) == syn' counter comment '"syn"'
+(cd "$dir" && exec "$bin" up --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/up.log" 2>&1) &
+pid=$!
+sleep 40
+kill -0 "$pid" 2>/dev/null || die "canopy up exited: $(tail -n 5 "$dir/up.log")"
+nft reset counters table inet "$table" >/dev/null
+sleep "$secs"
+rules=$(nft list table inet "$table")
+count() { grep "comment \"$1\"" <<<"$rules" | sed -E "s/.*$2 ([0-9]+).*/\1/"; }
+to=$(count to bytes)
+from=$(count from bytes)
+syn=$(count syn packets)
+echo "idle edge over ${secs} s: ${syn} new connections, ${to} bytes to the server, ${from} bytes from it: $(((to + from) * 86400 / secs / 1024)) KiB per day"
