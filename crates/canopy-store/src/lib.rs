@@ -112,7 +112,8 @@ pub use audit::{
     AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditRecord, NewAuditRecord,
 };
 pub use fleet::{
-    DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, FleetSnapshot, WorkloadControlRow,
+    DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, FleetSnapshot, SEEN_CHUNK,
+    WorkloadControlRow,
 };
 pub use sealing::ResealReport;
 pub use sql::{CatalogTx, Store};

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use canopy_core::names::ProjectName;
 use canopy_store::testing::fresh_stores;
-use canopy_store::{DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, Project, Store};
+use canopy_store::{
+    DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, Project, SEEN_CHUNK, Store,
+};
 use time::{Duration, OffsetDateTime};
 
 async fn project(store: &Store, name: &str) -> Project {
@@ -168,4 +170,73 @@ async fn fleet_rows_round_trip_on_every_backend() {
         assert!(snap.deployments.is_empty());
         store.close().await;
     }
+}
+
+/// A big liveness batch on SQLite lets other writes in between its chunks: an operator's label
+/// change queued behind it waits for one chunk, not for the whole batch (at 10,000 edges the
+/// whole batch took 10-15 s in a debug build). The order is deterministic: on this
+/// single-threaded runtime each spawned task runs until it waits for the writer lock, and the
+/// lock's queue is first come, first served.
+#[tokio::test]
+async fn a_big_liveness_batch_lets_other_writes_in_between() {
+    let (store, _dir) = canopy_store::testing::fresh_sqlite().await;
+    let p = project(&store, "alpha").await;
+    let n = 5 * SEEN_CHUNK;
+    let mut tx = store.write(p.id).await.unwrap();
+    for i in 0..n {
+        tx.insert_edge(&edge(
+            &p,
+            &format!("e{i}"),
+            &format!("n{i}"),
+            &format!("c{i}"),
+        ))
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let batch: Vec<EdgeSeen> = (0..n)
+        .map(|i| EdgeSeen {
+            edge_id: format!("e{i}"),
+            last_seen: now(),
+            agent: None,
+            last_status: Some(format!("{{\"seq\":{i}}}")),
+        })
+        .collect();
+
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Hold the writer lock so the flush and then the label change queue up, in that order.
+    let holder = store.write(p.id).await.unwrap();
+    let flush = tokio::spawn({
+        let (store, done) = (store.clone(), done.clone());
+        async move {
+            store.record_edges_seen(&batch).await.unwrap();
+            done.lock().unwrap().push("flush");
+        }
+    });
+    tokio::task::yield_now().await;
+    let label = tokio::spawn({
+        let (store, done) = (store.clone(), done.clone());
+        async move {
+            let mut tx = store.write(p.id).await.unwrap();
+            let labels = BTreeMap::from([("site".to_string(), "lyon".to_string())]);
+            assert!(tx.set_edge_labels("e0", &labels).await.unwrap());
+            tx.commit().await.unwrap();
+            done.lock().unwrap().push("label");
+        }
+    });
+    tokio::task::yield_now().await;
+    drop(holder);
+    flush.await.unwrap();
+    label.await.unwrap();
+    assert_eq!(*done.lock().unwrap(), ["label", "flush"]);
+
+    let snap = store.load_fleet().await.unwrap();
+    let seen = snap
+        .edges
+        .iter()
+        .filter(|e| e.last_status.is_some())
+        .count();
+    assert_eq!(seen, n, "every edge of the batch is written");
+    let e0 = snap.edges.iter().find(|e| e.id == "e0").unwrap();
+    assert_eq!(e0.labels["site"], "lyon");
 }
