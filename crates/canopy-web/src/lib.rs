@@ -66,6 +66,30 @@ pub fn router() -> Router<App> {
         )
         .route("/ui/projects/{project}/edges", get(pages::edges::list))
         .route("/ui/projects/{project}/edges/{id}", get(pages::edges::show))
+        .route(
+            "/ui/projects/{project}/packages",
+            get(pages::catalog::packages),
+        )
+        .route(
+            "/ui/projects/{project}/packages/{name}/{version}",
+            get(pages::catalog::package),
+        )
+        .route(
+            "/ui/projects/{project}/applications",
+            get(pages::catalog::applications),
+        )
+        .route(
+            "/ui/projects/{project}/applications/{name}/{version}",
+            get(pages::catalog::application),
+        )
+        .route(
+            "/ui/projects/{project}/registries",
+            get(pages::catalog::registries),
+        )
+        .route(
+            "/ui/projects/{project}/registries/{name}",
+            get(pages::catalog::registry),
+        )
         .route("/ui/static/{file}", get(assets::serve))
         .layer(DefaultBodyLimit::max(MAX_FORM_BODY))
         .layer(axum::middleware::from_fn(security::headers))

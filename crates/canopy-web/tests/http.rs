@@ -558,3 +558,136 @@ async fn console_pages_count_against_the_sessions_rate_limit() {
         "the console is rate-limited per session: {statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn catalog_pages_show_packages_applications_and_registries() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    user(&cp, "support", &["default_ao-r", "default_cat-r"]).await;
+    let (s, b) = cp
+        .post(
+            &cp.at(&format!("/v3/projects/{P}/catalog/registries")),
+            &serde_json::json!({
+                "name": "private-images", "displayName": "Private images", "type": "IMAGE",
+                "rootUrl": "https://images.example.com",
+                "username": "robot-user-name", "authToken": "registry-token-s3cr3t",
+                "cacerts": "-----BEGIN CERTIFICATE-----registry-ca"
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let id = deployment(&cp, "shop web", "shop").await;
+    let s = sign_in(&cp, "support").await;
+
+    // Packages: the list links to the version, which names its apps, profiles, namespaces.
+    let (status, _, page) = s.get(&cp, "/ui/projects/default/packages").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Web demo"), "{page}");
+    assert!(
+        page.contains("href=\"/ui/projects/default/packages/web-demo/1.0.0\""),
+        "{page}"
+    );
+    let (status, _, page) = s
+        .get(&cp, "/ui/projects/default/packages/web-demo/1.0.0")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for want in [
+        "href=\"/ui/projects/default/applications/web/1.0.0\"",
+        "href=\"/ui/projects/default/applications/status/1.0.0\"",
+        "web-demo",        // the default namespace of both apps
+        "status: default", // the default deployment profile's mapping
+        "KIND_NORMAL",
+    ] {
+        assert!(page.contains(want), "package page lacks {want}: {page}");
+    }
+    // The deployment page links to its package.
+    let (_, _, page) = s
+        .get(&cp, &format!("/ui/projects/default/deployments/{id}"))
+        .await;
+    assert!(
+        page.contains("href=\"/ui/projects/default/packages/web-demo/1.0.0\""),
+        "{page}"
+    );
+
+    // Applications: profiles and their parameter templates.
+    let (status, _, page) = s.get(&cp, "/ui/projects/default/applications").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(">web<") && page.contains(">status<"),
+        "{page}"
+    );
+    let (status, _, page) = s
+        .get(&cp, "/ui/projects/default/applications/web/1.0.0")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for want in [
+        "Host port",
+        "18080",
+        "greeting",
+        "number",
+        "native template",
+    ] {
+        assert!(page.contains(want), "application page lacks {want}: {page}");
+    }
+    // Unknown versions are the API's 404, with its message.
+    let (status, _, page) = s
+        .get(&cp, "/ui/projects/default/applications/web/9.9.9")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("application web:9.9.9 not found"), "{page}");
+
+    // Registries: never their credentials, on the list or the page.
+    let (status, _, list) = s.get(&cp, "/ui/projects/default/registries").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let (status, _, one) = s
+        .get(&cp, "/ui/projects/default/registries/private-images")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    for page in [&list, &one] {
+        assert!(page.contains("https://images.example.com"), "{page}");
+        for secret in ["robot-user-name", "registry-token-s3cr3t", "registry-ca"] {
+            assert!(!page.contains(secret), "{secret} shown: {page}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn catalog_lists_filter_and_page_as_the_api() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "support", &["default_ao-r", "default_cat-r"]).await;
+    // One more than a page.
+    for i in 0..51 {
+        let (s, b) = cp
+            .post(
+                &cp.at(&format!("/v3/projects/{P}/catalog/registries")),
+                &serde_json::json!({
+                    "name": format!("reg-{i:02}"), "type": "HELM",
+                    "rootUrl": format!("https://charts{i}.example.com")
+                }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let s = sign_in(&cp, "support").await;
+    let rows = |page: &str| {
+        page.matches("href=\"/ui/projects/default/registries/reg-")
+            .count()
+    };
+    let (_, _, first) = s.get(&cp, "/ui/projects/default/registries").await;
+    assert_eq!(rows(&first), 50, "{first}");
+    assert!(first.contains("51 registries."), "{first}");
+    assert!(first.contains("rel=\"next\""), "{first}");
+    let (_, _, second) = s.get(&cp, "/ui/projects/default/registries?page=1").await;
+    assert_eq!(rows(&second), 1, "{second}");
+    assert!(!second.contains("rel=\"next\"") && second.contains("rel=\"prev\""));
+    let (_, _, filtered) = s
+        .get(&cp, "/ui/projects/default/registries?name=reg-4")
+        .await;
+    // reg-40 .. reg-49
+    assert_eq!(rows(&filtered), 10, "{filtered}");
+    assert!(filtered.contains("10 registries match."), "{filtered}");
+    let (_, _, none) = s
+        .get(&cp, "/ui/projects/default/packages?name=nothing")
+        .await;
+    assert!(none.contains("No packages match this filter."), "{none}");
+}
