@@ -40,6 +40,7 @@ pub use session::{CSRF_FIELD, LOGIN_CSRF_COOKIE, csrf_token};
 pub const LOGIN_PATH: &str = "/ui/login";
 
 /// Largest form body the console accepts (sign-in, confirmations): forms are a few fields.
+/// (The upload form takes the API's upload limit instead.)
 pub const MAX_FORM_BODY: usize = 16 * 1024;
 
 /// The console's routes, to be mounted by `canopy_server::Server::with_console`.
@@ -69,6 +70,13 @@ pub fn router() -> Router<App> {
         .route(
             "/ui/projects/{project}/packages",
             get(pages::catalog::packages),
+        )
+        .route(
+            "/ui/projects/{project}/packages/upload",
+            get(pages::upload::show).post(pages::upload::submit).layer(
+                // The API's upload body limit (the files are spooled to disk as they arrive).
+                DefaultBodyLimit::max(canopy_server::http::MAX_UPLOAD_BODY),
+            ),
         )
         .route(
             "/ui/projects/{project}/packages/{name}/{version}",

@@ -691,3 +691,128 @@ async fn catalog_lists_filter_and_page_as_the_api() {
         .await;
     assert!(none.contains("No packages match this filter."), "{none}");
 }
+
+/// Whether package web-demo 1.0.0 exists, asked through the REST API.
+async fn web_demo_exists(cp: &TestControlPlane) -> bool {
+    let (s, b) = cp
+        .get(&cp.at(&format!(
+            "/v3/projects/{P}/catalog/deployment_packages/web-demo/versions/1.0.0"
+        )))
+        .await;
+    match s {
+        StatusCode::OK => true,
+        StatusCode::NOT_FOUND => false,
+        other => panic!("GET package: {other} {b}"),
+    }
+}
+
+#[tokio::test]
+async fn upload_form_applies_files_through_the_apps_upload() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "dev", &["default_cat-rw"]).await;
+    let s = sign_in(&cp, "dev").await;
+    let (status, _, list) = s.get(&cp, "/ui/projects/default/packages").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(list.contains("id=\"upload-link\""), "{list}");
+    let (status, _, form) = s.get(&cp, "/ui/projects/default/packages/upload").await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+    assert!(form.contains("enctype=\"multipart/form-data\""), "{form}");
+    let csrf = hidden(&form, "csrf").expect("the form carries the CSRF token");
+    // The CSRF part comes before the file input.
+    assert!(form.find("name=\"csrf\"") < form.find("name=\"files\""));
+
+    // A bad file: the server's error in place, naming the file and the field; nothing stored.
+    let mut files = canopy_testkit::read_dir_files(&canopy_testkit::example("web-demo"));
+    let good = files.clone();
+    let web = files
+        .iter_mut()
+        .find(|(n, _)| n == "web.yaml")
+        .expect("web.yaml");
+    web.1 = String::from_utf8(web.1.clone())
+        .unwrap()
+        .replace("version: 1.0.0", "version: [1, 2]")
+        .into_bytes();
+    let (status, _, page) = s.upload(&cp, Some(&csrf), files).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    let error = page
+        .split("id=\"upload-error\"")
+        .nth(1)
+        .expect("the error is shown in place");
+    let error = &error[..error.find("</p>").unwrap()];
+    assert!(
+        error.contains("web.yaml") && error.contains("version"),
+        "{error}"
+    );
+    assert!(
+        page.contains("id=\"upload-form\""),
+        "the form is shown again"
+    );
+    assert!(!web_demo_exists(&cp).await);
+
+    // The package's files: what was created, linked.
+    let (status, _, page) = s.upload(&cp, Some(&csrf), good).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("id=\"upload-done\""), "{page}");
+    assert!(
+        page.contains("href=\"/ui/projects/default/packages/web-demo/1.0.0\""),
+        "{page}"
+    );
+    assert!(page.contains("created"), "{page}");
+    assert!(web_demo_exists(&cp).await);
+}
+
+#[tokio::test]
+async fn forged_uploads_are_refused_and_store_nothing() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "support", &["default_ao-r", "default_cat-r"]).await;
+    user(&cp, "dev", &["default_cat-rw"]).await;
+    let files = canopy_testkit::read_dir_files(&canopy_testkit::example("web-demo"));
+
+    // A read-only user sees no upload control, and the form page says why.
+    let ro = sign_in(&cp, "support").await;
+    let (_, _, list) = ro.get(&cp, "/ui/projects/default/packages").await;
+    assert!(!list.contains("upload-link"), "{list}");
+    let (status, _, _) = ro.get(&cp, "/ui/projects/default/packages/upload").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Their forged post with a valid CSRF token is refused by the app layer.
+    let csrf = ro.csrf(&cp).await;
+    let (status, _, page) = ro.upload(&cp, Some(&csrf), files.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("catalog write access"), "{page}");
+    assert!(!web_demo_exists(&cp).await);
+
+    // A writer's post without the token, with another session's, or from another site.
+    let dev = sign_in(&cp, "dev").await;
+    let (status, _, _) = dev.upload(&cp, None, files.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = dev.upload(&cp, Some(&csrf), files.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, _, form_page) = dev.get(&cp, "/ui/projects/default/packages/upload").await;
+    let own = hidden(&form_page, "csrf").unwrap();
+    let mut form = reqwest::multipart::Form::new().text("csrf", own.clone());
+    for (name, content) in files {
+        form = form.part(
+            "files",
+            reqwest::multipart::Part::bytes(content).file_name(name),
+        );
+    }
+    let r = client()
+        .post(cp.at("/ui/projects/default/packages/upload"))
+        .header("cookie", dev.cookie())
+        .header("origin", "https://evil.example")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!web_demo_exists(&cp).await);
+    // No files at all: the API's message, in place.
+    let (status, _, page) = dev
+        .upload(&cp, Some(&own), vec![("".into(), b"x".to_vec())])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("every uploaded file needs a file name"),
+        "{page}"
+    );
+}

@@ -9,6 +9,7 @@
 use axum::extract::{Path, Query, State};
 use canopy_core::catalog::{Application, DeploymentPackage, Registry};
 use canopy_server::App;
+use canopy_server::app::Access;
 use maud::{Markup, html};
 use time::OffsetDateTime;
 
@@ -82,6 +83,7 @@ pub async fn packages(
     let ctx = session.ctx(&app, &project).await?;
     let raw = params.list_query(&["name", "displayName"]);
     let (items, matched) = app.list_packages(&ctx, Some(&raw)).await?;
+    let may_write = ctx.principal.may(&ctx.project, Access::CatalogWrite);
     let frame = Frame::load(&app, &session, &project, Section::Packages).await?;
     let now = OffsetDateTime::now_utc();
     let table = html! {
@@ -106,7 +108,12 @@ pub async fn packages(
     let base = project_path(&project, "packages");
     Ok(frame.page(
         "Packages",
-        list_body("Packages", &base, &params, matched, items.len(), table),
+        html! {
+            @if may_write {
+                div.actions { a.button #upload-link href=(super::upload::upload_path(&project)) { "Upload…" } }
+            }
+            (list_body("Packages", &base, &params, matched, items.len(), table))
+        },
     ))
 }
 

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod deployments;
 pub mod edges;
 pub mod login;
+pub mod upload;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;

@@ -159,6 +159,37 @@ impl Signed {
     }
 }
 
+impl Signed {
+    /// POSTs the upload form of project `P` with this session: the CSRF part first (as the
+    /// form sends it; `None` leaves it out), then `files`. Status, headers, body.
+    pub async fn upload(
+        &self,
+        cp: &TestControlPlane,
+        csrf: Option<&str>,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut form = reqwest::multipart::Form::new();
+        if let Some(csrf) = csrf {
+            form = form.text("csrf", csrf.to_string());
+        }
+        for (name, content) in files {
+            form = form.part(
+                "files",
+                reqwest::multipart::Part::bytes(content).file_name(name),
+            );
+        }
+        let r = client()
+            .post(cp.at(&format!("/ui/projects/{P}/packages/upload")))
+            .header("cookie", self.cookie())
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let (s, h) = (r.status(), r.headers().clone());
+        (s, h, r.text().await.unwrap())
+    }
+}
+
 /// The sign-in form's answer to `user` and `password`: status, headers, body.
 pub async fn try_sign_in(
     cp: &TestControlPlane,
