@@ -83,6 +83,10 @@ pub fn router() -> Router<App> {
             get(pages::catalog::package),
         )
         .route(
+            "/ui/projects/{project}/packages/{name}/{version}/deploy",
+            get(pages::deploy::show).post(pages::deploy::submit),
+        )
+        .route(
             "/ui/projects/{project}/applications",
             get(pages::catalog::applications),
         )

@@ -816,3 +816,219 @@ async fn forged_uploads_are_refused_and_store_nothing() {
         "{page}"
     );
 }
+
+/// The web-demo package with two secret parameters on its `web` app: `token` (mandatory) and
+/// `pin` (a number).
+fn web_demo_with_secrets() -> Vec<(String, Vec<u8>)> {
+    let mut files = canopy_testkit::read_dir_files(&canopy_testkit::example("web-demo"));
+    let web = files.iter_mut().find(|(n, _)| n == "web.yaml").unwrap();
+    let text = String::from_utf8(web.1.clone()).unwrap();
+    let greeting = "      - {name: greeting, displayName: Greeting, type: string}\n";
+    assert!(text.contains(greeting), "{text}");
+    web.1 = text
+        .replace(
+            greeting,
+            &format!(
+                "{greeting}      - {{name: token, displayName: API token, type: string, secret: true, mandatory: true}}\n      - {{name: pin, type: number, secret: true}}\n"
+            ),
+        )
+        .into_bytes();
+    files
+}
+
+const SECRET: &str = "s3cr3t-t0ken-value";
+const SECRET_PIN: &str = "n0t-a-number-s3cr3t";
+
+/// The deployments of project `P`, as the API lists them.
+async fn deployment_count(cp: &TestControlPlane) -> u64 {
+    let (s, b) = cp
+        .get(&cp.at(&format!("/v1/projects/{P}/appdeployment/deployments")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["totalElements"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn deploy_wizard_creates_a_deployment_and_never_shows_a_secret() {
+    let cp = TestControlPlane::start().await;
+    let (s, b) = cp.upload(P, web_demo_with_secrets()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let _shop = running_edge(&cp, "shop-1", "shop").await;
+    let _lab = running_edge(&cp, "lab-1", "lab").await;
+    user(&cp, "ops", &["default_ao-rw", "default_cat-r"]).await;
+    let s = sign_in(&cp, "ops").await;
+    let path = "/ui/projects/default/packages/web-demo/1.0.0/deploy";
+    let mut seen = Vec::new();
+
+    let (_, _, pkg) = s
+        .get(&cp, "/ui/projects/default/packages/web-demo/1.0.0")
+        .await;
+    assert!(pkg.contains(&format!("href=\"{path}\"")), "{pkg}");
+    let (status, _, form) = s.get(&cp, path).await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+    let csrf = hidden(&form, "csrf").unwrap();
+    // The form from the templates: defaults filled in; secrets asked for on the review only.
+    assert!(
+        form.contains("name=\"param:web:port\" value=\"18080\""),
+        "{form}"
+    );
+    assert!(form.contains("name=\"param:web:greeting\""), "{form}");
+    assert!(
+        form.contains("name=\"param:status:port\" value=\"18081\""),
+        "{form}"
+    );
+    assert!(!form.contains("name=\"param:web:token\""), "{form}");
+    assert!(form.contains("lab-1") && form.contains("shop-1"), "{form}");
+
+    let base = [
+        ("csrf", csrf.as_str()),
+        ("profile", "default"),
+        ("display_name", "shop web"),
+        ("target", "labels"),
+        ("labels", "site=shop"),
+        ("param:web:port", "18080"),
+        ("param:web:greeting", "hi"),
+        ("param:status:port", "18081"),
+    ];
+    // Review: the edges the labels match now, counted and named; the secret inputs.
+    let review: Vec<(&str, &str)> = base.iter().copied().chain([("action", "review")]).collect();
+    let (status, _, page) = s.post(&cp, path, &review, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("<strong id=\"match-count\">1</strong>: shop-1"),
+        "{page}"
+    );
+    assert!(!page.contains("lab-1"), "{page}");
+    assert!(
+        page.contains("id=\"param:web:token\" type=\"password\" name=\"param:web:token\""),
+        "{page}"
+    );
+
+    // A wrong type, with secrets: the error against the field, no secret anywhere.
+    let mut bad: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "param:web:port")
+        .collect();
+    bad.extend([
+        ("param:web:port", "eighty"),
+        ("param:web:token", SECRET),
+        ("param:web:pin", "7"),
+        ("action", "create"),
+    ]);
+    let (status, h, page) = s.post(&cp, path, &bad, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("id=\"deploy-error\""), "{page}");
+    assert!(page.contains("values.port"), "{page}");
+    assert!(page.contains("class=\"error field-error\""), "{page}");
+    seen.push(format!("{h:?}{page}"));
+    // A secret of the wrong type: named, its value not shown.
+    let mut bad_pin: Vec<(&str, &str)> = base.to_vec();
+    bad_pin.extend([
+        ("param:web:token", SECRET),
+        ("param:web:pin", SECRET_PIN),
+        ("action", "create"),
+    ]);
+    let (status, h, page) = s.post(&cp, path, &bad_pin, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("values.pin"), "{page}");
+    seen.push(format!("{h:?}{page}"));
+    // The mandatory secret missing.
+    let missing: Vec<(&str, &str)> = base.iter().copied().chain([("action", "create")]).collect();
+    let (status, h, page) = s.post(&cp, path, &missing, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("mandatory") && page.contains("values.token"),
+        "{page}"
+    );
+    seen.push(format!("{h:?}{page}"));
+    assert_eq!(deployment_count(&cp).await, 0, "nothing was created");
+
+    // Create: to the new deployment's page.
+    let mut good: Vec<(&str, &str)> = base.to_vec();
+    good.extend([("param:web:token", SECRET), ("action", "create")]);
+    let (status, h, page) = s.post(&cp, path, &good, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    let location = h[LOCATION].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with("/ui/projects/default/deployments/"),
+        "{location}"
+    );
+    seen.push(format!("{h:?}{page}"));
+    let (status, _, page) = s.get(&cp, &location).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("shop web"), "{page}");
+    seen.push(page);
+    let (_, _, list) = s.get(&cp, "/ui/projects/default/deployments").await;
+    assert!(list.contains("shop web"), "{list}");
+    seen.push(list);
+    assert_eq!(deployment_count(&cp).await, 1);
+    // The API has the values with the secret masked.
+    let id = location.rsplit('/').next().unwrap();
+    let (_, d) = cp
+        .get(&cp.at(&format!("/v1/projects/{P}/appdeployment/deployments/{id}")))
+        .await;
+    let d = d["deployment"].to_string();
+    assert!(
+        d.contains("\"greeting\":\"hi\"") && !d.contains(SECRET),
+        "{d}"
+    );
+
+    for text in &seen {
+        assert!(!text.contains(SECRET), "the secret is shown: {text}");
+        assert!(!text.contains(SECRET_PIN), "the secret is shown: {text}");
+    }
+}
+
+#[tokio::test]
+async fn read_only_users_cannot_deploy_even_with_a_forged_post() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    let _shop = running_edge(&cp, "shop-1", "shop").await;
+    user(&cp, "support", &["default_ao-r", "default_cat-r"]).await;
+    let s = sign_in(&cp, "support").await;
+    let path = "/ui/projects/default/packages/web-demo/1.0.0/deploy";
+    let (_, _, pkg) = s
+        .get(&cp, "/ui/projects/default/packages/web-demo/1.0.0")
+        .await;
+    assert!(!pkg.contains("deploy-link"), "{pkg}");
+    let (status, _, _) = s.get(&cp, path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let csrf = s.csrf(&cp).await;
+    for action in ["review", "create"] {
+        let (status, _, page) = s
+            .post(
+                &cp,
+                path,
+                &[
+                    ("csrf", &csrf),
+                    ("target", "labels"),
+                    ("labels", "site=shop"),
+                    ("action", action),
+                ],
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{action}: {page}");
+        assert!(page.contains("deployment write access"), "{page}");
+    }
+    assert_eq!(deployment_count(&cp).await, 0);
+    // A writer's post without this session's token creates nothing either.
+    user(&cp, "ops", &["default_ao-rw", "default_cat-r"]).await;
+    let ops = sign_in(&cp, "ops").await;
+    let (status, _, _) = ops
+        .post(
+            &cp,
+            path,
+            &[
+                ("csrf", &csrf),
+                ("target", "labels"),
+                ("labels", "site=shop"),
+                ("action", "create"),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(deployment_count(&cp).await, 0);
+}

@@ -125,6 +125,7 @@ pub async fn package(
 ) -> Result<Markup, WebError> {
     let ctx = session.ctx(&app, &project).await?;
     let p: DeploymentPackage = app.get_package(&ctx, &name, &version).await?;
+    let may_deploy = ctx.principal.may(&ctx.project, Access::FleetWrite);
     let frame = Frame::load(&app, &session, &project, Section::Packages).await?;
     Ok(frame.page(
         shown(&p.display_name, &p.name),
@@ -139,6 +140,11 @@ pub async fn package(
                 dt { "Deployed" } dd { @if p.is_deployed { "yes (its content can no longer change)" } @else { "no" } }
                 dt { "Default profile" } dd { (p.default_profile_name) }
                 dt { "Created" } dd { (when(p.create_time)) }
+            }
+            @if may_deploy {
+                div.actions {
+                    a.button #deploy-link href=(super::deploy::deploy_path(&project, &p.name, &p.version)) { "Deploy…" }
+                }
             }
             h2 { "Applications" }
             table #package-apps {

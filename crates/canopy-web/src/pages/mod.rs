@@ -3,6 +3,7 @@
 //! signed-in user's identity, render.
 
 pub mod catalog;
+pub mod deploy;
 pub mod deployments;
 pub mod edges;
 pub mod login;
