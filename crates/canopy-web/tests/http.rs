@@ -817,26 +817,6 @@ async fn forged_uploads_are_refused_and_store_nothing() {
     );
 }
 
-/// The web-demo package with two secret parameters on its `web` app: `token` (mandatory) and
-/// `pin` (a number).
-fn web_demo_with_secrets() -> Vec<(String, Vec<u8>)> {
-    let mut files = canopy_testkit::read_dir_files(&canopy_testkit::example("web-demo"));
-    let web = files.iter_mut().find(|(n, _)| n == "web.yaml").unwrap();
-    let text = String::from_utf8(web.1.clone()).unwrap();
-    let greeting = "      - {name: greeting, displayName: Greeting, type: string}\n";
-    assert!(text.contains(greeting), "{text}");
-    web.1 = text
-        .replace(
-            greeting,
-            &format!(
-                "{greeting}      - {{name: token, displayName: API token, type: string, secret: true, mandatory: true}}\n      - {{name: pin, type: number, secret: true}}\n"
-            ),
-        )
-        .into_bytes();
-    files
-}
-
-const SECRET: &str = "s3cr3t-t0ken-value";
 const SECRET_PIN: &str = "n0t-a-number-s3cr3t";
 
 /// The deployments of project `P`, as the API lists them.

@@ -222,3 +222,25 @@ pub async fn sign_in(cp: &TestControlPlane, user: &str) -> Signed {
     let (token, set_cookie) = set_cookie(&h, "canopy_session").expect("a session cookie");
     Signed { token, set_cookie }
 }
+
+/// A secret parameter's value the tests type and look for.
+pub const SECRET: &str = "s3cr3t-t0ken-value";
+
+/// The web-demo package with two secret parameters on its `web` app: `token` (mandatory) and
+/// `pin` (a number).
+pub fn web_demo_with_secrets() -> Vec<(String, Vec<u8>)> {
+    let mut files = canopy_testkit::read_dir_files(&canopy_testkit::example("web-demo"));
+    let web = files.iter_mut().find(|(n, _)| n == "web.yaml").unwrap();
+    let text = String::from_utf8(web.1.clone()).unwrap();
+    let greeting = "      - {name: greeting, displayName: Greeting, type: string}\n";
+    assert!(text.contains(greeting), "{text}");
+    web.1 = text
+        .replace(
+            greeting,
+            &format!(
+                "{greeting}      - {{name: token, displayName: API token, type: string, secret: true, mandatory: true}}\n      - {{name: pin, type: number, secret: true}}\n"
+            ),
+        )
+        .into_bytes();
+    files
+}
