@@ -27,7 +27,7 @@ use canopy_core::list::{Entity, parse_query};
 use canopy_core::template::{parse_path, set_path};
 use canopy_deploy::model::{AUTO_SCALING, Deployment, OverrideValues, TARGETED, TargetClusters};
 use canopy_server::App;
-use canopy_server::app::{Access, AppError, Ctx};
+use canopy_server::app::{Access, AppError, AppParameters, Ctx};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -44,47 +44,6 @@ pub const EDGES_SHOWN: u32 = 100;
 /// The console path of the wizard for a package version.
 pub fn deploy_path(project: &str, name: &str, version: &str) -> String {
     format!("{}/deploy", package_path(project, name, version))
-}
-
-/// One application of the package with its profile's parameters.
-struct AppParams {
-    app: String,
-    profile: String,
-    templates: Vec<ParameterTemplate>,
-}
-
-/// The parameters of each application under deployment profile `profile` (the package's
-/// default when empty): the profile maps each application (`name:version` or `name`) to one of
-/// its profiles, else the application's default profile is used (as the renderer does).
-async fn parameter_sets(
-    app: &App,
-    ctx: &Ctx,
-    p: &DeploymentPackage,
-    profile: &str,
-) -> Result<Vec<AppParams>, AppError> {
-    let dp = p.profile(profile);
-    let mut out = Vec::new();
-    for r in &p.application_references {
-        let a = app.get_application(ctx, &r.name, &r.version).await?;
-        let chosen = dp
-            .and_then(|dp| {
-                dp.application_profiles
-                    .get(&format!("{}:{}", r.name, r.version))
-                    .or_else(|| dp.application_profiles.get(&r.name))
-            })
-            .cloned()
-            .unwrap_or_else(|| a.default_profile_name.clone());
-        let templates = a
-            .profile(&chosen)
-            .map(|pr| pr.parameter_templates.clone())
-            .unwrap_or_default();
-        out.push(AppParams {
-            app: r.name.clone(),
-            profile: chosen,
-            templates,
-        });
-    }
-    Ok(out)
 }
 
 /// The form field of parameter `name` of application `app`.
@@ -145,7 +104,7 @@ impl Draft {
     }
 
     /// The deployment request this draft describes.
-    fn request(&self, p: &DeploymentPackage, sets: &[AppParams]) -> Result<Deployment, String> {
+    fn request(&self, p: &DeploymentPackage, sets: &[AppParameters]) -> Result<Deployment, String> {
         let mut d = Deployment {
             app_name: p.name.clone(),
             app_version: p.version.clone(),
@@ -180,7 +139,7 @@ impl Draft {
             for t in &set.templates {
                 let v = self
                     .params
-                    .get(&field(&set.app, &t.name))
+                    .get(&field(&set.name, &t.name))
                     .map_or("", |v| v.trim());
                 if v.is_empty() {
                     continue;
@@ -192,7 +151,7 @@ impl Draft {
             }
             if any {
                 d.override_values.push(OverrideValues {
-                    app_name: set.app.clone(),
+                    app_name: set.name.clone(),
                     target_namespace: String::new(),
                     values: Some(values),
                 });
@@ -203,7 +162,7 @@ impl Draft {
 }
 
 /// The parameter a message is about (`values.<name>` in it, as the app layer names them).
-fn param_of<'a>(message: &str, set: &'a AppParams) -> Option<&'a ParameterTemplate> {
+fn param_of<'a>(message: &str, set: &'a AppParameters) -> Option<&'a ParameterTemplate> {
     set.templates.iter().find(|t| {
         let needle = format!("values.{}", t.name);
         message.match_indices(&needle).any(|(i, _)| {
@@ -211,8 +170,8 @@ fn param_of<'a>(message: &str, set: &'a AppParams) -> Option<&'a ParameterTempla
                 .chars()
                 .next()
                 .is_none_or(|c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '[')))
-        }) && (message.contains(&format!("application {}:", set.app))
-            || message.contains(&format!("application {} ", set.app))
+        }) && (message.contains(&format!("application {}:", set.name))
+            || message.contains(&format!("application {} ", set.name))
             || !message.contains("application "))
     })
 }
@@ -234,17 +193,12 @@ pub async fn show(
     let ctx = session.ctx(&app, &project).await?;
     // Say so now rather than after the form is filled in (the creation checks again).
     ctx.require(Access::FleetWrite)?;
-    let p = app.get_package(&ctx, &name, &version).await?;
     let draft = Draft {
-        profile: if q.profile.is_empty() {
-            p.default_profile_name.clone()
-        } else {
-            q.profile
-        },
+        profile: q.profile,
         target: "labels".into(),
         ..Draft::default()
     };
-    let page = Wizard::load(&app, &ctx, &session, &project, p, draft).await?;
+    let page = Wizard::load(&app, &ctx, &session, &project, (&name, &version), draft).await?;
     Ok(page.form(None))
 }
 
@@ -261,9 +215,8 @@ pub async fn submit(
     let draft = Draft::parse(&body);
     session.check_csrf(&draft.csrf)?;
     let ctx = session.ctx(&app, &project).await?;
-    let p = app.get_package(&ctx, &name, &version).await?;
     let action = draft.action.clone();
-    let w = Wizard::load(&app, &ctx, &session, &project, p, draft).await?;
+    let w = Wizard::load(&app, &ctx, &session, &project, (&name, &version), draft).await?;
     match action.as_str() {
         "create" => {
             let req = match w.draft.request(&w.package, &w.sets) {
@@ -305,7 +258,7 @@ struct Wizard {
     csrf: String,
     project: String,
     package: DeploymentPackage,
-    sets: Vec<AppParams>,
+    sets: Vec<AppParameters>,
     draft: Draft,
     /// Edges to choose from (the first [`EDGES_SHOWN`] by name).
     edges: Vec<(String, String)>,
@@ -317,13 +270,14 @@ impl Wizard {
         ctx: &Ctx,
         session: &Session,
         project: &str,
-        package: DeploymentPackage,
+        (name, version): (&str, &str),
         mut draft: Draft,
     ) -> Result<Wizard, WebError> {
-        if draft.profile.is_empty() {
-            draft.profile = package.default_profile_name.clone();
-        }
-        let sets = parameter_sets(app, ctx, &package, &draft.profile).await?;
+        let params = app
+            .deploy_parameters(ctx, name, version, &draft.profile)
+            .await?;
+        draft.profile = params.profile;
+        let (package, sets) = (params.package, params.apps);
         let q = parse_query(
             Entity::Edge,
             &format!("pageSize={EDGES_SHOWN}&orderBy=name"),
@@ -402,10 +356,10 @@ impl Wizard {
                     }
                     @for set in &self.sets {
                         fieldset.card.app-params {
-                            legend { "Application " (set.app) " (profile " (set.profile) ")" }
+                            legend { "Application " (set.name) " (profile " (set.profile) ")" }
                             @if set.templates.is_empty() { p.muted { "No parameters." } }
                             @for t in &set.templates {
-                                @let f = field(&set.app, &t.name);
+                                @let f = field(&set.name, &t.name);
                                 @if t.secret {
                                     p.muted { strong { (label_of(t)) } " is secret: it is asked for on the review step." }
                                 } @else {
@@ -484,10 +438,10 @@ impl Wizard {
                     }
                     @for set in &self.sets {
                         fieldset.card.app-params {
-                            legend { "Application " (set.app) " (profile " (set.profile) ")" }
+                            legend { "Application " (set.name) " (profile " (set.profile) ")" }
                             @if set.templates.is_empty() { p.muted { "No parameters." } }
                             @for t in &set.templates {
-                                @let f = field(&set.app, &t.name);
+                                @let f = field(&set.name, &t.name);
                                 @let bad = error.is_some_and(|e| param_of(e, set).is_some_and(|b| b.name == t.name));
                                 @if t.secret {
                                     // Asked for here, never filled in from what was sent.
