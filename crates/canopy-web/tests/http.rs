@@ -749,7 +749,16 @@ async fn upload_form_applies_files_through_the_apps_upload() {
     );
     assert!(!web_demo_exists(&cp).await);
 
-    // The package's files: what was created, linked.
+    // The package's files: what was created, linked. (Past the 16 KiB of the console's other
+    // forms: the upload takes the API's upload limit.)
+    let mut good = good;
+    let values = good
+        .iter_mut()
+        .find(|(n, _)| n == "web-values.yaml")
+        .expect("web-values.yaml");
+    values
+        .1
+        .extend(format!("# {}\n", "x".repeat(200 * 1024)).into_bytes());
     let (status, _, page) = s.upload(&cp, Some(&csrf), good).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(page.contains("id=\"upload-done\""), "{page}");
