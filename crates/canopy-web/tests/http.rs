@@ -963,6 +963,75 @@ async fn deploy_wizard_creates_a_deployment_and_never_shows_a_secret() {
         "{d}"
     );
 
+    // Labels are required when targeting by labels: said in place.
+    let no_labels: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "labels")
+        .chain([("action", "review")])
+        .collect();
+    let (status, _, page) = s.post(&cp, path, &no_labels, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("labels: give at least one key=value pair"),
+        "{page}"
+    );
+
+    // Chosen edges instead of labels: a targeted deployment on exactly those.
+    let lab_id = form
+        .split("class=\"edge\"")
+        .skip(1)
+        .find(|l| l.contains("lab-1</label>"))
+        .and_then(|l| hidden(l, "edge"))
+        .expect("lab-1's check box");
+    let mut chosen: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .filter(|(k, _)| !["target", "labels", "display_name"].contains(k))
+        .collect();
+    chosen.extend([
+        ("display_name", "lab web"),
+        ("target", "edges"),
+        ("edge", &lab_id),
+        ("param:web:token", SECRET),
+    ]);
+    let review: Vec<(&str, &str)> = chosen
+        .iter()
+        .copied()
+        .chain([("action", "review")])
+        .collect();
+    let (_, _, page) = s.post(&cp, path, &review, &[]).await;
+    assert!(
+        page.contains("<strong id=\"match-count\">1</strong>: lab-1"),
+        "{page}"
+    );
+    seen.push(page);
+    let create: Vec<(&str, &str)> = chosen
+        .iter()
+        .copied()
+        .chain([("action", "create")])
+        .collect();
+    let (status, h, page) = s.post(&cp, path, &create, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    seen.push(format!("{h:?}{page}"));
+    let id = h[LOCATION]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, d) = cp
+        .get(&cp.at(&format!("/v1/projects/{P}/appdeployment/deployments/{id}")))
+        .await;
+    assert_eq!(d["deployment"]["deploymentType"], "targeted", "{d}");
+    let targets = d["deployment"]["targetClusters"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "one per application: {d}");
+    assert!(
+        targets.iter().all(|t| t["clusterId"] == lab_id.as_str()),
+        "{d}"
+    );
+
     for text in &seen {
         assert!(!text.contains(SECRET), "the secret is shown: {text}");
         assert!(!text.contains(SECRET_PIN), "the secret is shown: {text}");
