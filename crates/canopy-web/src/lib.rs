@@ -16,8 +16,9 @@
 //! **No build step, no Node.js.** Pages are [`maud`] templates compiled with the crate (every
 //! value is escaped: what users typed is data, never markup); one hand-written style sheet
 //! (`assets/canopy.css`) is compiled in and served under a content-hashed name with a long cache
-//! lifetime; there is no script at all (the Content-Security-Policy forbids inline script, and
-//! nothing here needs any).
+//! lifetime. Every page works without script; the one script (`assets/upload.js`, drag and drop
+//! onto the upload form) is a progressive enhancement, a file served the same way (the
+//! Content-Security-Policy forbids inline script).
 //!
 //! Must not depend on: the agent, the client crate, the store directly (the app layer is the
 //! only way to data).
@@ -33,7 +34,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use canopy_server::App;
 
-pub use assets::stylesheet_path;
+pub use assets::{stylesheet_path, upload_script_path};
 pub use session::{CSRF_FIELD, LOGIN_CSRF_COOKIE, csrf_token};
 
 /// The sign-in page.

@@ -335,5 +335,28 @@ async fn upload_a_package_and_deploy_it_with_a_secret_in_chromium() {
         .unwrap();
     let rows = element(&c, "table#deployments").await.text().await.unwrap();
     assert!(rows.contains("browser web"), "{rows}");
+
+    // Drag and drop onto the upload form: the script is allowed by the CSP and runs (it marks
+    // the form), and files dropped on the form become the file input's files.
+    c.goto(&cp.at("/ui/projects/default/packages/upload"))
+        .await
+        .unwrap();
+    element(&c, "form#upload-form.droppable").await;
+    let dropped = c
+        .execute(
+            "const dt = new DataTransfer();
+             dt.items.add(new File(['name: x'], 'dropped.yaml'));
+             document.getElementById('upload-form').dispatchEvent(
+               new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+             const f = document.getElementById('files').files;
+             return [f.length, f[0].name, document.getElementById('dropped').textContent];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dropped,
+        json!([1, "dropped.yaml", "1 file(s): dropped.yaml"])
+    );
     c.close().await.unwrap();
 }

@@ -720,6 +720,32 @@ async fn upload_form_applies_files_through_the_apps_upload() {
     let csrf = hidden(&form, "csrf").expect("the form carries the CSRF token");
     // The CSRF part comes before the file input.
     assert!(form.find("name=\"csrf\"") < form.find("name=\"files\""));
+    // Drag and drop is a script from this server, not inline, under its content-hashed name.
+    let js = canopy_web::upload_script_path();
+    assert_eq!(
+        form.matches("<script").count(),
+        1,
+        "one script element: {form}"
+    );
+    assert!(
+        form.contains(&format!("<script src=\"{js}\" defer></script>")),
+        "{form}"
+    );
+    let r = client().get(cp.at(js)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        r.headers()[CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert!(r.text().await.unwrap().contains("dataTransfer"));
 
     // A bad file: the server's error in place, naming the file and the field; nothing stored.
     let mut files = canopy_testkit::read_dir_files(&canopy_testkit::example("web-demo"));

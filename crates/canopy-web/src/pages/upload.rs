@@ -52,9 +52,13 @@ fn form(project: &str, csrf: &str, error: Option<&str>) -> Markup {
                 input type="hidden" name=(CSRF_FIELD) value=(csrf);
                 label for="files" { "Files" }
                 input #files type="file" name="files" multiple required;
+                // Filled in by the drag-and-drop script (no text without it).
+                p.muted #dropped {}
                 div.actions { button #upload type="submit" { "Upload" } }
             }
         }
+        // Drag and drop: a progressive enhancement, a file from this server (no inline script).
+        script src=(crate::assets::upload_script_path()) defer {}
     }
 }
 
