@@ -324,7 +324,10 @@ impl Wizard {
                         button.secondary type="submit" { "Choose" }
                     }
                 } @else {
-                    p { "Deployment profile " strong { (d.profile) } }
+                    p {
+                        "Deployment profile "
+                        @if d.profile.is_empty() { "(none: each application's default profile)" } @else { strong { (d.profile) } }
+                    }
                 }
                 form #deploy-form method="post" action=(self.action()) {
                     input type="hidden" name=(CSRF_FIELD) value=(self.csrf);
