@@ -861,67 +861,6 @@ impl App {
         Ok(v)
     }
 
-    /// The parameters of a deployment of package `name:version` with deployment profile
-    /// `profile` (the package's default when empty), each application's profile selected as
-    /// the renderer selects it (`canopy_deploy::render::application_profile_name`). Catalog
-    /// read access; an unknown package or profile is NotFound, as the deployment's creation
-    /// would answer.
-    pub async fn deploy_parameters(
-        &self,
-        ctx: &Ctx,
-        name: &str,
-        version: &str,
-        profile: &str,
-    ) -> Result<DeployParameters, AppError> {
-        ctx.require(Access::CatalogRead)?;
-        let mut tx = self.store().read(ctx.project.id).await?;
-        let package = tx.get_package(name, version).await?.ok_or_else(|| {
-            AppError::NotFound(format!("deployment-package {name}:{version} not found"))
-        })?;
-        let profile = if profile.is_empty() {
-            package.default_profile_name.clone()
-        } else {
-            profile.to_string()
-        };
-        let dp = if profile.is_empty() {
-            None
-        } else {
-            Some(package.profile(&profile).ok_or_else(|| {
-                AppError::NotFound(format!(
-                    "deployment profile {profile} not found in deployment package {name}:{version}"
-                ))
-            })?)
-        };
-        let mut apps = Vec::with_capacity(package.application_references.len());
-        for r in &package.application_references {
-            let a = tx
-                .get_application(&r.name, &r.version)
-                .await?
-                .ok_or_else(|| {
-                    AppError::NotFound(format!(
-                        "application {}:{} of deployment package {name}:{version} not found",
-                        r.name, r.version
-                    ))
-                })?;
-            let chosen = canopy_deploy::render::application_profile_name(dp, &a);
-            let templates = a
-                .profile(&chosen)
-                .map(|p| p.parameter_templates.clone())
-                .unwrap_or_default();
-            apps.push(AppParameters {
-                name: r.name.clone(),
-                version: r.version.clone(),
-                profile: chosen,
-                templates,
-            });
-        }
-        Ok(DeployParameters {
-            package,
-            profile,
-            apps,
-        })
-    }
-
     pub async fn list_packages(
         &self,
         ctx: &Ctx,
