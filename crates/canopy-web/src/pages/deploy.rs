@@ -295,6 +295,24 @@ impl Wizard {
         })
     }
 
+    /// One fieldset per application, with `each(app, parameter, form field)` per parameter.
+    fn parameters(
+        &self,
+        each: impl Fn(&AppParameters, &ParameterTemplate, &str) -> Markup,
+    ) -> Markup {
+        html! {
+            @for set in &self.sets {
+                fieldset.card.app-params {
+                    legend { "Application " (set.name) " (profile " (set.profile) ")" }
+                    @if set.templates.is_empty() { p.muted { "No parameters." } }
+                    @for t in &set.templates {
+                        (each(set, t, &field(&set.name, &t.name)))
+                    }
+                }
+            }
+        }
+    }
+
     fn action(&self) -> String {
         deploy_path(&self.project, &self.package.name, &self.package.version)
     }
@@ -357,22 +375,15 @@ impl Wizard {
                             }
                         }
                     }
-                    @for set in &self.sets {
-                        fieldset.card.app-params {
-                            legend { "Application " (set.name) " (profile " (set.profile) ")" }
-                            @if set.templates.is_empty() { p.muted { "No parameters." } }
-                            @for t in &set.templates {
-                                @let f = field(&set.name, &t.name);
-                                @if t.secret {
-                                    p.muted { strong { (label_of(t)) } " is secret: it is asked for on the review step." }
-                                } @else {
-                                    @let value = d.params.get(&f).cloned().unwrap_or_else(|| t.default.clone());
-                                    label for=(f) { (label_of(t)) @if t.mandatory { " *" } " " span.muted { "(" (t.param_type) ")" } }
-                                    (input_for(t, &f, &value))
-                                }
-                            }
+                    (self.parameters(|_, t, f| html! {
+                        @if t.secret {
+                            p.muted { strong { (label_of(t)) } " is secret: it is asked for on the review step." }
+                        } @else {
+                            @let value = d.params.get(f).cloned().unwrap_or_else(|| t.default.clone());
+                            label for=(f) { (label_of(t)) @if t.mandatory { " *" } " " span.muted { "(" (t.param_type) ")" } }
+                            (input_for(t, f, &value))
                         }
-                    }
+                    }))
                     div.actions {
                         button #review type="submit" name="action" value="review" { "Review" }
                     }
@@ -439,28 +450,21 @@ impl Wizard {
                             @if matched > names.len() as u64 { ", …" }
                         }
                     }
-                    @for set in &self.sets {
-                        fieldset.card.app-params {
-                            legend { "Application " (set.name) " (profile " (set.profile) ")" }
-                            @if set.templates.is_empty() { p.muted { "No parameters." } }
-                            @for t in &set.templates {
-                                @let f = field(&set.name, &t.name);
-                                @let bad = error.is_some_and(|e| param_of(e, set).is_some_and(|b| b.name == t.name));
-                                @if t.secret {
-                                    // Asked for here, never filled in from what was sent.
-                                    label for=(f) { (label_of(t)) @if t.mandatory { " *" } " " span.muted { "(secret " (t.param_type) ")" } }
-                                    input id=(f) type="password" name=(f) autocomplete="off" required[t.mandatory] aria-invalid=[bad.then_some("true")];
-                                } @else {
-                                    @let value = d.params.get(&f).cloned().unwrap_or_default();
-                                    div {
-                                        (label_of(t)) ": " strong { (value) }
-                                        input type="hidden" name=(f) value=(value);
-                                    }
-                                }
-                                @if bad { p.error.field-error { (error.unwrap_or_default()) } }
+                    (self.parameters(|set, t, f| html! {
+                        @let bad = error.is_some_and(|e| param_of(e, set).is_some_and(|b| b.name == t.name));
+                        @if t.secret {
+                            // Asked for here, never filled in from what was sent.
+                            label for=(f) { (label_of(t)) @if t.mandatory { " *" } " " span.muted { "(secret " (t.param_type) ")" } }
+                            input id=(f) type="password" name=(f) autocomplete="off" required[t.mandatory] aria-invalid=[bad.then_some("true")];
+                        } @else {
+                            @let value = d.params.get(f).cloned().unwrap_or_default();
+                            div {
+                                (label_of(t)) ": " strong { (value) }
+                                input type="hidden" name=(f) value=(value);
                             }
                         }
-                    }
+                        @if bad { p.error.field-error { (error.unwrap_or_default()) } }
+                    }))
                     div.actions {
                         button #create type="submit" name="action" value="create" { "Create deployment" }
                         button.secondary #back type="submit" name="action" value="edit" formnovalidate { "Back" }
