@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use canopy_core::catalog::{Application, DeploymentPackage, Profile, Registry};
+use canopy_core::catalog::{Application, DeploymentPackage, DeploymentProfile, Profile, Registry};
 use canopy_core::policy::ProjectPolicy;
 use canopy_core::template::{self, RenderContext};
 use canopy_proto::{AppInstance, DeploymentInstance};
@@ -190,14 +190,7 @@ pub fn render_deployment(
 
     for app in &apps {
         let app_key = format!("{}:{}", app.name, app.version);
-        let app_profile_name = dp
-            .and_then(|dp| {
-                dp.application_profiles
-                    .get(&app_key)
-                    .or_else(|| dp.application_profiles.get(&app.name))
-            })
-            .cloned()
-            .unwrap_or_else(|| app.default_profile_name.clone());
+        let app_profile_name = application_profile_name(dp, app);
         let profile: Option<&Profile> = if app_profile_name.is_empty() {
             None
         } else {
@@ -365,6 +358,20 @@ pub fn render_deployment(
         warnings,
         manifests,
     })
+}
+
+/// The profile of `app` that deployment profile `dp` selects: its `applicationProfiles` entry
+/// for `name:version`, else for `name`, else the application's default profile (empty when it
+/// has none).
+pub fn application_profile_name(dp: Option<&DeploymentProfile>, app: &Application) -> String {
+    let app_key = format!("{}:{}", app.name, app.version);
+    dp.and_then(|dp| {
+        dp.application_profiles
+            .get(&app_key)
+            .or_else(|| dp.application_profiles.get(&app.name))
+    })
+    .cloned()
+    .unwrap_or_else(|| app.default_profile_name.clone())
 }
 
 /// Reports every mandatory parameter without a value at once (the reference's "application X

@@ -621,3 +621,56 @@ async fn more_rules_from_the_reference() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["totalElements"], 1);
 }
+
+/// The deploy form's data: each application's profile as the renderer selects it, with its
+/// parameter templates; unknown packages and profiles are NotFound.
+#[tokio::test]
+async fn deploy_parameters_follow_the_deployment_profile() {
+    use canopy_server::app::{AppError, Principal};
+    let cp = TestControlPlane::start().await;
+    let (s, b) = cp
+        .upload_dir("default", &canopy_testkit::example("web-demo"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let app = cp.app();
+    let ctx = app
+        .context(Principal::system(), "default", "test".into())
+        .await
+        .unwrap();
+    let p = app
+        .deploy_parameters(&ctx, "web-demo", "1.0.0", "")
+        .await
+        .unwrap();
+    assert_eq!(p.profile, "default", "the package's default");
+    let apps: Vec<(&str, &str, Vec<&str>)> = p
+        .apps
+        .iter()
+        .map(|a| {
+            (
+                a.name.as_str(),
+                a.profile.as_str(),
+                a.templates.iter().map(|t| t.name.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        apps,
+        vec![
+            ("web", "default", vec!["port", "greeting"]),
+            ("status", "default", vec!["port"])
+        ]
+    );
+    let e = app
+        .deploy_parameters(&ctx, "web-demo", "1.0.0", "nope")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, AppError::NotFound(m) if m.contains("deployment profile nope")),
+        "{e}"
+    );
+    let e = app
+        .deploy_parameters(&ctx, "web-demo", "9.9.9", "")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AppError::NotFound(_)), "{e}");
+}

@@ -1,6 +1,9 @@
-//! The console's one static file, its style sheet: compiled into the binary, served under a
-//! name that carries a hash of its content (`/ui/static/canopy.<hash>.css`), so it can be
-//! cached for a year and a new build's sheet is a new URL.
+//! The console's static files, compiled into the binary: its style sheet and one small script
+//! (drag and drop onto the upload form, a progressive enhancement: the form works without it).
+//! Each is served under a name that carries a hash of its content
+//! (`/ui/static/canopy.<hash>.css`, `/ui/static/upload.<hash>.js`), so it can be cached for a
+//! year and a new build's file is a new URL. Scripts are files from this server only (the
+//! CSP's `script-src 'self'`), never inline.
 
 use std::sync::LazyLock;
 
@@ -9,37 +12,73 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-/// The style sheet's content.
-const CSS: &str = include_str!("../assets/canopy.css");
+/// One static file: its hashed URL path, content type and content.
+struct Asset {
+    path: String,
+    content_type: &'static str,
+    content: &'static str,
+}
 
-static CSS_PATH: LazyLock<String> = LazyLock::new(|| {
-    let digest = Sha256::digest(CSS.as_bytes());
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("/ui/static/canopy.{hex}.css")
+impl Asset {
+    fn new(stem: &str, ext: &str, content_type: &'static str, content: &'static str) -> Asset {
+        let digest = Sha256::digest(content.as_bytes());
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Asset {
+            path: format!("/ui/static/{stem}.{hex}.{ext}"),
+            content_type,
+            content,
+        }
+    }
+}
+
+static CSS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "canopy",
+        "css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/canopy.css"),
+    )
+});
+
+static UPLOAD_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "upload",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/upload.js"),
+    )
 });
 
 /// The style sheet's current URL path.
 pub fn stylesheet_path() -> &'static str {
-    &CSS_PATH
+    &CSS.path
 }
 
-/// `GET /ui/static/{file}`: the style sheet under its current name, else 404.
+/// The upload form's drag-and-drop script's current URL path.
+pub fn upload_script_path() -> &'static str {
+    &UPLOAD_JS.path
+}
+
+/// `GET /ui/static/{file}`: a static file under its current name, else 404.
 pub async fn serve(Path(file): Path<String>) -> Response {
-    if CSS_PATH.rsplit('/').next() != Some(file.as_str()) {
+    let Some(asset) = [&*CSS, &*UPLOAD_JS]
+        .into_iter()
+        .find(|a| a.path.rsplit('/').next() == Some(file.as_str()))
+    else {
         return (StatusCode::NOT_FOUND, "no such file").into_response();
-    }
+    };
     (
         [
             (
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/css; charset=utf-8"),
+                HeaderValue::from_static(asset.content_type),
             ),
             (
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("public, max-age=31536000, immutable"),
             ),
         ],
-        CSS,
+        asset.content,
     )
         .into_response()
 }

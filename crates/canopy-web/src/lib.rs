@@ -16,8 +16,9 @@
 //! **No build step, no Node.js.** Pages are [`maud`] templates compiled with the crate (every
 //! value is escaped: what users typed is data, never markup); one hand-written style sheet
 //! (`assets/canopy.css`) is compiled in and served under a content-hashed name with a long cache
-//! lifetime; there is no script at all (the Content-Security-Policy forbids inline script, and
-//! nothing here needs any).
+//! lifetime. Every page works without script; the one script (`assets/upload.js`, drag and drop
+//! onto the upload form) is a progressive enhancement, a file served the same way (the
+//! Content-Security-Policy forbids inline script).
 //!
 //! Must not depend on: the agent, the client crate, the store directly (the app layer is the
 //! only way to data).
@@ -33,13 +34,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use canopy_server::App;
 
-pub use assets::stylesheet_path;
+pub use assets::{stylesheet_path, upload_script_path};
 pub use session::{CSRF_FIELD, LOGIN_CSRF_COOKIE, csrf_token};
 
 /// The sign-in page.
 pub const LOGIN_PATH: &str = "/ui/login";
 
 /// Largest form body the console accepts (sign-in, confirmations): forms are a few fields.
+/// (The upload form takes the API's upload limit instead.)
 pub const MAX_FORM_BODY: usize = 16 * 1024;
 
 /// The console's routes, to be mounted by `canopy_server::Server::with_console`.
@@ -66,6 +68,41 @@ pub fn router() -> Router<App> {
         )
         .route("/ui/projects/{project}/edges", get(pages::edges::list))
         .route("/ui/projects/{project}/edges/{id}", get(pages::edges::show))
+        .route(
+            "/ui/projects/{project}/packages",
+            get(pages::catalog::packages),
+        )
+        .route(
+            "/ui/projects/{project}/packages/upload",
+            get(pages::upload::show).post(pages::upload::submit).layer(
+                // The API's upload body limit (the files are spooled to disk as they arrive).
+                DefaultBodyLimit::max(canopy_server::http::MAX_UPLOAD_BODY),
+            ),
+        )
+        .route(
+            "/ui/projects/{project}/packages/{name}/{version}",
+            get(pages::catalog::package),
+        )
+        .route(
+            "/ui/projects/{project}/packages/{name}/{version}/deploy",
+            get(pages::deploy::show).post(pages::deploy::submit),
+        )
+        .route(
+            "/ui/projects/{project}/applications",
+            get(pages::catalog::applications),
+        )
+        .route(
+            "/ui/projects/{project}/applications/{name}/{version}",
+            get(pages::catalog::application),
+        )
+        .route(
+            "/ui/projects/{project}/registries",
+            get(pages::catalog::registries),
+        )
+        .route(
+            "/ui/projects/{project}/registries/{name}",
+            get(pages::catalog::registry),
+        )
         .route("/ui/static/{file}", get(assets::serve))
         .layer(DefaultBodyLimit::max(MAX_FORM_BODY))
         .layer(axum::middleware::from_fn(security::headers))

@@ -258,3 +258,105 @@ async fn sign_in_browse_and_delete_in_chromium() {
     assert!(deployment_exists(&cp, &depot).await);
     c.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn upload_a_package_and_deploy_it_with_a_secret_in_chromium() {
+    let Some((_driver, c)) = browser().await else {
+        return;
+    };
+    let cp = TestControlPlane::start().await;
+    let _edge = running_edge(&cp, "paris-1", "paris").await;
+    user(&cp, "alice", &["canopy-admin"]).await;
+    // The package's files on disk, as a user would pick them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for (name, content) in web_demo_with_secrets() {
+        let p = dir.path().join(&name);
+        std::fs::write(&p, content).unwrap();
+        paths.push(p.display().to_string());
+    }
+
+    sign_in_as(&c, &cp, "alice", PASSWORD).await;
+    element(&c, "#summary").await;
+    c.goto(&cp.at("/ui/projects/default/packages"))
+        .await
+        .unwrap();
+    element(&c, "#upload-link").await.click().await.unwrap();
+    // Several files at once into the `multiple` file input (WebDriver: one path per line).
+    element(&c, "#files")
+        .await
+        .send_keys(&paths.join("\n"))
+        .await
+        .unwrap();
+    element(&c, "#upload").await.click().await.unwrap();
+    let done = element(&c, "#upload-done").await.text().await.unwrap();
+    assert!(done.contains("web.yaml"), "{done}");
+    screenshot(&c, "upload").await;
+
+    // From what was created to the package, and its wizard.
+    c.find(Locator::LinkText("web-demo:1.0.0"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    element(&c, "#deploy-link").await.click().await.unwrap();
+    element(&c, "#display_name")
+        .await
+        .send_keys("browser web")
+        .await
+        .unwrap();
+    element(&c, "#labels")
+        .await
+        .send_keys("site=paris")
+        .await
+        .unwrap();
+    element(&c, "#review").await.click().await.unwrap();
+    let matching = element(&c, "#matching").await.text().await.unwrap();
+    assert!(matching.starts_with("1: paris-1"), "{matching}");
+    element(&c, "[name='param:web:token']")
+        .await
+        .send_keys(SECRET)
+        .await
+        .unwrap();
+    screenshot(&c, "deploy-review").await;
+    element(&c, "#create").await.click().await.unwrap();
+    let title = element(&c, "#deployment-title").await.text().await.unwrap();
+    assert_eq!(title, "browser web");
+    assert!(!c.source().await.unwrap().contains(SECRET));
+    assert!(!c.current_url().await.unwrap().as_str().contains(SECRET));
+
+    // In the deployments list.
+    c.find(Locator::LinkText("← Deployments"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let rows = element(&c, "table#deployments").await.text().await.unwrap();
+    assert!(rows.contains("browser web"), "{rows}");
+
+    // Drag and drop onto the upload form: the script is allowed by the CSP and runs (it marks
+    // the form), and files dropped on the form become the file input's files.
+    c.goto(&cp.at("/ui/projects/default/packages/upload"))
+        .await
+        .unwrap();
+    element(&c, "form#upload-form.droppable").await;
+    let dropped = c
+        .execute(
+            "const dt = new DataTransfer();
+             dt.items.add(new File(['name: x'], 'dropped.yaml'));
+             document.getElementById('upload-form').dispatchEvent(
+               new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+             const f = document.getElementById('files').files;
+             return [f.length, f[0].name, document.getElementById('dropped').textContent];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dropped,
+        json!([1, "dropped.yaml", "1 file(s): dropped.yaml"])
+    );
+    c.close().await.unwrap();
+}

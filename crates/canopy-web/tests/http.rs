@@ -558,3 +558,561 @@ async fn console_pages_count_against_the_sessions_rate_limit() {
         "the console is rate-limited per session: {statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn catalog_pages_show_packages_applications_and_registries() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    user(&cp, "support", &["default_ao-r", "default_cat-r"]).await;
+    let (s, b) = cp
+        .post(
+            &cp.at(&format!("/v3/projects/{P}/catalog/registries")),
+            &serde_json::json!({
+                "name": "private-images", "displayName": "Private images", "type": "IMAGE",
+                "rootUrl": "https://images.example.com",
+                "username": "robot-user-name", "authToken": "registry-token-s3cr3t",
+                "cacerts": "-----BEGIN CERTIFICATE-----registry-ca"
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let id = deployment(&cp, "shop web", "shop").await;
+    let s = sign_in(&cp, "support").await;
+
+    // Packages: the list links to the version, which names its apps, profiles, namespaces.
+    let (status, _, page) = s.get(&cp, "/ui/projects/default/packages").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Web demo"), "{page}");
+    assert!(
+        page.contains("href=\"/ui/projects/default/packages/web-demo/1.0.0\""),
+        "{page}"
+    );
+    let (status, _, page) = s
+        .get(&cp, "/ui/projects/default/packages/web-demo/1.0.0")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for want in [
+        "href=\"/ui/projects/default/applications/web/1.0.0\"",
+        "href=\"/ui/projects/default/applications/status/1.0.0\"",
+        "web-demo",        // the default namespace of both apps
+        "status: default", // the default deployment profile's mapping
+        "KIND_NORMAL",
+    ] {
+        assert!(page.contains(want), "package page lacks {want}: {page}");
+    }
+    // The deployment page links to its package.
+    let (_, _, page) = s
+        .get(&cp, &format!("/ui/projects/default/deployments/{id}"))
+        .await;
+    assert!(
+        page.contains("href=\"/ui/projects/default/packages/web-demo/1.0.0\""),
+        "{page}"
+    );
+
+    // Applications: profiles and their parameter templates.
+    let (status, _, page) = s.get(&cp, "/ui/projects/default/applications").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(">web<") && page.contains(">status<"),
+        "{page}"
+    );
+    let (status, _, page) = s
+        .get(&cp, "/ui/projects/default/applications/web/1.0.0")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for want in [
+        "Host port",
+        "18080",
+        "greeting",
+        "number",
+        "native template",
+    ] {
+        assert!(page.contains(want), "application page lacks {want}: {page}");
+    }
+    // Unknown versions are the API's 404, with its message.
+    let (status, _, page) = s
+        .get(&cp, "/ui/projects/default/applications/web/9.9.9")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("application web:9.9.9 not found"), "{page}");
+
+    // Registries: never their credentials, on the list or the page.
+    let (status, _, list) = s.get(&cp, "/ui/projects/default/registries").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let (status, _, one) = s
+        .get(&cp, "/ui/projects/default/registries/private-images")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    for page in [&list, &one] {
+        assert!(page.contains("https://images.example.com"), "{page}");
+        for secret in ["robot-user-name", "registry-token-s3cr3t", "registry-ca"] {
+            assert!(!page.contains(secret), "{secret} shown: {page}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn catalog_lists_filter_and_page_as_the_api() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "support", &["default_ao-r", "default_cat-r"]).await;
+    // One more than a page.
+    for i in 0..51 {
+        let (s, b) = cp
+            .post(
+                &cp.at(&format!("/v3/projects/{P}/catalog/registries")),
+                &serde_json::json!({
+                    "name": format!("reg-{i:02}"), "type": "HELM",
+                    "rootUrl": format!("https://charts{i}.example.com")
+                }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let s = sign_in(&cp, "support").await;
+    let rows = |page: &str| {
+        page.matches("href=\"/ui/projects/default/registries/reg-")
+            .count()
+    };
+    let (_, _, first) = s.get(&cp, "/ui/projects/default/registries").await;
+    assert_eq!(rows(&first), 50, "{first}");
+    assert!(first.contains("51 registries."), "{first}");
+    assert!(first.contains("rel=\"next\""), "{first}");
+    let (_, _, second) = s.get(&cp, "/ui/projects/default/registries?page=1").await;
+    assert_eq!(rows(&second), 1, "{second}");
+    assert!(!second.contains("rel=\"next\"") && second.contains("rel=\"prev\""));
+    let (_, _, filtered) = s
+        .get(&cp, "/ui/projects/default/registries?name=reg-4")
+        .await;
+    // reg-40 .. reg-49
+    assert_eq!(rows(&filtered), 10, "{filtered}");
+    assert!(filtered.contains("10 registries match."), "{filtered}");
+    let (_, _, none) = s
+        .get(&cp, "/ui/projects/default/packages?name=nothing")
+        .await;
+    assert!(none.contains("No packages match this filter."), "{none}");
+}
+
+/// Whether package web-demo 1.0.0 exists, asked through the REST API.
+async fn web_demo_exists(cp: &TestControlPlane) -> bool {
+    let (s, b) = cp
+        .get(&cp.at(&format!(
+            "/v3/projects/{P}/catalog/deployment_packages/web-demo/versions/1.0.0"
+        )))
+        .await;
+    match s {
+        StatusCode::OK => true,
+        StatusCode::NOT_FOUND => false,
+        other => panic!("GET package: {other} {b}"),
+    }
+}
+
+#[tokio::test]
+async fn upload_form_applies_files_through_the_apps_upload() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "dev", &["default_cat-rw"]).await;
+    let s = sign_in(&cp, "dev").await;
+    let (status, _, list) = s.get(&cp, "/ui/projects/default/packages").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(list.contains("id=\"upload-link\""), "{list}");
+    let (status, _, form) = s.get(&cp, "/ui/projects/default/packages/upload").await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+    assert!(form.contains("enctype=\"multipart/form-data\""), "{form}");
+    let csrf = hidden(&form, "csrf").expect("the form carries the CSRF token");
+    // The CSRF part comes before the file input.
+    assert!(form.find("name=\"csrf\"") < form.find("name=\"files\""));
+    // Drag and drop is a script from this server, not inline, under its content-hashed name.
+    let js = canopy_web::upload_script_path();
+    assert_eq!(
+        form.matches("<script").count(),
+        1,
+        "one script element: {form}"
+    );
+    assert!(
+        form.contains(&format!("<script src=\"{js}\" defer></script>")),
+        "{form}"
+    );
+    let r = client().get(cp.at(js)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        r.headers()[CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert!(r.text().await.unwrap().contains("dataTransfer"));
+
+    // A bad file: the server's error in place, naming the file and the field; nothing stored.
+    let mut files = canopy_testkit::read_dir_files(&canopy_testkit::example("web-demo"));
+    let good = files.clone();
+    let web = files
+        .iter_mut()
+        .find(|(n, _)| n == "web.yaml")
+        .expect("web.yaml");
+    web.1 = String::from_utf8(web.1.clone())
+        .unwrap()
+        .replace("version: 1.0.0", "version: [1, 2]")
+        .into_bytes();
+    let (status, _, page) = s.upload(&cp, Some(&csrf), files).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    let error = page
+        .split("id=\"upload-error\"")
+        .nth(1)
+        .expect("the error is shown in place");
+    let error = &error[..error.find("</p>").unwrap()];
+    assert!(
+        error.contains("web.yaml") && error.contains("version"),
+        "{error}"
+    );
+    assert!(
+        page.contains("id=\"upload-form\""),
+        "the form is shown again"
+    );
+    assert!(!web_demo_exists(&cp).await);
+
+    // The package's files: what was created, linked. (Past the 16 KiB of the console's other
+    // forms: the upload takes the API's upload limit.)
+    let mut good = good;
+    let values = good
+        .iter_mut()
+        .find(|(n, _)| n == "web-values.yaml")
+        .expect("web-values.yaml");
+    values
+        .1
+        .extend(format!("# {}\n", "x".repeat(200 * 1024)).into_bytes());
+    let (status, _, page) = s.upload(&cp, Some(&csrf), good).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("id=\"upload-done\""), "{page}");
+    assert!(
+        page.contains("href=\"/ui/projects/default/packages/web-demo/1.0.0\""),
+        "{page}"
+    );
+    assert!(page.contains("created"), "{page}");
+    assert!(web_demo_exists(&cp).await);
+}
+
+#[tokio::test]
+async fn forged_uploads_are_refused_and_store_nothing() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "support", &["default_ao-r", "default_cat-r"]).await;
+    user(&cp, "dev", &["default_cat-rw"]).await;
+    let files = canopy_testkit::read_dir_files(&canopy_testkit::example("web-demo"));
+
+    // A read-only user sees no upload control, and the form page says why.
+    let ro = sign_in(&cp, "support").await;
+    let (_, _, list) = ro.get(&cp, "/ui/projects/default/packages").await;
+    assert!(!list.contains("upload-link"), "{list}");
+    let (status, _, _) = ro.get(&cp, "/ui/projects/default/packages/upload").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Their forged post with a valid CSRF token is refused by the app layer.
+    let csrf = ro.csrf(&cp).await;
+    let (status, _, page) = ro.upload(&cp, Some(&csrf), files.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("catalog write access"), "{page}");
+    assert!(!web_demo_exists(&cp).await);
+
+    // A writer's post without the token, with another session's, or from another site.
+    let dev = sign_in(&cp, "dev").await;
+    let (status, _, _) = dev.upload(&cp, None, files.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = dev.upload(&cp, Some(&csrf), files.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, _, form_page) = dev.get(&cp, "/ui/projects/default/packages/upload").await;
+    let own = hidden(&form_page, "csrf").unwrap();
+    let mut form = reqwest::multipart::Form::new().text("csrf", own.clone());
+    for (name, content) in files {
+        form = form.part(
+            "files",
+            reqwest::multipart::Part::bytes(content).file_name(name),
+        );
+    }
+    let r = client()
+        .post(cp.at("/ui/projects/default/packages/upload"))
+        .header("cookie", dev.cookie())
+        .header("origin", "https://evil.example")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!web_demo_exists(&cp).await);
+    // No files at all: the API's message, in place.
+    let (status, _, page) = dev
+        .upload(&cp, Some(&own), vec![("".into(), b"x".to_vec())])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("every uploaded file needs a file name"),
+        "{page}"
+    );
+}
+
+const SECRET_PIN: &str = "n0t-a-number-s3cr3t";
+
+/// The deployments of project `P`, as the API lists them.
+async fn deployment_count(cp: &TestControlPlane) -> u64 {
+    let (s, b) = cp
+        .get(&cp.at(&format!("/v1/projects/{P}/appdeployment/deployments")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["totalElements"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn deploy_wizard_creates_a_deployment_and_never_shows_a_secret() {
+    let cp = TestControlPlane::start().await;
+    let (s, b) = cp.upload(P, web_demo_with_secrets()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let _shop = running_edge(&cp, "shop-1", "shop").await;
+    let _lab = running_edge(&cp, "lab-1", "lab").await;
+    user(&cp, "ops", &["default_ao-rw", "default_cat-r"]).await;
+    let s = sign_in(&cp, "ops").await;
+    let path = "/ui/projects/default/packages/web-demo/1.0.0/deploy";
+    let mut seen = Vec::new();
+
+    let (_, _, pkg) = s
+        .get(&cp, "/ui/projects/default/packages/web-demo/1.0.0")
+        .await;
+    assert!(pkg.contains(&format!("href=\"{path}\"")), "{pkg}");
+    let (status, _, form) = s.get(&cp, path).await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+    let csrf = hidden(&form, "csrf").unwrap();
+    // The form from the templates: defaults filled in; secrets asked for on the review only.
+    assert!(
+        form.contains("name=\"param:web:port\" value=\"18080\""),
+        "{form}"
+    );
+    assert!(form.contains("name=\"param:web:greeting\""), "{form}");
+    assert!(
+        form.contains("name=\"param:status:port\" value=\"18081\""),
+        "{form}"
+    );
+    assert!(!form.contains("name=\"param:web:token\""), "{form}");
+    assert!(form.contains("lab-1") && form.contains("shop-1"), "{form}");
+
+    let base = [
+        ("csrf", csrf.as_str()),
+        ("profile", "default"),
+        ("display_name", "shop web"),
+        ("target", "labels"),
+        ("labels", "site=shop"),
+        ("param:web:port", "18080"),
+        ("param:web:greeting", "hi"),
+        ("param:status:port", "18081"),
+    ];
+    // Review: the edges the labels match now, counted and named; the secret inputs.
+    let review: Vec<(&str, &str)> = base.iter().copied().chain([("action", "review")]).collect();
+    let (status, _, page) = s.post(&cp, path, &review, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("<strong id=\"match-count\">1</strong>: shop-1"),
+        "{page}"
+    );
+    assert!(!page.contains("lab-1"), "{page}");
+    assert!(
+        page.contains("id=\"param:web:token\" type=\"password\" name=\"param:web:token\""),
+        "{page}"
+    );
+
+    // A wrong type, with secrets: the error against the field, no secret anywhere.
+    let mut bad: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "param:web:port")
+        .collect();
+    bad.extend([
+        ("param:web:port", "eighty"),
+        ("param:web:token", SECRET),
+        ("param:web:pin", "7"),
+        ("action", "create"),
+    ]);
+    let (status, h, page) = s.post(&cp, path, &bad, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("id=\"deploy-error\""), "{page}");
+    assert!(page.contains("values.port"), "{page}");
+    assert!(page.contains("class=\"error field-error\""), "{page}");
+    seen.push(format!("{h:?}{page}"));
+    // A secret of the wrong type: named, its value not shown.
+    let mut bad_pin: Vec<(&str, &str)> = base.to_vec();
+    bad_pin.extend([
+        ("param:web:token", SECRET),
+        ("param:web:pin", SECRET_PIN),
+        ("action", "create"),
+    ]);
+    let (status, h, page) = s.post(&cp, path, &bad_pin, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("values.pin"), "{page}");
+    seen.push(format!("{h:?}{page}"));
+    // The mandatory secret missing.
+    let missing: Vec<(&str, &str)> = base.iter().copied().chain([("action", "create")]).collect();
+    let (status, h, page) = s.post(&cp, path, &missing, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("mandatory") && page.contains("values.token"),
+        "{page}"
+    );
+    seen.push(format!("{h:?}{page}"));
+    assert_eq!(deployment_count(&cp).await, 0, "nothing was created");
+
+    // Create: to the new deployment's page.
+    let mut good: Vec<(&str, &str)> = base.to_vec();
+    good.extend([("param:web:token", SECRET), ("action", "create")]);
+    let (status, h, page) = s.post(&cp, path, &good, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    let location = h[LOCATION].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with("/ui/projects/default/deployments/"),
+        "{location}"
+    );
+    seen.push(format!("{h:?}{page}"));
+    let (status, _, page) = s.get(&cp, &location).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("shop web"), "{page}");
+    seen.push(page);
+    let (_, _, list) = s.get(&cp, "/ui/projects/default/deployments").await;
+    assert!(list.contains("shop web"), "{list}");
+    seen.push(list);
+    assert_eq!(deployment_count(&cp).await, 1);
+    // The API has the values with the secret masked.
+    let id = location.rsplit('/').next().unwrap();
+    let (_, d) = cp
+        .get(&cp.at(&format!("/v1/projects/{P}/appdeployment/deployments/{id}")))
+        .await;
+    let d = d["deployment"].to_string();
+    assert!(
+        d.contains("\"greeting\":\"hi\"") && !d.contains(SECRET),
+        "{d}"
+    );
+
+    // Labels are required when targeting by labels: said in place.
+    let no_labels: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "labels")
+        .chain([("action", "review")])
+        .collect();
+    let (status, _, page) = s.post(&cp, path, &no_labels, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("labels: give at least one key=value pair"),
+        "{page}"
+    );
+
+    // Chosen edges instead of labels: a targeted deployment on exactly those.
+    let lab_id = form
+        .split("class=\"edge\"")
+        .skip(1)
+        .find(|l| l.contains("lab-1</label>"))
+        .and_then(|l| hidden(l, "edge"))
+        .expect("lab-1's check box");
+    let mut chosen: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .filter(|(k, _)| !["target", "labels", "display_name"].contains(k))
+        .collect();
+    chosen.extend([
+        ("display_name", "lab web"),
+        ("target", "edges"),
+        ("edge", &lab_id),
+        ("param:web:token", SECRET),
+    ]);
+    let review: Vec<(&str, &str)> = chosen
+        .iter()
+        .copied()
+        .chain([("action", "review")])
+        .collect();
+    let (_, _, page) = s.post(&cp, path, &review, &[]).await;
+    assert!(
+        page.contains("<strong id=\"match-count\">1</strong>: lab-1"),
+        "{page}"
+    );
+    seen.push(page);
+    let create: Vec<(&str, &str)> = chosen
+        .iter()
+        .copied()
+        .chain([("action", "create")])
+        .collect();
+    let (status, h, page) = s.post(&cp, path, &create, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    seen.push(format!("{h:?}{page}"));
+    let id = h[LOCATION]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, d) = cp
+        .get(&cp.at(&format!("/v1/projects/{P}/appdeployment/deployments/{id}")))
+        .await;
+    assert_eq!(d["deployment"]["deploymentType"], "targeted", "{d}");
+    let targets = d["deployment"]["targetClusters"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "one per application: {d}");
+    assert!(
+        targets.iter().all(|t| t["clusterId"] == lab_id.as_str()),
+        "{d}"
+    );
+
+    for text in &seen {
+        assert!(!text.contains(SECRET), "the secret is shown: {text}");
+        assert!(!text.contains(SECRET_PIN), "the secret is shown: {text}");
+    }
+}
+
+#[tokio::test]
+async fn read_only_users_cannot_deploy_even_with_a_forged_post() {
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    let _shop = running_edge(&cp, "shop-1", "shop").await;
+    user(&cp, "support", &["default_ao-r", "default_cat-r"]).await;
+    let s = sign_in(&cp, "support").await;
+    let path = "/ui/projects/default/packages/web-demo/1.0.0/deploy";
+    let (_, _, pkg) = s
+        .get(&cp, "/ui/projects/default/packages/web-demo/1.0.0")
+        .await;
+    assert!(!pkg.contains("deploy-link"), "{pkg}");
+    let (status, _, _) = s.get(&cp, path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let csrf = s.csrf(&cp).await;
+    for action in ["review", "create"] {
+        let (status, _, page) = s
+            .post(
+                &cp,
+                path,
+                &[
+                    ("csrf", &csrf),
+                    ("target", "labels"),
+                    ("labels", "site=shop"),
+                    ("action", action),
+                ],
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{action}: {page}");
+        assert!(page.contains("deployment write access"), "{page}");
+    }
+    assert_eq!(deployment_count(&cp).await, 0);
+    // A writer's post without this session's token creates nothing either.
+    user(&cp, "ops", &["default_ao-rw", "default_cat-r"]).await;
+    let ops = sign_in(&cp, "ops").await;
+    let (status, _, _) = ops
+        .post(
+            &cp,
+            path,
+            &[
+                ("csrf", &csrf),
+                ("target", "labels"),
+                ("labels", "site=shop"),
+                ("action", "create"),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(deployment_count(&cp).await, 0);
+}

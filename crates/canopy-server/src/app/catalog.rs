@@ -5,7 +5,7 @@
 //! The rule functions (`put_*`) work on an open [`CatalogTx`] so the REST create/update calls and
 //! the bulk upload share them: an upload is just many puts in one transaction.
 
-use canopy_core::catalog::{Application, Artifact, DeploymentPackage, Registry};
+use canopy_core::catalog::{Application, Artifact, DeploymentPackage, ParameterTemplate, Registry};
 use canopy_core::list::{self, Entity, ListQuery};
 use canopy_core::validate;
 use canopy_store::{CatalogTx, DisplayNameScope};
@@ -34,6 +34,27 @@ pub struct ChangeSummary {
     pub kind: String,
     /// `name` or `name:version`.
     pub key: String,
+}
+
+/// What a deployment of a package version with one deployment profile may set: for each of
+/// the package's applications, the profile the deployment profile selects and its parameter
+/// templates (the console's deploy form is made from this).
+#[derive(Debug, Clone)]
+pub struct DeployParameters {
+    pub package: DeploymentPackage,
+    /// The deployment profile (the package's default when none was asked for).
+    pub profile: String,
+    pub apps: Vec<AppParameters>,
+}
+
+/// One application of a [`DeployParameters`].
+#[derive(Debug, Clone)]
+pub struct AppParameters {
+    pub name: String,
+    pub version: String,
+    /// The application profile the deployment profile selects.
+    pub profile: String,
+    pub templates: Vec<ParameterTemplate>,
 }
 
 /// A package's export archive.

@@ -19,12 +19,15 @@ use canopy_deploy::model::{
     App as ApiApp, Cluster, ClusterInfo, DeleteType, Deployment, DeploymentInstancesCluster,
     DeploymentStatus, DeploymentsStatus, State, TargetClusters,
 };
-use canopy_deploy::render::{PackageInput, Rendered, Requirement, render_deployment};
+use canopy_deploy::render::{
+    PackageInput, Rendered, Requirement, application_profile_name, render_deployment,
+};
 use canopy_deploy::target::{labels_filter_matches, targeting, update_targets};
 use canopy_deploy::validate::normalize_request;
 use canopy_store::CatalogTx;
 use time::OffsetDateTime;
 
+use super::catalog::{AppParameters, DeployParameters};
 use super::edges::{edge_not_found, labels_match, list_query, parse_label_filters};
 use super::{Access, App, AppError, Ctx};
 use crate::hub::DeploymentRecord;
@@ -184,6 +187,57 @@ fn render_passes_exhausted() -> AppError {
 }
 
 impl App {
+    /// The parameters of a deployment of package `name:version` with deployment profile
+    /// `profile` (the package's default when empty), each application's profile selected as
+    /// the renderer selects it (`canopy_deploy::render::application_profile_name`). Catalog
+    /// read access; an unknown package or profile is NotFound, as the deployment's creation
+    /// would answer.
+    pub async fn deploy_parameters(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        version: &str,
+        profile: &str,
+    ) -> Result<DeployParameters, AppError> {
+        ctx.require(Access::CatalogRead)?;
+        let mut tx = self.store().read(ctx.project.id).await?;
+        let PackageParts { package, apps, .. } = load_package(&mut tx, name, version).await?;
+        let profile = if profile.is_empty() {
+            package.default_profile_name.clone()
+        } else {
+            profile.to_string()
+        };
+        let dp = if profile.is_empty() {
+            None
+        } else {
+            Some(package.profile(&profile).ok_or_else(|| {
+                AppError::NotFound(format!(
+                    "deployment profile {profile} not found in deployment package {name}:{version}"
+                ))
+            })?)
+        };
+        let apps = apps
+            .iter()
+            .map(|a| {
+                let chosen = application_profile_name(dp, a);
+                AppParameters {
+                    name: a.name.clone(),
+                    version: a.version.clone(),
+                    templates: a
+                        .profile(&chosen)
+                        .map(|p| p.parameter_templates.clone())
+                        .unwrap_or_default(),
+                    profile: chosen,
+                }
+            })
+            .collect();
+        Ok(DeployParameters {
+            package,
+            profile,
+            apps,
+        })
+    }
+
     /// Creates a deployment (and the child deployments its requirements need); returns its id.
     /// Helm applications are rendered first, with no lock held (see `app/helm.rs`).
     pub async fn create_deployment(&self, ctx: &Ctx, req: Deployment) -> Result<String, AppError> {

@@ -28,7 +28,7 @@ use canopy_store::{Project, Store};
 
 pub use audit::{AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditRecord};
 pub use auth::{ADMIN_ROLE, Access, M2M_ROLE, Principal, PrincipalKind};
-pub use catalog::{ChangeSummary, PackageExport};
+pub use catalog::{AppParameters, ChangeSummary, DeployParameters, PackageExport};
 pub use charts::{ChartImport, ChartLimits, ChartList, ChartQuery, ImportOutcome, MAX_CHART_PAGE};
 pub use deployments::{DeploymentClusters, DeploymentsOverview};
 pub use edges::{

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::Caller;
 use super::error::{ApiJson, ErrorBody};
-use crate::app::{App, AppError, ChangeSummary, MAX_UPLOAD_FILES, SpooledUpload};
+use crate::app::{App, AppError, ChangeSummary, SpooledUpload};
 
 type ApiResult<T> = Result<T, AppError>;
 
@@ -607,53 +607,8 @@ pub async fn bulk_upload(
 ) -> ApiResult<Json<Vec<UploadResponse>>> {
     let c = caller.ctx(&app, &project).await?;
     let spool = app.upload_spool(&c)?;
-    let mut files = Vec::new();
-    let mut total: u64 = 0;
-    loop {
-        let mut field = match form.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(AppError::TooLarge(format!(
-                    "upload is larger than {} bytes",
-                    super::MAX_UPLOAD_BODY
-                )));
-            }
-            Err(e) => {
-                return Err(AppError::Invalid(format!(
-                    "invalid multipart body: {}",
-                    e.body_text()
-                )));
-            }
-        };
-        if field.name() != Some("files") {
-            return Err(AppError::Invalid(format!(
-                "unexpected multipart field {:?}; files must be sent in fields named \"files\"",
-                field.name().unwrap_or("")
-            )));
-        }
-        let name = field.file_name().unwrap_or("").to_string();
-        if name.is_empty() {
-            return Err(AppError::Invalid(
-                "every uploaded file needs a file name".into(),
-            ));
-        }
-        if files.len() >= MAX_UPLOAD_FILES {
-            return Err(AppError::TooLarge(format!(
-                "at most {MAX_UPLOAD_FILES} files may be uploaded at once"
-            )));
-        }
-        let file =
-            super::upload_body::spool_field(spool, &mut field, &name, super::MAX_UPLOAD_BODY)
-                .await?;
-        total += file.len();
-        files.push(SpooledUpload { name, file });
-    }
-    if files.is_empty() {
-        return Err(AppError::Invalid(
-            "no files uploaded: send one or more multipart fields named \"files\"".into(),
-        ));
-    }
+    let files = super::upload_body::spool_multipart_files(spool, &mut form).await?;
+    let total: u64 = files.iter().map(|f| f.file.len()).sum();
     tracing::info!(project = %c.project.name, files = files.len(), bytes = total, "bulk upload");
     let count = files.len();
     let changes = app.upload_spooled(&c, files).await?;

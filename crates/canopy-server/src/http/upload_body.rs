@@ -11,12 +11,14 @@
 use std::io::{self, Read};
 
 use axum::body::Body;
+use axum::extract::Multipart;
 use axum::extract::multipart::Field;
 use futures::StreamExt as _;
 use struson::reader::{JsonReader, JsonStreamReader, ReaderError, ValueType};
 use tokio::io::AsyncWriteExt as _;
 
-use crate::app::{AppError, Spool, SpoolError, SpoolFile};
+use crate::app::{AppError, MAX_UPLOAD_FILES, Spool, SpoolError, SpoolFile, SpooledUpload};
+use crate::http::MAX_UPLOAD_BODY;
 
 /// Longest `fileName` of a session upload.
 pub const MAX_FILE_NAME_BYTES: u64 = 4096;
@@ -27,6 +29,58 @@ fn too_large(limit: usize) -> AppError {
 
 fn spool_write_error(spool: &Spool, e: io::Error) -> AppError {
     crate::app::spool_io_error(spool.dir(), e).into()
+}
+
+/// The next field of a multipart body, with the API's errors (413 past the route's body limit,
+/// 400 for a malformed body).
+pub async fn next_multipart_field(form: &mut Multipart) -> Result<Option<Field<'_>>, AppError> {
+    match form.next_field().await {
+        Ok(f) => Ok(f),
+        Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(too_large(MAX_UPLOAD_BODY))
+        }
+        Err(e) => Err(AppError::Invalid(format!(
+            "invalid multipart body: {}",
+            e.body_text()
+        ))),
+    }
+}
+
+/// Receives the rest of a bulk upload's multipart body into the spool: one or more fields named
+/// `files`, each with a file name, at most [`MAX_UPLOAD_FILES`]. The API's bulk upload and the
+/// console's upload form both read their files with this, so both have the same rules.
+pub async fn spool_multipart_files(
+    spool: &Spool,
+    form: &mut Multipart,
+) -> Result<Vec<SpooledUpload>, AppError> {
+    let mut files = Vec::new();
+    while let Some(mut field) = next_multipart_field(form).await? {
+        if field.name() != Some("files") {
+            return Err(AppError::Invalid(format!(
+                "unexpected multipart field {:?}; files must be sent in fields named \"files\"",
+                field.name().unwrap_or("")
+            )));
+        }
+        let name = field.file_name().unwrap_or("").to_string();
+        if name.is_empty() {
+            return Err(AppError::Invalid(
+                "every uploaded file needs a file name".into(),
+            ));
+        }
+        if files.len() >= MAX_UPLOAD_FILES {
+            return Err(AppError::TooLarge(format!(
+                "at most {MAX_UPLOAD_FILES} files may be uploaded at once"
+            )));
+        }
+        let file = spool_field(spool, &mut field, &name, MAX_UPLOAD_BODY).await?;
+        files.push(SpooledUpload { name, file });
+    }
+    if files.is_empty() {
+        return Err(AppError::Invalid(
+            "no files uploaded: send one or more multipart fields named \"files\"".into(),
+        ));
+    }
+    Ok(files)
 }
 
 /// Writes a multipart field to a new spool file; the body limit of the route applies.

@@ -105,7 +105,7 @@ pub async fn list(
                                         (sum.running) " / " (sum.total)
                                     }
                                 }
-                                td { (d.app_name) " " (d.app_version) }
+                                td { a href=(super::catalog::package_path(&project, &d.app_name, &d.app_version)) { (d.app_name) " " (d.app_version) } }
                                 td title=(when(d.create_time)) { (age(d.create_time, OffsetDateTime::now_utc())) }
                             }
                         }
@@ -164,7 +164,7 @@ pub async fn show(
                 @if !st.message.is_empty() { dt { "Message" } dd { (st.message) } }
                 dt { "Name" } dd { (d.name) }
                 dt { "Id" } dd { (d.deploy_id) }
-                dt { "Package" } dd { (d.app_name) " " (d.app_version) }
+                dt { "Package" } dd { a #deployment-package href=(super::catalog::package_path(&project, &d.app_name, &d.app_version)) { (d.app_name) " " (d.app_version) } }
                 dt { "Profile" } dd { (if d.profile_name.is_empty() { &d.default_profile_name } else { &d.profile_name }) }
                 @if let Some(sum) = &st.summary {
                     dt { "Edges" } dd { (sum.running) " running, " (sum.down) " down, " (sum.unknown) " unknown, of " (sum.total) }

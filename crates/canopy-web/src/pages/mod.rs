@@ -2,9 +2,12 @@
 //! ages, states and paging. Each page module is thin: read through the app layer with the
 //! signed-in user's identity, render.
 
+pub mod catalog;
+pub mod deploy;
 pub mod deployments;
 pub mod edges;
 pub mod login;
+pub mod upload;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -25,6 +28,9 @@ pub const PAGE_SIZE: u32 = 50;
 pub enum Section {
     Deployments,
     Edges,
+    Packages,
+    Applications,
+    Registries,
 }
 
 /// What the header of a signed-in page shows.
@@ -71,6 +77,9 @@ impl Frame {
                     nav aria-label="sections" {
                         a href=(project_path(p, "deployments")) aria-current=[current(Section::Deployments)] { "Deployments" }
                         a href=(project_path(p, "edges")) aria-current=[current(Section::Edges)] { "Edges" }
+                        a href=(project_path(p, "packages")) aria-current=[current(Section::Packages)] { "Packages" }
+                        a href=(project_path(p, "applications")) aria-current=[current(Section::Applications)] { "Applications" }
+                        a href=(project_path(p, "registries")) aria-current=[current(Section::Registries)] { "Registries" }
                     }
                     span.spacer {}
                     @if self.projects.len() > 1 {

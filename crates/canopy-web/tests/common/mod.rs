@@ -159,6 +159,37 @@ impl Signed {
     }
 }
 
+impl Signed {
+    /// POSTs the upload form of project `P` with this session: the CSRF part first (as the
+    /// form sends it; `None` leaves it out), then `files`. Status, headers, body.
+    pub async fn upload(
+        &self,
+        cp: &TestControlPlane,
+        csrf: Option<&str>,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut form = reqwest::multipart::Form::new();
+        if let Some(csrf) = csrf {
+            form = form.text("csrf", csrf.to_string());
+        }
+        for (name, content) in files {
+            form = form.part(
+                "files",
+                reqwest::multipart::Part::bytes(content).file_name(name),
+            );
+        }
+        let r = client()
+            .post(cp.at(&format!("/ui/projects/{P}/packages/upload")))
+            .header("cookie", self.cookie())
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let (s, h) = (r.status(), r.headers().clone());
+        (s, h, r.text().await.unwrap())
+    }
+}
+
 /// The sign-in form's answer to `user` and `password`: status, headers, body.
 pub async fn try_sign_in(
     cp: &TestControlPlane,
@@ -190,4 +221,26 @@ pub async fn sign_in(cp: &TestControlPlane, user: &str) -> Signed {
     assert_eq!(h.get(LOCATION).unwrap(), "/");
     let (token, set_cookie) = set_cookie(&h, "canopy_session").expect("a session cookie");
     Signed { token, set_cookie }
+}
+
+/// A secret parameter's value the tests type and look for.
+pub const SECRET: &str = "s3cr3t-t0ken-value";
+
+/// The web-demo package with two secret parameters on its `web` app: `token` (mandatory) and
+/// `pin` (a number).
+pub fn web_demo_with_secrets() -> Vec<(String, Vec<u8>)> {
+    let mut files = canopy_testkit::read_dir_files(&canopy_testkit::example("web-demo"));
+    let web = files.iter_mut().find(|(n, _)| n == "web.yaml").unwrap();
+    let text = String::from_utf8(web.1.clone()).unwrap();
+    let greeting = "      - {name: greeting, displayName: Greeting, type: string}\n";
+    assert!(text.contains(greeting), "{text}");
+    web.1 = text
+        .replace(
+            greeting,
+            &format!(
+                "{greeting}      - {{name: token, displayName: API token, type: string, secret: true, mandatory: true}}\n      - {{name: pin, type: number, secret: true}}\n"
+            ),
+        )
+        .into_bytes();
+    files
 }
