@@ -866,6 +866,10 @@ impl DockerDriver {
             }
             *m = self.member_view(c, name, false).await;
             m.probed = c.readiness_probe.is_some() || c.startup_probe.is_some();
+        } else if start_again && self.pods.prober.restarting(name) {
+            // Its liveness or startup probe failed and the engine is restarting it (stopping
+            // it first): the engine starts it again, not us.
+            debug!(container = %name, "being restarted for its probe: left to the engine");
         } else if start_again {
             if let Some(why) = self.failures.backing_off(name, hash) {
                 m.failure = Some(("CrashLoopBackOff", why));

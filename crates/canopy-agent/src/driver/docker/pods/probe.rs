@@ -275,6 +275,17 @@ impl Prober {
         }
     }
 
+    /// Whether the prober is restarting the container named `name` (the engine's name) right
+    /// now. The engine stops it first (the pod's grace period, up to 30 s), and the converger,
+    /// seeing it stopped meanwhile, must not start it itself: the engine's restart then fails
+    /// ("container already running") and the restart is lost from the container's record.
+    pub fn restarting(&self, name: &str) -> bool {
+        self.inner
+            .lock()
+            .values()
+            .any(|t| t.restarting && t.spec.name == name)
+    }
+
     /// What the probes say about container `id`; `None` when it is not probed.
     pub fn status(&self, id: &str) -> Option<Status> {
         let targets = self.inner.lock();
@@ -684,11 +695,13 @@ mod tests {
         let s = prober.status("id").unwrap();
         assert_eq!(s.restarts, 1);
         assert_eq!(s.last_restart, "liveness probe failed 2 times: x");
-        // Not running while it restarts: not forgotten.
+        // Not running while it restarts: not forgotten, and the converger leaves it alone.
         prober.set(Vec::new());
         assert_eq!(prober.status("id").map(|s| s.restarts), Some(1));
+        assert!(prober.restarting("c") && !prober.restarting("other"));
         // Failing again at once: backing off, no second restart yet.
         settle(inner, Done::Restart("id".into(), Ok(())));
+        assert!(!prober.restarting("c"), "restarted: the converger's again");
         settle(
             inner,
             Done::Probe("id".into(), Kind::Liveness, Err("x".into())),
