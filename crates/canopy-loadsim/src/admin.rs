@@ -201,14 +201,31 @@ impl Admin {
                 reqwest::multipart::Part::bytes(content).file_name(name),
             );
         }
-        let (status, body) = self
-            .call(
-                &what,
-                self.http
-                    .post(self.at(&format!("/v3/projects/{}/catalog/upload", self.project)))
-                    .multipart(form),
-            )
-            .await?;
+        let req = self
+            .http
+            .post(self.at(&format!("/v3/projects/{}/catalog/upload", self.project)))
+            .multipart(form);
+        self.created_or_there(what, req).await
+    }
+
+    /// Creates a catalog registry (`body` as the API takes it). One of that name already there
+    /// (a reused `--server`) is not an error.
+    pub async fn create_registry(&self, body: &Value) -> Result<(), SimError> {
+        let what = format!("creating registry {}", body["name"]);
+        let req = self
+            .http
+            .post(self.at(&format!("/v3/projects/{}/catalog/registries", self.project)))
+            .json(body);
+        self.created_or_there(what, req).await
+    }
+
+    /// Sends a catalog create: success, or 409 (already there: a reused `--server`), is fine.
+    async fn created_or_there(
+        &self,
+        what: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(), SimError> {
+        let (status, body) = self.call(&what, req).await?;
         if status.is_success() || status == StatusCode::CONFLICT {
             return Ok(());
         }
@@ -216,28 +233,6 @@ impl Admin {
             what,
             status: status.as_u16(),
             body: body.text(),
-        })
-    }
-
-    /// Creates a catalog registry (`body` as the API takes it). One of that name already there
-    /// (a reused `--server`) is not an error.
-    pub async fn create_registry(&self, body: &Value) -> Result<(), SimError> {
-        let what = format!("creating registry {}", body["name"]);
-        let (status, answer) = self
-            .call(
-                &what,
-                self.http
-                    .post(self.at(&format!("/v3/projects/{}/catalog/registries", self.project)))
-                    .json(body),
-            )
-            .await?;
-        if status.is_success() || status == StatusCode::CONFLICT {
-            return Ok(());
-        }
-        Err(SimError::Http {
-            what,
-            status: status.as_u16(),
-            body: answer.text(),
         })
     }
 
