@@ -13,7 +13,7 @@ use canopy_server::app::Access;
 use maud::{Markup, html};
 use time::OffsetDateTime;
 
-use super::{Frame, ListParams, PAGE_SIZE, Section, age, pager, project_path, segment, when};
+use super::{Frame, ListParams, Section, age, pager, project_path, segment, when};
 use crate::error::WebError;
 use crate::session::Session;
 
@@ -55,7 +55,7 @@ fn list_body(
     rows: usize,
     table: Markup,
 ) -> Markup {
-    let more = params.page.saturating_mul(u64::from(PAGE_SIZE)) + (rows as u64) < matched;
+    let more = params.more(rows, matched);
     html! {
         h1 { (title) }
         form.filter method="get" action=(base) role="search" {

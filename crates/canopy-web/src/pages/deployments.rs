@@ -17,9 +17,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::{
-    Frame, ListParams, PAGE_SIZE, Section, age, pager, project_path, query, segment, state, when,
-};
+use super::{Frame, ListParams, Section, age, pager, project_path, query, segment, state, when};
 use crate::CSRF_FIELD;
 use crate::error::WebError;
 use crate::security::same_origin;
@@ -53,8 +51,7 @@ pub async fn list(
     let (summary, items, total) = (overview.summary, overview.page, overview.total);
     let frame = Frame::load(&app, &session, &project, Section::Deployments).await?;
     let base = project_path(&project, "deployments");
-    let shown = params.page.saturating_mul(u64::from(PAGE_SIZE)) + items.len() as u64;
-    let more = shown < overview.matched;
+    let more = params.more(items.len(), overview.matched);
     let counts = [
         ("Running", summary.running),
         ("Down", summary.down),

@@ -8,9 +8,7 @@ use canopy_server::app::AppError;
 use maud::{Markup, html};
 use time::OffsetDateTime;
 
-use super::{
-    Frame, ListParams, PAGE_SIZE, Section, age, pager, project_path, segment, state, when,
-};
+use super::{Frame, ListParams, Section, age, pager, project_path, segment, state, when};
 use crate::error::WebError;
 use crate::session::Session;
 
@@ -27,7 +25,7 @@ pub async fn list(
     let frame = Frame::load(&app, &session, &project, Section::Edges).await?;
     let now = OffsetDateTime::now_utc();
     let base = project_path(&project, "edges");
-    let more = params.page.saturating_mul(u64::from(PAGE_SIZE)) + (edges.len() as u64) < matched;
+    let more = params.more(edges.len(), matched);
     Ok(frame.page(
         "Edges",
         html! {

@@ -213,9 +213,19 @@ pub struct ListParams {
 }
 
 impl ListParams {
+    /// Whether a page showing `rows` of `matched` items has a next one.
+    pub fn more(&self, rows: usize, matched: u64) -> bool {
+        self.offset() + (rows as u64) < matched
+    }
+
+    /// How many items come before this page.
+    fn offset(&self) -> u64 {
+        self.page.saturating_mul(u64::from(PAGE_SIZE))
+    }
+
     /// The reference list query of this page: `pageSize`, `offset`, and `filter` over `fields`.
     pub fn list_query(&self, fields: &[&str]) -> String {
-        let offset = self.page.saturating_mul(u64::from(PAGE_SIZE)).to_string();
+        let offset = self.offset().to_string();
         let size = PAGE_SIZE.to_string();
         let name = self.name.trim().replace('"', "");
         let filter = if name.is_empty() {
