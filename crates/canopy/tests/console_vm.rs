@@ -100,7 +100,11 @@ async fn page_shows(c: &Client, url: &str, css: &str, want: &str, within: Durati
     let deadline = tokio::time::Instant::now() + within;
     loop {
         c.goto(url).await.unwrap();
-        let text = element(c, css).await.text().await.unwrap_or_default();
+        // The row may not be there yet (the edge has not reported the workload).
+        let text = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         if text.contains(want) {
             return text;
         }
@@ -109,6 +113,27 @@ async fn page_shows(c: &Client, url: &str, css: &str, want: &str, within: Durati
             "{css} at {url} never showed {want:?}; last: {text}"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until the status line `css` on the current page reads exactly `want` (the pages'
+/// scripts set it: "connected", "following", ...), without reloading.
+async fn status_is(c: &Client, css: &str, want: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let text = element(c, css).await.text().await.unwrap_or_default();
+        if text.trim() == want {
+            return;
+        }
+        assert!(
+            !text.starts_with("disconnected") && !text.starts_with("failed"),
+            "{css} reads {text:?}, not {want:?}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{css} never read {want:?}; last: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -213,8 +238,7 @@ async fn vm_console_stop_start_and_logs_in_chromium() {
     // The console page: noVNC connects through the console's WebSocket and the agent's tunnel.
     element(&c, "a.vm-console").await.click().await.unwrap();
     element(&c, "#vnc-screen").await;
-    let status = text_becomes(&c, "#vnc-status", "connected", BOOT).await;
-    assert_eq!(status, "connected");
+    status_is(&c, "#vnc-status", "connected", BOOT).await;
     let canvas = element_within(&c, "#vnc-screen canvas", Duration::from_secs(30)).await;
     let width: u32 = canvas
         .attr("width")
@@ -233,12 +257,12 @@ async fn vm_console_stop_start_and_logs_in_chromium() {
     element(&c, "a.vm-logs").await.click().await.unwrap();
     text_becomes(&c, "#logs-output", MARKER, BOOT).await;
     element(&c, "#logs-follow").await.click().await.unwrap();
-    text_becomes(&c, "#logs-status", "following", Duration::from_secs(60)).await;
+    status_is(&c, "#logs-status", "following", Duration::from_secs(60)).await;
 
     // The serial console connects (text in and out through its WebSocket).
     c.goto(&workloads).await.unwrap();
     element(&c, "a.vm-serial").await.click().await.unwrap();
-    text_becomes(&c, "#serial-status", "connected", Duration::from_secs(120)).await;
+    status_is(&c, "#serial-status", "connected", Duration::from_secs(120)).await;
     let input = element(&c, "#serial-input").await;
     input.send_keys("\n").await.unwrap();
 
