@@ -282,5 +282,6 @@ async fn vm_console_stop_start_and_logs_in_chromium() {
     let done = element(&c, "#done").await.text().await.unwrap();
     assert!(done.contains("start VM tiny"), "{done}");
     page_shows(&c, &workloads, "td.vm-state", "RUNNING", BOOT).await;
+    screenshot(&c, "workloads").await;
     c.close().await.unwrap();
 }

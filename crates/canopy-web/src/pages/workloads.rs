@@ -628,13 +628,12 @@ pub fn websocket_origin(headers: &HeaderMap, public_url: Option<&str>) -> Result
         ));
     }
     // The same rule as for forms (Origin, and Sec-Fetch-Site when the browser sends it).
-    same_origin(&Method::POST, headers, public_url)
-        .map_err(|e| {
-            WebError::CrossOrigin(
-                e.to_string()
-                    .replace("this form was sent from", "this console was opened from"),
-            )
-        })
+    same_origin(&Method::POST, headers, public_url).map_err(|e| {
+        WebError::CrossOrigin(
+            e.to_string()
+                .replace("this form was sent from", "this console was opened from"),
+        )
+    })
 }
 
 /// The VM's facts for a console or logs page.
