@@ -263,8 +263,16 @@ async fn vm_console_stop_start_and_logs_in_chromium() {
     c.goto(&workloads).await.unwrap();
     element(&c, "a.vm-serial").await.click().await.unwrap();
     status_is(&c, "#serial-status", "connected", Duration::from_secs(120)).await;
+    // A line typed in: the guest's console (its tty echoes what it receives) sends it back.
     let input = element(&c, "#serial-input").await;
-    input.send_keys("\n").await.unwrap();
+    input.send_keys("canopy-serial-echo\n").await.unwrap();
+    text_becomes(
+        &c,
+        "#serial-output",
+        "canopy-serial-echo",
+        Duration::from_secs(60),
+    )
+    .await;
 
     // Stop from the page (confirmation), see it stopped; start it again, see it running.
     c.goto(&workloads).await.unwrap();
