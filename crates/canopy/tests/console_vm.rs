@@ -291,5 +291,13 @@ async fn vm_console_stop_start_and_logs_in_chromium() {
     assert!(done.contains("start VM tiny"), "{done}");
     page_shows(&c, &workloads, "td.vm-state", "RUNNING", BOOT).await;
     screenshot(&c, "workloads").await;
+
+    // At a phone's width the state and the actions stay on the page.
+    c.set_window_size(390, 800).await.unwrap();
+    c.goto(&workloads).await.unwrap();
+    for css in ["td.vm-state", "a.vm-stop", "a.vm-console", "a.pod-delete"] {
+        let shown = element(&c, css).await.is_displayed().await.unwrap();
+        assert!(shown, "{css} is shown at a phone's width");
+    }
     c.close().await.unwrap();
 }
