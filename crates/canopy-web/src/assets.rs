@@ -61,7 +61,7 @@ pub fn upload_script_path() -> &'static str {
 
 /// `GET /ui/static/{file}`: a static file under its current name, else 404.
 pub async fn serve(Path(file): Path<String>) -> Response {
-    let Some(asset) = [&*CSS, &*UPLOAD_JS]
+    let Some(asset) = [&*CSS, &*UPLOAD_JS, &*VNC_JS, &*SERIAL_JS, &*LOGS_JS]
         .into_iter()
         .find(|a| a.path.rsplit('/').next() == Some(file.as_str()))
     else {
@@ -79,6 +79,87 @@ pub async fn serve(Path(file): Path<String>) -> Response {
             ),
         ],
         asset.content,
+    )
+        .into_response()
+}
+
+// ------------------------------------------------------------------ workloads (web-ops)
+// The consoles' and logs' scripts (module scripts: no inline script), and noVNC, vendored
+// under `assets/vendor/novnc/` (see its README) and served under a versioned path,
+// `/ui/static/novnc/<version>/core/rfb.js` and the files it imports, cached for a year.
+
+static VNC_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "vnc",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/vnc.js"),
+    )
+});
+
+static SERIAL_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "serial",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/serial.js"),
+    )
+});
+
+static LOGS_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "logs",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/logs.js"),
+    )
+});
+
+/// The VNC console page's script's current URL path.
+pub fn vnc_script_path() -> &'static str {
+    &VNC_JS.path
+}
+
+/// The serial console page's script's current URL path.
+pub fn serial_script_path() -> &'static str {
+    &SERIAL_JS.path
+}
+
+/// The logs pages' script's current URL path.
+pub fn logs_script_path() -> &'static str {
+    &LOGS_JS.path
+}
+
+/// Where noVNC's files are served: `/ui/static/novnc/<version>`.
+pub fn novnc_base() -> String {
+    format!("/ui/static/novnc/{}", crate::novnc_files::NOVNC_VERSION)
+}
+
+/// noVNC's RFB module's URL path (what `vnc.js` imports).
+pub fn novnc_rfb_path() -> String {
+    format!("{}/core/rfb.js", novnc_base())
+}
+
+/// `GET /ui/static/novnc/<version>/{*path}`: one of noVNC's vendored files, else 404.
+pub async fn serve_novnc(Path(path): Path<String>) -> Response {
+    let Some((_, content)) = crate::novnc_files::NOVNC_FILES
+        .iter()
+        .find(|(p, _)| *p == path)
+    else {
+        return (StatusCode::NOT_FOUND, "no such file").into_response();
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            ),
+        ],
+        *content,
     )
         .into_response()
 }

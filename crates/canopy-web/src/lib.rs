@@ -25,6 +25,7 @@
 
 mod assets;
 mod error;
+mod novnc_files;
 mod pages;
 mod security;
 mod session;
@@ -104,6 +105,46 @@ pub fn router() -> Router<App> {
             get(pages::catalog::registry),
         )
         .route("/ui/static/{file}", get(assets::serve))
+        .merge(workloads_routes())
         .layer(DefaultBodyLimit::max(MAX_FORM_BODY))
         .layer(axum::middleware::from_fn(security::headers))
+}
+
+/// The workloads pages, actions, consoles and logs (`pages::workloads`).
+fn workloads_routes() -> Router<App> {
+    use pages::workloads as w;
+    const VM: &str = "/ui/projects/{project}/workloads/{app_id}/{edge}/vms/{vm}";
+    const CONTAINER: &str = "/ui/projects/{project}/workloads/{app_id}/{edge}/containers/{name}";
+    Router::new()
+        .route(
+            "/ui/projects/{project}/deployments/{id}/workloads",
+            get(w::of_deployment),
+        )
+        .route(
+            "/ui/projects/{project}/edges/{id}/workloads",
+            get(w::of_edge),
+        )
+        .route(
+            "/ui/projects/{project}/edges/{id}/pods/{namespace}/{pod}/delete",
+            get(w::confirm_pod_delete).post(w::do_pod_delete),
+        )
+        .route(&format!("{VM}/console"), get(w::console_page))
+        .route(&format!("{VM}/vnc"), get(w::vnc_socket))
+        .route(&format!("{VM}/serial"), get(w::serial_page))
+        .route(&format!("{VM}/serial/ws"), get(w::serial_socket))
+        .route(&format!("{VM}/logs"), get(w::vm_logs_page))
+        .route(&format!("{VM}/logs/stream"), get(w::vm_logs_stream))
+        .route(
+            &format!("{VM}/{{action}}"),
+            get(w::confirm_vm_action).post(w::do_vm_action),
+        )
+        .route(&format!("{CONTAINER}/logs"), get(w::container_logs_page))
+        .route(
+            &format!("{CONTAINER}/logs/stream"),
+            get(w::container_logs_stream),
+        )
+        .route(
+            &format!("{}/{{*path}}", assets::novnc_base()),
+            get(assets::serve_novnc),
+        )
 }

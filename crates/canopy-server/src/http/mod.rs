@@ -34,6 +34,7 @@ pub use audit::AuditActor;
 pub use auth::{CONSOLE_PREFIX, SESSION_COOKIE, is_console, session_cookie};
 pub use error::ErrorBody;
 pub use limits::Limits;
+pub use tunnels::{parse_logs_query, serve_console, stream_logs};
 pub use upload_body::{next_multipart_field, spool_multipart_files};
 
 /// Largest JSON request body (artifacts are up to 4 MB, base64-encoded).

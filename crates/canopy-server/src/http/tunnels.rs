@@ -200,8 +200,10 @@ fn websocket(
     })
 }
 
-/// Answers the upgrade and splices the WebSocket to the tunnel.
-fn serve_console(ws: WebSocketUpgrade, tunnel: OpenTunnel) -> Response {
+/// Answers the upgrade and splices the WebSocket to the tunnel (binary messages both ways,
+/// bounded message size, closed when idle for [`CONSOLE_IDLE_TIMEOUT`]). Public so that the web
+/// console's WebSockets bridge exactly as the API's do.
+pub fn serve_console(ws: WebSocketUpgrade, tunnel: OpenTunnel) -> Response {
     ws.max_message_size(MAX_WS_MESSAGE)
         .max_frame_size(MAX_WS_MESSAGE)
         // noVNC asks for `binary` (older versions) or nothing.
@@ -309,8 +311,9 @@ pub async fn vm_serial(
     Ok(serve_console(ws, tunnel))
 }
 
-/// `tail` and `follow` of a logs request (other parameters refused).
-fn parse_logs_query(raw: &str) -> Result<(bool, u32), AppError> {
+/// `tail` and `follow` of a logs request (other parameters refused). Public for the web
+/// console's log streams, which take the same parameters and limits.
+pub fn parse_logs_query(raw: &str) -> Result<(bool, u32), AppError> {
     let (mut follow, mut tail) = (false, DEFAULT_LOG_TAIL);
     for (k, v) in canopy_core::list::form_pairs(raw)? {
         match k.as_str() {
@@ -347,8 +350,10 @@ fn parse_logs_query(raw: &str) -> Result<(bool, u32), AppError> {
     Ok((follow, tail))
 }
 
-/// The tunnel's bytes as a streamed `text/plain` body, ending when the tunnel does.
-fn stream_logs(tunnel: OpenTunnel) -> Response {
+/// The tunnel's bytes as a streamed `text/plain` body, ending when the tunnel does (or when
+/// the client goes away: the body is dropped, and the tunnel with it). Public for the web
+/// console's log streams.
+pub fn stream_logs(tunnel: OpenTunnel) -> Response {
     let OpenTunnel { io, ended } = tunnel;
     let stream = futures::stream::unfold(
         (io, ended, vec![0u8; CHUNK], false),

@@ -173,6 +173,7 @@ pub async fn show(
                     a.button.danger #delete href=(format!("{}/delete", deployment_path(&project, &id))) { "Delete…" }
                 }
             }
+            p { a #deployment-workloads href=(super::workloads::deployment_workloads_path(&project, &id)) { "Workloads on all its edges →" } }
             h2 { "Edges (" (clusters.total) ")" }
             @if clusters.clusters.is_empty() {
                 p.muted { "No edge runs this deployment." }
@@ -182,7 +183,10 @@ pub async fn show(
                     tbody {
                         @for (c, seen) in clusters.clusters.iter().zip(&last_seen) {
                             tr {
-                                td { a href=(project_path(&project, &format!("edges/{}", segment(&c.id)))) { (c.name) } }
+                                td {
+                                    a href=(project_path(&project, &format!("edges/{}", segment(&c.id)))) { (c.name) }
+                                    br; a.workloads-link href=(super::workloads::edge_workloads_path(&project, &c.id, &id)) { "Workloads" }
+                                }
                                 td {
                                     (state(c.status.state.as_str()))
                                     @if !c.status.message.is_empty() { br; span.muted { (c.status.message) } }

@@ -101,6 +101,7 @@ pub async fn show(
                 dt { "Enrolled" } dd { (when(Some(e.create_time))) }
             }
             h2 { "Workloads" }
+            p { a #edge-workloads href=(super::workloads::edge_workloads_path(&project, &e.id, "")) { "Workloads with their actions, consoles and logs →" } }
             @if apps.is_empty() {
                 p.muted { "The agent has reported no applications." }
             } @else {

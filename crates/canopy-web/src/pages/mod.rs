@@ -8,6 +8,7 @@ pub mod deployments;
 pub mod edges;
 pub mod login;
 pub mod upload;
+pub mod workloads;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
