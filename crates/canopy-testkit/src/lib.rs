@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub mod chromium;
 pub mod helm;
 pub mod sim_agent;
 

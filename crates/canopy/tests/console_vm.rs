@@ -13,15 +13,12 @@
 #[allow(dead_code, unused_imports)]
 mod support;
 
-#[path = "../../canopy-web/tests/common/chromium.rs"]
-mod chromium;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use canopy_server::hub::HubConfig;
+use canopy_testkit::chromium::{browser, element, element_within, screenshot, sign_in_as};
 use canopy_testkit::{TestControlPlane, example};
-use chromium::{browser, element, element_within, screenshot, sign_in_as};
 use fantoccini::{Client, Locator};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -1,25 +1,26 @@
-//! Headless Chromium over WebDriver for browser tests outside `browser.rs` (which keeps its own
-//! copy): `chromedriver` in a process group of its own, a Chromium session, waiting for
-//! elements with a deadline, screenshots. Used by `crates/canopy/tests/console_vm.rs` (a real
-//! agent and VM need the `canopy` binary, which only that crate's tests have).
+//! Headless Chromium over WebDriver for the console's browser tests (`canopy-web`'s and the
+//! `canopy` crate's, which has the binary a real agent needs): `chromedriver` in a process group
+//! of its own, a Chromium session, waiting for elements with a deadline, screenshots, sign-in,
+//! keyboard-only navigation and a check for sideways scrolling at a phone's width. One copy,
+//! so every browser test starts Chromium the same way.
 //!
 //! Needs `CANOPY_TEST_CHROMEDRIVER` and `CANOPY_TEST_CHROMIUM` (scripts/chromium.sh), else
 //! `chromedriver` and `chromium` on PATH; without them [`browser`] returns `None` with a
 //! notice, except under CI (`CI` set), where it panics.
 
-#![allow(dead_code, reason = "each test binary uses a part of these helpers")]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 /// How long any one page condition may take on a busy 2-core machine.
 pub const PAGE: Duration = Duration::from_secs(60);
 
-/// `chromedriver` in a process group of its own, so the browsers it starts end with it.
+/// `chromedriver` in a process group of its own, so the browsers it starts end with it (kill
+/// on drop).
 pub struct Driver {
     child: Child,
     url: String,
@@ -36,6 +37,7 @@ impl Drop for Driver {
     }
 }
 
+/// A program from the environment variable `var`, else `name` on PATH.
 fn program(var: &str, name: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(var) {
         return Some(PathBuf::from(p));
@@ -47,7 +49,8 @@ fn program(var: &str, name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Starts chromedriver on a free loopback port and a Chromium session through it.
+/// Starts chromedriver on a free loopback port and a Chromium session through it; `None` (with
+/// a notice) when neither is installed outside CI.
 pub async fn browser() -> Option<(Driver, Client)> {
     let (Some(driver), Some(chromium)) = (
         program("CANOPY_TEST_CHROMEDRIVER", "chromedriver"),
@@ -157,7 +160,7 @@ pub async fn screenshot(c: &Client, name: &str) {
     }
 }
 
-/// Fills the sign-in form at `base` (the server's URL) and sends it.
+/// Opens the sign-in page at `login_url` (e.g. `cp.at("/ui/login")`), fills the form and sends it.
 pub async fn sign_in_as(c: &Client, login_url: &str, user: &str, password: &str) {
     c.goto(login_url).await.unwrap();
     let name = element(c, "#username").await;
@@ -169,4 +172,52 @@ pub async fn sign_in_as(c: &Client, login_url: &str, user: &str, password: &str)
         .await
         .unwrap();
     element(c, "#sign-in").await.click().await.unwrap();
+}
+
+/// Presses Tab (at most `max` times) until the focused element matches `css`: the element is
+/// reachable with the keyboard. Returns it.
+pub async fn tab_to(c: &Client, css: &str, max: usize) -> fantoccini::elements::Element {
+    for _ in 0..max {
+        let focused = c.active_element().await.unwrap();
+        let matches = c
+            .execute(
+                "return document.activeElement !== null && document.activeElement.matches(arguments[0]);",
+                vec![json!(css)],
+            )
+            .await
+            .unwrap();
+        if matches == json!(true) {
+            return focused;
+        }
+        focused.send_keys(&Key::Tab.to_string()).await.unwrap();
+    }
+    let source = c.source().await.unwrap_or_default();
+    panic!("{css} not reached with {max} presses of Tab:\n{source}")
+}
+
+/// Presses Enter on the focused element.
+pub async fn press_enter(c: &Client) {
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .unwrap();
+}
+
+/// Asserts that the page does not scroll sideways (what is wider than the window scrolls
+/// inside its own box).
+pub async fn fits_width(c: &Client, what: &str) {
+    let r = c
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (content, window) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+    assert!(
+        content <= window,
+        "{what}: the page is {content} px wide in a {window} px window"
+    );
 }
