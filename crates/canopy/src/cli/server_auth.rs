@@ -328,11 +328,12 @@ mod tests {
             secret.to_str().unwrap(),
         ]);
         let cfg = w.auth.auth_config().unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("canopy-console"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
         let console = cfg.console.expect("console sign-in configured");
         assert_eq!(console.client.client_id(), "canopy-console");
         assert_eq!(console.label, "idp.example");
-        let shown = format!("{cfg:?}");
-        assert!(!shown.contains("s3cret"), "{shown}");
         // A missing secret file is an error naming it.
         let w = Wrap::parse_from([
             "x",
