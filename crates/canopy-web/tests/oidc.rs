@@ -590,3 +590,44 @@ async fn hostile_sign_in_starts_cost_the_server_nothing() {
     );
     sign_in_oidc(&cp, &issuer, "ops").await;
 }
+
+/// Finishing sign-ins makes the server call the provider, so only a few run at once: with a
+/// slow provider, the callbacks beyond that limit are refused at once (429) instead of piling
+/// up, and those within it succeed.
+#[tokio::test]
+async fn only_a_few_sign_ins_finish_at_once() {
+    let issuer = TestIssuer::start().await;
+    issuer.add_user("ops", &["default_ao-rw"]);
+    let cp = console(&issuer).await;
+    let extra = 4;
+    let mut flows = Vec::new();
+    for _ in 0..canopy_server::app::MAX_EXCHANGES + extra {
+        let started = start(&cp, &issuer).await;
+        let back = at_provider(&started, "ops", "login").await;
+        flows.push((back, started.pending));
+    }
+    issuer.set_token_delay(Duration::from_secs(5));
+    let tasks: Vec<_> = flows
+        .into_iter()
+        .map(|(back, pending)| tokio::spawn(async move { callback(&back, Some(&pending)).await }))
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        let (s, _, page) = t.await.unwrap();
+        match s {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(page.contains("too many requests"), "{page}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {page}"),
+        }
+    }
+    assert_eq!(
+        ok,
+        canopy_server::app::MAX_EXCHANGES,
+        "the limit's worth succeed"
+    );
+    assert_eq!(limited, extra);
+    assert_eq!(issuer.token_requests(), canopy_server::app::MAX_EXCHANGES);
+}

@@ -190,6 +190,8 @@ struct Shared {
     /// Codes not yet exchanged (a code is removed when exchanged, so a replay fails).
     grants: Mutex<HashMap<String, Grant>>,
     id_token_tweak: Mutex<Option<Tweak>>,
+    /// How long the token endpoint waits before answering (a slow provider).
+    token_delay: Mutex<Duration>,
     token_requests: AtomicUsize,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
@@ -236,6 +238,7 @@ impl TestIssuer {
             client_secret: Mutex::new(None),
             grants: Mutex::new(HashMap::new()),
             id_token_tweak: Mutex::new(None),
+            token_delay: Mutex::new(Duration::ZERO),
             token_requests: AtomicUsize::new(0),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
@@ -451,6 +454,11 @@ impl TestIssuer {
     /// token, another nonce: the token is still signed with the provider's key).
     pub fn tweak_id_tokens(&self, tweak: impl Fn(&mut TokenSpec) + Send + Sync + 'static) {
         *lock(&self.shared.id_token_tweak) = Some(Arc::new(tweak));
+    }
+
+    /// Makes the token endpoint wait this long before answering (a slow provider).
+    pub fn set_token_delay(&self, delay: Duration) {
+        *lock(&self.shared.token_delay) = delay;
     }
 
     /// The authorization endpoint (also advertised by discovery).
@@ -785,6 +793,10 @@ async fn token_endpoint(
         return unavailable();
     }
     shared.token_requests.fetch_add(1, Ordering::SeqCst);
+    let delay = *lock(&shared.token_delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let (client_id, secret) = match basic_credentials(&headers) {
         Some((id, secret)) => (id, Some(secret)),
         None => (req.client_id.clone(), req.client_secret.clone()),

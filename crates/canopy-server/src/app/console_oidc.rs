@@ -229,3 +229,43 @@ impl App {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_bounded_and_expired_ones_make_room() {
+        let sessions = OidcSessions::default();
+        let p = Arc::new(Principal::oidc("s", Some("u"), vec![]));
+        for i in 0..MAX_SESSIONS {
+            sessions
+                .insert(format!("h{i}"), p.clone(), Duration::from_secs(3600))
+                .unwrap();
+        }
+        let err = sessions
+            .insert("one-more".into(), p.clone(), Duration::from_secs(3600))
+            .unwrap_err();
+        assert!(matches!(err, AppError::Unavailable(_)), "{err}");
+        assert!(sessions.get("h0").is_some());
+        // A signed-out session makes room.
+        assert!(sessions.remove("h0"));
+        assert!(sessions.get("h0").is_none());
+        sessions
+            .insert("one-more".into(), p.clone(), Duration::from_secs(3600))
+            .unwrap();
+        // Expired sessions do not count once the map is full.
+        let short = OidcSessions::default();
+        for i in 0..MAX_SESSIONS {
+            short
+                .insert(format!("h{i}"), p.clone(), Duration::ZERO)
+                .unwrap();
+        }
+        assert!(short.get("h1").is_none(), "expired");
+        short
+            .insert("fresh".into(), p, Duration::from_secs(60))
+            .unwrap();
+        assert!(short.get("fresh").is_some());
+        assert_eq!(short.sessions.read().unwrap().len(), 1);
+    }
+}
