@@ -34,6 +34,10 @@ pub enum AuthError {
     /// `aud` is missing or does not contain the configured audience.
     #[error("token is not intended for this audience")]
     WrongAudience,
+    /// An ID token's `nonce` is missing or is not the one this sign-in sent
+    /// (a replayed or substituted ID token).
+    #[error("the ID token's nonce does not match this sign-in")]
+    NonceMismatch,
     /// The token names a signing key the provider does not publish.
     #[error("unknown signing key")]
     UnknownKey,

@@ -11,6 +11,7 @@
 
 mod error;
 pub mod oidc;
+pub mod oidc_login;
 pub mod password;
 #[cfg(feature = "test-issuer")]
 pub mod testing;

@@ -179,6 +179,41 @@ impl OidcVerifier {
     /// Verifies a bearer JWT (without the `Bearer ` prefix) and returns who
     /// it speaks for.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let audience = self.inner.config.audience.clone();
+        let claims = self.verify_for(token, &audience).await?;
+        claims_from(claims, &self.inner.config.issuer)
+    }
+
+    /// Verifies an OpenID Connect ID token from the authorization code flow
+    /// (OpenID Connect Core 3.1.3.7) with the same keys and rules as
+    /// [`OidcVerifier::verify`], except that the audience must be the
+    /// console's `client_id` (and `azp`, when present, too), and the `nonce`
+    /// claim must be the one this sign-in sent.
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<Claims, AuthError> {
+        let claims = self.verify_for(token, client_id).await?;
+        if let Some(azp) = claims.get("azp")
+            && azp.as_str() != Some(client_id)
+        {
+            return Err(AuthError::WrongAudience);
+        }
+        match claims.get("nonce").and_then(Value::as_str) {
+            Some(n) if constant_time_eq(n.as_bytes(), nonce.as_bytes()) => {}
+            _ => return Err(AuthError::NonceMismatch),
+        }
+        claims_from(claims, &self.inner.config.issuer)
+    }
+
+    /// Signature, algorithm, issuer, `audience`, expiry: the raw claims.
+    async fn verify_for(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<Map<String, Value>, AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::TooLarge);
         }
@@ -194,13 +229,13 @@ impl OidcVerifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = true;
-        validation.set_audience(&[&config.audience]);
+        validation.set_audience(&[audience]);
         validation.set_issuer(&[&config.issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
 
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
             .map_err(map_jwt_error)?;
-        claims_from(data.claims, &config.issuer)
+        Ok(data.claims)
     }
 
     fn current_keys(&self) -> Option<Arc<KeySet>> {
@@ -316,6 +351,29 @@ impl OidcVerifier {
     }
 
     async fn discover(&self) -> Result<String, AuthError> {
+        let doc = self.discovery_document().await?;
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.inner.config.issuer.trim_end_matches('/')
+        );
+        match doc.get("jwks_uri").and_then(Value::as_str) {
+            Some(uri) if uri.starts_with("https://") || uri.starts_with("http://") => {
+                Ok(uri.to_owned())
+            }
+            _ => Err(AuthError::ProviderUnavailable(format!(
+                "discovery document at {url} has no usable jwks_uri"
+            ))),
+        }
+    }
+
+    /// The HTTP client provider requests go through.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// The provider's discovery document (`{issuer}/.well-known/openid-configuration`),
+    /// checked to name this issuer.
+    pub(crate) async fn discovery_document(&self) -> Result<Value, AuthError> {
         let issuer = &self.inner.config.issuer;
         let url = format!(
             "{}/.well-known/openid-configuration",
@@ -329,17 +387,10 @@ impl OidcVerifier {
                 "discovery document at {url} names issuer {doc_issuer:?}, expected {issuer:?}"
             )));
         }
-        match doc.get("jwks_uri").and_then(Value::as_str) {
-            Some(uri) if uri.starts_with("https://") || uri.starts_with("http://") => {
-                Ok(uri.to_owned())
-            }
-            _ => Err(AuthError::ProviderUnavailable(format!(
-                "discovery document at {url} has no usable jwks_uri"
-            ))),
-        }
+        Ok(doc)
     }
 
-    async fn get_json(&self, url: &str, what: &str) -> Result<Value, AuthError> {
+    pub(crate) async fn get_json(&self, url: &str, what: &str) -> Result<Value, AuthError> {
         let unavailable = |detail: String| AuthError::ProviderUnavailable(detail);
         let mut response = self
             .inner
@@ -376,6 +427,11 @@ impl OidcVerifier {
         serde_json::from_slice(&body)
             .map_err(|_| unavailable(format!("{what} at {url} is not valid JSON")))
     }
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 struct TokenHeader {

@@ -54,6 +54,9 @@ pub fn router() -> Router<App> {
             get(pages::login::show).post(pages::login::submit),
         )
         .route("/ui/logout", axum::routing::post(pages::login::logout))
+        // OIDC sign-in (web-oidc).
+        .route(pages::oidc::START_PATH, get(pages::oidc::start))
+        .route(pages::oidc::CALLBACK_PATH, get(pages::oidc::callback))
         .route("/ui/switch", get(pages::switch_project))
         .route(
             "/ui/projects/{project}/deployments",

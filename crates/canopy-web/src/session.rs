@@ -95,7 +95,7 @@ fn cookie(name: &str, value: &str, path: &str, max_age: u64) -> HeaderValue {
 }
 
 /// The value of the cookie `name` (the last one of that name).
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -44,6 +44,8 @@ pub struct AuthConfig {
     pub session_ttl: Option<Duration>,
     /// Bounds on password checks: concurrent hashes, attempts per source address and user.
     pub login: super::LoginLimits,
+    /// Web console sign-in through the OIDC provider (`--oidc-client-id`): needs `oidc`.
+    pub console: Option<super::ConsoleOidc>,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -55,12 +57,13 @@ impl std::fmt::Debug for AuthConfig {
             )
             .field("session_ttl", &self.session_ttl)
             .field("login", &self.login)
+            .field("console", &self.console)
             .finish()
     }
 }
 
 impl AuthConfig {
-    fn session_ttl(&self) -> Duration {
+    pub(crate) fn session_ttl(&self) -> Duration {
         self.session_ttl.unwrap_or(Duration::from_secs(3600))
     }
 }
@@ -290,6 +293,10 @@ impl App {
             return Err(unauthenticated("invalid token"));
         }
         let hash = token::hash(bearer);
+        // A console session opened by an OIDC sign-in (in memory, see `console_oidc`).
+        if let Some(p) = self.inner.oidc_sessions.get(&hash) {
+            return Ok(p);
+        }
         let now = OffsetDateTime::now_utc();
         let cache = &self.inner.tokens;
         let (principal, expires) = match cache.get(&hash) {

@@ -8,6 +8,8 @@ mod audit;
 mod auth;
 mod catalog;
 mod charts;
+// Web console sign-in through the OIDC provider (web-oidc).
+mod console_oidc;
 mod deployments;
 mod edges;
 mod error;
@@ -30,6 +32,7 @@ pub use audit::{AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditR
 pub use auth::{ADMIN_ROLE, Access, M2M_ROLE, Principal, PrincipalKind};
 pub use catalog::{AppParameters, ChangeSummary, DeployParameters, PackageExport};
 pub use charts::{ChartImport, ChartLimits, ChartList, ChartQuery, ImportOutcome, MAX_CHART_PAGE};
+pub use console_oidc::{ConsoleOidc, MAX_EXCHANGES, MAX_SESSIONS, OidcSession};
 pub use deployments::{DeploymentClusters, DeploymentsOverview};
 pub use edges::{
     AgentCtx, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken, check_protocol,
@@ -111,6 +114,8 @@ struct Inner {
     public_url: Option<String>,
     /// Recent token lookups (cleared whenever access may have been taken away).
     tokens: identity::TokenCache,
+    /// Console sessions opened by OIDC sign-ins (in memory; see `console_oidc`).
+    oidc_sessions: console_oidc::OidcSessions,
     /// Bounds on password checks: concurrent hashes, login attempts per address and user.
     login: login_guard::LoginGuard,
     events: EventBus,
@@ -167,6 +172,7 @@ impl App {
                 tls: config.tls,
                 public_url: config.public_url,
                 tokens: Default::default(),
+                oidc_sessions: Default::default(),
                 events: EventBus::default(),
                 hub,
                 tunnels: Default::default(),

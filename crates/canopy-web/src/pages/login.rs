@@ -32,8 +32,9 @@ pub struct LoginForm {
     csrf: String,
 }
 
-/// The sign-in page, with the server's error in place when there is one.
-fn login_page(csrf: &str, username: &str, error: Option<&str>) -> Markup {
+/// The sign-in page, with the server's error in place when there is one, and the button of
+/// the OIDC provider (`oidc`: its name) when the console signs in through one.
+fn login_page(csrf: &str, username: &str, error: Option<&str>, oidc: Option<&str>) -> Markup {
     document(
         "Sign in",
         html! {
@@ -53,6 +54,16 @@ fn login_page(csrf: &str, username: &str, error: Option<&str>) -> Markup {
                             autocomplete="current-password" required;
                         p { button #sign-in type="submit" { "Sign in" } }
                     }
+                    @if let Some(provider) = oidc {
+                        div.oidc-sign-in {
+                            p.or { "or" }
+                            p {
+                                a.button.secondary #oidc-sign-in href=(super::oidc::START_PATH) {
+                                    "Sign in with " (provider)
+                                }
+                            }
+                        }
+                    }
                 }
             }
         },
@@ -60,9 +71,15 @@ fn login_page(csrf: &str, username: &str, error: Option<&str>) -> Markup {
 }
 
 /// A sign-in page answer with a fresh form CSRF value (cookie and field).
-fn login_response(status: StatusCode, username: &str, error: Option<&str>) -> Response {
+pub(crate) fn login_response(
+    app: &App,
+    status: StatusCode,
+    username: &str,
+    error: Option<&str>,
+) -> Response {
     let (csrf, set_cookie) = session::new_login_csrf();
-    let mut response = (status, login_page(&csrf, username, error)).into_response();
+    let oidc = app.console_oidc().map(|c| c.label.as_str());
+    let mut response = (status, login_page(&csrf, username, error, oidc)).into_response();
     response
         .headers_mut()
         .append(header::SET_COOKIE, set_cookie);
@@ -70,11 +87,11 @@ fn login_response(status: StatusCode, username: &str, error: Option<&str>) -> Re
 }
 
 /// `GET /ui/login`: signed-in users go to the console, others get the form.
-pub async fn show(session: Result<Session, Response>) -> Response {
+pub async fn show(State(app): State<App>, session: Result<Session, Response>) -> Response {
     if session.is_ok() {
         return Redirect::to("/").into_response();
     }
-    login_response(StatusCode::OK, "", None)
+    login_response(&app, StatusCode::OK, "", None)
 }
 
 /// `POST /ui/login`.
@@ -109,6 +126,7 @@ async fn sign_in(
     }
     if !session::login_csrf_ok(headers, &form.csrf) {
         return login_response(
+            app,
             StatusCode::FORBIDDEN,
             &form.username,
             Some("the sign-in form has expired: please sign in again"),
@@ -144,7 +162,7 @@ async fn sign_in(
         }
         Err(e) => {
             let (status, message) = WebError::from(e).status_and_message();
-            login_response(status, &form.username, Some(&message))
+            login_response(app, status, &form.username, Some(&message))
         }
     }
 }
@@ -165,7 +183,13 @@ pub async fn logout(
 ) -> Result<Response, WebError> {
     same_origin(&Method::POST, &headers, app.public_url())?;
     session.check_csrf(&form.csrf)?;
-    app.logout(&session.principal).await?;
+    // An OIDC sign-in's session ends here (the provider's own session is left alone: see
+    // docs/UI.md); a built-in user's session token is revoked.
+    let oidc_session =
+        canopy_server::http::session_cookie(&headers).is_some_and(|token| app.oidc_sign_out(token));
+    if !oidc_session {
+        app.logout(&session.principal).await?;
+    }
     let mut response = Redirect::to(LOGIN_PATH).into_response();
     response
         .headers_mut()

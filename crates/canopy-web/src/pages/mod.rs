@@ -7,6 +7,8 @@ pub mod deploy;
 pub mod deployments;
 pub mod edges;
 pub mod login;
+// OIDC sign-in (web-oidc).
+pub mod oidc;
 pub mod upload;
 pub mod workloads;
 

@@ -37,6 +37,35 @@ pub struct AuthArgs {
         requires = "oidc_issuer"
     )]
     pub oidc_jwks_url: Option<String>,
+    /// Offer "Sign in with <provider>" on the web console's sign-in page: the client id of
+    /// Canopy's console at the provider (standard flow, PKCE S256; register the redirect URI
+    /// `<public-url>/ui/oidc/callback`). Roles are mapped exactly as for the API, from the
+    /// access token of the sign-in.
+    #[arg(
+        long,
+        env = "CANOPY_OIDC_CLIENT_ID",
+        value_name = "ID",
+        requires = "oidc_issuer"
+    )]
+    pub oidc_client_id: Option<String>,
+    /// File holding the client secret, for a confidential client (else the secret may be given
+    /// in the environment variable CANOPY_OIDC_CLIENT_SECRET; without either the client is
+    /// public). Never logged nor shown.
+    #[arg(
+        long,
+        env = "CANOPY_OIDC_CLIENT_SECRET_FILE",
+        value_name = "FILE",
+        requires = "oidc_client_id"
+    )]
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// The provider's name on the console's sign-in button (default: the issuer's host).
+    #[arg(
+        long,
+        env = "CANOPY_OIDC_DISPLAY_NAME",
+        value_name = "NAME",
+        requires = "oidc_client_id"
+    )]
+    pub oidc_display_name: Option<String>,
     /// Lifetime of a `canopy login` session: 30m, 8h, ...
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "1h")]
     pub session_ttl: Duration,
@@ -103,9 +132,14 @@ impl AuthArgs {
                 Some(canopy_auth::oidc::OidcVerifier::new(cfg, http))
             }
         };
+        let console = match (&oidc, &self.oidc_client_id) {
+            (Some(verifier), Some(client_id)) => Some(self.console_oidc(verifier, client_id)?),
+            _ => None,
+        };
         let defaults = LoginLimits::default();
         Ok(AuthConfig {
             oidc,
+            console,
             session_ttl: Some(self.session_ttl),
             login: LoginLimits {
                 per_address_per_minute: self.login_rate,
@@ -118,6 +152,50 @@ impl AuthArgs {
                 trusted_proxies: self.trusted_proxies.clone(),
                 ..defaults
             },
+        })
+    }
+
+    /// The console's OIDC sign-in (`--oidc-client-id` and its secret).
+    fn console_oidc(
+        &self,
+        verifier: &canopy_auth::oidc::OidcVerifier,
+        client_id: &str,
+    ) -> anyhow::Result<canopy_server::app::ConsoleOidc> {
+        use canopy_auth::oidc_login::{ClientSecret, LoginClient};
+        let secret = match &self.oidc_client_secret_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "reading the OIDC client secret (--oidc-client-secret-file {})",
+                        path.display()
+                    )
+                })?;
+                anyhow::ensure!(
+                    !text.trim().is_empty(),
+                    "the OIDC client secret file {} is empty",
+                    path.display()
+                );
+                Some(ClientSecret::new(text))
+            }
+            None => std::env::var("CANOPY_OIDC_CLIENT_SECRET")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .map(ClientSecret::new),
+        };
+        anyhow::ensure!(
+            !client_id.trim().is_empty(),
+            "--oidc-client-id must not be empty"
+        );
+        let label = match &self.oidc_display_name {
+            Some(name) if !name.trim().is_empty() => name.trim().to_string(),
+            _ => reqwest::Url::parse(&verifier.config().issuer)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_else(|| "your identity provider".to_string()),
+        };
+        Ok(canopy_server::app::ConsoleOidc {
+            client: LoginClient::new(verifier.clone(), client_id.trim(), secret),
+            label,
         })
     }
 
@@ -222,6 +300,55 @@ mod tests {
         assert_eq!(proxies, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
         assert!(Wrap::try_parse_from(["x", "--trusted-proxy", "proxy.example"]).is_err());
         assert!(Wrap::try_parse_from(["x", "--password-hash-concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn console_oidc_sign_in_options() {
+        assert!(Wrap::try_parse_from(["x", "--oidc-client-id", "c"]).is_err());
+        assert!(
+            Wrap::try_parse_from([
+                "x",
+                "--oidc-issuer",
+                "https://idp.example/realms/r",
+                "--oidc-client-secret-file",
+                "/nonexistent"
+            ])
+            .is_err()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret-value\n").unwrap();
+        let w = Wrap::parse_from([
+            "x",
+            "--oidc-issuer",
+            "https://idp.example/realms/r",
+            "--oidc-client-id",
+            "canopy-console",
+            "--oidc-client-secret-file",
+            secret.to_str().unwrap(),
+        ]);
+        let cfg = w.auth.auth_config().unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("canopy-console"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let console = cfg.console.expect("console sign-in configured");
+        assert_eq!(console.client.client_id(), "canopy-console");
+        assert_eq!(console.label, "idp.example");
+        // A missing secret file is an error naming it.
+        let w = Wrap::parse_from([
+            "x",
+            "--oidc-issuer",
+            "https://idp.example/realms/r",
+            "--oidc-client-id",
+            "c",
+            "--oidc-client-secret-file",
+            "/nonexistent/secret",
+        ]);
+        let err = w.auth.auth_config().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/secret"),
+            "{err:#}"
+        );
     }
 
     #[test]
