@@ -452,17 +452,31 @@ async fn deletes_refused_by_locks_say_why_in_place_and_packages_export() {
     assert!(page.contains("id=\"blocking-deployments\""), "{page}");
     assert!(page.contains("shop web") && page.contains(&id), "{page}");
 
-    // A registry used by an application.
-    let (s, b) = cp.get(&cp.at(&format!("/v3/projects/{P}/catalog/applications/web/versions/1.0.0"))).await;
+    // A registry used by an application: a copy of web that pulls its images from `imgs`.
+    let (s, b) = cp
+        .post(
+            &cp.at(&format!("/v3/projects/{P}/catalog/registries")),
+            &json!({"name": "imgs", "type": "IMAGE", "rootUrl": "https://images.example.com"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let reg = b["application"]["helmRegistryName"].as_str().unwrap_or("").to_string();
-    if !reg.is_empty() {
-        let (s, _, page) = dev
-            .post(&cp, &format!("/ui/projects/{P}/registries/{reg}/delete"), &[("csrf", &csrf)], &[])
-            .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{page}");
-        assert!(page.contains("in use by") && page.contains("web:1.0.0"), "{page}");
-    }
+    let (s, b) = cp
+        .get(&cp.at(&format!("/v3/projects/{P}/catalog/applications/web/versions/1.0.0")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut copy = b["application"].clone();
+    copy["name"] = json!("web-copy");
+    copy["displayName"] = json!("web copy");
+    copy["imageRegistryName"] = json!("imgs");
+    let (s, b) = cp
+        .post(&cp.at(&format!("/v3/projects/{P}/catalog/applications")), &copy)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, page) = dev
+        .post(&cp, &format!("/ui/projects/{P}/registries/imgs/delete"), &[("csrf", &csrf)], &[])
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("in use by") && page.contains("web-copy:1.0.0"), "{page}");
 
     // A catalog reader's forged delete: refused by the app layer.
     let viewer = sign_in(&cp, "viewer").await;
