@@ -5,9 +5,9 @@
 //! first), and browse the audit log with a filter. Screenshots as in `browser.rs`
 //! (`CANOPY_UPDATE_SCREENSHOTS=1` writes them to `docs/screenshots/`).
 
-mod common;
 #[path = "common/chromium.rs"]
 mod chromium;
+mod common;
 
 use canopy_testkit::TestControlPlane;
 use chromium::*;
@@ -28,7 +28,10 @@ async fn tokens_labels_and_audit_with_the_keyboard_at_phone_width_in_chromium() 
     c.set_window_size(380, 800).await.unwrap();
     sign_in_as(&c, &cp, "alice", PASSWORD).await;
     element(&c, "#summary").await;
-    let width = c.execute("return window.innerWidth;", vec![]).await.unwrap();
+    let width = c
+        .execute("return window.innerWidth;", vec![])
+        .await
+        .unwrap();
     assert!(width.as_u64().unwrap() <= 380, "a phone's width: {width}");
 
     // Enrollment tokens: from the navigation, with the keyboard.

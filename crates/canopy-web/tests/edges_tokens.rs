@@ -63,7 +63,10 @@ async fn an_edges_labels_are_edited_from_its_page_with_the_servers_errors_in_pla
         .await;
     assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
     assert!(h[LOCATION].to_str().unwrap().contains("/edges/"), "{h:?}");
-    assert_eq!(edge_labels(&cp, "edge-1").await, json!({"site": "b", "zone": "z1"}));
+    assert_eq!(
+        edge_labels(&cp, "edge-1").await,
+        json!({"site": "b", "zone": "z1"})
+    );
 
     // Remove a line: the label goes.
     let (s, _, body) = ops
@@ -162,7 +165,10 @@ async fn an_enrollment_tokens_secret_is_shown_once_with_the_agent_command() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{page}");
-    assert!(h.get(LOCATION).is_none(), "the secret is in this answer, no redirect");
+    assert!(
+        h.get(LOCATION).is_none(),
+        "the secret is in this answer, no redirect"
+    );
     assert_eq!(h["cache-control"], "no-store");
     let secret = secret_in(&page, "cnt_").expect("the secret is shown");
     assert!(secret.len() > 20, "{secret}");
@@ -184,7 +190,10 @@ async fn an_enrollment_tokens_secret_is_shown_once_with_the_agent_command() {
         assert!(!later.contains("cnt_"), "{p} shows a secret");
     }
     let (_, _, later) = ops.get(&cp, &path).await;
-    assert!(later.contains("store 12") && later.contains("ACTIVE"), "{later}");
+    assert!(
+        later.contains("store 12") && later.contains("ACTIVE"),
+        "{later}"
+    );
 
     // It works, once (max uses 1).
     let agent = SimAgent::enroll(&cp, &secret, "edge-7", &[("site", "s")]).await;
@@ -198,11 +207,19 @@ async fn an_enrollment_tokens_secret_is_shown_once_with_the_agent_command() {
         .post(&cp, &path, &[("csrf", &csrf), ("ttl_days", "999")], &[])
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{page}");
-    assert!(page.contains("id=\"token-error\"") && page.contains("999"), "{page}");
+    assert!(
+        page.contains("id=\"token-error\"") && page.contains("999"),
+        "{page}"
+    );
 
     // Revoke a second token.
     let (s, _, page) = ops
-        .post(&cp, &path, &[("csrf", &csrf), ("description", "second")], &[])
+        .post(
+            &cp,
+            &path,
+            &[("csrf", &csrf), ("description", "second")],
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED);
     let second = secret_in(&page, "cnt_").unwrap();
@@ -240,7 +257,12 @@ async fn an_enrollment_tokens_secret_is_shown_once_with_the_agent_command() {
     assert_eq!(s, StatusCode::FORBIDDEN);
     let their = support.csrf(&cp).await;
     let (s, _, page) = support
-        .post(&cp, &path, &[("csrf", &their), ("description", "forged")], &[])
+        .post(
+            &cp,
+            &path,
+            &[("csrf", &their), ("description", "forged")],
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(!page.contains("cnt_"), "{page}");
@@ -276,7 +298,9 @@ async fn registries_are_created_and_edited_with_write_only_secrets() {
     let (s, _, page) = dev.get(&cp, &format!("/ui/projects/{P}/registries")).await;
     assert_eq!(s, StatusCode::OK);
     assert!(page.contains("id=\"new-registry\""), "{page}");
-    let (s, _, page) = dev.get(&cp, &format!("/ui/projects/{P}/new-registry")).await;
+    let (s, _, page) = dev
+        .get(&cp, &format!("/ui/projects/{P}/new-registry"))
+        .await;
     assert_eq!(s, StatusCode::OK, "{page}");
     let csrf = hidden(&page, "csrf").unwrap();
     const USER: &str = "robot-user-9931";
@@ -296,14 +320,24 @@ async fn registries_are_created_and_edited_with_write_only_secrets() {
     fields.push(("csrf", &csrf));
     let (s, h, body) = dev.post(&cp, &create, &fields, &[]).await;
     assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
-    assert_eq!(h[LOCATION], format!("/ui/projects/{P}/registries/private").as_str());
+    assert_eq!(
+        h[LOCATION],
+        format!("/ui/projects/{P}/registries/private").as_str()
+    );
     let (_, r) = registry_api(&cp, "private").await;
-    assert_eq!((r["username"].as_str(), r["authToken"].as_str()), (Some(USER), Some(TOKEN)), "{r}");
+    assert_eq!(
+        (r["username"].as_str(), r["authToken"].as_str()),
+        (Some(USER), Some(TOKEN)),
+        "{r}"
+    );
 
     // The same name again: the server's 409 in place, the typed secrets not written back.
     let (s, _, page) = dev.post(&cp, &create, &fields, &[]).await;
     assert_eq!(s, StatusCode::CONFLICT, "{page}");
-    assert!(page.contains("id=\"registry-error\"") && page.contains("already exists"), "{page}");
+    assert!(
+        page.contains("id=\"registry-error\"") && page.contains("already exists"),
+        "{page}"
+    );
     assert!(!page.contains(TOKEN) && !page.contains(USER), "{page}");
 
     // Edit: the form shows no secret; blank inputs keep them.
@@ -330,7 +364,11 @@ async fn registries_are_created_and_edited_with_write_only_secrets() {
     assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
     let (_, r) = registry_api(&cp, "private").await;
     assert_eq!(r["rootUrl"], "https://images2.example.com");
-    assert_eq!((r["username"].as_str(), r["authToken"].as_str()), (Some(USER), Some(TOKEN)), "kept: {r}");
+    assert_eq!(
+        (r["username"].as_str(), r["authToken"].as_str()),
+        (Some(USER), Some(TOKEN)),
+        "kept: {r}"
+    );
     // A new token replaces; "clear" removes the user name.
     let (s, _, _) = dev
         .post(
@@ -381,9 +419,16 @@ async fn registries_are_created_and_edited_with_write_only_secrets() {
 
     // A catalog reader: no controls, forms 403, a forged create refused with nothing stored.
     let viewer = sign_in(&cp, "viewer").await;
-    let (_, _, page) = viewer.get(&cp, &format!("/ui/projects/{P}/registries/private")).await;
-    assert!(!page.contains("edit-link") && !page.contains("delete-link"), "{page}");
-    let (_, _, page) = viewer.get(&cp, &format!("/ui/projects/{P}/registries")).await;
+    let (_, _, page) = viewer
+        .get(&cp, &format!("/ui/projects/{P}/registries/private"))
+        .await;
+    assert!(
+        !page.contains("edit-link") && !page.contains("delete-link"),
+        "{page}"
+    );
+    let (_, _, page) = viewer
+        .get(&cp, &format!("/ui/projects/{P}/registries"))
+        .await;
     assert!(!page.contains("new-registry"), "{page}");
     let (s, _, _) = viewer.get(&cp, &edit).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
@@ -397,12 +442,22 @@ async fn registries_are_created_and_edited_with_write_only_secrets() {
     assert_eq!(s, StatusCode::FORBIDDEN, "{page}");
     assert_eq!(registry_api(&cp, "forged").await.0, StatusCode::NOT_FOUND);
     let (s, _, _) = viewer
-        .post(&cp, &format!("/ui/projects/{P}/registries/private/delete"), &[("csrf", &their)], &[])
+        .post(
+            &cp,
+            &format!("/ui/projects/{P}/registries/private/delete"),
+            &[("csrf", &their)],
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Without a CSRF token: refused.
     let (s, _, _) = dev
-        .post(&cp, &format!("/ui/projects/{P}/registries/private/delete"), &[], &[])
+        .post(
+            &cp,
+            &format!("/ui/projects/{P}/registries/private/delete"),
+            &[],
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(registry_api(&cp, "private").await.0, StatusCode::OK);
@@ -413,7 +468,12 @@ async fn registries_are_created_and_edited_with_write_only_secrets() {
         .await;
     assert_eq!(s, StatusCode::OK, "{page}");
     let (s, h, _) = dev
-        .post(&cp, &format!("/ui/projects/{P}/registries/private/delete"), &[("csrf", &csrf)], &[])
+        .post(
+            &cp,
+            &format!("/ui/projects/{P}/registries/private/delete"),
+            &[("csrf", &csrf)],
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     let (_, _, page) = dev.get(&cp, h[LOCATION].to_str().unwrap()).await;
@@ -440,7 +500,10 @@ async fn deletes_refused_by_locks_say_why_in_place_and_packages_export() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{page}");
     assert!(page.contains("id=\"delete-error\""), "{page}");
-    assert!(page.contains("web-demo:1.0.0"), "used by the package: {page}");
+    assert!(
+        page.contains("web-demo:1.0.0"),
+        "used by the package: {page}"
+    );
 
     // A deployed package: the server's error, and the deployments that use it.
     let pkg = format!("/ui/projects/{P}/packages/web-demo/1.0.0");
@@ -461,7 +524,9 @@ async fn deletes_refused_by_locks_say_why_in_place_and_packages_export() {
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, b) = cp
-        .get(&cp.at(&format!("/v3/projects/{P}/catalog/applications/web/versions/1.0.0")))
+        .get(&cp.at(&format!(
+            "/v3/projects/{P}/catalog/applications/web/versions/1.0.0"
+        )))
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let mut copy = b["application"].clone();
@@ -469,14 +534,25 @@ async fn deletes_refused_by_locks_say_why_in_place_and_packages_export() {
     copy["displayName"] = json!("web copy");
     copy["imageRegistryName"] = json!("imgs");
     let (s, b) = cp
-        .post(&cp.at(&format!("/v3/projects/{P}/catalog/applications")), &copy)
+        .post(
+            &cp.at(&format!("/v3/projects/{P}/catalog/applications")),
+            &copy,
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, _, page) = dev
-        .post(&cp, &format!("/ui/projects/{P}/registries/imgs/delete"), &[("csrf", &csrf)], &[])
+        .post(
+            &cp,
+            &format!("/ui/projects/{P}/registries/imgs/delete"),
+            &[("csrf", &csrf)],
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{page}");
-    assert!(page.contains("in use by") && page.contains("web-copy:1.0.0"), "{page}");
+    assert!(
+        page.contains("in use by") && page.contains("web-copy:1.0.0"),
+        "{page}"
+    );
 
     // A catalog reader's forged delete: refused by the app layer.
     let viewer = sign_in(&cp, "viewer").await;
@@ -535,7 +611,9 @@ async fn deletes_refused_by_locks_say_why_in_place_and_packages_export() {
         .await;
     assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
     let (s, _) = cp
-        .get(&cp.at(&format!("/v3/projects/{P}/catalog/deployment_packages/web-demo/versions/1.0.0")))
+        .get(&cp.at(&format!(
+            "/v3/projects/{P}/catalog/deployment_packages/web-demo/versions/1.0.0"
+        )))
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }

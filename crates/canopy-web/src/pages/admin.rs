@@ -81,7 +81,12 @@ fn failed(err: impl Into<WebError>) -> Response {
 }
 
 /// Checks the origin and the CSRF token of a POST.
-fn check_post(app: &App, headers: &HeaderMap, session: &Session, csrf: &str) -> Result<(), WebError> {
+fn check_post(
+    app: &App,
+    headers: &HeaderMap,
+    session: &Session,
+    csrf: &str,
+) -> Result<(), WebError> {
     same_origin(&Method::POST, headers, app.public_url())?;
     session.check_csrf(csrf)
 }
@@ -101,7 +106,9 @@ pub async fn tenancy(
     session: Session,
     Query(done): Query<Done>,
 ) -> Result<Response, WebError> {
-    Ok(tenancy_page(&app, &session, &done.done, None).await?.into_response())
+    Ok(tenancy_page(&app, &session, &done.done, None)
+        .await?
+        .into_response())
 }
 
 async fn tenancy_page(
@@ -211,7 +218,9 @@ async fn tenancy_result(
     result: Result<String, AppError>,
 ) -> Result<Response, WebError> {
     match result {
-        Ok(done) => Ok(Redirect::to(&format!("{ADMIN_PATH}{}", query(&[("done", &done)]))).into_response()),
+        Ok(done) => {
+            Ok(Redirect::to(&format!("{ADMIN_PATH}{}", query(&[("done", &done)]))).into_response())
+        }
         Err(e) => {
             let (status, message) = WebError::from(e).status_and_message();
             if status == StatusCode::FORBIDDEN {
@@ -301,9 +310,11 @@ pub async fn users(
     session: Session,
     Query(done): Query<Done>,
 ) -> Result<Response, WebError> {
-    Ok(users_page(&app, &session, &done.done, None, &UserForm::default())
-        .await?
-        .into_response())
+    Ok(
+        users_page(&app, &session, &done.done, None, &UserForm::default())
+            .await?
+            .into_response(),
+    )
 }
 
 async fn users_page(
@@ -445,7 +456,8 @@ async fn user_page(
 ) -> Result<Markup, WebError> {
     let u = app.get_user(&session.principal, name).await?;
     let is_admin = session.principal.is_admin();
-    let is_self = matches!(&session.principal.kind, PrincipalKind::User { user, .. } if *user == u.name);
+    let is_self =
+        matches!(&session.principal.kind, PrincipalKind::User { user, .. } if *user == u.name);
     let frame = frame(app, session).await?;
     let csrf = &session.csrf;
     let base = format!("{USERS_PATH}/{}", segment(&u.name));
@@ -535,7 +547,13 @@ pub async fn set_roles(
 ) -> Result<Response, WebError> {
     check_post(&app, &headers, &session, &f.csrf)?;
     let r = app
-        .update_user(&session.principal, &name, Some(roles_of(&f.roles)), None, None)
+        .update_user(
+            &session.principal,
+            &name,
+            Some(roles_of(&f.roles)),
+            None,
+            None,
+        )
         .await
         .map(|u| format!("Roles of {} saved.", u.name));
     user_result(&app, &session, &name, r, Some(&f.roles)).await
@@ -552,7 +570,13 @@ pub async fn set_password(
     check_post(&app, &headers, &session, &f.csrf)?;
     let current = Some(f.current_password.clone()).filter(|p| !p.is_empty());
     let r = app
-        .update_user(&session.principal, &name, None, Some(f.password.clone()), current)
+        .update_user(
+            &session.principal,
+            &name,
+            None,
+            Some(f.password.clone()),
+            current,
+        )
         .await
         .map(|u| format!("Password of {} set.", u.name));
     user_result(&app, &session, &name, r, None).await
@@ -573,7 +597,9 @@ pub async fn delete_user(
             query(&[("done", &format!("Deleted user {name}."))])
         ))
         .into_response()),
-        Err(e @ AppError::FailedPrecondition(_)) => user_result(&app, &session, &name, Err(e), None).await,
+        Err(e @ AppError::FailedPrecondition(_)) => {
+            user_result(&app, &session, &name, Err(e), None).await
+        }
         Err(e) => Ok(failed(e)),
     }
 }
@@ -582,12 +608,16 @@ pub async fn delete_user(
 
 /// `GET /ui/tokens`: the user's own API tokens.
 pub async fn my_tokens(State(app): State<App>, session: Session) -> Result<Response, WebError> {
-    Ok(tokens_page(&app, &session, false, None).await?.into_response())
+    Ok(tokens_page(&app, &session, false, None)
+        .await?
+        .into_response())
 }
 
 /// `GET /ui/admin/tokens`: every user's tokens (administrators).
 pub async fn all_tokens(State(app): State<App>, session: Session) -> Result<Response, WebError> {
-    Ok(tokens_page(&app, &session, true, None).await?.into_response())
+    Ok(tokens_page(&app, &session, true, None)
+        .await?
+        .into_response())
 }
 
 async fn tokens_page(
@@ -672,7 +702,9 @@ async fn create_token(
     let ttl = match f.days.trim() {
         "" => Ok(None),
         d => match d.parse::<u64>() {
-            Ok(n) if (1..=3650).contains(&n) => Ok(Some(std::time::Duration::from_secs(n * 86_400))),
+            Ok(n) if (1..=3650).contains(&n) => {
+                Ok(Some(std::time::Duration::from_secs(n * 86_400)))
+            }
             _ => Err(AppError::Invalid(format!(
                 "expires after (days) {d:?}: must be a whole number from 1 to 3650, or blank"
             ))),

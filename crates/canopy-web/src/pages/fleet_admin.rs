@@ -46,10 +46,7 @@ fn tokens_path(project: &str) -> String {
 
 /// Labels as the form shows them: one `key=value` per line.
 fn labels_text(labels: &BTreeMap<String, String>) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect()
+    labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 
 /// Parses the form's lines (blank lines ignored); a line without `=` is an error naming it.

@@ -159,7 +159,6 @@ pub async fn sign_in_as(c: &Client, cp: &TestControlPlane, user: &str, password:
     element(c, "#sign-in").await.click().await.unwrap();
 }
 
-
 /// Presses Tab (at most `max` times) until the focused element matches `css`: the element is
 /// reachable with the keyboard. Returns it.
 pub async fn tab_to(c: &Client, css: &str, max: usize) -> fantoccini::elements::Element {
