@@ -318,7 +318,7 @@ pub async fn create_token(
         }
     };
     let server = server_url(&app, &headers);
-    let command = agent_command(&server, &created.secret);
+    let command = agent_command(&server, app.server_pin(), &created.secret);
     let notice = html! {
         section.card.secret-once #created-token role="status" {
             h2 { "Token created: copy it now" }
@@ -366,10 +366,14 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// The command that enrolls an edge (as `canopy enroll-token create` prints it).
-pub fn agent_command(server: &str, secret: &str) -> String {
+/// The command that enrolls an edge (as `canopy enroll-token create` prints it), pinning the
+/// server's self-signed certificate when `pin` is given.
+pub fn agent_command(server: &str, pin: Option<&str>, secret: &str) -> String {
+    let pin = pin
+        .map(|fp| format!(" --server-fingerprint {}", shell_quote(fp)))
+        .unwrap_or_default();
     format!(
-        "canopy agent --server {} --enroll-token {} --data-dir {AGENT_DATA_DIR}",
+        "canopy agent --server {}{pin} --enroll-token {} --data-dir {AGENT_DATA_DIR}",
         shell_quote(server),
         shell_quote(secret)
     )
@@ -412,9 +416,13 @@ mod tests {
     #[test]
     fn the_agent_command_is_quoted_for_a_shell() {
         assert_eq!(
-            agent_command("https://10.0.0.5:7070", "cnt_abc"),
+            agent_command("https://10.0.0.5:7070", None, "cnt_abc"),
             "canopy agent --server https://10.0.0.5:7070 --enroll-token cnt_abc --data-dir /var/lib/canopy-agent"
         );
-        assert!(agent_command("https://x/a b", "cnt_abc").contains("'https://x/a b'"));
+        assert_eq!(
+            agent_command("https://10.0.0.5:7070", Some("sha256:ab12"), "cnt_abc"),
+            "canopy agent --server https://10.0.0.5:7070 --server-fingerprint sha256:ab12 --enroll-token cnt_abc --data-dir /var/lib/canopy-agent"
+        );
+        assert!(agent_command("https://x/a b", None, "cnt_abc").contains("'https://x/a b'"));
     }
 }
