@@ -144,5 +144,51 @@ async fn tokens_labels_and_audit_with_the_keyboard_at_phone_width_in_chromium() 
         .await
         .unwrap();
     assert_eq!(kept.as_deref(), Some("labels"));
+
+    // Every other page this work added, at a phone's width: nothing scrolls sideways, and the
+    // page's main control is reached with Tab.
+    upload_example(&cp).await;
+    let (s, b) = cp
+        .post(
+            &cp.at("/v3/projects/default/catalog/registries"),
+            &serde_json::json!({"name": "imgs", "type": "IMAGE", "rootUrl": "https://images.example.com"}),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    c.set_window_size(380, 800).await.unwrap();
+    for (path, control) in [
+        ("/ui/admin/users", "#create-user"),
+        ("/ui/admin/users/alice", "#save-password"),
+        ("/ui/tokens", "#create-api-token"),
+        ("/ui/admin/tokens", "#create-api-token"),
+        ("/ui/admin", "#new-project button"),
+        ("/ui/projects/default/new-registry", "#save-registry"),
+        (
+            "/ui/projects/default/registries/imgs/edit",
+            "#save-registry",
+        ),
+        (
+            "/ui/projects/default/registries/imgs/delete",
+            "#confirm-delete",
+        ),
+        (
+            "/ui/projects/default/packages/web-demo/1.0.0/delete",
+            "#confirm-delete",
+        ),
+        (
+            "/ui/projects/default/applications/web/1.0.0/delete",
+            "#confirm-delete",
+        ),
+        (
+            "/ui/projects/default/packages/web-demo/1.0.0",
+            "#export-link",
+        ),
+        ("/ui/no/such/page", "main a[href='/']"),
+    ] {
+        c.goto(&cp.at(path)).await.unwrap();
+        element(&c, "main").await;
+        fits_width(&c, path).await;
+        tab_to(&c, control, 80).await;
+    }
     c.close().await.unwrap();
 }
