@@ -407,6 +407,12 @@ impl Server {
                 tenancy: config.tenancy.clone(),
                 tls: config.tls.is_some(),
                 public_url: config.public_url.clone(),
+                server_pin: match (&config.tls, &tls) {
+                    (Some(canopy_tls::ServerTls::SelfSigned { .. }), Some((_, info))) => {
+                        Some(info.fingerprint_sha256.clone())
+                    }
+                    _ => None,
+                },
                 uploads: app::UploadLimits {
                     spool_dir: Some(
                         config

@@ -64,6 +64,8 @@ pub struct AuditQuery {
     pub actor: Option<String>,
     /// The action contains this text (case-insensitive), e.g. `DELETE` or `registries`.
     pub action_contains: Option<String>,
+    /// Exactly this outcome: `ok`, or a failure's reason phrase (`Forbidden`, `Conflict`, ...).
+    pub result: Option<String>,
     /// Records at or after this time.
     pub since: Option<OffsetDateTime>,
     /// Records strictly before this time.
@@ -113,6 +115,9 @@ fn where_clause(q: &AuditQuery) -> (String, Vec<Arg>) {
             Arg::Text(contains_pattern(a)),
             &mut args,
         );
+    }
+    if let Some(r) = &q.result {
+        push("result = ?", Arg::Text(r.clone()), &mut args);
     }
     if let Some(t) = q.since {
         push("at >= ?", Arg::Text(format_time(t)), &mut args);
@@ -243,6 +248,12 @@ mod tests {
         assert!(w.contains("project = $1"), "{w}");
         assert!(w.contains("LIKE $2"), "{w}");
         assert!(w.contains("at < $3"), "{w}");
+        let (w, args) = where_clause(&AuditQuery {
+            result: Some("Forbidden".into()),
+            ..AuditQuery::default()
+        });
+        assert_eq!(args.len(), 1);
+        assert!(w.contains("result = $1"), "{w}");
         let (w, args) = where_clause(&AuditQuery::default());
         assert!(args.is_empty());
         assert_eq!(w, "1 = 1");

@@ -1,6 +1,6 @@
 //! Canopy's web console: HTML pages rendered on the server over the control plane's app layer,
 //! served at `/` and under `/ui/` by `canopy server` (and so by `canopy up` and the test
-//! harness). See `docs/UI.md`. (Unknown paths under `/ui/` get the API's 404.)
+//! harness). See `docs/UI.md`. (Unknown paths under `/ui/` get the console's HTML 404 page.)
 //!
 //! **Why a crate of its own.** The console has one job, pages for people, and it must not be a
 //! second way into the fleet: every page calls the same app-layer functions as the REST API
@@ -109,7 +109,11 @@ pub fn router() -> Router<App> {
         )
         .route("/ui/static/{file}", get(assets::serve))
         .merge(workloads_routes())
+        // web-admin: edges' labels, enrollment tokens, catalog edits, administration, and the
+        // console's own 404 and 429 pages.
+        .merge(admin_routes())
         .layer(DefaultBodyLimit::max(MAX_FORM_BODY))
+        .layer(axum::middleware::from_fn(pages::quality::rate_limited))
         .layer(axum::middleware::from_fn(security::headers))
 }
 
@@ -150,4 +154,80 @@ fn workloads_routes() -> Router<App> {
             &format!("{}/{{*path}}", assets::novnc_base()),
             get(assets::serve_novnc),
         )
+/// The routes of the web-admin pages (see `pages::{fleet_admin, catalog_edit, admin, quality}`).
+fn admin_routes() -> Router<App> {
+    use axum::routing::{any, post};
+    use pages::{admin, catalog_edit, fleet_admin};
+    Router::new()
+        .route(
+            "/ui/projects/{project}/edges/{id}/labels",
+            get(fleet_admin::edit_labels).post(fleet_admin::save_labels),
+        )
+        .route(
+            "/ui/projects/{project}/enrollment-tokens",
+            get(fleet_admin::tokens).post(fleet_admin::create_token),
+        )
+        .route(
+            "/ui/projects/{project}/enrollment-tokens/{id}/revoke",
+            post(fleet_admin::revoke_token),
+        )
+        .route(
+            "/ui/projects/{project}/new-registry",
+            get(catalog_edit::new_registry),
+        )
+        .route(
+            "/ui/projects/{project}/registries",
+            post(catalog_edit::create_registry),
+        )
+        .route(
+            "/ui/projects/{project}/registries/{name}/edit",
+            get(catalog_edit::edit_registry).post(catalog_edit::update_registry),
+        )
+        .route(
+            "/ui/projects/{project}/registries/{name}/delete",
+            get(catalog_edit::confirm_delete_registry).post(catalog_edit::delete_registry),
+        )
+        .route(
+            "/ui/projects/{project}/applications/{name}/{version}/delete",
+            get(catalog_edit::confirm_delete_application).post(catalog_edit::delete_application),
+        )
+        .route(
+            "/ui/projects/{project}/packages/{name}/{version}/delete",
+            get(catalog_edit::confirm_delete_package).post(catalog_edit::delete_package),
+        )
+        .route(
+            "/ui/projects/{project}/packages/{name}/{version}/export",
+            get(catalog_edit::export_package),
+        )
+        .route(admin::ADMIN_PATH, get(admin::tenancy))
+        .route("/ui/admin/orgs", post(admin::create_org))
+        .route("/ui/admin/orgs/{org}/delete", post(admin::delete_org))
+        .route("/ui/admin/projects", post(admin::create_project))
+        .route(
+            "/ui/admin/projects/{project}/delete",
+            post(admin::delete_project),
+        )
+        .route(
+            admin::USERS_PATH,
+            get(admin::users).post(admin::create_user),
+        )
+        .route("/ui/admin/users/{user}", get(admin::user))
+        .route("/ui/admin/users/{user}/roles", post(admin::set_roles))
+        .route("/ui/admin/users/{user}/password", post(admin::set_password))
+        .route("/ui/admin/users/{user}/delete", post(admin::delete_user))
+        .route(
+            admin::ALL_TOKENS_PATH,
+            get(admin::all_tokens).post(admin::create_any_token),
+        )
+        .route(
+            "/ui/admin/tokens/{id}/revoke",
+            post(admin::revoke_any_token),
+        )
+        .route(
+            admin::MY_TOKENS_PATH,
+            get(admin::my_tokens).post(admin::create_my_token),
+        )
+        .route("/ui/tokens/{id}/revoke", post(admin::revoke_my_token))
+        .route(admin::AUDIT_PATH, get(admin::audit))
+        .route("/ui/{*rest}", any(pages::quality::not_found))
 }

@@ -98,6 +98,9 @@ pub struct AppConfig {
     pub tls: bool,
     /// The URL users reach the server at, when set (see `ServerConfig::public_url`).
     pub public_url: Option<String>,
+    /// The certificate fingerprint (`sha256:...`) agents must pin to reach this server, when
+    /// its certificate is self-signed (no CA vouches for it); `None` otherwise.
+    pub server_pin: Option<String>,
     /// What uploads may cost: spool, parallelism, session quotas.
     pub uploads: UploadLimits,
     /// How Helm-chart applications are fetched and rendered.
@@ -112,6 +115,7 @@ struct Inner {
     tenancy: TenancyConfig,
     tls: bool,
     public_url: Option<String>,
+    server_pin: Option<String>,
     /// Recent token lookups (cleared whenever access may have been taken away).
     tokens: identity::TokenCache,
     /// Console sessions opened by OIDC sign-ins (in memory; see `console_oidc`).
@@ -171,6 +175,7 @@ impl App {
                 tenancy: config.tenancy,
                 tls: config.tls,
                 public_url: config.public_url,
+                server_pin: config.server_pin,
                 tokens: Default::default(),
                 oidc_sessions: Default::default(),
                 events: EventBus::default(),
@@ -236,6 +241,12 @@ impl App {
     /// The URL users reach the server at, when configured (behind a reverse proxy).
     pub fn public_url(&self) -> Option<&str> {
         self.inner.public_url.as_deref()
+    }
+
+    /// The fingerprint agents pin (`--server-fingerprint`) when the server's certificate is
+    /// self-signed (see [`AppConfig::server_pin`]).
+    pub fn server_pin(&self) -> Option<&str> {
+        self.inner.server_pin.as_deref()
     }
 
     /// The fleet hub (edges, deployments, long-polls).

@@ -246,6 +246,7 @@ fn parse_query(raw: &str, project_in_path: Option<&str>) -> Result<AuditQuery, A
             "project" if project_in_path.is_none() => q.project = Some(v),
             "actor" => q.actor = text(v),
             "action" => q.action_contains = text(v),
+            "result" => q.result = text(v),
             "since" => q.since = Some(time("since", &v)?),
             "until" => q.until = Some(time("until", &v)?),
             "pageSize" => {
@@ -291,6 +292,7 @@ async fn list(
         ("project" = Option<String>, Query, description = "only calls in this project (required unless administrator)"),
         ("actor" = Option<String>, Query, description = "only calls by this actor"),
         ("action" = Option<String>, Query, description = "only actions containing this text (case-insensitive), e.g. DELETE or registries"),
+        ("result" = Option<String>, Query, description = "only calls with this outcome: ok, or the failure's reason phrase (Forbidden, Conflict, ...)"),
         ("since" = Option<String>, Query, description = "only calls at or after this RFC 3339 time"),
         ("until" = Option<String>, Query, description = "only calls before this RFC 3339 time"),
         ("pageSize" = Option<u32>, Query, description = "entries per page, at most 500 (0 or absent: 50)"),
@@ -310,6 +312,7 @@ pub async fn list_audit(
     params(("projectName" = String, Path),
         ("actor" = Option<String>, Query, description = "only calls by this actor"),
         ("action" = Option<String>, Query, description = "only actions containing this text (case-insensitive)"),
+        ("result" = Option<String>, Query, description = "only calls with this outcome: ok, or the failure's reason phrase"),
         ("since" = Option<String>, Query, description = "only calls at or after this RFC 3339 time"),
         ("until" = Option<String>, Query, description = "only calls before this RFC 3339 time"),
         ("pageSize" = Option<u32>, Query, description = "entries per page, at most 500 (0 or absent: 50)"),
@@ -360,13 +363,14 @@ mod tests {
     #[test]
     fn query_is_strict_and_names_the_parameter() {
         let q = parse_query(
-            "project=p&actor=alice&action=DELETE&since=2025-01-01T00:00:00Z&pageSize=10&offset=20",
+            "project=p&actor=alice&action=DELETE&result=Forbidden&since=2025-01-01T00:00:00Z&pageSize=10&offset=20",
             None,
         )
         .unwrap();
         assert_eq!(q.project.as_deref(), Some("p"));
         assert_eq!(q.actor.as_deref(), Some("alice"));
         assert_eq!(q.action_contains.as_deref(), Some("DELETE"));
+        assert_eq!(q.result.as_deref(), Some("Forbidden"));
         assert!(q.since.is_some() && q.until.is_none());
         assert_eq!((q.page_size, q.offset), (Some(10), 20));
         for (raw, name) in [

@@ -138,12 +138,45 @@ impl Limiter {
     }
 }
 
+/// A web console request over its caller's rate limit. The console renders pages, so it
+/// answers with its own HTML page (the server's message and `Retry-After`): the request is
+/// passed on with this extension, and the console's outermost layer answers `429` at once,
+/// without running a handler (`canopy-web` tests both). Should the answer not be a 429 all the
+/// same, the API's JSON refusal replaces it.
+#[derive(Debug, Clone)]
+pub struct ConsoleRateLimited {
+    /// The server's message (as the API's 429 says it).
+    pub message: String,
+    /// Seconds until a request would pass (`Retry-After`).
+    pub retry_after: u64,
+}
+
+async fn console_refusal(mut req: Request, next: Next, refused: AppError) -> Response {
+    let AppError::RateLimited(retry_after) = refused else {
+        return refused.into_response();
+    };
+    req.extensions_mut().insert(ConsoleRateLimited {
+        message: refused.to_string(),
+        retry_after,
+    });
+    let answer = next.run(req).await;
+    if answer.status() == StatusCode::TOO_MANY_REQUESTS {
+        answer
+    } else {
+        refused.into_response()
+    }
+}
+
 /// Applies the limits to one request (inner of authentication, so the caller is known).
 pub(crate) async fn enforce(State(l): State<Limiter>, mut req: Request, next: Next) -> Response {
     if let Some(p) = req.extensions().get::<Arc<Principal>>()
         && let Err(retry) = l.rate.check(&p.rate_key())
     {
-        return AppError::RateLimited(retry).into_response();
+        let refused = AppError::RateLimited(retry);
+        if super::is_console(req.uri().path()) {
+            return console_refusal(req, next, refused).await;
+        }
+        return refused.into_response();
     }
     req.extensions_mut().insert(l.edges.clone());
     req.extensions_mut().insert(l.long_polls.clone());

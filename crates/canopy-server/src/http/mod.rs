@@ -33,7 +33,7 @@ use crate::app::{App, AppError, Ctx};
 pub use audit::AuditActor;
 pub use auth::{CONSOLE_PREFIX, SESSION_COOKIE, is_console, session_cookie};
 pub use error::ErrorBody;
-pub use limits::Limits;
+pub use limits::{ConsoleRateLimited, Limits};
 pub use tunnels::{parse_logs_query, serve_console, stream_logs};
 pub use upload_body::{next_multipart_field, spool_multipart_files};
 

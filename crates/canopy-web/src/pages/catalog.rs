@@ -58,6 +58,10 @@ fn list_body(
     let more = params.more(rows, matched);
     html! {
         h1 { (title) }
+        // web-admin: what a delete just did.
+        @if !params.deleted.is_empty() {
+            p.notice #deleted role="status" { "Deleted " (params.deleted) "." }
+        }
         form.filter method="get" action=(base) role="search" {
             input type="search" name="name" value=(params.name)
                 placeholder="Filter by name" aria-label="filter by name";
@@ -144,6 +148,13 @@ pub async fn package(
             @if may_deploy {
                 div.actions {
                     a.button #deploy-link href=(super::deploy::deploy_path(&project, &p.name, &p.version)) { "Deploy…" }
+                }
+            }
+            // web-admin: export for every reader, delete for catalog writers.
+            div.actions {
+                a.button.secondary #export-link href=(super::catalog_edit::export_path(&project, &p.name, &p.version)) download { "Export (.tar.gz)" }
+                @if ctx.principal.may(&ctx.project, Access::CatalogWrite) {
+                    a.button.danger #delete-link href=(format!("{}/delete", package_path(&project, &p.name, &p.version))) { "Delete…" }
                 }
             }
             h2 { "Applications" }
@@ -270,6 +281,12 @@ pub async fn application(
                 dt { "Default profile" } dd { (a.default_profile_name) }
                 dt { "Created" } dd { (when(a.create_time)) }
             }
+            // web-admin: delete for catalog writers.
+            @if ctx.principal.may(&ctx.project, Access::CatalogWrite) {
+                div.actions {
+                    a.button.danger #delete-link href=(format!("{}/delete", application_path(&project, &a.name, &a.version))) { "Delete…" }
+                }
+            }
             h2 { "Profiles" }
             @for p in &a.profiles {
                 section.card.profile {
@@ -332,9 +349,18 @@ pub async fn registries(
         }
     };
     let base = project_path(&project, "registries");
+    // web-admin: a new registry for catalog writers.
+    let new_link = html! {
+        @if ctx.principal.may(&ctx.project, Access::CatalogWrite) {
+            div.actions { a.button #new-registry href=(super::catalog_edit::new_registry_path(&project)) { "New registry…" } }
+        }
+    };
     Ok(frame.page(
         "Registries",
-        list_body("Registries", &base, &params, matched, items.len(), table),
+        html! {
+            (list_body("Registries", &base, &params, matched, items.len(), table))
+            (new_link)
+        },
     ))
 }
 
@@ -361,6 +387,13 @@ pub async fn registry(
                 @if !r.inventory_url.is_empty() { dt { "Inventory URL" } dd { (r.inventory_url) } }
                 dt { "Credentials" } dd.muted { "not shown in the console" }
                 dt { "Created" } dd { (when(r.create_time)) }
+            }
+            // web-admin: edit and delete for catalog writers.
+            @if ctx.principal.may(&ctx.project, Access::CatalogWrite) {
+                div.actions {
+                    a.button #edit-link href=(format!("{}/edit", registry_path(&project, &r.name))) { "Edit…" }
+                    a.button.danger #delete-link href=(format!("{}/delete", registry_path(&project, &r.name))) { "Delete…" }
+                }
             }
         },
     ))

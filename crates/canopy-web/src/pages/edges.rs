@@ -100,6 +100,12 @@ pub async fn show(
                 dt { "Generation" } dd { (e.applied_generation) " applied of " (e.generation) }
                 dt { "Enrolled" } dd { (when(Some(e.create_time))) }
             }
+            // web-admin: label editing for deployment writers.
+            @if ctx.principal.may(&ctx.project, canopy_server::app::Access::FleetWrite) {
+                div.actions {
+                    a.button #edit-labels href=(project_path(&project, &format!("edges/{}/labels", segment(&e.id)))) { "Edit labels…" }
+                }
+            }
             h2 { "Workloads" }
             p { a #edge-workloads href=(super::workloads::edge_workloads_path(&project, &e.id, "")) { "Workloads with their actions, consoles and logs →" } }
             @if apps.is_empty() {

@@ -12,6 +12,12 @@ pub mod oidc;
 pub mod upload;
 pub mod workloads;
 
+// web-admin: edges' labels and enrollment tokens, catalog edits, administration, error pages.
+pub mod admin;
+pub mod catalog_edit;
+pub mod fleet_admin;
+pub mod quality;
+
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -34,6 +40,47 @@ pub enum Section {
     Packages,
     Applications,
     Registries,
+    /// Enrollment tokens (web-admin).
+    EnrollmentTokens,
+    /// Administration: organizations, projects, users, API tokens, the audit log (web-admin).
+    Admin,
+}
+
+/// What the signed-in user's roles let them use in the frame's project: the navigation shows
+/// only these sections (the app layer refuses the rest anyway).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allowed {
+    /// Deployments and edges (`ao-r`, `ao-rw`).
+    pub fleet: bool,
+    /// Enrollment tokens (`ao-rw`).
+    pub fleet_write: bool,
+    /// Packages, applications, registries (`cat-r`, `cat-rw`).
+    pub catalog: bool,
+    /// Administration (`canopy-admin`).
+    pub admin: bool,
+}
+
+impl Allowed {
+    /// What `session`'s user may use in `project` (nothing project-scoped when the project is
+    /// not theirs).
+    pub async fn load(app: &App, session: &Session, project: &str) -> Allowed {
+        let admin = session.principal.is_admin();
+        match session.ctx(app, project).await {
+            Ok(ctx) => {
+                let may = |a| ctx.principal.may(&ctx.project, a);
+                Allowed {
+                    fleet: may(canopy_server::app::Access::FleetRead),
+                    fleet_write: may(canopy_server::app::Access::FleetWrite),
+                    catalog: may(canopy_server::app::Access::CatalogRead),
+                    admin,
+                }
+            }
+            Err(_) => Allowed {
+                admin,
+                ..Allowed::default()
+            },
+        }
+    }
 }
 
 /// What the header of a signed-in page shows.
@@ -43,6 +90,7 @@ pub struct Frame {
     project: String,
     projects: Vec<String>,
     section: Section,
+    allowed: Allowed,
 }
 
 impl Frame {
@@ -59,12 +107,14 @@ impl Frame {
             .into_iter()
             .map(|p| p.name)
             .collect();
+        let allowed = Allowed::load(app, session, project).await;
         Ok(Frame {
             user: session.user().to_string(),
             csrf: session.csrf.clone(),
             project: project.to_string(),
             projects,
             section,
+            allowed,
         })
     }
 
@@ -78,11 +128,21 @@ impl Frame {
                 header.top {
                     a.brand href="/" { "Canopy" }
                     nav aria-label="sections" {
+                        @if self.allowed.fleet {
                         a href=(project_path(p, "deployments")) aria-current=[current(Section::Deployments)] { "Deployments" }
                         a href=(project_path(p, "edges")) aria-current=[current(Section::Edges)] { "Edges" }
+                        }
+                        @if self.allowed.fleet_write {
+                            a href=(project_path(p, "enrollment-tokens")) aria-current=[current(Section::EnrollmentTokens)] { "Enrollment tokens" }
+                        }
+                        @if self.allowed.catalog {
                         a href=(project_path(p, "packages")) aria-current=[current(Section::Packages)] { "Packages" }
                         a href=(project_path(p, "applications")) aria-current=[current(Section::Applications)] { "Applications" }
                         a href=(project_path(p, "registries")) aria-current=[current(Section::Registries)] { "Registries" }
+                        }
+                        @if self.allowed.admin {
+                            a #admin-link href=(admin::ADMIN_PATH) aria-current=[current(Section::Admin)] { "Administration" }
+                        }
                     }
                     span.spacer {}
                     @if self.projects.len() > 1 {
@@ -97,7 +157,7 @@ impl Frame {
                     } @else {
                         span { "Project " strong { (p) } }
                     }
-                    span #user { (self.user) }
+                    a #user href=(admin::MY_TOKENS_PATH) title="your API tokens" { (self.user) }
                     form method="post" action="/ui/logout" {
                         input type="hidden" name=(crate::CSRF_FIELD) value=(self.csrf);
                         button.secondary type="submit" { "Sign out" }
@@ -265,7 +325,16 @@ pub async fn home(State(app): State<App>, session: Result<Session, Response>) ->
         .find(|p| p.name == canopy_server::app::DEFAULT_PROJECT)
         .or(projects.first());
     match first {
-        Some(p) => Redirect::to(&project_path(&p.name, "deployments")).into_response(),
+        Some(p) => {
+            // web-admin: a catalog-only user starts at the packages (deployments are not theirs).
+            let allowed = Allowed::load(&app, &session, &p.name).await;
+            let start = if allowed.fleet || !allowed.catalog {
+                "deployments"
+            } else {
+                "packages"
+            };
+            Redirect::to(&project_path(&p.name, start)).into_response()
+        }
         None => (
             StatusCode::FORBIDDEN,
             error_page(
