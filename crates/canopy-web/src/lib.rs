@@ -154,6 +154,8 @@ fn workloads_routes() -> Router<App> {
             &format!("{}/{{*path}}", assets::novnc_base()),
             get(assets::serve_novnc),
         )
+}
+
 /// The routes of the web-admin pages (see `pages::{fleet_admin, catalog_edit, admin, quality}`).
 fn admin_routes() -> Router<App> {
     use axum::routing::{any, post};
