@@ -22,6 +22,9 @@ pub struct TestControlPlane {
     pub url: String,
     /// `sqlite` or `postgres`.
     pub backend: &'static str,
+    /// `http://ADDR/metrics` when the server was started with a metrics listener
+    /// (`config.metrics_listen`, e.g. through [`TestControlPlane::start_configured`]).
+    pub metrics_url: Option<String>,
     http: reqwest::Client,
     app: canopy_server::App,
     shutdown: Option<oneshot::Sender<()>>,
@@ -101,6 +104,7 @@ impl TestControlPlane {
                 helm_bin: std::env::var_os("CANOPY_TEST_HELM").map(Into::into),
                 ..Default::default()
             },
+            metrics_listen: None,
         }
     }
 
@@ -169,6 +173,7 @@ impl TestControlPlane {
             .expect("server binds its port")
             .with_console(canopy_web::router());
         let addr = server.local_addr().expect("bound address");
+        let metrics_url = server.metrics_addr().map(|a| format!("http://{a}/metrics"));
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -194,6 +199,7 @@ impl TestControlPlane {
         TestControlPlane {
             url: format!("http://{addr}"),
             backend,
+            metrics_url,
             admin_token,
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
