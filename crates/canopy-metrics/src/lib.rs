@@ -303,14 +303,8 @@ mod tests {
             .increment(3);
         r.histogram("canopy_test_seconds", &[]).record(0.2);
         let text = r.render();
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        let scrape = prometheus_parse::Scrape::parse(lines).expect("parses");
-        let c = scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == "canopy_test_total")
-            .expect("counter");
-        assert!(matches!(c.value, prometheus_parse::Value::Counter(v) if v == 3.0));
+        assert!(text.contains("# TYPE canopy_test_total counter"), "{text}");
+        assert!(text.contains("canopy_test_total{route=\"/a\"} 3"), "{text}");
         assert!(text.contains("canopy_test_seconds_bucket{le=\"0.25\"} 1"), "{text}");
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
     }

@@ -62,6 +62,17 @@ impl TestControlPlane {
         Some(Self::start_with(Some(url), "postgres", Default::default()).await)
     }
 
+    /// [`TestControlPlane::start_postgres`], configured further by `configure`.
+    pub async fn start_postgres_configured(
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Option<TestControlPlane> {
+        let url = canopy_store::testing::fresh_postgres().await?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Self::config_in(dir.path(), Some(url), Default::default());
+        configure(&mut config);
+        Some(Self::launch(config, Some(dir), "postgres").await)
+    }
+
     /// Every configured backend: SQLite always, PostgreSQL when configured.
     pub async fn all() -> Vec<TestControlPlane> {
         let mut v = vec![Self::start().await];
