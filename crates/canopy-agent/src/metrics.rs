@@ -201,3 +201,68 @@ impl AgentMetrics {
         self.inner.last_report.set(now.as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canopy_proto::{AppStatus, WorkloadStatus};
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn passes_errors_and_states_are_counted_by_bounded_labels() {
+        let m = AgentMetrics::new(Registry::new());
+        let apps = vec![
+            AppStatus {
+                app: "web".into(),
+                state: AppState::Running,
+                workloads: vec![WorkloadStatus {
+                    state: "running".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            AppStatus {
+                app: "db".into(),
+                state: AppState::Down,
+                workloads: vec![WorkloadStatus {
+                    state: "someday-a-new-state".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ];
+        m.pass(true, Ok(()));
+        m.states(&apps);
+        let unreachable = DriverError::Timeout {
+            op: "inspect",
+            target: "container web of deployment d".into(),
+            timeout: std::time::Duration::from_secs(30),
+        };
+        m.pass(false, Err(&unreachable));
+        m.pass(false, Err(&unreachable));
+        m.reported();
+        let text = m.registry().render();
+        let at = |s| sample(&text, s);
+        assert_eq!(
+            at("canopy_agent_convergence_passes_total{kind=\"apply\",result=\"ok\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            at("canopy_agent_convergence_passes_total{kind=\"observe\",result=\"error\"}"),
+            Some(2.0)
+        );
+        assert_eq!(at("canopy_agent_engine_errors_total{kind=\"timeout\"}"), Some(2.0));
+        assert_eq!(at("canopy_agent_engine_errors_total{kind=\"engine\"}"), Some(0.0));
+        assert_eq!(at("canopy_agent_apps{state=\"RUNNING\"}"), Some(1.0));
+        assert_eq!(at("canopy_agent_apps{state=\"DOWN\"}"), Some(1.0));
+        assert_eq!(at("canopy_agent_workloads{state=\"running\"}"), Some(1.0));
+        assert_eq!(at("canopy_agent_workloads{state=\"other\"}"), Some(1.0));
+        assert_eq!(at("canopy_agent_reports_sent_total"), Some(1.0));
+        assert!(at("canopy_agent_last_report_timestamp_seconds").unwrap() > 1.7e9);
+        assert!(!text.contains("web") && !text.contains("someday"), "{text}");
+    }
+}
