@@ -26,8 +26,18 @@ const APP_STATES: [(AppState, &str); 4] = [
 /// The workload states counted by name (a container's, a VM's, a pod's phase); any other is
 /// `other`.
 const WORKLOAD_STATES: [&str; 12] = [
-    "created", "running", "restarting", "paused", "exited", "dead", "stopped", "Pending",
-    "Running", "Succeeded", "Failed", "other",
+    "created",
+    "running",
+    "restarting",
+    "paused",
+    "exited",
+    "dead",
+    "stopped",
+    "Pending",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "other",
 ];
 
 /// The kinds of engine errors (one per [`DriverError`] variant).
@@ -141,9 +151,8 @@ impl AgentMetrics {
                 apps: APP_STATES.map(|(_, s)| r.gauge("canopy_agent_apps", &[("state", s.into())])),
                 workloads: WORKLOAD_STATES
                     .map(|s| r.gauge("canopy_agent_workloads", &[("state", s.into())])),
-                errors: ERROR_KINDS.map(|k| {
-                    r.counter("canopy_agent_engine_errors_total", &[("kind", k.into())])
-                }),
+                errors: ERROR_KINDS
+                    .map(|k| r.counter("canopy_agent_engine_errors_total", &[("kind", k.into())])),
                 last_report: r.gauge("canopy_agent_last_report_timestamp_seconds", &[]),
                 reports: r.counter("canopy_agent_reports_sent_total", &[]),
                 registry,
@@ -255,8 +264,14 @@ mod tests {
             at("canopy_agent_convergence_passes_total{kind=\"observe\",result=\"error\"}"),
             Some(2.0)
         );
-        assert_eq!(at("canopy_agent_engine_errors_total{kind=\"timeout\"}"), Some(2.0));
-        assert_eq!(at("canopy_agent_engine_errors_total{kind=\"engine\"}"), Some(0.0));
+        assert_eq!(
+            at("canopy_agent_engine_errors_total{kind=\"timeout\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            at("canopy_agent_engine_errors_total{kind=\"engine\"}"),
+            Some(0.0)
+        );
         assert_eq!(at("canopy_agent_apps{state=\"RUNNING\"}"), Some(1.0));
         assert_eq!(at("canopy_agent_apps{state=\"DOWN\"}"), Some(1.0));
         assert_eq!(at("canopy_agent_workloads{state=\"running\"}"), Some(1.0));

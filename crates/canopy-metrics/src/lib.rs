@@ -27,15 +27,16 @@ use std::time::{Duration, Instant};
 
 pub use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics::{Key, KeyName, Label, Metadata, Recorder, SharedString};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// The metadata every Canopy metric is registered with (the exporter ignores it).
 static METADATA: Metadata<'static> = Metadata::new("canopy", metrics::Level::INFO, None);
 
 /// Upper bounds (seconds) of latency histograms: 1 ms to 5 min (long-polls wait up to 60 s).
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// Upper bounds of size histograms (counts of things, e.g. edges woken by one change).
@@ -132,7 +133,9 @@ impl Registry {
     /// The gauge `name` with `labels`.
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, SharedString)]) -> Gauge {
         match &self.inner {
-            Some(i) => i.recorder.register_gauge(&Self::key(name, labels), &METADATA),
+            Some(i) => i
+                .recorder
+                .register_gauge(&Self::key(name, labels), &METADATA),
             None => Gauge::noop(),
         }
     }
@@ -305,7 +308,10 @@ mod tests {
         let text = r.render();
         assert!(text.contains("# TYPE canopy_test_total counter"), "{text}");
         assert!(text.contains("canopy_test_total{route=\"/a\"} 3"), "{text}");
-        assert!(text.contains("canopy_test_seconds_bucket{le=\"0.25\"} 1"), "{text}");
+        assert!(
+            text.contains("canopy_test_seconds_bucket{le=\"0.25\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
     }
 }

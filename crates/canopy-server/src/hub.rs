@@ -1127,7 +1127,12 @@ impl State_ {
     }
 
     /// Returns how many edges it woke.
-    fn put_deployment(&mut self, rec: Arc<DeploymentRecord>, revision: u64, changed: bool) -> usize {
+    fn put_deployment(
+        &mut self,
+        rec: Arc<DeploymentRecord>,
+        revision: u64,
+        changed: bool,
+    ) -> usize {
         let mut woken = 0usize;
         let id = rec.id.clone();
         let project = rec.project_id;

@@ -406,9 +406,11 @@ impl Server {
         let store = open_store(config).await?;
         guard_admin_token(config, &store).await?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
-                ServerError::Listen { addr, source }
-            })?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Listen { addr, source })?,
+            ),
             None => None,
         };
         let metrics = match metrics_listener {

@@ -152,8 +152,14 @@ impl ServerMetrics {
         )
         .set(1.0);
         ServerMetrics {
-            reports_accepted: r.counter("canopy_agent_reports_total", &[("result", "accepted".into())]),
-            reports_refused: r.counter("canopy_agent_reports_total", &[("result", "refused".into())]),
+            reports_accepted: r.counter(
+                "canopy_agent_reports_total",
+                &[("result", "accepted".into())],
+            ),
+            reports_refused: r.counter(
+                "canopy_agent_reports_total",
+                &[("result", "refused".into())],
+            ),
             edges: r.gauge("canopy_fleet_edges", &[]),
             connected: r.gauge("canopy_fleet_edges_connected", &[]),
             long_polls: r.gauge("canopy_agent_long_polls", &[]),

@@ -62,7 +62,10 @@ fn parse_strict(text: &str) -> Vec<Sample> {
                     None => panic!("unterminated label value in {line:?}"),
                 }
             };
-            assert!(out.insert(k.to_string(), value).is_none(), "label twice in {line:?}");
+            assert!(
+                out.insert(k.to_string(), value).is_none(),
+                "label twice in {line:?}"
+            );
             rest = &after[end + 1..];
             rest = rest.strip_prefix(',').unwrap_or(rest);
         }
@@ -107,7 +110,9 @@ fn parse_strict(text: &str) -> Vec<Sample> {
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let family = ["_bucket", "_sum", "_count"]
             .iter()
@@ -155,7 +160,10 @@ fn parse_strict(text: &str) -> Vec<Sample> {
                         && key.iter().all(|(k, v)| s.labels.get(k) == Some(v))
                 })
                 .unwrap_or_else(|| panic!("{family}{key:?}: no _count"));
-            assert_eq!(inf.1, count.value, "{family}{key:?}: +Inf bucket is not _count");
+            assert_eq!(
+                inf.1, count.value,
+                "{family}{key:?}: +Inf bucket is not _count"
+            );
         }
     }
     samples
@@ -189,14 +197,21 @@ async fn scrape(url: &str) -> (String, Vec<Sample>) {
 }
 
 /// Scrapes until `ok` holds (renderings are cached for a second), within a generous deadline.
-async fn scrape_until(url: &str, what: &str, ok: impl Fn(&[Sample]) -> bool) -> (String, Vec<Sample>) {
+async fn scrape_until(
+    url: &str,
+    what: &str,
+    ok: impl Fn(&[Sample]) -> bool,
+) -> (String, Vec<Sample>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (text, samples) = scrape(url).await;
         if ok(&samples) {
             return (text, samples);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -272,7 +287,11 @@ async fn exercise(cp: TestControlPlane) {
     })
     .await;
     assert_eq!(
-        delta(&after, "canopy_agent_reports_total", &[("result", "accepted")]),
+        delta(
+            &after,
+            "canopy_agent_reports_total",
+            &[("result", "accepted")]
+        ),
         3.0
     );
     assert_eq!(
@@ -292,7 +311,10 @@ async fn exercise(cp: TestControlPlane) {
             &after,
             "canopy_http_requests_total",
             &[
-                ("route", "/v1/projects/{projectName}/appdeployment/deployments"),
+                (
+                    "route",
+                    "/v1/projects/{projectName}/appdeployment/deployments"
+                ),
                 ("method", "POST"),
                 ("code", "200")
             ]
@@ -308,7 +330,10 @@ async fn exercise(cp: TestControlPlane) {
         "{text}"
     );
     // Each agent received the change once; one change woke three edges.
-    assert_eq!(delta(&after, "canopy_fleet_delivery_seconds_count", &[]), 3.0);
+    assert_eq!(
+        delta(&after, "canopy_fleet_delivery_seconds_count", &[]),
+        3.0
+    );
     assert_eq!(
         delta(
             &after,
@@ -330,7 +355,10 @@ async fn exercise(cp: TestControlPlane) {
         ) >= 1.0,
         "{text}"
     );
-    assert!(value(&after, "process_resident_memory_bytes", &[]) > 0.0, "{text}");
+    assert!(
+        value(&after, "process_resident_memory_bytes", &[]) > 0.0,
+        "{text}"
+    );
     assert!(value(&after, "process_open_fds", &[]) > 0.0, "{text}");
 
     // Nothing of the tenant's: no edge name or id, no deployment id.
@@ -358,7 +386,10 @@ async fn exercise(cp: TestControlPlane) {
             let r = reqwest::get(&url).await.unwrap();
             (r.status(), serde_json::Value::Null)
         };
-        assert!(s == StatusCode::NOT_FOUND || s == StatusCode::UNAUTHORIZED, "{s}");
+        assert!(
+            s == StatusCode::NOT_FOUND || s == StatusCode::UNAUTHORIZED,
+            "{s}"
+        );
     }
     let (text, end) = scrape_until(&metrics, "the unknown paths counted", |s| {
         let unmatched: f64 = s

@@ -144,8 +144,14 @@ async fn agent_metrics_follow_a_deployment() {
         ],
     )
     .await;
-    assert_eq!(sample(&text, "canopy_agent_apps{state=\"RUNNING\"}"), Some(2.0));
-    assert_eq!(sample(&text, "canopy_agent_apps{state=\"DOWN\"}"), Some(0.0));
+    assert_eq!(
+        sample(&text, "canopy_agent_apps{state=\"RUNNING\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "canopy_agent_apps{state=\"DOWN\"}"),
+        Some(0.0)
+    );
     assert_eq!(
         sample(&text, "canopy_agent_workloads{state=\"running\"}"),
         Some(2.0),
@@ -158,7 +164,10 @@ async fn agent_metrics_follow_a_deployment() {
     );
     // No app, deployment or edge names in labels.
     for name in ["web-demo", "metrics-edge", &project] {
-        assert!(!text.contains(name), "{name} in the agent's metrics:\n{text}");
+        assert!(
+            !text.contains(name),
+            "{name} in the agent's metrics:\n{text}"
+        );
     }
     agent.kill().await;
 }

@@ -114,8 +114,7 @@ pub async fn run(
         );
         let upkeep = registry.spawn_upkeep();
         let server = tokio::spawn(async move {
-            if let Err(e) =
-                canopy_metrics::serve(listener, registry, std::future::pending()).await
+            if let Err(e) = canopy_metrics::serve(listener, registry, std::future::pending()).await
             {
                 tracing::warn!(error = %e, "the metrics listener failed");
             }
