@@ -131,7 +131,9 @@ fn parse_strict(text: &str) -> Vec<Sample> {
     // Histograms: cumulative buckets, +Inf = _count, per series.
     for (family, _) in typed.iter().filter(|(_, t)| *t == "histogram") {
         let bucket = format!("{family}_bucket");
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        // Labels but `le` -> (le, cumulative count) of each bucket.
+        type Buckets = BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>>;
+        let mut series = Buckets::new();
         for s in samples.iter().filter(|s| s.name == bucket) {
             let le: f64 = match s.labels["le"].as_str() {
                 "+Inf" => f64::INFINITY,
