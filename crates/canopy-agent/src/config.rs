@@ -51,6 +51,9 @@ pub struct AgentConfig {
     /// Largest VM image the edge downloads, in bytes. Default: canopy-vm's
     /// ([`canopy_vm::DEFAULT_MAX_IMAGE_BYTES`], 8 GiB).
     pub vm_cache_max_bytes: u64,
+    /// Where the agent's Prometheus metrics are recorded (no-ops by default; `canopy agent
+    /// --metrics-listen` serves them).
+    pub metrics: crate::AgentMetrics,
 }
 
 impl AgentConfig {
@@ -72,6 +75,7 @@ impl AgentConfig {
             tunnel_http_client: None,
             vm_image_dirs: Vec::new(),
             vm_cache_max_bytes: canopy_vm::DEFAULT_MAX_IMAGE_BYTES,
+            metrics: crate::AgentMetrics::default(),
         }
     }
 }
@@ -108,6 +112,7 @@ impl std::fmt::Debug for AgentConfig {
             )
             .field("vm_image_dirs", &self.vm_image_dirs)
             .field("vm_cache_max_bytes", &self.vm_cache_max_bytes)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }

@@ -672,6 +672,10 @@ async fn converge_loop<C: Converger>(
             } else {
                 converger.observe(&desired).await
             };
+            shared
+                .config
+                .metrics
+                .pass(applying, result.as_ref().map(|_| ()));
             let apps = match result {
                 Ok(apps) => {
                     if engine_error.take().is_some() {
@@ -705,6 +709,7 @@ async fn converge_loop<C: Converger>(
                 }
             };
             all_running = apps.iter().all(|a| a.state == AppState::Running);
+            shared.config.metrics.states(&apps);
             observed_tx.send_replace(Some(Observation {
                 generation: desired.generation,
                 apps,
@@ -780,6 +785,7 @@ async fn report_loop(
             match shared.client.report(&report).await {
                 Ok(ack) => {
                     shared.link.up();
+                    shared.config.metrics.reported();
                     backoff.reset();
                     last_rejection = None;
                     shared.set_heartbeat_seconds(ack.heartbeat_seconds);

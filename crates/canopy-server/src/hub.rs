@@ -181,6 +181,9 @@ struct EdgeEntry {
     agent_dirty: bool,
     /// Operator actions on this edge's workloads, by (deployment, app, kind, workload).
     controls: BTreeMap<ControlKey, WorkloadControl>,
+    /// When the oldest change the edge has not received yet was made (see
+    /// [`HubMetrics::delivery`]).
+    changed_at: Option<std::time::Instant>,
 }
 
 /// (deployment id, app, kind, workload name) of a [`WorkloadControl`].
@@ -246,6 +249,45 @@ pub struct Hub {
     state: Mutex<State_>,
     writes: tokio::sync::Mutex<()>,
     cfg: HubConfig,
+    metrics: HubMetrics,
+}
+
+/// What the hub records for `/metrics` (no-ops unless given with [`Hub::with_metrics`]).
+#[derive(Clone)]
+pub struct HubMetrics {
+    /// Per edge: from the change of its desired state (the hub applying a committed fleet
+    /// write) to the long-poll response that hands it over. A change the edge has not taken
+    /// yet is timed from its first, so an edge offline for an hour records an hour.
+    pub delivery: canopy_metrics::Histogram,
+    /// Per deployment change (put or remove): applying it to the hub, from waiting for the
+    /// hub's lock to every targeted edge's long-poll woken.
+    pub fanout: canopy_metrics::Histogram,
+    /// Per deployment change: how many edges it woke.
+    pub fanout_edges: canopy_metrics::Histogram,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        HubMetrics {
+            delivery: canopy_metrics::Histogram::noop(),
+            fanout: canopy_metrics::Histogram::noop(),
+            fanout_edges: canopy_metrics::Histogram::noop(),
+        }
+    }
+}
+
+/// Scrape-time counts of the fleet (see [`Hub::gauges`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FleetGauges {
+    /// Edges enrolled.
+    pub edges: usize,
+    /// Edges connected: a long-poll open or a report within two heartbeats (as edge lists show
+    /// `connected`).
+    pub connected: usize,
+    /// Desired-state long-polls waiting.
+    pub long_polls: usize,
+    /// Deployments.
+    pub deployments: usize,
 }
 
 fn now() -> OffsetDateTime {
@@ -263,6 +305,7 @@ impl Hub {
             state: Mutex::new(State_::default()),
             writes: tokio::sync::Mutex::new(()),
             cfg,
+            metrics: HubMetrics::default(),
         };
         {
             let mut st = hub.lock();
@@ -294,7 +337,7 @@ impl Hub {
             for row in snap.deployments {
                 let rec: DeploymentRecord = serde_json::from_str(&row.body)
                     .map_err(|e| format!("deployment {} record: {e}", row.id))?;
-                st.put_deployment(Arc::new(rec), snap.revision, false);
+                let _ = st.put_deployment(Arc::new(rec), snap.revision, false);
             }
             for row in snap.controls {
                 let kind = match row.kind.as_str() {
@@ -321,6 +364,12 @@ impl Hub {
             }
         }
         Ok(hub)
+    }
+
+    /// Records delivery and fan-out in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: HubMetrics) -> Hub {
+        self.metrics = metrics;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State_> {
@@ -508,7 +557,10 @@ impl Hub {
     /// Adds or replaces a deployment; edges that gain, keep (when it changed) or lose it are
     /// woken with `revision`.
     pub fn put_deployment(&self, rec: Arc<DeploymentRecord>, revision: u64) {
-        self.lock().put_deployment(rec, revision, true);
+        let start = std::time::Instant::now();
+        let woken = self.lock().put_deployment(rec, revision, true);
+        self.metrics.fanout.record(start.elapsed());
+        self.metrics.fanout_edges.record(woken as f64);
     }
 
     /// The operator's standing action on one workload of an edge (none: it runs, never
@@ -566,10 +618,12 @@ impl Hub {
 
     /// Removes a deployment; the edges holding it are woken with `revision`.
     pub fn remove_deployment(&self, id: &str, revision: u64) {
+        let start = std::time::Instant::now();
         let mut st = self.lock();
         let Some(de) = st.deployments.remove(id) else {
             return;
         };
+        let mut woken = 0usize;
         if let Some(pf) = st.projects.get_mut(&de.rec.project_id) {
             pf.deployments.remove(id);
             for app_id in app_ids(&de.rec).values() {
@@ -582,9 +636,12 @@ impl Hub {
                 e.statuses.remove(id);
                 e.controls.retain(|(d, ..), _| d != id);
                 e.status_dirty = true;
-                bump(e, revision);
+                woken += usize::from(bump(e, revision));
             }
         }
+        drop(st);
+        self.metrics.fanout.record(start.elapsed());
+        self.metrics.fanout_edges.record(woken as f64);
     }
 
     /// One deployment of a project.
@@ -771,6 +828,7 @@ impl Hub {
             };
             e.last_seen = Some(now());
             if e.generation > after {
+                self.delivered(e);
                 return Ok(Some(st.build(edge_id)));
             }
             (e.notify.subscribe(), Arc::clone(&e.polls))
@@ -792,6 +850,7 @@ impl Hub {
             Ok(Ok(_)) => match st.edges.get_mut(edge_id) {
                 Some(e) => {
                     e.last_seen = Some(now());
+                    self.delivered(e);
                     Ok(Some(st.build(edge_id)))
                 }
                 None => Err(HubError::EdgeGone(edge_id.to_string())),
@@ -923,6 +982,33 @@ impl Hub {
         }
     }
 
+    /// Records the delivery of an edge's pending change (its desired state is being handed over).
+    fn delivered(&self, e: &mut EdgeEntry) {
+        if let Some(at) = e.changed_at.take() {
+            self.metrics.delivery.record(at.elapsed());
+        }
+    }
+
+    /// The fleet's gauges, counted at scrape time (one pass over the edges under the lock; the
+    /// hot paths keep nothing extra for them).
+    pub fn gauges(&self) -> FleetGauges {
+        let st = self.lock();
+        let now = now();
+        let mut g = FleetGauges {
+            edges: st.edges.len(),
+            deployments: st.deployments.len(),
+            ..FleetGauges::default()
+        };
+        for e in st.edges.values() {
+            let polls = e.polls.load(Ordering::Relaxed) as usize;
+            g.long_polls += polls;
+            if polls > 0 || age(e.last_seen, now).is_some_and(|a| a < self.cfg.heartbeat * 2) {
+                g.connected += 1;
+            }
+        }
+        g
+    }
+
     /// Counts for logs and benchmarks: (edges, open long-polls, deployments).
     pub fn counts(&self) -> (usize, usize, usize) {
         let st = self.lock();
@@ -964,15 +1050,20 @@ fn new_edge_entry(row: EdgeRow, generation: u64) -> EdgeEntry {
         status_dirty: false,
         agent_dirty: false,
         controls: BTreeMap::new(),
+        changed_at: None,
         row,
     }
 }
 
-/// Moves an edge to `revision` and wakes its long-polls.
-fn bump(e: &mut EdgeEntry, revision: u64) {
+/// Moves an edge to `revision` and wakes its long-polls; whether it moved.
+fn bump(e: &mut EdgeEntry, revision: u64) -> bool {
     if revision > e.generation {
         e.generation = revision;
+        e.changed_at.get_or_insert_with(std::time::Instant::now);
         e.notify.send_replace(revision);
+        true
+    } else {
+        false
     }
 }
 
@@ -1035,7 +1126,14 @@ impl State_ {
         out
     }
 
-    fn put_deployment(&mut self, rec: Arc<DeploymentRecord>, revision: u64, changed: bool) {
+    /// Returns how many edges it woke.
+    fn put_deployment(
+        &mut self,
+        rec: Arc<DeploymentRecord>,
+        revision: u64,
+        changed: bool,
+    ) -> usize {
+        let mut woken = 0usize;
         let id = rec.id.clone();
         let project = rec.project_id;
         {
@@ -1069,14 +1167,14 @@ impl State_ {
             if let Some(e) = self.edges.get_mut(edge) {
                 e.deployments.remove(&id);
                 e.statuses.remove(&id);
-                bump(e, revision);
+                woken += usize::from(bump(e, revision));
             }
         }
         for (edge, apps) in &new_edges {
             if let Some(e) = self.edges.get_mut(edge) {
                 let before = e.deployments.insert(id.clone(), apps.clone());
                 if changed || before.as_ref() != Some(apps) {
-                    bump(e, revision);
+                    woken += usize::from(bump(e, revision));
                 }
             }
         }
@@ -1095,6 +1193,7 @@ impl State_ {
                 holders: Mutex::new(None),
             },
         );
+        woken
     }
 
     /// Recomputes which deployments of its project an edge holds (after enrollment or a label

@@ -16,6 +16,7 @@ pub mod app;
 pub mod events;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod tunnels;
 
 use std::net::SocketAddr;
@@ -63,6 +64,9 @@ pub struct ServerConfig {
     /// How Helm-chart applications are rendered: the Helm CLI (`--helm-bin`, default `helm` on
     /// PATH, checked at start), the chart cache (default `DATA_DIR/charts`), limits.
     pub helm: app::HelmConfig,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP, no token: loopback or a monitoring
+    /// network only; see docs/OPERATIONS.md). `None` (the default): no metrics are kept.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default of [`ServerConfig::audit_retention`]: 400 days.
@@ -373,6 +377,8 @@ pub struct Server {
     audit_retention: std::time::Duration,
     /// The web console's routes, when one is served (see [`Server::with_console`]).
     console: Option<axum::Router<App>>,
+    /// The `/metrics` listener, when configured.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -399,6 +405,18 @@ impl Server {
         };
         let store = open_store(config).await?;
         guard_admin_token(config, &store).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics = match metrics_listener {
+            Some(_) => canopy_metrics::Registry::new(),
+            None => canopy_metrics::Registry::disabled(),
+        };
         let app = App::with_options(
             store,
             app::AppConfig {
@@ -434,6 +452,7 @@ impl Server {
                     ..config.helm.clone()
                 },
                 charts: app::ChartLimits::default(),
+                metrics,
             },
         )
         .await?;
@@ -459,6 +478,7 @@ impl Server {
             limits: config.limits.clone(),
             audit_retention: config.audit_retention,
             console: None,
+            metrics_listener,
         })
     }
 
@@ -485,6 +505,13 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The address `/metrics` is served on, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The app layer of this server.
     pub fn app(&self) -> &App {
         &self.app
@@ -506,6 +533,16 @@ impl Server {
         let reaper = tokio::spawn(app::reap_upload_sessions(self.app.clone()));
         let flusher = tokio::spawn(flush_fleet(self.app.clone()));
         let housekeeper = tokio::spawn(housekeeping(self.app.clone(), self.audit_retention));
+        let registry = self.app.metrics().registry().clone();
+        let upkeep = registry.spawn_upkeep();
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let shutdown = self.app.shutting_down();
+            tokio::spawn(async move {
+                if let Err(e) = canopy_metrics::serve(listener, registry, shutdown).await {
+                    tracing::warn!(error = %e, "the metrics listener failed");
+                }
+            })
+        });
         let app = self.app.clone();
         let shutdown = async move {
             shutdown.await;
@@ -516,6 +553,10 @@ impl Server {
         reaper.abort();
         flusher.abort();
         housekeeper.abort();
+        if let Some(m) = metrics_server {
+            m.abort();
+        }
+        drop(upkeep);
         self.app.flush_fleet().await;
         self.app.store().close().await;
         drop(self.lock);
@@ -607,6 +648,13 @@ pub async fn serve(
     };
     let url = server.url()?;
     tracing::info!(%addr, %storage, "Canopy control plane listening on {url} (API document at /openapi.json{})", if console_given { ", web console at /" } else { "" });
+    if let Some(metrics) = server.metrics_addr() {
+        tracing::info!(
+            %metrics,
+            "Prometheus metrics at http://{metrics}/metrics (no token: keep this address on \
+             loopback or a monitoring network)"
+        );
+    }
     match server.tls_certificate() {
         Some(cert) => tracing::info!(
             "TLS certificate fingerprint: {fp} (certificate {file}, subject {subject}, valid \

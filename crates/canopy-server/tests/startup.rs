@@ -23,6 +23,7 @@ fn config(data_dir: &Path) -> ServerConfig {
         public_url: None,
         initialize: false,
         helm: Default::default(),
+        metrics_listen: None,
         uploads: Default::default(),
     }
 }

@@ -36,6 +36,7 @@ impl Running {
             uploads: Default::default(),
             initialize: false,
             helm: Default::default(),
+            metrics_listen: None,
         };
         let server = Server::bind(&config).await.expect("server binds");
         let url = server.url().unwrap();
@@ -211,6 +212,7 @@ async fn given_certificate_files_must_be_usable() {
         uploads: Default::default(),
         initialize: false,
         helm: Default::default(),
+        metrics_listen: None,
     };
     let e = Server::bind(&config).await.err().expect("refused");
     let text = e.to_string();

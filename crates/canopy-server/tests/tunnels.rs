@@ -183,6 +183,7 @@ impl Plane {
             uploads: Default::default(),
             initialize: false,
             helm: Default::default(),
+            metrics_listen: None,
         };
         let server = canopy_server::Server::bind(&config).await.unwrap();
         let url = server.url().unwrap();

@@ -267,6 +267,7 @@ impl Store {
                 Backend::Postgres => None,
             };
             let mut tx = self.pool.begin().await?;
+            let _timer = crate::sql::TxTimer::start(&self.metrics.edges_seen);
             for seen in chunk {
                 sqlx::query(
                     "UPDATE edges SET last_seen = $2, agent = COALESCE($3, agent), last_status = COALESCE($4, last_status) WHERE id = $1",

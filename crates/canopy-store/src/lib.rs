@@ -116,7 +116,7 @@ pub use fleet::{
     WorkloadControlRow,
 };
 pub use sealing::ResealReport;
-pub use sql::{CatalogTx, Store};
+pub use sql::{CatalogTx, Store, TxMetrics};
 pub use tenancy::{AdminReset, Org, OrgDelete, ProjectPut, ProjectRecord, Put, TokenRow, UserRow};
 pub use uploads::{
     UPLOAD_CHUNK_BYTES, UploadFileEntry, UploadSessionInfo, UploadUsage, UploadUsages,

@@ -74,6 +74,51 @@ pub struct Store {
     pub(crate) write_lock: Arc<Mutex<()>>,
     /// Seals and opens the secret-bearing bodies (see [`crate::sealing`]).
     pub(crate) keyring: Option<Arc<canopy_seal::Keyring>>,
+    /// Where transaction times go (no-ops unless [`Store::with_metrics`]).
+    pub(crate) metrics: TxMetrics,
+}
+
+/// Histograms of transaction durations, by kind of transaction (see [`Store::with_metrics`]).
+/// The store records through these `metrics` handles and knows nothing of an exporter.
+#[derive(Clone)]
+pub struct TxMetrics {
+    /// Read-only catalog transactions ([`Store::read`]).
+    pub read: metrics::Histogram,
+    /// Write catalog transactions ([`Store::write`]): catalog and fleet writes.
+    pub write: metrics::Histogram,
+    /// The batched writes of edge liveness ([`Store::record_edges_seen`], one per chunk).
+    pub edges_seen: metrics::Histogram,
+}
+
+impl Default for TxMetrics {
+    fn default() -> Self {
+        TxMetrics {
+            read: metrics::Histogram::noop(),
+            write: metrics::Histogram::noop(),
+            edges_seen: metrics::Histogram::noop(),
+        }
+    }
+}
+
+/// Records how long a transaction lasted (begin to commit or rollback) when dropped.
+pub(crate) struct TxTimer {
+    start: std::time::Instant,
+    histogram: metrics::Histogram,
+}
+
+impl TxTimer {
+    pub(crate) fn start(histogram: &metrics::Histogram) -> TxTimer {
+        TxTimer {
+            start: std::time::Instant::now(),
+            histogram: histogram.clone(),
+        }
+    }
+}
+
+impl Drop for TxTimer {
+    fn drop(&mut self) {
+        self.histogram.record(self.start.elapsed());
+    }
 }
 
 /// A catalog transaction of one project. Dropped without [`CatalogTx::commit`] = rolled back.
@@ -87,6 +132,8 @@ pub struct CatalogTx {
     /// Which backend the transaction runs on (row locks are PostgreSQL's `FOR UPDATE`).
     pub(crate) backend: Backend,
     _write_guard: Option<OwnedMutexGuard<()>>,
+    /// Last: the time recorded includes the rollback of a dropped transaction.
+    _timer: TxTimer,
 }
 
 /// The journal files SQLite keeps beside a database in WAL mode.
@@ -213,6 +260,7 @@ impl Store {
             backend,
             write_lock: Arc::new(Mutex::new(())),
             keyring: None,
+            metrics: TxMetrics::default(),
         })
     }
 
@@ -309,6 +357,7 @@ impl Store {
             keyring: self.keyring.clone(),
             backend: self.backend,
             _write_guard: guard,
+            _timer: TxTimer::start(&self.metrics.write),
         };
         let sql = match self.backend {
             Backend::Sqlite => "SELECT id FROM projects WHERE id = $1",
@@ -342,6 +391,7 @@ impl Store {
             keyring: self.keyring.clone(),
             backend: self.backend,
             _write_guard: None,
+            _timer: TxTimer::start(&self.metrics.read),
         };
         let found = sqlx::query("SELECT id FROM projects WHERE id = $1")
             .bind(project.to_string())
@@ -351,6 +401,12 @@ impl Store {
             return Err(StoreError::NoSuchProject(project));
         }
         Ok(tx)
+    }
+
+    /// Records transaction durations in `metrics` from now on (the server's `/metrics`).
+    pub fn with_metrics(mut self, metrics: TxMetrics) -> Store {
+        self.metrics = metrics;
+        self
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -656,10 +712,12 @@ impl CatalogTx {
         let CatalogTx {
             tx,
             _write_guard: guard,
+            _timer: timer,
             ..
         } = self;
         tx.commit().await?;
         drop(guard);
+        drop(timer);
         Ok(())
     }
 

@@ -23,6 +23,9 @@ pub struct TestControlPlane {
     pub url: String,
     /// `sqlite` or `postgres`.
     pub backend: &'static str,
+    /// `http://ADDR/metrics` when the server was started with a metrics listener
+    /// (`config.metrics_listen`, e.g. through [`TestControlPlane::start_configured`]).
+    pub metrics_url: Option<String>,
     http: reqwest::Client,
     app: canopy_server::App,
     shutdown: Option<oneshot::Sender<()>>,
@@ -58,6 +61,17 @@ impl TestControlPlane {
     pub async fn start_postgres() -> Option<TestControlPlane> {
         let url = canopy_store::testing::fresh_postgres().await?;
         Some(Self::start_with(Some(url), "postgres", Default::default()).await)
+    }
+
+    /// [`TestControlPlane::start_postgres`], configured further by `configure`.
+    pub async fn start_postgres_configured(
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Option<TestControlPlane> {
+        let url = canopy_store::testing::fresh_postgres().await?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Self::config_in(dir.path(), Some(url), Default::default());
+        configure(&mut config);
+        Some(Self::launch(config, Some(dir), "postgres").await)
     }
 
     /// Every configured backend: SQLite always, PostgreSQL when configured.
@@ -102,6 +116,7 @@ impl TestControlPlane {
                 helm_bin: std::env::var_os("CANOPY_TEST_HELM").map(Into::into),
                 ..Default::default()
             },
+            metrics_listen: None,
         }
     }
 
@@ -170,6 +185,7 @@ impl TestControlPlane {
             .expect("server binds its port")
             .with_console(canopy_web::router());
         let addr = server.local_addr().expect("bound address");
+        let metrics_url = server.metrics_addr().map(|a| format!("http://{a}/metrics"));
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -195,6 +211,7 @@ impl TestControlPlane {
         TestControlPlane {
             url: format!("http://{addr}"),
             backend,
+            metrics_url,
             admin_token,
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))

@@ -454,12 +454,19 @@ impl App {
             check_protocol(Some(&report.protocol_version.to_string()))?;
         }
         // Bounds first: a refused report changes nothing, not even "last seen".
-        report.bound().map_err(|e| {
-            AppError::Invalid(format!(
-                "status report refused (nothing of it was applied): {e}"
-            ))
-        })?;
-        Ok(self.hub().report(&agent.edge_id, report)?)
+        let taken = report
+            .bound()
+            .map_err(|e| {
+                AppError::Invalid(format!(
+                    "status report refused (nothing of it was applied): {e}"
+                ))
+            })
+            .and_then(|()| Ok(self.hub().report(&agent.edge_id, report)?));
+        match &taken {
+            Ok(_) => self.metrics().reports_accepted.increment(1),
+            Err(_) => self.metrics().reports_refused.increment(1),
+        }
+        taken
     }
 
     // --- inventory -----------------------------------------------------------------------------

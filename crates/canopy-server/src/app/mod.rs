@@ -107,6 +107,8 @@ pub struct AppConfig {
     pub helm: HelmConfig,
     /// What chart imports and listings may cost: cache, parallelism, time.
     pub charts: ChartLimits,
+    /// Where `/metrics` values are recorded (disabled, the default: nothing is).
+    pub metrics: canopy_metrics::Registry,
 }
 
 struct Inner {
@@ -136,6 +138,8 @@ struct Inner {
     helm: helm::HelmService,
     /// The chart fetcher and turns of chart imports and listings.
     charts: charts::Charts,
+    /// Prometheus metrics (no-ops unless the server has a metrics listener).
+    metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl App {
@@ -158,10 +162,15 @@ impl App {
 
     /// Builds the app with every option.
     pub async fn with_options(store: Store, config: AppConfig) -> Result<App, AppError> {
+        let metrics = Arc::new(crate::metrics::ServerMetrics::new(config.metrics.clone()));
+        let tx_metrics = metrics.store(store.backend());
+        let store = store.with_metrics(tx_metrics);
         let default = ProjectName::try_from(DEFAULT_PROJECT).expect("valid default project name");
         store.ensure_project(&default).await?;
         let snapshot = store.load_fleet().await?;
-        let hub = Hub::load(config.fleet, snapshot).map_err(AppError::Internal)?;
+        let hub = Hub::load(config.fleet, snapshot)
+            .map_err(AppError::Internal)?
+            .with_metrics(metrics.hub());
         let uploads = upload::Uploads::new(config.uploads)?;
         let login = login_guard::LoginGuard::new(&config.auth.login);
         let helm = helm::HelmService::start(&config.helm).await;
@@ -186,10 +195,24 @@ impl App {
                 uploads,
                 helm,
                 charts,
+                metrics,
             }),
         };
+        // Fleet gauges are counted at scrape time. Weak: the registry (held by the app) must
+        // not keep the app alive.
+        let weak = Arc::downgrade(&app.inner);
+        app.inner.metrics.registry().before_render(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.metrics.set_fleet(inner.hub.gauges());
+            }
+        });
         app.ensure_default_org().await?;
         Ok(app)
+    }
+
+    /// The server's Prometheus metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::ServerMetrics> {
+        &self.inner.metrics
     }
 
     /// Drops cached facts about a deleted project.

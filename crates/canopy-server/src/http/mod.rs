@@ -121,6 +121,11 @@ pub fn router_with_console(app: App, limits: Limits, console: Option<Router<App>
             app.clone(),
             audit::record,
         ))
+        // (metrics: outermost, so every answer counts, refusals included)
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::clone(app.metrics()),
+            crate::metrics::track,
+        ))
         .with_state(app)
 }
 

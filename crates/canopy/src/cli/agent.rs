@@ -57,6 +57,12 @@ pub struct AgentArgs {
         value_parser = canopy_agent::config::parse_byte_size
     )]
     pub vm_cache_size: Option<u64>,
+    /// Serve the agent's Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9465):
+    /// convergence passes, apps and workloads by state, engine errors, last report. Plain HTTP
+    /// and no token: give a loopback address or one only the monitoring network reaches. Off
+    /// by default. See docs/OPERATIONS.md, Metrics.
+    #[arg(long, env = "CANOPY_AGENT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -89,16 +95,45 @@ pub async fn run(
         docker_host,
         &trust,
     )?;
-    let config = canopy_agent::AgentConfig {
+    let mut config = canopy_agent::AgentConfig {
         scope: args.scope,
         vm_image_dirs,
         vm_cache_max_bytes: args.vm_cache_size.unwrap_or(config.vm_cache_max_bytes),
         ..config
     };
+    // The metrics listener lives as long as the agent (the guards abort it after).
+    let mut _metrics = None;
+    if let Some(addr) = args.metrics_listen {
+        let listener = canopy_metrics::bind(addr).await?;
+        let registry = canopy_metrics::Registry::new();
+        config.metrics = canopy_agent::AgentMetrics::new(registry.clone());
+        tracing::info!(
+            metrics = %addr,
+            "Prometheus metrics at http://{addr}/metrics (no token: keep this address on \
+             loopback or a monitoring network)"
+        );
+        let upkeep = registry.spawn_upkeep();
+        let server = tokio::spawn(async move {
+            if let Err(e) = canopy_metrics::serve(listener, registry, std::future::pending()).await
+            {
+                tracing::warn!(error = %e, "the metrics listener failed");
+            }
+        });
+        _metrics = Some((upkeep, AbortOnDrop(server)));
+    }
     canopy_agent::run(config, canopy_server::shutdown_signal())
         .await
         .context("the agent stopped")?;
     Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The agent configuration shared by `canopy agent` and `canopy up`; its HTTP client trusts

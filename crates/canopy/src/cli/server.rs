@@ -41,6 +41,11 @@ pub struct ServerArgs {
     /// that start is refused; the old admin.token is kept beside the new one.
     #[arg(long)]
     pub initialize: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464). Plain HTTP and
+    /// no token: give a loopback address or one only the monitoring network reaches. Off by
+    /// default (then no metrics are kept). See docs/OPERATIONS.md, Metrics.
+    #[arg(long, env = "CANOPY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How `canopy server` and `canopy up` serve: HTTPS with a self-signed certificate kept in the
@@ -175,6 +180,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
             helm_bin: args.helm_bin.clone(),
             ..Default::default()
         },
+        metrics_listen: None,
     };
     let server = canopy_server::Server::bind(&config)
         .await?
@@ -395,6 +401,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             helm_bin: args.helm_bin.clone(),
             ..Default::default()
         },
+        metrics_listen: args.metrics_listen,
     };
     // The server's errors name what failed (address, data directory, database).
     canopy_server::serve(config, Some(canopy_web::router())).await?;
