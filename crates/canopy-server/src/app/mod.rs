@@ -30,7 +30,10 @@ pub use audit::{AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditR
 pub use auth::{ADMIN_ROLE, Access, M2M_ROLE, Principal, PrincipalKind};
 pub use catalog::{AppParameters, ChangeSummary, DeployParameters, PackageExport};
 pub use charts::{ChartImport, ChartLimits, ChartList, ChartQuery, ImportOutcome, MAX_CHART_PAGE};
-pub use deployments::{DeploymentClusters, DeploymentsOverview};
+pub use deployments::{
+    DEPLOYING_GRACE, DeploymentClusters, DeploymentEdge, DeploymentEdgeQuery, DeploymentEdges,
+    DeploymentsOverview, is_problem,
+};
 pub use edges::{
     AgentCtx, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken, check_protocol,
 };
