@@ -191,6 +191,7 @@ impl Live {
         let now = Instant::now();
         self.last_sent = now;
         self.next_refresh = now + REFRESH;
-        Event::default().event("changed").data("")
+        // Not empty: browsers drop an event whose data is empty (the SSE processing model).
+        Event::default().event("changed").data("changed")
     }
 }
