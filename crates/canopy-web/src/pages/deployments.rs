@@ -214,7 +214,7 @@ pub async fn show(
                     a.button.danger #delete href=(format!("{}/delete", deployment_path(&project, &id))) { "Delete…" }
                 }
             }
-            h2 { "Edges (" (view.total) ")" }
+            h2 { "Edges (" span #edges-total data-live { (view.total) } ")" }
             form.filter #edge-filter method="get" action=(deployment_path(&project, &id)) role="search" {
                 input type="search" name="edge" value=(q.edge)
                     placeholder="Search edges by name" aria-label="search edges by name";
