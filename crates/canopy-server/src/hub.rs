@@ -250,6 +250,9 @@ pub struct Hub {
     writes: tokio::sync::Mutex<()>,
     cfg: HubConfig,
     metrics: HubMetrics,
+    /// Per-project change counters for live views (see [`Hub::watch_changes`]); an entry
+    /// exists only while someone watches.
+    changes: Mutex<HashMap<ProjectId, watch::Sender<u64>>>,
 }
 
 /// What the hub records for `/metrics` (no-ops unless given with [`Hub::with_metrics`]).
@@ -306,6 +309,7 @@ impl Hub {
             writes: tokio::sync::Mutex::new(()),
             cfg,
             metrics: HubMetrics::default(),
+            changes: Mutex::new(HashMap::new()),
         };
         {
             let mut st = hub.lock();
@@ -376,6 +380,28 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A receiver that sees a new value whenever something a project's deployment and edge
+    /// views show changes: a reported app status or agent, an edge added, relabelled or
+    /// removed, a deployment created, updated or deleted. (Heartbeats that change nothing do
+    /// not count; nor do changes that come from time passing, such as an edge going UNKNOWN
+    /// after the edge timeout.) Used by the web console's live pages: a watcher costs one
+    /// `watch` receiver and wakes per change, whatever the size of the fleet.
+    pub fn watch_changes(&self, project: ProjectId) -> watch::Receiver<u64> {
+        let mut map = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        map.entry(project)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Tells a project's watchers that something changed (cheap when nobody watches).
+    fn changed(&self, project: ProjectId) {
+        let map = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = map.get(&project) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
     /// The fleet timing.
     pub fn config(&self) -> HubConfig {
         self.cfg
@@ -404,6 +430,8 @@ impl Hub {
         let project = row.project_id;
         st.insert_edge(new_edge_entry(row, revision));
         st.retarget_edge(project, &id, revision);
+        drop(st);
+        self.changed(project);
     }
 
     /// Replaces an edge's labels; it gains and loses deployments accordingly.
@@ -428,6 +456,8 @@ impl Hub {
             e.row.labels = labels;
         }
         st.retarget_edge(project, id, revision);
+        drop(st);
+        self.changed(project);
     }
 
     /// Removes an edge: its credential stops working and its long-polls end.
@@ -451,6 +481,8 @@ impl Hub {
             }
         }
         // Dropping `e.notify` ends the edge's long-polls.
+        drop(st);
+        self.changed(e.row.project_id);
     }
 
     /// How many connected edges of `project` have not yet applied their current desired state
@@ -558,9 +590,11 @@ impl Hub {
     /// woken with `revision`.
     pub fn put_deployment(&self, rec: Arc<DeploymentRecord>, revision: u64) {
         let start = std::time::Instant::now();
+        let project = rec.project_id;
         let woken = self.lock().put_deployment(rec, revision, true);
         self.metrics.fanout.record(start.elapsed());
         self.metrics.fanout_edges.record(woken as f64);
+        self.changed(project);
     }
 
     /// The operator's standing action on one workload of an edge (none: it runs, never
@@ -642,6 +676,7 @@ impl Hub {
         drop(st);
         self.metrics.fanout.record(start.elapsed());
         self.metrics.fanout_edges.record(woken as f64);
+        self.changed(de.rec.project_id);
     }
 
     /// One deployment of a project.
@@ -910,19 +945,27 @@ impl Hub {
                 .or_default()
                 .insert(a.app.clone(), a);
         }
+        let mut changed = false;
         if let Some(agent) = report.agent
             && agent != e.agent
         {
             e.agent = agent;
             e.agent_dirty = true;
+            changed = true;
         }
         if statuses != e.statuses {
             e.statuses = statuses;
             e.status_dirty = true;
+            changed = true;
         }
         e.last_seq = report.seq;
         e.applied_generation = report.generation.0;
-        Ok(ack(e))
+        let (ack, project) = (ack(e), e.row.project_id);
+        drop(st);
+        if changed {
+            self.changed(project);
+        }
+        Ok(ack)
     }
 
     /// Liveness and status changes not yet written to the store (at most one "last seen" per

@@ -49,6 +49,20 @@ static UPLOAD_JS: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
+static LIVE_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "live",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/live.js"),
+    )
+});
+
+/// The live deployments pages' script's current URL path (web-live).
+pub fn live_script_path() -> &'static str {
+    &LIVE_JS.path
+}
+
 /// The style sheet's current URL path.
 pub fn stylesheet_path() -> &'static str {
     &CSS.path
@@ -61,10 +75,16 @@ pub fn upload_script_path() -> &'static str {
 
 /// `GET /ui/static/{file}`: a static file under its current name, else 404.
 pub async fn serve(Path(file): Path<String>) -> Response {
-    let Some(asset) = [&*CSS, &*UPLOAD_JS, &*VNC_JS, &*SERIAL_JS, &*LOGS_JS]
-        .into_iter()
-        .find(|a| a.path.rsplit('/').next() == Some(file.as_str()))
-    else {
+    let Some(asset) = [
+        &*CSS,
+        &*UPLOAD_JS,
+        &*VNC_JS,
+        &*SERIAL_JS,
+        &*LOGS_JS,
+        &*LIVE_JS,
+    ]
+    .into_iter()
+    .find(|a| a.path.rsplit('/').next() == Some(file.as_str())) else {
         return (StatusCode::NOT_FOUND, "no such file").into_response();
     };
     (

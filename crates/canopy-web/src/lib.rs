@@ -25,6 +25,7 @@
 
 mod assets;
 mod error;
+mod live;
 mod novnc_files;
 mod pages;
 mod security;
@@ -36,6 +37,9 @@ use axum::routing::get;
 use canopy_server::App;
 
 pub use assets::{stylesheet_path, upload_script_path};
+// web-live: live updates of the deployments pages.
+pub use assets::live_script_path;
+pub use live::{GLOBAL as LIVE_STREAMS_GLOBAL, PER_USER as LIVE_STREAMS_PER_USER};
 pub use session::{CSRF_FIELD, LOGIN_CSRF_COOKIE, csrf_token};
 
 /// The sign-in page.
@@ -107,6 +111,20 @@ pub fn router() -> Router<App> {
             "/ui/projects/{project}/registries/{name}",
             get(pages::catalog::registry),
         )
+        // web-live: live updates, deployment edges filter, upgrade / update values / delete.
+        .route("/ui/projects/{project}/live", get(live::stream))
+        .layer(axum::Extension(std::sync::Arc::new(
+            live::Streams::default(),
+        )))
+        .route(
+            "/ui/projects/{project}/deployments/{id}/upgrade",
+            get(pages::deployment_edit::upgrade_form).post(pages::deployment_edit::upgrade),
+        )
+        .route(
+            "/ui/projects/{project}/deployments/{id}/values",
+            get(pages::deployment_edit::values_form).post(pages::deployment_edit::update_values),
+        )
+        // end web-live
         .route("/ui/static/{file}", get(assets::serve))
         .merge(workloads_routes())
         // web-admin: edges' labels, enrollment tokens, catalog edits, administration, and the

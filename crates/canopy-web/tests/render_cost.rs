@@ -74,6 +74,18 @@ async fn pages_of_a_10000_edge_fleet() {
             format!("/ui/projects/default/deployments/{}", ids[0]),
         ),
         (
+            "deployment, show only problems (10,000 match)",
+            format!("/ui/projects/default/deployments/{}?problems=1", ids[0]),
+        ),
+        (
+            "deployment, edge search",
+            format!("/ui/projects/default/deployments/{}?edge=edge-0999", ids[0]),
+        ),
+        (
+            "deployment, page 100",
+            format!("/ui/projects/default/deployments/{}?page=99", ids[0]),
+        ),
+        (
             "edges list (page 1 of 200)",
             "/ui/projects/default/edges".to_string(),
         ),

@@ -55,6 +55,57 @@ pub struct DeploymentsOverview {
     pub matched: u64,
 }
 
+/// Which of a deployment's edges a page shows ([`App::deployment_edges`]).
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentEdgeQuery {
+    /// Case-insensitive substring of the edge name (empty: every edge).
+    pub name: String,
+    /// Only edges with a problem (see [`is_problem`]).
+    pub problems_only: bool,
+    /// Edges (in name order) before the page.
+    pub offset: u64,
+    /// Edges on the page.
+    pub limit: u64,
+}
+
+/// How long a deployment may be DEPLOYING or UPDATING on an edge after its last change before
+/// the edge counts as a problem (see [`is_problem`]).
+pub const DEPLOYING_GRACE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// Whether an edge's view of a deployment is a problem: any state but RUNNING (DOWN, ERROR,
+/// INTERNAL_ERROR, UNKNOWN, TERMINATING, ...), except DEPLOYING or UPDATING within
+/// [`DEPLOYING_GRACE`] of the deployment's last change (`since_change`): an edge still
+/// deploying after that is a problem too.
+pub fn is_problem(state: State, since_change: std::time::Duration) -> bool {
+    match state {
+        State::Running => false,
+        State::Deploying | State::Updating => since_change >= DEPLOYING_GRACE,
+        _ => true,
+    }
+}
+
+/// One edge of a deployment as its page shows it: the per-app view and when the edge last
+/// reported.
+#[derive(Debug, Clone)]
+pub struct DeploymentEdge {
+    pub cluster: Cluster,
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+/// A page of a deployment's edges ([`App::deployment_edges`]).
+#[derive(Debug, Clone)]
+pub struct DeploymentEdges {
+    /// The deployment (without `apps`: they are in the edges).
+    pub deployment: Deployment,
+    pub edges: Vec<DeploymentEdge>,
+    /// Every edge of the deployment.
+    pub total: u64,
+    /// Edges that matched the query (for paging).
+    pub matched: u64,
+    /// Edges with a problem, whatever the query.
+    pub problems: u64,
+}
+
 /// A package with its applications and the registries they name (with credentials).
 struct PackageParts {
     package: DeploymentPackage,
@@ -901,6 +952,79 @@ impl App {
             _ => String::new(),
         });
         Ok((to_api(&rec, status), DeploymentClusters { clusters, total }))
+    }
+
+    /// A page of a deployment's edges filtered by name and, optionally, to the edges with a
+    /// problem ([`is_problem`]), in edge-name order: the web console's deployment page. Folds
+    /// the deployment's status once; costs O(edges of the deployment) plus the page.
+    pub fn deployment_edges(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        q: &DeploymentEdgeQuery,
+    ) -> Result<DeploymentEdges, AppError> {
+        ctx.require(Access::FleetRead)?;
+        let rec = self
+            .hub()
+            .deployment(ctx.project.id, id)
+            .ok_or_else(|| deployment_not_found(id))?;
+        let (status, clusters) = self.hub().deployment_status(&rec.id).unwrap_or_default();
+        let since_change = (OffsetDateTime::now_utc() - rec.update_time)
+            .try_into()
+            .unwrap_or(std::time::Duration::ZERO);
+        let needle = q.name.trim().to_lowercase();
+        let total = clusters.len() as u64;
+        let mut problems = 0u64;
+        let mut matched = 0u64;
+        let mut page = Vec::new();
+        for c in clusters {
+            let problem = is_problem(c.status.state, since_change);
+            problems += u64::from(problem);
+            if (q.problems_only && !problem)
+                || (!needle.is_empty() && !c.name.to_lowercase().contains(&needle))
+            {
+                continue;
+            }
+            matched += 1;
+            if matched > q.offset && (page.len() as u64) < q.limit {
+                page.push(c);
+            }
+        }
+        let edges = page
+            .into_iter()
+            .map(|cluster| DeploymentEdge {
+                last_seen: self
+                    .hub()
+                    .edge(ctx.project.id, &cluster.id)
+                    .and_then(|e| e.last_seen),
+                cluster,
+            })
+            .collect();
+        Ok(DeploymentEdges {
+            deployment: to_api(&rec, status),
+            edges,
+            total,
+            matched,
+            problems,
+        })
+    }
+
+    /// The ids of the deployments created (or reused) for a deployment's requirements (what
+    /// `deleteType=ALL` may delete with it).
+    pub fn deployment_children(&self, ctx: &Ctx, id: &str) -> Result<Vec<String>, AppError> {
+        ctx.require(Access::FleetRead)?;
+        let rec = self
+            .hub()
+            .deployment(ctx.project.id, id)
+            .ok_or_else(|| deployment_not_found(id))?;
+        Ok(rec.children.clone())
+    }
+
+    /// A receiver that wakes when the project's deployment or edge views change (see
+    /// `Hub::watch_changes`), for live pages. Needs fleet read access.
+    pub fn watch_fleet(&self, ctx: &Ctx) -> Result<tokio::sync::watch::Receiver<u64>, AppError> {
+        ctx.require(Access::FleetRead)?;
+        Ok(self.hub().watch_changes(ctx.project.id))
     }
 
     /// The deployments running on one edge.

@@ -33,7 +33,10 @@ pub use auth::{ADMIN_ROLE, Access, M2M_ROLE, Principal, PrincipalKind};
 pub use catalog::{AppParameters, ChangeSummary, DeployParameters, PackageExport};
 pub use charts::{ChartImport, ChartLimits, ChartList, ChartQuery, ImportOutcome, MAX_CHART_PAGE};
 pub use console_oidc::{ConsoleOidc, MAX_EXCHANGES, MAX_SESSIONS, OidcSession};
-pub use deployments::{DeploymentClusters, DeploymentsOverview};
+pub use deployments::{
+    DEPLOYING_GRACE, DeploymentClusters, DeploymentEdge, DeploymentEdgeQuery, DeploymentEdges,
+    DeploymentsOverview, is_problem,
+};
 pub use edges::{
     AgentCtx, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken, check_protocol,
 };

@@ -475,7 +475,7 @@ impl Wizard {
     }
 }
 
-fn label_of(t: &ParameterTemplate) -> &str {
+pub(super) fn label_of(t: &ParameterTemplate) -> &str {
     if t.display_name.is_empty() {
         &t.name
     } else {
@@ -484,7 +484,7 @@ fn label_of(t: &ParameterTemplate) -> &str {
 }
 
 /// The input of a non-secret parameter by its type.
-fn input_for(t: &ParameterTemplate, f: &str, value: &str) -> Markup {
+pub(super) fn input_for(t: &ParameterTemplate, f: &str, value: &str) -> Markup {
     match t.param_type.as_str() {
         "boolean" => html! {
             select id=(f) name=(f) {

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use canopy_deploy::model::{DeleteType, Deployment};
 use canopy_server::App;
-use canopy_server::app::Access;
+use canopy_server::app::{Access, DEPLOYING_GRACE, DeploymentEdgeQuery};
 use maud::{Markup, html};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -63,11 +63,12 @@ pub async fn list(
     Ok(frame.page(
         "Deployments",
         html! {
+            (live_marker(&project))
             h1 { "Deployments" }
             @if !params.deleted.is_empty() {
                 p.notice role="status" { "Deleted deployment " strong { (params.deleted) } "." }
             }
-            ul.counts #summary aria-label="edges of the deployments by state" {
+            ul.counts #summary data-live aria-label="edges of the deployments by state" {
                 li { span.n { (summary.total) } "Total" }
                 @for (label, n) in counts {
                     li data-state=(label) { span.n { (n) } (label) }
@@ -78,6 +79,7 @@ pub async fn list(
                     placeholder="Filter by name" aria-label="filter by name";
                 button type="submit" { "Filter" }
             }
+            div #deployments-live data-live {
             p.muted {
                 (total) " deployments in project " (project)
                 @if !params.name.is_empty() { ", " (overview.matched) " match" }
@@ -110,15 +112,42 @@ pub async fn list(
                 }
             }
             (pager(&base, &params.name, params.page, more))
+            }
         },
     ))
 }
 
-/// A page number of a deployment's edges.
+/// What makes a page live (web-live): the stream's address and the server's clock for
+/// `assets/live.js`, the script itself, and a status line it fills in.
+pub fn live_marker(project: &str) -> Markup {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    html! {
+        div #live hidden data-live-src=(project_path(project, "live")) data-now=(now) {}
+        p.muted #live-status role="status" hidden {}
+        script src=(crate::live_script_path()) defer {}
+    }
+}
+
+/// The deployment page's query: a page of its edges, a name search and "show only problems".
 #[derive(Debug, Default, Deserialize)]
 pub struct EdgePage {
     #[serde(default)]
     page: u64,
+    /// Substring of the edge name.
+    #[serde(default)]
+    edge: String,
+    /// `1`: only the edges with a problem (`canopy_server::app::is_problem`).
+    #[serde(default)]
+    problems: String,
+    /// What was just done (shown once, as a notice).
+    #[serde(default)]
+    done: String,
+}
+
+impl EdgePage {
+    fn problems_only(&self) -> bool {
+        matches!(self.problems.as_str(), "1" | "on" | "true")
+    }
 }
 
 /// `GET /ui/projects/{project}/deployments/{id}`.
@@ -130,74 +159,107 @@ pub async fn show(
 ) -> Result<Markup, WebError> {
     let ctx = session.ctx(&app, &project).await?;
     let offset = q.page.saturating_mul(u64::from(EDGES_PER_PAGE));
-    let raw = format!("pageSize={EDGES_PER_PAGE}&offset={offset}&orderBy=name");
-    let (d, clusters) = app.deployment_with_clusters(&ctx, &id, Some(&raw))?;
+    let view = app.deployment_edges(
+        &ctx,
+        &id,
+        &DeploymentEdgeQuery {
+            name: q.edge.clone(),
+            problems_only: q.problems_only(),
+            offset,
+            limit: u64::from(EDGES_PER_PAGE),
+        },
+    )?;
+    let d = &view.deployment;
     let now = OffsetDateTime::now_utc();
-    // The age of each edge's last report (the hub's view of the edge).
-    let last_seen: Vec<Option<OffsetDateTime>> = clusters
-        .clusters
-        .iter()
-        .map(|c| app.get_edge(&ctx, &c.id).ok().and_then(|e| e.last_seen))
-        .collect();
     let may_write = ctx.principal.may(&ctx.project, Access::FleetWrite);
     let frame = Frame::load(&app, &session, &project, Section::Deployments).await?;
     let st = d.status.clone().unwrap_or_default();
-    let more = offset + (clusters.clusters.len() as u64) < clusters.total;
+    let more = offset + (view.edges.len() as u64) < view.matched;
+    let problems = if q.problems_only() { "1" } else { "" };
     let page_link = |p: u64| {
         let p = p.to_string();
         format!(
             "{}{}",
             deployment_path(&project, &id),
-            query(&[("page", &p)])
+            query(&[("edge", &q.edge), ("problems", problems), ("page", &p)])
         )
     };
+    let filtered = q.problems_only() || !q.edge.trim().is_empty();
     Ok(frame.page(
-        title_of(&d),
+        title_of(d),
         html! {
+            (live_marker(&project))
             p { a href=(project_path(&project, "deployments")) { "← Deployments" } }
-            h1 #deployment-title { (title_of(&d)) }
-            dl.facts.card {
+            h1 #deployment-title { (title_of(d)) }
+            @if !q.done.is_empty() {
+                p.notice role="status" { (q.done) }
+            }
+            dl.facts.card #deployment-facts data-live {
                 dt { "State" } dd #deployment-state { (state(st.state.as_str())) }
                 @if !st.message.is_empty() { dt { "Message" } dd { (st.message) } }
                 dt { "Name" } dd { (d.name) }
                 dt { "Id" } dd { (d.deploy_id) }
                 dt { "Package" } dd { a #deployment-package href=(super::catalog::package_path(&project, &d.app_name, &d.app_version)) { (d.app_name) " " (d.app_version) } }
-                dt { "Profile" } dd { (if d.profile_name.is_empty() { &d.default_profile_name } else { &d.profile_name }) }
+                dt { "Profile" } dd #deployment-profile { (if d.profile_name.is_empty() { &d.default_profile_name } else { &d.profile_name }) }
                 @if let Some(sum) = &st.summary {
-                    dt { "Edges" } dd { (sum.running) " running, " (sum.down) " down, " (sum.unknown) " unknown, of " (sum.total) }
+                    dt { "Edges" } dd #deployment-summary { (sum.running) " running, " (sum.down) " down, " (sum.unknown) " unknown, of " (sum.total) }
                 }
+                dt { "Problems" } dd #deployment-problems { (view.problems) }
                 dt { "Created" } dd { (when(d.create_time)) }
             }
             @if may_write {
                 div.actions {
+                    a.button #upgrade href=(format!("{}/upgrade", deployment_path(&project, &id))) { "Upgrade…" }
+                    a.button.secondary #update-values href=(format!("{}/values", deployment_path(&project, &id))) { "Update values…" }
                     a.button.danger #delete href=(format!("{}/delete", deployment_path(&project, &id))) { "Delete…" }
                 }
             }
             p { a #deployment-workloads href=(super::workloads::deployment_workloads_path(&project, &id)) { "Workloads on all its edges →" } }
-            h2 { "Edges (" (clusters.total) ")" }
-            @if clusters.clusters.is_empty() {
-                p.muted { "No edge runs this deployment." }
-            } @else {
-                table #edges {
-                    thead { tr { th { "Edge" } th { "State" } th { "Last report" } th { "Apps" } } }
-                    tbody {
-                        @for (c, seen) in clusters.clusters.iter().zip(&last_seen) {
-                            tr {
-                                td {
-                                    a href=(project_path(&project, &format!("edges/{}", segment(&c.id)))) { (c.name) }
-                                    br; a.workloads-link href=(super::workloads::edge_workloads_path(&project, &c.id, &id)) { "Workloads" }
-                                }
-                                td {
-                                    (state(c.status.state.as_str()))
-                                    @if !c.status.message.is_empty() { br; span.muted { (c.status.message) } }
-                                }
-                                td title=(when(*seen)) { (age(*seen, now)) }
-                                td {
-                                    @for a in &c.apps {
-                                        @let ast = a.status.clone().unwrap_or_default();
-                                        div {
-                                            strong { (a.name) } " " (state(ast.state.as_str()))
-                                            @if !ast.message.is_empty() { " " span.muted { (ast.message) } }
+            h2 { "Edges (" span #edges-total data-live { (view.total) } ")" }
+            form.filter #edge-filter method="get" action=(deployment_path(&project, &id)) role="search" {
+                input type="search" name="edge" value=(q.edge)
+                    placeholder="Search edges by name" aria-label="search edges by name";
+                label {
+                    input #problems-only type="checkbox" name="problems" value="1" checked[q.problems_only()];
+                    " Show only problems"
+                }
+                button type="submit" { "Show" }
+            }
+            p.muted {
+                "Problems: edges not RUNNING (down, error, unknown, terminating), or still deploying "
+                (DEPLOYING_GRACE.as_secs() / 60) " minutes after the deployment's last change."
+            }
+            div #edges-live data-live {
+                @if filtered {
+                    p.muted #edges-matched { (view.matched) " of " (view.total) " edges match." }
+                }
+                @if view.edges.is_empty() {
+                    p.muted #no-edges {
+                        @if filtered { "No edge matches." } @else { "No edge runs this deployment." }
+                    }
+                } @else {
+                    table #edges {
+                        thead { tr { th { "Edge" } th { "State" } th { "Last report" } th { "Apps" } } }
+                        tbody {
+                            @for e in &view.edges {
+                                @let c = &e.cluster;
+                                tr data-edge=(c.name) {
+                                    td {
+                                        a href=(project_path(&project, &format!("edges/{}", segment(&c.id)))) { (c.name) }
+                                        br; a.workloads-link href=(super::workloads::edge_workloads_path(&project, &c.id, &id)) { "Workloads" }
+                                    }
+                                    td {
+                                        (state(c.status.state.as_str()))
+                                        @if !c.status.message.is_empty() { br; span.muted { (c.status.message) } }
+                                    }
+                                    td title=(when(e.last_seen)) data-seen=[e.last_seen.map(OffsetDateTime::unix_timestamp)] { (age(e.last_seen, now)) }
+                                    td {
+                                        @for a in &c.apps {
+                                            @let ast = a.status.clone().unwrap_or_default();
+                                            div {
+                                                strong { (a.name) } " " (state(ast.state.as_str()))
+                                                @if !ast.message.is_empty() { " " span.muted { (ast.message) } }
+                                            }
                                         }
                                     }
                                 }
@@ -231,6 +293,7 @@ pub async fn confirm_delete(
         .as_ref()
         .and_then(|s| s.summary.as_ref())
         .map_or(0, |s| s.total);
+    let children = app.deployment_children(&ctx, &id)?;
     Ok(frame.page(
         "Delete deployment",
         html! {
@@ -243,6 +306,22 @@ pub async fn confirm_delete(
                 }
                 form method="post" action=(format!("{}/delete", deployment_path(&project, &id))) {
                     input type="hidden" name=(CSRF_FIELD) value=(session.csrf);
+                    fieldset #delete-type {
+                        legend { "What to delete (deleteType)" }
+                        label {
+                            input type="radio" name="delete_type" value="PARENT_ONLY" checked;
+                            " " strong { "This deployment only" } " (PARENT_ONLY): deployments it required stay."
+                        }
+                        br;
+                        label {
+                            input type="radio" name="delete_type" value="ALL";
+                            " " strong { "With what it required" } " (ALL): the deployments created for its "
+                            "deployment requirements go too, unless another deployment still requires them."
+                        }
+                        @if !children.is_empty() {
+                            p.muted { "It required: " (children.join(", ")) "." }
+                        }
+                    }
                     div.actions {
                         button.danger #confirm-delete type="submit" { "Delete deployment" }
                         a.button.secondary href=(deployment_path(&project, &id)) { "Cancel" }
@@ -258,6 +337,9 @@ pub async fn confirm_delete(
 pub struct DeleteForm {
     #[serde(default)]
     csrf: String,
+    /// `PARENT_ONLY` (the default, as the API's) or `ALL`.
+    #[serde(default)]
+    delete_type: DeleteType,
 }
 
 /// `POST /ui/projects/{project}/deployments/{id}/delete`.
@@ -272,8 +354,7 @@ pub async fn delete(
     session.check_csrf(&form.csrf)?;
     let ctx = session.ctx(&app, &project).await?;
     let d = app.get_deployment(&ctx, &id)?;
-    app.delete_deployment(&ctx, &id, DeleteType::ParentOnly)
-        .await?;
+    app.delete_deployment(&ctx, &id, form.delete_type).await?;
     let shown = title_of(&d).to_string();
     Ok(Redirect::to(&format!(
         "{}{}",

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod deploy;
+pub mod deployment_edit;
 pub mod deployments;
 pub mod edges;
 pub mod login;
