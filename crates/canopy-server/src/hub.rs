@@ -20,7 +20,7 @@
 //! is at least anything ever handed out, so generations only grow across restarts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -60,6 +60,12 @@ impl Default for HubConfig {
 
 /// How often an unchanged "last seen" is written to the store.
 const SEEN_PERSIST_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a deployment's folded status (see [`Hub::deployment_folded`]) is reused while
+/// nothing reported changes. It bounds how late lists and summaries show what only time or a
+/// long-poll's coming and going changes (an edge passing the edge timeout, which is far longer);
+/// every reported change, enrollment, relabelling and deployment change is seen at once.
+pub const FOLD_REUSE: Duration = Duration::from_secs(1);
 
 /// The deployment manager's stored record of one deployment (the store's opaque `body`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +137,15 @@ struct DeploymentEntry {
     /// `edges` in name order with workload counts, built by the first list after a change
     /// (see [`Hub::deployment_holders`]); reset whenever `edges` changes.
     holders: Mutex<Option<Arc<Holders>>>,
+    /// The last folded status (see [`Hub::deployment_folded`]); a new entry starts empty.
+    folded: Mutex<Option<Folded>>,
+}
+
+/// A deployment's folded status as computed at hub change `seq`, at `at`.
+struct Folded {
+    seq: u64,
+    at: std::time::Instant,
+    status: DeploymentStatus,
 }
 
 /// The edges holding a deployment, in edge-name order, for the deployment-wide workload list:
@@ -253,6 +268,9 @@ pub struct Hub {
     /// Per-project change counters for live views (see [`Hub::watch_changes`]); an entry
     /// exists only while someone watches.
     changes: Mutex<HashMap<ProjectId, watch::Sender<u64>>>,
+    /// Counts every change [`Hub::changed`] announces, in any project: a folded status
+    /// computed at the current value is still true (but for time, see [`FOLD_REUSE`]).
+    fold_seq: AtomicU64,
 }
 
 /// What the hub records for `/metrics` (no-ops unless given with [`Hub::with_metrics`]).
@@ -310,6 +328,7 @@ impl Hub {
             cfg,
             metrics: HubMetrics::default(),
             changes: Mutex::new(HashMap::new()),
+            fold_seq: AtomicU64::new(0),
         };
         {
             let mut st = hub.lock();
@@ -396,6 +415,7 @@ impl Hub {
 
     /// Tells a project's watchers that something changed (cheap when nobody watches).
     fn changed(&self, project: ProjectId) {
+        self.fold_seq.fetch_add(1, Ordering::AcqRel);
         let map = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(tx) = map.get(&project) {
             tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -711,15 +731,49 @@ impl Hub {
     pub fn deployment_status(&self, id: &str) -> Option<(DeploymentStatus, Vec<Cluster>)> {
         let st = self.lock();
         let de = st.deployments.get(id)?;
+        let (status, mut clusters) = self.fold(&st, de);
+        clusters.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        Some((status, clusters))
+    }
+
+    /// A deployment's folded status alone, for lists and summaries: reused while nothing
+    /// reported has changed since it was folded and for at most [`FOLD_REUSE`], so listing a
+    /// project's deployments costs O(deployments) rather than O(deployments × edges) when the
+    /// fleet is quiet (10,000 edges: a fold is milliseconds; see docs/BENCHMARKS.md).
+    pub fn deployment_folded(&self, id: &str) -> Option<DeploymentStatus> {
+        let st = self.lock();
+        let de = st.deployments.get(id)?;
+        // Read under the state lock: a change takes that lock to apply itself and bumps
+        // `fold_seq` after releasing it, so what is folded now reflects at least every change
+        // counted in `seq`, and any change it misses moves `seq` on afterwards.
+        let seq = self.fold_seq.load(Ordering::Acquire);
+        let mut cache = de.folded.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = cache.as_ref()
+            && f.seq == seq
+            && f.at.elapsed() < FOLD_REUSE
+        {
+            return Some(f.status.clone());
+        }
+        let (status, _) = self.fold(&st, de);
+        *cache = Some(Folded {
+            seq,
+            at: std::time::Instant::now(),
+            status: status.clone(),
+        });
+        Some(status)
+    }
+
+    /// Folds a deployment's per-edge views into its status (clearing the in-progress flag once
+    /// it has settled). The views come in the hub's order (edge id), unsorted: the fold counts.
+    fn fold(&self, st: &State_, de: &DeploymentEntry) -> (DeploymentStatus, Vec<Cluster>) {
         let now = now();
         let rec = &de.rec;
         let app_ids = app_ids(rec);
-        let mut clusters: Vec<Cluster> = de
+        let clusters: Vec<Cluster> = de
             .edges
             .iter()
-            .filter_map(|(edge_id, apps)| self.cluster(&st, rec, &app_ids, edge_id, apps, now))
+            .filter_map(|(edge_id, apps)| self.cluster(st, rec, &app_ids, edge_id, apps, now))
             .collect();
-        clusters.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         let input = FoldInput {
             generation: rec.generation,
             deploy_in_progress: de.in_progress.load(Ordering::Relaxed),
@@ -731,7 +785,7 @@ impl Hub {
         if settled {
             de.in_progress.store(false, Ordering::Relaxed);
         }
-        Some((status, clusters))
+        (status, clusters)
     }
 
     /// One edge's view of one deployment.
@@ -1234,6 +1288,7 @@ impl State_ {
                 in_progress,
                 edges: new_edges,
                 holders: Mutex::new(None),
+                folded: Mutex::new(None),
             },
         );
         woken

@@ -760,3 +760,40 @@ async fn openapi_document_covers_reference_deployment_manager() {
     assert_eq!(s, StatusCode::OK, "{ui}");
     assert_eq!(ui["uiExtensions"], json!([]));
 }
+
+/// The first deployment's state in the list, and the project's summary.
+async fn listed(cp: &TestControlPlane) -> (String, Value) {
+    let (s, l) = cp.get(&deployments_url(cp, "")).await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    let (s, sum) = cp
+        .get(&cp.at(&format!("/v1/projects/{P}/summary/deployments_status")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{sum}");
+    let state = l["deployments"][0]["status"]["state"].as_str().unwrap();
+    (state.to_string(), sum)
+}
+
+/// Lists and the summary reuse each deployment's folded status while the fleet is quiet (see
+/// `canopy_server::hub::FOLD_REUSE`), but a report that changes a status is seen by the very
+/// next list: no stale answer after a change, however soon it is asked.
+#[tokio::test]
+async fn lists_and_the_summary_see_a_reported_change_at_once() {
+    let cp = TestControlPlane::start_fleet(fast()).await;
+    upload_example(&cp).await;
+    let t = token(&cp).await;
+    let mut e = SimAgent::enroll(&cp, &t, "e1", &[("site", "a")]).await;
+    let id = create(&cp, by_labels("1.0.0", json!({"site": "a"}))).await;
+    e.poll(0).await.unwrap();
+    // Folded and kept: twice the same answer before any report.
+    let (before, _) = listed(&cp).await;
+    assert_ne!(before, "RUNNING");
+    assert_eq!(listed(&cp).await.0, before);
+    for (report, want) in [(AppState::Running, "RUNNING"), (AppState::Down, "DOWN")] {
+        e.report(report).await;
+        let (state, sum) = listed(&cp).await;
+        assert_eq!(state, want, "the list right after the report");
+        let count = if want == "RUNNING" { "running" } else { "down" };
+        assert_eq!(sum[count], 1, "the summary right after the report: {sum}");
+    }
+    assert_eq!(state(&cp, &id).await.0, "DOWN");
+}

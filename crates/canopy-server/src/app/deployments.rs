@@ -649,7 +649,7 @@ impl App {
             if !listed && !summary {
                 continue;
             }
-            let status = self.hub().deployment_status(&rec.id).map(|(s, _)| s);
+            let status = self.hub().deployment_folded(&rec.id);
             if summary && let Some(s) = &status {
                 statuses.push(s.clone());
             }
@@ -1086,7 +1086,7 @@ impl App {
             if !labels.is_empty() && !labels_filter_matches(&rec.targeting, &labels)? {
                 continue;
             }
-            if let Some((s, _)) = self.hub().deployment_status(&rec.id) {
+            if let Some(s) = self.hub().deployment_folded(&rec.id) {
                 statuses.push(s);
             }
         }
