@@ -25,7 +25,18 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 
 /// Adds the security headers to every console answer (see the module doc).
-pub async fn headers(req: Request, next: Next) -> Response {
+pub async fn headers(mut req: Request, next: Next) -> Response {
+    // HTTP/2 (what browsers speak to `canopy up`'s TLS) carries the host in the `:authority`
+    // pseudo-header, which arrives as the request URI's authority, not as a `Host` header. The
+    // origin checks and the URLs the pages build read `Host`: give them the authority.
+    if !req.headers().contains_key(header::HOST)
+        && let Some(authority) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, authority);
+    }
     let mut response = next.run(req).await;
     let h = response.headers_mut();
     h.insert(

@@ -1124,3 +1124,43 @@ async fn read_only_users_cannot_deploy_even_with_a_forged_post() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(deployment_count(&cp).await, 0);
 }
+
+/// Browsers speak HTTP/2 to `canopy up` (TLS), where the host arrives as `:authority` and there
+/// is no `Host` header: a same-site sign-in still passes the origin check, and another site's
+/// still does not. (Over HTTP/1.1 only, the first `canopy up` refused every browser sign-in.)
+#[tokio::test]
+async fn sign_in_over_http2_passes_the_origin_check_and_another_site_does_not() {
+    let cp = TestControlPlane::start().await;
+    user(&cp, "alice", &["default_ao-r"]).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let base = cp.at("");
+    let origin = base.trim_end_matches('/');
+    for (from, want) in [
+        (origin, StatusCode::SEE_OTHER),
+        ("https://evil.example", StatusCode::FORBIDDEN),
+    ] {
+        let r = h2.get(cp.at("/ui/login")).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let (login_csrf, _) = set_cookie(r.headers(), "canopy_login_csrf").unwrap();
+        let field = hidden(&r.text().await.unwrap(), "csrf").unwrap();
+        let r = h2
+            .post(cp.at("/ui/login"))
+            .header("cookie", format!("canopy_login_csrf={login_csrf}"))
+            .header("origin", from)
+            .form(&[
+                ("username", "alice"),
+                ("password", PASSWORD),
+                ("csrf", &field),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(status, want, "from {from}: {}", r.text().await.unwrap());
+    }
+}
