@@ -58,6 +58,20 @@ static LIVE_JS: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
+static MATCHING_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "matching",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/matching.js"),
+    )
+});
+
+/// The deploy wizard's live match count script's current URL path.
+pub fn matching_script_path() -> &'static str {
+    &MATCHING_JS.path
+}
+
 /// The live deployments pages' script's current URL path (web-live).
 pub fn live_script_path() -> &'static str {
     &LIVE_JS.path
@@ -82,6 +96,7 @@ pub async fn serve(Path(file): Path<String>) -> Response {
         &*SERIAL_JS,
         &*LOGS_JS,
         &*LIVE_JS,
+        &*MATCHING_JS,
     ]
     .into_iter()
     .find(|a| a.path.rsplit('/').next() == Some(file.as_str())) else {

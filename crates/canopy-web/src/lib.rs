@@ -92,6 +92,10 @@ pub fn router() -> Router<App> {
             get(pages::catalog::package),
         )
         .route(
+            "/ui/projects/{project}/matching-edges",
+            get(pages::deploy::matching_edges),
+        )
+        .route(
             "/ui/projects/{project}/packages/{name}/{version}/deploy",
             get(pages::deploy::show).post(pages::deploy::submit),
         )

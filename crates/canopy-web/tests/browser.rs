@@ -12,7 +12,7 @@
 mod common;
 
 use canopy_testkit::TestControlPlane;
-use canopy_testkit::chromium::{browser, element, screenshot, sign_in_as};
+use canopy_testkit::chromium::{PAGE, browser, element, screenshot, sign_in_as};
 use common::*;
 use fantoccini::Locator;
 use serde_json::json;
@@ -163,6 +163,14 @@ async fn upload_a_package_and_deploy_it_with_a_secret_in_chromium() {
         .send_keys("site=paris")
         .await
         .unwrap();
+    // The live count under the field, as typed (assets/matching.js).
+    c.wait()
+        .at_most(PAGE)
+        .for_element(Locator::XPath(
+            "//*[@id='labels-matching'][starts-with(normalize-space(.), '1 edge match now')]",
+        ))
+        .await
+        .expect("the live count of matching edges");
     element(&c, "#review").await.click().await.unwrap();
     let matching = element(&c, "#matching").await.text().await.unwrap();
     assert!(matching.starts_with("1: paris-1"), "{matching}");

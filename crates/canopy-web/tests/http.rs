@@ -1164,3 +1164,43 @@ async fn sign_in_over_http2_passes_the_origin_check_and_another_site_does_not() 
         assert_eq!(status, want, "from {from}: {}", r.text().await.unwrap());
     }
 }
+
+/// The deploy wizard's live count: the edges the typed labels match now, as text, with the
+/// caller's read access; the server's error for labels it cannot read; only for a session.
+#[tokio::test]
+async fn the_wizards_live_count_names_the_matching_edges_and_the_servers_error() {
+    let cp = TestControlPlane::start().await;
+    let _paris = running_edge(&cp, "paris-1", "paris").await;
+    let _lyon = running_edge(&cp, "lyon-1", "lyon").await;
+    user(&cp, "reader", &["default_ao-r"]).await;
+    let s = sign_in(&cp, "reader").await;
+    let path = "/ui/projects/default/matching-edges";
+    let (status, h, body) = s.get(&cp, &format!("{path}?labels=site%3Dparis")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(body, "1 edge match now: paris-1");
+    let (_, _, body) = s.get(&cp, &format!("{path}?labels=site%3Dnowhere")).await;
+    assert_eq!(body, "0 edges match now");
+    let (status, _, body) = s.get(&cp, &format!("{path}?labels=nonsense")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("nonsense"), "names what was typed: {body}");
+    let (status, _, _) = s
+        .get(&cp, "/ui/projects/nope/matching-edges?labels=a%3Db")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let r = client()
+        .get(cp.at(&format!("{path}?labels=site%3Dparis")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "no session: sign in first"
+    );
+}

@@ -38,6 +38,60 @@ use crate::error::WebError;
 use crate::security::same_origin;
 use crate::session::Session;
 
+/// `GET /ui/projects/{project}/matching-edges?labels=k=v,...`: how many edges of the project
+/// the labels match now and the first names, as plain text, for the wizard's live count (the
+/// same query as the review step, with the caller's read access; the server's error as text).
+pub async fn matching_edges(
+    State(app): State<App>,
+    session: Session,
+    Path(project): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let text = async {
+        let ctx = session.ctx(&app, &project).await?;
+        let labels = q.get("labels").map(String::as_str).unwrap_or_default();
+        let draft = Draft {
+            labels: labels.to_string(),
+            ..Draft::default()
+        };
+        let pairs = draft.label_pairs().map_err(AppError::Invalid)?;
+        let item: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let size = MATCHES_NAMED.to_string();
+        let raw = query(&[
+            ("labels", &item.join(",")),
+            ("pageSize", &size),
+            ("orderBy", "name"),
+        ]);
+        let q = parse_query(Entity::Edge, raw.trim_start_matches('?')).map_err(AppError::from)?;
+        let (edges, matched) = app.list_edges(&ctx, &q)?;
+        let names: Vec<String> = edges.into_iter().map(|e| e.name).collect();
+        let mut text = format!(
+            "{matched} edge{} match now",
+            if matched == 1 { "" } else { "s" }
+        );
+        if !names.is_empty() {
+            text.push_str(&format!(": {}", names.join(", ")));
+            if matched > names.len() as u64 {
+                text.push_str(", …");
+            }
+        }
+        Ok::<String, WebError>(text)
+    }
+    .await;
+    let (status, text) = match text {
+        Ok(t) => (StatusCode::OK, t),
+        Err(e) => e.status_and_message(),
+    };
+    let plain = [(
+        axum::http::header::CONTENT_TYPE,
+        "text/plain; charset=utf-8",
+    )];
+    (status, plain, text).into_response()
+}
+
+/// Edges the live count names (the count itself is exact).
+pub const MATCHES_NAMED: u32 = 10;
+
 /// Edges offered to choose from, and matching edges named on the review.
 pub const EDGES_SHOWN: u32 = 100;
 
@@ -361,6 +415,9 @@ impl Wizard {
                             " Edges with these labels (key=value, separated by commas): "
                         }
                         input #labels type="text" name="labels" value=(d.labels) placeholder="site=shop" aria-label="labels";
+                        // Filled in as labels are typed (assets/matching.js; empty without script).
+                        p.muted #labels-matching aria-live="polite" data-url=(project_path(&self.project, "matching-edges")) {}
+                        script src=(crate::assets::matching_script_path()) defer {}
                         label {
                             input #target-edges type="radio" name="target" value="edges" checked[!d.by_labels()];
                             " These edges:"
