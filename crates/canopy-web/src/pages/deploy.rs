@@ -55,16 +55,7 @@ pub async fn matching_edges(
             ..Draft::default()
         };
         let pairs = draft.label_pairs().map_err(AppError::Invalid)?;
-        let item: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let size = MATCHES_NAMED.to_string();
-        let raw = query(&[
-            ("labels", &item.join(",")),
-            ("pageSize", &size),
-            ("orderBy", "name"),
-        ]);
-        let q = parse_query(Entity::Edge, raw.trim_start_matches('?')).map_err(AppError::from)?;
-        let (edges, matched) = app.list_edges(&ctx, &q)?;
-        let names: Vec<String> = edges.into_iter().map(|e| e.name).collect();
+        let (matched, names) = edges_matching(&app, &ctx, &pairs, MATCHES_NAMED)?;
         let mut text = format!(
             "{matched} edge{} match now",
             if matched == 1 { "" } else { "s" }
@@ -87,6 +78,26 @@ pub async fn matching_edges(
         "text/plain; charset=utf-8",
     )];
     (status, plain, text).into_response()
+}
+
+/// How many edges of the project `labels` match now, and the first `named` of them by name
+/// (the review step's and the live count's one query).
+fn edges_matching(
+    app: &App,
+    ctx: &Ctx,
+    labels: &BTreeMap<String, String>,
+    named: u32,
+) -> Result<(u64, Vec<String>), WebError> {
+    let item: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let size = named.to_string();
+    let raw = query(&[
+        ("labels", &item.join(",")),
+        ("pageSize", &size),
+        ("orderBy", "name"),
+    ]);
+    let q = parse_query(Entity::Edge, raw.trim_start_matches('?')).map_err(AppError::from)?;
+    let (edges, matched) = app.list_edges(ctx, &q)?;
+    Ok((matched, edges.into_iter().map(|e| e.name).collect()))
 }
 
 /// Edges the live count names (the count itself is exact).
@@ -455,20 +466,7 @@ impl Wizard {
         let p = &self.package;
         let (matched, names) = if d.by_labels() {
             let labels = d.label_pairs().unwrap_or_default();
-            let item: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let size = EDGES_SHOWN.to_string();
-            let raw = query(&[
-                ("labels", &item.join(",")),
-                ("pageSize", &size),
-                ("orderBy", "name"),
-            ]);
-            let q =
-                parse_query(Entity::Edge, raw.trim_start_matches('?')).map_err(AppError::from)?;
-            let (edges, matched) = app.list_edges(ctx, &q)?;
-            (
-                matched,
-                edges.into_iter().map(|e| e.name).collect::<Vec<_>>(),
-            )
+            edges_matching(app, ctx, &labels, EDGES_SHOWN)?
         } else {
             let names: Vec<String> = d
                 .edges
