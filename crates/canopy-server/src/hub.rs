@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+mod replica;
+
 /// Timing of the fleet.
 #[derive(Debug, Clone, Copy)]
 pub struct HubConfig {
