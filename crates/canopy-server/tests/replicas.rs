@@ -445,3 +445,56 @@ async fn concurrent_conflicting_writes_on_two_replicas() {
         .await;
     }
 }
+
+/// An edge whose agent reports to B stays alive on A (judged by the stored "last seen"), and
+/// goes UNKNOWN there once it falls silent: liveness does not flap between replicas.
+#[tokio::test]
+async fn liveness_is_judged_the_same_on_a_replica_not_holding_the_agent() {
+    let fleet = canopy_server::hub::HubConfig {
+        heartbeat: Duration::from_secs(1),
+        edge_timeout: Duration::from_secs(4),
+        no_target_grace: Duration::from_secs(3),
+    };
+    let Some(a) = TestControlPlane::start_postgres_configured(|c| c.fleet = fleet).await else {
+        return;
+    };
+    let b = a.start_replica(|_| {}).await;
+    let t = enrollment_token(&a, P).await;
+    let mut edge = SimAgent::enroll(&b, &t, "e-1", &[]).await;
+    let state_on_a = || async {
+        let (s, e) = a
+            .get(&a.at(&format!("/canopy/v1/projects/{P}/edges/e-1")))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{e}");
+        e["edge"]["state"].as_str().unwrap_or_default().to_string()
+    };
+    // Reporting to B every heartbeat for three edge timeouts: A never shows UNKNOWN.
+    let (s, e) = edge.report(AppState::Running).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    within(DELIVERY, "A sees the edge alive", || async {
+        state_on_a().await == "RUNNING"
+    })
+    .await;
+    let until = Instant::now() + fleet.edge_timeout * 3;
+    let mut next_report = Instant::now() + fleet.heartbeat;
+    while Instant::now() < until {
+        if Instant::now() >= next_report {
+            let (s, e) = edge.report(AppState::Running).await;
+            assert_eq!(s, StatusCode::OK, "{e}");
+            next_report += fleet.heartbeat;
+        }
+        assert_eq!(
+            state_on_a().await,
+            "RUNNING",
+            "no flap on A while B hears the edge"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Silent: UNKNOWN on A after the timeout.
+    within(
+        fleet.edge_timeout * 3,
+        "A marks the silent edge UNKNOWN",
+        || async { state_on_a().await == "UNKNOWN" },
+    )
+    .await;
+}

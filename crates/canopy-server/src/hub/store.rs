@@ -14,8 +14,25 @@ use super::{
     DeploymentRecord, Hub, HubConfig, HubMetrics, State_, control_key, new_edge_entry, now,
 };
 
-/// How often an unchanged "last seen" is written to the store.
+/// How often an unchanged "last seen" is written to the store, at most (see
+/// [`HubConfig::seen_persist_every`]).
 const SEEN_PERSIST_EVERY: Duration = Duration::from_secs(60);
+
+impl HubConfig {
+    /// How often an unchanged "last seen" is written: every [`SEEN_PERSIST_EVERY`] (60 s), or
+    /// `edge_timeout - 2 × heartbeat` when that is shorter. Replicas not holding an agent judge
+    /// its liveness by the stored value (docs/OPERATIONS.md, "Replicas"), which is then at most
+    /// this plus one heartbeat (plus the flush and the feed, well under a second) old: under
+    /// the timeout by a heartbeat, so the edge never flaps to UNKNOWN there. Defaults: 60 s
+    /// against 120 s with 30 s heartbeats.
+    pub fn seen_persist_every(&self) -> Duration {
+        SEEN_PERSIST_EVERY.min(
+            self.edge_timeout
+                .saturating_sub(self.heartbeat * 2)
+                .max(Duration::from_millis(100)),
+        )
+    }
+}
 
 impl DeploymentRecord {
     /// The store row of this record.
@@ -104,6 +121,7 @@ impl Hub {
     /// Liveness and status changes not yet written to the store (at most one "last seen" per
     /// edge per minute unless its status or agent changed).
     pub fn drain_seen(&self) -> Vec<EdgeSeen> {
+        let persist_every = self.cfg.seen_persist_every();
         let mut st = self.lock();
         let now = now();
         let mut out = Vec::new();
@@ -111,7 +129,7 @@ impl Hub {
             let Some(seen) = e.last_seen else { continue };
             let stale = match e.seen_persisted {
                 None => true,
-                Some(p) => (seen - p) >= SEEN_PERSIST_EVERY,
+                Some(p) => (seen - p) >= persist_every,
             };
             if !(stale || e.status_dirty || e.agent_dirty) {
                 continue;
