@@ -421,6 +421,7 @@ impl Server {
             store,
             app::AppConfig {
                 fleet: config.fleet,
+                feed: app::FeedConfig::default(),
                 auth: config.auth.clone(),
                 tenancy: config.tenancy.clone(),
                 tls: config.tls.is_some(),
@@ -532,6 +533,8 @@ impl Server {
             );
         let reaper = tokio::spawn(app::reap_upload_sessions(self.app.clone()));
         let flusher = tokio::spawn(flush_fleet(self.app.clone()));
+        // PostgreSQL: follow the other replicas (none on SQLite).
+        let feed = self.app.start_feed();
         let housekeeper = tokio::spawn(housekeeping(self.app.clone(), self.audit_retention));
         let registry = self.app.metrics().registry().clone();
         let upkeep = registry.spawn_upkeep();
@@ -552,6 +555,9 @@ impl Server {
         canopy_tls::serve(self.listener, router, tls, shutdown).await?;
         reaper.abort();
         flusher.abort();
+        if let Some(f) = feed {
+            f.abort();
+        }
         housekeeper.abort();
         if let Some(m) = metrics_server {
             m.abort();
@@ -587,6 +593,11 @@ async fn housekeeping(app: App, audit_retention: std::time::Duration) {
             Ok(n) => tracing::info!(tokens = n, "deleted expired tokens"),
             Err(e) => tracing::warn!(error = %e, "could not delete expired tokens"),
         }
+        match app.prune_feed().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "pruned the change feed"),
+            Err(e) => tracing::warn!(error = %e, "could not prune the change feed"),
+        }
         match app.store().prune_audit(now - audit_retention).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(entries = n, "pruned audit entries past their retention"),
@@ -597,7 +608,8 @@ async fn housekeeping(app: App, audit_retention: std::time::Duration) {
 
 /// Background task: writes edge liveness and status changes to the store in batches.
 async fn flush_fleet(app: App) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut every = tokio::time::interval(app.flush_interval());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         app.flush_fleet().await;

@@ -141,6 +141,24 @@ impl ServerMetrics {
             "Database transactions, begin to commit or rollback, by kind (read, write, edges_seen)",
         );
         r.describe(
+            Kind::Histogram,
+            "canopy_feed_lag_seconds",
+            Some(Unit::Seconds),
+            "Change feed between replicas: from a change's commit on another replica to this replica applying it, by log (fleet: deployments, edges, labels, controls, projects; live: statuses, revocations)",
+        );
+        r.describe(
+            Kind::Gauge,
+            "canopy_feed_applied_revision",
+            None,
+            "Change feed: the last revision of each log this replica has applied",
+        );
+        r.describe(
+            Kind::Counter,
+            "canopy_feed_reloads_total",
+            None,
+            "Change feed: whole-fleet reloads (this replica fell behind the oldest change kept)",
+        );
+        r.describe(
             Kind::Gauge,
             "canopy_build_info",
             None,
@@ -181,6 +199,18 @@ impl ServerMetrics {
             delivery: r.histogram("canopy_fleet_delivery_seconds", &[]),
             fanout: r.histogram("canopy_fleet_fanout_seconds", &[]),
             fanout_edges: r.histogram("canopy_fleet_fanout_edges", &[]),
+        }
+    }
+
+    /// The change feed's handles (see `app::feed`).
+    pub fn feed(&self) -> FeedMetrics {
+        let r = &self.registry;
+        FeedMetrics {
+            lag: r.histogram("canopy_feed_lag_seconds", &[("log", "fleet".into())]),
+            live_lag: r.histogram("canopy_feed_lag_seconds", &[("log", "live".into())]),
+            applied: r.gauge("canopy_feed_applied_revision", &[("log", "fleet".into())]),
+            live_applied: r.gauge("canopy_feed_applied_revision", &[("log", "live".into())]),
+            reloads: r.counter("canopy_feed_reloads_total", &[]),
         }
     }
 
@@ -299,4 +329,19 @@ pub(crate) async fn track(
         start.elapsed(),
     );
     response
+}
+
+/// What the change feed records (see `app::feed`).
+#[derive(Clone)]
+pub struct FeedMetrics {
+    /// Fleet changes of other replicas: commit there to applied here.
+    pub lag: Histogram,
+    /// Live changes (statuses, revocations) of other replicas: commit there to applied here.
+    pub live_lag: Histogram,
+    /// The fleet revision applied to this replica's hub.
+    pub applied: Gauge,
+    /// The live revision applied.
+    pub live_applied: Gauge,
+    /// Whole-fleet reloads.
+    pub reloads: Counter,
 }

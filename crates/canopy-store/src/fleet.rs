@@ -103,12 +103,12 @@ pub struct EdgeSeen {
 }
 
 const TOKEN_COLUMNS: &str = "id, project_id, secret_hash, description, create_time, expire_time, revoke_time, max_uses, uses";
-const EDGE_COLUMNS: &str = "id, project_id, name, labels, credential_hash, token_id, create_time, agent, last_seen, last_status";
-const DEPLOYMENT_COLUMNS: &str = "id, project_id, name, body, create_time, update_time";
-const CONTROL_COLUMNS: &str =
+pub(crate) const EDGE_COLUMNS: &str = "id, project_id, name, labels, credential_hash, token_id, create_time, agent, last_seen, last_status";
+pub(crate) const DEPLOYMENT_COLUMNS: &str = "id, project_id, name, body, create_time, update_time";
+pub(crate) const CONTROL_COLUMNS: &str =
     "project_id, edge_id, deployment_id, app, kind, workload, running, restarts";
 
-fn control_from_row(r: &AnyRow) -> Result<WorkloadControlRow, StoreError> {
+pub(crate) fn control_from_row(r: &AnyRow) -> Result<WorkloadControlRow, StoreError> {
     Ok(WorkloadControlRow {
         project_id: project_id(&r.try_get::<String, _>(0)?)?,
         edge_id: r.try_get(1)?,
@@ -149,7 +149,7 @@ fn token_from_row(r: &AnyRow) -> Result<EnrollmentTokenRow, StoreError> {
     })
 }
 
-fn edge_from_row(r: &AnyRow) -> Result<EdgeRow, StoreError> {
+pub(crate) fn edge_from_row(r: &AnyRow) -> Result<EdgeRow, StoreError> {
     let id: String = r.try_get(0)?;
     let labels: String = r.try_get(3)?;
     let labels = serde_json::from_str(&labels)
@@ -168,7 +168,7 @@ fn edge_from_row(r: &AnyRow) -> Result<EdgeRow, StoreError> {
     })
 }
 
-fn deployment_from_row(
+pub(crate) fn deployment_from_row(
     keyring: Option<&canopy_seal::Keyring>,
     r: &AnyRow,
 ) -> Result<DeploymentRow, StoreError> {
@@ -268,6 +268,17 @@ impl Store {
             };
             let mut tx = self.pool.begin().await?;
             let _timer = crate::sql::TxTimer::start(&self.metrics.edges_seen);
+            if self.backend == Backend::Postgres {
+                // Other replicas re-read these edges (see `crate::feed`).
+                let ids: Vec<String> = chunk.iter().map(|s| s.edge_id.clone()).collect();
+                crate::feed::append_live(
+                    &mut tx,
+                    &self.origin,
+                    crate::feed::LiveKind::Status,
+                    &ids,
+                )
+                .await?;
+            }
             for seen in chunk {
                 sqlx::query(
                     "UPDATE edges SET last_seen = $2, agent = COALESCE($3, agent), last_status = COALESCE($4, last_status) WHERE id = $1",
@@ -291,8 +302,9 @@ pub const SEEN_CHUNK: usize = 200;
 
 impl CatalogTx {
     /// Bumps and returns the fleet revision (edge generations are drawn from it, so they grow
-    /// across restarts). Serialized by the database row lock.
-    pub async fn bump_fleet_revision(&mut self) -> Result<u64, StoreError> {
+    /// across restarts). Serialized by the database row lock. Only through
+    /// [`CatalogTx::log_fleet_changes`]: every revision has its change rows.
+    pub(crate) async fn bump_fleet_revision(&mut self) -> Result<u64, StoreError> {
         self.check_writable()?;
         sqlx::query("UPDATE fleet_revision SET revision = revision + 1 WHERE id = 1")
             .execute(&mut *self.tx)

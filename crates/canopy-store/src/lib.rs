@@ -101,6 +101,7 @@ pub struct StoredUploadFile {
 }
 
 mod audit;
+pub mod feed;
 mod fleet;
 mod policy;
 mod sealing;
@@ -110,6 +111,10 @@ mod uploads;
 
 pub use audit::{
     AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditQuery, AuditRecord, NewAuditRecord,
+};
+pub use feed::{
+    ChangeKind, ChangeListener, ChangePage, FleetChange, LiveChange, LiveKind, LoggedChange,
+    Notified,
 };
 pub use fleet::{
     DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, FleetSnapshot, SEEN_CHUNK,

@@ -76,6 +76,12 @@ pub struct Store {
     pub(crate) keyring: Option<Arc<canopy_seal::Keyring>>,
     /// Where transaction times go (no-ops unless [`Store::with_metrics`]).
     pub(crate) metrics: TxMetrics,
+    /// This store's name in the change feed (a random id per [`Store::connect`]): a replica
+    /// skips the changes it made itself (see [`crate::feed`]).
+    pub(crate) origin: Arc<str>,
+    /// PostgreSQL only: the URL, for the change feed's listener connection (never logged: it
+    /// may hold a password).
+    pub(crate) pg_url: Option<Arc<str>>,
 }
 
 /// Histograms of transaction durations, by kind of transaction (see [`Store::with_metrics`]).
@@ -131,6 +137,8 @@ pub struct CatalogTx {
     pub(crate) keyring: Option<Arc<canopy_seal::Keyring>>,
     /// Which backend the transaction runs on (row locks are PostgreSQL's `FOR UPDATE`).
     pub(crate) backend: Backend,
+    /// The store's change-feed origin (see [`Store`]).
+    pub(crate) origin: Arc<str>,
     _write_guard: Option<OwnedMutexGuard<()>>,
     /// Last: the time recorded includes the rollback of a dropped transaction.
     _timer: TxTimer,
@@ -261,6 +269,8 @@ impl Store {
             write_lock: Arc::new(Mutex::new(())),
             keyring: None,
             metrics: TxMetrics::default(),
+            origin: Uuid::new_v4().simple().to_string().into(),
+            pg_url: (backend == Backend::Postgres).then(|| Arc::from(url.as_str())),
         })
     }
 
@@ -356,6 +366,7 @@ impl Store {
             writable: true,
             keyring: self.keyring.clone(),
             backend: self.backend,
+            origin: Arc::clone(&self.origin),
             _write_guard: guard,
             _timer: TxTimer::start(&self.metrics.write),
         };
@@ -390,6 +401,7 @@ impl Store {
             writable: false,
             keyring: self.keyring.clone(),
             backend: self.backend,
+            origin: Arc::clone(&self.origin),
             _write_guard: None,
             _timer: TxTimer::start(&self.metrics.read),
         };

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use canopy_core::names::ProjectName;
 use canopy_store::testing::fresh_stores;
 use canopy_store::{
-    DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, Project, SEEN_CHUNK, Store,
+    ChangeKind, DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, FleetChange, Project,
+    SEEN_CHUNK, Store,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -64,7 +65,7 @@ async fn fleet_rows_round_trip_on_every_backend() {
         tx.insert_enrollment_token(&token(&a, "t1", "h1"))
             .await
             .unwrap();
-        let r0 = tx.bump_fleet_revision().await.unwrap();
+        let r0 = tx.log_fleet_changes(&[]).await.unwrap();
         tx.commit().await.unwrap();
         let found = store.enrollment_token_by_hash("h1").await.unwrap().unwrap();
         assert_eq!(found.project_id, a.id, "{label}");
@@ -111,9 +112,51 @@ async fn fleet_rows_round_trip_on_every_backend() {
         })
         .await
         .unwrap();
-        let r1 = tx.bump_fleet_revision().await.unwrap();
+        let r1 = tx
+            .log_fleet_changes(&[
+                FleetChange {
+                    kind: ChangeKind::Edge,
+                    project_id: a.id,
+                    entity_id: "e1".into(),
+                },
+                FleetChange {
+                    kind: ChangeKind::Deployment,
+                    project_id: a.id,
+                    entity_id: "d1".into(),
+                },
+            ])
+            .await
+            .unwrap();
         assert!(r1 > r0, "{label}: revision grows");
+        // Not visible to others before commit.
+        assert!(store.fleet_changes_after(r0).await.unwrap().rows.is_empty());
         tx.commit().await.unwrap();
+        let page = store.fleet_changes_after(r0).await.unwrap();
+        assert_eq!(page.current, r1, "{label}");
+        let got: Vec<_> = page
+            .rows
+            .iter()
+            .map(|c| (c.revision, c.change.kind, c.change.entity_id.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (r1, ChangeKind::Edge, "e1"),
+                (r1, ChangeKind::Deployment, "d1")
+            ],
+            "{label}: the change rows, in order"
+        );
+        assert_eq!(page.rows[0].origin, store.origin(), "{label}");
+        // Pruning keeps the newest row, so an up-to-date replica never sees a hole.
+        store
+            .prune_changes(now() + Duration::hours(1))
+            .await
+            .unwrap();
+        let kept = store.fleet_changes_after(0).await.unwrap().rows;
+        assert!(
+            kept.len() == 2 && kept.iter().all(|c| c.revision == r1),
+            "{label}: the newest revision's rows are kept: {kept:?}"
+        );
 
         let mut tx = store.write(b.id).await.unwrap();
         assert!(

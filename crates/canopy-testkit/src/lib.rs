@@ -367,6 +367,32 @@ impl TestControlPlane {
         )
     }
 
+    /// Another replica of this control plane: a second server over the same PostgreSQL
+    /// database (its own port and data directory, holding copies of this one's `secret.key`
+    /// and administrator token, as an operator sets up replicas). `configure` may change its
+    /// configuration. Panics on SQLite (replicas need PostgreSQL).
+    pub async fn start_replica(
+        &self,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestControlPlane {
+        assert_eq!(self.backend, "postgres", "replicas need PostgreSQL");
+        let dir = tempfile::tempdir().expect("temp dir");
+        for file in [
+            canopy_seal::KEY_FILE_NAME,
+            canopy_server::app::ADMIN_TOKEN_FILE,
+        ] {
+            let from = self.config.data_dir.join(file);
+            if from.exists() {
+                std::fs::copy(&from, dir.path().join(file)).expect("copy replica file");
+            }
+        }
+        let mut config = self.config.clone();
+        config.data_dir = dir.path().to_path_buf();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        configure(&mut config);
+        Self::launch(config, Some(dir), "postgres").await
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         self.stop_in_place().await;

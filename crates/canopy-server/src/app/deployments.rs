@@ -29,6 +29,7 @@ use time::OffsetDateTime;
 
 use super::catalog::{AppParameters, DeployParameters};
 use super::edges::{edge_not_found, labels_match, list_query, parse_label_filters};
+use super::fleet_tx::{FleetTx, HubOp};
 use super::{Access, App, AppError, Ctx};
 use crate::hub::DeploymentRecord;
 
@@ -193,7 +194,6 @@ fn new_name(taken: &BTreeSet<String>) -> String {
 #[derive(Default)]
 struct Plan {
     put: Vec<DeploymentRecord>,
-    remove: Vec<String>,
     /// Helm applications rendered so far (first pass: the results in memory).
     renders: HelmRenders,
     /// Helm applications without a result: the transaction must roll back, these be rendered
@@ -330,9 +330,8 @@ impl App {
         ids: &mut Vec<(String, String)>,
     ) -> Result<Result<String, Vec<HelmRequest>>, AppError> {
         let hub = self.hub();
-        let _writes = hub.lock_writes().await;
+        let mut tx = FleetTx::open(self, ctx.project.id).await?;
         let existing = hub.deployments(ctx.project.id);
-        let mut tx = self.store().write(ctx.project.id).await?;
         let mut plan = Plan {
             renders,
             org: org.to_string(),
@@ -357,22 +356,18 @@ impl App {
             *ids = plan.ids;
             return Ok(Err(plan.pending));
         }
-        let revision = tx.bump_fleet_revision().await?;
-        for r in &plan.put {
+        for r in plan.put {
             if existing.iter().any(|e| e.id == r.id) {
                 tx.update_deployment(&r.id, &r.to_row().body, r.update_time)
                     .await?;
             } else {
                 tx.insert_deployment(&r.to_row()).await?;
             }
+            tracing::info!(project = %ctx.project.name, deployment = %r.id, package = %format!("{}:{}", r.spec.app_name, r.spec.app_version), "deployment created");
+            tx.record(HubOp::PutDeployment(Arc::new(r)));
         }
         tx.commit().await?;
-        let id = rec.id.clone();
-        for r in plan.put {
-            tracing::info!(project = %ctx.project.name, deployment = %r.id, package = %format!("{}:{}", r.spec.app_name, r.spec.app_version), "deployment created");
-            hub.put_deployment(Arc::new(r), revision);
-        }
-        Ok(Ok(id))
+        Ok(Ok(rec.id.clone()))
     }
 
     #[expect(
@@ -714,7 +709,7 @@ impl App {
     ) -> Result<Result<(), Vec<HelmRequest>>, AppError> {
         let norm = norm.clone();
         let hub = self.hub();
-        let _writes = hub.lock_writes().await;
+        let mut tx = FleetTx::open(self, ctx.project.id).await?;
         let old = hub
             .deployment(ctx.project.id, id)
             .ok_or_else(|| deployment_not_found(id))?;
@@ -732,7 +727,6 @@ impl App {
             )));
         }
         let existing = hub.deployments(ctx.project.id);
-        let mut tx = self.store().write(ctx.project.id).await?;
         let parts = load_package(&mut tx, &norm.app_name, &norm.app_version).await?;
         let app_names: Vec<String> = parts.apps.iter().map(|a| a.name.clone()).collect();
         let requested = targeting(&norm, &app_names)?;
@@ -821,11 +815,9 @@ impl App {
         }
         tx.update_deployment(&rec.id, &rec.to_row().body, rec.update_time)
             .await?;
-        let revision = tx.bump_fleet_revision().await?;
-        tx.commit().await?;
         tracing::info!(project = %ctx.project.name, deployment = %rec.id, generation = rec.generation, version = %rec.spec.app_version, "deployment updated");
-        let rec = Arc::new(rec);
-        hub.put_deployment(Arc::clone(&rec), revision);
+        tx.record(HubOp::PutDeployment(Arc::new(rec)));
+        tx.commit().await?;
         Ok(Ok(()))
     }
 
@@ -839,7 +831,7 @@ impl App {
     ) -> Result<(), AppError> {
         ctx.require(Access::FleetWrite)?;
         let hub = self.hub();
-        let _writes = hub.lock_writes().await;
+        let mut tx = FleetTx::open(self, ctx.project.id).await?;
         let root = hub
             .deployment(ctx.project.id, id)
             .ok_or_else(|| deployment_not_found(id))?;
@@ -873,11 +865,10 @@ impl App {
                 }
             }
         }
-        let mut tx = self.store().write(ctx.project.id).await?;
-        let mut plan = Plan::default();
         for d in &doomed {
             tx.delete_deployment(d).await?;
-            plan.remove.push(d.clone());
+            tracing::info!(project = %ctx.project.name, deployment = %d, "deployment deleted");
+            tx.record(HubOp::RemoveDeployment(d.clone()));
         }
         // Survivors that listed a deleted deployment as parent forget it.
         for d in &all {
@@ -889,7 +880,7 @@ impl App {
                 rec.parents.retain(|p| !doomed.contains(p));
                 tx.update_deployment(&rec.id, &rec.to_row().body, rec.update_time)
                     .await?;
-                plan.put.push(rec);
+                tx.record(HubOp::PutDeployment(Arc::new(rec)));
             }
         }
         // isDeployed cleared on packages no surviving deployment uses.
@@ -906,15 +897,7 @@ impl App {
                 set_deployed(&mut tx, &name, &version, false).await?;
             }
         }
-        let revision = tx.bump_fleet_revision().await?;
         tx.commit().await?;
-        for d in plan.remove {
-            tracing::info!(project = %ctx.project.name, deployment = %d, "deployment deleted");
-            hub.remove_deployment(&d, revision);
-        }
-        for r in plan.put {
-            hub.put_deployment(Arc::new(r), revision);
-        }
         Ok(())
     }
 

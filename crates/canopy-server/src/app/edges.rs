@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
+use super::fleet_tx::{FleetTx, HubOp};
 use super::{Access, App, AppError, Ctx};
 use crate::hub::{EdgeView, HubError, with_project};
 
@@ -336,8 +337,7 @@ impl App {
         check_edge_name(&name)?;
 
         let hub = self.hub();
-        let _writes = hub.lock_writes().await;
-        let mut tx = self.store().write(token.project_id).await?;
+        let mut tx = FleetTx::open(self, token.project_id).await?;
         // Re-read inside the transaction: a revocation may have just committed.
         let token = tx
             .get_enrollment_token(&token.id)
@@ -387,12 +387,11 @@ impl App {
         };
         tx.insert_edge(&row).await?;
         tx.use_enrollment_token(&token.id).await?;
-        let revision = tx.bump_fleet_revision().await?;
+        let edge_id = row.id.clone();
+        tx.record(HubOp::AddEdge(row));
         tx.commit().await?;
         let project = self.project_name(token.project_id).await?;
-        tracing::info!(project = %project, edge = %row.id, name = %name, "edge enrolled");
-        let edge_id = row.id.clone();
-        hub.add_edge(row, revision);
+        tracing::info!(project = %project, edge = %edge_id, name = %name, "edge enrolled");
         Ok(EnrollResponse {
             edge_id,
             edge_name: name,
@@ -513,7 +512,7 @@ impl App {
     ) -> Result<Edge, AppError> {
         ctx.require(Access::FleetWrite)?;
         let hub = self.hub();
-        let _writes = hub.lock_writes().await;
+        let mut tx = FleetTx::open(self, ctx.project.id).await?;
         let edge = hub
             .edge(ctx.project.id, id_or_name)
             .ok_or_else(|| edge_not_found(id_or_name))?;
@@ -523,13 +522,14 @@ impl App {
         }
         labels.extend(set);
         check_labels(&labels, "labels", MAX_EDGE_LABELS)?;
-        let mut tx = self.store().write(ctx.project.id).await?;
         if !tx.set_edge_labels(&edge.id, &labels).await? {
             return Err(edge_not_found(id_or_name));
         }
-        let revision = tx.bump_fleet_revision().await?;
+        tx.record(HubOp::SetLabels {
+            edge: edge.id.clone(),
+            labels,
+        });
         tx.commit().await?;
-        hub.set_labels(&edge.id, labels, revision);
         tracing::info!(project = %ctx.project.name, edge = %edge.id, "edge labels changed");
         self.get_edge(ctx, &edge.id)
     }
@@ -539,17 +539,16 @@ impl App {
     pub async fn remove_edge(&self, ctx: &Ctx, id_or_name: &str) -> Result<(), AppError> {
         ctx.require(Access::FleetWrite)?;
         let hub = self.hub();
-        let _writes = hub.lock_writes().await;
+        let mut tx = FleetTx::open(self, ctx.project.id).await?;
         let edge = hub
             .edge(ctx.project.id, id_or_name)
             .ok_or_else(|| edge_not_found(id_or_name))?;
-        let mut tx = self.store().write(ctx.project.id).await?;
         if !tx.delete_edge(&edge.id).await? {
             return Err(edge_not_found(id_or_name));
         }
+        // Applying it also fails the edge's tunnels.
+        tx.record(HubOp::RemoveEdge(edge.id.clone()));
         tx.commit().await?;
-        hub.remove_edge(&edge.id);
-        self.tunnels().fail_edge(&edge.id);
         tracing::info!(project = %ctx.project.name, edge = %edge.id, name = %edge.name, "edge removed");
         Ok(())
     }

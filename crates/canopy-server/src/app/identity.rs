@@ -508,7 +508,7 @@ impl App {
             .update_user(name, roles.as_deref(), hash.as_deref())
             .await?
             .ok_or_else(|| AppError::NotFound(format!("user {name} not found")))?;
-        self.inner.tokens.clear();
+        self.drop_cached_tokens().await;
         tracing::info!(user = %name, by = %p.actor, roles_changed = roles.is_some(), password_changed = hash.is_some(), "user updated");
         Ok(row.into())
     }
@@ -566,7 +566,7 @@ impl App {
         if !self.store().delete_user(name).await? {
             return Err(AppError::NotFound(format!("user {name} not found")));
         }
-        self.inner.tokens.clear();
+        self.drop_cached_tokens().await;
         tracing::info!(user = %name, by = %p.actor, "user deleted");
         Ok(())
     }
@@ -649,7 +649,7 @@ impl App {
             return Err(not_found());
         }
         self.store().delete_token(id).await?;
-        self.inner.tokens.clear();
+        self.drop_cached_tokens().await;
         tracing::info!(token = %id, by = %p.actor, "token revoked");
         Ok(())
     }
@@ -673,7 +673,7 @@ impl App {
         match token.kind.as_str() {
             "session" => {
                 self.store().delete_token(*token_id).await?;
-                self.inner.tokens.clear();
+                self.drop_cached_tokens().await;
                 Ok(())
             }
             "bootstrap" => Err(AppError::FailedPrecondition(format!(
@@ -741,6 +741,13 @@ pub async fn reset_admin_token(
     let staged = stage_private(&path, format!("{secret}\n").as_bytes())
         .map_err(|e| AppError::Internal(format!("cannot write {}: {e}", path.display())))?;
     let done = store.reset_admin(BOOTSTRAP_USER, ADMIN_ROLE, row).await?;
+    // Other replicas (PostgreSQL) may be running: their token caches drop the old tokens.
+    if let Err(e) = store
+        .publish_live(canopy_store::LiveKind::Auth, &[String::new()])
+        .await
+    {
+        tracing::warn!(error = %e, "could not tell running replicas about the reset; their token caches expire within 5 s");
+    }
     staged
         .commit()
         .map_err(|e| AppError::Internal(format!("cannot write {}: {e}", path.display())))?;

@@ -13,6 +13,8 @@ mod console_oidc;
 mod deployments;
 mod edges;
 mod error;
+mod feed;
+mod fleet_tx;
 mod helm;
 mod identity;
 mod login_guard;
@@ -41,6 +43,7 @@ pub use edges::{
     AgentCtx, CreateEnrollmentToken, CreatedEnrollmentToken, Edge, EnrollmentToken, check_protocol,
 };
 pub use error::AppError;
+pub use feed::{DEFAULT_FEED_POLL, FEED_RETENTION, FeedConfig, FeedMode};
 pub use helm::HelmConfig;
 pub use identity::{
     ADMIN_TOKEN_FILE, AdminTokenReset, ApiToken, AuthConfig, BOOTSTRAP_USER, IssuedToken, User,
@@ -64,6 +67,11 @@ use crate::hub::{Hub, HubConfig};
 
 /// The name of the project that exists from the first start.
 pub const DEFAULT_PROJECT: &str = "default";
+
+/// [`App::flush_interval`] on PostgreSQL (replicas).
+pub const FLUSH_REPLICAS: std::time::Duration = std::time::Duration::from_millis(400);
+/// [`App::flush_interval`] on SQLite (one process).
+pub const FLUSH_SINGLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Who is asking, about which project. Holding one means the caller may know the project
 /// exists; each operation still checks the access it needs with [`Ctx::require`].
@@ -112,6 +120,8 @@ pub struct AppConfig {
     pub charts: ChartLimits,
     /// Where `/metrics` values are recorded (disabled, the default: nothing is).
     pub metrics: canopy_metrics::Registry,
+    /// How this replica follows the others (PostgreSQL; see [`App::start_feed`]).
+    pub feed: FeedConfig,
 }
 
 struct Inner {
@@ -129,6 +139,8 @@ struct Inner {
     login: login_guard::LoginGuard,
     events: EventBus,
     hub: Hub,
+    /// What this replica has applied of the change feed (see `feed`).
+    feed: feed::Feed,
     /// Tunnels from users to edge workloads, opened by the agents (consoles, logs).
     tunnels: crate::tunnels::Tunnels,
     /// Project names by id, for the agent long-poll path (projects are never renamed).
@@ -170,7 +182,11 @@ impl App {
         let store = store.with_metrics(tx_metrics);
         let default = ProjectName::try_from(DEFAULT_PROJECT).expect("valid default project name");
         store.ensure_project(&default).await?;
+        // The live revision first: statuses loaded below are at least that new (re-reading
+        // one twice is harmless; missing one is not).
+        let live = store.live_revision().await?;
         let snapshot = store.load_fleet().await?;
+        let feed = feed::Feed::new(config.feed, snapshot.revision, live, metrics.feed());
         let hub = Hub::load(config.fleet, snapshot)
             .map_err(AppError::Internal)?
             .with_metrics(metrics.hub());
@@ -192,6 +208,7 @@ impl App {
                 oidc_sessions: Default::default(),
                 events: EventBus::default(),
                 hub,
+                feed,
                 tunnels: Default::default(),
                 project_names: Default::default(),
                 shutdown: tokio::sync::watch::channel(false).0,
@@ -283,6 +300,16 @@ impl App {
     /// The tunnel broker (consoles and logs of edge workloads).
     pub fn tunnels(&self) -> &crate::tunnels::Tunnels {
         &self.inner.tunnels
+    }
+
+    /// How often [`App::flush_fleet`] should run: every [`FLUSH_REPLICAS`] on PostgreSQL
+    /// (another replica shows a report taken here after at most that plus the feed's
+    /// delivery), every [`FLUSH_SINGLE`] on SQLite (one process: nobody else reads it).
+    pub fn flush_interval(&self) -> std::time::Duration {
+        match self.store().backend() {
+            canopy_store::Backend::Postgres => FLUSH_REPLICAS,
+            canopy_store::Backend::Sqlite => FLUSH_SINGLE,
+        }
     }
 
     /// Writes pending edge liveness and status changes to the store (called periodically and

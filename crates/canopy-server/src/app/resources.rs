@@ -36,6 +36,7 @@ use canopy_proto::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::fleet_tx::{FleetTx, HubOp};
 use super::{Access, App, AppError, Ctx};
 use crate::hub::DeploymentRecord;
 
@@ -602,7 +603,7 @@ impl App {
     ) -> Result<(), AppError> {
         ctx.require(Access::FleetWrite)?;
         let hub = self.hub();
-        let _writes = hub.lock_writes().await;
+        let mut tx = FleetTx::open(self, ctx.project.id).await?;
         let vm = self.resolve_vm(ctx, app_id, cluster_id, vm_id)?;
         let mut control = hub
             .control(
@@ -629,7 +630,8 @@ impl App {
                 control.restarts += 1;
             }
         }
-        self.put_control(ctx, &vm.edge_id, control).await?;
+        put_control(&mut tx, ctx, &vm.edge_id, control).await?;
+        tx.commit().await?;
         tracing::info!(
             project = %ctx.project.name,
             edge = %vm.edge_name,
@@ -655,7 +657,7 @@ impl App {
     ) -> Result<(), AppError> {
         ctx.require(Access::FleetWrite)?;
         let hub = self.hub();
-        let _writes = hub.lock_writes().await;
+        let mut tx = FleetTx::open(self, ctx.project.id).await?;
         let edge = hub
             .edge(ctx.project.id, cluster_id)
             .ok_or_else(|| super::edges::edge_not_found(cluster_id))?;
@@ -703,7 +705,8 @@ impl App {
                 restarts: 0,
             });
         control.restarts += 1;
-        self.put_control(ctx, &edge.id, control).await?;
+        put_control(&mut tx, ctx, &edge.id, control).await?;
+        tx.commit().await?;
         tracing::info!(
             project = %ctx.project.name,
             edge = %edge.name,
@@ -714,35 +717,35 @@ impl App {
         );
         Ok(())
     }
+}
 
-    /// Commits a control, then applies it to the hub (caller holds the write lock).
-    async fn put_control(
-        &self,
-        ctx: &Ctx,
-        edge_id: &str,
-        control: WorkloadControl,
-    ) -> Result<(), AppError> {
-        let mut tx = self.store().write(ctx.project.id).await?;
-        tx.put_workload_control(&canopy_store::WorkloadControlRow {
-            project_id: ctx.project.id,
-            edge_id: edge_id.to_string(),
-            deployment_id: control.deployment_id.clone(),
-            app: control.app.clone(),
-            kind: match control.kind {
-                WorkloadKind::Vm => "vm",
-                WorkloadKind::Pod => "pod",
-            }
-            .into(),
-            workload: control.workload.clone(),
-            running: control.running,
-            restarts: control.restarts,
-        })
-        .await?;
-        let revision = tx.bump_fleet_revision().await?;
-        tx.commit().await?;
-        self.hub().set_control(edge_id, control, revision);
-        Ok(())
-    }
+/// Writes a control in a fleet transaction and records it for the hub.
+async fn put_control(
+    tx: &mut FleetTx<'_>,
+    ctx: &Ctx,
+    edge_id: &str,
+    control: WorkloadControl,
+) -> Result<(), AppError> {
+    tx.put_workload_control(&canopy_store::WorkloadControlRow {
+        project_id: ctx.project.id,
+        edge_id: edge_id.to_string(),
+        deployment_id: control.deployment_id.clone(),
+        app: control.app.clone(),
+        kind: match control.kind {
+            WorkloadKind::Vm => "vm",
+            WorkloadKind::Pod => "pod",
+        }
+        .into(),
+        workload: control.workload.clone(),
+        running: control.running,
+        restarts: control.restarts,
+    })
+    .await?;
+    tx.record(HubOp::SetControl {
+        edge: edge_id.to_string(),
+        control,
+    });
+    Ok(())
 }
 
 /// The endpoints of one located app: per workload with published ports, the edge's addresses

@@ -16,6 +16,7 @@ use canopy_deploy::model::DeleteType;
 use canopy_store::{OrgDelete, ProjectPut, ProjectRecord, Put};
 use serde::Serialize;
 
+use super::fleet_tx::{FleetTx, HubOp};
 use super::{App, AppError, Ctx, Principal};
 
 /// The organization that exists from the first start and owns the default project.
@@ -317,15 +318,18 @@ impl App {
         if unconfirmed > 0 {
             tracing::warn!(project = %name, edges = unconfirmed, "deleting the project before some connected edges confirmed removing its workloads");
         }
-        // 3. Everything else, in one transaction.
-        if !self.store().delete_project(project.id).await? {
+        // 3. Everything else, in one fleet transaction (every replica forgets the project).
+        let mut tx = match FleetTx::open(self, project.id).await {
+            Ok(tx) => tx,
+            Err(AppError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(e),
+        };
+        if !tx.delete_project().await? {
             return Err(not_found());
         }
-        for edge in self.hub().edges(project.id) {
-            self.tunnels().fail_edge(&edge.id);
-        }
-        self.hub().remove_project(project.id);
-        self.forget_project(project.id);
+        // Applying it fails the edges' tunnels and forgets the project.
+        tx.record(HubOp::RemoveProject);
+        tx.commit().await?;
         // 4. Grants on the project go too.
         let prefixes = [
             format!("{}_", project.name.as_str()),
@@ -346,7 +350,7 @@ impl App {
                 self.store().update_user(&u.name, Some(&kept), None).await?;
             }
         }
-        self.inner.tokens.clear();
+        self.drop_cached_tokens().await;
         tracing::info!(project = %name, by = %p.actor, "project deleted");
         Ok(())
     }
