@@ -403,6 +403,8 @@ defaults
     timeout server 5m
     timeout http-request 30s
     timeout queue 30s
+    timeout tunnel 1h
+    timeout check 2s
     # A request that cannot reach a replica, or gets no answer from one that died, is sent to
     # another replica; L7 retries only for GET and HEAD (below).
     retries 3
