@@ -3,7 +3,8 @@
 # installs and starts a throwaway PostgreSQL on loopback (scripts/postgres.sh) and a Podman API
 # service with a local test image (scripts/podman.sh), QEMU and a tiny test VM
 # (scripts/vm-image.sh), the Helm CLI and chart registries (scripts/helm.sh), headless Chromium
-# and chromedriver for the web console's browser tests (scripts/chromium.sh), then `cargo test`.
+# and chromedriver for the web console's browser tests (scripts/chromium.sh), HAProxy for the
+# multi-replica tests (scripts/haproxy.sh), then `cargo test`.
 # Runs as root (the tests use the rootful Podman service); any failure stops it with a message
 # naming what failed.
 set -euo pipefail
@@ -48,6 +49,12 @@ if [ -z "${CANOPY_TEST_CHROMEDRIVER:-}" ]; then
   done <<<"$chromium_lines"
 fi
 echo "Browser for console tests: ${CANOPY_TEST_CHROMIUM} (driver ${CANOPY_TEST_CHROMEDRIVER})"
+# HAProxy (a Debian package) in front of several server replicas (crates/canopy/tests/replicas.rs).
+if [ -z "${CANOPY_TEST_HAPROXY:-}" ]; then
+  haproxy_line=$(scripts/haproxy.sh | grep '^CANOPY_TEST_HAPROXY=' | tail -n 1)
+  export "${haproxy_line?}"
+fi
+echo "Load balancer for replica tests: ${CANOPY_TEST_HAPROXY}"
 # KVM is unusable on these machines (guests crawl or abort): software emulation for tests.
 export CANOPY_VM_ACCEL=${CANOPY_VM_ACCEL:-tcg}
 echo "Test VM for QEMU tests: ${CANOPY_TEST_VM_KERNEL}"

@@ -17,6 +17,7 @@ pub mod events;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod once_only;
 pub mod tunnels;
 
 use std::net::SocketAddr;
@@ -123,7 +124,9 @@ pub enum ServerError {
     /// Another process holds the data directory.
     #[error(
         "another Canopy process{pid} is using the data directory {dir} (it holds \
-         {lock}): stop it first",
+         {lock}): stop it first. One server process runs per data directory; to run several \
+         replicas, give each its own data directory and the same PostgreSQL --database-url \
+         (docs/OPERATIONS.md, Running replicas)",
         pid = .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
         lock = .dir.join(LOCK_FILE).display()
     )]
@@ -582,31 +585,39 @@ fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
 }
 
 /// Background task: deletes expired session and API tokens, and audit entries older than the
-/// retention. Hourly; each pass is two bounded DELETEs.
+/// retention, and change-feed rows older than an hour. Hourly; each pass is three bounded
+/// DELETEs. Runs on one replica at a time (the
+/// `housekeeping` lease, [`once_only`]).
 async fn housekeeping(app: App, audit_retention: std::time::Duration) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
-        every.tick().await;
-        let now = time::OffsetDateTime::now_utc();
-        match app.store().delete_expired_tokens(now).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(tokens = n, "deleted expired tokens"),
-            Err(e) => tracing::warn!(error = %e, "could not delete expired tokens"),
+    let store = app.store().clone();
+    let every = std::time::Duration::from_secs(3600);
+    once_only::run_once_only(store, canopy_store::LeaseJob::Housekeeping, every, || {
+        let app = app.clone();
+        async move {
+            let store = app.store();
+            let now = time::OffsetDateTime::now_utc();
+            match store.delete_expired_tokens(now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tokens = n, "deleted expired tokens"),
+                Err(e) => tracing::warn!(error = %e, "could not delete expired tokens"),
+            }
+            match store.prune_audit(now - audit_retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "pruned audit entries past their retention"),
+                Err(e) => tracing::warn!(error = %e, "could not prune the audit log"),
+            }
+            match app.prune_feed().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(rows = n, "pruned the change feed"),
+                Err(e) => tracing::warn!(error = %e, "could not prune the change feed"),
+            }
         }
-        match app.prune_feed().await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(rows = n, "pruned the change feed"),
-            Err(e) => tracing::warn!(error = %e, "could not prune the change feed"),
-        }
-        match app.store().prune_audit(now - audit_retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(entries = n, "pruned audit entries past their retention"),
-            Err(e) => tracing::warn!(error = %e, "could not prune the audit log"),
-        }
-    }
+    })
+    .await;
 }
 
-/// Background task: writes edge liveness and status changes to the store in batches.
+/// Background task: writes edge liveness and status changes to the store in batches. Every
+/// replica flushes the agents connected to it (not a once-only job).
 async fn flush_fleet(app: App) {
     let mut every = tokio::time::interval(app.flush_interval());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -639,6 +650,28 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
+/// Says at start whether this server can be one of several replicas, and what replicas need.
+fn replica_notice(postgres: bool, data_dir: &Path) {
+    if postgres {
+        tracing::info!(
+            "replicas: this server can run as one of several replicas behind a load balancer. \
+             Every replica needs the same --database-url and the same secret key (the same \
+             {key} file in each data directory, or the same {env}), and a data directory of its \
+             own; once-only background jobs run on one replica at a time \
+             (docs/OPERATIONS.md, Running replicas)",
+            key = canopy_seal::KEY_FILE_NAME,
+            env = canopy_seal::ENV_VAR,
+        );
+    } else {
+        tracing::info!(
+            "replicas: none. The embedded SQLite database serves one process only (this one \
+             holds {lock}); to run several replicas, use PostgreSQL (--database-url; \
+             docs/OPERATIONS.md, Running replicas)",
+            lock = data_dir.join(LOCK_FILE).display(),
+        );
+    }
+}
+
 /// Runs the control plane (with the web console's routes, when given: see
 /// [`Server::with_console`]) until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn serve(
@@ -660,6 +693,7 @@ pub async fn serve(
     };
     let url = server.url()?;
     tracing::info!(%addr, %storage, "Canopy control plane listening on {url} (API document at /openapi.json{})", if console_given { ", web console at /" } else { "" });
+    replica_notice(config.database_url.is_some(), &config.data_dir);
     if let Some(metrics) = server.metrics_addr() {
         tracing::info!(
             %metrics,

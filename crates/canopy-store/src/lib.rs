@@ -9,6 +9,16 @@
 //! PostgreSQL, which also serializes replicas), so uniqueness rules checked by the app layer
 //! cannot race.
 //!
+//! Background jobs that must run once across server replicas take a [`Lease`] first
+//! ([`Store::try_lease`]: a PostgreSQL session advisory lock; always granted on SQLite).
+//!
+//! Migrations are *expand/contract* so that replicas of two releases can share a database
+//! during a rolling upgrade: release N's migrations only add (tables, nullable or defaulted
+//! columns, indexes), and what N no longer uses is removed in N+1 at the earliest, once no
+//! replica of N-1 runs. A server therefore starts on a database that already has migrations it
+//! does not know (applied by a newer replica): it applies its own missing ones and ignores
+//! the newer ones (docs/OPERATIONS.md, Upgrades).
+//!
 //! Must not depend on: the server, HTTP, or anything above it.
 
 use canopy_core::names::ProjectName;
@@ -77,6 +87,10 @@ pub enum StoreError {
     UploadContent(#[source] std::io::Error),
     #[error("cannot write in a read-only catalog transaction")]
     ReadOnly,
+    /// A background job's lease ([`Lease`]) is no longer held: its session ended or the
+    /// database does not answer.
+    #[error("lost the lease of the {job} job: {reason}")]
+    LeaseLost { job: &'static str, reason: String },
     #[error("{entity} lists cannot filter or order by {field:?}")]
     UnsupportedListField {
         entity: &'static str,
@@ -103,6 +117,7 @@ pub struct StoredUploadFile {
 mod audit;
 pub mod feed;
 mod fleet;
+mod lease;
 mod policy;
 mod sealing;
 mod sql;
@@ -120,6 +135,7 @@ pub use fleet::{
     DeploymentRow, EdgeRow, EdgeSeen, EnrollmentTokenRow, FleetSnapshot, SEEN_CHUNK,
     WorkloadControlRow,
 };
+pub use lease::{LEASE_CHECK_TIMEOUT, LEASE_DEAD_PEER_SECS, LEASE_LOCK_CLASS, Lease, LeaseJob};
 pub use sealing::ResealReport;
 pub use sql::{CatalogTx, Store, TxMetrics};
 pub use tenancy::{AdminReset, Org, OrgDelete, ProjectPut, ProjectRecord, Put, TokenRow, UserRow};

@@ -36,6 +36,25 @@ use crate::{Backend, DisplayNameScope, Project, ProjectId, StoreError};
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// The migrator of `backend`: this release's migrations, applied in order under the
+/// migrator's own advisory lock (replicas starting together apply them once). Migrations
+/// applied by a *newer* release that this one does not know are ignored rather than refused,
+/// so an older replica keeps starting during a rolling upgrade; that is safe because migrations
+/// are additive until every replica runs the release that stops using what they remove (the
+/// expand/contract rule in the crate docs). A known migration whose file changed after it was
+/// applied is still refused (checksums).
+pub(crate) fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
+    let released = match backend {
+        Backend::Sqlite => &SQLITE_MIGRATOR,
+        Backend::Postgres => &POSTGRES_MIGRATOR,
+    };
+    sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Borrowed(&released.migrations),
+        ignore_missing: true,
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
 /// Connections per pool. SQLite: one writer at a time plus a few concurrent readers (WAL).
 /// PostgreSQL: enough for concurrent requests on a 2-core box without crowding the server.
 const SQLITE_MAX_CONNECTIONS: u32 = 4;
@@ -256,11 +275,7 @@ impl Store {
             }
         };
 
-        let migrator = match backend {
-            Backend::Sqlite => &SQLITE_MIGRATOR,
-            Backend::Postgres => &POSTGRES_MIGRATOR,
-        };
-        migrator.run(&pool).await?;
+        migrator(backend).run(&pool).await?;
         tracing::debug!(backend = ?backend, "store connected and migrated");
 
         Ok(Store {

@@ -170,6 +170,16 @@ pub async fn set_raw_body(store: &Store, table: &str, project: ProjectId, key: &
     );
 }
 
+/// Runs one SQL statement on the store's pool, bypassing every rule: for tests that set up a
+/// database as another release (or a damaged one) would have left it.
+#[doc(hidden)]
+pub async fn execute_raw(store: &Store, sql: &str) {
+    sqlx::query(sql)
+        .execute(&store.pool)
+        .await
+        .unwrap_or_else(|e| panic!("execute_raw {sql:?}: {e}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

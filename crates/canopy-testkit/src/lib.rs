@@ -9,6 +9,7 @@ use std::path::Path;
 
 pub mod chromium;
 pub mod helm;
+pub mod replicas;
 pub mod sim_agent;
 
 use canopy_server::{Server, ServerConfig};

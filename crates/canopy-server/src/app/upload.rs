@@ -381,20 +381,23 @@ impl App {
 
 /// Background task: deletes upload sessions idle longer than
 /// [`UploadLimits::session_idle_timeout`], checking every quarter of that (at least every
-/// minute). Re-runnable and bounded: one DELETE per pass.
+/// minute). Re-runnable and bounded: one DELETE per pass. Runs on one replica at a time (the
+/// `upload-reaper` lease, [`crate::once_only`]).
 pub async fn reap_upload_sessions(app: App) {
     let idle = app.upload_limits().session_idle_timeout;
     let period = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let mut every = tokio::time::interval(period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        match app.expire_upload_sessions().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(sessions = n, idle = ?idle, "expired idle upload sessions"),
-            Err(e) => tracing::warn!(error = %e, "could not expire upload sessions"),
+    let store = app.store().clone();
+    crate::once_only::run_once_only(store, canopy_store::LeaseJob::UploadReaper, period, || {
+        let app = app.clone();
+        async move {
+            match app.expire_upload_sessions().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, idle = ?idle, "expired idle upload sessions"),
+                Err(e) => tracing::warn!(error = %e, "could not expire upload sessions"),
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// Runs blocking work (decompression, YAML, schema validation, JSON decoding) off the async
