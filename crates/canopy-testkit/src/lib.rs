@@ -117,6 +117,7 @@ impl TestControlPlane {
                 ..Default::default()
             },
             metrics_listen: None,
+            peer_url: None,
         }
     }
 
