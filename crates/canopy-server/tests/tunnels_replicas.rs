@@ -37,6 +37,15 @@ struct Replica {
 }
 
 async fn replica(database_url: &str, key_from: &std::path::Path) -> Replica {
+    replica_at(database_url, key_from, None).await
+}
+
+/// [`replica`] announcing `peer_url` instead of its own address.
+async fn replica_at(
+    database_url: &str,
+    key_from: &std::path::Path,
+    peer_url: Option<&str>,
+) -> Replica {
     let dir = tempfile::tempdir().unwrap();
     let key = canopy_seal::KEY_FILE_NAME;
     std::fs::copy(key_from.join(key), dir.path().join(key)).unwrap();
@@ -55,7 +64,7 @@ async fn replica(database_url: &str, key_from: &std::path::Path) -> Replica {
         initialize: false,
         helm: Default::default(),
         metrics_listen: None,
-        peer_url: None,
+        peer_url: peer_url.map(str::to_string),
     };
     let server = canopy_server::Server::bind(&config).await.unwrap();
     let url = server.url().unwrap();
@@ -74,6 +83,7 @@ async fn replica(database_url: &str, key_from: &std::path::Path) -> Replica {
 
 /// Three replicas, an edge `e1` running the `console` app (container `web`, VM `vm1`).
 struct Fleet {
+    db: String,
     a: TestControlPlane,
     b: Replica,
     c: Replica,
@@ -152,6 +162,7 @@ async fn fleet() -> Option<Fleet> {
         );
     }
     Some(Fleet {
+        db,
         a,
         b,
         c,
@@ -233,9 +244,14 @@ impl Fleet {
 
     /// The user opens the serial console on A (a WebSocket, once the agent connected).
     fn open_serial_on_a(&self) -> tokio::task::JoinHandle<Result<Ws, (StatusCode, Value)>> {
-        let url = self.a.at(&self.serial_path()).replacen("http", "ws", 1);
+        self.open_serial(&self.a.url)
+    }
+
+    /// The user opens the serial console on the replica at `base`.
+    fn open_serial(&self, base: &str) -> tokio::task::JoinHandle<Result<Ws, (StatusCode, Value)>> {
+        let url = format!("{base}{}", self.serial_path()).replacen("http", "ws", 1);
         let token = self.a.admin_token().to_string();
-        let addr = self.a.url.trim_start_matches("http://").to_string();
+        let addr = base.trim_start_matches("http://").to_string();
         tokio::spawn(async move { websocket(&url, &addr, &token).await })
     }
 }
@@ -522,4 +538,33 @@ async fn limits_hold_across_replicas() {
     for u in users {
         u.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_the_others_cannot_reach_fails_its_tunnels_at_once() {
+    let Some(f) = fleet().await else { return };
+    // D announces an address nothing listens on.
+    let d = replica_at(&f.db, f.a.data_dir(), Some("http://127.0.0.1:1")).await;
+    let started = Instant::now();
+    let user = f.open_serial(&d.url);
+    let id = f.poll(&f.b.url).await.remove(0).id;
+    let (s, b) = f.claim(&f.c.url, &id).await.unwrap_err();
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert!(b.to_string().contains("127.0.0.1:1"), "names the peer: {b}");
+    let (s, b) = tokio::time::timeout(DEADLINE, user)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b.to_string().contains("could not reach"), "{b}");
+    assert!(
+        started.elapsed() < canopy_server::tunnels::DEFAULT_CLAIM_TIMEOUT,
+        "told before the claim timeout"
+    );
+    // Nothing left counted on the relaying replica.
+    until("C counts no tunnel", || {
+        f.c.app.tunnels().open_counts(&f.agent.id) == (0, 0)
+    })
+    .await;
 }

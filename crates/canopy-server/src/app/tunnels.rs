@@ -336,6 +336,15 @@ impl App {
                 PeerError::Refused { status: 404, .. } => no_such_tunnel(id),
                 e => {
                     tracing::warn!(edge = %agent.edge_id, error = %e, "could not relay a tunnel to the replica holding its request");
+                    // Its user is told now rather than at the timeout.
+                    replication.failed(
+                        id,
+                        &agent.edge_id,
+                        format!(
+                            "its agent connected to another control plane replica, which could \
+                             not reach this one: {e}"
+                        ),
+                    );
                     AppError::Unavailable(format!(
                         "the control plane replica holding this tunnel's request could not be                          reached: {e}"
                     ))
