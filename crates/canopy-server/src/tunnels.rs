@@ -671,6 +671,12 @@ pub struct Permit {
     edge: String,
 }
 
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("edge", &self.edge).finish()
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut st = lock(&self.state);
@@ -930,5 +936,83 @@ mod tests {
             .wait_requests("e1", Duration::from_millis(30), std::future::pending())
             .await;
         assert!(none.is_empty());
+    }
+
+    fn peer() -> Arc<peer::PeerAddr> {
+        Arc::new(peer::PeerAddr {
+            url: "http://10.0.0.2:7070".into(),
+            fingerprint: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn remote_entries_are_bounded_and_expire() {
+        let t = small();
+        let ttl = Duration::from_millis(100);
+        assert!(t.add_remote("a", "r1", logs(), peer(), ttl));
+        assert!(!t.add_remote("a", "r1", logs(), peer(), ttl), "an id once");
+        assert!(t.add_remote("a", "r2", logs(), peer(), ttl));
+        assert!(!t.add_remote("a", "r3", logs(), peer(), ttl), "2 per edge");
+        assert!(t.add_remote("b", "r4", logs(), peer(), ttl));
+        assert!(t.add_remote("c", "r5", logs(), peer(), ttl));
+        assert!(!t.add_remote("d", "r6", logs(), peer(), ttl), "4 in all");
+        assert_eq!(t.remote_count(), 4);
+        // Handed out like local requests, but never claimable as local ones.
+        assert_eq!(t.take_requests("a").len(), 2);
+        assert!(t.claim("a", "r1").is_none());
+        assert!(!t.report_error("a", "r1", "x".into()));
+        assert_eq!(t.take_remote("a", "r1"), Some(peer()));
+        assert_eq!(t.take_remote("a", "r1"), None, "once");
+        t.drop_remote("b", "r4");
+        assert_eq!(t.remote_count(), 2);
+        assert!(t.add_remote("d", "r7", logs(), peer(), Duration::from_secs(60)));
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(t.remote_count(), 1, "expired, except the long-lived one");
+        t.drop_remote("d", "r7");
+        assert_eq!(t.remote_count(), 0);
+        assert!(lock(&t.state).edges.is_empty(), "nothing left behind");
+    }
+
+    #[tokio::test]
+    async fn a_late_remote_entry_is_waited_for_briefly() {
+        let t = small();
+        let waiting = tokio::spawn({
+            let t = t.clone();
+            async move {
+                t.take_remote_within("a", "r1", Duration::from_secs(2))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(t.add_remote("a", "r1", logs(), peer(), Duration::from_secs(10)));
+        assert_eq!(waiting.await.unwrap(), Some(peer()));
+        let none = t
+            .take_remote_within("a", "unknown", Duration::from_millis(200))
+            .await;
+        assert_eq!(none, None);
+        assert!(lock(&t.state).edges.is_empty());
+    }
+
+    #[tokio::test]
+    async fn relayed_tunnels_count_against_the_limits() {
+        let t = small();
+        let p1 = t.relay_permit("a").unwrap();
+        let p2 = t.relay_permit("a").unwrap();
+        let p3 = t.relay_permit("a").unwrap();
+        assert_eq!(
+            t.relay_permit("a").unwrap_err(),
+            TunnelError::TooManyOpen {
+                edge: "a".into(),
+                max: 3
+            }
+        );
+        let p4 = t.relay_permit("b").unwrap();
+        assert_eq!(
+            t.relay_permit("c").unwrap_err(),
+            TunnelError::ServerFull { max: 4 }
+        );
+        drop((p1, p2, p3, p4));
+        assert_eq!(t.open_counts("a"), (0, 0));
+        assert!(lock(&t.state).edges.is_empty());
     }
 }
