@@ -102,6 +102,15 @@ pub enum Note {
     },
 }
 
+impl Note {
+    /// The replica that sent it.
+    pub fn from(&self) -> &str {
+        match self {
+            Note::Asked { from, .. } | Note::Ended { from, .. } | Note::Failed { from, .. } => from,
+        }
+    }
+}
+
 /// Why a relay between replicas failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -472,22 +481,26 @@ async fn listen(mut listener: sqlx::postgres::PgListener, replica: String, app: 
 
 /// Applies one note to `broker` (ignoring this replica's own).
 pub fn apply(broker: &Tunnels, replica: &str, note: Note) {
+    if note.from() == replica {
+        return;
+    }
     match note {
         Note::Asked {
-            from,
             id,
             edge,
             target,
             peer,
             ttl_ms,
-        } if from != replica => {
-            if !broker.add_remote(
+            ..
+        } => {
+            let queued = broker.add_remote(
                 &edge,
                 &id,
                 target,
                 Arc::new(peer),
                 Duration::from_millis(ttl_ms),
-            ) {
+            );
+            if !queued {
                 tracing::warn!(
                     edge = %edge,
                     "not queued: a tunnel request of another replica (this edge or this \
@@ -495,16 +508,12 @@ pub fn apply(broker: &Tunnels, replica: &str, note: Note) {
                 );
             }
         }
-        Note::Ended { from, id, edge } if from != replica => broker.drop_remote(&edge, &id),
+        Note::Ended { id, edge, .. } => broker.drop_remote(&edge, &id),
         Note::Failed {
-            from,
-            id,
-            edge,
-            message,
-        } if from != replica => {
+            id, edge, message, ..
+        } => {
             broker.report_error(&edge, &id, message);
         }
-        _ => {}
     }
 }
 
@@ -523,7 +532,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 256 {
+    if !s.len().is_multiple_of(2) || s.len() > 256 {
         return None;
     }
     (0..s.len())
