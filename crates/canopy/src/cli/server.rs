@@ -462,3 +462,28 @@ mod public_url_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod peer_url_tests {
+    use super::parse_peer_url;
+
+    #[test]
+    fn peer_urls_are_scheme_host_and_port_only() {
+        assert_eq!(
+            parse_peer_url("https://10.0.0.5:7070/").unwrap(),
+            "https://10.0.0.5:7070"
+        );
+        assert_eq!(
+            parse_peer_url("http://replica-b:7070").unwrap(),
+            "http://replica-b:7070"
+        );
+        for bad in [
+            "10.0.0.5:7070",
+            "ftp://10.0.0.5",
+            "https://10.0.0.5:7070/prefix",
+            "https://10.0.0.5:7070/?x=1",
+        ] {
+            assert!(parse_peer_url(bad).is_err(), "{bad}");
+        }
+    }
+}
