@@ -568,3 +568,35 @@ async fn a_replica_the_others_cannot_reach_fails_its_tunnels_at_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_tunnel_ends_when_its_user_leaves() {
+    let Some(f) = fleet().await else { return };
+    let user = f.open_serial_on_a();
+    let id = f.poll(&f.b.url).await.remove(0).id;
+    let mut agent = f.claim(&f.c.url, &id).await.expect("claim on C");
+    let mut ws = tokio::time::timeout(DEADLINE, user)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the console opens");
+    both_ways(&mut ws, &mut agent, b"hello", b"hi").await;
+    assert_eq!(f.c.app.tunnels().open_counts(&f.agent.id), (1, 1));
+    // The user leaves; the agent's end stays open and silent (an idle console).
+    ws.close(None).await.unwrap();
+    drop(ws);
+    until("A closes the tunnel", || {
+        f.a.app().tunnels().open_counts(&f.agent.id) == (0, 0)
+    })
+    .await;
+    until("C stops relaying it", || {
+        f.c.app.tunnels().open_counts(&f.agent.id) == (0, 0)
+    })
+    .await;
+    // And the agent's connection is closed.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(DEADLINE, agent.read(&mut buf))
+        .await
+        .expect("the agent's end is closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}

@@ -142,13 +142,15 @@ pub async fn agent_claim_tunnel(
                 )));
             }
         }
-        AgentClaim::Relayed { mut peer, permit } => {
+        AgentClaim::Relayed {
+            peer: remote,
+            permit,
+        } => {
             // Splices the agent's connection to the replica holding the user's request.
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Ok(upgraded) = on_upgrade.await {
-                    let mut agent = hyper_util::rt::TokioIo::new(upgraded);
-                    let _ = tokio::io::copy_bidirectional(&mut agent, &mut peer).await;
+                    peer::splice(hyper_util::rt::TokioIo::new(upgraded), remote).await;
                 }
             });
         }

@@ -390,6 +390,28 @@ impl Replication {
     }
 }
 
+/// Copies bytes between the agent's connection and the peer's until either side ends (end of
+/// stream or error), then closes both: a relayed tunnel ends as a direct one does (the replica
+/// holding the user drops the whole connection when its user leaves, and an idle agent's end
+/// must not keep the relay, and its permit, forever).
+pub async fn splice<A, B>(agent: A, peer: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let (mut ar, mut aw) = tokio::io::split(agent);
+    let (mut pr, mut pw) = tokio::io::split(peer);
+    tokio::select! {
+        _ = tokio::io::copy(&mut ar, &mut pw) => {
+            let _ = pw.shutdown().await;
+        }
+        _ = tokio::io::copy(&mut pr, &mut aw) => {
+            let _ = aw.shutdown().await;
+        }
+    }
+}
+
 /// The publisher's and listener's connections, until [`Pending::spawn`] starts them.
 pub struct Pending {
     pool: sqlx::PgPool,
