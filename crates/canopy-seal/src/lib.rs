@@ -135,6 +135,8 @@ impl fmt::Display for KeyOrigin {
 struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
+    /// The key itself, kept only to derive purpose-bound keys from ([`Keyring::derive_key`]).
+    secret: Zeroizing<[u8; KEY_LEN]>,
 }
 
 /// One or more keys; the first (primary) seals, all open. Cheap to share behind an `Arc`.
@@ -209,6 +211,7 @@ impl Keyring {
             keys: vec![Key {
                 cipher: XChaCha20Poly1305::new(&(*key).into()),
                 id,
+                secret: key,
             }],
         })
     }
@@ -246,6 +249,21 @@ impl Keyring {
     /// Ids of every key, primary first.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|k| k.id.as_str())
+    }
+
+    /// A 256-bit key for another purpose than sealing, derived from the primary key with
+    /// HKDF-SHA256 and `purpose` as its info (e.g. the key replicas of one database
+    /// authenticate each other with). Different purposes give independent keys; the primary
+    /// key cannot be recovered from one. Every process with the same primary key derives the
+    /// same key.
+    pub fn derive_key(&self, purpose: &str) -> Zeroizing<[u8; KEY_LEN]> {
+        let hk =
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(b"canopy-seal derive v1"), &*self.keys[0].secret);
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        // 32 bytes is far below HKDF-SHA256's limit of 8160: expand cannot fail.
+        hk.expand(purpose.as_bytes(), &mut *out)
+            .unwrap_or_else(|_| unreachable!("32 bytes of HKDF-SHA256 output"));
+        out
     }
 
     /// Seals `plaintext` with the primary key, bound to `aad`.
@@ -326,16 +344,16 @@ impl Keyring {
                     reason: format!("duplicate key id {id:?}"),
                 });
             }
-            let cipher = decode_key(encoded)
-                .map(|key| XChaCha20Poly1305::new(&(*key).into()))
-                .map_err(|reason| SealError::Parse {
-                    source_name: source_name.to_string(),
-                    line: i + 1,
-                    reason: format!("key {id:?}: {reason}"),
-                })?;
+            let secret = decode_key(encoded).map_err(|reason| SealError::Parse {
+                source_name: source_name.to_string(),
+                line: i + 1,
+                reason: format!("key {id:?}: {reason}"),
+            })?;
+            let cipher = XChaCha20Poly1305::new(&(*secret).into());
             keys.push(Key {
                 id: id.to_string(),
                 cipher,
+                secret,
             });
         }
         if keys.is_empty() {

@@ -274,3 +274,20 @@ fn debug_shows_ids_only() {
         .join(", ");
     assert!(!text.contains(&hex_a), "{text}");
 }
+
+#[test]
+fn derived_keys_follow_the_primary_key_and_the_purpose() {
+    let a1 = a().derive_key("peer");
+    assert_eq!(*a1, *a().derive_key("peer"), "same key, same purpose");
+    assert_ne!(*a1, *a().derive_key("other"), "another purpose");
+    let b = ring(&format!("key-b {KEY_B}")).derive_key("peer");
+    assert_ne!(*a1, *b, "another key");
+    // The primary (first) key decides; older keys do not.
+    let ab = ring(&format!("key-a {KEY_A};key-b {KEY_B}")).derive_key("peer");
+    assert_eq!(*a1, *ab);
+    assert_ne!(
+        &a1[..],
+        &STANDARD.decode(KEY_A).unwrap()[..],
+        "not the key itself"
+    );
+}

@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// Where Prometheus scrapes `/metrics` (plain HTTP, no token: loopback or a monitoring
     /// network only; see docs/OPERATIONS.md). `None` (the default): no metrics are kept.
     pub metrics_listen: Option<SocketAddr>,
+    /// With PostgreSQL (replicas): the URL other replicas reach this one at to relay tunnels
+    /// (`http(s)://HOST:PORT`). `None`: derived from the bound address unless it is a wildcard
+    /// (then tunnels work only when the agent's and the user's connections land here).
+    pub peer_url: Option<String>,
 }
 
 /// Default of [`ServerConfig::audit_retention`]: 400 days.
@@ -277,6 +281,57 @@ struct StoreConfig<'a> {
 
 /// Opens the configured store: PostgreSQL when a URL is given, else `DATA_DIR/canopy.db`.
 pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
+    Ok(open_store_keyed(config).await?.0)
+}
+
+/// Makes this server one of several replicas' for tunnels (see [`tunnels::peer`]): its peer
+/// address (given, or derived from the bound address), the key peers share (derived from the
+/// secret key), and its `LISTEN` connection. `None` (with a warning) when no peer address can
+/// be known.
+async fn start_replication(
+    config: &ServerConfig,
+    database_url: &str,
+    listener: &TcpListener,
+    tls: &Option<(
+        std::sync::Arc<canopy_tls::rustls::ServerConfig>,
+        canopy_tls::CertInfo,
+    )>,
+    key: zeroize::Zeroizing<[u8; 32]>,
+    broker: &tunnels::Tunnels,
+) -> Result<Option<tunnels::peer::Pending>, ServerError> {
+    let bound = listener.local_addr()?;
+    let url = match &config.peer_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => match tunnels::peer::default_peer_url(bound, tls.is_some()) {
+            Some(u) => u,
+            None => {
+                tracing::warn!(
+                    listen = %bound,
+                    "no --peer-url and a wildcard listen address: other replicas cannot relay                      tunnels to this one, so a console or log whose agent is connected to                      another replica will time out here; give --peer-url"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let me = tunnels::peer::PeerAddr {
+        url: url.clone(),
+        fingerprint: tls
+            .as_ref()
+            .map(|(_, info)| info.fingerprint_sha256.clone()),
+    };
+    let (replication, pending) = tunnels::peer::Replication::connect(database_url, me, key)
+        .await
+        .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
+    tracing::info!(peer_url = %url, "tunnels across replicas: other replicas relay to {url}");
+    broker.set_replication(replication);
+    Ok(Some(pending))
+}
+
+/// [`open_store`], and the key replicas authenticate each other with (derived from the
+/// secret key every replica of one database shares).
+async fn open_store_keyed(
+    config: &ServerConfig,
+) -> Result<(Store, zeroize::Zeroizing<[u8; 32]>), ServerError> {
     let store = open_database(&StoreConfig {
         data_dir: &config.data_dir,
         database_url: config.database_url.as_deref(),
@@ -296,6 +351,7 @@ pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
         tracing::warn!(key = %origin, "generated a new secret key for a PostgreSQL store: every replica must use this same key (copy the file or set {})", canopy_seal::ENV_VAR);
     }
     tracing::info!(key = %origin, key_id = %keyring.primary_id(), "stored credentials are encrypted");
+    let peer_key = keyring.derive_key(tunnels::peer::KEY_PURPOSE);
     let store = store.with_keyring(std::sync::Arc::new(keyring));
     let resealed = store.reseal_all().await?;
     if resealed.registries + resealed.deployments > 0 {
@@ -305,7 +361,7 @@ pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
             "re-encrypted stored credentials with the current key"
         );
     }
-    Ok(store)
+    Ok((store, peer_key))
 }
 
 /// A database with no users yet beside an `admin.token`: refused, or with `--initialize` the
@@ -382,6 +438,8 @@ pub struct Server {
     console: Option<axum::Router<App>>,
     /// The `/metrics` listener, when configured.
     metrics_listener: Option<TcpListener>,
+    /// Tunnels across replicas (PostgreSQL only): its connections, started by `run`.
+    replication: Option<tunnels::peer::Pending>,
 }
 
 impl Server {
@@ -406,7 +464,7 @@ impl Server {
                 .map(canopy_tls::load_server_config)
                 .transpose()?,
         };
-        let store = open_store(config).await?;
+        let (store, peer_key) = open_store_keyed(config).await?;
         guard_admin_token(config, &store).await?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
@@ -474,6 +532,12 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let replication = match &config.database_url {
+            Some(url) => {
+                start_replication(config, url, &listener, &tls, peer_key, app.tunnels()).await?
+            }
+            None => None,
+        };
         Ok(Server {
             listener,
             lock,
@@ -483,6 +547,7 @@ impl Server {
             audit_retention: config.audit_retention,
             console: None,
             metrics_listener,
+            replication,
         })
     }
 
@@ -549,6 +614,7 @@ impl Server {
                 }
             })
         });
+        let replication = self.replication.map(|r| r.spawn(self.app.clone()));
         let app = self.app.clone();
         let shutdown = async move {
             shutdown.await;
@@ -560,6 +626,9 @@ impl Server {
         flusher.abort();
         if let Some(f) = feed {
             f.abort();
+        }
+        if let Some(r) = &replication {
+            r.abort();
         }
         housekeeper.abort();
         if let Some(m) = metrics_server {

@@ -15,6 +15,13 @@
 //! long as the user waits for it (dropping the waiting future removes it), so nothing needs
 //! reaping and a restart forgets nothing that matters. Capacity is bounded per edge (requests
 //! waiting, tunnels open) and per process (tunnels open), with errors that say which limit.
+//!
+//! With several replicas on one PostgreSQL database the user's request, the agent's long-poll
+//! and the agent's claim may each land on a different process: [`peer`] carries requests
+//! between them (their *remote* entries here, which expire) and relays a claim to the replica
+//! that holds the user's request. One process alone works exactly as before.
+
+pub mod peer;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,12 +31,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
 use canopy_proto::{TunnelRequest, TunnelTarget};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 
 /// How long a user waits for the agent to open a tunnel, by default.
 pub const DEFAULT_CLAIM_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest another replica's request is kept here, whatever it asks.
+pub const MAX_REMOTE_TTL: Duration = Duration::from_secs(120);
 
 /// Capacity of the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +111,18 @@ struct Pending {
     target: TunnelTarget,
     /// Handed to the agent by a long-poll already.
     delivered: bool,
-    answer: oneshot::Sender<Answer>,
+    origin: Origin,
+}
+
+/// Where the user who asked for a request waits.
+enum Origin {
+    /// In this process.
+    Local(oneshot::Sender<Answer>),
+    /// On another replica, which the agent's claim is relayed to; forgotten at `expires`.
+    Remote {
+        peer: Arc<peer::PeerAddr>,
+        expires: tokio::time::Instant,
+    },
 }
 
 #[derive(Default)]
@@ -124,11 +146,45 @@ struct State {
     limits: TunnelLimits,
     edges: HashMap<String, EdgeTunnels>,
     open_total: usize,
+    /// Remote entries (requests of other replicas) held, over every edge.
+    remote_total: usize,
+}
+
+impl State {
+    /// Removes request `id` of `edge` (local or remote), keeping the counts right.
+    fn remove(&mut self, edge: &str, id: &str) -> Option<Pending> {
+        let p = self.edges.get_mut(edge)?.pending.remove(id)?;
+        if matches!(p.origin, Origin::Remote { .. }) {
+            self.remote_total = self.remote_total.saturating_sub(1);
+        }
+        Some(p)
+    }
+
+    /// Forgets remote entries past their expiry, and edges left with nothing.
+    fn purge_expired(&mut self, now: tokio::time::Instant) {
+        if self.remote_total == 0 {
+            return;
+        }
+        let mut gone = 0;
+        self.edges.retain(|_, e| {
+            e.pending.retain(|_, p| match p.origin {
+                Origin::Remote { expires, .. } if expires <= now => {
+                    gone += 1;
+                    false
+                }
+                _ => true,
+            });
+            !e.idle()
+        });
+        self.remote_total = self.remote_total.saturating_sub(gone);
+    }
 }
 
 /// The broker (see the module doc). Cheap to share behind an `Arc`.
 pub struct Tunnels {
     state: Arc<Mutex<State>>,
+    /// Set when this process is one of several replicas (see [`peer`]).
+    replication: OnceLock<peer::Replication>,
 }
 
 impl Default for Tunnels {
@@ -157,7 +213,19 @@ impl Tunnels {
                 limits,
                 ..State::default()
             })),
+            replication: OnceLock::new(),
         }
+    }
+
+    /// Makes this broker one of several replicas' (once; later calls are ignored): requests
+    /// are published to the others, and their requests are accepted as remote entries.
+    pub fn set_replication(&self, replication: peer::Replication) {
+        let _ = self.replication.set(replication);
+    }
+
+    /// The replication in force, when this process is one of several replicas.
+    pub fn replication(&self) -> Option<&peer::Replication> {
+        self.replication.get()
     }
 
     /// The limits in force.
@@ -204,9 +272,9 @@ impl Tunnels {
             e.pending.insert(
                 id.clone(),
                 Pending {
-                    target,
+                    target: target.clone(),
                     delivered: false,
-                    answer: tx,
+                    origin: Origin::Local(tx),
                 },
             );
             e.open += 1;
@@ -219,10 +287,13 @@ impl Tunnels {
         };
         // Withdraws the request however this future ends.
         let _withdraw = Withdraw {
-            state: &self.state,
+            broker: self,
             edge: edge_id,
             id: &id,
         };
+        if let Some(r) = self.replication() {
+            r.asked(&id, edge_id, target, timeout);
+        }
         let edge = || edge_id.to_string();
         let timed_out = || TunnelError::TimedOut {
             edge: edge(),
@@ -258,6 +329,7 @@ impl Tunnels {
     /// The requests of `edge_id` not yet handed to its agent (now marked handed).
     pub fn take_requests(&self, edge_id: &str) -> Vec<TunnelRequest> {
         let mut st = lock(&self.state);
+        st.purge_expired(tokio::time::Instant::now());
         let Some(e) = st.edges.get_mut(edge_id) else {
             return Vec::new();
         };
@@ -339,10 +411,168 @@ impl Tunnels {
     /// asked of another edge).
     pub fn claim(&self, edge_id: &str, id: &str) -> Option<Claim> {
         let mut st = lock(&self.state);
-        let pending = st.edges.get_mut(edge_id)?.pending.remove(id)?;
-        Some(Claim {
-            answer: pending.answer,
+        let e = st.edges.get_mut(edge_id)?;
+        if !matches!(e.pending.get(id)?.origin, Origin::Local(_)) {
+            return None;
+        }
+        match e.pending.remove(id)?.origin {
+            Origin::Local(answer) => Some(Claim { answer }),
+            Origin::Remote { .. } => None,
+        }
+    }
+
+    /// Queues another replica's request `id` for `edge_id`'s agent until `ttl` passes (or the
+    /// request ends: [`Tunnels::drop_remote`]). False, and nothing queued, when this edge
+    /// already has its maximum of requests waiting here, or the process its maximum of remote
+    /// entries (the open-tunnel maximum), or the id is taken.
+    pub fn add_remote(
+        &self,
+        edge_id: &str,
+        id: &str,
+        target: TunnelTarget,
+        peer: Arc<peer::PeerAddr>,
+        ttl: Duration,
+    ) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut st = lock(&self.state);
+        st.purge_expired(now);
+        let limits = st.limits;
+        if st.remote_total >= limits.max_open_total {
+            return false;
+        }
+        let e = st.edges.entry(edge_id.to_string()).or_default();
+        if e.pending.len() >= limits.max_pending_per_edge || e.pending.contains_key(id) {
+            if e.idle() {
+                st.edges.remove(edge_id);
+            }
+            return false;
+        }
+        e.pending.insert(
+            id.to_string(),
+            Pending {
+                target,
+                delivered: false,
+                origin: Origin::Remote {
+                    peer,
+                    expires: now + ttl.min(MAX_REMOTE_TTL),
+                },
+            },
+        );
+        e.notify.notify_waiters();
+        st.remote_total += 1;
+        true
+    }
+
+    /// Forgets another replica's request `id` (it ended there).
+    pub fn drop_remote(&self, edge_id: &str, id: &str) {
+        let mut st = lock(&self.state);
+        if let Some(e) = st.edges.get(edge_id)
+            && matches!(
+                e.pending.get(id).map(|p| &p.origin),
+                Some(Origin::Remote { .. })
+            )
+        {
+            st.remove(edge_id, id);
+            if st.edges.get(edge_id).is_some_and(EdgeTunnels::idle) {
+                st.edges.remove(edge_id);
+            }
+        }
+    }
+
+    /// Takes another replica's request `id` of `edge_id` (the agent claims it here): the
+    /// replica to relay to. `None` when no such remote entry is held.
+    pub fn take_remote(&self, edge_id: &str, id: &str) -> Option<Arc<peer::PeerAddr>> {
+        let mut st = lock(&self.state);
+        st.purge_expired(tokio::time::Instant::now());
+        let e = st.edges.get(edge_id)?;
+        if !matches!(e.pending.get(id)?.origin, Origin::Remote { .. }) {
+            return None;
+        }
+        let p = st.remove(edge_id, id)?;
+        if st.edges.get(edge_id).is_some_and(EdgeTunnels::idle) {
+            st.edges.remove(edge_id);
+        }
+        match p.origin {
+            Origin::Remote { peer, .. } => Some(peer),
+            Origin::Local(_) => None,
+        }
+    }
+
+    /// [`Tunnels::take_remote`], waiting up to `wait` for the entry to arrive (this replica
+    /// may hear of a request a moment after the one that handed it to the agent). Returns at
+    /// once when the request waits here instead (a local claim).
+    pub async fn take_remote_within(
+        &self,
+        edge_id: &str,
+        id: &str,
+        wait: Duration,
+    ) -> Option<Arc<peer::PeerAddr>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notify = {
+                let mut st = lock(&self.state);
+                let e = st.edges.entry(edge_id.to_string()).or_default();
+                e.waiters += 1;
+                e.notify.clone()
+            };
+            let _leave = Leave {
+                state: &self.state,
+                edge: edge_id,
+            };
+            let notified = notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(peer) = self.take_remote(edge_id, id) {
+                return Some(peer);
+            }
+            let local = lock(&self.state)
+                .edges
+                .get(edge_id)
+                .is_some_and(|e| e.pending.contains_key(id));
+            if local {
+                return None;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => return self.take_remote(edge_id, id),
+            }
+        }
+    }
+
+    /// One tunnel relayed through this process to another replica, counted against the same
+    /// limits as a tunnel asked here (per edge and per process) until the permit drops.
+    pub fn relay_permit(&self, edge_id: &str) -> Result<Permit, TunnelError> {
+        let mut st = lock(&self.state);
+        let limits = st.limits;
+        if st.open_total >= limits.max_open_total {
+            return Err(TunnelError::ServerFull {
+                max: limits.max_open_total,
+            });
+        }
+        let e = st.edges.entry(edge_id.to_string()).or_default();
+        if e.open >= limits.max_open_per_edge {
+            let e = TunnelError::TooManyOpen {
+                edge: edge_id.to_string(),
+                max: limits.max_open_per_edge,
+            };
+            if st.edges.get(edge_id).is_some_and(EdgeTunnels::idle) {
+                st.edges.remove(edge_id);
+            }
+            return Err(e);
+        }
+        e.open += 1;
+        st.open_total += 1;
+        Ok(Permit {
+            state: self.state.clone(),
+            edge: edge_id.to_string(),
         })
+    }
+
+    /// Remote entries held (requests of other replicas), over every edge.
+    pub fn remote_count(&self) -> usize {
+        let mut st = lock(&self.state);
+        st.purge_expired(tokio::time::Instant::now());
+        st.remote_total
     }
 
     /// The agent of `edge_id` could not open tunnel `id`: the waiting user gets `message`.
@@ -360,12 +590,19 @@ impl Tunnels {
     /// Fails every request waiting for `edge_id` (the edge was removed).
     pub fn fail_edge(&self, edge_id: &str) {
         let mut st = lock(&self.state);
+        let mut remote = 0;
         if let Some(e) = st.edges.get_mut(edge_id) {
             for (_, p) in e.pending.drain() {
-                let _ = p.answer.send(Answer::EdgeGone);
+                match p.origin {
+                    Origin::Local(answer) => {
+                        let _ = answer.send(Answer::EdgeGone);
+                    }
+                    Origin::Remote { .. } => remote += 1,
+                }
             }
             e.notify.notify_waiters();
         }
+        st.remote_total = st.remote_total.saturating_sub(remote);
     }
 
     /// Tunnels open or waiting: (in the process, of `edge_id`).
@@ -394,18 +631,18 @@ impl Claim {
     }
 }
 
-/// Removes a request when its waiting future ends.
+/// Removes a request when its waiting future ends (and tells the other replicas).
 struct Withdraw<'a> {
-    state: &'a Mutex<State>,
+    broker: &'a Tunnels,
     edge: &'a str,
     id: &'a str,
 }
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        let mut st = lock(self.state);
-        if let Some(e) = st.edges.get_mut(self.edge) {
-            e.pending.remove(self.id);
+        lock(&self.broker.state).remove(self.edge, self.id);
+        if let Some(r) = self.broker.replication() {
+            r.ended(self.id, self.edge);
         }
     }
 }
@@ -429,9 +666,15 @@ impl Drop for Leave<'_> {
 }
 
 /// One tunnel counted against the limits, from request to close.
-struct Permit {
+pub struct Permit {
     state: Arc<Mutex<State>>,
     edge: String,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("edge", &self.edge).finish()
+    }
 }
 
 impl Drop for Permit {
@@ -693,5 +936,83 @@ mod tests {
             .wait_requests("e1", Duration::from_millis(30), std::future::pending())
             .await;
         assert!(none.is_empty());
+    }
+
+    fn peer() -> Arc<peer::PeerAddr> {
+        Arc::new(peer::PeerAddr {
+            url: "http://10.0.0.2:7070".into(),
+            fingerprint: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn remote_entries_are_bounded_and_expire() {
+        let t = small();
+        let ttl = Duration::from_millis(100);
+        assert!(t.add_remote("a", "r1", logs(), peer(), ttl));
+        assert!(!t.add_remote("a", "r1", logs(), peer(), ttl), "an id once");
+        assert!(t.add_remote("a", "r2", logs(), peer(), ttl));
+        assert!(!t.add_remote("a", "r3", logs(), peer(), ttl), "2 per edge");
+        assert!(t.add_remote("b", "r4", logs(), peer(), ttl));
+        assert!(t.add_remote("c", "r5", logs(), peer(), ttl));
+        assert!(!t.add_remote("d", "r6", logs(), peer(), ttl), "4 in all");
+        assert_eq!(t.remote_count(), 4);
+        // Handed out like local requests, but never claimable as local ones.
+        assert_eq!(t.take_requests("a").len(), 2);
+        assert!(t.claim("a", "r1").is_none());
+        assert!(!t.report_error("a", "r1", "x".into()));
+        assert_eq!(t.take_remote("a", "r1"), Some(peer()));
+        assert_eq!(t.take_remote("a", "r1"), None, "once");
+        t.drop_remote("b", "r4");
+        assert_eq!(t.remote_count(), 2);
+        assert!(t.add_remote("d", "r7", logs(), peer(), Duration::from_secs(60)));
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(t.remote_count(), 1, "expired, except the long-lived one");
+        t.drop_remote("d", "r7");
+        assert_eq!(t.remote_count(), 0);
+        assert!(lock(&t.state).edges.is_empty(), "nothing left behind");
+    }
+
+    #[tokio::test]
+    async fn a_late_remote_entry_is_waited_for_briefly() {
+        let t = small();
+        let waiting = tokio::spawn({
+            let t = t.clone();
+            async move {
+                t.take_remote_within("a", "r1", Duration::from_secs(2))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(t.add_remote("a", "r1", logs(), peer(), Duration::from_secs(10)));
+        assert_eq!(waiting.await.unwrap(), Some(peer()));
+        let none = t
+            .take_remote_within("a", "unknown", Duration::from_millis(200))
+            .await;
+        assert_eq!(none, None);
+        assert!(lock(&t.state).edges.is_empty());
+    }
+
+    #[tokio::test]
+    async fn relayed_tunnels_count_against_the_limits() {
+        let t = small();
+        let p1 = t.relay_permit("a").unwrap();
+        let p2 = t.relay_permit("a").unwrap();
+        let p3 = t.relay_permit("a").unwrap();
+        assert_eq!(
+            t.relay_permit("a").unwrap_err(),
+            TunnelError::TooManyOpen {
+                edge: "a".into(),
+                max: 3
+            }
+        );
+        let p4 = t.relay_permit("b").unwrap();
+        assert_eq!(
+            t.relay_permit("c").unwrap_err(),
+            TunnelError::ServerFull { max: 4 }
+        );
+        drop((p1, p2, p3, p4));
+        assert_eq!(t.open_counts("a"), (0, 0));
+        assert!(lock(&t.state).edges.is_empty());
     }
 }

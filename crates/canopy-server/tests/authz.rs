@@ -235,6 +235,11 @@ const SKIP: &[(&str, &str, &str)] = &[
         "/canopy/v1/agent/tunnels/{tunnelId}/error",
         "agent protocol: edge credential only, and only the edge the tunnel was asked of (tunnels.rs)",
     ),
+    (
+        "get",
+        "/canopy/v1/peer/tunnels/{tunnelId}",
+        "between replicas: a MAC under the key replicas share, no user token (tunnels_replicas.rs)",
+    ),
 ];
 
 /// Variants of documented endpoints (query parameters that change the access needed) and

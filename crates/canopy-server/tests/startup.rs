@@ -24,6 +24,7 @@ fn config(data_dir: &Path) -> ServerConfig {
         initialize: false,
         helm: Default::default(),
         metrics_listen: None,
+        peer_url: None,
         uploads: Default::default(),
     }
 }

@@ -37,6 +37,7 @@ impl Running {
             initialize: false,
             helm: Default::default(),
             metrics_listen: None,
+            peer_url: None,
         };
         let server = Server::bind(&config).await.expect("server binds");
         let url = server.url().unwrap();
@@ -213,6 +214,7 @@ async fn given_certificate_files_must_be_usable() {
         initialize: false,
         helm: Default::default(),
         metrics_listen: None,
+        peer_url: None,
     };
     let e = Server::bind(&config).await.err().expect("refused");
     let text = e.to_string();

@@ -184,6 +184,7 @@ impl Plane {
             initialize: false,
             helm: Default::default(),
             metrics_listen: None,
+            peer_url: None,
         };
         let server = canopy_server::Server::bind(&config).await.unwrap();
         let url = server.url().unwrap();

@@ -118,6 +118,7 @@ impl TestControlPlane {
                 ..Default::default()
             },
             metrics_listen: None,
+            peer_url: None,
         }
     }
 

@@ -56,7 +56,7 @@ pub use resources::{
 pub(crate) use spool::spool_io_error;
 pub use spool::{AsyncSpoolWriter, Spool, SpoolError, SpoolFile, SpoolWriter};
 pub use tenancy::{DEFAULT_ORG, TenancyConfig, TenancyObject, TenancyStatus, put_message};
-pub use tunnels::{DEFAULT_LOG_TAIL, MAX_LOG_TAIL, OpenTunnel, TunnelKind};
+pub use tunnels::{AgentClaim, DEFAULT_LOG_TAIL, MAX_LOG_TAIL, OpenTunnel, TunnelKind};
 pub use upload::{
     MAX_UPLOAD_FILES, MAX_UPLOAD_TOTAL_BYTES, SpooledUpload, UploadLimits, UploadOutcome,
     reap_upload_sessions,

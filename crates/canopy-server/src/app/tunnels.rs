@@ -14,7 +14,8 @@ use std::time::Duration;
 use canopy_proto::{TunnelRequest, TunnelTarget, WorkloadKind};
 
 use super::{Access, AgentCtx, App, AppError, Ctx, WorkloadRef};
-use crate::tunnels::{Claim, Tunnel, TunnelError};
+use crate::tunnels::peer::{LATE_NOTE_WAIT, PeerError};
+use crate::tunnels::{Claim, Permit, Tunnel, TunnelError, TunnelStream};
 
 /// Largest `tail` of a logs request.
 pub const MAX_LOG_TAIL: u32 = 10_000;
@@ -66,6 +67,27 @@ pub struct OpenTunnel {
 impl std::fmt::Debug for OpenTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenTunnel").field("io", &self.io).finish()
+    }
+}
+
+/// The agent's claim of a tunnel, as this replica answers it.
+pub enum AgentClaim {
+    /// The user waits in this process: hand it the agent's connection.
+    Local(Claim),
+    /// The user waits on another replica: splice the agent's connection to this one (the
+    /// other replica's upgraded peer connection), counted against this process's limits.
+    Relayed {
+        peer: Box<dyn TunnelStream>,
+        permit: Permit,
+    },
+}
+
+impl std::fmt::Debug for AgentClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AgentClaim::Local(_) => "AgentClaim::Local",
+            AgentClaim::Relayed { .. } => "AgentClaim::Relayed",
+        })
     }
 }
 
@@ -281,25 +303,111 @@ impl App {
             .await
     }
 
-    /// The agent connects tunnel `id`: 404 unless it waits for this very edge.
-    pub fn agent_claim_tunnel(&self, agent: &AgentCtx, id: &str) -> Result<Claim, AppError> {
-        self.tunnels()
-            .claim(&agent.edge_id, id)
-            .ok_or_else(|| no_such_tunnel(id))
+    /// The agent connects tunnel `id`: 404 unless it waits for this very edge, here or (with
+    /// replicas) on the replica that announced it, which the claim is then relayed to.
+    pub async fn agent_claim_tunnel(
+        &self,
+        agent: &AgentCtx,
+        id: &str,
+    ) -> Result<AgentClaim, AppError> {
+        let broker = self.tunnels();
+        if let Some(claim) = broker.claim(&agent.edge_id, id) {
+            return Ok(AgentClaim::Local(claim));
+        }
+        let Some(replication) = broker.replication() else {
+            return Err(no_such_tunnel(id));
+        };
+        // Counted before the request is taken: a refusal leaves it for a later claim.
+        let permit = broker.relay_permit(&agent.edge_id)?;
+        let Some(peer) = broker
+            .take_remote_within(&agent.edge_id, id, LATE_NOTE_WAIT)
+            .await
+        else {
+            drop(permit);
+            return broker
+                .claim(&agent.edge_id, id)
+                .map(AgentClaim::Local)
+                .ok_or_else(|| no_such_tunnel(id));
+        };
+        let io = replication
+            .dial(&peer, id, &agent.edge_id)
+            .await
+            .map_err(|e| match e {
+                PeerError::Refused { status: 404, .. } => no_such_tunnel(id),
+                e => {
+                    tracing::warn!(edge = %agent.edge_id, error = %e, "could not relay a tunnel to the replica holding its request");
+                    // Its user is told now rather than at the timeout.
+                    replication.failed(
+                        id,
+                        &agent.edge_id,
+                        format!(
+                            "its agent connected to another control plane replica, which could \
+                             not reach this one: {e}"
+                        ),
+                    );
+                    AppError::Unavailable(format!(
+                        "the control plane replica holding this tunnel's request could not be                          reached: {e}"
+                    ))
+                }
+            })?;
+        Ok(AgentClaim::Relayed { peer: io, permit })
     }
 
-    /// The agent could not open tunnel `id`; its user gets `message`.
-    pub fn agent_tunnel_error(
+    /// The agent could not open tunnel `id`; its user gets `message` (on whichever replica it
+    /// waits).
+    pub async fn agent_tunnel_error(
         &self,
         agent: &AgentCtx,
         id: &str,
         message: String,
     ) -> Result<(), AppError> {
-        if self.tunnels().report_error(&agent.edge_id, id, message) {
-            Ok(())
-        } else {
-            Err(no_such_tunnel(id))
+        let broker = self.tunnels();
+        if broker.report_error(&agent.edge_id, id, message.clone()) {
+            return Ok(());
         }
+        if let Some(replication) = broker.replication()
+            && broker
+                .take_remote_within(&agent.edge_id, id, LATE_NOTE_WAIT)
+                .await
+                .is_some()
+        {
+            replication.failed(id, &agent.edge_id, message);
+            return Ok(());
+        }
+        if broker.report_error(&agent.edge_id, id, message) {
+            return Ok(());
+        }
+        Err(no_such_tunnel(id))
+    }
+
+    /// Another replica relays an agent's claim of tunnel `id` of `edge` (see
+    /// `crate::tunnels::peer`): checks the peer's MAC, then claims the request waiting here.
+    /// Returns the claim and the MAC to answer with. 401 for a peer without the shared key
+    /// (or on a process that is not one of several replicas).
+    pub fn peer_claim_tunnel(
+        &self,
+        id: &str,
+        edge: &str,
+        time: &str,
+        nonce: &str,
+        mac: &str,
+    ) -> Result<(Claim, String), AppError> {
+        let Some(replication) = self.tunnels().replication() else {
+            return Err(AppError::Unauthenticated(
+                "this server is not one of several replicas: it takes no peer connections".into(),
+            ));
+        };
+        let accept = replication
+            .verify_claim(id, edge, time, nonce, mac)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "refused a peer connection");
+                AppError::Unauthenticated(e.to_string())
+            })?;
+        let claim = self
+            .tunnels()
+            .claim(edge, id)
+            .ok_or_else(|| no_such_tunnel(id))?;
+        Ok((claim, accept))
     }
 
     /// Resolves once edge `edge_id` of `project` no longer exists.

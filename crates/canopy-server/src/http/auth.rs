@@ -38,6 +38,8 @@ pub fn is_console(path: &str) -> bool {
 fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/openapi.json" | "/canopy/v1/login")
         || path.starts_with("/canopy/v1/agent/")
+        // Between replicas: authenticated by the peers' MAC (`tunnels::peer`).
+        || path.starts_with("/canopy/v1/peer/")
 }
 
 /// Authenticates the request (see the module doc).

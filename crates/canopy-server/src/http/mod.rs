@@ -57,6 +57,7 @@ pub const MAX_UPLOAD_BODY: usize = 80 * 1024 * 1024;
         (name = "ClusterService", description = "Edge inventory as the reference's clusters"),
         (name = "Canopy", description = "Canopy's own additions: health, events, edges, enrollment tokens"),
         (name = "Agent", description = "The edge agent protocol (docs/AGENT-PROTOCOL.md)"),
+        (name = "Peer", description = "Between replicas of one database: tunnels relayed to the replica holding the user's request (docs/ARCHITECTURE.md, Tunnels across replicas)"),
         (name = "Org", description = "Organizations (reference tenancy API)"),
         (name = "Project", description = "Projects (reference tenancy API)"),
         (name = "Identity", description = "Canopy's built-in users, login and API tokens"),
@@ -248,7 +249,8 @@ pub fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(fleet::desired_state))
         .routes(routes!(tunnels::agent_tunnels))
         .routes(routes!(tunnels::agent_claim_tunnel))
-        .routes(routes!(tunnels::agent_tunnel_error));
+        .routes(routes!(tunnels::agent_tunnel_error))
+        .routes(routes!(tunnels::peer_claim_tunnel));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(body_limit(uploads, MAX_UPLOAD_BODY))
         .merge(body_limit(rest, MAX_JSON_BODY))

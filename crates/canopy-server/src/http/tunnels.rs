@@ -25,8 +25,11 @@ use utoipa::ToSchema;
 use super::Caller;
 use super::error::{ApiJson, ErrorBody};
 use super::fleet::Agent;
-use crate::app::{App, AppError, DEFAULT_LOG_TAIL, MAX_LOG_TAIL, OpenTunnel, TunnelKind};
+use crate::app::{
+    AgentClaim, App, AppError, DEFAULT_LOG_TAIL, MAX_LOG_TAIL, OpenTunnel, TunnelKind,
+};
 use crate::tunnels::TunnelStream;
+use crate::tunnels::peer;
 
 type ApiResult<T> = Result<T, AppError>;
 
@@ -126,16 +129,31 @@ pub async fn agent_claim_tunnel(
             req.version()
         )));
     }
-    let claim = app.agent_claim_tunnel(&a, &id)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let connected = claim.connect(Box::pin(async move {
-        let upgraded = on_upgrade.await.map_err(io::Error::other)?;
-        Ok(Box::new(hyper_util::rt::TokioIo::new(upgraded)) as Box<dyn TunnelStream>)
-    }));
-    if !connected {
-        return Err(AppError::NotFound(format!(
-            "tunnel {id} was withdrawn: its user went away"
-        )));
+    match app.agent_claim_tunnel(&a, &id).await? {
+        AgentClaim::Local(claim) => {
+            let connected = claim.connect(Box::pin(async move {
+                let upgraded = on_upgrade.await.map_err(io::Error::other)?;
+                Ok(Box::new(hyper_util::rt::TokioIo::new(upgraded)) as Box<dyn TunnelStream>)
+            }));
+            if !connected {
+                return Err(AppError::NotFound(format!(
+                    "tunnel {id} was withdrawn: its user went away"
+                )));
+            }
+        }
+        AgentClaim::Relayed {
+            peer: remote,
+            permit,
+        } => {
+            // Splices the agent's connection to the replica holding the user's request.
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Ok(upgraded) = on_upgrade.await {
+                    peer::splice(hyper_util::rt::TokioIo::new(upgraded), remote).await;
+                }
+            });
+        }
     }
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
@@ -173,12 +191,73 @@ pub async fn agent_tunnel_error(
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(MAX_AGENT_MESSAGE)
         .collect();
-    app.agent_tunnel_error(&a, &id, message)?;
+    app.agent_tunnel_error(&a, &id, message).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     // The audit log names the edge (there is no user behind this call).
     response
         .extensions_mut()
         .insert(super::audit::AuditActor(format!("edge:{}", a.edge_id)));
+    Ok(response)
+}
+
+// ------------------------------------------------------------------ between replicas
+
+/// Another replica relays an agent's claim of a tunnel whose user waits here (see
+/// `tunnels::peer`): authenticated by a MAC under the key every replica of the database
+/// shares, answered with this replica's own MAC; then the connection carries the tunnel.
+#[utoipa::path(get, path = "/canopy/v1/peer/tunnels/{tunnelId}", tag = "Peer",
+    params(("tunnelId" = String, Path),
+        ("Connection" = String, Header, description = "Upgrade"),
+        ("Upgrade" = String, Header, description = "canopy-peer-tunnel"),
+        ("canopy-peer-edge" = String, Header, description = "the edge the agent authenticated as"),
+        ("canopy-peer-time" = String, Header, description = "Unix seconds"),
+        ("canopy-peer-nonce" = String, Header, description = "random, hex"),
+        ("canopy-peer-mac" = String, Header, description = "HMAC-SHA256, hex (docs/SECURITY.md)")),
+    responses((status = 101, description = "the connection now carries the tunnel's bytes (the answer's canopy-peer-mac proves this replica holds the key)"),
+        (status = 400, body = ErrorBody, description = "not an HTTP/1.1 upgrade to canopy-peer-tunnel"),
+        (status = 401, body = ErrorBody, description = "no valid MAC, or this server takes no peer connections"),
+        (status = 404, body = ErrorBody, description = "no such tunnel waits here for that edge")))]
+pub async fn peer_claim_tunnel(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let h = req.headers();
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let upgrade = text(header::UPGRADE.as_str()).eq_ignore_ascii_case(peer::PEER_UPGRADE);
+    let (edge, time, nonce, mac) = (
+        text(peer::EDGE_HEADER).to_string(),
+        text(peer::TIME_HEADER).to_string(),
+        text(peer::NONCE_HEADER).to_string(),
+        text(peer::MAC_HEADER).to_string(),
+    );
+    if req.version() != axum::http::Version::HTTP_11 || !upgrade {
+        return Err(AppError::Invalid(format!(
+            "connect a peer tunnel with an HTTP/1.1 upgrade (Upgrade: {})",
+            peer::PEER_UPGRADE
+        )));
+    }
+    let (claim, accept) = app.peer_claim_tunnel(&id, &edge, &time, &nonce, &mac)?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let connected = claim.connect(Box::pin(async move {
+        let upgraded = on_upgrade.await.map_err(io::Error::other)?;
+        Ok(Box::new(hyper_util::rt::TokioIo::new(upgraded)) as Box<dyn TunnelStream>)
+    }));
+    if !connected {
+        return Err(AppError::NotFound(format!(
+            "tunnel {id} was withdrawn: its user went away"
+        )));
+    }
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(
+        header::UPGRADE,
+        HeaderValue::from_static(peer::PEER_UPGRADE),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(peer::MAC_HEADER, v);
+    }
     Ok(response)
 }
 

@@ -46,6 +46,23 @@ pub struct ServerArgs {
     /// default (then no metrics are kept). See docs/OPERATIONS.md, Metrics.
     #[arg(long, env = "CANOPY_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// With several replicas on one PostgreSQL database: the URL the other replicas reach this
+    /// one at, to relay tunnels (VNC, serial consoles, logs) whose agent connected elsewhere
+    /// (`http://10.0.0.5:7070`; `https://` when this server serves HTTPS). Default: derived
+    /// from --listen when it is a specific address (not 0.0.0.0 or [::]). See
+    /// docs/OPERATIONS.md, "Tunnels across replicas".
+    #[arg(long, env = "CANOPY_PEER_URL", value_name = "URL", value_parser = parse_peer_url)]
+    pub peer_url: Option<String>,
+}
+
+/// An `http(s)://host:port` URL, nothing after the authority but an optional `/`.
+fn parse_peer_url(s: &str) -> Result<String, String> {
+    let url = parse_public_url(s)?;
+    let parsed = reqwest::Url::parse(&url).map_err(|e| format!("not a URL: {e}"))?;
+    if parsed.path() != "/" {
+        return Err("no path: only scheme, host and port (replicas dial it directly)".into());
+    }
+    Ok(url)
 }
 
 /// How `canopy server` and `canopy up` serve: HTTPS with a self-signed certificate kept in the
@@ -181,6 +198,7 @@ pub async fn up(args: UpArgs, out: &mut (dyn std::io::Write + Send)) -> anyhow::
             ..Default::default()
         },
         metrics_listen: None,
+        peer_url: None,
     };
     let server = canopy_server::Server::bind(&config)
         .await?
@@ -402,6 +420,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         metrics_listen: args.metrics_listen,
+        peer_url: args.peer_url.clone(),
     };
     // The server's errors name what failed (address, data directory, database).
     canopy_server::serve(config, Some(canopy_web::router())).await?;
@@ -440,6 +459,31 @@ mod public_url_tests {
             "https://user@canopy.example.com",
         ] {
             assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod peer_url_tests {
+    use super::parse_peer_url;
+
+    #[test]
+    fn peer_urls_are_scheme_host_and_port_only() {
+        assert_eq!(
+            parse_peer_url("https://10.0.0.5:7070/").unwrap(),
+            "https://10.0.0.5:7070"
+        );
+        assert_eq!(
+            parse_peer_url("http://replica-b:7070").unwrap(),
+            "http://replica-b:7070"
+        );
+        for bad in [
+            "10.0.0.5:7070",
+            "ftp://10.0.0.5",
+            "https://10.0.0.5:7070/prefix",
+            "https://10.0.0.5:7070/?x=1",
+        ] {
+            assert!(parse_peer_url(bad).is_err(), "{bad}");
         }
     }
 }
