@@ -13,8 +13,9 @@
 //!   at once, applies again every `converge_interval` while some app is not `RUNNING`, and
 //!   otherwise only observes, every heartbeat, or at once when the driver says something
 //!   changed between passes (a Helm pod's probes); each pass publishes the apps' statuses;
-//! - the **reporter** sends a status report when those statuses change and at least every
-//!   heartbeat, with a sequence number that grows across restarts;
+//! - the **reporter** sends a status report when those statuses change, and a "still here"
+//!   with unchanged statuses every [`STILL_HERE`] (the held long-polls already tell the control
+//!   plane the edge is alive), with a sequence number that grows across restarts;
 //! - the **tunnel loop** ([`crate::tunnel`]) long-polls tunnel requests and opens consoles and
 //!   log streams outbound, through the driver.
 //!
@@ -43,7 +44,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::client::{AgentClient, Credential, normalize_server};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, STILL_HERE};
 use crate::converger::Converger;
 use crate::driver::{DockerDriver, DriverError, EdgeDriver, VmDriver};
 use crate::error::AgentError;
@@ -109,7 +110,8 @@ fn owner(config: &AgentConfig, edge: &EdgeRecord, credential: &Credential) -> St
 /// What the agent found in its data directory.
 struct Start {
     dir: DataDir,
-    server: String,
+    /// The control plane's addresses, normalized, the configured one first.
+    servers: Vec<String>,
     credential: Option<Credential>,
     edge: Option<EdgeRecord>,
 }
@@ -118,7 +120,10 @@ impl Start {
     /// Opens the data directory and refuses what cannot work: a directory of another control
     /// plane, or no credential and no token.
     async fn check(config: &AgentConfig) -> Result<Start, AgentError> {
-        let server = normalize_server(&config.server)?;
+        let servers = std::iter::once(&config.server)
+            .chain(&config.more_servers)
+            .map(|s| normalize_server(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let root = config.data_dir.clone();
         let (dir, credential, edge) = blocking(move || {
             let dir = DataDir::open(root)?;
@@ -127,14 +132,15 @@ impl Start {
             Ok((dir, credential, edge))
         })
         .await?;
+        // Enrolled with any address of this control plane (another replica) is the same one.
         if let Some(edge) = &edge
-            && edge.server != server
+            && !servers.contains(&edge.server)
         {
             return Err(AgentError::ServerMismatch {
                 data_dir: dir.path().to_path_buf(),
                 edge: edge.edge_name.clone(),
                 enrolled: edge.server.clone(),
-                configured: server,
+                configured: servers.join(","),
             });
         }
         if credential.is_none() && config.enroll_token.as_deref().is_none_or(str::is_empty) {
@@ -144,7 +150,7 @@ impl Start {
         }
         Ok(Start {
             dir,
-            server,
+            servers,
             credential,
             edge,
         })
@@ -206,8 +212,8 @@ async fn run_started<C: Converger>(
         addresses: crate::driver::addresses(),
     };
     let client = match &config.http_client {
-        Some(http) => AgentClient::with_http_client(http.clone(), &start.server)?,
-        None => AgentClient::new(&start.server)?,
+        Some(http) => AgentClient::with_http_client_servers(http.clone(), &start.servers)?,
+        None => AgentClient::with_servers(&start.servers)?,
     };
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let (client, edge, owner) = match start.credential {
@@ -236,7 +242,7 @@ async fn run_started<C: Converger>(
                     edge_id: String::new(),
                     edge_name: String::new(),
                     project: String::new(),
-                    server: start.server.clone(),
+                    server: start.servers[0].clone(),
                 }
             });
             let owner = owner(&config, &edge, &credential);
@@ -357,7 +363,7 @@ async fn enroll(
         }
     };
     let heartbeat_seconds = response.heartbeat_seconds;
-    let server = client.server().to_string();
+    let server = client.server();
     let dir = dir.clone();
     let (record, credential) = blocking(move || {
         let record = dir.save_enrollment(&server, &response)?;
@@ -407,6 +413,16 @@ impl Shared {
         self.config
             .heartbeat
             .unwrap_or_else(|| Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// How long an unchanged status goes unreported: the configured heartbeat when one is set,
+    /// else [`STILL_HERE`] (the control plane's heartbeat if it asks for longer).
+    fn still_here(&self) -> Duration {
+        self.config.heartbeat.unwrap_or_else(|| {
+            STILL_HERE.max(Duration::from_millis(
+                self.heartbeat_ms.load(Ordering::Relaxed),
+            ))
+        })
     }
 
     fn set_heartbeat_seconds(&self, seconds: u32) {
@@ -738,8 +754,8 @@ async fn converge_loop<C: Converger>(
     }
 }
 
-/// Sends status reports: when statuses change, and at least every heartbeat. Returns only a
-/// fatal error.
+/// Sends status reports: when statuses change, and when they did not for [`STILL_HERE`] (or
+/// the configured heartbeat). Returns only a fatal error.
 async fn report_loop(
     shared: &Arc<Shared>,
     mut observed_rx: watch::Receiver<Option<Observation>>,
@@ -750,7 +766,7 @@ async fn report_loop(
     let mut last_sent: Option<(Observation, Instant)> = None;
     let mut source_gone = false;
     loop {
-        let due = last_sent.as_ref().map(|(_, at)| *at + shared.heartbeat());
+        let due = last_sent.as_ref().map(|(_, at)| *at + shared.still_here());
         tokio::select! {
             changed = observed_rx.changed(), if !source_gone => {
                 source_gone = changed.is_err();

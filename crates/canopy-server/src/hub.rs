@@ -1029,6 +1029,11 @@ impl Hub {
         let now = now();
         let mut out = Vec::new();
         for e in st.edges.values_mut() {
+            // A held long-poll is the edge being seen now: an idle agent's long-polls last
+            // minutes (docs/AGENT-PROTOCOL.md), longer than the edge timeout.
+            if e.polls.load(Ordering::Relaxed) > 0 {
+                e.last_seen = Some(now);
+            }
             let Some(seen) = e.last_seen else { continue };
             let stale = match e.seen_persisted {
                 None => true,
