@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures what one idle edge costs on the wire: runs `canopy up` (control plane and its local
 # agent, which talks to it over HTTPS like a remote agent) on a loopback port of its own, lets it
-# settle, then counts over SECONDS the new TCP connections to that port (SYNs) and the bytes
+# settle (until the agent is connected, plus 30 s), then counts over SECONDS the new TCP connections to that port (SYNs) and the bytes
 # both ways (TCP/IP headers included, as a metered link bills them) with an nftables table of
 # its own, removed at the end. Nothing else on the machine is touched.
 #
@@ -33,7 +33,16 @@ nft add rule inet "$table" out tcp sport "$port" counter comment '"from"'
 nft add rule inet "$table" out tcp dport "$port" 'tcp flags & (syn|ack) == syn' counter comment '"syn"'
 (cd "$dir" && exec "$bin" up --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/up.log" 2>&1) &
 pid=$!
-sleep 40
+# Settle: until the local agent is connected (a busy machine may take over a minute to start
+# Podman's service and the agent), then 30 s more for its first report, so the window holds
+# the idle rhythm only (the first connection's handshake counted in it before).
+for _ in $(seq 1 180); do
+  grep -q "connected to the control plane" "$dir/up.log" 2>/dev/null && break
+  kill -0 "$pid" 2>/dev/null || die "canopy up exited: $(tail -n 5 "$dir/up.log")"
+  sleep 1
+done
+grep -q "connected to the control plane" "$dir/up.log" || die "the agent did not connect within 180 s"
+sleep 30
 kill -0 "$pid" 2>/dev/null || die "canopy up exited: $(tail -n 5 "$dir/up.log")"
 nft reset counters table inet "$table" >/dev/null
 sleep "$secs"

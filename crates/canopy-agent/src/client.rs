@@ -116,6 +116,8 @@ struct Servers {
     bases: Vec<String>,
     /// Index of the one in use.
     current: AtomicUsize,
+    /// Addresses that failed one after the other since the last answer (any answer).
+    failed_in_a_row: AtomicUsize,
 }
 
 impl Servers {
@@ -133,6 +135,7 @@ impl Servers {
         Ok(Servers {
             bases,
             current: AtomicUsize::new(0),
+            failed_in_a_row: AtomicUsize::new(0),
         })
     }
 
@@ -156,12 +159,27 @@ impl Servers {
             .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
+            self.failed_in_a_row.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 from = %self.bases[index],
                 to = %self.bases[next],
                 "cannot reach this control-plane address; using the next one"
             );
         }
+    }
+}
+
+impl Servers {
+    /// An address answered: the next failure starts a new round.
+    fn answered(&self) {
+        self.failed_in_a_row.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the address in use has not failed since the last answer (it was just moved
+    /// to), while another one did.
+    fn moved_to_untried(&self) -> bool {
+        let failed = self.failed_in_a_row.load(Ordering::Relaxed);
+        failed > 0 && failed < self.bases.len()
     }
 }
 
@@ -266,6 +284,14 @@ impl AgentClient {
     /// Every address of the control plane this client knows, normalized, in order.
     pub fn servers(&self) -> &[String] {
         &self.servers.bases
+    }
+
+    /// Whether the last failure moved the client to an address not tried since the control
+    /// plane last answered: worth trying at once (after a short jitter) rather than after the
+    /// backoff, which is for when every address failed (a whole fleet then still spreads its
+    /// retries over the backoff's window).
+    pub fn moved_to_untried_address(&self) -> bool {
+        self.servers.moved_to_untried()
     }
 
     /// `POST` [`paths::ENROLL`]: joins the token's project as a new edge. Needs no credential.
@@ -414,6 +440,7 @@ impl AgentClient {
                 reason: network_reason(&e),
             }
         })?;
+        self.servers.answered();
         classify(response, request).await
     }
 
@@ -633,6 +660,37 @@ mod tests {
             "Wed, 21 Oct 2026 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn addresses_are_tried_in_turn_and_moved_from_once() {
+        let servers = Servers::new(&["http://a:1/", "http://b:1", "https://c:1/prefix"]).unwrap();
+        assert_eq!(servers.current(), (0, "http://a:1"));
+        assert!(!servers.moved_to_untried());
+        servers.failed(0);
+        assert_eq!(servers.current(), (1, "http://b:1"));
+        assert!(servers.moved_to_untried(), "b was not tried yet");
+        // Another activity's request to a, failing late: already moved on.
+        servers.failed(0);
+        assert_eq!(servers.current().0, 1);
+        servers.failed(1);
+        assert_eq!(servers.current(), (2, "https://c:1/prefix"));
+        assert!(servers.moved_to_untried());
+        servers.failed(2);
+        assert_eq!(servers.current().0, 0, "round-robin");
+        assert!(
+            !servers.moved_to_untried(),
+            "every address failed: back off"
+        );
+        servers.answered();
+        assert!(!servers.moved_to_untried());
+        // One address: nothing to move to.
+        let one = Servers::new(&["http://lb:1"]).unwrap();
+        one.failed(0);
+        assert_eq!(one.current().0, 0);
+        assert!(!one.moved_to_untried());
+        assert!(Servers::new(&[] as &[&str]).is_err());
+        assert!(Servers::new(&["http://a:1", "ftp://b"]).is_err());
     }
 
     #[test]

@@ -589,7 +589,9 @@ async fn the_agent_moves_to_the_next_address_and_resumes_from_its_generation() {
     // Resumed from the generation held: the new replica was only asked for something newer
     // and had nothing to deliver, and no other generation was ever applied.
     assert!(
-        b.polls().iter().all(|&(after, status)| after == 3 && status == 204),
+        b.polls()
+            .iter()
+            .all(|&(after, status)| after == 3 && status == 204),
         "{:?}",
         b.polls()
     );
