@@ -795,7 +795,11 @@ async fn a_reconnecting_client_resumes_its_tls_session_whatever_the_fleet_size()
     let (kind, full_bytes) = one_request(server.addr, &agent).await;
     assert_eq!(kind, rustls::HandshakeKind::Full);
     let (kind, resumed_bytes) = one_request(server.addr, &agent).await;
-    assert_eq!(kind, rustls::HandshakeKind::Resumed, "the second connection");
+    assert_eq!(
+        kind,
+        rustls::HandshakeKind::Resumed,
+        "the second connection"
+    );
     // 300 other edges connect, each with its own session.
     for _ in 0..300 {
         let (kind, _) = one_request(server.addr, &config()).await;

@@ -109,9 +109,9 @@ pub async fn run(
         scope: args.scope,
         vm_image_dirs,
         vm_cache_max_bytes: args.vm_cache_size.unwrap_or(config.vm_cache_max_bytes),
-        poll_wait: args
-            .poll_wait
-            .map_or(config.poll_wait, |s| std::time::Duration::from_secs(s.into())),
+        poll_wait: args.poll_wait.map_or(config.poll_wait, |s| {
+            std::time::Duration::from_secs(s.into())
+        }),
         ..config
     };
     // The metrics listener lives as long as the agent (the guards abort it after).
