@@ -44,11 +44,15 @@ done
 grep -q "connected to the control plane" "$dir/up.log" || die "the agent did not connect within 180 s"
 sleep 30
 kill -0 "$pid" 2>/dev/null || die "canopy up exited: $(tail -n 5 "$dir/up.log")"
-nft reset counters table inet "$table" >/dev/null
+# The window is the difference of two readings: `nft reset counters` resets only named
+# counters (not these rule counters) in nftables 1.0.6, so before this script counted from the
+# start of `canopy up`, enrollment and first connection included.
+before=$(nft list table inet "$table")
 sleep "$secs"
-rules=$(nft list table inet "$table")
-count() { grep "comment \"$1\"" <<<"$rules" | sed -E "s/.*$2 ([0-9]+).*/\1/"; }
-to=$(count to bytes)
-from=$(count from bytes)
-syn=$(count syn packets)
+after=$(nft list table inet "$table")
+count() { grep "comment \"$2\"" <<<"$1" | sed -E "s/.*$3 ([0-9]+).*/\1/"; }
+delta() { echo $(($(count "$after" "$1" "$2") - $(count "$before" "$1" "$2"))); }
+to=$(delta to bytes)
+from=$(delta from bytes)
+syn=$(delta syn packets)
 echo "idle edge over ${secs} s: ${syn} new connections, ${to} bytes to the server, ${from} bytes from it: $(((to + from) * 86400 / secs / 1024)) KiB per day"

@@ -52,15 +52,16 @@ const _: () = assert!(
 /// gives the connection up after [`TCP_KEEPALIVE_RETRIES`] unanswered ones. This is what keeps
 /// NAT and mobile-network mappings open while a long-poll waits: many carrier-grade NATs and
 /// firewalls forget an idle TCP flow after a few minutes (RFC 5382 asks for two hours; real
-/// ones often use 5 minutes or less), and 2 minutes stays under all the common values. It is
+/// ones often use 5 minutes or less), and 150 s stays under all the common values while
+/// letting a long-poll's cycle (285 s) carry a single probe. It is
 /// the cheapest packet that does it (an HTTP/2 ping costs more than twice as much: a TLS
 /// record each way plus an ACK). The HTTP client's own default (15 s) cost an idle edge
 /// 600 KB a day on its own.
-pub const TCP_KEEPALIVE: Duration = Duration::from_secs(120);
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(150);
 /// Between two unanswered TCP keep-alive probes.
 pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// Unanswered TCP keep-alive probes before the connection is given up (a dead path is noticed
-/// [`TCP_KEEPALIVE`] + 3 × [`TCP_KEEPALIVE_INTERVAL`] = 3 minutes after the last packet).
+/// [`TCP_KEEPALIVE`] + 3 × [`TCP_KEEPALIVE_INTERVAL`] = 210 s after the last packet).
 pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
 /// HTTP/2 pings from the agent, sent only when nothing at all was read on the connection for
 /// this long: a check that the control plane itself (not just a middlebox holding the TCP

@@ -10,7 +10,7 @@ use crate::backoff::Backoff;
 /// How long a long-poll waits by default: under the protocol's maximum (300 s), with room for
 /// a proxy or load balancer configured for 5 minutes. Why this long: see
 /// `docs/AGENT-PROTOCOL.md`, "Connection and idle cost".
-pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(270);
+pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(285);
 
 /// How often an agent whose statuses did not change still reports them ("still here"): the
 /// control plane knows the edge is alive from its held long-polls, so this only refreshes the
@@ -149,7 +149,7 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("cnt_secret"), "{shown}");
         assert!(shown.contains("********"), "{shown}");
-        assert_eq!(c.poll_wait, Duration::from_secs(270));
+        assert_eq!(c.poll_wait, Duration::from_secs(285));
         assert_eq!(c.converge_interval, Duration::from_secs(3));
     }
 

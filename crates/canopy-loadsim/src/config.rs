@@ -77,6 +77,11 @@ pub struct SimConfig {
     pub groups: usize,
     /// What is deployed.
     pub workload: Workload,
+    /// Further addresses of the same control plane (replicas on one PostgreSQL database), for
+    /// replica benchmarks: the edges are spread round-robin over the target's address and
+    /// these, one HTTP client (connection) at a time. Operator calls go to the target. Empty
+    /// by default.
+    pub more_servers: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -96,6 +101,7 @@ impl Default for SimConfig {
             examples: default_examples(),
             groups: 10,
             workload: Workload::Native,
+            more_servers: Vec::new(),
         }
     }
 }

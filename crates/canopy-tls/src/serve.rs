@@ -10,8 +10,8 @@
 //!   when the peer stops answering; every connection has TCP keep-alive
 //!   ([`ServeOptions::tcp_keepalive`]), so a peer gone without a word (a dead edge, a cut
 //!   cellular link) is noticed even while its long-poll waits. Both are rare on purpose: an
-//!   edge on a metered link pays for every packet, its agent's own TCP keep-alive (every 2
-//!   minutes of silence) already keeps the connection and its NAT mappings alive, and a probe
+//!   edge on a metered link pays for every packet, its agent's own TCP keep-alive (after 150 s
+//!   of silence) already keeps the connection and its NAT mappings alive, and a probe
 //!   received from the peer resets the server's TCP keep-alive, so for a live agent the server
 //!   sends nothing of its own (`docs/AGENT-PROTOCOL.md`, "Connection and idle cost");
 //! - at most [`ServeOptions::max_connections`] connections are open at once; beyond that new
@@ -73,7 +73,7 @@ pub struct ServeOptions {
     /// idle time after which an HTTP/1 keep-alive connection is closed). Default 10 s.
     pub header_read_timeout: Duration,
     /// Interval of HTTP/2 keep-alive pings: one is sent when nothing was read from the peer
-    /// for this long. Default 300 s: longer than an agent's long-poll cycle (270 s), so an
+    /// for this long. Default 300 s: longer than an agent's long-poll cycle (285 s), so an
     /// agent's connection is never pinged while its long-polls come and go (each costs the
     /// edge's metered link a TLS record both ways); TCP keep-alive notices dead peers sooner.
     pub http2_keep_alive_interval: Duration,
@@ -84,7 +84,7 @@ pub struct ServeOptions {
     /// a packet either way, then one every [`ServeOptions::tcp_keepalive_interval`], and the
     /// connection is closed after [`ServeOptions::tcp_keepalive_retries`] unanswered ones
     /// (a dead peer is noticed 4 minutes after its last packet with the defaults). `None`
-    /// turns it off. Default 180 s: longer than an agent's own (120 s), whose probes reset it.
+    /// turns it off. Default 180 s: longer than an agent's own (150 s), whose probes reset it.
     pub tcp_keepalive: Option<Duration>,
     /// Between two unanswered TCP keep-alive probes. Default 15 s.
     pub tcp_keepalive_interval: Duration,

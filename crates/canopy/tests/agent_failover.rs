@@ -8,11 +8,11 @@
 //! agent connects to an engine at start; nothing is deployed, so nothing is created on it.
 
 #[path = "common/edge_support.rs"]
+#[allow(dead_code, unused_imports)] // shared with edge_podman.rs, which uses the rest
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{AgentProcess, engine_host, eventually, unique};

@@ -64,7 +64,7 @@ pub struct AgentArgs {
     #[arg(long, env = "CANOPY_AGENT_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// How long each long-poll to the control plane waits for a change, in seconds (1 to 300;
-    /// default 270). Changes still arrive at once; a longer wait costs a metered link fewer
+    /// default 285). Changes still arrive at once; a longer wait costs a metered link fewer
     /// bytes. Behind a proxy or load balancer, keep it below the proxy's idle timeout.
     #[arg(
         long,
