@@ -182,6 +182,9 @@ impl SimConfig {
                 }
             }
         }
+        for url in &self.more_servers {
+            check_loopback(url)?;
+        }
         Ok(())
     }
 
@@ -266,7 +269,11 @@ mod tests {
                 ..ok.clone()
             },
             SimConfig {
-                wait_seconds: 61,
+                wait_seconds: canopy_proto::MAX_WAIT_SECONDS + 1,
+                ..ok.clone()
+            },
+            SimConfig {
+                more_servers: vec!["http://10.0.0.1:7070".into()],
                 ..ok.clone()
             },
             SimConfig {

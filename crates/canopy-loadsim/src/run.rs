@@ -54,9 +54,6 @@ pub async fn run(cfg: &SimConfig, target: Target) -> Result<Report, SimError> {
     if let Target::Running { url, .. } = &target {
         check_loopback(url)?;
     }
-    for url in &cfg.more_servers {
-        check_loopback(url)?;
-    }
     let started = Instant::now();
     let (child, url, token, server_proc) = match target {
         Target::Child { canopy_bin } => {
