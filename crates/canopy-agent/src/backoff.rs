@@ -60,6 +60,13 @@ impl Backoff {
         error.retry_after().map_or(delay, |wait| delay.max(wait))
     }
 
+    /// A delay uniform in `[0, initial]`, leaving the ceiling as it is: for trying another
+    /// address of the control plane right after one failed.
+    pub fn initial_delay(&self) -> Duration {
+        let nanos = u64::try_from(self.initial.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rand::rng().random_range(0..=nanos))
+    }
+
     /// Back to the initial ceiling, after a success.
     pub fn reset(&mut self) {
         self.ceiling = self.initial;

@@ -7,11 +7,26 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 
+/// How long a long-poll waits by default: under the protocol's maximum (300 s), with room for
+/// a proxy or load balancer configured for 5 minutes. Why this long: see
+/// `docs/AGENT-PROTOCOL.md`, "Connection and idle cost".
+pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(285);
+
+/// How often an agent whose statuses did not change still reports them ("still here"): the
+/// control plane knows the edge is alive from its held long-polls, so this only refreshes the
+/// stored status and its time. 15 minutes.
+pub const STILL_HERE: Duration = Duration::from_secs(15 * 60);
+
 /// Everything [`run`](crate::run) needs. Build it with [`AgentConfig::new`] and set fields.
 #[derive(Clone)]
 pub struct AgentConfig {
     /// The control plane's address (`https://cp.example.com`, `http://127.0.0.1:8080`).
     pub server: String,
+    /// Further addresses of the same control plane (other replicas), after `server`: the agent
+    /// sticks to one address and moves to the next, round-robin, when it cannot reach it
+    /// (with its usual backoff between attempts). Empty (the default) with one address or a
+    /// load balancer in front of the replicas.
+    pub more_servers: Vec<String>,
     /// Where the credential, identity, last desired state and sequence number live.
     pub data_dir: PathBuf,
     /// Enrollment token (`cnt_...`), needed only while the agent has no credential. Never
@@ -28,12 +43,16 @@ pub struct AgentConfig {
     /// Default (`None`): the edge's id from enrollment, which is what keeps several agents on
     /// one engine apart; set it only when the owner must be known before enrollment (tests).
     pub scope: Option<String>,
-    /// How long one desired-state long-poll waits (`waitSeconds`, at most 60 s). Default 25 s.
+    /// How long one desired-state or tunnel long-poll waits (`waitSeconds`, at most
+    /// [`canopy_proto::MAX_WAIT_SECONDS`]). Default [`DEFAULT_POLL_WAIT`]. Behind a proxy or
+    /// load balancer, keep it below the proxy's idle/read timeout.
     pub poll_wait: Duration,
     /// How often convergence passes repeat while some app is not `RUNNING`. Default 3 s.
     pub converge_interval: Duration,
-    /// Reporting interval when nothing changes; default: what the control plane says
-    /// (`heartbeatSeconds`, 30 s until it said anything).
+    /// How often the engine is observed when nothing changes; default: what the control plane
+    /// says (`heartbeatSeconds`, 30 s until it said anything). When set, it is also how often
+    /// a status report is sent when nothing changed (tests); otherwise an unchanged status is
+    /// reported only every [`STILL_HERE`] (reports go out at once when something changes).
     pub heartbeat: Option<Duration>,
     /// Retry schedule after transient failures. Default 1 s doubling to 60 s, full jitter.
     pub backoff: Backoff,
@@ -61,13 +80,14 @@ impl AgentConfig {
     pub fn new(server: impl Into<String>, data_dir: impl Into<PathBuf>) -> AgentConfig {
         AgentConfig {
             server: server.into(),
+            more_servers: Vec::new(),
             data_dir: data_dir.into(),
             enroll_token: None,
             name: None,
             labels: BTreeMap::new(),
             docker_host: None,
             scope: None,
-            poll_wait: Duration::from_secs(25),
+            poll_wait: DEFAULT_POLL_WAIT,
             converge_interval: Duration::from_secs(3),
             heartbeat: None,
             backoff: Backoff::default(),
@@ -92,6 +112,7 @@ impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfig")
             .field("server", &self.server)
+            .field("more_servers", &self.more_servers)
             .field("data_dir", &self.data_dir)
             .field(
                 "enroll_token",
@@ -128,7 +149,7 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("cnt_secret"), "{shown}");
         assert!(shown.contains("********"), "{shown}");
-        assert_eq!(c.poll_wait, Duration::from_secs(25));
+        assert_eq!(c.poll_wait, Duration::from_secs(285));
         assert_eq!(c.converge_interval, Duration::from_secs(3));
     }
 

@@ -13,8 +13,10 @@
 //!   at once, applies again every `converge_interval` while some app is not `RUNNING`, and
 //!   otherwise only observes, every heartbeat, or at once when the driver says something
 //!   changed between passes (a Helm pod's probes); each pass publishes the apps' statuses;
-//! - the **reporter** sends a status report when those statuses change and at least every
-//!   heartbeat, with a sequence number that grows across restarts;
+//! - the **reporter** sends a status report when those statuses change, at once after a
+//!   reconnection, and a "still here" with unchanged statuses every [`STILL_HERE`] (the held
+//!   long-polls already tell the control plane the edge is alive), with a sequence number that
+//!   grows across restarts;
 //! - the **tunnel loop** ([`crate::tunnel`]) long-polls tunnel requests and opens consoles and
 //!   log streams outbound, through the driver.
 //!
@@ -43,7 +45,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::client::{AgentClient, Credential, normalize_server};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, STILL_HERE};
 use crate::converger::Converger;
 use crate::driver::{DockerDriver, DriverError, EdgeDriver, VmDriver};
 use crate::error::AgentError;
@@ -51,6 +53,9 @@ use crate::state::{AgentState, DataDir, EdgeRecord};
 
 /// Reporting interval until the control plane names one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// How long the poller waits before asking again when the control plane answered at once with
+/// the generation held, or an older one (a replica that is behind).
+const SAME_GENERATION_PAUSE: Duration = Duration::from_secs(25);
 /// Sequence numbers reserved on disk at once: `state.json` is written once per this many
 /// reports instead of before each one (edge storage is often flash that wears).
 const SEQ_BLOCK: u64 = 100;
@@ -109,7 +114,8 @@ fn owner(config: &AgentConfig, edge: &EdgeRecord, credential: &Credential) -> St
 /// What the agent found in its data directory.
 struct Start {
     dir: DataDir,
-    server: String,
+    /// The control plane's addresses, normalized, the configured one first.
+    servers: Vec<String>,
     credential: Option<Credential>,
     edge: Option<EdgeRecord>,
 }
@@ -118,7 +124,10 @@ impl Start {
     /// Opens the data directory and refuses what cannot work: a directory of another control
     /// plane, or no credential and no token.
     async fn check(config: &AgentConfig) -> Result<Start, AgentError> {
-        let server = normalize_server(&config.server)?;
+        let servers = std::iter::once(&config.server)
+            .chain(&config.more_servers)
+            .map(|s| normalize_server(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let root = config.data_dir.clone();
         let (dir, credential, edge) = blocking(move || {
             let dir = DataDir::open(root)?;
@@ -127,14 +136,15 @@ impl Start {
             Ok((dir, credential, edge))
         })
         .await?;
+        // Enrolled with any address of this control plane (another replica) is the same one.
         if let Some(edge) = &edge
-            && edge.server != server
+            && !servers.contains(&edge.server)
         {
             return Err(AgentError::ServerMismatch {
                 data_dir: dir.path().to_path_buf(),
                 edge: edge.edge_name.clone(),
                 enrolled: edge.server.clone(),
-                configured: server,
+                configured: servers.join(","),
             });
         }
         if credential.is_none() && config.enroll_token.as_deref().is_none_or(str::is_empty) {
@@ -144,7 +154,7 @@ impl Start {
         }
         Ok(Start {
             dir,
-            server,
+            servers,
             credential,
             edge,
         })
@@ -206,8 +216,8 @@ async fn run_started<C: Converger>(
         addresses: crate::driver::addresses(),
     };
     let client = match &config.http_client {
-        Some(http) => AgentClient::with_http_client(http.clone(), &start.server)?,
-        None => AgentClient::new(&start.server)?,
+        Some(http) => AgentClient::with_http_client_servers(http.clone(), &start.servers)?,
+        None => AgentClient::with_servers(&start.servers)?,
     };
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let (client, edge, owner) = match start.credential {
@@ -236,7 +246,7 @@ async fn run_started<C: Converger>(
                     edge_id: String::new(),
                     edge_name: String::new(),
                     project: String::new(),
-                    server: start.server.clone(),
+                    server: start.servers[0].clone(),
                 }
             });
             let owner = owner(&config, &edge, &credential);
@@ -277,6 +287,7 @@ async fn run_started<C: Converger>(
         config: config.clone(),
         heartbeat_ms: AtomicU64::new(millis(heartbeat)),
         link: Link::default(),
+        reconnected: tokio::sync::Notify::new(),
         persisted: Mutex::new(Persisted {
             next_seq: state.seq + 1,
             state,
@@ -357,7 +368,7 @@ async fn enroll(
         }
     };
     let heartbeat_seconds = response.heartbeat_seconds;
-    let server = client.server().to_string();
+    let server = client.server();
     let dir = dir.clone();
     let (record, credential) = blocking(move || {
         let record = dir.save_enrollment(&server, &response)?;
@@ -390,6 +401,9 @@ struct Shared {
     /// The heartbeat interval the control plane asked for, in milliseconds.
     heartbeat_ms: AtomicU64,
     link: Link,
+    /// Wakes the reporter after a reconnection: the control plane (perhaps another replica, or
+    /// one restarted from its database) gets the current statuses at once.
+    reconnected: tokio::sync::Notify,
     persisted: Mutex<Persisted>,
     /// Serializes writes of `state.json` (taken in blocking threads only).
     file: Mutex<()>,
@@ -407,6 +421,16 @@ impl Shared {
         self.config
             .heartbeat
             .unwrap_or_else(|| Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// How long an unchanged status goes unreported: the configured heartbeat when one is set,
+    /// else [`STILL_HERE`] (the control plane's heartbeat if it asks for longer).
+    fn still_here(&self) -> Duration {
+        self.config.heartbeat.unwrap_or_else(|| {
+            STILL_HERE.max(Duration::from_millis(
+                self.heartbeat_ms.load(Ordering::Relaxed),
+            ))
+        })
     }
 
     fn set_heartbeat_seconds(&self, seconds: u32) {
@@ -491,10 +515,14 @@ enum LinkState {
 }
 
 impl Link {
-    fn up(&self) {
+    /// The control plane answered; `true` when it had been lost (a reconnection).
+    fn up(&self) -> bool {
         let previous = std::mem::replace(&mut *self.lock(), LinkState::Up);
         match previous {
-            LinkState::Unknown => info!("connected to the control plane"),
+            LinkState::Unknown => {
+                info!("connected to the control plane");
+                false
+            }
             LinkState::Down(since) => {
                 let gone = since.elapsed().as_secs();
                 info!(
@@ -502,8 +530,9 @@ impl Link {
                     "reconnected to the control plane after {}",
                     human_duration(gone)
                 );
+                true
             }
-            LinkState::Up => {}
+            LinkState::Up => false,
         }
     }
 
@@ -555,6 +584,11 @@ fn retry_after(
             *last_rejection = Some(text);
         }
     }
+    // Another address of the control plane not tried yet in this outage: try it soon; the
+    // backoff grows only once every address failed.
+    if e.is_transient() && e.retry_after().is_none() && shared.client.moved_to_untried_address() {
+        return Ok(backoff.initial_delay());
+    }
     Ok(backoff.delay_for(&e))
 }
 
@@ -567,11 +601,19 @@ async fn poll_loop(
     let mut backoff = shared.config.backoff.clone();
     let mut last_rejection = None;
     let wait = shared.config.poll_wait.max(Duration::from_secs(1));
+    // After a failure the next long-poll does not wait (`waitSeconds=0`): the agent learns at
+    // once that it is connected again (and says so, and reports), instead of after a whole
+    // long-poll of minutes.
+    let mut failed = false;
     loop {
         let after = held.unwrap_or_default();
-        match shared.client.desired_state(after, wait).await {
+        let this_wait = if failed { Duration::ZERO } else { wait };
+        match shared.client.desired_state(after, this_wait).await {
             Ok(answer) => {
-                shared.link.up();
+                failed = false;
+                if shared.link.up() {
+                    shared.reconnected.notify_one();
+                }
                 backoff.reset();
                 last_rejection = None;
                 let Some(desired) = answer else { continue };
@@ -590,8 +632,9 @@ async fn poll_loop(
                             "the control plane sent the generation held"
                         );
                     }
-                    // It answered at once: do not ask again at once.
-                    tokio::time::sleep(wait).await;
+                    // It answered at once: do not ask again at once (but soon: without a held
+                    // long-poll the edge is not seen).
+                    tokio::time::sleep(wait.min(SAME_GENERATION_PAUSE)).await;
                     continue;
                 }
                 info!(
@@ -612,10 +655,13 @@ async fn poll_loop(
                 held = Some(kept.generation);
                 desired_tx.send_replace(Some(kept));
             }
-            Err(e) => match retry_after(shared, e, &mut backoff, &mut last_rejection) {
-                Ok(delay) => tokio::time::sleep(delay).await,
-                Err(fatal) => return fatal,
-            },
+            Err(e) => {
+                failed = true;
+                match retry_after(shared, e, &mut backoff, &mut last_rejection) {
+                    Ok(delay) => tokio::time::sleep(delay).await,
+                    Err(fatal) => return fatal,
+                }
+            }
         }
     }
 }
@@ -738,8 +784,8 @@ async fn converge_loop<C: Converger>(
     }
 }
 
-/// Sends status reports: when statuses change, and at least every heartbeat. Returns only a
-/// fatal error.
+/// Sends status reports: when statuses change, and when they did not for [`STILL_HERE`] (or
+/// the configured heartbeat). Returns only a fatal error.
 async fn report_loop(
     shared: &Arc<Shared>,
     mut observed_rx: watch::Receiver<Option<Observation>>,
@@ -750,18 +796,21 @@ async fn report_loop(
     let mut last_sent: Option<(Observation, Instant)> = None;
     let mut source_gone = false;
     loop {
-        let due = last_sent.as_ref().map(|(_, at)| *at + shared.heartbeat());
+        let due = last_sent.as_ref().map(|(_, at)| *at + shared.still_here());
+        let mut reconnected = false;
         tokio::select! {
             changed = observed_rx.changed(), if !source_gone => {
                 source_gone = changed.is_err();
             }
             () = sleep_until_or_forever(due) => {}
+            () = shared.reconnected.notified() => reconnected = true,
         }
         let Some(observed) = observed_rx.borrow_and_update().clone() else {
             continue;
         };
         let heartbeat_due = due.is_none_or(|d| Instant::now() >= d);
-        if !heartbeat_due && last_sent.as_ref().is_some_and(|(o, _)| *o == observed) {
+        if !heartbeat_due && !reconnected && last_sent.as_ref().is_some_and(|(o, _)| *o == observed)
+        {
             continue;
         }
         // Send the latest statuses, retrying until one report is accepted.
@@ -784,6 +833,7 @@ async fn report_loop(
             };
             match shared.client.report(&report).await {
                 Ok(ack) => {
+                    // (A reconnection noticed here is reported by this very report.)
                     shared.link.up();
                     shared.config.metrics.reported();
                     backoff.reset();
@@ -916,6 +966,7 @@ mod tests {
                 config: AgentConfig::new("http://127.0.0.1:1", tmp.path()),
                 heartbeat_ms: AtomicU64::new(30_000),
                 link: Link::default(),
+                reconnected: tokio::sync::Notify::new(),
                 persisted: Mutex::new(Persisted {
                     next_seq: state.seq + 1,
                     state,

@@ -553,3 +553,51 @@ async fn losing_and_regaining_the_control_plane_are_both_logged_against_fake_ser
     .await;
     agent.stop().await.unwrap();
 }
+
+/// Several addresses of one control plane (replicas): the agent skips one it cannot reach,
+/// sticks to the next, and when that one dies moves on again, resuming from the generation it
+/// holds: the new address is asked only for what is newer, so nothing is delivered or applied
+/// twice.
+#[tokio::test]
+async fn the_agent_moves_to_the_next_address_and_resumes_from_its_generation() {
+    let mut a = FakeControlPlane::start().await;
+    let b = FakeControlPlane::start().await;
+    a.set_desired(desired(3, &["d1"]));
+    b.set_desired(desired(3, &["d1"]));
+    let tmp = tempfile::tempdir().unwrap();
+    enrolled_dir(&a, tmp.path());
+    b.accept_credential("cne_preenrolled");
+    // A dead address first, then the two replicas.
+    let mut config = fast_config(&closed_address(), tmp.path());
+    config.more_servers = vec![a.url.clone(), b.url.clone()];
+    let driver = FakeDriver::default();
+    let agent = RunningAgent::start(config, driver.clone());
+    wait_for("a report to the first live address", || {
+        a.reports().iter().any(|r| r.generation == Generation(3))
+    })
+    .await;
+    assert_eq!(driver.applied().first(), Some(&Generation(3)));
+    assert!(b.reports().is_empty(), "it sticks to one address");
+
+    a.stop();
+    wait_for("reports to the next address", || {
+        b.reports().iter().any(|r| r.generation == Generation(3))
+    })
+    .await;
+    wait_for("a long-poll at the next address", || !b.polls().is_empty()).await;
+    agent.stop().await.unwrap();
+    // Resumed from the generation held: the new replica was only asked for something newer
+    // and had nothing to deliver, and no other generation was ever applied.
+    assert!(
+        b.polls()
+            .iter()
+            .all(|&(after, status)| after == 3 && status == 204),
+        "{:?}",
+        b.polls()
+    );
+    assert!(
+        driver.applied().iter().all(|g| *g == Generation(3)),
+        "{:?}",
+        driver.applied()
+    );
+}

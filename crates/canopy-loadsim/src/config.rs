@@ -77,6 +77,11 @@ pub struct SimConfig {
     pub groups: usize,
     /// What is deployed.
     pub workload: Workload,
+    /// Further addresses of the same control plane (replicas on one PostgreSQL database), for
+    /// replica benchmarks: the edges are spread round-robin over the target's address and
+    /// these, one HTTP client (connection) at a time. Operator calls go to the target. Empty
+    /// by default.
+    pub more_servers: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -96,6 +101,7 @@ impl Default for SimConfig {
             examples: default_examples(),
             groups: 10,
             workload: Workload::Native,
+            more_servers: Vec::new(),
         }
     }
 }
@@ -175,6 +181,9 @@ impl SimConfig {
                     ));
                 }
             }
+        }
+        for url in &self.more_servers {
+            check_loopback(url)?;
         }
         Ok(())
     }
@@ -260,7 +269,11 @@ mod tests {
                 ..ok.clone()
             },
             SimConfig {
-                wait_seconds: 61,
+                wait_seconds: canopy_proto::MAX_WAIT_SECONDS + 1,
+                ..ok.clone()
+            },
+            SimConfig {
+                more_servers: vec!["http://10.0.0.1:7070".into()],
                 ..ok.clone()
             },
             SimConfig {

@@ -301,9 +301,14 @@ impl Fleet {
         let started = Instant::now();
         let mut latencies = Vec::with_capacity(cfg.edges);
         let mut slots: Vec<Option<SimEdge>> = vec![None; cfg.edges];
+        // Round-robin over the replicas, one client (connection) at a time.
+        let servers: Vec<&str> = std::iter::once(server)
+            .chain(cfg.more_servers.iter().map(String::as_str))
+            .collect();
         let mut enrollments = futures::stream::iter(0..cfg.edges)
             .map(|i| {
                 let http = clients[i / cfg.edges_per_connection].clone();
+                let server = servers[(i / cfg.edges_per_connection) % servers.len()];
                 let name = edge_name(run, i);
                 let labels = [
                     ("sim".to_string(), "yes".to_string()),

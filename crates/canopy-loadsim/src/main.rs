@@ -19,8 +19,10 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     edges: usize,
     /// A running server to load (loopback only) instead of starting `canopy server`.
+    /// Repeatable: replicas of one control plane, the edges spread round-robin over them (one
+    /// HTTP client at a time); operator calls go to the first.
     #[arg(long, value_name = "URL")]
-    server: Option<String>,
+    server: Vec<String>,
     /// The running server's pid, to measure its CPU and memory (with --server).
     #[arg(long, value_name = "PID", requires = "server")]
     server_pid: Option<u32>,
@@ -134,9 +136,11 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         },
+        more_servers: args.server.iter().skip(1).cloned().collect(),
     };
     cfg.validate()?;
-    let target = match args.server {
+    let mut servers = args.server.into_iter();
+    let target = match servers.next() {
         Some(url) => Target::Running {
             url,
             pid: args.server_pid,

@@ -455,8 +455,13 @@ pub enum TunnelTarget {
 /// Header carrying [`PROTOCOL_VERSION`] on every agent request.
 pub const PROTOCOL_HEADER: &str = "canopy-protocol-version";
 
-/// Longest long-poll the server holds open (seconds); agents ask for less.
-pub const MAX_WAIT_SECONDS: u32 = 60;
+/// Longest long-poll the server holds open (seconds); agents ask for less. A longer wait is
+/// capped, never refused, so agents and servers of different releases agree whatever they
+/// ask: a server of an earlier release (whose maximum was 60) answers a longer long-poll after
+/// 60 s, which costs the edge more bytes but changes nothing else. 300 s since issue 13: an
+/// idle edge's traffic is mostly its long-polls' request and answer, so fewer of them is what
+/// brings a metered link under 1 MB a day (`docs/AGENT-PROTOCOL.md`, "Connection and idle cost").
+pub const MAX_WAIT_SECONDS: u32 = 300;
 
 /// An agent's request to join a project with an enrollment token.
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -399,8 +399,8 @@ global
 defaults
     mode http
     timeout connect 2s
-    timeout client 5m
-    timeout server 5m
+    timeout client 10m
+    timeout server 10m
     timeout http-request 30s
     timeout queue 30s
     timeout tunnel 1h

@@ -31,6 +31,11 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The rustls client configuration for `trust` (ALPN `h2`, `http/1.1`), or `None` for
 /// [`ClientTrust::System`] (the HTTP client's own defaults apply).
+///
+/// TLS sessions are resumed: the configuration keeps rustls' in-memory session store (tickets
+/// of up to 256 servers), so a client that keeps its configuration (an agent keeps its HTTP
+/// client for its whole run) resumes its session when it must reconnect, instead of a full
+/// handshake with the server's certificate chain.
 pub fn client_config(trust: &ClientTrust) -> Result<Option<rustls::ClientConfig>, TlsError> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())

@@ -7,7 +7,13 @@
 //!   between requests); request bodies and responses are not limited here, so long-polls and
 //!   event streams are unaffected;
 //! - HTTP/2 connections are pinged ([`ServeOptions::http2_keep_alive_interval`]) and closed
-//!   when the peer stops answering;
+//!   when the peer stops answering; every connection has TCP keep-alive
+//!   ([`ServeOptions::tcp_keepalive`]), so a peer gone without a word (a dead edge, a cut
+//!   cellular link) is noticed even while its long-poll waits. Both are rare on purpose: an
+//!   edge on a metered link pays for every packet, its agent's own TCP keep-alive (after 150 s
+//!   of silence) already keeps the connection and its NAT mappings alive, and a probe
+//!   received from the peer resets the server's TCP keep-alive, so for a live agent the server
+//!   sends nothing of its own (`docs/AGENT-PROTOCOL.md`, "Connection and idle cost");
 //! - at most [`ServeOptions::max_connections`] connections are open at once; beyond that new
 //!   ones are closed at once (with a warning logged at most every 10 s), which keeps the server
 //!   below its file-descriptor limit with headroom for its database and engine sockets.
@@ -66,11 +72,24 @@ pub struct ServeOptions {
     /// Longest wait for a connection's first bytes and for each HTTP/1 request head (also the
     /// idle time after which an HTTP/1 keep-alive connection is closed). Default 10 s.
     pub header_read_timeout: Duration,
-    /// Interval of HTTP/2 keep-alive pings. Default 20 s.
+    /// Interval of HTTP/2 keep-alive pings: one is sent when nothing was read from the peer
+    /// for this long. Default 300 s: longer than an agent's long-poll cycle (285 s), so an
+    /// agent's connection is never pinged while its long-polls come and go (each costs the
+    /// edge's metered link a TLS record both ways); TCP keep-alive notices dead peers sooner.
     pub http2_keep_alive_interval: Duration,
     /// How long a keep-alive ping may go unanswered before the connection is closed. Default
     /// 20 s.
     pub http2_keep_alive_timeout: Duration,
+    /// TCP keep-alive of every accepted connection: the first probe after this long without
+    /// a packet either way, then one every [`ServeOptions::tcp_keepalive_interval`], and the
+    /// connection is closed after [`ServeOptions::tcp_keepalive_retries`] unanswered ones
+    /// (a dead peer is noticed 4 minutes after its last packet with the defaults). `None`
+    /// turns it off. Default 180 s: longer than an agent's own (150 s), whose probes reset it.
+    pub tcp_keepalive: Option<Duration>,
+    /// Between two unanswered TCP keep-alive probes. Default 15 s.
+    pub tcp_keepalive_interval: Duration,
+    /// Unanswered TCP keep-alive probes before the connection is closed. Default 4.
+    pub tcp_keepalive_retries: u32,
     /// How long shutdown waits for in-flight requests before dropping connections. Default
     /// 30 s.
     pub shutdown_grace: Duration,
@@ -95,8 +114,11 @@ impl Default for ServeOptions {
             max_connections: 18_000,
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
-            http2_keep_alive_interval: Duration::from_secs(20),
+            http2_keep_alive_interval: Duration::from_secs(300),
             http2_keep_alive_timeout: Duration::from_secs(20),
+            tcp_keepalive: Some(Duration::from_secs(180)),
+            tcp_keepalive_interval: Duration::from_secs(15),
+            tcp_keepalive_retries: 4,
             shutdown_grace: Duration::from_secs(30),
             drain_max_bytes: 128 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
@@ -160,6 +182,15 @@ pub async fn serve_with(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        if let Some(time) = options.tcp_keepalive {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(time)
+                .with_interval(options.tcp_keepalive_interval)
+                .with_retries(options.tcp_keepalive_retries);
+            if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                tracing::debug!(%peer, error = %e, "cannot set TCP keep-alive");
+            }
+        }
         connections.spawn(connection(
             stream,
             peer,

@@ -108,6 +108,12 @@ pub fn load_server_config(
             source,
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless session tickets (rustls' default resumption keeps 256 sessions in memory, far
+    // fewer than a fleet's agents): a reconnecting agent resumes its TLS session instead of a
+    // full handshake (no certificate sent again, no signature), whatever the fleet's size.
+    // The ticket keys live in this process and rotate every 6 hours; an agent that moves to
+    // another replica makes one full handshake there.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
     Ok((Arc::new(config), info))
 }
 

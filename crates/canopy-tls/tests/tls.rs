@@ -692,3 +692,131 @@ async fn a_client_waiting_for_100_continue_gets_the_answer_without_sending_its_b
     assert!(took < Duration::from_secs(3), "{took:?}");
     server.stop().await;
 }
+
+/// A TCP stream that counts the bytes it carries both ways (TLS records, not TCP/IP headers).
+struct Counted {
+    inner: TcpStream,
+    read: usize,
+    written: usize,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += buf.filled().len() - before;
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.written += n;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One HTTPS request on a new connection with `config`: how the handshake went, and the bytes
+/// the handshake took (both ways, until the client could send).
+async fn one_request(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> (rustls::HandshakeKind, usize) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let counted = Counted {
+        inner: tcp,
+        read: 0,
+        written: 0,
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(name, counted)
+        .await
+        .unwrap();
+    let handshake_bytes = tls.get_ref().0.read + tls.get_ref().0.written;
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    tls.write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Reading to the end also takes the session tickets the server sends after the handshake.
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        String::from_utf8_lossy(&answer).ends_with("hi"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    (kind, handshake_bytes)
+}
+
+/// What makes a reconnecting agent cheap: its client configuration (kept for the agent's whole
+/// run) resumes the TLS session, even after more clients than rustls' in-memory session cache
+/// holds (256) connected in between, because the server issues stateless tickets. Without the
+/// ticketer this fails (the first client's session is evicted: a full handshake).
+#[tokio::test]
+async fn a_reconnecting_client_resumes_its_tls_session_whatever_the_fleet_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_config, info) = self_signed(dir.path());
+    let server = Running::start(Some(server_config), ServeOptions::default()).await;
+    // Each configuration has its own session store, as each edge has.
+    let config = || {
+        let mut c = canopy_tls::client_config(&ClientTrust::Pinned(info.fingerprint()))
+            .unwrap()
+            .unwrap();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    };
+    let agent = config();
+    let (kind, full_bytes) = one_request(server.addr, &agent).await;
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    let (kind, resumed_bytes) = one_request(server.addr, &agent).await;
+    assert_eq!(
+        kind,
+        rustls::HandshakeKind::Resumed,
+        "the second connection"
+    );
+    // 300 other edges connect, each with its own session.
+    for _ in 0..300 {
+        let (kind, _) = one_request(server.addr, &config()).await;
+        assert_eq!(kind, rustls::HandshakeKind::Full);
+    }
+    let (kind, _) = one_request(server.addr, &agent).await;
+    assert_eq!(
+        kind,
+        rustls::HandshakeKind::Resumed,
+        "the agent's session survives 300 other clients (stateless tickets)"
+    );
+    eprintln!("TLS handshake bytes: full {full_bytes}, resumed {resumed_bytes}");
+    // No certificate chain and no signature (the ticket it sends instead is smaller than even
+    // this small self-signed ECDSA certificate).
+    assert!(
+        resumed_bytes < full_bytes,
+        "a resumed handshake carries no certificate: {resumed_bytes} vs {full_bytes} bytes"
+    );
+    server.stop().await;
+}

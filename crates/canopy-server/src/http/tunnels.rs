@@ -67,7 +67,7 @@ fn parse_wait(raw: &str) -> Result<Duration, AppError> {
 
 /// The agent's long-poll for tunnel requests.
 #[utoipa::path(get, path = "/canopy/v1/agent/tunnels", tag = "Agent",
-    params(("waitSeconds" = Option<u32>, Query, description = "longest wait, at most 60 (default 25)")),
+    params(("waitSeconds" = Option<u32>, Query, description = "longest wait, at most 300 (default 25)")),
     responses((status = 200, body = Object, description = "TunnelRequests: tunnels to open now"),
         (status = 204, description = "none asked for within waitSeconds"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 426, body = ErrorBody),
@@ -545,7 +545,7 @@ mod tests {
         assert_eq!(parse_wait("").unwrap(), Duration::from_secs(25));
         assert_eq!(
             parse_wait("waitSeconds=600").unwrap(),
-            Duration::from_secs(60)
+            Duration::from_secs(u64::from(MAX_WAIT_SECONDS))
         );
         assert!(parse_wait("waitSeconds=x").is_err());
         assert!(parse_wait("after=1").is_err());

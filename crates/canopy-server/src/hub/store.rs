@@ -3,7 +3,7 @@
 //! edge per minute unless something changed), so heartbeats do not write the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,6 +126,11 @@ impl Hub {
         let now = now();
         let mut out = Vec::new();
         for e in st.edges.values_mut() {
+            // A held long-poll is the edge being seen now: an idle agent's long-polls last
+            // minutes (docs/AGENT-PROTOCOL.md), longer than the edge timeout.
+            if e.polls.load(Ordering::Relaxed) > 0 {
+                e.last_seen = Some(now);
+            }
             let Some(seen) = e.last_seen else { continue };
             let stale = match e.seen_persisted {
                 None => true,

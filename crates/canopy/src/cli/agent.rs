@@ -63,6 +63,16 @@ pub struct AgentArgs {
     /// by default. See docs/OPERATIONS.md, Metrics.
     #[arg(long, env = "CANOPY_AGENT_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long each long-poll to the control plane waits for a change, in seconds (1 to 300;
+    /// default 285). Changes still arrive at once; a longer wait costs a metered link fewer
+    /// bytes. Behind a proxy or load balancer, keep it below the proxy's idle timeout.
+    #[arg(
+        long,
+        env = "CANOPY_AGENT_POLL_WAIT",
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(canopy_proto::MAX_WAIT_SECONDS))
+    )]
+    pub poll_wait: Option<u32>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -99,6 +109,9 @@ pub async fn run(
         scope: args.scope,
         vm_image_dirs,
         vm_cache_max_bytes: args.vm_cache_size.unwrap_or(config.vm_cache_max_bytes),
+        poll_wait: args.poll_wait.map_or(config.poll_wait, |s| {
+            std::time::Duration::from_secs(s.into())
+        }),
         ..config
     };
     // The metrics listener lives as long as the agent (the guards abort it after).
@@ -137,7 +150,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// The agent configuration shared by `canopy agent` and `canopy up`; its HTTP client trusts
-/// the server as `trust` says.
+/// the server as `trust` says. `server` may name several replicas, comma-separated.
 pub fn agent_config(
     server: &str,
     data_dir: PathBuf,
@@ -147,7 +160,12 @@ pub fn agent_config(
     docker_host: Option<String>,
     trust: &canopy_tls::ClientTrust,
 ) -> anyhow::Result<canopy_agent::AgentConfig> {
-    let mut config = canopy_agent::AgentConfig::new(server, data_dir);
+    let mut servers = server.split(',').map(str::trim).filter(|s| !s.is_empty());
+    let first = servers
+        .next()
+        .context("--server / CANOPY_SERVER names no control-plane URL")?;
+    let mut config = canopy_agent::AgentConfig::new(first, data_dir);
+    config.more_servers = servers.map(str::to_string).collect();
     config.enroll_token = enroll_token;
     config.name = name;
     config.labels = labels;

@@ -172,6 +172,12 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Run the edge agent: enroll once with a token, then keep this machine's workloads in
     /// step with the control plane.
+    ///
+    /// Several replicas of the control plane: give their URLs comma-separated, `--server
+    /// https://cp1:7070,https://cp2:7070` (or `CANOPY_SERVER`). The agent sticks to one and
+    /// moves to the next when it cannot reach it, with jittered backoff, resuming from the
+    /// desired state it holds (nothing running is restarted). Behind one load balancer, give
+    /// its URL alone.
     Agent(agent::AgentArgs),
     /// Manage the application catalog: registries, applications, packages, artifacts.
     Catalog(catalog::CatalogArgs),
