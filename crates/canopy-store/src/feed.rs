@@ -199,10 +199,13 @@ impl Store {
 
     /// The committed fleet revision.
     pub async fn fleet_revision(&self) -> Result<u64, StoreError> {
-        let r: i64 = sqlx::query("SELECT revision FROM fleet_revision WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
+        self.committed_counter("SELECT revision FROM fleet_revision WHERE id = 1")
+            .await
+    }
+
+    /// One of the two logs' counters (a one-row table), as committed.
+    async fn committed_counter(&self, query: &'static str) -> Result<u64, StoreError> {
+        let r: i64 = sqlx::query(query).fetch_one(&self.pool).await?.try_get(0)?;
         Ok(count(r))
     }
 
@@ -242,11 +245,8 @@ impl Store {
 
     /// The committed live revision.
     pub async fn live_revision(&self) -> Result<u64, StoreError> {
-        let r: i64 = sqlx::query("SELECT revision FROM live_revision WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        Ok(count(r))
+        self.committed_counter("SELECT revision FROM live_revision WHERE id = 1")
+            .await
     }
 
     /// The live changes after revision `after` (as [`Store::fleet_changes_after`]).

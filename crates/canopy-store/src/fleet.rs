@@ -203,10 +203,7 @@ impl Store {
     /// Everything the fleet hub needs at start: the revision, every edge and every deployment
     /// (of every project).
     pub async fn load_fleet(&self) -> Result<FleetSnapshot, StoreError> {
-        let revision: i64 = sqlx::query("SELECT revision FROM fleet_revision WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
+        let revision = self.fleet_revision().await?;
         let edges = sqlx::query(&format!("SELECT {EDGE_COLUMNS} FROM edges ORDER BY id"))
             .fetch_all(&self.pool)
             .await?
@@ -230,7 +227,7 @@ impl Store {
         .map(control_from_row)
         .collect::<Result<_, _>>()?;
         Ok(FleetSnapshot {
-            revision: count(revision),
+            revision,
             edges,
             deployments,
             controls,
