@@ -205,6 +205,38 @@ pub async fn press_enter(c: &Client) {
         .unwrap();
 }
 
+/// Presses Enter on the focused element and waits for the page it leads to (a link followed or a
+/// form sent). The page left is marked first, so nothing found afterwards can be an element of
+/// the old page that the browser had not yet replaced (a stale element, or a wrong assertion).
+pub async fn press_enter_for_next_page(c: &Client) {
+    c.execute("document.documentElement.dataset.canopyLeft = '1';", vec![])
+        .await
+        .unwrap();
+    press_enter(c).await;
+    let deadline = std::time::Instant::now() + PAGE;
+    loop {
+        // While the browser navigates a script may fail or wait: only a `true` ends the loop.
+        let arrived = c
+            .execute(
+                "return document.readyState !== 'loading' && document.documentElement.dataset.canopyLeft === undefined;",
+                vec![],
+            )
+            .await;
+        if matches!(arrived, Ok(ref v) if *v == json!(true)) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let url = c
+                .current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            panic!("Enter did not lead to a new page within {PAGE:?}; the browser is at {url}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Asserts that the page does not scroll sideways (what is wider than the window scrolls
 /// inside its own box).
 pub async fn fits_width(c: &Client, what: &str) {

@@ -34,7 +34,7 @@ async fn tokens_labels_and_audit_with_the_keyboard_at_phone_width_in_chromium() 
 
     // Enrollment tokens: from the navigation, with the keyboard.
     tab_to(&c, "a[href='/ui/projects/default/enrollment-tokens']", TABS).await;
-    press_enter(&c).await;
+    press_enter_for_next_page(&c).await;
     element(&c, "#new-token").await;
     fits_width(&c, "enrollment tokens").await;
     tab_to(&c, "#description", TABS)
@@ -43,7 +43,7 @@ async fn tokens_labels_and_audit_with_the_keyboard_at_phone_width_in_chromium() 
         .await
         .unwrap();
     tab_to(&c, "#create-token", 5).await;
-    press_enter(&c).await;
+    press_enter_for_next_page(&c).await;
     let command = element(&c, "#agent-command").await.text().await.unwrap();
     let secret = element(&c, "#token-secret").await.text().await.unwrap();
     assert!(secret.starts_with("cnt_"), "{secret}");
@@ -69,17 +69,17 @@ async fn tokens_labels_and_audit_with_the_keyboard_at_phone_width_in_chromium() 
     // a good change.
     c.goto(&cp.at("/ui/projects/default/edges")).await.unwrap();
     tab_to(&c, "table#edges a", TABS).await;
-    press_enter(&c).await;
+    press_enter_for_next_page(&c).await;
     element(&c, "#edge-title").await;
     tab_to(&c, "#edit-labels", TABS).await;
-    press_enter(&c).await;
+    press_enter_for_next_page(&c).await;
     let labels = element(&c, "#labels").await;
     fits_width(&c, "the labels form").await;
     tab_to(&c, "#labels", TABS).await;
     labels.clear().await.unwrap();
     labels.send_keys("site=paris\nbad key!=x").await.unwrap();
     tab_to(&c, "#save-labels", 3).await;
-    press_enter(&c).await;
+    press_enter_for_next_page(&c).await;
     let error = element(&c, "#labels-error").await.text().await.unwrap();
     assert!(error.contains("bad key!"), "{error}");
     fits_width(&c, "the labels error").await;
@@ -89,7 +89,7 @@ async fn tokens_labels_and_audit_with_the_keyboard_at_phone_width_in_chromium() 
     labels.clear().await.unwrap();
     labels.send_keys("site=paris\nzone=z1").await.unwrap();
     tab_to(&c, "#save-labels", 3).await;
-    press_enter(&c).await;
+    press_enter_for_next_page(&c).await;
     element(&c, "#edge-title").await;
     let facts = element(&c, "dl.facts").await.text().await.unwrap();
     assert!(
@@ -99,17 +99,18 @@ async fn tokens_labels_and_audit_with_the_keyboard_at_phone_width_in_chromium() 
 
     // The audit log: Administration, then its tab, then a filter typed and sent with Enter.
     tab_to(&c, "#admin-link", TABS).await;
-    press_enter(&c).await;
+    press_enter_for_next_page(&c).await;
     element(&c, "table#orgs").await;
     fits_width(&c, "administration").await;
     tab_to(&c, "nav.tabs a[href='/ui/admin/audit']", TABS).await;
-    press_enter(&c).await;
+    press_enter_for_next_page(&c).await;
     element(&c, "#audit-filter").await;
     tab_to(&c, "#f-action", TABS)
         .await
-        .send_keys("labels\n")
+        .send_keys("labels")
         .await
         .unwrap();
+    press_enter_for_next_page(&c).await;
     let table = element(&c, "table#audit").await;
     assert!(
         c.current_url()
