@@ -88,7 +88,12 @@ impl AppResource {
 
 impl Admin {
     /// A client of `base` (`http://host:port`) for `project`, authenticating with `token`.
-    pub fn new(base: &str, project: &str, token: Option<&str>) -> Result<Admin, SimError> {
+    pub fn new(
+        base: &str,
+        project: &str,
+        token: Option<&str>,
+        trust: &canopy_tls::ClientTrust,
+    ) -> Result<Admin, SimError> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = token {
             let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
@@ -98,13 +103,15 @@ impl Admin {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(REQUEST_TIMEOUT)
             // The server closes an HTTP/1.1 connection idle for 10 s (its header read
             // timeout): never reuse one that old, or a request sent as it closes is lost
             // ("connection closed before message completed"), as canopy-client does.
-            .pool_idle_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(5));
+        let http = canopy_tls::configure(builder, trust)
+            .map_err(|e| SimError::Config(format!("the server's TLS trust (--ca-file): {e}")))?
             .build()
             .map_err(|source| SimError::Network {
                 what: "building the operator HTTP client".into(),

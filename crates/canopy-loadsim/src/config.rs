@@ -82,7 +82,23 @@ pub struct SimConfig {
     /// these, one HTTP client (connection) at a time. Operator calls go to the target. Empty
     /// by default.
     pub more_servers: Vec<String>,
+    /// How many of the edges (the first ones) connect as the real agent does: its own HTTPS
+    /// connection each, with the agent's HTTP client settings (keep-alive, HTTP/2 pings, TLS
+    /// session resumption), from the source address [`TLS_AGENT_SOURCE`] so that their
+    /// sockets can be told apart and their bytes counted ([`crate::sockets`]). Needs an
+    /// `https://` server. The others share HTTP/2 connections as before.
+    pub tls_agents: usize,
+    /// How often an edge with nothing new reports anyway; `None`: the server's heartbeat (a
+    /// stress cadence, 30 s by default). The real agent waits 15 minutes (`STILL_HERE`).
+    pub report_every: Option<Duration>,
+    /// The CA certificate (PEM) to trust an `https://` server with; the simulator sets it to
+    /// the self-signed certificate of a server it starts itself.
+    pub ca_file: Option<PathBuf>,
 }
+
+/// The source address of the [`SimConfig::tls_agents`]' connections (the server listens on
+/// 127.0.0.1; any 127.0.0.0/8 address reaches it).
+pub const TLS_AGENT_SOURCE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -102,6 +118,9 @@ impl Default for SimConfig {
             groups: 10,
             workload: Workload::Native,
             more_servers: Vec::new(),
+            tls_agents: 0,
+            report_every: None,
+            ca_file: None,
         }
     }
 }
@@ -185,12 +204,30 @@ impl SimConfig {
         for url in &self.more_servers {
             check_loopback(url)?;
         }
+        if self.tls_agents > self.edges {
+            return bad(format!(
+                "--tls-agents {} is more than --edges {}",
+                self.tls_agents, self.edges
+            ));
+        }
+        if self
+            .report_every
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return bad("--report-seconds must be at least 1".into());
+        }
         Ok(())
     }
 
-    /// How many HTTP clients (connections, with HTTP/2) the edges are spread over.
+    /// How many HTTP clients (connections, with HTTP/2) the edges are spread over: one per TLS
+    /// agent, then one per `edges_per_connection` other edges.
     pub fn clients(&self) -> usize {
-        self.edges.div_ceil(self.edges_per_connection)
+        self.tls_agents + self.shared_clients()
+    }
+
+    /// The HTTP clients the edges that are not TLS agents share.
+    pub fn shared_clients(&self) -> usize {
+        (self.edges - self.tls_agents.min(self.edges)).div_ceil(self.edges_per_connection)
     }
 }
 
@@ -199,9 +236,9 @@ impl SimConfig {
 pub fn check_loopback(url: &str) -> Result<(), SimError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| SimError::Config(format!("invalid server URL {url:?}: {e}")))?;
-    if parsed.scheme() != "http" {
+    if !matches!(parsed.scheme(), "http" | "https") {
         return Err(SimError::Config(format!(
-            "server URL {url:?}: only http:// on loopback is supported"
+            "server URL {url:?}: only http:// or https:// on loopback is supported"
         )));
     }
     let host = parsed.host_str().unwrap_or("");
@@ -230,6 +267,7 @@ mod tests {
             "http://127.1.2.3:80/",
             "http://localhost:1",
             "http://[::1]:7070",
+            "https://127.0.0.1:7070",
         ] {
             assert!(check_loopback(ok).is_ok(), "{ok}");
         }
@@ -237,7 +275,8 @@ mod tests {
             "http://10.0.0.1:7070",
             "http://192.168.1.1",
             "http://example.com",
-            "https://127.0.0.1:7070",
+            "ftp://127.0.0.1:7070",
+            "https://10.0.0.1:7070",
             "http://[::2]:1",
             "not a url",
         ] {
@@ -250,6 +289,13 @@ mod tests {
         let ok = SimConfig::default();
         assert!(ok.validate().is_ok());
         assert_eq!(ok.clients(), 20);
+        let mixed = SimConfig {
+            tls_agents: 120,
+            ..ok.clone()
+        };
+        assert!(mixed.validate().is_ok());
+        // 120 own connections, then 880 edges 50 a connection.
+        assert_eq!((mixed.clients(), mixed.shared_clients()), (138, 18));
         for c in [
             SimConfig {
                 edges: MAX_EDGES + 1,
@@ -274,6 +320,14 @@ mod tests {
             },
             SimConfig {
                 more_servers: vec!["http://10.0.0.1:7070".into()],
+                ..ok.clone()
+            },
+            SimConfig {
+                tls_agents: 1_001,
+                ..ok.clone()
+            },
+            SimConfig {
+                report_every: Some(Duration::from_millis(10)),
                 ..ok.clone()
             },
             SimConfig {

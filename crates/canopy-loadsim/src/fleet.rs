@@ -2,7 +2,9 @@
 //! tasks: a **poller** (the long-poll loop, `after=<held generation>`) and a **reporter**
 //! (a status report at once for every new desired state, every app `RUNNING` at the
 //! deployment's generation, then again every heartbeat after the last report, as the real
-//! agent does). Nothing runs: the simulated agent converges instantly.
+//! agent does, or every `--report-seconds`). Most edges share HTTP/2 connections
+//! (`edges_per_connection` each); the first `tls_agents` edges each have their own HTTPS
+//! connection with the real agent's client settings, as deployed agents connect. Nothing runs: the simulated agent converges instantly.
 //!
 //! The [`Tracker`] sees every desired state an edge receives. A phase
 //! ([`Tracker::begin`]) names which states count as "delivered" and records, per edge, the
@@ -21,7 +23,7 @@ use futures::StreamExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{SimConfig, Transport};
+use crate::config::{SimConfig, TLS_AGENT_SOURCE, Transport};
 use crate::error::SimError;
 
 /// Bound of one HTTP connection attempt.
@@ -258,8 +260,31 @@ pub struct Fleet {
     tasks: JoinSet<()>,
 }
 
+/// Whom the simulator's clients trust: the CA file when one is given (an `https://` server
+/// with a self-signed certificate), else the public roots.
+pub fn trust(cfg: &SimConfig) -> canopy_tls::ClientTrust {
+    match &cfg.ca_file {
+        Some(ca) => canopy_tls::ClientTrust::CaFile(ca.clone()),
+        None => canopy_tls::ClientTrust::System,
+    }
+}
+
+fn cannot_build(source: reqwest::Error) -> SimError {
+    SimError::Network {
+        what: "building an HTTP client".into(),
+        source,
+    }
+}
+
+fn tls_error(e: canopy_tls::TlsError) -> SimError {
+    SimError::Config(format!("the server's TLS trust (--ca-file): {e}"))
+}
+
 /// The HTTP client a group of edges shares.
-fn http_client(transport: Transport) -> Result<reqwest::Client, SimError> {
+fn http_client(
+    transport: Transport,
+    trust: &canopy_tls::ClientTrust,
+) -> Result<reqwest::Client, SimError> {
     let b = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("canopy-loadsim/", env!("CARGO_PKG_VERSION")));
@@ -267,10 +292,20 @@ fn http_client(transport: Transport) -> Result<reqwest::Client, SimError> {
         Transport::Http2 => b.http2_prior_knowledge(),
         Transport::Http1 => b.http1_only(),
     };
-    b.build().map_err(|source| SimError::Network {
-        what: "building an HTTP client".into(),
-        source,
-    })
+    canopy_tls::configure(b, trust)
+        .map_err(tls_error)?
+        .build()
+        .map_err(cannot_build)
+}
+
+/// The HTTP client of one TLS agent: the real agent's settings (keep-alive, HTTP/2 pings,
+/// pool), its own connection, from [`TLS_AGENT_SOURCE`].
+fn tls_agent_client(trust: &canopy_tls::ClientTrust) -> Result<reqwest::Client, SimError> {
+    canopy_tls::configure(AgentClient::http_builder(), trust)
+        .map_err(tls_error)?
+        .local_address(TLS_AGENT_SOURCE)
+        .build()
+        .map_err(cannot_build)
 }
 
 /// The name of edge `i` of run `run`.
@@ -288,8 +323,16 @@ impl Fleet {
         token: &str,
         run: &str,
     ) -> Result<(Fleet, EnrollStats), SimError> {
+        let trust = trust(cfg);
+        // The TLS agents' clients first (one each), then the shared ones.
         let clients: Vec<reqwest::Client> = (0..cfg.clients())
-            .map(|_| http_client(cfg.transport))
+            .map(|c| {
+                if c < cfg.tls_agents {
+                    tls_agent_client(&trust)
+                } else {
+                    http_client(cfg.transport, &trust)
+                }
+            })
             .collect::<Result<_, _>>()?;
         let tracker = Arc::new(Tracker::new(cfg.edges));
         let mut fleet = Fleet {
@@ -307,8 +350,13 @@ impl Fleet {
             .collect();
         let mut enrollments = futures::stream::iter(0..cfg.edges)
             .map(|i| {
-                let http = clients[i / cfg.edges_per_connection].clone();
-                let server = servers[(i / cfg.edges_per_connection) % servers.len()];
+                let c = if i < cfg.tls_agents {
+                    i
+                } else {
+                    cfg.tls_agents + (i - cfg.tls_agents) / cfg.edges_per_connection
+                };
+                let http = clients[c].clone();
+                let server = servers[c % servers.len()];
                 let name = edge_name(run, i);
                 let labels = [
                     ("sim".to_string(), "yes".to_string()),
@@ -363,11 +411,15 @@ impl Fleet {
             let (i, client, resp, latency) = r?;
             latencies.push(latency);
             let heartbeat = Duration::from_secs(u64::from(resp.heartbeat_seconds.max(1)));
+            let cadence = match cfg.report_every {
+                Some(every) => Cadence::Fixed(every),
+                None => Cadence::Heartbeat(heartbeat),
+            };
             slots[i] = Some(SimEdge {
                 name: resp.edge_name,
                 id: resp.edge_id,
             });
-            fleet.spawn_edge(i, client, wait, heartbeat);
+            fleet.spawn_edge(i, client, wait, cadence);
         }
         drop(enrollments);
         fleet.edges = slots.into_iter().flatten().collect();
@@ -381,7 +433,7 @@ impl Fleet {
         ))
     }
 
-    fn spawn_edge(&mut self, i: usize, client: AgentClient, wait: Duration, heartbeat: Duration) {
+    fn spawn_edge(&mut self, i: usize, client: AgentClient, wait: Duration, cadence: Cadence) {
         let (tx, rx) = watch::channel::<Option<Arc<DesiredState>>>(None);
         self.tasks.spawn(poller(
             i,
@@ -390,13 +442,8 @@ impl Fleet {
             tx,
             Arc::clone(&self.tracker),
         ));
-        self.tasks.spawn(reporter(
-            i,
-            client,
-            rx,
-            heartbeat,
-            Arc::clone(&self.tracker),
-        ));
+        self.tasks
+            .spawn(reporter(i, client, rx, cadence, Arc::clone(&self.tracker)));
     }
 
     /// What the edges received and sent.
@@ -455,15 +502,29 @@ async fn poller(
     }
 }
 
-/// The status reports of one edge: at once for each new desired state, and after
-/// `heartbeat` without a report.
+/// How often an edge with nothing new reports anyway.
+#[derive(Debug, Clone, Copy)]
+enum Cadence {
+    /// The server's heartbeat (from enrollment, then from each acknowledgement).
+    Heartbeat(Duration),
+    /// A fixed interval, whatever the server asks (`--report-seconds`, e.g. the real agent's
+    /// 15 minutes).
+    Fixed(Duration),
+}
+
+/// The status reports of one edge: at once for each new desired state, and after the
+/// `cadence`'s interval without a report.
 async fn reporter(
     i: usize,
     client: AgentClient,
     mut rx: watch::Receiver<Option<Arc<DesiredState>>>,
-    mut heartbeat: Duration,
+    cadence: Cadence,
     tracker: Arc<Tracker>,
 ) {
+    let (mut heartbeat, fixed) = match cadence {
+        Cadence::Heartbeat(d) => (d, false),
+        Cadence::Fixed(d) => (d, true),
+    };
     let mut seq = 0u64;
     let mut next = tokio::time::Instant::now() + heartbeat;
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
@@ -483,7 +544,7 @@ async fn reporter(
             Ok(ack) => {
                 tracker.acked(i);
                 retry.reset();
-                if ack.heartbeat_seconds > 0 {
+                if ack.heartbeat_seconds > 0 && !fixed {
                     heartbeat = Duration::from_secs(u64::from(ack.heartbeat_seconds));
                 }
                 next = tokio::time::Instant::now() + heartbeat;

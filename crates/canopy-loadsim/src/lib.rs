@@ -11,7 +11,9 @@
 //! Why HTTP/2 by default: 10,000 parked long-polls over HTTP/1.1 need 10,000 sockets in each
 //! process, plus one more per concurrent status report. Over HTTP/2 (cleartext, prior
 //! knowledge) a bounded number of connections each multiplexes [`config::SimConfig`]'s
-//! `edges_per_connection` edges, so sockets grow with N / that number.
+//! `edges_per_connection` edges, so sockets grow with N / that number. Real agents connect
+//! otherwise (HTTPS, one long-lived connection each): `--tls-agents N` runs the first N edges
+//! that way and counts the bytes their sockets carry while idle ([`sockets`]).
 //!
 //! What is deployed is the native `web-demo` example, or a Helm-chart package around a chart
 //! of the caller's registry ([`package`]).
@@ -32,6 +34,7 @@ pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod sockets;
 
 pub use config::SimConfig;
 pub use error::SimError;

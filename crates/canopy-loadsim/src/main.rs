@@ -85,6 +85,20 @@ struct Args {
         requires = "helm_registry"
     )]
     helm_chart: String,
+    /// How many of the edges connect as real agents do: HTTPS, one long-lived connection each
+    /// with the agent's own client settings; the bytes their sockets carry while idle are
+    /// reported per edge per day. The server then speaks HTTPS (a started server uses its
+    /// self-signed certificate; a running one needs --ca-file).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    tls_agents: usize,
+    /// Report an unchanged status every S seconds whatever the server's heartbeat (the real
+    /// agent: 900, with --wait-seconds 285). Default: the server's heartbeat (30 s).
+    #[arg(long, value_name = "S")]
+    report_seconds: Option<u64>,
+    /// CA certificate (PEM) to trust an https:// --server with (its cert.pem when
+    /// self-signed).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    ca_file: Option<PathBuf>,
     /// Worker threads of the simulator's runtime (the server has its own process).
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
@@ -137,6 +151,9 @@ fn main() -> anyhow::Result<()> {
             }
         },
         more_servers: args.server.iter().skip(1).cloned().collect(),
+        tls_agents: args.tls_agents,
+        report_every: args.report_seconds.map(Duration::from_secs),
+        ca_file: args.ca_file,
     };
     cfg.validate()?;
     let mut servers = args.server.into_iter();

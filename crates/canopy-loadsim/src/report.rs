@@ -69,6 +69,8 @@ pub struct IdleReport {
     /// Agent requests the server answered during the window.
     pub polls_per_second: f64,
     pub reports_per_second: f64,
+    /// What the TLS agents' own connections carried (with `--tls-agents`).
+    pub tls_agents: Option<crate::sockets::Traffic>,
 }
 
 /// One change and how it reached the fleet.
@@ -224,6 +226,23 @@ impl Report {
             "| agent requests (polls/s, reports/s) | {:.1}, {:.1} |",
             i.polls_per_second, i.reports_per_second
         );
+        if let Some(t) = &i.tls_agents {
+            let _ = writeln!(
+                s,
+                "| TLS agents: connections at start / end, opened, closed | {} / {}, {}, {} |",
+                t.connections_start, t.connections_end, t.opened, t.closed
+            );
+            let _ = writeln!(
+                s,
+                "| TLS agents: bytes sent / received (all {}), segments | {} / {}, {} |",
+                t.agents, t.bytes_sent, t.bytes_received, t.segments
+            );
+            let _ = writeln!(
+                s,
+                "| TLS agents: KiB per edge per day (TCP payload / with headers) | {:.1} / {:.1} |",
+                t.payload_kib_per_edge_per_day, t.wire_kib_per_edge_per_day
+            );
+        }
         let _ = writeln!(
             s,
             "| simulator CPU (% of one core), RSS (MiB), sockets | {:.2}, {:.1}, {} |\n",

@@ -23,13 +23,14 @@ use canopy_proto::DesiredState;
 use serde_json::json;
 
 use crate::admin::Admin;
-use crate::config::{SimConfig, Transport, Workload, check_loopback};
+use crate::config::{SimConfig, TLS_AGENT_SOURCE, Transport, Workload, check_loopback};
 use crate::error::SimError;
 use crate::fleet::{Fleet, PhaseResult, Tracker, Want};
 use crate::package::Package;
 use crate::procfs::{CpuSample, Proc};
 use crate::report::{EnrollReport, IdleReport, Latency, PhaseReport, Report, ms};
 use crate::server::ServerChild;
+use crate::sockets::{Traffic, sockets_from};
 
 /// Time for the edges' next long-polls to be parked before the idle window starts.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -53,11 +54,21 @@ pub async fn run(cfg: &SimConfig, target: Target) -> Result<Report, SimError> {
     cfg.validate()?;
     if let Target::Running { url, .. } = &target {
         check_loopback(url)?;
+        if cfg.tls_agents > 0 && !url.starts_with("https://") {
+            return Err(SimError::Config(format!(
+                "--tls-agents needs an https:// server (with --ca-file for a self-signed one), not {url}"
+            )));
+        }
     }
     let started = Instant::now();
+    let mut cfg = cfg.clone();
     let (child, url, token, server_proc) = match target {
         Target::Child { canopy_bin } => {
-            let child = ServerChild::start(&canopy_bin).await?;
+            // TLS agents need TLS: the whole server then speaks HTTPS, as in production.
+            let child = ServerChild::start(&canopy_bin, cfg.tls_agents > 0).await?;
+            if child.ca_file.is_some() {
+                cfg.ca_file.clone_from(&child.ca_file);
+            }
             tracing::info!(url = %child.url, pid = child.pid, "server started");
             let url = child.url.clone();
             let token = Some(child.token.clone());
@@ -68,7 +79,7 @@ pub async fn run(cfg: &SimConfig, target: Target) -> Result<Report, SimError> {
     };
     let outcome = tokio::time::timeout(
         cfg.duration,
-        phases(cfg, &url, token.as_deref(), server_proc, child.is_none()),
+        phases(&cfg, &url, token.as_deref(), server_proc, child.is_none()),
     )
     .await;
     let mut report = match outcome {
@@ -114,7 +125,7 @@ async fn phases(
     server: Option<Proc>,
     cleanup: bool,
 ) -> Result<Report, SimError> {
-    let admin = Admin::new(url, &cfg.project, token)?;
+    let admin = Admin::new(url, &cfg.project, token, &crate::fleet::trust(cfg))?;
     let run = run_id();
     let me = Proc::current();
     let mut report = Report {
@@ -182,10 +193,27 @@ async fn phases(
     // --- idle -----------------------------------------------------------------------------
     tokio::time::sleep(SETTLE).await;
     tracing::info!(seconds = cfg.idle.as_secs(), "idle window");
-    let (s0, m0, c0) = (cpu(server), me.cpu().ok(), tracker.counters());
+    let tls_sockets = || -> Result<_, SimError> {
+        (cfg.tls_agents > 0)
+            .then(|| sockets_from(TLS_AGENT_SOURCE))
+            .transpose()
+    };
+    let (s0, m0, c0, t0) = (
+        cpu(server),
+        me.cpu().ok(),
+        tracker.counters(),
+        tls_sockets()?,
+    );
+    let idle_started = Instant::now();
     tokio::time::sleep(cfg.idle).await;
-    let (s1, m1, c1) = (cpu(server), me.cpu().ok(), tracker.counters());
+    let (s1, m1, c1, t1) = (
+        cpu(server),
+        me.cpu().ok(),
+        tracker.counters(),
+        tls_sockets()?,
+    );
     let window = cfg.idle.as_secs_f64();
+    let tls_window = idle_started.elapsed().as_secs_f64();
     report.idle = IdleReport {
         window_seconds: window,
         server_cpu_percent: s0.zip(s1).map(|(a, b)| b.percent_since(&a)),
@@ -196,6 +224,9 @@ async fn phases(
             - (c0.polls_changed + c0.polls_timed_out)) as f64
             / window,
         reports_per_second: (c1.reports - c0.reports) as f64 / window,
+        tls_agents: t0
+            .zip(t1)
+            .map(|(a, b)| Traffic::between(&a, &b, cfg.tls_agents, tls_window)),
     };
 
     // --- deploy ---------------------------------------------------------------------------

@@ -16,8 +16,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running `canopy server` child; killed when dropped.
 pub struct ServerChild {
     child: tokio::process::Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` when started with TLS.
     pub url: String,
+    /// With TLS: the server's self-signed certificate, to trust it with.
+    pub ca_file: Option<PathBuf>,
     /// The server's bootstrap administrator token (from its data directory).
     pub token: String,
     pub pid: u32,
@@ -35,8 +37,9 @@ pub fn default_canopy_bin() -> PathBuf {
 
 impl ServerChild {
     /// Starts `bin server --listen 127.0.0.1:PORT --data-dir TEMP --rate-limit 0` and waits until
-    /// it answers.
-    pub async fn start(bin: &Path) -> Result<ServerChild, SimError> {
+    /// it answers: over plain HTTP, or with `tls` over HTTPS with the self-signed certificate
+    /// the server makes in its data directory (as `canopy up` does).
+    pub async fn start(bin: &Path, tls: bool) -> Result<ServerChild, SimError> {
         let io = |what: String| move |source| SimError::Io { what, source };
         let dir = tempfile::Builder::new()
             .prefix("canopy-loadsim-")
@@ -53,9 +56,11 @@ impl ServerChild {
             .try_clone()
             .map_err(io(format!("opening {}", log.display())))?;
         let mut cmd = tokio::process::Command::new(bin);
-        cmd.arg("server")
-            .arg("--insecure-http")
-            .arg("--listen")
+        cmd.arg("server");
+        if !tls {
+            cmd.arg("--insecure-http");
+        }
+        cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(dir.path().join("data"))
@@ -77,16 +82,18 @@ impl ServerChild {
         let pid = child
             .id()
             .ok_or_else(|| SimError::Server("the server exited at once".into()))?;
+        let data = dir.path().join("data");
         let mut server = ServerChild {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
+            ca_file: tls.then(|| data.join("tls").join("cert.pem")),
             token: String::new(),
             pid,
             log,
             _dir: dir,
         };
         server.wait_healthy().await?;
-        let token_file = server._dir.path().join("data").join("admin.token");
+        let token_file = data.join("admin.token");
         server.token = std::fs::read_to_string(&token_file)
             .map_err(io(format!("reading {}", token_file.display())))?
             .trim()
@@ -95,14 +102,8 @@ impl ServerChild {
     }
 
     async fn wait_healthy(&mut self) -> Result<(), SimError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|source| SimError::Network {
-                what: "building an HTTP client".into(),
-                source,
-            })?;
         let deadline = Instant::now() + START_TIMEOUT;
+        let mut http = None;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(SimError::Server(format!(
@@ -110,11 +111,17 @@ impl ServerChild {
                     self.log_tail()
                 )));
             }
-            let ok = http
-                .get(format!("{}/healthz", self.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
+            if http.is_none() {
+                http = self.health_client()?;
+            }
+            let ok = match &http {
+                Some(http) => http
+                    .get(format!("{}/healthz", self.url))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+                None => false,
+            };
             if ok {
                 return Ok(());
             }
@@ -128,6 +135,27 @@ impl ServerChild {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A client for `/healthz`; `None` while a TLS server has not written its certificate.
+    fn health_client(&self) -> Result<Option<reqwest::Client>, SimError> {
+        let trust = match &self.ca_file {
+            Some(ca) if !ca.is_file() => return Ok(None),
+            Some(ca) => canopy_tls::ClientTrust::CaFile(ca.clone()),
+            None => canopy_tls::ClientTrust::System,
+        };
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(2));
+        // A certificate being written reads as not there yet (tried again until the deadline).
+        let Ok(builder) = canopy_tls::configure(builder, &trust) else {
+            return Ok(None);
+        };
+        builder
+            .build()
+            .map(Some)
+            .map_err(|source| SimError::Network {
+                what: "building an HTTP client".into(),
+                source,
+            })
     }
 
     /// The last lines of the server's log (for error messages).

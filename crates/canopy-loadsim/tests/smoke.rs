@@ -109,6 +109,83 @@ async fn twenty_edges_over_http1() {
     run_against_test_server(Transport::Http1).await;
 }
 
+/// Edges connecting as real agents do: a server over HTTPS (its self-signed certificate), three
+/// TLS agents with their own connection each and the agent's client settings, three more
+/// sharing one HTTP/2 connection over TLS. The idle window reads the TLS agents' socket
+/// counters: one connection each, none opened or closed while idle, and bytes both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_agents_keep_one_connection_each_and_their_bytes_are_counted() {
+    let cp = TestControlPlane::start_configured(|c| {
+        c.tls = Some(canopy_tls::ServerTls::SelfSigned {
+            dir: c.data_dir.clone(),
+        });
+        c.fleet.heartbeat = Duration::from_secs(1);
+    })
+    .await;
+    assert!(cp.url.starts_with("https://"), "{}", cp.url);
+    let cfg = SimConfig {
+        edges: 6,
+        tls_agents: 3,
+        idle: Duration::from_secs(3),
+        ca_file: Some(cp.data_dir().join("tls").join("cert.pem")),
+        ..small(Transport::Http2)
+    };
+    let report = run(
+        &cfg,
+        Target::Running {
+            url: cp.url.clone(),
+            pid: Some(std::process::id()),
+            token: Some(cp.admin_token().to_string()),
+        },
+    )
+    .await
+    .expect("the simulation runs over TLS");
+    assert_eq!(
+        report.clients, 4,
+        "3 TLS agents, then 3 edges on one connection"
+    );
+    let t = report
+        .idle
+        .tls_agents
+        .as_ref()
+        .expect("the TLS agents' traffic was measured");
+    assert_eq!(
+        (
+            t.agents,
+            t.connections_start,
+            t.connections_end,
+            t.opened,
+            t.closed
+        ),
+        (3, 3, 3, 0, 0),
+        "{t:?}"
+    );
+    // 2 s long-polls and 1 s reports over 3 s: requests went both ways.
+    assert!(
+        t.bytes_sent > 0 && t.bytes_received > 0 && t.segments > 0,
+        "{t:?}"
+    );
+    assert!(t.wire_kib_per_edge_per_day > t.payload_kib_per_edge_per_day);
+    for p in &report.phases[..2] {
+        assert_eq!(p.delivery.count, 6, "every edge got it: {p:?}");
+    }
+    assert_eq!(report.agent_errors, 0, "{:?}", report.agent_error_samples);
+    assert!(report.to_markdown().contains("KiB per edge per day"));
+
+    // Without TLS the flag is refused, naming what is needed.
+    let err = run(
+        &cfg,
+        Target::Running {
+            url: "http://127.0.0.1:1".into(),
+            pid: None,
+            token: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("https://"), "{err}");
+}
+
 #[tokio::test]
 async fn refuses_non_loopback_and_oversized_runs() {
     let cfg = small(Transport::Http2);

@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 
 /// A running control plane; stopped (gracefully) when dropped or by [`TestControlPlane::stop`].
 pub struct TestControlPlane {
-    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    /// Base URL, e.g. `http://127.0.0.1:41234` (`https://` when the configuration has TLS: the
+    /// harness's client then trusts exactly the server's certificate).
     pub url: String,
     /// `sqlite` or `postgres`.
     pub backend: &'static str,
@@ -187,6 +188,7 @@ impl TestControlPlane {
             .expect("server binds its port")
             .with_console(canopy_web::router());
         let addr = server.local_addr().expect("bound address");
+        let pin = server.tls_certificate().map(|c| c.fingerprint());
         let metrics_url = server.metrics_addr().map(|a| format!("http://{a}/metrics"));
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel::<()>();
@@ -210,16 +212,20 @@ impl TestControlPlane {
             .expect("token is a header value");
         bearer.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        let builder = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .default_headers(headers);
+        let builder = match pin {
+            Some(pin) => canopy_tls::configure(builder, &canopy_tls::ClientTrust::Pinned(pin))
+                .expect("a client pinned to the server's certificate"),
+            None => builder,
+        };
         TestControlPlane {
-            url: format!("http://{addr}"),
+            url: format!("{}://{addr}", if pin.is_some() { "https" } else { "http" }),
             backend,
             metrics_url,
             admin_token,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(60))
-                .default_headers(headers)
-                .build()
-                .expect("http client"),
+            http: builder.build().expect("http client"),
             app,
             shutdown: Some(tx),
             task: Some(task),
