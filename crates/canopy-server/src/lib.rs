@@ -645,6 +645,18 @@ impl Server {
 /// The span of one request: method and path, never the query string (the reference puts
 /// secrets there: `catalog/import?authToken=...`).
 fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    // The agent protocol's requests (hundreds a second from a large fleet, each a long-poll
+    // or a report) get their span only when debugging: an enabled span per request formats
+    // and stores its fields, a measurable share of an idle server's CPU at 10,000 edges
+    // (docs/BENCHMARKS.md, "Idle cost at 10,000 edges"). Their log lines name the edge.
+    if req.uri().path().starts_with(AGENT_PATHS) {
+        return tracing::debug_span!(
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            version = ?req.version()
+        );
+    }
     tracing::info_span!(
         "request",
         method = %req.method(),
@@ -652,6 +664,9 @@ fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
         version = ?req.version()
     )
 }
+
+/// The agent protocol's paths (see `http::fleet`).
+const AGENT_PATHS: &str = "/canopy/v1/agent/";
 
 /// Background task: deletes expired session and API tokens, and audit entries older than the
 /// retention, and change-feed rows older than an hour. Hourly; each pass is three bounded

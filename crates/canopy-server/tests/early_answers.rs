@@ -35,7 +35,8 @@ impl Https {
             });
         })
         .await;
-        let base = cp.url.replacen("http://", "https://", 1);
+        let base = cp.url.clone();
+        assert!(base.starts_with("https://"), "{base}");
         let cert = cp.data_dir().join("tls").join("cert.pem");
         Https { cp, base, cert }
     }
@@ -178,7 +179,7 @@ async fn tls_connect(
     let mut config = canopy_tls::client_config(&s.trust()).unwrap().unwrap();
     config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let addr = s.cp.url.trim_start_matches("http://").to_string();
+    let addr = s.cp.url.trim_start_matches("https://").to_string();
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     connector
         .connect(

@@ -39,7 +39,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -268,7 +268,10 @@ pub(crate) fn page_params(raw: &str, default: u32) -> Result<(usize, usize), App
 
 /// How often a keyed limit forgets keys whose state has recovered completely.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// Keys held beyond which a limit prunes sooner (at most once a second).
+/// Keys held beyond which a limit prunes sooner (at most once a second), and only once it holds
+/// twice what the last pruning kept: 10,000 edges polling steadily are 10,000 live keys that no
+/// pruning removes, and walking them every second was a measurable share of an idle server's
+/// CPU (docs/BENCHMARKS.md, "Idle cost at 10,000 edges").
 const PRUNE_AT_LEN: usize = 4096;
 /// Every how many checks the number of keys is looked at (it takes every shard's lock).
 const LEN_CHECK_EVERY: u64 = 256;
@@ -287,6 +290,8 @@ pub(crate) struct KeyedLimit<C: Clock = DefaultClock> {
     /// When keys were last pruned (nanoseconds after `start`).
     pruned_at: AtomicU64,
     checks: AtomicU64,
+    /// Keys left by the last pruning.
+    kept: AtomicUsize,
 }
 
 impl KeyedLimit {
@@ -307,6 +312,7 @@ impl<C: Clock + Clone> KeyedLimit<C> {
             clock,
             pruned_at: AtomicU64::new(0),
             checks: AtomicU64::new(0),
+            kept: AtomicUsize::new(0),
         }
     }
 
@@ -335,7 +341,7 @@ impl<C: Clock + Clone> KeyedLimit<C> {
                     .checks
                     .fetch_add(1, Ordering::Relaxed)
                     .is_multiple_of(LEN_CHECK_EVERY)
-                && limiter.len() >= PRUNE_AT_LEN);
+                && limiter.len() >= PRUNE_AT_LEN.max(2 * self.kept.load(Ordering::Relaxed)));
         if due
             && self
                 .pruned_at
@@ -347,6 +353,7 @@ impl<C: Clock + Clone> KeyedLimit<C> {
             if periodic {
                 limiter.shrink_to_fit();
             }
+            self.kept.store(limiter.len(), Ordering::Relaxed);
         }
     }
 
@@ -676,6 +683,36 @@ mod tests {
             r.check(&format!("again{i}")).unwrap();
         }
         assert!(r.len() <= LEN_CHECK_EVERY as usize, "{}", r.len());
+    }
+
+    #[test]
+    fn live_keys_are_not_walked_every_second() {
+        let (r, clock) = limit(1, 5);
+        let fleet = PRUNE_AT_LEN + 100;
+        // At 1/s, three requests take three seconds to recover from: no key recovers below.
+        let round = |r: &KeyedLimit<FakeRelativeClock>, times: usize| {
+            for i in 0..fleet {
+                for _ in 0..times {
+                    r.check(&format!("edge{i}")).unwrap();
+                }
+            }
+        };
+        round(&r, 3);
+        clock.advance(Duration::from_secs(1));
+        round(&r, 1);
+        // The first pruning walked the map and kept every key (none had recovered).
+        let first = r.pruned_at.load(Ordering::Relaxed);
+        assert!(first > 0, "pruned once over {PRUNE_AT_LEN} keys");
+        assert_eq!(r.kept.load(Ordering::Relaxed), fleet);
+        // The same keys a second later: not walked again (they are under twice what was kept).
+        clock.advance(Duration::from_secs(1));
+        round(&r, 1);
+        assert_eq!(r.pruned_at.load(Ordering::Relaxed), first);
+        // Twice as many keys: walked again at once.
+        for i in 0..fleet + LEN_CHECK_EVERY as usize {
+            let _ = r.check(&format!("more{i}"));
+        }
+        assert!(r.pruned_at.load(Ordering::Relaxed) > first);
     }
 
     #[test]

@@ -127,6 +127,9 @@ impl Hub {
         e.last_seq = report.seq;
         e.applied_generation = report.generation.0;
         let (ack, project) = (ack(e), e.row.project_id);
+        if changed {
+            st.dirty.push(edge_id.to_string());
+        }
         drop(st);
         if changed {
             self.changed(project);

@@ -146,6 +146,11 @@ struct State_ {
     by_credential: HashMap<String, String>,
     projects: HashMap<ProjectId, ProjectFleet>,
     deployments: HashMap<String, DeploymentEntry>,
+    /// Edges whose status or agent changed since the last [`Hub::drain_seen`] (may repeat an
+    /// edge; the flags say what is still to write), so that a drain need not walk the fleet.
+    dirty: Vec<String>,
+    /// When [`Hub::drain_seen`] last walked every edge for liveness.
+    liveness_walked: Option<OffsetDateTime>,
 }
 
 /// Why the hub refused an agent request.

@@ -138,6 +138,7 @@ impl Hub {
                 e.controls.retain(|(d, ..), _| d != id);
                 e.status_dirty = true;
                 woken += usize::from(bump(e, revision));
+                st.dirty.push(edge.clone());
             }
         }
         drop(st);
