@@ -151,6 +151,72 @@ struct State_ {
     dirty: Vec<String>,
     /// When [`Hub::drain_seen`] last walked every edge for liveness.
     liveness_walked: Option<OffsetDateTime>,
+    /// Long-polls to wake (an edge's notifier and its new generation), woken once the lock is
+    /// released (see [`Locked`]).
+    to_wake: Vec<(watch::Sender<u64>, u64)>,
+}
+
+/// Long-polls woken inline, at most; a larger fan-out is woken by a task this many at a time,
+/// yielding in between.
+const WAKE_CHUNK: usize = 256;
+
+/// The hub's state, locked. When released it wakes the long-polls the change moved.
+///
+/// Why not at once, inside the change: waking 10,000 long-polls from the request that made a
+/// deployment queued 10,000 tasks ahead of everything else on the runtime, that request's own
+/// remaining work (its audit record, its answer) included, which then waited for the whole
+/// fan-out: a create took over a second at 10,000 edges (docs/BENCHMARKS.md, "Idle cost and
+/// fan-out at 10,000 edges"). A large fan-out is now woken by its own task, [`WAKE_CHUNK`]
+/// edges at a time with a yield in between, so other work interleaves. Nothing is late for
+/// correctness: a long-poll that arrives meanwhile reads the new generation under the lock.
+struct Locked<'a> {
+    guard: MutexGuard<'a, State_>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State_;
+    fn deref(&self) -> &State_ {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State_ {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if self.guard.to_wake.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.guard.to_wake);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if batch.len() > WAKE_CHUNK => {
+                rt.spawn(async move {
+                    for chunk in batch.chunks(WAKE_CHUNK) {
+                        wake(chunk);
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+            _ => wake(&batch),
+        }
+    }
+}
+
+/// Moves each notifier to its generation, never back (batches may be woken out of order).
+fn wake(batch: &[(watch::Sender<u64>, u64)]) {
+    for (tx, revision) in batch {
+        tx.send_if_modified(|g| {
+            let newer = *revision > *g;
+            if newer {
+                *g = *revision;
+            }
+            newer
+        });
+    }
 }
 
 /// Why the hub refused an agent request.
@@ -248,8 +314,10 @@ impl Hub {
         self
     }
 
-    fn lock(&self) -> MutexGuard<'_, State_> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     /// A receiver that sees a new value whenever something a project's deployment and edge
@@ -340,11 +408,11 @@ fn new_edge_entry(row: EdgeRow, generation: u64) -> EdgeEntry {
 }
 
 /// Moves an edge to `revision` and wakes its long-polls; whether it moved.
-fn bump(e: &mut EdgeEntry, revision: u64) -> bool {
+fn bump(e: &mut EdgeEntry, revision: u64, to_wake: &mut Vec<(watch::Sender<u64>, u64)>) -> bool {
     if revision > e.generation {
         e.generation = revision;
         e.changed_at.get_or_insert_with(std::time::Instant::now);
-        e.notify.send_replace(revision);
+        to_wake.push((e.notify.clone(), revision));
         true
     } else {
         false

@@ -110,17 +110,19 @@ impl Hub {
     /// Sets a workload control (already committed to the store) and wakes the edge with
     /// `revision`.
     pub fn set_control(&self, edge_id: &str, control: WorkloadControl, revision: u64) {
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         if let Some(e) = st.edges.get_mut(edge_id) {
             e.controls.insert(control_key(&control), control);
-            bump(e, revision);
+            bump(e, revision, &mut st.to_wake);
         }
     }
 
     /// Removes a deployment; the edges holding it are woken with `revision`.
     pub fn remove_deployment(&self, id: &str, revision: u64) {
         let start = std::time::Instant::now();
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         let Some(de) = st.deployments.remove(id) else {
             return;
         };
@@ -137,11 +139,11 @@ impl Hub {
                 e.statuses.remove(id);
                 e.controls.retain(|(d, ..), _| d != id);
                 e.status_dirty = true;
-                woken += usize::from(bump(e, revision));
+                woken += usize::from(bump(e, revision, &mut st.to_wake));
                 st.dirty.push(edge.clone());
             }
         }
-        drop(st);
+        drop(guard);
         self.metrics.fanout.record(start.elapsed());
         self.metrics.fanout_edges.record(woken as f64);
         self.changed(de.rec.project_id);
@@ -248,14 +250,14 @@ impl State_ {
             if let Some(e) = self.edges.get_mut(edge) {
                 e.deployments.remove(&id);
                 e.statuses.remove(&id);
-                woken += usize::from(bump(e, revision));
+                woken += usize::from(bump(e, revision, &mut self.to_wake));
             }
         }
         for (edge, apps) in &new_edges {
             if let Some(e) = self.edges.get_mut(edge) {
                 let before = e.deployments.insert(id.clone(), apps.clone());
                 if changed || before.as_ref() != Some(apps) {
-                    woken += usize::from(bump(e, revision));
+                    woken += usize::from(bump(e, revision, &mut self.to_wake));
                 }
             }
         }
@@ -322,7 +324,7 @@ impl State_ {
         {
             e.statuses.retain(|d, _| wanted.contains_key(d));
             e.deployments = wanted;
-            bump(e, revision);
+            bump(e, revision, &mut self.to_wake);
         }
     }
 }
