@@ -648,7 +648,7 @@ fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     // The agent protocol's requests (hundreds a second from a large fleet, each a long-poll
     // or a report) get their span only when debugging: an enabled span per request formats
     // and stores its fields, a measurable share of an idle server's CPU at 10,000 edges
-    // (docs/BENCHMARKS.md, "Idle cost at 10,000 edges"). Their log lines name the edge.
+    // (docs/BENCHMARKS.md, "Idle cost and fan-out at 10,000 edges"). Their log lines name the edge.
     if req.uri().path().starts_with(AGENT_PATHS) {
         return tracing::debug_span!(
             "request",

@@ -271,7 +271,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Keys held beyond which a limit prunes sooner (at most once a second), and only once it holds
 /// twice what the last pruning kept: 10,000 edges polling steadily are 10,000 live keys that no
 /// pruning removes, and walking them every second was a measurable share of an idle server's
-/// CPU (docs/BENCHMARKS.md, "Idle cost at 10,000 edges").
+/// CPU (docs/BENCHMARKS.md, "Idle cost and fan-out at 10,000 edges").
 const PRUNE_AT_LEN: usize = 4096;
 /// Every how many checks the number of keys is looked at (it takes every shard's lock).
 const LEN_CHECK_EVERY: u64 = 256;
