@@ -7,8 +7,14 @@ use std::time::Duration;
 
 use crate::error::SimError;
 
-/// Most simulated edges one run may start (the design target is 10,000 per control plane).
+/// Most simulated edges one run may start per control-plane address (the design target is
+/// 10,000 per process).
 pub const MAX_EDGES: usize = 12_000;
+
+/// Most simulated edges one run may start in all, spread over replicas (`--server` given
+/// several times): 24,000 over HTTP/2 is 480 connections here, far under the simulator's
+/// sockets; what bounds it is the simulator's CPU on the same machine.
+pub const MAX_EDGES_ALL: usize = 24_000;
 
 /// Most edges one HTTP/1.1 run may start: every parked long-poll holds a socket in each
 /// process, and a status report sent meanwhile needs a second one; 2 × 8,000 stays below the
@@ -47,7 +53,8 @@ pub enum Workload {
 /// One simulation run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// How many edges to simulate (1 to [`MAX_EDGES`]).
+    /// How many edges to simulate (1 to [`MAX_EDGES`] per server address, at most
+    /// [`MAX_EDGES_ALL`]).
     pub edges: usize,
     /// HTTP/2 (multiplexed) or HTTP/1.1.
     pub transport: Transport,
@@ -134,9 +141,10 @@ impl SimConfig {
     /// Checks the bounds; the error says which one and what is allowed.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |m: String| Err(SimError::Config(m));
-        if self.edges == 0 || self.edges > MAX_EDGES {
+        let max = (MAX_EDGES * (1 + self.more_servers.len())).min(MAX_EDGES_ALL);
+        if self.edges == 0 || self.edges > max {
             return bad(format!(
-                "--edges {} is out of range: 1 to {MAX_EDGES}",
+                "--edges {} is out of range: 1 to {max} ({MAX_EDGES} per --server, {MAX_EDGES_ALL} in all)",
                 self.edges
             ));
         }
@@ -289,6 +297,22 @@ mod tests {
         let ok = SimConfig::default();
         assert!(ok.validate().is_ok());
         assert_eq!(ok.clients(), 20);
+        // Two replicas take twice the edges; three do not take more than the overall bound.
+        let two = SimConfig {
+            edges: 20_000,
+            more_servers: vec!["http://127.0.0.1:7071".into()],
+            ..ok.clone()
+        };
+        assert!(two.validate().is_ok());
+        let three = SimConfig {
+            edges: MAX_EDGES_ALL + 1,
+            more_servers: vec![
+                "http://127.0.0.1:7071".into(),
+                "http://127.0.0.1:7072".into(),
+            ],
+            ..ok.clone()
+        };
+        assert!(three.validate().is_err());
         let mixed = SimConfig {
             tls_agents: 120,
             ..ok.clone()

@@ -15,7 +15,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "canopy-loadsim", version)]
 struct Args {
-    /// Number of simulated edges (at most 12,000).
+    /// Number of simulated edges (at most 12,000 per --server, 24,000 in all).
     #[arg(long, default_value_t = 1_000)]
     edges: usize,
     /// A running server to load (loopback only) instead of starting `canopy server`.
