@@ -797,3 +797,46 @@ async fn lists_and_the_summary_see_a_reported_change_at_once() {
     }
     assert_eq!(state(&cp, &id).await.0, "DOWN");
 }
+
+/// A deployment reaching more waiting edges than the hub wakes inline (256): their long-polls
+/// are woken by the hub's own task, a chunk at a time (`hub::Locked`), after the change is
+/// applied. Every one of them gets the deployment, and the request that made it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_wider_than_one_wake_chunk_reaches_every_waiting_edge() {
+    const N: usize = 300;
+    let cp = TestControlPlane::start().await;
+    upload_example(&cp).await;
+    let t = token(&cp).await;
+    let mut polls = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let mut a = SimAgent::enroll(&cp, &t, &format!("wide-{i:03}"), &[("fan", "out")]).await;
+        // Take the first state, then park a long-poll after it.
+        a.poll(0).await;
+        polls.spawn(async move { a.poll(60).await });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cp.app().hub().counts().1 < N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {N} long-polls parked",
+            cp.app().hub().counts().1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = create(&cp, by_labels("1.0.0", json!({"fan": "out"}))).await;
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut got = Vec::new();
+        while let Some(r) = polls.join_next().await {
+            got.push(r.unwrap());
+        }
+        got
+    })
+    .await
+    .expect("every parked long-poll is answered well before its 60 s");
+    assert_eq!(got.len(), N);
+    for d in got {
+        let d = d.expect("woken with a new state, not timed out");
+        assert_eq!(d.deployments.len(), 1, "{d:?}");
+        assert_eq!(d.deployments[0].deployment_id, id);
+    }
+}
