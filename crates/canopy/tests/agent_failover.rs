@@ -182,27 +182,18 @@ async fn an_agent_skips_a_dead_address_and_survives_its_server_being_killed() {
 
     // SIGKILL the server the agent uses; the agent notices and retries with backoff.
     server.kill().await;
-    eventually("the agent noticing the loss", async || {
-        let log = agent.log();
-        if log.contains("lost the control plane") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    })
-    .await;
+    agent
+        .wait_for_log("the agent noticing the loss", &["lost the control plane"])
+        .await;
     server.start().await;
     // (The restarted server may show the edge CONNECTED from its stored "last seen" before the
     // agent is back: wait for the agent first.)
-    eventually("the agent saying it reconnected", async || {
-        let log = agent.log();
-        if log.contains("reconnected to the control plane after") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    })
-    .await;
+    agent
+        .wait_for_log(
+            "the agent saying it reconnected",
+            &["reconnected to the control plane after"],
+        )
+        .await;
     let again = connected(&server).await;
     // The same process all along, resumed from the generation it held: the restarted server had
     // nothing newer, so nothing was delivered (or applied) again.

@@ -350,18 +350,9 @@ async fn web_demo_on_real_edges() {
     let before = healthy_identities(&engine, &id).await;
     b.kill().await;
     b.start(None);
-    eventually(
+    b.wait_for_log(
         "edge-b's restarted agent to apply its desired state",
-        async || {
-            let log = b.log();
-            if log.contains("applied desired state")
-                && log.contains("connected to the control plane")
-            {
-                Ok(())
-            } else {
-                Err(log)
-            }
-        },
+        &["applied desired state", "connected to the control plane"],
     )
     .await;
     deployment_reaches(&cp, &project, &id, "RUNNING").await;
@@ -758,18 +749,9 @@ async fn two_edges_on_one_engine_never_touch_each_others_objects() {
     // of edge B's either.
     a.kill().await;
     a.start(None);
-    eventually(
+    a.wait_for_log(
         "edge A's restarted agent applied its desired state",
-        async || {
-            let log = a.log();
-            if log.contains("applied desired state")
-                && log.contains("connected to the control plane")
-            {
-                Ok(())
-            } else {
-                Err(log)
-            }
-        },
+        &["applied desired state", "connected to the control plane"],
     )
     .await;
     deployment_reaches(&cp, &project, &id, "RUNNING").await;

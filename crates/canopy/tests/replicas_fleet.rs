@@ -253,15 +253,12 @@ async fn a_deployment_made_on_one_replica_runs_on_an_agent_of_another_and_surviv
 
     // B dies; the agent moves to A and resumes from the generation it holds.
     set.kill(1);
-    eventually("the agent reconnected to the other replica", async || {
-        let log = agent.log();
-        if log.contains("reconnected to the control plane after") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    })
-    .await;
+    agent
+        .wait_for_log(
+            "the agent reconnected to the other replica",
+            &["reconnected to the control plane after"],
+        )
+        .await;
     eventually("the edge CONNECTED on A after the failover", async || {
         let e = edge(&set, &a, &name).await?;
         if e["connection"] == "CONNECTED" && e["state"] == "RUNNING" {

@@ -475,6 +475,20 @@ impl AgentProcess {
         }
     }
 
+    /// Waits (bounded, see [`eventually`]) until the agent has logged every one of `lines`,
+    /// for `what`.
+    pub async fn wait_for_log(&self, what: &str, lines: &[&str]) {
+        eventually(what, async || {
+            let log = self.log();
+            if lines.iter().all(|l| log.contains(l)) {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        })
+        .await;
+    }
+
     /// What the current (or last) process logged.
     pub fn log(&self) -> String {
         self.log
