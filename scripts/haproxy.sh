@@ -32,6 +32,21 @@ if [ ! -x "$HAPROXY" ]; then
 fi
 
 # The package's service is not wanted (no systemd here anyway): the tests run their own.
-version=$("$HAPROXY" -v 2>/dev/null | head -n 1) || die "$HAPROXY -v failed"
-log "$version"
+# A binary that is present but does not run (seen once on a fresh CI machine: the file was
+# there, `-v` failed) is reinstalled with its libraries when we can; otherwise the error says
+# what it printed and which libraries it misses.
+if ! out=$("$HAPROXY" -v 2>&1); then
+    log "$HAPROXY -v failed: $out"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "reinstalling haproxy and its libraries"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq --reinstall haproxy >&2
+        out=$("$HAPROXY" -v 2>&1) \
+            || die "$HAPROXY -v still fails after reinstalling: $out; missing libraries: $(ldd "$HAPROXY" 2>&1 | grep 'not found' || echo none)"
+    else
+        die "$HAPROXY does not run (missing libraries: $(ldd "$HAPROXY" 2>&1 | grep 'not found' || echo none)); reinstall haproxy as root, or set HAPROXY to a working binary"
+    fi
+fi
+log "${out%%$'\n'*}"
 echo "CANOPY_TEST_HAPROXY=$HAPROXY"
