@@ -89,6 +89,12 @@ pub struct SimConfig {
     /// these, one HTTP client (connection) at a time. Operator calls go to the target. Empty
     /// by default.
     pub more_servers: Vec<String>,
+    /// The process ids of the `more_servers` replicas, in the same order (as many, or none):
+    /// each one's idle CPU is measured apart, and the last one is the replica a failover kills.
+    pub more_server_pids: Vec<u32>,
+    /// After the other phases, kill the replica of the last `more_servers` address with
+    /// SIGKILL (a crash) and measure its edges moving to the others (`crate::run`, "failover").
+    pub failover: bool,
     /// How many of the edges (the first ones) connect as the real agent does: its own HTTPS
     /// connection each, with the agent's HTTP client settings (keep-alive, HTTP/2 pings, TLS
     /// session resumption), from the source address [`TLS_AGENT_SOURCE`] so that their
@@ -125,6 +131,8 @@ impl Default for SimConfig {
             groups: 10,
             workload: Workload::Native,
             more_servers: Vec::new(),
+            more_server_pids: Vec::new(),
+            failover: false,
             tls_agents: 0,
             report_every: None,
             ca_file: None,
@@ -162,6 +170,21 @@ impl SimConfig {
                 "--edges-per-connection {per} is out of range: 1 to {} (each edge may have a long-poll and a report in flight; the server accepts {MAX_STREAMS_PER_CONNECTION} streams per connection)",
                 MAX_STREAMS_PER_CONNECTION / 2
             ));
+        }
+        if !self.more_server_pids.is_empty()
+            && self.more_server_pids.len() != self.more_servers.len()
+        {
+            return bad(format!(
+                "{} replica pids for {} further --server addresses: give a --server-pid for every --server, in the same order",
+                self.more_server_pids.len(),
+                self.more_servers.len()
+            ));
+        }
+        if self.failover && self.more_server_pids.is_empty() {
+            return bad(
+                "--failover kills the replica of the last --server: give at least two --server addresses and a --server-pid for each"
+                    .into(),
+            );
         }
         if self.enroll_concurrency == 0 || self.enroll_concurrency > 1_000 {
             return bad("--enroll-concurrency must be 1 to 1000".into());

@@ -10,6 +10,14 @@
 //! ([`Tracker::begin`]) names which states count as "delivered" and records, per edge, the
 //! time from the phase start (just before the operator's request) to the moment that edge's
 //! long-poll returned such a state.
+//!
+//! With several control-plane addresses (replicas), each edge is given all of them, starting
+//! with the one it enrolled at (its *home*), and fails over as the real agent does: a request
+//! that cannot reach its address moves the edge's client to the next one, tried after a short
+//! jitter; the next long-poll after a failure does not wait, and its answer makes the edge
+//! report at once. A failover ([`Tracker::begin_failover`]) records, per edge of the killed
+//! replica, when a surviving replica first answered it (*connected*) and when it first
+//! acknowledged its status report (*fresh*), and counts desired states sent to them again.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,7 +28,7 @@ use canopy_proto::{
     StatusReport,
 };
 use futures::StreamExt as _;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{SimConfig, TLS_AGENT_SOURCE, Transport};
@@ -62,12 +70,63 @@ struct Phase {
     other_wakes: u64,
 }
 
+/// A failover being measured (see the module docs).
+struct Failover {
+    start: Instant,
+    /// The killed replica's address (normalized, as [`AgentClient::server`] gives it).
+    killed: String,
+    /// Per edge: whether it was homed at the killed replica.
+    moved: Vec<bool>,
+    expected: usize,
+    connected: Vec<Option<Duration>>,
+    fresh: Vec<Option<Duration>>,
+    connected_count: usize,
+    fresh_count: usize,
+    /// Desired states the moved edges received again (a new generation after they moved).
+    redelivered: u64,
+    /// Requests of the moved edges that failed.
+    errors: u64,
+}
+
+impl Failover {
+    /// Edge `edge` got an answer over `via`; `report`: an acknowledged status report.
+    fn answered(&mut self, edge: usize, via: &AgentClient, report: bool) {
+        if !self.moved[edge] {
+            return;
+        }
+        let wanted = self.connected[edge].is_none() || (report && self.fresh[edge].is_none());
+        if !wanted || via.server() == self.killed {
+            return;
+        }
+        let at = self.start.elapsed();
+        if self.connected[edge].is_none() {
+            self.connected[edge] = Some(at);
+            self.connected_count += 1;
+        }
+        if report && self.fresh[edge].is_none() {
+            self.fresh[edge] = Some(at);
+            self.fresh_count += 1;
+        }
+    }
+}
+
+/// The outcome of a failover (per moved edge, sorted times from the kill).
+#[derive(Debug, Clone, Default)]
+pub struct FailoverResult {
+    pub expected: usize,
+    pub connected: Vec<Duration>,
+    pub fresh: Vec<Duration>,
+    pub redelivered: u64,
+    pub errors: u64,
+}
+
 struct Inner {
     counters: Counters,
     errors: Vec<String>,
     reported: Vec<bool>,
     reported_count: usize,
     phase: Option<Phase>,
+    failover: Option<Failover>,
 }
 
 /// Shared record of what the simulated edges received and sent.
@@ -94,6 +153,7 @@ impl Tracker {
                 reported: vec![false; edges],
                 reported_count: 0,
                 phase: None,
+                failover: None,
             }),
         }
     }
@@ -179,6 +239,64 @@ impl Tracker {
         }
     }
 
+    /// Starts measuring a failover (just before the replica at `killed` is killed): `moved`
+    /// says, per edge, whether it was homed there.
+    pub fn begin_failover(&self, killed: &str, moved: Vec<bool>) {
+        let mut st = self.lock();
+        let n = moved.len();
+        st.failover = Some(Failover {
+            start: Instant::now(),
+            killed: killed.trim_end_matches('/').to_string(),
+            expected: moved.iter().filter(|m| **m).count(),
+            moved,
+            connected: vec![None; n],
+            fresh: vec![None; n],
+            connected_count: 0,
+            fresh_count: 0,
+            redelivered: 0,
+            errors: 0,
+        });
+    }
+
+    /// Waits until every edge of the killed replica is connected elsewhere with a fresh
+    /// status, or `timeout`; returns whether they all are.
+    pub async fn wait_failed_over(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self
+                .lock()
+                .failover
+                .as_ref()
+                .is_none_or(|f| f.fresh_count >= f.expected && f.connected_count >= f.expected);
+            if done {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Ends the failover measurement.
+    pub fn finish_failover(&self) -> FailoverResult {
+        let Some(f) = self.lock().failover.take() else {
+            return FailoverResult::default();
+        };
+        let sorted = |v: Vec<Option<Duration>>| {
+            let mut v: Vec<Duration> = v.into_iter().flatten().collect();
+            v.sort();
+            v
+        };
+        FailoverResult {
+            expected: f.expected,
+            connected: sorted(f.connected),
+            fresh: sorted(f.fresh),
+            redelivered: f.redelivered,
+            errors: f.errors,
+        }
+    }
+
     /// Edges that have reported at least once.
     pub fn reported(&self) -> usize {
         self.lock().reported_count
@@ -194,10 +312,16 @@ impl Tracker {
         self.lock().errors.clone()
     }
 
-    fn observe(&self, edge: usize, d: &DesiredState) {
+    fn observe(&self, edge: usize, d: &DesiredState, via: &AgentClient) {
         let now = Instant::now();
         let mut st = self.lock();
         st.counters.polls_changed += 1;
+        if let Some(f) = st.failover.as_mut() {
+            f.answered(edge, via, false);
+            if f.moved[edge] {
+                f.redelivered += 1;
+            }
+        }
         if let Some(p) = st.phase.as_mut() {
             p.wakes += 1;
             if (p.want)(edge, d) {
@@ -211,22 +335,34 @@ impl Tracker {
         }
     }
 
-    fn timed_out(&self) {
-        self.lock().counters.polls_timed_out += 1;
+    fn timed_out(&self, edge: usize, via: &AgentClient) {
+        let mut st = self.lock();
+        st.counters.polls_timed_out += 1;
+        if let Some(f) = st.failover.as_mut() {
+            f.answered(edge, via, false);
+        }
     }
 
-    fn acked(&self, edge: usize) {
+    fn acked(&self, edge: usize, via: &AgentClient) {
         let mut st = self.lock();
         st.counters.reports += 1;
+        if let Some(f) = st.failover.as_mut() {
+            f.answered(edge, via, true);
+        }
         if !st.reported[edge] {
             st.reported[edge] = true;
             st.reported_count += 1;
         }
     }
 
-    fn error(&self, e: &AgentError) {
+    fn error(&self, edge: usize, e: &AgentError) {
         let mut st = self.lock();
         st.counters.errors += 1;
+        if let Some(f) = st.failover.as_mut()
+            && f.moved[edge]
+        {
+            f.errors += 1;
+        }
         if e.retry_after().is_some() {
             st.counters.throttled += 1;
         }
@@ -243,6 +379,9 @@ impl Tracker {
 pub struct SimEdge {
     pub name: String,
     pub id: String,
+    /// Index of the control-plane address it enrolled at (its home replica): 0 for the
+    /// target, `k` for `more_servers[k - 1]`.
+    pub home: usize,
 }
 
 /// What enrolling the fleet took.
@@ -356,7 +495,11 @@ impl Fleet {
                     cfg.tls_agents + (i - cfg.tls_agents) / cfg.edges_per_connection
                 };
                 let http = clients[c].clone();
-                let server = servers[c % servers.len()];
+                // Every address, starting with its home: it moves on when one fails.
+                let home = c % servers.len();
+                let addresses: Vec<&str> = (0..servers.len())
+                    .map(|k| servers[(home + k) % servers.len()])
+                    .collect();
                 let name = edge_name(run, i);
                 let labels = [
                     ("sim".to_string(), "yes".to_string()),
@@ -365,12 +508,12 @@ impl Fleet {
                 ]
                 .into();
                 async move {
-                    let client = AgentClient::with_http_client(http, server).map_err(|source| {
-                        SimError::Enroll {
+                    let client = AgentClient::with_http_client_servers(http, &addresses).map_err(
+                        |source| SimError::Enroll {
                             name: name.clone(),
                             source: Box::new(source),
-                        }
-                    })?;
+                        },
+                    )?;
                     let req = EnrollRequest {
                         protocol_version: PROTOCOL_VERSION,
                         token: token.to_string(),
@@ -403,12 +546,12 @@ impl Fleet {
                     let credential = Credential::new(&resp.credential).ok_or_else(|| {
                         SimError::Server(format!("empty credential for edge {name}"))
                     })?;
-                    Ok::<_, SimError>((i, client.with_credential(credential), resp, latency))
+                    Ok::<_, SimError>((i, home, client.with_credential(credential), resp, latency))
                 }
             })
             .buffer_unordered(cfg.enroll_concurrency);
         while let Some(r) = enrollments.next().await {
-            let (i, client, resp, latency) = r?;
+            let (i, home, client, resp, latency) = r?;
             latencies.push(latency);
             let heartbeat = Duration::from_secs(u64::from(resp.heartbeat_seconds.max(1)));
             let cadence = match cfg.report_every {
@@ -418,6 +561,7 @@ impl Fleet {
             slots[i] = Some(SimEdge {
                 name: resp.edge_name,
                 id: resp.edge_id,
+                home,
             });
             fleet.spawn_edge(i, client, wait, cadence);
         }
@@ -435,15 +579,27 @@ impl Fleet {
 
     fn spawn_edge(&mut self, i: usize, client: AgentClient, wait: Duration, cadence: Cadence) {
         let (tx, rx) = watch::channel::<Option<Arc<DesiredState>>>(None);
+        let reconnected = Arc::new(Notify::new());
         self.tasks.spawn(poller(
-            i,
-            client.clone(),
+            Edge {
+                i,
+                client: client.clone(),
+                tracker: Arc::clone(&self.tracker),
+                reconnected: Arc::clone(&reconnected),
+            },
             wait,
             tx,
-            Arc::clone(&self.tracker),
         ));
-        self.tasks
-            .spawn(reporter(i, client, rx, cadence, Arc::clone(&self.tracker)));
+        self.tasks.spawn(reporter(
+            Edge {
+                i,
+                client,
+                tracker: Arc::clone(&self.tracker),
+                reconnected,
+            },
+            rx,
+            cadence,
+        ));
     }
 
     /// What the edges received and sent.
@@ -466,37 +622,65 @@ fn agent_info() -> AgentInfo {
     }
 }
 
-/// The long-poll loop of one edge.
-async fn poller(
+/// What both loops of one edge share.
+struct Edge {
     i: usize,
     client: AgentClient,
-    wait: Duration,
-    tx: watch::Sender<Option<Arc<DesiredState>>>,
     tracker: Arc<Tracker>,
-) {
+    /// The poller's signal that the control plane answered again after a failure: the
+    /// reporter then reports at once, as the real agent does.
+    reconnected: Arc<Notify>,
+}
+
+impl Edge {
+    /// Records a failed request; `None` when the edge must stop (its credential refused),
+    /// else the delay before trying again: a short jitter when the failure moved the client
+    /// to an address not tried yet in this outage (another replica), else `backoff`'s.
+    fn failed(&self, e: &AgentError, backoff: &mut Backoff) -> Option<Duration> {
+        self.tracker.error(self.i, e);
+        if matches!(
+            e,
+            AgentError::Unauthorized { .. } | AgentError::IncompatibleProtocol { .. }
+        ) {
+            return None;
+        }
+        if e.is_transient() && e.retry_after().is_none() && self.client.moved_to_untried_address() {
+            return Some(backoff.initial_delay());
+        }
+        Some(backoff.delay_for(e))
+    }
+}
+
+/// The long-poll loop of one edge.
+async fn poller(edge: Edge, wait: Duration, tx: watch::Sender<Option<Arc<DesiredState>>>) {
     let mut after = Generation(0);
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    // After a failure the next long-poll does not wait: the edge learns at once that it is
+    // connected again, and reports.
+    let mut failed = false;
     loop {
-        match client.desired_state(after, wait).await {
-            Ok(Some(d)) => {
+        let this_wait = if failed { Duration::ZERO } else { wait };
+        match edge.client.desired_state(after, this_wait).await {
+            Ok(answer) => {
                 backoff.reset();
-                tracker.observe(i, &d);
-                after = d.generation;
-                tx.send_replace(Some(Arc::new(d)));
-            }
-            Ok(None) => {
-                backoff.reset();
-                tracker.timed_out();
+                if std::mem::take(&mut failed) {
+                    edge.reconnected.notify_one();
+                }
+                match answer {
+                    Some(d) => {
+                        edge.tracker.observe(edge.i, &d, &edge.client);
+                        after = d.generation;
+                        tx.send_replace(Some(Arc::new(d)));
+                    }
+                    None => edge.tracker.timed_out(edge.i, &edge.client),
+                }
             }
             Err(e) => {
-                tracker.error(&e);
-                if matches!(
-                    e,
-                    AgentError::Unauthorized { .. } | AgentError::IncompatibleProtocol { .. }
-                ) {
+                failed = true;
+                let Some(delay) = edge.failed(&e, &mut backoff) else {
                     return;
-                }
-                tokio::time::sleep(backoff.delay_for(&e)).await;
+                };
+                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -515,11 +699,9 @@ enum Cadence {
 /// The status reports of one edge: at once for each new desired state, and after the
 /// `cadence`'s interval without a report.
 async fn reporter(
-    i: usize,
-    client: AgentClient,
+    edge: Edge,
     mut rx: watch::Receiver<Option<Arc<DesiredState>>>,
     cadence: Cadence,
-    tracker: Arc<Tracker>,
 ) {
     let (mut heartbeat, fixed) = match cadence {
         Cadence::Heartbeat(d) => (d, false),
@@ -532,6 +714,7 @@ async fn reporter(
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep_until(next) => {},
+            () = edge.reconnected.notified() => {},
         }
         let held = rx.borrow_and_update().clone();
         let Some(held) = held else {
@@ -540,9 +723,9 @@ async fn reporter(
         };
         seq += 1;
         let report = running_report(&held, seq);
-        match client.report(&report).await {
+        match edge.client.report(&report).await {
             Ok(ack) => {
-                tracker.acked(i);
+                edge.tracker.acked(edge.i, &edge.client);
                 retry.reset();
                 if ack.heartbeat_seconds > 0 && !fixed {
                     heartbeat = Duration::from_secs(u64::from(ack.heartbeat_seconds));
@@ -550,15 +733,11 @@ async fn reporter(
                 next = tokio::time::Instant::now() + heartbeat;
             }
             Err(e) => {
-                tracker.error(&e);
-                if matches!(
-                    e,
-                    AgentError::Unauthorized { .. } | AgentError::IncompatibleProtocol { .. }
-                ) {
-                    return;
-                }
                 // Sent again soon (with a new sequence number), as the real agent retries.
-                next = tokio::time::Instant::now() + retry.delay_for(&e);
+                let Some(delay) = edge.failed(&e, &mut retry) else {
+                    return;
+                };
+                next = tokio::time::Instant::now() + delay;
             }
         }
     }

@@ -23,9 +23,15 @@ struct Args {
     /// HTTP client at a time); operator calls go to the first.
     #[arg(long, value_name = "URL")]
     server: Vec<String>,
-    /// The running server's pid, to measure its CPU and memory (with --server).
+    /// The running server's pid, to measure its CPU and memory (with --server). Repeatable:
+    /// one per --server, in the same order (each replica's idle CPU is then measured apart).
     #[arg(long, value_name = "PID", requires = "server")]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
+    /// After the other phases, kill the replica of the last --server (SIGKILL; its
+    /// --server-pid is needed) and measure how long its edges take to be connected to the
+    /// others with a fresh status.
+    #[arg(long)]
+    failover: bool,
     /// API token with write access to the project (with --server).
     #[arg(
         long,
@@ -151,6 +157,8 @@ fn main() -> anyhow::Result<()> {
             }
         },
         more_servers: args.server.iter().skip(1).cloned().collect(),
+        more_server_pids: args.server_pid.iter().skip(1).copied().collect(),
+        failover: args.failover,
         tls_agents: args.tls_agents,
         report_every: args.report_seconds.map(Duration::from_secs),
         ca_file: args.ca_file,
@@ -160,7 +168,7 @@ fn main() -> anyhow::Result<()> {
     let target = match servers.next() {
         Some(url) => Target::Running {
             url,
-            pid: args.server_pid,
+            pid: args.server_pid.first().copied(),
             token: args.token,
         },
         None => Target::Child {

@@ -71,6 +71,42 @@ pub struct IdleReport {
     pub reports_per_second: f64,
     /// What the TLS agents' own connections carried (with `--tls-agents`).
     pub tls_agents: Option<crate::sockets::Traffic>,
+    /// The further replicas (`--server` given several times, with their pids), each apart.
+    pub replicas: Vec<ReplicaIdle>,
+}
+
+/// One further replica over the idle window.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaIdle {
+    pub server: String,
+    /// CPU over the window, % of one core (`None`: its process could not be read).
+    pub cpu_percent: Option<f64>,
+    pub footprint: Option<Footprint>,
+}
+
+/// A replica killed with SIGKILL, and its edges moving to the others.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverReport {
+    pub killed_server: String,
+    /// Edges that were connected to it.
+    pub edges_moved: usize,
+    /// Per moved edge, from the kill until a surviving replica first answered it.
+    pub connected: Latency,
+    /// Per moved edge, from the kill until a surviving replica acknowledged its status report.
+    pub fresh: Latency,
+    /// Desired states the moved edges received again (they resume from the generation they
+    /// hold: 0 expected).
+    pub redelivered: u64,
+    /// Requests of the moved edges that failed meanwhile (those in flight at the kill, and
+    /// retries before they moved).
+    pub agent_errors: u64,
+    /// Once every moved edge was fresh: until a deployment GET on the first replica said
+    /// RUNNING on every edge.
+    pub running_confirmed_ms: f64,
+    /// The first replica's CPU seconds from the kill until then (`None`: not measured).
+    pub survivor_cpu_seconds: Option<f64>,
 }
 
 /// One change and how it reached the fleet.
@@ -161,6 +197,8 @@ pub struct Report {
     pub phases: Vec<PhaseReport>,
     /// The workload lists once the created deployment is RUNNING (before the update).
     pub resource_lists: Option<ListsReport>,
+    /// With `--failover`: the last replica killed and its edges moving.
+    pub failover: Option<FailoverReport>,
     /// The server at the end of the run (`peakRssMib` is the run's peak).
     pub server_end: Option<Footprint>,
     pub sim_end: Footprint,
@@ -226,6 +264,15 @@ impl Report {
             "| agent requests (polls/s, reports/s) | {:.1}, {:.1} |",
             i.polls_per_second, i.reports_per_second
         );
+        for r in &i.replicas {
+            let _ = writeln!(
+                s,
+                "| replica {} CPU (% of one core), RSS (MiB) | {}, {} |",
+                r.server,
+                opt(r.cpu_percent, 2),
+                opt(r.footprint.map(|f| f.rss_mib), 1)
+            );
+        }
         if let Some(t) = &i.tls_agents {
             let _ = writeln!(
                 s,
@@ -275,6 +322,9 @@ impl Report {
         if let Some(l) = &self.resource_lists {
             l.write_markdown(&mut s);
         }
+        if let Some(f) = &self.failover {
+            f.write_markdown(&mut s);
+        }
         if let Some(f) = &self.server_end {
             let _ = writeln!(
                 s,
@@ -305,6 +355,36 @@ impl Report {
         }
         let _ = writeln!(s, "Total run time {:.0} s.", self.total_seconds);
         s
+    }
+}
+
+impl FailoverReport {
+    fn write_markdown(&self, s: &mut String) {
+        let lat = |l: &Latency| format!("{:.1} / {:.1} / {:.1}", l.p50_ms, l.p99_ms, l.max_ms);
+        let _ = writeln!(
+            s,
+            "\n| failover: {} killed (SIGKILL), {} edges moved | p50 / p99 / max ms |",
+            self.killed_server, self.edges_moved
+        );
+        let _ = writeln!(s, "|---|---|");
+        let _ = writeln!(
+            s,
+            "| answered by another replica | {} |",
+            lat(&self.connected)
+        );
+        let _ = writeln!(
+            s,
+            "| status report acknowledged there (fresh) | {} |",
+            lat(&self.fresh)
+        );
+        let _ = writeln!(
+            s,
+            "\nDesired states sent again to moved edges: {}; their failed requests: {}; deployment RUNNING on every edge confirmed {:.0} ms after the last edge was fresh; first replica CPU {} s.",
+            self.redelivered,
+            self.agent_errors,
+            self.running_confirmed_ms,
+            opt(self.survivor_cpu_seconds, 2)
+        );
     }
 }
 

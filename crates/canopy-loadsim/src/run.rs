@@ -11,7 +11,10 @@
 //!    deployment-wide list, and the reference per app and edge calls for a sample;
 //! 6. the same as 4 for an upgrade to `1.1.0`;
 //! 7. a change touching one edge (it loses the target label, then gets it back), to show the
-//!    work is proportional to the edges touched.
+//!    work is proportional to the edges touched;
+//! 8. with `failover` (replicas): the last replica killed with SIGKILL, and per edge it held,
+//!    the time until another replica answered it and acknowledged its status report; then a
+//!    deployment GET on the first replica must say RUNNING on every edge.
 //!
 //! Every phase is bounded by `phase_timeout`, the whole run by `duration`.
 
@@ -28,7 +31,9 @@ use crate::error::SimError;
 use crate::fleet::{Fleet, PhaseResult, Tracker, Want};
 use crate::package::Package;
 use crate::procfs::{CpuSample, Proc};
-use crate::report::{EnrollReport, IdleReport, Latency, PhaseReport, Report, ms};
+use crate::report::{
+    EnrollReport, FailoverReport, IdleReport, Latency, PhaseReport, ReplicaIdle, Report, ms,
+};
 use crate::server::ServerChild;
 use crate::sockets::{Traffic, sockets_from};
 
@@ -198,19 +203,23 @@ async fn phases(
             .then(|| sockets_from(TLS_AGENT_SOURCE))
             .transpose()
     };
-    let (s0, m0, c0, t0) = (
+    let replicas: Vec<Proc> = cfg.more_server_pids.iter().map(|p| Proc::pid(*p)).collect();
+    let replica_cpu = || replicas.iter().map(|p| p.cpu().ok()).collect::<Vec<_>>();
+    let (s0, m0, c0, t0, r0) = (
         cpu(server),
         me.cpu().ok(),
         tracker.counters(),
         tls_sockets()?,
+        replica_cpu(),
     );
     let idle_started = Instant::now();
     tokio::time::sleep(cfg.idle).await;
-    let (s1, m1, c1, t1) = (
+    let (s1, m1, c1, t1, r1) = (
         cpu(server),
         me.cpu().ok(),
         tracker.counters(),
         tls_sockets()?,
+        replica_cpu(),
     );
     let window = cfg.idle.as_secs_f64();
     let tls_window = idle_started.elapsed().as_secs_f64();
@@ -227,6 +236,14 @@ async fn phases(
         tls_agents: t0
             .zip(t1)
             .map(|(a, b)| Traffic::between(&a, &b, cfg.tls_agents, tls_window)),
+        replicas: (cfg.more_servers.iter().zip(&replicas))
+            .zip(r0.into_iter().zip(r1))
+            .map(|((url, p), (a, b))| ReplicaIdle {
+                server: url.clone(),
+                cpu_percent: a.zip(b).map(|(a, b)| b.percent_since(&a)),
+                footprint: p.footprint().ok(),
+            })
+            .collect(),
     };
 
     // --- deploy ---------------------------------------------------------------------------
@@ -344,6 +361,10 @@ async fn phases(
         .await?;
     report.phases.push(phase);
 
+    if cfg.failover {
+        report.failover = Some(failover(&probe, &fleet, &dep).await?);
+    }
+
     report.server_end = server.and_then(|p| p.footprint().ok());
     let counters = tracker.counters();
     report.agent_errors = counters.errors;
@@ -368,6 +389,103 @@ async fn phases(
         }
     }
     Ok(report)
+}
+
+/// Kills the replica of the last further address and measures its edges moving (module docs,
+/// step 8).
+async fn failover(probe: &Probe<'_>, fleet: &Fleet, dep: &str) -> Result<FailoverReport, SimError> {
+    let cfg = probe.cfg;
+    let home = cfg.more_servers.len();
+    let (Some(killed), Some(pid)) = (cfg.more_servers.last(), cfg.more_server_pids.last()) else {
+        return Err(SimError::Config(
+            "--failover needs a second --server and its --server-pid".into(),
+        ));
+    };
+    let moved: Vec<bool> = fleet.edges.iter().map(|e| e.home == home).collect();
+    let edges_moved = moved.iter().filter(|m| **m).count();
+    tokio::time::sleep(cfg.pause).await;
+    tracing::info!(server = %killed, pid, edges = edges_moved, "killing a replica");
+    let cpu0 = cpu(probe.server);
+    probe.tracker.begin_failover(killed, moved);
+    kill_replica(*pid)?;
+    let all = probe.tracker.wait_failed_over(cfg.phase_timeout).await;
+    let fresh_at = Instant::now();
+    let result = probe.tracker.finish_failover();
+    if !all {
+        return Err(SimError::Timeout {
+            phase: "failover".into(),
+            seconds: cfg.phase_timeout.as_secs(),
+            detail: format!(
+                "of {} edges of {killed}, {} answered by another replica, {} with a fresh status; agent errors: {:?}",
+                result.expected,
+                result.connected.len(),
+                result.fresh.len(),
+                probe.tracker.error_samples()
+            ),
+        });
+    }
+    let status = probe
+        .wait_running(dep, cfg.edges, fresh_at, cfg.phase_timeout)
+        .await?;
+    let Some(confirmed) = status.running_after else {
+        return Err(SimError::Timeout {
+            phase: "failover: RUNNING on the survivors".into(),
+            seconds: cfg.phase_timeout.as_secs(),
+            detail: format!(
+                "last state {} with {} of {} running",
+                status.last_state, status.last_running, cfg.edges
+            ),
+        });
+    };
+    let cpu1 = cpu(probe.server);
+    let report = FailoverReport {
+        killed_server: killed.clone(),
+        edges_moved,
+        connected: Latency::of(&result.connected),
+        fresh: Latency::of(&result.fresh),
+        redelivered: result.redelivered,
+        agent_errors: result.errors,
+        running_confirmed_ms: ms(confirmed),
+        survivor_cpu_seconds: cpu0.zip(cpu1).map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
+    };
+    tracing::info!(
+        connected_max_ms = report.connected.max_ms,
+        fresh_max_ms = report.fresh.max_ms,
+        redelivered = report.redelivered,
+        "failover done"
+    );
+    Ok(report)
+}
+
+/// Sends SIGKILL to `pid`, once it is known to be a `canopy server` process (a wrong pid must
+/// not kill something else).
+fn kill_replica(pid: u32) -> Result<(), SimError> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|source| SimError::Io {
+        what: format!("reading the command line of replica process {pid}"),
+        source,
+    })?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let is_canopy = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "canopy");
+    if !is_canopy || !args.iter().any(|a| a == "server") {
+        return Err(SimError::Config(format!(
+            "process {pid} is not a `canopy server` ({}): refusing to kill it",
+            args.join(" ")
+        )));
+    }
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| SimError::Config(format!("{pid} is not a process id")))?;
+    rustix::process::kill_process(target, rustix::process::Signal::KILL).map_err(|e| SimError::Io {
+        what: format!("killing replica process {pid}"),
+        source: e.into(),
+    })
 }
 
 async fn bounded<T>(

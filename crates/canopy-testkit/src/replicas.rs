@@ -86,6 +86,11 @@ impl Replica {
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
+
+    /// The process id, while it was not killed by [`ReplicaSet::kill`].
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 /// N replicas on one database, and HAProxy in front (see the module docs).

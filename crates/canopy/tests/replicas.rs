@@ -3,8 +3,8 @@
 //! users, tokens) serves on every other; conflicting writes on two replicas; a replica killed
 //! under a stream of operator reads; a replica started late; once-only background work and its
 //! takeover; an older release on a database a newer one migrated; what `canopy server` says at
-//! start about replicas. Fleet state (deployments, edges) between replicas needs the change
-//! feed and is tested with it.
+//! start about replicas; simulated edges (canopy-loadsim) spread over two replicas, one of them
+//! killed. Fleet state with a real agent between replicas is in `replicas_fleet.rs`.
 //!
 //! Skipped when `CANOPY_TEST_DATABASE_URL` or `CANOPY_TEST_HAPROXY` is unset, except under CI.
 
@@ -484,5 +484,81 @@ async fn on_sqlite_a_second_server_on_the_same_data_dir_is_refused() {
             && stderr.contains("several replicas")
             && stderr.contains("PostgreSQL"),
         "{stderr}"
+    );
+}
+
+/// Forty simulated edges (canopy-loadsim, with the real agent client's failover) spread over two
+/// replicas, a deployment made on the first reaching all of them; then the second is killed with
+/// SIGKILL. Each edge it held is answered by the first and has its status acknowledged there,
+/// none is sent a desired state again (they resume from the generation they hold), and the
+/// first replica still shows the deployment RUNNING on all forty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edges_of_a_killed_replica_move_to_another_and_nothing_is_sent_again() {
+    use canopy_loadsim::config::SimConfig;
+    use canopy_loadsim::run::{Target, run};
+    let Some(mut set) = start(ReplicaSetOptions {
+        replicas: 2,
+        balancer: false,
+        server_args: vec![
+            "--rate-limit".into(),
+            "0".into(),
+            "--agent-rate-limit".into(),
+            "0".into(),
+        ],
+        ..ReplicaSetOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let pids: Vec<u32> = (0..2)
+        .map(|i| set.replica(i).pid().expect("replica running"))
+        .collect();
+    let cfg = SimConfig {
+        edges: 40,
+        edges_per_connection: 5,
+        enroll_concurrency: 8,
+        wait_seconds: 20,
+        idle: Duration::from_secs(1),
+        phase_timeout: Duration::from_secs(60),
+        pause: Duration::from_millis(200),
+        duration: Duration::from_secs(300),
+        status_poll: Duration::from_millis(100),
+        more_servers: vec![set.url(1).to_string()],
+        more_server_pids: vec![pids[1]],
+        failover: true,
+        ..SimConfig::default()
+    };
+    let report = run(
+        &cfg,
+        Target::Running {
+            url: set.url(0).to_string(),
+            pid: Some(pids[0]),
+            token: Some(set.admin_token().to_string()),
+        },
+    )
+    .await
+    .expect("the simulation with a failover runs");
+
+    assert_eq!(report.idle.replicas.len(), 1, "{:?}", report.idle);
+    assert!(report.idle.replicas[0].cpu_percent.is_some());
+    for p in &report.phases[..2] {
+        assert_eq!(p.delivery.count, 40, "every edge got it: {p:?}");
+    }
+    let f = report.failover.expect("a failover report");
+    assert_eq!(
+        f.edges_moved, 20,
+        "8 connections of 5 edges, every other one on B"
+    );
+    assert_eq!(f.connected.count, 20, "{f:?}");
+    assert_eq!(f.fresh.count, 20, "{f:?}");
+    assert_eq!(f.redelivered, 0, "nothing delivered again: {f:?}");
+    assert!(
+        f.fresh.max_ms < 30_000.0,
+        "the edges report to A at once, not at their next heartbeat: {f:?}"
+    );
+    assert!(
+        !set.replica(1).is_running(),
+        "the second replica was killed"
     );
 }
