@@ -9,6 +9,7 @@
 # the whole run.
 #
 # Usage: scripts/replica-bench.sh [EDGES] [TARGET_DIR]     (defaults: 2000, target/debug)
+#        MAX_LONG_POLLS=N scripts/replica-bench.sh ...          (each replica's --max-long-polls)
 # Needs the PostgreSQL of scripts/postgres.sh (CANOPY_TEST_DATABASE_URL's server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ trap 'echo "replica-bench.sh: error: failed at line $LINENO: $BASH_COMMAND (exit
 
 EDGES=${1:-2000}
 BIN_DIR=${2:-target/debug}
+# Each replica must hold the whole fleet's long-polls once the other is killed (OPERATIONS.md,
+# Sizing); MAX_LONG_POLLS=15000 reproduces the default cap.
+MAX_LONG_POLLS=${MAX_LONG_POLLS:-$((EDGES + EDGES / 4))}
 BASE_URL=${CANOPY_TEST_DATABASE_URL:-postgres://app:app@127.0.0.1:55432/app}
 for b in canopy canopy-loadsim; do
   [ -x "$BIN_DIR/$b" ] || { echo "replica-bench.sh: error: $BIN_DIR/$b is missing (cargo build --bins)" >&2; exit 1; }
@@ -36,7 +40,8 @@ psql "$BASE_URL" -qc "CREATE DATABASE $DB" >/dev/null
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start() { # NAME PORT
   "$BIN_DIR/canopy" server --insecure-http --listen "127.0.0.1:$2" --data-dir "$WORK/$1" \
-    --database-url "$DB_URL" --rate-limit 0 --agent-rate-limit 0 >"$WORK/$1.log" 2>&1 &
+    --database-url "$DB_URL" --rate-limit 0 --agent-rate-limit 0 \
+    --max-long-polls "$MAX_LONG_POLLS" >"$WORK/$1.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 1 120); do
     curl -fsS "http://127.0.0.1:$2/healthz" >/dev/null 2>&1 && return 0

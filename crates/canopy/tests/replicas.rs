@@ -539,6 +539,7 @@ async fn the_edges_of_a_killed_replica_move_to_another_and_nothing_is_sent_again
     )
     .await
     .expect("the simulation with a failover runs");
+    eprintln!("{}", report.to_markdown());
 
     assert_eq!(report.idle.replicas.len(), 1, "{:?}", report.idle);
     assert!(report.idle.replicas[0].cpu_percent.is_some());

@@ -32,6 +32,11 @@ impl Hub {
                 self.delivered(e);
                 return Ok(Some(st.build(edge_id)));
             }
+            if wait.is_zero() {
+                // Nothing newer and no wait asked (an agent checking it is connected again):
+                // answered now, not at the timer's next tick.
+                return Ok(None);
+            }
             (e.notify.subscribe(), Arc::clone(&e.polls))
         };
         polls.fetch_add(1, Ordering::Relaxed);

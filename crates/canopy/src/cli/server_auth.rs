@@ -102,6 +102,12 @@ pub struct AuthArgs {
     /// Agent-protocol requests an edge may send at once after being idle.
     #[arg(long, env = "CANOPY_AGENT_RATE_BURST", value_name = "N", default_value_t = canopy_server::http::Limits::default().agent_burst)]
     pub agent_rate_burst: u32,
+    /// Desired-state long-polls this process holds at once (one per connected agent); beyond
+    /// it agents are answered 503 with a Retry-After of 5 to 30 s. With replicas, size it for
+    /// the edges a replica takes over when another dies: at least the fleet divided by the
+    /// replicas that survive (docs/OPERATIONS.md, Sizing).
+    #[arg(long, env = "CANOPY_MAX_LONG_POLLS", value_name = "N", default_value_t = canopy_server::http::Limits::default().max_long_polls, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..=1_000_000), |n| n as usize))]
+    pub max_long_polls: usize,
 }
 
 /// An address (a /32 or /128 range) or a CIDR range.
@@ -206,6 +212,7 @@ impl AuthArgs {
             burst: self.rate_burst.max(1),
             agent_requests_per_second: self.agent_rate_limit,
             agent_burst: self.agent_rate_burst.max(1),
+            max_long_polls: self.max_long_polls,
             ..Default::default()
         }
     }
@@ -360,5 +367,21 @@ mod tests {
         let oidc = cfg.oidc.expect("configured");
         assert_eq!(oidc.config().issuer, "https://idp.example/realms/r");
         assert_eq!(oidc.config().audience, "canopy");
+    }
+
+    #[test]
+    fn the_long_poll_cap_is_a_flag_for_replicas_that_take_over_a_fleet() {
+        let w = Wrap::parse_from(["x", "--max-long-polls", "30000"]);
+        assert_eq!(w.auth.limits().max_long_polls, 30_000);
+        assert_eq!(
+            Wrap::parse_from(["x"]).auth.limits().max_long_polls,
+            canopy_server::http::Limits::default().max_long_polls
+        );
+        for bad in ["0", "2000000", "many"] {
+            assert!(
+                Wrap::try_parse_from(["x", "--max-long-polls", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
