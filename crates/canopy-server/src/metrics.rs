@@ -19,9 +19,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 use canopy_metrics::{Counter, Gauge, Histogram, Kind, Registry, Unit};
 
@@ -309,19 +308,20 @@ impl ServerMetrics {
 }
 
 /// Middleware (outermost of the API's layers, so refusals by authentication and rate limits
-/// count too): times and counts each request by route template, method and status.
-pub(crate) async fn track(
-    State(metrics): State<Arc<ServerMetrics>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// count too): times and counts each request by route template, method and status; `next`
+/// runs the rest of the stack (see `http::layers`).
+pub(crate) async fn track<F, Fut>(metrics: &ServerMetrics, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     if !metrics.registry.is_enabled() {
-        return next.run(req).await;
+        return next(req).await;
     }
     let start = Instant::now();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(req).await;
+    let response = next(req).await;
     metrics.record(
         route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
         &method,

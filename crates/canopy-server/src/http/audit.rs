@@ -28,7 +28,6 @@ use std::sync::{Arc, OnceLock};
 use axum::Json;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -87,15 +86,20 @@ fn refused_record_allowed() -> bool {
     true
 }
 
-/// Records the call if it mutates (see the module doc).
-pub async fn record(State(app): State<App>, mut req: Request, next: Next) -> Response {
+/// Records the call if it mutates (see the module doc); `next` runs the rest of the stack
+/// (see [`super::layers`]).
+pub(crate) async fn record<F, Fut>(app: &App, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let method = req.method().clone();
     if !matches!(
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) || UNRECORDED.contains(&req.uri().path())
     {
-        return next.run(req).await;
+        return next(req).await;
     }
     let at = OffsetDateTime::now_utc();
     let path = req.uri().path().to_string();
@@ -110,7 +114,7 @@ pub async fn record(State(app): State<App>, mut req: Request, next: Next) -> Res
         req.headers_mut().insert("x-request-id", v);
     }
 
-    let response = next.run(req).await;
+    let response = next(req).await;
 
     let status = response.status();
     if matches!(status.as_u16(), 401 | 429) && !refused_record_allowed() {

@@ -17,8 +17,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::{App, Principal};
@@ -43,9 +42,15 @@ fn is_public(path: &str) -> bool {
 }
 
 /// Authenticates the request (see the module doc).
-pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> Response {
+///
+/// `next` runs the rest of the stack (see [`super::layers`]).
+pub(crate) async fn authenticate<F, Fut>(app: &App, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     if is_public(req.uri().path()) {
-        return next.run(req).await;
+        return next(req).await;
     }
     if is_console(req.uri().path()) {
         return authenticate_console(app, req, next).await;
@@ -57,7 +62,7 @@ pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) 
     match app.authenticate(header).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal.clone());
-            let mut response = next.run(req).await;
+            let mut response = next(req).await;
             response
                 .extensions_mut()
                 .insert::<Arc<Principal>>(principal);
@@ -82,7 +87,11 @@ pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
 
 /// A console request: the caller of a valid session cookie, else none (see the module doc).
 /// Only Canopy session tokens count: an API token pasted into the cookie is not a session.
-async fn authenticate_console(app: App, mut req: Request, next: Next) -> Response {
+async fn authenticate_console<F, Fut>(app: &App, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let token = session_cookie(req.headers()).filter(|t| {
         canopy_auth::token::TokenKind::of(t) == Some(canopy_auth::token::TokenKind::Session)
     });
@@ -91,10 +100,10 @@ async fn authenticate_console(app: App, mut req: Request, next: Next) -> Respons
         None => None,
     };
     let Some(principal) = principal else {
-        return next.run(req).await;
+        return next(req).await;
     };
     req.extensions_mut().insert(principal.clone());
-    let mut response = next.run(req).await;
+    let mut response = next(req).await;
     response
         .extensions_mut()
         .insert::<Arc<Principal>>(principal);

@@ -46,9 +46,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use governor::clock::{Clock, DefaultClock, Reference as _};
@@ -151,7 +150,11 @@ pub struct ConsoleRateLimited {
     pub retry_after: u64,
 }
 
-async fn console_refusal(mut req: Request, next: Next, refused: AppError) -> Response {
+async fn console_refusal<F, Fut>(mut req: Request, next: F, refused: AppError) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let AppError::RateLimited(retry_after) = refused else {
         return refused.into_response();
     };
@@ -159,7 +162,7 @@ async fn console_refusal(mut req: Request, next: Next, refused: AppError) -> Res
         message: refused.to_string(),
         retry_after,
     });
-    let answer = next.run(req).await;
+    let answer = next(req).await;
     if answer.status() == StatusCode::TOO_MANY_REQUESTS {
         answer
     } else {
@@ -167,8 +170,13 @@ async fn console_refusal(mut req: Request, next: Next, refused: AppError) -> Res
     }
 }
 
-/// Applies the limits to one request (inner of authentication, so the caller is known).
-pub(crate) async fn enforce(State(l): State<Limiter>, mut req: Request, next: Next) -> Response {
+/// Applies the limits to one request (inner of authentication, so the caller is known);
+/// `next` runs the rest of the stack (see [`super::layers`]).
+pub(crate) async fn enforce<F, Fut>(l: &Limiter, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     if let Some(p) = req.extensions().get::<Arc<Principal>>()
         && let Err(retry) = l.rate.check(&p.rate_key())
     {
@@ -182,7 +190,7 @@ pub(crate) async fn enforce(State(l): State<Limiter>, mut req: Request, next: Ne
     req.extensions_mut().insert(l.long_polls.clone());
     req.extensions_mut().insert(l.tunnel_polls.clone());
     if req.body().size_hint().exact() == Some(0) {
-        return next.run(req).await;
+        return next(req).await;
     }
     let expired = Arc::new(AtomicBool::new(false));
     let req = req.map(|body| {
@@ -194,7 +202,7 @@ pub(crate) async fn enforce(State(l): State<Limiter>, mut req: Request, next: Ne
             expired: expired.clone(),
         })
     });
-    let response = next.run(req).await;
+    let response = next(req).await;
     if expired.load(Ordering::Relaxed) {
         let mut r = error_response(
             StatusCode::REQUEST_TIMEOUT,

@@ -106,28 +106,50 @@ pub fn router_with_console(app: App, limits: Limits, console: Option<Router<App>
             }),
         )
         .fallback(not_found)
-        // Layers run outermost last: audit sees every mutating call and its outcome, then the
-        // caller is authenticated, then rate limits apply per caller.
-        // (rate limits: inner of authentication)
         .layer(axum::middleware::from_fn_with_state(
-            limits::Limiter::new(limits),
-            limits::enforce,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            auth::authenticate,
-        ))
-        // (audit: outer of authentication)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            audit::record,
-        ))
-        // (metrics: outermost, so every answer counts, refusals included)
-        .layer(axum::middleware::from_fn_with_state(
-            std::sync::Arc::clone(app.metrics()),
-            crate::metrics::track,
+            Layers {
+                metrics: std::sync::Arc::clone(app.metrics()),
+                app: app.clone(),
+                limiter: limits::Limiter::new(limits),
+            },
+            layers,
         ))
         .with_state(app)
+}
+
+/// What the API's middleware needs (see [`layers`]).
+#[derive(Clone)]
+struct Layers {
+    metrics: std::sync::Arc<crate::metrics::ServerMetrics>,
+    app: App,
+    limiter: limits::Limiter,
+}
+
+/// The API's middleware, outermost first: metrics (so every answer counts, refusals
+/// included), audit (every mutating call and its outcome), authentication, then the rate
+/// limits per caller (inner of authentication, so the caller is known). One layer calling the
+/// four steps in turn, not four nested layers: each `from_fn` layer clones the whole stack
+/// inside it on every request, which with four layers was ten boxed route clones and drops
+/// per request, a measurable share of an idle server's CPU at 10,000 edges
+/// (docs/BENCHMARKS.md, "Where the idle cost at 10,000 edges came from").
+async fn layers(
+    axum::extract::State(s): axum::extract::State<Layers>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Layers {
+        metrics,
+        app,
+        limiter,
+    } = &s;
+    crate::metrics::track(metrics, req, |req| {
+        audit::record(app, req, |req| {
+            auth::authenticate(app, req, |req| {
+                limits::enforce(limiter, req, move |req| next.run(req))
+            })
+        })
+    })
+    .await
 }
 
 /// The routes with their OpenAPI description (also used to test that the document is complete).
